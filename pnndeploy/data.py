@@ -1,0 +1,605 @@
+"""Datasets for training physical neural networks, and the raw-to-optical input scaling.
+
+A physical network takes optical powers in [0, 1], so every dataset carries the
+:class:`InputScaling` that maps its raw features there.  The scaling is stored in
+the exported model's metadata so that deployment scales inputs exactly as
+training did.  Arrays are returned *raw* (unscaled) so the same data can be
+re-scaled or inspected without undoing anything.
+
+Only numpy is used here (scikit-learn is imported lazily for the bundled data
+sets and the split), nothing is downloaded, and ``.npz`` files are read with
+``allow_pickle=False`` so a data file can never run code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import numbers
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pnndeploy.errors import DatasetError, ModelFileError
+
+__all__ = ["InputScaling", "Dataset", "load_dataset", "load_idx"]
+
+ACCEPTED_SPECS = "digits, iris, mnist:DIR (folder with the four MNIST IDX files), npz:PATH (arrays X, y[, X_test, y_test])"
+
+# Labels are class indices; a larger label is almost surely not an index (and
+# would build an absurdly wide output layer), so refuse it with a clear message.
+MAX_CLASSES = 100_000
+
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_DTYPE_NAMES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int", 0x0D: "float", 0x0E: "double"}
+
+_MNIST_FILES = {
+    "train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "train_labels": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "test_images": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "test_labels": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
+
+
+def _one_line(text: object) -> str:
+    """Errors are printed as one line by the CLI, so fold any newlines away."""
+    return " ".join(str(text).split("\n")).strip()
+
+
+def _data_error(msg: str) -> DatasetError:
+    return DatasetError(_one_line(msg))
+
+
+def _model_error(msg: str) -> ModelFileError:
+    return ModelFileError(_one_line(msg))
+
+
+# ---------------------------------------------------------------------------
+# Input scaling
+# ---------------------------------------------------------------------------
+
+
+def _normalize_param(name: str, value: float | np.ndarray) -> float | np.ndarray:
+    """Store a parameter as a float32-exact Python float or a read-only float32 vector.
+
+    Normalising once makes ``to_json`` exact and equality/hash well defined.
+    Programming errors (not user input) raise ValueError here; ``from_json``
+    validates user-facing metadata before it ever gets here.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"InputScaling.{name} must be a number or a 1-D array, not bool")
+    if isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        v = np.float32(value)
+        if not np.isfinite(v):
+            raise ValueError(f"InputScaling.{name} must be finite in float32, got {value!r}")
+        return float(v)
+    arr = np.array(value, dtype=np.float32)  # copy: the caller's array must not alias ours
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"InputScaling.{name} must be a scalar or a non-empty 1-D array, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"InputScaling.{name} must be finite in float32")
+    arr = np.ascontiguousarray(arr)
+    arr.setflags(write=False)
+    return arr
+
+
+def _param_key(value: float | np.ndarray) -> tuple:
+    if isinstance(value, np.ndarray):
+        return ("vec", value.tobytes())
+    return ("scalar", value)
+
+
+def _param_json(value: float | np.ndarray) -> float | list[float]:
+    if isinstance(value, np.ndarray):
+        return [float(v) for v in value]  # float32 -> float64 is exact
+    return float(np.float32(value))
+
+
+@dataclass(frozen=True, eq=True)
+class InputScaling:
+    """Raw features -> optical powers in [0, 1]: clip((raw - offset) * scale, 0, 1).
+
+    ``offset`` and ``scale`` are each a scalar or a per-feature vector (shape (F,)).
+    They are kept in float32 (the precision used on the device path) so that the
+    JSON written into a model reproduces training's scaling bit for bit.
+    """
+
+    offset: float | np.ndarray
+    scale: float | np.ndarray
+
+    def __post_init__(self) -> None:
+        offset = _normalize_param("offset", self.offset)
+        scale = _normalize_param("scale", self.scale)
+        if np.any(np.asarray(scale) <= 0):
+            raise ValueError("InputScaling.scale must be > 0 (in float32)")
+        if isinstance(offset, np.ndarray) and isinstance(scale, np.ndarray) and offset.shape != scale.shape:
+            raise ValueError(f"InputScaling offset has {offset.size} features but scale has {scale.size}")
+        object.__setattr__(self, "offset", offset)
+        object.__setattr__(self, "scale", scale)
+
+    # Arrays make the generated __eq__/__hash__ unusable, so compare by value.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, InputScaling):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple:
+        return (_param_key(self.offset), _param_key(self.scale))
+
+    @property
+    def n_features(self) -> int | None:
+        """Feature count fixed by per-feature parameters, or None when both are scalars."""
+        for p in (self.offset, self.scale):
+            if isinstance(p, np.ndarray):
+                return int(p.size)
+        return None
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        """Scale raw features (last axis = features) to float32 optical powers in [0, 1].
+
+        NaN inputs stay NaN (clip cannot map them); the loaders guarantee finite data.
+        """
+        try:
+            Xf = np.asarray(X, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise _data_error(f"input features are not numeric ({exc}); pass a numeric array") from None
+        nf = self.n_features
+        if nf is not None and (Xf.ndim == 0 or Xf.shape[-1] != nf):
+            got = "a scalar" if Xf.ndim == 0 else f"{Xf.shape[-1]} features"
+            raise _data_error(
+                f"input has {got} but the input scaling expects {nf}; use data with the same features as training"
+            )
+        offset = np.float32(self.offset) if not isinstance(self.offset, np.ndarray) else self.offset
+        scale = np.float32(self.scale) if not isinstance(self.scale, np.ndarray) else self.scale
+        out = (Xf - offset) * scale
+        np.clip(out, 0.0, 1.0, out=out)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def to_json(self) -> dict:
+        """JSON-ready dict for model metadata; floats are the exact float32 values."""
+        return {"offset": _param_json(self.offset), "scale": _param_json(self.scale), "clip": [0.0, 1.0]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "InputScaling":
+        """Rebuild from model metadata, refusing anything that ``to_json`` could not have written."""
+        where = "model metadata input_scaling"
+        fix = "the model file is damaged or was not written by pnndeploy; re-export it with pnndeploy"
+        if not isinstance(d, dict):
+            raise _model_error(f"{where} is a {type(d).__name__}, expected an object; {fix}")
+        for key in ("offset", "scale"):
+            if key not in d:
+                raise _model_error(f"{where} has no '{key}' entry; {fix}")
+        if "clip" in d:
+            clip = d["clip"]
+            ok = (
+                isinstance(clip, (list, tuple))
+                and len(clip) == 2
+                and all(isinstance(c, numbers.Real) and not isinstance(c, bool) for c in clip)
+                and float(clip[0]) == 0.0
+                and float(clip[1]) == 1.0
+            )
+            if not ok:
+                raise _model_error(f"{where} clip is {clip!r}, expected [0.0, 1.0]; {fix}")
+
+        def number(key: str, v: object, i: int | None) -> float:
+            label = key if i is None else f"{key}[{i}]"
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise _model_error(f"{where} {label} is {v!r}, expected a number; {fix}")
+            f = float(v)
+            f32 = np.float32(f) if math.isfinite(f) and abs(f) <= float(np.finfo(np.float32).max) else np.float32("inf")
+            if not np.isfinite(f32):
+                raise _model_error(f"{where} {label} is {v!r}, expected a finite float32 number; {fix}")
+            if key == "scale" and not f32 > 0:
+                raise _model_error(f"{where} {label} is {v!r}, expected a number > 0 (and above float32 underflow); {fix}")
+            return f
+
+        params: dict[str, float | np.ndarray] = {}
+        for key in ("offset", "scale"):
+            v = d[key]
+            if isinstance(v, (list, tuple)):
+                if len(v) == 0:
+                    raise _model_error(f"{where} {key} is an empty list; {fix}")
+                params[key] = np.array([number(key, x, i) for i, x in enumerate(v)], dtype=np.float64)
+            else:
+                params[key] = number(key, v, None)
+        o, s = params["offset"], params["scale"]
+        if isinstance(o, np.ndarray) and isinstance(s, np.ndarray) and o.shape != s.shape:
+            raise _model_error(f"{where} offset has {o.size} values but scale has {s.size}; {fix}")
+        try:
+            return cls(offset=o, scale=s)
+        except ValueError as exc:  # defensive: every case should be caught above
+            raise _model_error(f"{where}: {exc}; {fix}") from None
+
+
+# ---------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """Raw train/test data plus the scaling that turns it into optical powers.
+
+    ``X_*`` are float32 raw features (N, F), ``y_*`` int64 labels in 0..n_classes-1;
+    all C-contiguous.  ``name`` is the spec as the user wrote it, for messages and metadata.
+    """
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    scaling: InputScaling
+
+    @property
+    def n_features(self) -> int:
+        """Number of input features (= optical input channels the model needs)."""
+        return int(self.X_train.shape[1])
+
+
+def _minmax_scaling(X_train: np.ndarray, spec: str) -> InputScaling:
+    """Per-feature min/max of the training split, so train data spans exactly [0, 1]."""
+    lo = X_train.min(axis=0).astype(np.float64)
+    hi = X_train.max(axis=0).astype(np.float64)
+    rng = hi - lo
+    with np.errstate(divide="ignore", over="ignore"):
+        scale = np.where(rng > 0, 1.0 / np.where(rng > 0, rng, 1.0), 1.0)
+    bad = np.flatnonzero(~np.isfinite(scale.astype(np.float32)) | (scale.astype(np.float32) <= 0))
+    if bad.size:
+        j = int(bad[0])
+        raise _data_error(
+            f"dataset {spec}: feature {j} has a range of {rng[j]:g} which cannot be scaled in float32; "
+            "rescale that feature or drop it"
+        )
+    return InputScaling(offset=lo.astype(np.float32), scale=scale.astype(np.float32))
+
+
+def _check_seed_fraction(seed: int, test_fraction: float) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**32:
+        raise _data_error(f"seed {seed!r} is not valid; use an integer from 0 to {2**32 - 1}")
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, numbers.Real)
+        or not (0.0 < float(test_fraction) < 1.0)
+    ):
+        raise _data_error(f"test fraction {test_fraction!r} is not valid; use a number strictly between 0 and 1, e.g. 0.2")
+
+
+def _split(X: np.ndarray, y: np.ndarray, seed: int, test_fraction: float, spec: str):
+    """Stratified split fixed by the seed; falls back to a plain shuffled split when
+    stratification is impossible (a class with one member, or a split too small to
+    hold every class)."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    attempts = [y, None] if counts.min() >= 2 else [None]
+    last: Exception | None = None
+    for stratify in attempts:
+        try:
+            X_tr, X_te, y_tr, y_te = train_test_split(
+                X, y, test_size=float(test_fraction), random_state=int(seed), stratify=stratify
+            )
+        except ValueError as exc:
+            last = exc
+            continue
+        if len(y_tr) and len(y_te):
+            return X_tr, X_te, y_tr, y_te
+    detail = f" ({_one_line(last)})" if last is not None else ""
+    raise _data_error(
+        f"dataset {spec}: cannot split {len(y)} samples with test fraction {test_fraction}{detail}; "
+        "use more samples, a different test fraction, or provide X_test and y_test"
+    )
+
+
+def _finish(name, X_tr, y_tr, X_te, y_te, n_classes, scaling) -> Dataset:
+    return Dataset(
+        name=name,
+        X_train=np.ascontiguousarray(X_tr, dtype=np.float32),
+        y_train=np.ascontiguousarray(y_tr, dtype=np.int64),
+        X_test=np.ascontiguousarray(X_te, dtype=np.float32),
+        y_test=np.ascontiguousarray(y_te, dtype=np.int64),
+        n_classes=int(n_classes),
+        scaling=scaling,
+    )
+
+
+def _load_sklearn(name: str, spec: str, seed: int, test_fraction: float) -> Dataset:
+    from sklearn import datasets as skd
+
+    loader = skd.load_digits if name == "digits" else skd.load_iris
+    try:
+        X, y = loader(return_X_y=True)  # bundled with scikit-learn: no download
+    except OSError as exc:
+        raise _data_error(
+            f"dataset {spec}: cannot read the copy bundled with scikit-learn ({exc}); reinstall scikit-learn"
+        ) from None
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    X_tr, X_te, y_tr, y_te = _split(X, y, seed, test_fraction, spec)
+    if name == "digits":
+        scaling = InputScaling(offset=0.0, scale=1.0 / 16.0)  # pixel values are 0..16
+    else:
+        scaling = _minmax_scaling(np.asarray(X_tr, dtype=np.float32), spec)
+    return _finish(spec, X_tr, y_tr, X_te, y_te, int(y.max()) + 1, scaling)
+
+
+# ---------------------------------------------------------------------------
+# IDX / MNIST
+# ---------------------------------------------------------------------------
+
+
+def _read_idx(path: Path, where: str) -> np.ndarray:
+    """Parse one IDX file; ``where`` prefixes messages so they name the dataset spec."""
+    fix = "re-download or re-extract the MNIST IDX files"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise _data_error(f"{where}file {path} not found; check the path") from None
+    except IsADirectoryError:
+        raise _data_error(f"{where}{path} is a folder, not an IDX file; point at the file itself") from None
+    except OSError as exc:
+        raise _data_error(f"{where}cannot read {path} ({exc.strerror or exc}); check the file's permissions") from None
+    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _data_error(f"{where}{path} is not a valid gzip file ({exc}); {fix}") from None
+    if len(raw) < 4:
+        raise _data_error(f"{where}{path} is {len(raw)} bytes, too short for an IDX header (4 bytes); {fix}")
+    if raw[0] != 0 or raw[1] != 0:
+        raise _data_error(
+            f"{where}{path} is not an IDX file (magic starts with bytes 0x{raw[0]:02x} 0x{raw[1]:02x}, "
+            f"expected 0x00 0x00); {fix}"
+        )
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise _data_error(
+            f"{where}{path} has unknown IDX data type code 0x{code:02x} "
+            "(known: 0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E); " + fix
+        )
+    if not 1 <= ndim <= 4:
+        raise _data_error(f"{where}{path} declares {ndim} dimensions, expected 1 to 4; {fix}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise _data_error(
+            f"{where}{path} is truncated in its header: expected at least {header} bytes, got {len(raw)}; {fix}"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = header + math.prod(dims) * dtype.itemsize
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "longer than its header says"
+        raise _data_error(
+            f"{where}{path} is {what}: dims {'x'.join(map(str, dims))} of {_IDX_DTYPE_NAMES[code]} need "
+            f"{expected} bytes in all, the file has {len(raw)}; {fix}"
+        )
+    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return np.ascontiguousarray(arr.astype(dtype.newbyteorder("=")))  # native order, writable copy
+
+
+def load_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (gzip-compressed or not) into a native-endian array of its declared shape.
+
+    Every defect (missing, bad gzip, bad magic, truncated or trailing bytes) is a
+    one-line DatasetError naming the file, because these files come from users.
+    """
+    return _read_idx(Path(path), "")
+
+
+def _find_mnist_file(folder: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        for candidate in (folder / name, folder / (name + ".gz")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _load_mnist(folder_text: str, spec: str) -> Dataset:
+    fix = "point mnist: at a folder with the four standard MNIST IDX files"
+    folder = Path(folder_text).expanduser()
+    if not folder.exists():
+        raise _data_error(f"dataset {spec}: folder {folder} not found; {fix}")
+    if not folder.is_dir():
+        raise _data_error(f"dataset {spec}: {folder} is not a folder; {fix}")
+    where = f"dataset {spec}: "
+    arrays: dict[str, np.ndarray] = {}
+    paths: dict[str, Path] = {}
+    for key, names in _MNIST_FILES.items():
+        found = _find_mnist_file(folder, names)
+        if found is None:
+            raise _data_error(f"{where}file {folder / names[0]}(.gz) not found; {fix}")
+        paths[key] = found
+        arrays[key] = _read_idx(found, where)
+    for part in ("train", "test"):
+        img, lab = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        ip, lp = paths[f"{part}_images"], paths[f"{part}_labels"]
+        if img.dtype != np.uint8 or img.ndim != 3:
+            raise _data_error(
+                f"{where}{ip} holds {img.ndim}-D {img.dtype} data, expected 3-D unsigned-byte images (N x rows x cols); {fix}"
+            )
+        if lab.dtype != np.uint8 or lab.ndim != 1:
+            raise _data_error(
+                f"{where}{lp} holds {lab.ndim}-D {lab.dtype} data, expected 1-D unsigned-byte labels; {fix}"
+            )
+        if img.shape[0] == 0:
+            raise _data_error(f"{where}{ip} holds no images; {fix}")
+        if img.shape[0] != lab.shape[0]:
+            raise _data_error(
+                f"{where}{ip} has {img.shape[0]} images but {lp} has {lab.shape[0]} labels; "
+                "use image and label files from the same release"
+            )
+        if lab.size and int(lab.max()) > 9:
+            raise _data_error(f"{where}{lp} has label {int(lab.max())}, MNIST labels are 0..9; {fix}")
+    tr, te = arrays["train_images"], arrays["test_images"]
+    if tr.shape[1:] != te.shape[1:]:
+        raise _data_error(
+            f"{where}train images are {tr.shape[1]}x{tr.shape[2]} but test images are {te.shape[1]}x{te.shape[2]}; "
+            "use train and test files from the same data set"
+        )
+    X_tr = tr.reshape(tr.shape[0], -1)
+    X_te = te.reshape(te.shape[0], -1)
+    scaling = InputScaling(offset=0.0, scale=1.0 / 255.0)  # raw pixel values 0..255
+    return _finish(spec, X_tr, arrays["train_labels"], X_te, arrays["test_labels"], 10, scaling)
+
+
+# ---------------------------------------------------------------------------
+# npz
+# ---------------------------------------------------------------------------
+
+
+def _npz_features(arr: np.ndarray, key: str, where: str) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise _data_error(f"{where}array {key} has dtype {arr.dtype}, expected numbers; save {key} as a float or int array")
+    if arr.ndim != 2:
+        raise _data_error(
+            f"{where}array {key} has shape {arr.shape}, expected 2-D (samples, features); reshape it to (N, F)"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise _data_error(f"{where}array {key} has shape {arr.shape}, it needs at least one sample and one feature")
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(X)):
+        n_bad = int(np.count_nonzero(~np.isfinite(X)))
+        raise _data_error(
+            f"{where}array {key} has {n_bad} NaN, infinite or beyond-float32 values; remove or impute them"
+        )
+    return X
+
+
+def _npz_labels(arr: np.ndarray, key: str, where: str) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise _data_error(f"{where}array {key} has dtype {arr.dtype}, expected integer class labels 0..K-1")
+    if arr.ndim != 1:
+        raise _data_error(f"{where}array {key} has shape {arr.shape}, expected 1-D labels; flatten it (e.g. y.ravel())")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise _data_error(f"{where}array {key} has non-integer labels; labels must be class indices 0..K-1")
+    if arr.size and arr.min() < 0:
+        raise _data_error(f"{where}array {key} has negative label {arr.min()}; labels must be class indices 0..K-1")
+    if arr.size and arr.max() >= MAX_CLASSES:
+        raise _data_error(
+            f"{where}array {key} has label {arr.max()}, more than {MAX_CLASSES} classes; "
+            "labels must be class indices 0..K-1, remap them"
+        )
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _load_npz(path_text: str, spec: str, seed: int, test_fraction: float) -> Dataset:
+    where = f"dataset {spec}: "
+    path = Path(path_text).expanduser()
+    fmt_fix = "save it with np.savez(path, X=..., y=...)"
+    if not path.exists():
+        raise _data_error(f"{where}file {path} not found; check the path")
+    if path.is_dir():
+        raise _data_error(f"{where}{path} is a folder; point npz: at a .npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise _data_error(f"{where}cannot read {path} ({_one_line(exc)}); check the file") from None
+    except (ValueError, EOFError, zipfile.BadZipFile):
+        raise _data_error(f"{where}{path} is not an .npz archive; {fmt_fix}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise _data_error(f"{where}{path} holds a single array, not an .npz archive; {fmt_fix}")
+    raw: dict[str, np.ndarray] = {}
+    with loaded:
+        names = set(loaded.files)
+        for key in ("X", "y"):
+            if key not in names:
+                have = ", ".join(sorted(names)) or "none"
+                raise _data_error(f"{where}{path} has no array '{key}' (arrays: {have}); {fmt_fix}")
+        has_xt, has_yt = "X_test" in names, "y_test" in names
+        if has_xt != has_yt:
+            missing = "y_test" if has_xt else "X_test"
+            raise _data_error(f"{where}{path} has {'X_test' if has_xt else 'y_test'} but no {missing}; provide both or neither")
+        for key in ("X", "y", "X_test", "y_test"):
+            if key not in names:
+                continue
+            try:
+                raw[key] = loaded[key]
+            except ValueError as exc:
+                msg = _one_line(exc)
+                if "pickle" in msg.lower() or "object" in msg.lower():
+                    raise _data_error(
+                        f"{where}array {key} in {path} holds Python objects, which are not loaded for safety; "
+                        "save it as a numeric array"
+                    ) from None
+                raise _data_error(f"{where}array {key} in {path} cannot be read ({msg}); {fmt_fix}") from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise _data_error(f"{where}array {key} in {path} is damaged ({_one_line(exc)}); {fmt_fix}") from None
+
+    X = _npz_features(raw["X"], "X", where)
+    y = _npz_labels(raw["y"], "y", where)
+    if X.shape[0] != y.shape[0]:
+        raise _data_error(f"{where}X has {X.shape[0]} rows but y has {y.shape[0]}; give one label per row of X")
+    if "X_test" in raw:
+        X_te = _npz_features(raw["X_test"], "X_test", where)
+        y_te = _npz_labels(raw["y_test"], "y_test", where)
+        if X_te.shape[0] != y_te.shape[0]:
+            raise _data_error(
+                f"{where}X_test has {X_te.shape[0]} rows but y_test has {y_te.shape[0]}; give one label per row"
+            )
+        if X_te.shape[1] != X.shape[1]:
+            raise _data_error(
+                f"{where}X has {X.shape[1]} features but X_test has {X_te.shape[1]}; both need the same columns"
+            )
+        X_tr, y_tr = X, y
+    else:
+        if np.unique(y).size < 2:
+            raise _data_error(f"{where}y has only one class; a classifier needs at least 2 classes")
+        X_tr, X_te, y_tr, y_te = _split(X, y, seed, test_fraction, spec)
+    if np.unique(y_tr).size < 2:
+        raise _data_error(
+            f"{where}the training labels hold only one class; a classifier needs at least 2 classes"
+        )
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    scaling = _minmax_scaling(X_tr, spec)
+    return _finish(spec, X_tr, y_tr, X_te, y_te, n_classes, scaling)
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+
+
+def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """Load the dataset a user named on the command line.
+
+    ``seed`` and ``test_fraction`` fix the stratified split for digits, iris and
+    npz without test arrays; MNIST and npz with test arrays keep their own split.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise _data_error(f"dataset {spec!r} is not valid; use one of: {ACCEPTED_SPECS}")
+    _check_seed_fraction(seed, test_fraction)
+    spec = spec.strip()
+    kind, sep, rest = spec.partition(":")
+    kind_l = kind.strip().lower()
+    if not sep:
+        if kind_l in ("digits", "iris"):
+            return _load_sklearn(kind_l, spec, seed, test_fraction)
+        if kind_l == "mnist":
+            raise _data_error(f"dataset {spec} needs a folder: use mnist:DIR with the four MNIST IDX files in DIR")
+        if kind_l == "npz":
+            raise _data_error(f"dataset {spec} needs a file: use npz:PATH with arrays X and y")
+    elif kind_l in ("mnist", "npz"):
+        if not rest.strip():
+            what = "folder" if kind_l == "mnist" else "file"
+            raise _data_error(f"dataset {spec}: no {what} given; use {kind_l}:{'DIR' if kind_l == 'mnist' else 'PATH'}")
+        if kind_l == "mnist":
+            return _load_mnist(rest, spec)
+        return _load_npz(rest, spec, seed, test_fraction)
+    raise _data_error(f"unknown dataset {spec!r}; use one of: {ACCEPTED_SPECS}")

@@ -1,0 +1,178 @@
+"""The physical neural network: on-chip linear layers set by physical controls, digital gains and biases.
+
+Each on-chip layer holds the controls of its devices (ring detunings, in nm for
+the MRR), and its weights are ``W = platform.transfer(controls)`` on the
+nominal device, so ``W`` lies in the device's range by construction.  Around
+the chip, electronics apply a per-output gain and bias and a ReLU.
+
+The paper's baseline (``standard``) trains ``W`` itself, clamped to [-1, 1];
+:meth:`PNN.to_controls` maps such a model onto controls through the inverse
+transfer function, which is what deploying it to a chip does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from pnndeploy.platforms import Platform
+
+
+class OnChipLinear(nn.Module):
+    """y = gain * (x @ T(controls)^T) + bias, with the controls the trainable physical parameters."""
+
+    def __init__(self, in_features: int, out_features: int, platform: Platform,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.platform = platform
+        self.controls = nn.Parameter(platform.init_controls((out_features, in_features), generator))
+        self.gain = nn.Parameter(torch.full((out_features,), _init_gain(in_features)))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        #: Std of Gaussian noise (control units) added to the controls at every forward (noise-aware training).
+        self.control_noise = 0.0
+
+    def weight(self) -> torch.Tensor:
+        """Weights realised by the nominal device at the current controls."""
+        controls = self.controls
+        if self.control_noise > 0 and self.training:
+            controls = controls + self.control_noise * torch.randn_like(controls)
+        return self.platform.transfer(controls, **self.platform.nominal)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.weight().T) * self.gain + self.bias
+
+    def project(self) -> None:
+        """Keep the controls inside what the hardware can set."""
+        lo, hi = self.platform.control_range
+        with torch.no_grad():
+            self.controls.clamp_(lo, hi)
+
+
+class WeightLinear(nn.Module):
+    """The baseline's on-chip layer: trains W in [-1, 1] directly, blind to the physics."""
+
+    def __init__(self, in_features: int, out_features: int, platform: Platform,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        self.platform = platform
+        init = platform.transfer(platform.init_controls((out_features, in_features), generator),
+                                 **platform.nominal)
+        self.W = nn.Parameter(init.clone())
+        self.gain = nn.Parameter(torch.full((out_features,), _init_gain(in_features)))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def weight(self) -> torch.Tensor:
+        return self.W
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.W.T) * self.gain + self.bias
+
+    def project(self) -> None:
+        with torch.no_grad():
+            self.W.clamp_(-1.0, 1.0)
+
+
+def _init_gain(in_features: int) -> float:
+    """Gain that makes gain * U(-0.9, 0.9) a Kaiming-uniform init (fan-in, ReLU)."""
+    return math.sqrt(6.0 / in_features) / 0.9
+
+
+@dataclass
+class LayerExport:
+    """One on-chip layer as exported: logical weights, the controls that realise them, digital parts."""
+
+    weight: np.ndarray     # (out, in) float32, nominal W = T(controls)
+    controls: np.ndarray   # (out, in) float32, in platform.control_units
+    gain: np.ndarray       # (out,) float32
+    bias: np.ndarray       # (out,) float32
+    clipped: int           # weights the controls could not reach (baseline only)
+
+
+class PNN(nn.Module):
+    """An MLP whose linear layers are on-chip weight banks; ReLU in electronics between them."""
+
+    def __init__(self, sizes: list[int], platform: Platform, seed: int,
+                 parameterisation: str = "controls") -> None:
+        super().__init__()
+        if parameterisation not in ("controls", "weights"):
+            raise ValueError(f"unknown parameterisation {parameterisation!r}")
+        self.sizes = list(sizes)
+        self.platform = platform
+        self.parameterisation = parameterisation
+        generator = torch.Generator().manual_seed(seed)
+        layer_cls = OnChipLinear if parameterisation == "controls" else WeightLinear
+        self.layers = nn.ModuleList(
+            layer_cls(i, o, platform, generator) for i, o in zip(sizes[:-1], sizes[1:])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for k, layer in enumerate(self.layers):
+            x = layer(x)
+            if k < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+    def project(self) -> None:
+        for layer in self.layers:
+            layer.project()
+
+    def onchip_parameters(self) -> list[nn.Parameter]:
+        """The trainable on-chip parameters: controls, or W for the baseline."""
+        return [layer.controls if isinstance(layer, OnChipLinear) else layer.W for layer in self.layers]
+
+    def set_control_noise(self, std: float) -> None:
+        for layer in self.layers:
+            if isinstance(layer, OnChipLinear):
+                layer.control_noise = std
+
+    def to_controls(self) -> "PNN":
+        """This model on the nominal chip, parameterised by controls.
+
+        For a control-trained model this is a copy.  For the baseline, each W is
+        mapped through the nominal inverse on the positive branch (the paper's
+        choice); weights beyond the control range are clipped and counted in
+        :attr:`clipped`.
+        """
+        out = PNN(self.sizes, self.platform, seed=0, parameterisation="controls")
+        out.clipped = [0] * len(self.layers)
+        with torch.no_grad():
+            for k, (src, dst) in enumerate(zip(self.layers, out.layers)):
+                dst.gain.copy_(src.gain)
+                dst.bias.copy_(src.bias)
+                if isinstance(src, OnChipLinear):
+                    dst.controls.copy_(src.controls)
+                else:
+                    x, ok = self.platform.inverse(src.W.detach().double().numpy(), 1.0,
+                                                  **self.platform.nominal)
+                    dst.controls.copy_(torch.from_numpy(x).float())
+                    out.clipped[k] = int((~ok).sum())
+        return out
+
+    def export_layers(self) -> list[LayerExport]:
+        """Per-layer arrays of the model as it sits on the nominal chip."""
+        nominal = self.to_controls()
+        result = []
+        with torch.no_grad():
+            for k, layer in enumerate(nominal.layers):
+                result.append(LayerExport(
+                    weight=layer.weight().numpy().astype(np.float32),
+                    controls=layer.controls.numpy().astype(np.float32),
+                    gain=layer.gain.numpy().astype(np.float32),
+                    bias=layer.bias.numpy().astype(np.float32),
+                    clipped=nominal.clipped[k],
+                ))
+        return result
+
+
+def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of samples classified correctly (evaluation mode, no noise)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        acc = (model(X).argmax(dim=1) == y).double().mean().item()
+    model.train(was_training)
+    return acc

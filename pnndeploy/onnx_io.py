@@ -1,0 +1,275 @@
+"""Export a trained PNN as one self-contained ONNX file, and read it back safely.
+
+The graph computes the model's nominal (ideal-chip) logits from raw inputs:
+``clip((raw - offset) * scale, 0, 1)``, then per layer
+``Gemm(h, W, transB=1) * gain + bias`` with ReLU between layers.  The logical
+on-chip weights ``W`` are initializers, so any ONNX runtime can run the model
+and any platform can map it.  The controls training chose (ring detunings)
+travel in the metadata (``pnndeploy.controls``, exact float32 values), so
+mapping a chip starts from them; they are not initializers because an unused
+initializer makes onnxruntime warn.
+
+The graph is written with ``onnx.helper`` directly: it is small, and this keeps
+the export free of the torch exporter's extra dependencies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pnndeploy import __version__
+from pnndeploy.atomic import write_bytes_atomic
+from pnndeploy.data import InputScaling
+from pnndeploy.errors import ModelFileError
+
+FORMAT_VERSION = 1
+OPSET = 17
+IR_VERSION = 8
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+PREFIX = "pnndeploy."
+REQUIRED_KEYS = ("format_version", "platform", "platform_params", "method", "rho", "dataset",
+                 "input_scaling", "onchip", "controls", "layers", "metrics", "version", "seed")
+
+
+@dataclass
+class ModelLayer:
+    """One on-chip layer of an exported model."""
+
+    name: str
+    weight: np.ndarray    # (out, in) float32 logical weights
+    controls: np.ndarray  # (out, in) float32, what training chose (control units)
+    gain: np.ndarray      # (out,) float32
+    bias: np.ndarray      # (out,) float32
+
+
+@dataclass
+class ExportedModel:
+    """What pnndeploy needs from a model file: layers, scaling and metadata."""
+
+    path: Path | None
+    layers: list[ModelLayer]
+    scaling: InputScaling
+    platform: str
+    platform_params: dict[str, Any]
+    method: str
+    dataset: str
+    metrics: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def n_features(self) -> int:
+        return int(self.layers[0].weight.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.layers[-1].weight.shape[0])
+
+    def logits(self, X_scaled: np.ndarray) -> np.ndarray:
+        """Nominal logits in numpy (float64), for checks without a runtime."""
+        h = np.asarray(X_scaled, dtype=np.float64)
+        for k, layer in enumerate(self.layers):
+            h = (h @ layer.weight.T.astype(np.float64)) * layer.gain + layer.bias
+            if k < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        return h
+
+
+def _floats(a: np.ndarray) -> list:
+    """float32 array -> nested lists of Python floats that convert back to float32 exactly."""
+    return np.asarray(a, dtype=np.float32).astype(np.float64).tolist()
+
+
+def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[str, Any]):
+    """The ONNX ModelProto for these layers, scaling and (already JSON-able) metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n_in = layers[0].weight.shape[1]
+    n_out = layers[-1].weight.shape[0]
+    init = [
+        numpy_helper.from_array(np.asarray(scaling.offset, dtype=np.float32), "input_offset"),
+        numpy_helper.from_array(np.asarray(scaling.scale, dtype=np.float32), "input_scale"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "power_min"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "power_max"),
+    ]
+    nodes = [
+        helper.make_node("Sub", [INPUT_NAME, "input_offset"], ["shifted"], name="scale_sub"),
+        helper.make_node("Mul", ["shifted", "input_scale"], ["scaled"], name="scale_mul"),
+        helper.make_node("Clip", ["scaled", "power_min", "power_max"], ["optical_power"],
+                         name="optical_power"),
+    ]
+    h = "optical_power"
+    for k, layer in enumerate(layers):
+        last = k == len(layers) - 1
+        init += [numpy_helper.from_array(layer.weight.astype(np.float32), f"{layer.name}.weight"),
+                 numpy_helper.from_array(layer.gain.astype(np.float32), f"{layer.name}.gain"),
+                 numpy_helper.from_array(layer.bias.astype(np.float32), f"{layer.name}.bias")]
+        nodes += [
+            helper.make_node("Gemm", [h, f"{layer.name}.weight"], [f"{layer.name}.onchip"],
+                             transB=1, name=f"{layer.name}.onchip"),
+            helper.make_node("Mul", [f"{layer.name}.onchip", f"{layer.name}.gain"],
+                             [f"{layer.name}.gained"], name=f"{layer.name}.gain"),
+            helper.make_node("Add", [f"{layer.name}.gained", f"{layer.name}.bias"],
+                             [OUTPUT_NAME if last else f"{layer.name}.pre"], name=f"{layer.name}.bias"),
+        ]
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"{layer.name}.pre"], [f"{layer.name}.out"],
+                                          name=f"{layer.name}.relu"))
+            h = f"{layer.name}.out"
+    graph = helper.make_graph(
+        nodes, "pnndeploy_pnn",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", n_out])],
+        init,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="pnndeploy", producer_version=__version__)
+    model.ir_version = IR_VERSION
+    model.doc_string = ("Physical neural network exported by pnndeploy: nominal logits from raw inputs; "
+                        "on-chip layers are the *.weight initializers listed in pnndeploy.onchip.")
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key = PREFIX + key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_model(path: str | Path, layers: list[ModelLayer], scaling: InputScaling, *,
+               platform: str, platform_params: dict[str, Any], method: str, rho: float,
+               dataset: str, metrics: dict[str, Any], seed: int,
+               extra: dict[str, Any] | None = None) -> str:
+    """Write the model atomically; returns the file's sha256."""
+    metadata: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "platform": platform,
+        "platform_params": platform_params,
+        "method": method,
+        "rho": rho,
+        "dataset": dataset,
+        "input_scaling": scaling.to_json(),
+        "onchip": [f"{layer.name}.weight" for layer in layers],
+        "controls": {f"{layer.name}.weight": {"shape": list(layer.controls.shape),
+                                              "values": _floats(layer.controls)} for layer in layers},
+        "layers": [{"name": layer.name, "in": int(layer.weight.shape[1]), "out": int(layer.weight.shape[0]),
+                    "activation": "relu" if k < len(layers) - 1 else "none"}
+                   for k, layer in enumerate(layers)],
+        "metrics": metrics,
+        "version": __version__,
+        "seed": seed,
+        **(extra or {}),
+    }
+    metadata = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in metadata.items()}
+    data = build_onnx(layers, scaling, metadata).SerializeToString()
+    write_bytes_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_model(path: str | Path) -> ExportedModel:
+    """Read a pnndeploy ONNX file; every problem is a one-line :class:`ModelFileError`."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    where = f"model {path}"
+    if not path.is_file():
+        raise ModelFileError(f"{where}: file not found; train one with `pnndeploy train --out {path}` "
+                             "or pass --model")
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises several types
+        raise ModelFileError(f"{where}: not an ONNX file ({type(exc).__name__}); pass a .onnx written by "
+                             "`pnndeploy train`") from None
+    if not proto.graph.node and not proto.metadata_props:
+        raise ModelFileError(f"{where}: not an ONNX model (empty graph); pass a .onnx written by "
+                             "`pnndeploy train`")
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise ModelFileError(f"{where}: initializer {tensor.name!r} refers to external data; pnndeploy "
+                                 "never reads files a model points at: re-export it as one file")
+    meta = {p.key[len(PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(PREFIX)}
+    if not meta:
+        raise ModelFileError(f"{where}: valid ONNX but not written by pnndeploy (no pnndeploy.* metadata); "
+                             "train it with `pnndeploy train`")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelFileError(f"{where}: metadata lacks {', '.join(PREFIX + k for k in missing)}; "
+                             "re-export it with `pnndeploy train`")
+    parsed: dict[str, Any] = {}
+    for key, value in meta.items():
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            if key in REQUIRED_KEYS and key not in ("platform", "method", "dataset", "version"):
+                raise ModelFileError(f"{where}: metadata {PREFIX}{key} is not valid JSON; "
+                                     "re-export the model with `pnndeploy train`") from None
+            parsed[key] = value
+    for key in ("platform", "method", "dataset", "version"):
+        parsed[key] = meta[key]
+    fmt = parsed["format_version"]
+    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+        raise ModelFileError(f"{where}: format_version {fmt!r} is newer than this pnndeploy reads "
+                             f"({FORMAT_VERSION}); upgrade pnndeploy")
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    layers = _layers_from(where, parsed, inits)
+    scaling = InputScaling.from_json(parsed["input_scaling"])
+    metrics = parsed["metrics"] if isinstance(parsed["metrics"], dict) else {}
+    return ExportedModel(path=path, layers=layers, scaling=scaling, platform=parsed["platform"],
+                         platform_params=parsed["platform_params"], method=parsed["method"],
+                         dataset=parsed["dataset"], metrics=metrics, metadata=parsed,
+                         sha256=hashlib.sha256(data).hexdigest())
+
+
+def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray]) -> list[ModelLayer]:
+    """Check the initializers against the metadata and assemble the layers."""
+    onchip, controls, layer_meta = meta["onchip"], meta["controls"], meta["layers"]
+    if not isinstance(onchip, list) or not isinstance(controls, dict) or not isinstance(layer_meta, list) \
+            or len(onchip) != len(layer_meta) or not onchip:
+        raise ModelFileError(f"{where}: metadata onchip/layers/controls disagree; re-export the model")
+    layers = []
+    previous_out = None
+    for weight_name, info in zip(onchip, layer_meta):
+        name = str(info.get("name", "")) if isinstance(info, dict) else ""
+        arrays = {}
+        for part in ("weight", "gain", "bias"):
+            key = f"{name}.{part}"
+            if key not in inits:
+                raise ModelFileError(f"{where}: initializer {key!r} named by the metadata is missing; "
+                                     "re-export the model")
+            arrays[part] = inits[key].astype(np.float32)
+        out_f, in_f = int(info.get("out", -1)), int(info.get("in", -1))
+        w = arrays["weight"]
+        if weight_name != f"{name}.weight" or w.shape != (out_f, in_f) \
+                or arrays["gain"].shape != (out_f,) or arrays["bias"].shape != (out_f,) \
+                or (previous_out is not None and in_f != previous_out):
+            raise ModelFileError(f"{where}: initializer shapes of layer {name!r} {w.shape} contradict the "
+                                 f"metadata ({out_f}x{in_f}); the file was edited or corrupted, re-export it")
+        entry = controls.get(weight_name)
+        try:
+            c = np.asarray(entry["values"], dtype=np.float32)
+        except (TypeError, KeyError, ValueError):
+            raise ModelFileError(f"{where}: controls of {weight_name!r} missing or malformed in "
+                                 f"{PREFIX}controls; re-export the model") from None
+        if c.shape != w.shape or not np.all(np.isfinite(c)) or not np.all(np.isfinite(w)):
+            raise ModelFileError(f"{where}: controls of {weight_name!r} have shape {c.shape}, weights "
+                                 f"{w.shape}, or hold non-finite values; re-export the model")
+        layers.append(ModelLayer(name=name, weight=w, controls=c, gain=arrays["gain"], bias=arrays["bias"]))
+        previous_out = out_f
+    return layers
+
+
+def onnx_logits(path: str | Path, X_raw: np.ndarray) -> np.ndarray:
+    """Run the model file in onnxruntime on raw inputs."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(X_raw, dtype=np.float32)})[0]

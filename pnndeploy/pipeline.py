@@ -1,0 +1,63 @@
+"""Train, measure and export in one call: what `pnndeploy train` does, usable from Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pnndeploy.data import Dataset, load_dataset
+from pnndeploy.onnx_io import ModelLayer, save_model
+from pnndeploy.sharpness import model_sharpness
+from pnndeploy.training import EpochRecord, TrainConfig, TrainResult, evaluation_tensors, train
+
+
+@dataclass
+class TrainSummary:
+    """What a training run reports (the `train --json` document)."""
+
+    model: str
+    model_sha256: str
+    platform: str
+    method: str
+    dataset: str
+    train_accuracy: float
+    test_accuracy: float
+    sharpness: float
+    seconds: float
+    clipped_weights: int
+    config: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Path,
+                     on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[TrainSummary, TrainResult]:
+    """Train with ``config``, measure the sharpness, write the ONNX file atomically."""
+    config.validate()
+    if isinstance(dataset, str):
+        dataset = load_dataset(dataset, seed=config.seed)
+    result = train(dataset, config, on_epoch=on_epoch)
+    X, y = evaluation_tensors(dataset)
+    sharpness = model_sharpness(result.model, X, y)
+    exported = result.model.export_layers()
+    layers = [ModelLayer(name=f"layer{k}", weight=e.weight, controls=e.controls, gain=e.gain, bias=e.bias)
+              for k, e in enumerate(exported)]
+    clipped = sum(e.clipped for e in exported)
+    platform = result.model.platform
+    metrics = {"train_accuracy": result.train_accuracy, "test_accuracy": result.test_accuracy,
+               "sharpness": sharpness, "seconds": result.seconds, "clipped_weights": clipped}
+    sha = save_model(
+        out, layers, dataset.scaling, platform=platform.name,
+        platform_params={**platform.params_dict(), "control_units": platform.control_units,
+                         "control_range": list(platform.control_range)},
+        method=config.method, rho=config.rho if config.method == "sat" else 0.0,
+        dataset=dataset.name, metrics=metrics, seed=config.seed,
+        extra={"config": config.to_dict(), "n_classes": dataset.n_classes},
+    )
+    summary = TrainSummary(model=str(out), model_sha256=sha, platform=platform.name, method=config.method,
+                           dataset=dataset.name, train_accuracy=result.train_accuracy,
+                           test_accuracy=result.test_accuracy, sharpness=sharpness,
+                           seconds=result.seconds, clipped_weights=clipped, config=config.to_dict())
+    return summary, result

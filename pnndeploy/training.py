@@ -1,0 +1,213 @@
+"""Training methods: the paper's baseline, noise-aware training, and sharpness-aware training (SAT).
+
+SAT minimises max_{||eps|| <= rho} L(theta + eps) over the on-chip *controls*
+theta, so its eps-ball lives in the same space (nm of detuning) as the errors a
+real chip makes.  One step (PAPER.md):
+
+1. g = grad L(theta) on the batch;
+2. eps = rho * g / ||g|| (one global norm), or adaptively
+   eps = rho * theta^2 * g / || |theta| * g ||;
+3. g_adv = grad L(theta + eps) on the same batch;
+4. restore theta by copy (the controls are clamped, so subtracting eps would
+   not undo the step exactly), then step Adam with g_adv.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pnndeploy.data import Dataset
+from pnndeploy.errors import ConfigError
+from pnndeploy.model import PNN, accuracy
+from pnndeploy.platforms import get_platform
+
+METHODS = ("standard", "noise-aware", "sat")
+PERTURB_CHOICES = ("onchip", "all")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run (what ``--config FILE.yaml`` may set)."""
+
+    method: str = "sat"
+    platform: str = "mrr"
+    hidden: list[int] = field(default_factory=lambda: [32])
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.01
+    seed: int = 0
+    rho: float = 0.1
+    adaptive: bool = False
+    noise: float = 0.05
+    perturb: str = "onchip"
+
+    def validate(self) -> None:
+        """Refuse settings that would train nonsense, with the flag to change."""
+        if self.method not in METHODS:
+            raise ConfigError(f"--method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if self.perturb not in PERTURB_CHOICES:
+            raise ConfigError(f"perturb {self.perturb!r} is unknown; use one of {', '.join(PERTURB_CHOICES)}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive (got {self.lr})")
+        if not self.rho >= 0:
+            raise ConfigError(f"--rho must be 0 or more (got {self.rho})")
+        if not self.noise >= 0:
+            raise ConfigError(f"--noise must be 0 or more nm (got {self.noise})")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden must be positive widths (got {self.hidden})")
+        get_platform(self.platform)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SharpnessAwareStep:
+    """The SAT ascent and restore around one base-optimiser step.
+
+    Usage per batch: backward the clean loss, :meth:`ascend`, zero the grads,
+    backward the loss at the perturbed point, :meth:`restore`, step the base
+    optimiser.  With a zero (or non-finite) gradient the ascent is skipped: the
+    step is then a plain step.
+    """
+
+    def __init__(self, params: Sequence[nn.Parameter], rho: float, adaptive: bool,
+                 eps: float = 1e-12) -> None:
+        self.params = list(params)
+        self.rho = rho
+        self.adaptive = adaptive
+        self.eps = eps
+        self._saved: list[torch.Tensor] | None = None
+        self.last_perturbation: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def ascend(self) -> float:
+        """Move the parameters to theta + eps; returns ||eps|| (0 when skipped)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.adaptive:
+            scaled = [p.abs() * g for p, g in zip(self.params, grads)]
+        else:
+            scaled = grads
+        norm = torch.sqrt(sum((s.double() ** 2).sum() for s in scaled))
+        self._saved = [p.detach().clone() for p in self.params]
+        if self.rho == 0 or not torch.isfinite(norm) or norm <= self.eps:
+            self.last_perturbation = [torch.zeros_like(p) for p in self.params]
+            return 0.0
+        factor = (self.rho / norm).float()
+        perturbation = []
+        for p, g in zip(self.params, grads):
+            e = (p * p * g if self.adaptive else g) * factor
+            p.add_(e)
+            perturbation.append(e)
+        self.last_perturbation = perturbation
+        return float(torch.sqrt(sum((e.double() ** 2).sum() for e in perturbation)))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back the parameters saved by :meth:`ascend`, bit for bit."""
+        if self._saved is None:
+            raise RuntimeError("restore() called before ascend()")
+        for p, saved in zip(self.params, self._saved):
+            p.copy_(saved)
+        self._saved = None
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: PNN
+    config: TrainConfig
+    history: list[EpochRecord]
+    train_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+
+def build_model(config: TrainConfig, n_features: int, n_classes: int) -> PNN:
+    """The PNN for this config: controls for noise-aware and SAT, weights for the baseline."""
+    platform = get_platform(config.platform)
+    sizes = [n_features, *config.hidden, n_classes]
+    parameterisation = "weights" if config.method == "standard" else "controls"
+    return PNN(sizes, platform, seed=config.seed, parameterisation=parameterisation)
+
+
+def _perturbed_params(model: PNN, perturb: str) -> list[nn.Parameter]:
+    if perturb == "onchip":
+        return model.onchip_parameters()
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train(dataset: Dataset, config: TrainConfig,
+          on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+    """Train one model on ``dataset`` with ``config``; deterministic for a given seed."""
+    config.validate()
+    torch.manual_seed(config.seed)
+    X = torch.from_numpy(dataset.scaling.apply(dataset.X_train))
+    y = torch.from_numpy(dataset.y_train)
+    X_test = torch.from_numpy(dataset.scaling.apply(dataset.X_test))
+    y_test = torch.from_numpy(dataset.y_test)
+
+    model = build_model(config, dataset.n_features, dataset.n_classes)
+    if config.method == "noise-aware":
+        model.set_control_noise(config.noise)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sat = (SharpnessAwareStep(_perturbed_params(model, config.perturb), config.rho, config.adaptive)
+           if config.method == "sat" else None)
+    loss_fn = nn.CrossEntropyLoss()
+    shuffle = torch.Generator().manual_seed(config.seed + 1)
+
+    history: list[EpochRecord] = []
+    start = time.perf_counter()
+    model.train()
+    n = X.shape[0]
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=shuffle)
+        total, correct = 0.0, 0
+        for begin in range(0, n, config.batch_size):
+            idx = order[begin:begin + config.batch_size]
+            xb, yb = X[idx], y[idx]
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            loss.backward()
+            if sat is not None:
+                sat.ascend()
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(xb), yb).backward()
+                sat.restore()
+            optimizer.step()
+            model.project()
+            total += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+        record = EpochRecord(epoch, total / n, correct / n, time.perf_counter() - t0)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    seconds = time.perf_counter() - start
+    model.eval()
+    model.set_control_noise(0.0)
+    return TrainResult(model, config, history, accuracy(model, X, y), accuracy(model, X_test, y_test),
+                       seconds)
+
+
+def evaluation_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scaled training set as tensors (what sharpness is measured on)."""
+    return (torch.from_numpy(dataset.scaling.apply(dataset.X_train)),
+            torch.from_numpy(np.ascontiguousarray(dataset.y_train)))
