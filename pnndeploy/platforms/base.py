@@ -52,8 +52,8 @@ class Platform(ABC):
         """
 
     @abstractmethod
-    def init_controls(self, shape: tuple[int, ...], generator: Any) -> Any:
-        """Initial trainable controls (a torch tensor) for a layer of this shape."""
+    def init_controls(self, shape: tuple[int, ...], generator: Any, bound: float = 0.9) -> Any:
+        """Initial trainable controls (a torch tensor) whose weights spread over [-bound, bound]."""
 
     @abstractmethod
     def sample_fabrication(self, spec: Mapping[str, Any], shape: tuple[int, int],

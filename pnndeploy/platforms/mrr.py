@@ -57,17 +57,14 @@ class MRRPlatform(Platform):
         s = np.where(np.asarray(sign) < 0, -1.0, 1.0)
         return np.clip(s * x, lo, hi), np.broadcast_to(reachable, x.shape).copy()
 
-    def init_controls(self, shape: tuple[int, ...], generator: Any) -> Any:
-        """Detunings whose weights are spread like a Kaiming-uniform init.
+    def init_controls(self, shape: tuple[int, ...], generator: Any, bound: float = 0.9) -> Any:
+        """Detunings whose nominal weights are uniform in [-bound, bound].
 
-        Weights are drawn uniformly in [-b, b] with b = sqrt(6/fan_in) (capped at
-        0.9) and mapped through the nominal inverse with a random sign, so
-        training starts on the steep flanks of the Lorentzian.
+        Weights are mapped through the nominal inverse with a random sign, so
+        training starts on both flanks of the Lorentzian.
         """
         import torch
 
-        fan_in = shape[-1]
-        bound = min(0.9, float(np.sqrt(6.0 / fan_in)))
         w = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
         sign = torch.where(torch.rand(shape, generator=generator, dtype=torch.float64) < 0.5, -1.0, 1.0)
         g, a = self.nominal["gamma"], self.nominal["a"]

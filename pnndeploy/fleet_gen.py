@@ -1,0 +1,339 @@
+"""Simulated fleets: draw chips from a process spec (process.yaml) and write their profiles.
+
+Every chip has its own random stream, derived from the fleet seed and the
+chip's name (never the global RNG), so chipC is the same whether it is
+generated alone or in a fleet of 100, and a regenerated fleet is identical to
+the shipped one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import yaml
+
+from pnndeploy.errors import ConfigError, PnnError
+from pnndeploy.platforms import Platform, get_platform
+from pnndeploy.profiles import (
+    DeviceProfile,
+    Environment,
+    check_device_name,
+    param_ranges,
+    write_profile,
+)
+
+PROCESS_SCHEMA_VERSION = 1
+_TOP_KEYS = ("schema_version", "name", "platform", "array", "ring", "calibration", "environment")
+
+
+# --------------------------------------------------------------------------- process spec
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _RecordingMapping(Mapping[str, Any]):
+    """A read-only mapping that remembers which keys were asked for."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+
+    def __getitem__(self, key: str) -> Any:
+        self.used.add(key)
+        if key not in self._data:
+            self.missing.append(key)
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def _keys(platform: Platform) -> dict[str, str]:
+    """Names of the platform-dependent keys of process.yaml."""
+    u = platform.control_units
+    return {
+        "offset_sigma": f"{platform.offset_name}_sigma_{u}",
+        "heater_range": f"heater_range_{u}",
+        "ageing": f"ageing_{u}_per_sqrt_day",
+    }
+
+
+def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
+    """Check a process spec (as loaded from YAML); ConfigError naming ``source`` and the key.
+
+    Returns the spec with ``calibration.measured_at`` normalised to an ISO-8601 string.
+    """
+
+    def fail(key: str, what: str) -> ConfigError:
+        return ConfigError(f"{source}: key '{key}' {what}; fix it in the process file")
+
+    def section(parent: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str, Any]:
+        full = f"{prefix}{key}"
+        if key not in parent:
+            raise fail(full, "is missing")
+        value = parent[key]
+        if not isinstance(value, Mapping):
+            raise fail(full, f"must be a mapping, got {type(value).__name__}")
+        return value
+
+    def number(parent: Mapping[str, Any], key: str, prefix: str, lo: float | None = None,
+               lo_incl: bool = True, hi: float | None = None, hi_incl: bool = True) -> float:
+        full = f"{prefix}{key}"
+        if key not in parent:
+            raise fail(full, "is missing")
+        v = parent[key]
+        if not _is_number(v):
+            raise fail(full, f"must be a finite number, got {v!r}")
+        if lo is not None and (v < lo or (v == lo and not lo_incl)):
+            raise fail(full, f"must be {'>=' if lo_incl else '>'} {lo:g}, got {v!r}")
+        if hi is not None and (v > hi or (v == hi and not hi_incl)):
+            raise fail(full, f"must be {'<=' if hi_incl else '<'} {hi:g}, got {v!r}")
+        return float(v)
+
+    def no_unknown(parent: Mapping[str, Any], allowed: Any, prefix: str) -> None:
+        unknown = [str(k) for k in parent if k not in allowed]
+        if unknown:
+            raise fail(f"{prefix}{unknown[0]}",
+                       f"is unknown (allowed here: {', '.join(allowed)})")
+
+    if not isinstance(process, Mapping):
+        raise ConfigError(f"{source}: must be a YAML mapping with keys {', '.join(_TOP_KEYS)}; "
+                          "fix the process file")
+    no_unknown(process, _TOP_KEYS, "")
+    for key in _TOP_KEYS:
+        if key not in process:
+            raise fail(key, "is missing")
+
+    version = process["schema_version"]
+    if not _is_int(version):
+        raise fail("schema_version", f"must be an integer, got {version!r}")
+    if version != PROCESS_SCHEMA_VERSION:
+        raise fail("schema_version",
+                   f"is {version}, this pnndeploy reads {PROCESS_SCHEMA_VERSION}"
+                   + ("; upgrade pnndeploy or" if version > PROCESS_SCHEMA_VERSION else ";"))
+    if not isinstance(process["name"], str) or not process["name"].strip():
+        raise fail("name", f"must be a non-empty string, got {process['name']!r}")
+    if not isinstance(process["platform"], str):
+        raise fail("platform", f"must be a string, got {process['platform']!r}")
+    try:
+        platform = get_platform(process["platform"])
+    except PnnError as exc:
+        raise ConfigError(f"{source}: key 'platform': {exc}") from None
+    names = _keys(platform)
+
+    array = section(process, "array")
+    no_unknown(array, ("rows", "cols"), "array.")
+    for key in ("rows", "cols"):
+        if key not in array:
+            raise fail(f"array.{key}", "is missing")
+        if not _is_int(array[key]) or array[key] < 1:
+            raise fail(f"array.{key}", f"must be a positive integer, got {array[key]!r}")
+
+    # ring: whatever the platform's fabrication model reads; learn it from a dry run
+    ring = section(process, "ring")
+    for key, value in ring.items():
+        if not _is_number(value):
+            raise fail(f"ring.{key}", f"must be a finite number, got {value!r}")
+        if "sigma" in str(key) and value < 0:
+            raise fail(f"ring.{key}", f"is a standard deviation and must be >= 0, got {value!r}")
+    recorder = _RecordingMapping(ring)
+    try:
+        platform.sample_fabrication(recorder, (1, 1), np.random.default_rng(0))
+    except KeyError:
+        raise fail(f"ring.{recorder.missing[0]}" if recorder.missing else "ring",
+                   f"is missing (platform {platform.name} needs "
+                   f"{', '.join(sorted(recorder.used))})") from None
+    no_unknown(ring, sorted(recorder.used), "ring.")
+
+    cal = section(process, "calibration")
+    no_unknown(cal, (names["offset_sigma"], "param_rel_sigma", "temperature_C", "measured_at"),
+               "calibration.")
+    number(cal, names["offset_sigma"], "calibration.", lo=0.0)
+    rel = section(cal, "param_rel_sigma", "calibration.")
+    no_unknown(rel, list(platform.param_units), "calibration.param_rel_sigma.")
+    for key in platform.param_units:
+        number(rel, key, "calibration.param_rel_sigma.", lo=0.0)
+    number(cal, "temperature_C", "calibration.", lo=-273.15, lo_incl=False)
+    if "measured_at" not in cal:
+        raise fail("calibration.measured_at", "is missing")
+    measured = cal["measured_at"]
+    if isinstance(measured, datetime):
+        measured_dt = measured if measured.tzinfo else measured.replace(tzinfo=timezone.utc)
+    elif isinstance(measured, str):
+        try:
+            measured_dt = datetime.fromisoformat(measured)
+        except ValueError:
+            raise fail("calibration.measured_at",
+                       f"must be an ISO-8601 time like \"2026-11-01T09:00:00+00:00\", "
+                       f"got {measured!r}") from None
+        if measured_dt.tzinfo is None:
+            raise fail("calibration.measured_at",
+                       f"needs a UTC offset (e.g. +00:00), got {measured!r}")
+    elif isinstance(measured, date):
+        raise fail("calibration.measured_at",
+                   f"needs a time and UTC offset, e.g. \"{measured.isoformat()}T09:00:00+00:00\"")
+    else:
+        raise fail("calibration.measured_at", f"must be an ISO-8601 time string, got {measured!r}")
+
+    env = section(process, "environment")
+    no_unknown(env, ("crosstalk", "detector_noise", "dac_bits", names["heater_range"],
+                     names["ageing"]), "environment.")
+    number(env, "crosstalk", "environment.", lo=0.0, hi=0.5, hi_incl=False)
+    number(env, "detector_noise", "environment.", lo=0.0)
+    if "dac_bits" not in env:
+        raise fail("environment.dac_bits", "is missing")
+    if not _is_int(env["dac_bits"]) or not 1 <= env["dac_bits"] <= 32:
+        raise fail("environment.dac_bits", f"must be an integer in 1..32, got {env['dac_bits']!r}")
+    hr_key = names["heater_range"]
+    if hr_key not in env:
+        raise fail(f"environment.{hr_key}", "is missing")
+    hr = env[hr_key]
+    if (not isinstance(hr, (list, tuple)) or len(hr) != 2 or not all(_is_number(v) for v in hr)
+            or not hr[0] < hr[1]):
+        raise fail(f"environment.{hr_key}", f"must be [low, high] numbers with low < high, got {hr!r}")
+    number(env, names["ageing"], "environment.", lo=0.0)
+
+    out = dict(process)
+    out["calibration"] = dict(cal)
+    out["calibration"]["measured_at"] = measured_dt.isoformat()
+    return out
+
+
+def load_process(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a process spec (YAML, safe_load only); ConfigError naming the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"process file {path} not found; pass an existing process.yaml "
+                          "(the default is device_profiles/process.yaml)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"process file {path} cannot be read ({exc}); check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"process file {path}: {problem}{where}; fix the YAML") from None
+    return check_process(data, source=f"process file {path}")
+
+
+# --------------------------------------------------------------------------- names and streams
+
+
+def chip_names(count: int, prefix: str = "chip") -> list[str]:
+    """``count`` names: chipA..chipZ, chipAA, chipAB, ... (spreadsheet-column letters)."""
+    if not _is_int(count) or count < 0:
+        raise ConfigError(f"chip count must be a non-negative integer, got {count!r}")
+    names = []
+    for i in range(1, count + 1):
+        letters = ""
+        n = i
+        while n > 0:
+            n, r = divmod(n - 1, 26)
+            letters = chr(ord("A") + r) + letters
+        names.append(f"{prefix}{letters}")
+    return names
+
+
+def chip_rng(seed: int, device_id: str) -> np.random.Generator:
+    """The random stream of one chip: a function of the fleet seed and the chip's name only."""
+    key = int.from_bytes(hashlib.sha256(device_id.encode("utf-8")).digest()[:8], "big")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), key]))
+
+
+# --------------------------------------------------------------------------- chips
+
+
+def generate_chip(process: Mapping[str, Any], device_id: str, seed: int,
+                  created: str | None = None) -> DeviceProfile:
+    """One simulated chip: fabrication truth drawn from the process, calibration = truth + error."""
+    process = check_process(process)
+    check_device_name(device_id)
+    platform = get_platform(process["platform"])
+    shape = (int(process["array"]["rows"]), int(process["array"]["cols"]))
+    cal_spec = process["calibration"]
+    env_spec = process["environment"]
+    names = _keys(platform)
+    rng = chip_rng(seed, device_id)
+
+    truth = dict(platform.sample_fabrication(process["ring"], shape, rng))
+    drift = np.asarray(truth.pop("drift_coefficient"), dtype=np.float64)
+    fields = [platform.offset_name, *platform.param_units]
+    fabrication = {k: np.asarray(truth[k], dtype=np.float64) for k in fields}
+
+    # the lab's measurement: same stream, after the truth, fixed order (offset, then params)
+    offset = fabrication[platform.offset_name]
+    calibration = {platform.offset_name:
+                   offset + float(cal_spec[names["offset_sigma"]]) * rng.standard_normal(shape)}
+    ranges = param_ranges(platform)
+    for k in platform.param_units:
+        rel = float(cal_spec["param_rel_sigma"][k])
+        measured = fabrication[k] * (1.0 + rel * rng.standard_normal(shape))
+        # a fit is constrained to physical values (e.g. extinction a <= 1)
+        calibration[k] = ranges[k].clip(measured)
+
+    hr = env_spec[names["heater_range"]]
+    environment = Environment(
+        drift_coefficient=drift,
+        crosstalk=float(env_spec["crosstalk"]),
+        detector_noise=float(env_spec["detector_noise"]),
+        dac_bits=int(env_spec["dac_bits"]),
+        heater_range=(float(hr[0]), float(hr[1])),
+        ageing_rate=float(env_spec[names["ageing"]]),
+    )
+    return DeviceProfile(
+        device_id=device_id,
+        platform=platform.name,
+        process=str(process["name"]),
+        created=created if created is not None else str(cal_spec["measured_at"]),
+        shape=shape,
+        calibration=calibration,
+        calibration_measured_at=str(cal_spec["measured_at"]),
+        calibration_temperature_C=float(cal_spec["temperature_C"]),
+        environment=environment,
+        fabrication=fabrication,
+    )
+
+
+def make_fleet(process: Mapping[str, Any], count: int, prefix: str, seed: int,
+               out_dir: str | os.PathLike[str],
+               progress: Callable[[int, int, str], Any] | None = None) -> list[Path]:
+    """Write ``<out_dir>/<name>.h5`` for ``count`` chips (atomically); return the paths.
+
+    ``progress(i, n, name)`` is called after each chip is written, ``i`` counting from 1.
+    """
+    process = check_process(process)
+    names = chip_names(count, prefix)
+    for name in names[:1] + names[-1:]:
+        check_device_name(name)
+    out_dir = Path(out_dir)
+    paths = []
+    for i, name in enumerate(names, start=1):
+        path = out_dir / f"{name}.h5"
+        write_profile(generate_chip(process, name, seed), path)
+        paths.append(path)
+        if progress is not None:
+            progress(i, len(names), name)
+    return paths
+
+
+__all__ = ["PROCESS_SCHEMA_VERSION", "check_process", "load_process", "chip_names", "chip_rng",
+           "generate_chip", "make_fleet"]
