@@ -29,8 +29,10 @@ class MRRPlatform(Platform):
     offset_name = "resonance_offset"
     param_units = {"gamma": "nm", "a": "1"}
     nominal = {"gamma": 0.15, "a": 1.0}
-    #: Detuning reachable by the heater around the laser line (20 half-widths).
-    control_range = (-3.0, 3.0)
+    #: Detunings training may choose (about 17 half-widths).  Kept inside the chips'
+    #: heater range (+-3 nm in the default process) so the heater has headroom
+    #: left to cancel each ring's resonance offset.
+    control_range = (-2.5, 2.5)
 
     def transfer(self, control: Any, gamma: Any = 0.15, a: Any = 1.0) -> Any:
         u = control / gamma

@@ -1,0 +1,123 @@
+"""`pnndeploy transfer`: map one model onto chips, write the deployments, report accuracy per chip and fleet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pnndeploy.data import load_dataset
+from pnndeploy.errors import DatasetError, PnnError
+from pnndeploy.fleet import Conditions, SimulatedFleet
+from pnndeploy.mapping import Deployment, deployment_path, map_model, write_deployment
+from pnndeploy.onnx_io import ExportedModel, load_model
+from pnndeploy.profiles import DeviceProfile, list_profiles, read_profile, resolve_device
+from pnndeploy.stats import fleet_summary, wilson_interval
+
+
+@dataclass
+class EvaluationData:
+    """The test split of the model's dataset, scaled as the model was trained."""
+
+    name: str
+    X: np.ndarray   # scaled to optical powers
+    y: np.ndarray
+
+
+@dataclass
+class PreparedFleet:
+    """A model mapped onto chips and ready to evaluate."""
+
+    model: ExportedModel
+    data: EvaluationData
+    profiles: list[DeviceProfile]
+    deployments: list[Deployment]
+    deployment_files: list[str | None]
+    fleet: SimulatedFleet
+
+    def nominal_accuracy(self) -> float:
+        return float((self.model.logits(self.data.X).argmax(1) == self.data.y).mean())
+
+
+def load_evaluation_data(model: ExportedModel, dataset_spec: str | None = None) -> EvaluationData:
+    """The model's test split (its dataset and seed from the metadata unless ``dataset_spec``)."""
+    spec = dataset_spec or model.dataset
+    seed = model.metadata.get("seed", 0)
+    dataset = load_dataset(spec, seed=int(seed) if isinstance(seed, int) else 0)
+    if dataset.n_features != model.n_features:
+        raise DatasetError(f"dataset {spec}: {dataset.n_features} features but model {model.path} expects "
+                           f"{model.n_features}; use the dataset the model was trained on")
+    if dataset.y_test.size and int(dataset.y_test.max()) >= model.n_classes:
+        raise DatasetError(f"dataset {spec}: label {int(dataset.y_test.max())} but model {model.path} knows "
+                           f"{model.n_classes} classes (0..{model.n_classes - 1}); use the model's dataset")
+    return EvaluationData(spec, model.scaling.apply(dataset.X_test), dataset.y_test)
+
+
+def resolve_devices(devices: Sequence[str], use_fleet: bool, directory: Path) -> list[Path]:
+    """Profile paths for ``--device`` names or every profile of ``--fleet``."""
+    if use_fleet and devices:
+        raise PnnError("give either --device NAME (repeatable) or --fleet, not both")
+    if use_fleet:
+        paths = list_profiles(directory)
+        if not paths:
+            raise PnnError(f"profiles folder {directory} holds no profiles; create a fleet with "
+                           "`pnndeploy fleet make` or pass --profiles DIR")
+        return paths
+    if not devices:
+        raise PnnError("no device given; pass --device NAME (repeatable) or --fleet")
+    return [resolve_device(name, directory) for name in dict.fromkeys(devices)]
+
+
+def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: bool, profiles: Path,
+                  dataset_spec: str | None = None, save_dir: Path | None = Path("deployments"),
+                  on_device: Callable[[str], None] | None = None) -> PreparedFleet:
+    """Load the model and profiles, map the model onto each chip, optionally write the deployments."""
+    model = load_model(model_path)
+    data = load_evaluation_data(model, dataset_spec)
+    profile_list, deployments, files = [], [], []
+    for path in resolve_devices(devices, use_fleet, profiles):
+        profile = read_profile(path)
+        deployment = map_model(model, profile)
+        target = None
+        if save_dir is not None:
+            target = str(write_deployment(deployment, deployment_path(model_path, profile.device_id, save_dir)))
+        profile_list.append(profile)
+        deployments.append(deployment)
+        files.append(target)
+        if on_device is not None:
+            on_device(profile.device_id)
+    fleet = SimulatedFleet(model, profile_list, deployments)
+    return PreparedFleet(model, data, profile_list, deployments, files, fleet)
+
+
+def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: float = 0.9,
+                    eval_seed: int = 0) -> dict:
+    """The `transfer --json` document (DESIGN.md) for a prepared fleet at a temperature offset."""
+    acc = prepared.fleet.accuracy(prepared.data.X, prepared.data.y, Conditions(delta_T=delta_T, eval_seed=eval_seed))
+    nominal = prepared.nominal_accuracy()
+    n = int(prepared.data.y.size)
+    devices = []
+    for k, profile in enumerate(prepared.profiles):
+        lo, hi = wilson_interval(acc[k], n)
+        devices.append({
+            "device": profile.device_id,
+            "accuracy": float(acc[k]),
+            "ci95": [lo, hi],
+            "delta_vs_nominal": float(acc[k] - nominal),
+            "clipped_weights": prepared.deployments[k].clipped,
+            "deployment": prepared.deployment_files[k],
+            "calibration_measured_at": profile.calibration_measured_at,
+        })
+    return {
+        "model": str(prepared.model.path),
+        "model_sha256": prepared.model.sha256,
+        "method": prepared.model.method,
+        "dataset": prepared.data.name,
+        "samples": n,
+        "nominal_accuracy": nominal,
+        "temperature_delta_K": float(delta_T),
+        "devices": devices,
+        "fleet": fleet_summary([d["device"] for d in devices], acc, threshold),
+    }
