@@ -165,5 +165,188 @@ def inspect(model: str, as_json: bool) -> None:
         render_inspect(doc)
 
 
+# ---------------------------------------------------------------------------------------------- fleet
+profiles_option = click.option(
+    "--profiles", "profiles", default=None, metavar="DIR",
+    help="Folder of device profiles (default: $PNNDEPLOY_PROFILES, else device_profiles).")
+
+
+@main.group()
+def fleet() -> None:
+    """Simulated chips: generate a fleet from a process spec, list the profiles."""
+
+
+@fleet.command("make")
+@click.option("--process", "process_path", default="device_profiles/process.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="Process spec (YAML) with the spreads of every quantity.")
+@click.option("--count", type=click.IntRange(1, 10000), default=8, show_default=True, help="Number of chips.")
+@click.option("--prefix", default="chip", show_default=True, help="Chip names: PREFIX + A, B, … Z, AA, …")
+@click.option("--out", "out_dir", default="device_profiles", show_default=True, help="Folder to write them to.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Fleet seed; each chip draws from its own stream derived from it and its name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def fleet_make(process_path: str, count: int, prefix: str, out_dir: str, seed: int, as_json: bool) -> None:
+    """Generate simulated chips (fabrication truth + calibration) as HDF5 profiles.
+
+    \b
+    Example:
+      pnndeploy fleet make --count 64 --prefix lot7- --out profiles/lot7 --seed 3
+    """
+    from rich.progress import Progress
+
+    from pnndeploy.fleet_gen import load_process, make_fleet
+
+    process = load_process(process_path)
+    with Progress(console=_stderr_console(), transient=True) as progress:
+        task = progress.add_task("writing profiles", total=count)
+        paths = make_fleet(process, count, prefix, seed, out_dir,
+                           progress=lambda i, n, name: progress.update(task, completed=i))
+    if as_json:
+        _print_json({"profiles": [str(p) for p in paths], "process": process["name"], "seed": seed})
+    else:
+        click.echo(f"wrote {len(paths)} profiles to {out_dir} ({paths[0].stem} … {paths[-1].stem})")
+
+
+@fleet.command("list")
+@profiles_option
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def fleet_list(profiles: str | None, as_json: bool) -> None:
+    """List the device profiles of the profiles folder.
+
+    \b
+    Example:
+      pnndeploy fleet list --profiles device_profiles
+    """
+    from pnndeploy.profiles import list_profiles, profile_summary, profiles_dir, read_profile
+    from pnndeploy.report import render_fleet_list
+
+    directory = profiles_dir(profiles)
+    rows = [profile_summary(read_profile(path)) for path in list_profiles(directory)]
+    if as_json:
+        _print_json({"profiles_dir": str(directory), "devices": rows})
+    else:
+        render_fleet_list(str(directory), rows)
+
+
+@main.group()
+def profile() -> None:
+    """Look at one device profile: show it, or validate a file."""
+
+
+@profile.command("show")
+@click.argument("name")
+@profiles_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def profile_show(name: str, profiles: str | None, as_json: bool) -> None:
+    """Show a device's array, calibration age and (simulated chips) its calibration error.
+
+    \b
+    Example:
+      pnndeploy profile show chipB
+    """
+    from pnndeploy.profiles import profile_summary, profiles_dir, read_profile, resolve_device
+    from pnndeploy.report import render_profile
+
+    summary = profile_summary(read_profile(resolve_device(name, profiles_dir(profiles))))
+    if as_json:
+        _print_json(summary)
+    else:
+        render_profile(summary)
+
+
+@profile.command("validate")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print {path, valid, problems} as JSON.")
+def profile_validate(path: str, as_json: bool) -> None:
+    """Check a profile file: every problem in one report. Exit 2 when it is invalid.
+
+    \b
+    Example:
+      pnndeploy profile validate device_profiles/chipA.h5
+    """
+    from pnndeploy.profiles import validate_profile
+
+    problems = validate_profile(path)
+    if as_json:
+        _print_json({"path": path, "valid": not problems, "problems": problems})
+    elif not problems:
+        click.echo(f"{path}: valid")
+    if problems:
+        if not as_json:
+            click.echo(f"pnndeploy: error: profile {path}: " + "; ".join(problems), err=True)
+        sys.exit(2)
+
+
+# ------------------------------------------------------------------------------------------- transfer
+def _devices_options(func: Any) -> Any:
+    func = click.option("--device", "devices", multiple=True, metavar="NAME",
+                        help="A device name (repeatable); resolves to PROFILES/NAME.h5.")(func)
+    func = click.option("--fleet", "use_fleet", is_flag=True, help="Every profile in the profiles folder.")(func)
+    func = profiles_option(func)
+    func = click.option("--model", default="models/model.onnx", show_default=True,
+                        type=click.Path(dir_okay=False), help="The ONNX model written by `pnndeploy train`.")(func)
+    func = click.option("--dataset", default=None, metavar="SPEC",
+                        help="Evaluate on this dataset's test split instead of the model's own.")(func)
+    return func
+
+
+def _fraction(name: str, value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise PnnError(f"{name} {value} is outside [0, 1]; accuracies are fractions, e.g. 0.9")
+    return value
+
+
+@main.command()
+@_devices_options
+@click.option("--temperature-delta", "delta_T", type=float, default=0.0, show_default=True,
+              help="Chip temperature minus calibration temperature, K (every ring shifts by its own k·ΔT).")
+@click.option("--threshold", type=float, default=0.9, show_default=True,
+              help="Accuracy a chip must reach to count towards the yield.")
+@click.option("--min-yield", type=float, default=None,
+              help="Exit with status 1 when the fleet's yield is below this fraction.")
+@click.option("--no-save", is_flag=True, help="Do not write deployments/MODEL@DEVICE.h5 files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md transfer document on stdout.")
+def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
+             delta_T: float, threshold: float, min_yield: float | None, no_save: bool, as_json: bool) -> None:
+    """Map the model onto chip(s) through their calibration and report the accuracy on each.
+
+    \b
+    Examples:
+      pnndeploy transfer --device chipB
+      pnndeploy transfer --fleet --temperature-delta 1 --min-yield 0.9 --json
+    """
+    from pathlib import Path
+
+    from pnndeploy.profiles import profiles_dir
+    from pnndeploy.report import render_transfer
+    from pnndeploy.transfer import transfer_report
+
+    _fraction("--threshold", threshold)
+    _fraction("--min-yield", min_yield)
+    prepared = _prepare_with_progress(model, devices, use_fleet, profiles_dir(profiles), dataset,
+                                      None if no_save else Path("deployments"))
+    report = transfer_report(prepared, delta_T=delta_T, threshold=threshold)
+    if as_json:
+        _print_json(report)
+    else:
+        render_transfer(report)
+    if min_yield is not None and report["fleet"]["yield"] < min_yield:
+        click.echo(f"pnndeploy: yield {report['fleet']['yield']:.3f} is below --min-yield {min_yield}", err=True)
+        sys.exit(1)
+
+
+def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory: Any, dataset: str | None,
+                           save_dir: Any) -> Any:
+    from rich.progress import Progress
+
+    from pnndeploy.transfer import prepare_fleet
+
+    with Progress(console=_stderr_console(), transient=True) as progress:
+        task = progress.add_task("mapping onto chips", total=None)
+        return prepare_fleet(model, devices, use_fleet, directory, dataset, save_dir,
+                             on_device=lambda name: progress.update(task, advance=1,
+                                                                     description=f"mapped {name}"))
+
+
 if __name__ == "__main__":
     main()

@@ -96,7 +96,8 @@ def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
         ri, ci = ring_index(layer.weight.shape, profile.shape)
         params = {k: profile.calibration[k][ri, ci] for k in platform.param_units}
         sign = np.where(layer.controls < 0, -1.0, 1.0)
-        target, reachable = platform.inverse(layer.weight.astype(np.float64), sign, **params)
+        # the heater range, not the training range, limits what the chip can reach
+        target, reachable = platform.inverse(layer.weight.astype(np.float64), sign, np.inf, **params)
         raw = target - profile.calibration[platform.offset_name][ri, ci]
         settings, inside = quantise(raw, env.heater_range, env.dac_bits)
         layers.append(LayerDeployment(layer.name, settings, int((~(reachable & inside)).sum())))

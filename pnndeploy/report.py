@@ -77,3 +77,75 @@ def render_inspect(doc: dict[str, Any]) -> None:
 def _short(value: Any, limit: int = 80) -> str:
     text = str(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def render_fleet_list(directory: str, rows: list[dict[str, Any]]) -> None:
+    table = Table(title=f"device profiles in {directory}")
+    for column in ("device", "platform", "array", "simulated", "calibrated", "age (days)",
+                   "σ(offset error)"):
+        table.add_column(column)
+    for row in rows:
+        err = row.get("calibration_error", {})
+        offset = next(iter(err.values()), None) if err else None
+        age = row.get("calibration_age_days")
+        table.add_row(row["device_id"], row["platform"], "×".join(map(str, row["array"])),
+                      "yes" if row["simulated"] else "no", row["calibration"]["measured_at"],
+                      "–" if age is None else f"{age:.1f}",
+                      "–" if offset is None else f"{offset['std']:.4f} {offset['units']}")
+    _console().print(table)
+
+
+def render_profile(summary: dict[str, Any]) -> None:
+    console = _console()
+    info = Table(title=f"device {summary['device_id']}", show_header=False)
+    info.add_column("key", style="bold")
+    info.add_column("value")
+    age = summary.get("calibration_age_days")
+    for key, value in (("platform", summary["platform"]), ("process", summary["process"]),
+                       ("array", f"{summary['array'][0]}×{summary['array'][1]} ({summary['rings']} devices)"),
+                       ("simulated", "yes (has fabrication truth)" if summary["simulated"] else "no (real chip)"),
+                       ("calibrated", f"{summary['calibration']['measured_at']} at "
+                                      f"{summary['calibration']['temperature_C']} °C"),
+                       ("calibration age", "–" if age is None else f"{age:.1f} days")):
+        info.add_row(key, str(value))
+    env, units = summary["environment"], summary.get("environment_units", {})
+    for key in ("crosstalk", "detector_noise", "dac_bits", "heater_range", "ageing_rate"):
+        info.add_row(key, f"{env[key]} {units.get(key, '')}".strip())
+    drift = env["drift_coefficient"]
+    info.add_row("drift coefficient", f"{drift['mean']:.4f} ± {drift['std']:.4f} {drift['units']}")
+    console.print(info)
+    stats = Table(title="calibration (measured) and its error against the fabrication truth")
+    for column in ("field", "mean", "std", "error mean", "error std", "error max |.|"):
+        stats.add_column(column, justify="right")
+    errors = summary.get("calibration_error", {})
+    for field, st in summary["calibration"]["fields"].items():
+        e = errors.get(field)
+        stats.add_row(f"{field} ({st['units']})", f"{st['mean']:.4f}", f"{st['std']:.4f}",
+                      *(("–", "–", "–") if e is None else
+                        (f"{e['mean']:+.4f}", f"{e['std']:.4f}", f"{e['max_abs']:.4f}")))
+    console.print(stats)
+
+
+def render_transfer(report: dict[str, Any]) -> None:
+    console = _console()
+    title = (f"{report['model']} ({report['method']}) on {report['dataset']}, {report['samples']} test samples, "
+             f"ΔT = {report['temperature_delta_K']:+g} K — nominal {pct(report['nominal_accuracy'])}")
+    table = Table(title=title)
+    for column in ("device", "accuracy", "95 % CI", "vs nominal", "clipped weights"):
+        table.add_column(column, justify="right")
+    for d in report["devices"]:
+        lo, hi = d["ci95"]
+        table.add_row(d["device"], pct(d["accuracy"]), f"{100 * lo:.1f}–{100 * hi:.1f} %",
+                      f"{100 * d['delta_vs_nominal']:+.1f} pp", str(d["clipped_weights"]))
+    console.print(table)
+    f = report["fleet"]
+    if f["count"] > 1:
+        summary = Table(title=f"fleet of {f['count']} chips")
+        for column in ("mean", "std", "min", "p5", "median", "worst chip", f"yield ≥ {pct(f['threshold'])}"):
+            summary.add_column(column, justify="right")
+        summary.add_row(pct(f["mean"]), f"{100 * f['std']:.1f} pp", pct(f["min"]), pct(f["p5"]), pct(f["median"]),
+                        f["worst_device"], pct(f["yield"]))
+        console.print(summary)
+    saved = [d["deployment"] for d in report["devices"] if d["deployment"]]
+    if saved:
+        console.print(f"deployments written: {saved[0]}" + (f" and {len(saved) - 1} more" if len(saved) > 1 else ""))

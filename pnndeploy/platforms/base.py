@@ -42,13 +42,15 @@ class Platform(ABC):
         """dW/dcontrol, for sensitivity reports and tests of the transfer function."""
 
     @abstractmethod
-    def inverse(self, weight: np.ndarray, sign: np.ndarray | float = 1.0,
+    def inverse(self, weight: np.ndarray, sign: np.ndarray | float = 1.0, limit: float | None = None,
                 **params: Any) -> tuple[np.ndarray, np.ndarray]:
         """Control that realises ``weight``; returns (control, reachable mask).
 
-        Weights outside the device's reachable range are clipped to the nearest
-        reachable value and flagged ``False`` in the mask.  ``sign`` picks the
-        branch where the transfer function is symmetric.
+        Controls are confined to ``control_range``, or to [-limit, limit] when
+        ``limit`` is given (mapping passes infinity and lets the heater range
+        decide).  Weights outside the reachable range are clipped to the
+        nearest reachable value and flagged ``False`` in the mask.  ``sign``
+        picks the branch where the transfer function is symmetric.
         """
 
     @abstractmethod

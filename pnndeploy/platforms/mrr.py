@@ -42,15 +42,15 @@ class MRRPlatform(Platform):
         u = control / gamma
         return 4.0 * a * u / (gamma * (1.0 + u * u) ** 2)
 
-    def inverse(self, weight: np.ndarray, sign: np.ndarray | float = 1.0,
+    def inverse(self, weight: np.ndarray, sign: np.ndarray | float = 1.0, limit: float | None = None,
                 gamma: Any = 0.15, a: Any = 1.0) -> tuple[np.ndarray, np.ndarray]:
         weight = np.asarray(weight, dtype=np.float64)
         gamma = np.asarray(gamma, dtype=np.float64)
         a = np.asarray(a, dtype=np.float64)
-        lo, hi = self.control_range
+        lo, hi = self.control_range if limit is None else (-limit, limit)
         x_max = min(abs(lo), abs(hi))
         w_min = 1.0 - 2.0 * a                      # on resonance
-        w_max = self.transfer(x_max, gamma, a)     # at the edge of the control range
+        w_max = self.transfer(x_max, gamma, a) if np.isfinite(x_max) else np.float64(1.0)
         reachable = (weight >= w_min - 1e-12) & (weight <= w_max + 1e-12)
         w = np.clip(weight, w_min, w_max)
         # 1 + u^2 = 2a / (1 - W)  ->  u = sqrt(2a/(1-W) - 1)
