@@ -76,6 +76,9 @@ def main() -> None:
               help="Adaptive SAT (ASAM): scale the perturbation by |detuning| (default off).")
 @click.option("--perturb", type=click.Choice(["onchip", "all"]), default=None,
               help="Which parameters SAT perturbs: the on-chip controls (default) or also gains and biases.")
+@click.option("--drift-budget", type=float, default=None, metavar="K",
+              help="SAT only: in each ascent step also shift every detuning by the worse of ±k·K "
+                   "(a common-mode temperature change of K kelvin), default 0 (off).")
 @click.option("--noise", type=float, default=None,
               help="noise-aware: std of the Gaussian noise on each detuning, nm (default 0.05).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -346,6 +349,70 @@ def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory:
         return prepare_fleet(model, devices, use_fleet, directory, dataset, save_dir,
                              on_device=lambda name: progress.update(task, advance=1,
                                                                      description=f"mapped {name}"))
+
+
+# ---------------------------------------------------------------------------------------------- audit
+@main.command()
+@_devices_options
+@click.option("--temperature", "temperature", default="-2:2:0.25", show_default=True, metavar="LO:HI:STEP",
+              help="Temperature sweep, K from the calibration temperature (HI included).")
+@click.option("--days", "days", default="0:180:15", show_default=True, metavar="LO:HI:STEP",
+              help="Ageing sweep, days since calibration (HI included).")
+@click.option("--draws", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Random ageing walks per device (the median is reported).")
+@click.option("--threshold", type=float, default=None,
+              help="Accuracy every chip must keep; default: the model's nominal accuracy minus 0.05.")
+@click.option("--require-temperature", type=float, default=1.0, show_default=True, metavar="K",
+              help="Pass only if every chip stays above the threshold within ±K kelvin.")
+@click.option("--require-days", type=float, default=30.0, show_default=True, metavar="D",
+              help="Pass only if every chip stays above the threshold for D days after calibration.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write accuracy-vs-drift plots (PNG).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a Markdown report (tables, and the plot if --plot is given).")
+@click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md audit document on stdout.")
+def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
+          temperature: str, days: str, draws: int, threshold: float | None, require_temperature: float,
+          require_days: float, plot: str | None, report_path: str | None, as_json: bool) -> None:
+    """Check drift robustness: accuracy vs temperature and vs days since calibration. Exit 1 when it fails.
+
+    \b
+    Examples:
+      pnndeploy audit --fleet
+      pnndeploy audit --device chipB --temperature -1:1:0.1 --require-temperature 0.5 --plot audit.png
+      pnndeploy audit --fleet --threshold 0.9 --report audit.md --plot audit.png --json
+    """
+    from rich.progress import Progress
+
+    from pnndeploy.audit import SweepRange, run_audit
+    from pnndeploy.profiles import profiles_dir
+    from pnndeploy.report import render_audit
+
+    t_range = SweepRange.parse(temperature, "--temperature")
+    d_range = SweepRange.parse(days, "--days")
+    _fraction("--threshold", threshold)
+    prepared = _prepare_with_progress(model, devices, use_fleet, profiles_dir(profiles), dataset, None)
+    total = len(t_range.values((0.0, -require_temperature, require_temperature))) \
+        + draws * len(d_range.values((0.0, require_days)))
+    with Progress(console=_stderr_console(), transient=True) as progress:
+        task = progress.add_task("sweeping temperature and ageing", total=total)
+        doc = run_audit(prepared, t_range, d_range, threshold=threshold, require_temperature=require_temperature,
+                        require_days=require_days, draws=draws, progress=lambda n: progress.advance(task, n))
+    if plot:
+        from pnndeploy.plots import plot_audit
+
+        plot_audit(doc, plot)
+        doc["plot"] = plot
+    if report_path:
+        from pnndeploy.report import write_audit_markdown
+
+        write_audit_markdown(doc, report_path, plot)
+        doc["report"] = report_path
+    if as_json:
+        _print_json(doc)
+    else:
+        render_audit(doc)
+    if not doc["passed"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,3 +150,84 @@ def render_transfer(report: dict[str, Any]) -> None:
     saved = [d["deployment"] for d in report["devices"] if d["deployment"]]
     if saved:
         console.print(f"deployments written: {saved[0]}" + (f" and {len(saved) - 1} more" if len(saved) > 1 else ""))
+
+
+def _interval(value: list[float] | None) -> str:
+    return "none (fails at 0 K)" if value is None else f"{value[0]:+g} … {value[1]:+g} K"
+
+
+def _days(value: float | None, horizon: float) -> str:
+    return f"> {horizon:g}" if value is None else f"{value:g}"
+
+
+def audit_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """Per-device rows: accuracy at 0 and ±require K, tolerance, days to threshold."""
+    t = doc["sweeps"]["temperature_K"]
+    req = doc["require"]["temperature_K"]
+    idx = {round(v, 6): i for i, v in enumerate(t["values"])}
+    rows = []
+    for name, acc in t["devices"].items():
+        rows.append([name, pct(acc[idx[0.0]]), pct(acc[idx[round(-req, 6)]]), pct(acc[idx[round(req, 6)]]),
+                     _interval(doc["tolerance"]["temperature_K"][name]),
+                     _days(doc["time_to_threshold_days"][name], doc["horizon_days"])])
+    return rows
+
+
+def _audit_headers(doc: dict[str, Any]) -> list[str]:
+    req = doc["require"]["temperature_K"]
+    return ["device", "0 K", f"−{req:g} K", f"+{req:g} K", "temperature tolerance", "days to threshold"]
+
+
+def render_audit(doc: dict[str, Any]) -> None:
+    console = _console()
+    table = Table(title=f"audit of {doc['model']} ({doc['method']}): threshold {pct(doc['threshold'])}"
+                        f" ({doc['threshold_source']})")
+    for column in _audit_headers(doc):
+        table.add_column(column, justify="right")
+    for row in audit_rows(doc):
+        table.add_row(*row)
+    console.print(table)
+    rec = doc["recommended_recalibration_days"]
+    console.print(f"recommended recalibration interval: "
+                  f"{'beyond the ' + format(doc['horizon_days'], 'g') + '-day horizon' if rec is None else format(rec, 'g') + ' days'}")
+    req = doc["require"]
+    if doc["passed"]:
+        console.print(f"[bold green]PASSED[/]: every device stays ≥ {pct(doc['threshold'])} within "
+                      f"±{req['temperature_K']:g} K and for {req['days']:g} days")
+    else:
+        console.print(f"[bold red]FAILED[/]: {len(doc['failures'])} problem(s): " + "; ".join(doc["failures"][:6])
+                      + (" …" if len(doc["failures"]) > 6 else ""))
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def audit_markdown(doc: dict[str, Any], plot: str | None = None) -> str:
+    req = doc["require"]
+    rec = doc["recommended_recalibration_days"]
+    parts = [
+        f"# Drift audit: `{doc['model']}` ({doc['method']})",
+        "",
+        f"- dataset: {doc['dataset']} ({doc['samples']} test samples), nominal accuracy {pct(doc['nominal_accuracy'])}",
+        f"- threshold: {pct(doc['threshold'])} ({doc['threshold_source']})",
+        f"- requirement: ±{req['temperature_K']:g} K and {req['days']:g} days → "
+        f"**{'PASSED' if doc['passed'] else 'FAILED'}**",
+        f"- recommended recalibration interval: "
+        f"{'beyond the horizon' if rec is None else format(rec, 'g') + ' days'}",
+        "",
+        markdown_table(_audit_headers(doc), audit_rows(doc)),
+    ]
+    if doc["failures"]:
+        parts += ["", "Failures:", ""] + [f"- {f}" for f in doc["failures"]]
+    if plot:
+        parts += ["", f"![accuracy versus drift]({Path(plot).name})"]
+    return "\n".join(parts) + "\n"
+
+
+def write_audit_markdown(doc: dict[str, Any], path: str, plot: str | None = None) -> None:
+    from pnndeploy.atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, audit_markdown(doc, plot).encode())

@@ -46,6 +46,7 @@ class TrainConfig:
     adaptive: bool = False
     noise: float = 0.05
     perturb: str = "onchip"
+    drift_budget: float = 0.0
 
     def validate(self) -> None:
         """Refuse settings that would train nonsense, with the flag to change."""
@@ -61,6 +62,10 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive (got {self.lr})")
         if not self.rho >= 0:
             raise ConfigError(f"--rho must be 0 or more (got {self.rho})")
+        if not self.drift_budget >= 0:
+            raise ConfigError(f"--drift-budget must be 0 or more kelvin (got {self.drift_budget})")
+        if self.drift_budget > 0 and self.method != "sat":
+            raise ConfigError("--drift-budget is part of SAT's ascent step; use it with --method sat")
         if not self.noise >= 0:
             raise ConfigError(f"--noise must be 0 or more nm (got {self.noise})")
         if not self.hidden or any(h < 1 for h in self.hidden):
@@ -81,17 +86,29 @@ class SharpnessAwareStep:
     """
 
     def __init__(self, params: Sequence[nn.Parameter], rho: float, adaptive: bool,
-                 eps: float = 1e-12) -> None:
+                 eps: float = 1e-12, drift: Sequence[float] | None = None,
+                 drift_budget: float = 0.0) -> None:
         self.params = list(params)
         self.rho = rho
         self.adaptive = adaptive
         self.eps = eps
+        #: Per-parameter drift coefficient (control units per kelvin; 0 for digital parameters).
+        self.drift = list(drift) if drift is not None else [0.0] * len(self.params)
+        #: Temperature change (K) the structured adversary may apply as a common-mode shift.
+        self.drift_budget = drift_budget
         self._saved: list[torch.Tensor] | None = None
         self.last_perturbation: list[torch.Tensor] = []
 
     @torch.no_grad()
     def ascend(self) -> float:
-        """Move the parameters to theta + eps; returns ||eps|| (0 when skipped)."""
+        """Move the parameters to theta + eps (+ the worse common-mode drift); returns ||eps||.
+
+        eps is SAT's isotropic ascent (0 when rho is 0 or the gradient vanishes).
+        With a drift budget, every control is also shifted by s * k * budget, the
+        sign s chosen so the shift raises the loss to first order: a temperature
+        change moves every ring the same way, which an isotropic ball of radius
+        rho hardly covers.
+        """
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.adaptive:
             scaled = [p.abs() * g for p, g in zip(self.params, grads)]
@@ -100,14 +117,16 @@ class SharpnessAwareStep:
         norm = torch.sqrt(sum((s.double() ** 2).sum() for s in scaled))
         self._saved = [p.detach().clone() for p in self.params]
         if self.rho == 0 or not torch.isfinite(norm) or norm <= self.eps:
-            self.last_perturbation = [torch.zeros_like(p) for p in self.params]
-            return 0.0
-        factor = (self.rho / norm).float()
-        perturbation = []
-        for p, g in zip(self.params, grads):
-            e = (p * p * g if self.adaptive else g) * factor
+            perturbation = [torch.zeros_like(p) for p in self.params]
+        else:
+            factor = (self.rho / norm).float()
+            perturbation = [(p * p * g if self.adaptive else g) * factor for p, g in zip(self.params, grads)]
+        if self.drift_budget > 0:
+            slope = sum(float(g.double().sum()) * k for g, k in zip(grads, self.drift))
+            sign = 1.0 if slope >= 0 else -1.0
+            perturbation = [e + sign * self.drift_budget * k for e, k in zip(perturbation, self.drift)]
+        for p, e in zip(self.params, perturbation):
             p.add_(e)
-            perturbation.append(e)
         self.last_perturbation = perturbation
         return float(torch.sqrt(sum((e.double() ** 2).sum() for e in perturbation)))
 
@@ -167,8 +186,13 @@ def train(dataset: Dataset, config: TrainConfig,
     if config.method == "noise-aware":
         model.set_control_noise(config.noise)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sat = (SharpnessAwareStep(_perturbed_params(model, config.perturb), config.rho, config.adaptive)
-           if config.method == "sat" else None)
+    sat = None
+    if config.method == "sat":
+        perturbed = _perturbed_params(model, config.perturb)
+        onchip = {id(p) for p in model.onchip_parameters()}
+        drift = [model.platform.nominal_drift if id(p) in onchip else 0.0 for p in perturbed]
+        sat = SharpnessAwareStep(perturbed, config.rho, config.adaptive, drift=drift,
+                                 drift_budget=config.drift_budget)
     loss_fn = nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(config.seed + 1)
 

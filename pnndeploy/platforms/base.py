@@ -32,6 +32,8 @@ class Platform(ABC):
     nominal: Mapping[str, float]
     #: Range of the trainable control (inclusive), in ``control_units``.
     control_range: tuple[float, float]
+    #: Typical shift of a control per kelvin (control units / K): the common-mode thermal drift.
+    nominal_drift: float
 
     @abstractmethod
     def transfer(self, control: Any, **params: Any) -> Any:

@@ -33,6 +33,8 @@ class MRRPlatform(Platform):
     #: heater range (+-3 nm in the default process) so the heater has headroom
     #: left to cancel each ring's resonance offset.
     control_range = (-2.5, 2.5)
+    #: Typical thermal shift of a resonance, nm/K (silicon rings: about 80 pm/K).
+    nominal_drift = 0.080
 
     def transfer(self, control: Any, gamma: Any = 0.15, a: Any = 1.0) -> Any:
         u = control / gamma

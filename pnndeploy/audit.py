@@ -1,0 +1,182 @@
+"""Drift robustness: accuracy versus temperature and versus days since calibration, per chip and fleet.
+
+* Temperature: every ring shifts by its own ``k * dT``.  The tolerance of a
+  chip is the widest interval around 0 K inside which its accuracy stays at or
+  above the threshold.
+* Ageing: each ring's resonance follows a random walk at the profile's ageing
+  rate (nm/sqrt(day)), drawn from a stream per device and draw.  Accuracy is
+  the median over draws; the time to threshold is the last day on the grid
+  before the accuracy first falls below the threshold (median over draws), and
+  the recommended recalibration interval is the fleet's smallest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from pnndeploy.errors import ConfigError
+from pnndeploy.fleet import Conditions
+from pnndeploy.transfer import PreparedFleet
+
+
+@dataclass(frozen=True)
+class SweepRange:
+    """LO:HI:STEP with HI included."""
+
+    lo: float
+    hi: float
+    step: float
+
+    @classmethod
+    def parse(cls, text: str, flag: str) -> "SweepRange":
+        parts = text.split(":")
+        try:
+            lo, hi, step = (float(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"{flag} {text!r}: expected LO:HI:STEP with three numbers, e.g. -2:2:0.25") from None
+        if not all(math.isfinite(v) for v in (lo, hi, step)) or step <= 0 or hi < lo:
+            raise ConfigError(f"{flag} {text!r}: need finite LO <= HI and STEP > 0, e.g. -2:2:0.25")
+        if (hi - lo) / step > 10000:
+            raise ConfigError(f"{flag} {text!r}: more than 10000 points; use a larger STEP")
+        return cls(lo, hi, step)
+
+    def values(self, extra: tuple[float, ...] = ()) -> list[float]:
+        """The grid (HI included, rounding-safe) plus ``extra`` points, sorted and unique."""
+        n = int(math.floor((self.hi - self.lo) / self.step + 1e-9))
+        grid = [round(self.lo + i * self.step, 10) for i in range(n + 1)]
+        if not math.isclose(grid[-1], self.hi, abs_tol=1e-9):
+            grid.append(self.hi)
+        return sorted(set(grid) | {round(v, 10) for v in extra})
+
+
+def tolerance_interval(values: list[float], accuracy: np.ndarray, threshold: float) -> list[float] | None:
+    """Widest [lo, hi] around 0 on the grid with accuracy >= threshold everywhere inside; None if 0 fails."""
+    values_arr = np.asarray(values)
+    zero = int(np.argmin(np.abs(values_arr)))
+    if accuracy[zero] < threshold:
+        return None
+    lo = hi = zero
+    while lo - 1 >= 0 and accuracy[lo - 1] >= threshold:
+        lo -= 1
+    while hi + 1 < len(values) and accuracy[hi + 1] >= threshold:
+        hi += 1
+    return [float(values_arr[lo]), float(values_arr[hi])]
+
+
+def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: int = 0) -> list[np.ndarray]:
+    """Ring resonance shifts (chips, R, C) at each day: a random walk per ring, stream per device and draw."""
+    rows, cols = prepared.fleet.array
+    out = [np.zeros((len(prepared.profiles), rows, cols)) for _ in days]
+    for d, profile in enumerate(prepared.profiles):
+        key = int.from_bytes(hashlib.sha256(profile.device_id.encode()).digest()[:8], "big")
+        rng = np.random.default_rng(np.random.SeedSequence([seed, key, draw, 0x61676531]))
+        rate = profile.environment.ageing_rate
+        position = np.zeros((rows, cols))
+        previous = 0.0
+        for k, day in enumerate(days):
+            dt = max(day - previous, 0.0)
+            position = position + rate * math.sqrt(dt) * rng.standard_normal((rows, cols))
+            previous = day
+            out[k][d] = position
+    return out
+
+
+def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRange,
+              threshold: float | None = None, require_temperature: float = 1.0, require_days: float = 30.0,
+              draws: int = 5, progress: Callable[[int], None] | None = None) -> dict:
+    """The `audit --json` document: sweeps, tolerances, time to threshold, pass/fail."""
+    if days.lo < 0:
+        raise ConfigError(f"--days starts at {days.lo}: days since calibration cannot be negative")
+    if require_temperature < 0 or require_days < 0:
+        raise ConfigError("--require-temperature and --require-days must be 0 or more")
+    if draws < 1:
+        raise ConfigError("--draws must be at least 1")
+    nominal = prepared.nominal_accuracy()
+    threshold_source = "given"
+    if threshold is None:
+        threshold = max(0.0, nominal - 0.05)
+        threshold_source = "nominal accuracy - 0.05"
+    names = [p.device_id for p in prepared.profiles]
+    X, y = prepared.data.X, prepared.data.y
+    tick = progress or (lambda n: None)
+
+    t_values = temperatures.values(extra=(0.0, -require_temperature, require_temperature))
+    t_acc = np.empty((len(names), len(t_values)))
+    for k, t in enumerate(t_values):
+        t_acc[:, k] = prepared.fleet.accuracy(X, y, Conditions(delta_T=t))
+        tick(1)
+
+    d_values = days.values(extra=(0.0, require_days))
+    per_draw = np.empty((draws, len(names), len(d_values)))
+    for draw in range(draws):
+        shifts = ageing_shifts(prepared, d_values, draw)
+        for k, shift in enumerate(shifts):
+            per_draw[draw, :, k] = prepared.fleet.accuracy(X, y, Conditions(ring_shift=shift, eval_seed=draw))
+            tick(1)
+    d_acc = np.median(per_draw, axis=0)
+
+    tolerance = {n: tolerance_interval(t_values, t_acc[i], threshold) for i, n in enumerate(names)}
+    time_to = {n: _median_time_to_threshold(d_values, per_draw[:, i], threshold) for i, n in enumerate(names)}
+    finite = [v for v in time_to.values() if v is not None]
+    recommended = min(finite) if finite else None   # None: every chip lasts beyond the horizon
+
+    t_mask = np.abs(np.asarray(t_values)) <= require_temperature + 1e-9
+    d_mask = np.asarray(d_values) <= require_days + 1e-9
+    failures = []
+    for i, n in enumerate(names):
+        if np.any(t_acc[i, t_mask] < threshold):
+            failures.append(f"{n}: below {threshold:.3f} within ±{require_temperature:g} K")
+        if np.any(d_acc[i, d_mask] < threshold):
+            failures.append(f"{n}: below {threshold:.3f} within {require_days:g} days")
+    return {
+        "model": str(prepared.model.path),
+        "model_sha256": prepared.model.sha256,
+        "method": prepared.model.method,
+        "dataset": prepared.data.name,
+        "samples": int(y.size),
+        "nominal_accuracy": nominal,
+        "threshold": float(threshold),
+        "threshold_source": threshold_source,
+        "require": {"temperature_K": require_temperature, "days": require_days},
+        "passed": not failures,
+        "failures": failures,
+        "sweeps": {
+            "temperature_K": _sweep_doc(t_values, names, t_acc),
+            "days": {**_sweep_doc(d_values, names, d_acc), "draws": draws, "statistic": "median over draws"},
+        },
+        "tolerance": {"temperature_K": tolerance},
+        "time_to_threshold_days": time_to,
+        "recommended_recalibration_days": recommended,
+        "horizon_days": float(d_values[-1]),
+    }
+
+
+def _sweep_doc(values: list[float], names: list[str], acc: np.ndarray) -> dict:
+    return {"values": [float(v) for v in values],
+            "devices": {n: [float(a) for a in acc[i]] for i, n in enumerate(names)},
+            "fleet_mean": [float(v) for v in acc.mean(axis=0)],
+            "fleet_min": [float(v) for v in acc.min(axis=0)]}
+
+
+def _median_time_to_threshold(days: list[float], acc_draws: np.ndarray, threshold: float) -> float | None:
+    """Median over draws of the last day before accuracy first drops below threshold.
+
+    A draw that never drops counts as beyond the horizon; returns None when
+    the median is beyond the horizon, and 0.0 when the chip fails at once.
+    """
+    times = []
+    for acc in acc_draws:
+        below = np.nonzero(acc < threshold)[0]
+        if below.size == 0:
+            times.append(math.inf)
+        elif below[0] == 0:
+            times.append(0.0)
+        else:
+            times.append(float(days[below[0] - 1]))
+    median = float(np.median(times))
+    return None if math.isinf(median) else median

@@ -1,0 +1,67 @@
+"""Pictures of drift robustness (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pnndeploy.atomic import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_audit(doc: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy vs ΔT and vs days since calibration: a thin line per chip, the fleet mean bold, the threshold dashed."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for ax, key, label in ((axes[0], "temperature_K", "ΔT from calibration (K)"),
+                           (axes[1], "days", "days since calibration")):
+        sweep = doc["sweeps"][key]
+        x = sweep["values"]
+        for name, acc in sweep["devices"].items():
+            ax.plot(x, [100 * a for a in acc], lw=0.9, alpha=0.6, label=name)
+        ax.plot(x, [100 * a for a in sweep["fleet_mean"]], color="black", lw=2.6, label="fleet mean")
+        ax.axhline(100 * doc["threshold"], color="crimson", ls="--", lw=1.2, label="threshold")
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"temperature drift — {doc['method']}")
+    axes[1].set_title(f"ageing ({doc['sweeps']['days'].get('draws', 1)} draws, median)")
+    axes[1].legend(fontsize=7, ncol=2, loc="lower left")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Fleet-mean accuracy vs ΔT for several models in one picture (the demo's headline plot)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for row in rows:
+        t = row["audit"]["sweeps"]["temperature_K"]
+        d = row["audit"]["sweeps"]["days"]
+        axes[0].plot(t["values"], [100 * a for a in t["fleet_mean"]], lw=2, marker="o", ms=3, label=row["name"])
+        axes[1].plot(d["values"], [100 * a for a in d["fleet_mean"]], lw=2, marker="o", ms=3, label=row["name"])
+    for ax, label in ((axes[0], "ΔT from calibration (K)"), (axes[1], "days since calibration")):
+        ax.set_xlabel(label)
+        ax.set_ylabel("fleet-mean accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("temperature drift, fleet mean")
+    axes[1].set_title("ageing, fleet mean")
+    axes[0].legend(fontsize=8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
