@@ -7,6 +7,7 @@ Heavy modules (torch, onnx, h5py) are imported inside the commands so that
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -34,6 +35,14 @@ def _stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def _progress(*columns: Any, transient: bool = True) -> Any:
+    """A rich progress display on stderr; silent when stderr is not a terminal (logs, pipes, tests)."""
+    from rich.progress import Progress
+
+    console = _stderr_console()
+    return Progress(*columns, console=console, transient=transient, disable=not console.is_terminal)
 
 
 def _print_json(doc: Any) -> None:
@@ -107,6 +116,7 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
     out = settings.pop("out", "models/model.onnx")
     config = TrainConfig(**settings)
     config.validate()
+    _check_output_file(out, "--out")
     summary = _run_training(dataset_spec, config, out)
     if as_json:
         _print_json(summary.to_json())
@@ -114,6 +124,20 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
     from pnndeploy.report import render_train_summary
 
     render_train_summary(summary)
+
+
+def _check_output_file(path: str, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any long computation."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        raise PnnError(f"{flag} {path} is a folder; give a file path such as {target / 'model.onnx'}")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise PnnError(f"{flag} {path}: folder {parent} is not writable; choose another path")
 
 
 def _parse_widths(text: str) -> list[int]:
@@ -127,15 +151,14 @@ def _parse_widths(text: str) -> list[int]:
 
 
 def _run_training(dataset_spec: str, config: Any, out: str) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from pnndeploy.data import load_dataset
     from pnndeploy.pipeline import train_and_export
 
     dataset = load_dataset(dataset_spec, seed=config.seed)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                  console=_stderr_console(), transient=False) as progress:
+    with _progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False) as progress:
         task = progress.add_task(f"train {config.method}", total=config.epochs, status="")
 
         def on_epoch(record: Any) -> None:
@@ -195,12 +218,10 @@ def fleet_make(process_path: str, count: int, prefix: str, out_dir: str, seed: i
     Example:
       pnndeploy fleet make --count 64 --prefix lot7- --out profiles/lot7 --seed 3
     """
-    from rich.progress import Progress
-
     from pnndeploy.fleet_gen import load_process, make_fleet
 
     process = load_process(process_path)
-    with Progress(console=_stderr_console(), transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task("writing profiles", total=count)
         paths = make_fleet(process, count, prefix, seed, out_dir,
                            progress=lambda i, n, name: progress.update(task, completed=i))
@@ -340,11 +361,9 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
 
 def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory: Any, dataset: str | None,
                            save_dir: Any) -> Any:
-    from rich.progress import Progress
-
     from pnndeploy.transfer import prepare_fleet
 
-    with Progress(console=_stderr_console(), transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task("mapping onto chips", total=None)
         return prepare_fleet(model, devices, use_fleet, directory, dataset, save_dir,
                              on_device=lambda name: progress.update(task, advance=1,
@@ -381,8 +400,6 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
       pnndeploy audit --device chipB --temperature -1:1:0.1 --require-temperature 0.5 --plot audit.png
       pnndeploy audit --fleet --threshold 0.9 --report audit.md --plot audit.png --json
     """
-    from rich.progress import Progress
-
     from pnndeploy.audit import SweepRange, run_audit
     from pnndeploy.profiles import profiles_dir
     from pnndeploy.report import render_audit
@@ -393,7 +410,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles_dir(profiles), dataset, None)
     total = len(t_range.values((0.0, -require_temperature, require_temperature))) \
         + draws * len(d_range.values((0.0, require_days)))
-    with Progress(console=_stderr_console(), transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task("sweeping temperature and ageing", total=total)
         doc = run_audit(prepared, t_range, d_range, threshold=threshold, require_temperature=require_temperature,
                         require_days=require_days, draws=draws, progress=lambda n: progress.advance(task, n))
@@ -413,6 +430,47 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
         render_audit(doc)
     if not doc["passed"]:
         sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------------- demo
+@main.command()
+@click.option("--out", "out_dir", default="reports/demo", show_default=True, help="Folder for the report.")
+@profiles_option
+@click.option("--quick", is_flag=True, help="Few epochs and coarse sweeps (well under a minute), for a smoke test.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every training run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison table as JSON.")
+def demo(out_dir: str, profiles: str | None, quick: bool, seed: int, as_json: bool) -> None:
+    """The whole story: standard vs noise-aware vs SAT vs SAT with a drift adversary, on the default fleet.
+
+    Trains each on the embedded digits, maps it onto every chip, audits drift, and writes
+    OUT/report.md, OUT/summary.json and the plots.
+
+    \b
+    Example:
+      pnndeploy demo --out reports/demo
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from pnndeploy.demo import DEMO_ENTRIES, run_demo, table_markdown
+    from pnndeploy.profiles import profiles_dir
+    from pnndeploy.training import TrainConfig
+
+    epochs = 6 if quick else TrainConfig().epochs
+    with _progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), transient=False) as progress:
+        task = progress.add_task("demo", total=len(DEMO_ENTRIES) * (epochs + 2))
+        doc = run_demo(out_dir, profiles_dir(profiles), quick=quick, seed=seed,
+                       status=lambda text: progress.update(task, description=text,
+                                                           advance=0 if text.startswith("training") else 1),
+                       on_epoch=lambda name, record: progress.advance(task, 1))
+    if as_json:
+        _print_json({"out": out_dir, "threshold": doc["threshold"], "table": doc["table"]})
+        return
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(table_markdown(doc["table"], doc["threshold"])))
+    click.echo(f"report: {out_dir}/report.md (plots and summary.json beside it)")
 
 
 if __name__ == "__main__":

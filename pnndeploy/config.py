@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -66,8 +67,13 @@ def _coerce(where: str, key: str, value: Any, kind: Any) -> Any:
             raise bad("an integer")
         return value
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
+        if isinstance(value, str):      # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a finite number")
         return float(value)
     if kind is str:
         if not isinstance(value, str):

@@ -167,9 +167,18 @@ def save_model(path: str | Path, layers: list[ModelLayer], scaling: InputScaling
         "seed": seed,
         **(extra or {}),
     }
-    metadata = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in metadata.items()}
+    for layer in layers:
+        for part in (layer.weight, layer.controls, layer.gain, layer.bias):
+            if not np.all(np.isfinite(part)):
+                raise ModelFileError(f"model {path}: layer {layer.name} holds non-finite values; "
+                                     "nothing was written (lower --lr and train again)")
+    metadata = {k: (v if isinstance(v, str) else json.dumps(v, allow_nan=False)) for k, v in metadata.items()}
     data = build_onnx(layers, scaling, metadata).SerializeToString()
-    write_bytes_atomic(path, data)
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as exc:
+        raise ModelFileError(f"cannot write model {path}: {exc.strerror or exc}; pass --out with a "
+                             "writable file path") from None
     return hashlib.sha256(data).hexdigest()
 
 

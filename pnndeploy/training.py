@@ -14,6 +14,7 @@ real chip makes.  One step (PAPER.md):
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -23,11 +24,15 @@ import torch
 from torch import nn
 
 from pnndeploy.data import Dataset
-from pnndeploy.errors import ConfigError
+from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.model import PNN, accuracy
 from pnndeploy.platforms import get_platform
 
 METHODS = ("standard", "noise-aware", "sat")
+
+
+class TrainingDiverged(PnnError):
+    """The loss became NaN or infinite: the settings, not the data, are at fault."""
 PERTURB_CHOICES = ("onchip", "all")
 
 
@@ -50,6 +55,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse settings that would train nonsense, with the flag to change."""
+        for name in ("lr", "rho", "noise", "drift_budget"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number (got {getattr(self, name)})")
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
         if self.perturb not in PERTURB_CHOICES:
@@ -105,9 +113,10 @@ class SharpnessAwareStep:
 
         eps is SAT's isotropic ascent (0 when rho is 0 or the gradient vanishes).
         With a drift budget, every control is also shifted by s * k * budget, the
-        sign s chosen so the shift raises the loss to first order: a temperature
-        change moves every ring the same way, which an isotropic ball of radius
-        rho hardly covers.
+        sign s chosen so the shift raises the loss to first order (+ when the
+        slope is 0): a temperature change moves every ring the same way, which
+        an isotropic ball of radius rho hardly covers.  A non-finite gradient
+        skips the whole ascent.
         """
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.adaptive:
@@ -116,7 +125,10 @@ class SharpnessAwareStep:
             scaled = grads
         norm = torch.sqrt(sum((s.double() ** 2).sum() for s in scaled))
         self._saved = [p.detach().clone() for p in self.params]
-        if self.rho == 0 or not torch.isfinite(norm) or norm <= self.eps:
+        if not torch.isfinite(norm):             # nothing sensible to ascend along
+            self.last_perturbation = [torch.zeros_like(p) for p in self.params]
+            return 0.0
+        if self.rho == 0 or norm <= self.eps:
             perturbation = [torch.zeros_like(p) for p in self.params]
         else:
             factor = (self.rho / norm).float()
@@ -216,6 +228,10 @@ def train(dataset: Dataset, config: TrainConfig,
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model(xb), yb).backward()
                 sat.restore()
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr "
+                    f"(now {config.lr}) or --rho (now {config.rho})")
             optimizer.step()
             model.project()
             total += loss.item() * len(idx)
