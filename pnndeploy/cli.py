@@ -89,7 +89,8 @@ def main() -> None:
               help="SAT only: in each ascent step also shift every detuning by the worse of ±k·K "
                    "(a common-mode temperature change of K kelvin), default 0 (off).")
 @click.option("--noise", type=float, default=None,
-              help="noise-aware: std of the Gaussian noise on each detuning, nm (default 0.05).")
+              help="Std of Gaussian noise on each detuning at every training step, nm: noise-aware "
+                   "(default 0.05) and sat (default 0, off; with --drift-budget it covers random errors too).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML file of defaults for any of these options; flags given on the command line win.")
 @click.option("--out", default=None, metavar="FILE.onnx", help="Where to write the model (default models/model.onnx).")
@@ -451,7 +452,7 @@ def demo(out_dir: str, profiles: str | None, quick: bool, seed: int, as_json: bo
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from pnndeploy.demo import DEMO_ENTRIES, run_demo, table_markdown
+    from pnndeploy.demo import DEMO_ENTRIES, run_demo
     from pnndeploy.profiles import profiles_dir
     from pnndeploy.training import TrainConfig
 
@@ -466,10 +467,9 @@ def demo(out_dir: str, profiles: str | None, quick: bool, seed: int, as_json: bo
     if as_json:
         _print_json({"out": out_dir, "threshold": doc["threshold"], "table": doc["table"]})
         return
-    from rich.console import Console
-    from rich.markdown import Markdown
+    from pnndeploy.report import render_demo_table
 
-    Console().print(Markdown(table_markdown(doc["table"], doc["threshold"])))
+    render_demo_table(doc["table"], doc["threshold"])
     click.echo(f"report: {out_dir}/report.md (plots and summary.json beside it)")
 
 

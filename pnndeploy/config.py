@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import types
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -58,6 +59,10 @@ def _coerce(where: str, key: str, value: Any, kind: Any) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
 
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind):
+        if value is None:
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
     if kind is bool:
         if not isinstance(value, bool):
             raise bad("true or false")

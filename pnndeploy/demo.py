@@ -37,6 +37,9 @@ DEMO_ENTRIES = (
     DemoEntry("sat", {"method": "sat"}, "sharpness-aware training on the detunings (ρ = 0.1 nm)"),
     DemoEntry("sat-drift", {"method": "sat", "drift_budget": 1.0},
               "SAT whose ascent also applies the worse ±1 K common-mode thermal shift"),
+    DemoEntry("drift-noise", {"method": "sat", "rho": 0.0, "drift_budget": 1.0, "noise": 0.05},
+              "the structured adversary alone (ρ = 0, worse ±1 K common-mode shift) plus 0.05 nm noise "
+              "on the detunings: worst case for the structured drift, average case for the random errors"),
 )
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from pnndeploy.data import Dataset, load_dataset
 from pnndeploy.onnx_io import ModelLayer, save_model
-from pnndeploy.sharpness import model_sharpness
+from pnndeploy.sharpness import model_hessian_trace, model_sharpness
 from pnndeploy.training import EpochRecord, TrainConfig, TrainResult, evaluation_tensors, train
 
 
@@ -24,6 +24,7 @@ class TrainSummary:
     train_accuracy: float
     test_accuracy: float
     sharpness: float
+    hessian_trace: float
     seconds: float
     clipped_weights: int
     config: dict[str, Any]
@@ -41,13 +42,15 @@ def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Pat
     result = train(dataset, config, on_epoch=on_epoch)
     X, y = evaluation_tensors(dataset)
     sharpness = model_sharpness(result.model, X, y)
+    trace = model_hessian_trace(result.model, X, y)
     exported = result.model.export_layers()
     layers = [ModelLayer(name=f"layer{k}", weight=e.weight, controls=e.controls, gain=e.gain, bias=e.bias)
               for k, e in enumerate(exported)]
     clipped = sum(e.clipped for e in exported)
     platform = result.model.platform
     metrics = {"train_accuracy": result.train_accuracy, "test_accuracy": result.test_accuracy,
-               "sharpness": sharpness, "seconds": result.seconds, "clipped_weights": clipped}
+               "sharpness": sharpness, "hessian_trace": trace, "seconds": result.seconds,
+               "clipped_weights": clipped}
     sha = save_model(
         out, layers, dataset.scaling, platform=platform.name,
         platform_params={**platform.params_dict(), "control_units": platform.control_units,
@@ -59,5 +62,5 @@ def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Pat
     summary = TrainSummary(model=str(out), model_sha256=sha, platform=platform.name, method=config.method,
                            dataset=dataset.name, train_accuracy=result.train_accuracy,
                            test_accuracy=result.test_accuracy, sharpness=sharpness,
-                           seconds=result.seconds, clipped_weights=clipped, config=config.to_dict())
+                           hessian_trace=trace, seconds=result.seconds, clipped_weights=clipped, config=config.to_dict())
     return summary, result

@@ -21,10 +21,10 @@ def pct(value: float | None) -> str:
 
 def render_train_summary(summary: Any) -> None:
     table = Table(title=f"Trained {summary.method} on {summary.dataset} ({summary.platform})")
-    for column in ("train accuracy", "test accuracy", "sharpness (λ_max, 1/nm²)", "seconds"):
+    for column in ("train accuracy", "test accuracy", "sharpness λ_max (1/nm²)", "tr H (1/nm²)", "seconds"):
         table.add_column(column, justify="right")
     table.add_row(pct(summary.train_accuracy), pct(summary.test_accuracy), f"{summary.sharpness:.4g}",
-                  f"{summary.seconds:.1f}")
+                  f"{summary.hessian_trace:.4g}", f"{summary.seconds:.1f}")
     console = _console()
     console.print(table)
     if summary.clipped_weights:
@@ -231,3 +231,18 @@ def write_audit_markdown(doc: dict[str, Any], path: str, plot: str | None = None
     from pnndeploy.atomic import write_bytes_atomic
 
     write_bytes_atomic(path, audit_markdown(doc, plot).encode())
+
+
+def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:
+    """The demo's comparison, one row per method, compact enough for an 80-column terminal."""
+    t = Table(title=f"demo: default fleet, common threshold {pct(threshold)}")
+    for column in ("method", "nominal", "sharp", "fleet mean", "min", "yield", "−1 K", "+1 K", "tolerance", "days"):
+        t.add_column(column, justify="right", no_wrap=True)
+    for r in table:
+        tol = r["fleet_temperature_tolerance_K"]
+        days = r["recalibration_days"]
+        t.add_row(r["method"], pct(r["nominal_accuracy"]), f"{r['sharpness']:.3g}", pct(r["fleet_mean"]),
+                  pct(r["fleet_min"]), pct(r["yield"]), pct(r["fleet_mean_minus_1K"]), pct(r["fleet_mean_plus_1K"]),
+                  "none" if tol is None else f"{tol[0]:+g}…{tol[1]:+g} K",
+                  f">{r['horizon_days']:g}" if days is None else f"{days:g}")
+    _console().print(t)

@@ -29,6 +29,8 @@ from pnndeploy.model import PNN, accuracy
 from pnndeploy.platforms import get_platform
 
 METHODS = ("standard", "noise-aware", "sat")
+#: noise-aware's default noise on the controls, nm (the default fleet's calibration error is 0.05 nm).
+DEFAULT_NOISE = 0.05
 
 
 class TrainingDiverged(PnnError):
@@ -49,14 +51,16 @@ class TrainConfig:
     seed: int = 0
     rho: float = 0.1
     adaptive: bool = False
-    noise: float = 0.05
+    #: Std (nm) of Gaussian noise on every control at each training forward.  None means the
+    #: method's default: 0.05 nm for noise-aware, 0 (off) for SAT; the baseline has no controls.
+    noise: float | None = None
     perturb: str = "onchip"
     drift_budget: float = 0.0
 
     def validate(self) -> None:
         """Refuse settings that would train nonsense, with the flag to change."""
         for name in ("lr", "rho", "noise", "drift_budget"):
-            if not math.isfinite(getattr(self, name)):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number (got {getattr(self, name)})")
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
@@ -74,14 +78,24 @@ class TrainConfig:
             raise ConfigError(f"--drift-budget must be 0 or more kelvin (got {self.drift_budget})")
         if self.drift_budget > 0 and self.method != "sat":
             raise ConfigError("--drift-budget is part of SAT's ascent step; use it with --method sat")
-        if not self.noise >= 0:
+        if self.noise is not None and not self.noise >= 0:
             raise ConfigError(f"--noise must be 0 or more nm (got {self.noise})")
+        if self.noise and self.method == "standard":
+            raise ConfigError("--noise perturbs the detunings, which --method standard does not train; "
+                              "use --method noise-aware or sat")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden must be positive widths (got {self.hidden})")
         get_platform(self.platform)
 
+    @property
+    def control_noise(self) -> float:
+        """The noise actually used (nm): the given value or the method's default."""
+        if self.noise is not None:
+            return self.noise
+        return DEFAULT_NOISE if self.method == "noise-aware" else 0.0
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "noise": self.control_noise}
 
 
 class SharpnessAwareStep:
@@ -195,8 +209,8 @@ def train(dataset: Dataset, config: TrainConfig,
     y_test = torch.from_numpy(dataset.y_test)
 
     model = build_model(config, dataset.n_features, dataset.n_classes)
-    if config.method == "noise-aware":
-        model.set_control_noise(config.noise)
+    if config.method != "standard":
+        model.set_control_noise(config.control_noise)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     sat = None
     if config.method == "sat":
