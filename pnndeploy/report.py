@@ -11,7 +11,9 @@ from rich.table import Table
 
 
 def _console() -> Console:
-    return Console()
+    """stdout console; 120 columns when stdout is a file or pipe (rich would assume 80)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
 
 
 def pct(value: float | None) -> str:
@@ -111,7 +113,8 @@ def render_profile(summary: dict[str, Any]) -> None:
         info.add_row(key, str(value))
     env, units = summary["environment"], summary.get("environment_units", {})
     for key in ("crosstalk", "detector_noise", "dac_bits", "heater_range", "ageing_rate"):
-        info.add_row(key, f"{env[key]} {units.get(key, '')}".strip())
+        unit = units.get(key, "")
+        info.add_row(key, f"{env[key]} {'' if unit == '1' else unit}".strip())
     drift = env["drift_coefficient"]
     info.add_row("drift coefficient", f"{drift['mean']:.4f} ± {drift['std']:.4f} {drift['units']}")
     console.print(info)
@@ -235,14 +238,15 @@ def write_audit_markdown(doc: dict[str, Any], path: str, plot: str | None = None
 
 def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:
     """The demo's comparison, one row per method, compact enough for an 80-column terminal."""
-    t = Table(title=f"demo: default fleet, common threshold {pct(threshold)}")
-    for column in ("method", "nominal", "sharp", "fleet mean", "min", "yield", "−1 K", "+1 K", "tolerance", "days"):
+    t = Table(title=f"accuracy in % on the default fleet; threshold {pct(threshold)}", padding=(0, 1))
+    for column in ("method", "ideal", "λmax", "mean", "min", "yield", "−1K", "+1K", "tolerance", "days"):
         t.add_column(column, justify="right", no_wrap=True)
     for r in table:
         tol = r["fleet_temperature_tolerance_K"]
         days = r["recalibration_days"]
-        t.add_row(r["method"], pct(r["nominal_accuracy"]), f"{r['sharpness']:.3g}", pct(r["fleet_mean"]),
-                  pct(r["fleet_min"]), pct(r["yield"]), pct(r["fleet_mean_minus_1K"]), pct(r["fleet_mean_plus_1K"]),
-                  "none" if tol is None else f"{tol[0]:+g}…{tol[1]:+g} K",
+        t.add_row(r["method"], *(f"{100 * r[k]:.1f}" for k in ("nominal_accuracy",)), f"{r['sharpness']:.3g}",
+                  *(f"{100 * r[k]:.1f}" for k in ("fleet_mean", "fleet_min", "yield", "fleet_mean_minus_1K",
+                                                  "fleet_mean_plus_1K")),
+                  "none" if tol is None else f"{tol[0]:+g}…{tol[1]:+g}K",
                   f">{r['horizon_days']:g}" if days is None else f"{days:g}")
     _console().print(t)
