@@ -92,8 +92,10 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     """The `audit --json` document: sweeps, tolerances, time to threshold, pass/fail."""
     if days.lo < 0:
         raise ConfigError(f"--days starts at {days.lo}: days since calibration cannot be negative")
-    if require_temperature < 0 or require_days < 0:
-        raise ConfigError("--require-temperature and --require-days must be 0 or more")
+    if not (math.isfinite(require_temperature) and math.isfinite(require_days)) \
+            or require_temperature < 0 or require_days < 0:
+        raise ConfigError(f"--require-temperature ({require_temperature}) and --require-days ({require_days}) "
+                          "must be finite numbers, 0 or more")
     if draws < 1:
         raise ConfigError("--draws must be at least 1")
     nominal = prepared.nominal_accuracy()
@@ -116,7 +118,9 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     for draw in range(draws):
         shifts = ageing_shifts(prepared, d_values, draw)
         for k, shift in enumerate(shifts):
-            per_draw[draw, :, k] = prepared.fleet.accuracy(X, y, Conditions(ring_shift=shift, eval_seed=draw))
+            # the same detector-noise draw as the temperature sweep: only the ageing walk varies,
+            # so day 0 and 0 K are the same measurement
+            per_draw[draw, :, k] = prepared.fleet.accuracy(X, y, Conditions(ring_shift=shift))
             tick(1)
     d_acc = np.median(per_draw, axis=0)
 

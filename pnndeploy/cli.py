@@ -7,6 +7,7 @@ Heavy modules (torch, onnx, h5py) are imported inside the commands so that
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -88,6 +89,9 @@ def main() -> None:
 @click.option("--drift-budget", type=float, default=None, metavar="K",
               help="SAT only: in each ascent step also shift every detuning by the worse of ±k·K "
                    "(a common-mode temperature change of K kelvin), default 0 (off).")
+@click.option("--sat-every", type=int, default=None, metavar="K",
+              help="Efficient SAT: compute a fresh ascent direction every K steps and reuse it in between "
+                   "(one forward/backward instead of two). Default 1: full SAT.")
 @click.option("--noise", type=float, default=None,
               help="Std of Gaussian noise on each detuning at every training step, nm: noise-aware "
                    "(default 0.05) and sat (default 0, off; with --drift-budget it covers random errors too).")
@@ -316,7 +320,7 @@ def _devices_options(func: Any) -> Any:
 
 
 def _fraction(name: str, value: float | None) -> float | None:
-    if value is not None and not 0.0 <= value <= 1.0:
+    if value is not None and not 0.0 <= value <= 1.0:  # also refuses NaN
         raise PnnError(f"{name} {value} is outside [0, 1]; accuracies are fractions, e.g. 0.9")
     return value
 
@@ -348,6 +352,8 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
 
     _fraction("--threshold", threshold)
     _fraction("--min-yield", min_yield)
+    if not math.isfinite(delta_T):
+        raise PnnError(f"--temperature-delta {delta_T} is not a finite number of kelvin")
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles_dir(profiles), dataset,
                                       None if no_save else Path("deployments"))
     report = transfer_report(prepared, delta_T=delta_T, threshold=threshold)

@@ -45,7 +45,15 @@ def device_stream(device_id: str, eval_seed: int, layer: int) -> np.random.Gener
 
 
 class SimulatedFleet:
-    """Chips holding one deployed model, stacked along a leading chip axis."""
+    """Chips holding one deployed model, stacked along a leading chip axis.
+
+    What does not change between evaluations is computed once: the static
+    control of every weight (setting + offset + crosstalk), the gathered
+    device parameters, and the detector-noise draws of each evaluation seed.
+    An evaluation then costs one multiply-add for the drift, the transfer
+    function, and the matrix products; the first layer, whose input is the
+    same for every chip, is one GEMM over all chips at once.
+    """
 
     def __init__(self, model: ExportedModel, profiles: Sequence[DeviceProfile],
                  deployments: Sequence[Deployment]) -> None:
@@ -65,19 +73,25 @@ class SimulatedFleet:
         self.device_ids = [p.device_id for p in profiles]
         self.array = profiles[0].shape
         f32 = np.float32
-        self.crosstalk = np.array([p.environment.crosstalk for p in profiles], f32)[:, None, None]
-        self.noise = np.array([p.environment.detector_noise for p in profiles], f32)[:, None, None]
+        crosstalk = np.array([p.environment.crosstalk for p in profiles], f32)[:, None, None]
+        self.noise_std = np.array([p.environment.detector_noise for p in profiles], f32)[:, None, None]
+        self._noise_cache: dict[int, list[np.ndarray]] = {}
         self.layers: list[dict[str, np.ndarray]] = []
         for k, layer in enumerate(model.layers):
+            out_f, in_f = layer.weight.shape
             ri, ci = ring_index(layer.weight.shape, self.array)
+            h = np.stack([d.layers[k].settings for d in deployments]).astype(f32)
+            # crosstalk reaches only the neighbours in the same bank row of the same tile
+            has_left = (ci > 0)[None]
+            has_right = ((ci < self.array[1] - 1) & (np.arange(in_f) < in_f - 1)[None, :])[None]
+            neighbours = np.zeros_like(h)
+            neighbours[..., 1:] += np.where(has_left[..., 1:], h[..., :-1], 0.0)
+            neighbours[..., :-1] += np.where(has_right[..., :-1], h[..., 1:], 0.0)
+            offset = np.stack([p.fabrication[self.platform.offset_name][ri, ci] for p in profiles]).astype(f32)
             entry = {
                 "ri": ri, "ci": ci,
-                "settings": np.stack([d.layers[k].settings for d in deployments]).astype(f32),
-                "offset": np.stack([p.fabrication[self.platform.offset_name][ri, ci] for p in profiles]).astype(f32),
+                "static": (h + offset + crosstalk * neighbours).astype(f32),
                 "drift": np.stack([p.environment.drift_coefficient[ri, ci] for p in profiles]).astype(f32),
-                # crosstalk reaches only neighbours in the same bank row of the same tile
-                "has_left": (ci > 0).astype(f32)[None],
-                "has_right": ((ci < self.array[1] - 1) & (np.arange(layer.weight.shape[1]) < layer.weight.shape[1] - 1)[None, :]).astype(f32)[None],
             }
             for name in self.platform.param_units:
                 entry[name] = np.stack([p.fabrication[name][ri, ci] for p in profiles]).astype(f32)
@@ -86,52 +100,64 @@ class SimulatedFleet:
     def __len__(self) -> int:
         return len(self.device_ids)
 
+    def _noise(self, eval_seed: int) -> list[np.ndarray] | None:
+        """Detector noise of every chip and layer for one evaluation seed (drawn once, then reused)."""
+        if not np.any(self.noise_std > 0):
+            return None
+        if eval_seed not in self._noise_cache:
+            if len(self._noise_cache) >= 16:
+                self._noise_cache.pop(next(iter(self._noise_cache)))
+            self._noise_cache[eval_seed] = [
+                self.noise_std * np.stack([
+                    device_stream(name, eval_seed, k).standard_normal(layer.weight.shape, dtype=np.float32)
+                    for name in self.device_ids])
+                for k, layer in enumerate(self.model.layers)]
+        return self._noise_cache[eval_seed]
+
     def realised_weights(self, k: int, chips: slice, conditions: Conditions) -> np.ndarray:
         """Weights of layer ``k`` as the chips in ``chips`` realise them, (chips, out, in)."""
         L = self.layers[k]
-        h = L["settings"][chips]
-        left = np.zeros_like(h)
-        left[..., 1:] = h[..., :-1]
-        right = np.zeros_like(h)
-        right[..., :-1] = h[..., 1:]
-        x = h + L["offset"][chips] + self.crosstalk[chips] * (left * L["has_left"] + right * L["has_right"])
         dT = np.asarray(conditions.delta_T, dtype=np.float32)
-        if dT.ndim == 0:
-            x = x + L["drift"][chips] * dT
-        else:
-            x = x + L["drift"][chips] * dT[chips, None, None]
+        x = L["drift"][chips] * (dT if dT.ndim == 0 else dT[chips, None, None])
+        x += L["static"][chips]
         if conditions.ring_shift is not None:
-            x = x + conditions.ring_shift[chips][:, L["ri"], L["ci"]].astype(np.float32)
-        params = {name: L[name][chips] for name in self.platform.param_units}
-        W = self.platform.transfer(x, **params).astype(np.float32)
-        noise = self.noise[chips]
-        if np.any(noise > 0):
-            draws = np.stack([
-                device_stream(self.device_ids[i], conditions.eval_seed, k).standard_normal(
-                    W.shape[1:], dtype=np.float32)
-                for i in range(*chips.indices(len(self)))])
-            W = W + noise * draws
+            x += conditions.ring_shift[chips][:, L["ri"], L["ci"]].astype(np.float32)
+        W = self.platform.transfer(x, **{name: L[name][chips] for name in self.platform.param_units})
+        W = W.astype(np.float32, copy=False)
+        noise = self._noise(conditions.eval_seed)
+        if noise is not None:
+            W += noise[k][chips]
         return W
 
     def logits(self, X_scaled: np.ndarray, conditions: Conditions, chips: slice) -> np.ndarray:
         """(chips, samples, classes) logits of the chips in ``chips``."""
-        h = np.asarray(X_scaled, dtype=np.float32)[None]
+        X = np.ascontiguousarray(X_scaled, dtype=np.float32)
+        h = None
         for k, layer in enumerate(self.model.layers):
             W = self.realised_weights(k, chips, conditions)
-            h = np.matmul(h, W.transpose(0, 2, 1)) * layer.gain + layer.bias
+            W *= layer.gain[:, None]            # the digital gain folded into the (smaller) weights
+            d, out_f, in_f = W.shape
+            if h is None:   # shared input: one GEMM for every chip, (samples, chips * out)
+                h = X @ W.reshape(d * out_f, in_f).T
+                h += np.tile(layer.bias, d)
+                h = h.reshape(X.shape[0], d, out_f).transpose(1, 0, 2)
+            else:
+                h = np.matmul(h, W.transpose(0, 2, 1))
+                h += layer.bias
             if k < len(self.model.layers) - 1:
                 np.maximum(h, 0.0, out=h)
         return h
 
     def accuracy(self, X_scaled: np.ndarray, y: np.ndarray, conditions: Conditions | None = None,
-                 chunk: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
+                 chunk: int = 128, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Accuracy of every chip, (chips,) float64; ``progress(n)`` after each chunk of n chips."""
         conditions = conditions or Conditions()
         out = np.empty(len(self), dtype=np.float64)
+        y = np.asarray(y)
         for start in range(0, len(self), chunk):
             chips = slice(start, min(start + chunk, len(self)))
             pred = self.logits(X_scaled, conditions, chips).argmax(axis=2)
-            out[chips] = (pred == np.asarray(y)[None]).mean(axis=1)
+            out[chips] = (pred == y[None]).mean(axis=1)
             if progress is not None:
                 progress(chips.stop - chips.start)
         return out

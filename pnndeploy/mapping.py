@@ -126,10 +126,11 @@ def write_deployment(deployment: Deployment, path: str | Path) -> Path:
                 f.attrs["tool_version"] = deployment.tool_version
                 f.attrs["created"] = deployment.created
                 f.attrs["array"] = np.asarray(deployment.array, dtype=np.int64)
-                group = f.create_group("settings")
-                for layer in deployment.layers:
+                group = f.create_group("settings", track_order=True)
+                for index, layer in enumerate(deployment.layers):
                     ds = group.create_dataset(layer.name, data=layer.settings)
                     ds.attrs["units"] = deployment.control_units
+                    ds.attrs["index"] = index
                     ds.attrs["clipped"] = layer.clipped
     except OSError as exc:
         raise PnnError(f"cannot write deployment {path}: {exc.strerror or exc}; check the folder "
@@ -142,8 +143,9 @@ def read_deployment(path: str | Path) -> Deployment:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
+            ordered = sorted(f["settings"].items(), key=lambda item: int(item[1].attrs["index"]))
             layers = [LayerDeployment(name, np.asarray(ds[()], dtype=np.float64), int(ds.attrs["clipped"]))
-                      for name, ds in f["settings"].items()]
+                      for name, ds in ordered]
             units = {str(ds.attrs["units"]) for ds in f["settings"].values()}
             return Deployment(
                 device_id=str(f.attrs["device_id"]), model_sha256=str(f.attrs["model_sha256"]),

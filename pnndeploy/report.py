@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def audit_markdown(doc: dict[str, Any], plot: str | None = None) -> str:
+def audit_markdown(doc: dict[str, Any], plot: str | None = None, report_dir: str | Path = ".") -> str:
     req = doc["require"]
     rec = doc["recommended_recalibration_days"]
     parts = [
@@ -226,14 +227,15 @@ def audit_markdown(doc: dict[str, Any], plot: str | None = None) -> str:
     if doc["failures"]:
         parts += ["", "Failures:", ""] + [f"- {f}" for f in doc["failures"]]
     if plot:
-        parts += ["", f"![accuracy versus drift]({Path(plot).name})"]
+        link = Path(os.path.relpath(Path(plot).resolve(), Path(report_dir).resolve())).as_posix()
+        parts += ["", f"![accuracy versus drift]({link})"]
     return "\n".join(parts) + "\n"
 
 
 def write_audit_markdown(doc: dict[str, Any], path: str, plot: str | None = None) -> None:
     from pnndeploy.atomic import write_bytes_atomic
 
-    write_bytes_atomic(path, audit_markdown(doc, plot).encode())
+    write_bytes_atomic(path, audit_markdown(doc, plot, Path(path).parent).encode())
 
 
 def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:

@@ -16,7 +16,9 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.959963984540054) -> tu
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if p <= 0.0 else max(0.0, centre - half)
+    hi = 1.0 if p >= 1.0 else min(1.0, centre + half)
+    return (lo, hi)
 
 
 def fleet_summary(devices: Sequence[str], accuracies: Sequence[float], threshold: float) -> dict:

@@ -56,6 +56,7 @@ class TrainConfig:
     noise: float | None = None
     perturb: str = "onchip"
     drift_budget: float = 0.0
+    sat_every: int = 1
 
     def validate(self) -> None:
         """Refuse settings that would train nonsense, with the flag to change."""
@@ -68,6 +69,8 @@ class TrainConfig:
             raise ConfigError(f"perturb {self.perturb!r} is unknown; use one of {', '.join(PERTURB_CHOICES)}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.sat_every < 1:
+            raise ConfigError(f"--sat-every must be at least 1 (got {self.sat_every})")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
         if not self.lr > 0:
@@ -109,8 +112,13 @@ class SharpnessAwareStep:
 
     def __init__(self, params: Sequence[nn.Parameter], rho: float, adaptive: bool,
                  eps: float = 1e-12, drift: Sequence[float] | None = None,
-                 drift_budget: float = 0.0) -> None:
+                 drift_budget: float = 0.0, every: int = 1) -> None:
         self.params = list(params)
+        #: Refresh the ascent direction every ``every`` steps; reuse the cached eps in between.
+        self.every = every
+        self.steps = 0          # steps taken (ascend or reapply calls)
+        self.refreshes = 0      # ascend calls
+        self._cached: list[torch.Tensor] | None = None
         self.rho = rho
         self.adaptive = adaptive
         self.eps = eps
@@ -154,7 +162,30 @@ class SharpnessAwareStep:
         for p, e in zip(self.params, perturbation):
             p.add_(e)
         self.last_perturbation = perturbation
+        self._cached = perturbation
+        self.steps += 1
+        self.refreshes += 1
         return float(torch.sqrt(sum((e.double() ** 2).sum() for e in perturbation)))
+
+    def refresh_due(self) -> bool:
+        """True when this step must compute a fresh ascent (every ``every`` steps, and the first)."""
+        return self._cached is None or self.steps % self.every == 0
+
+    @torch.no_grad()
+    def reapply(self) -> None:
+        """Move to theta + the eps cached at the last refresh (efficient SAT: no clean pass needed).
+
+        Between refreshes theta moves by a few small Adam steps, so the cached
+        direction stays a good ascent direction (LookSAM's observation); it is
+        recomputed every ``every`` steps.
+        """
+        if self._cached is None:
+            raise RuntimeError("reapply() called before the first ascend()")
+        self._saved = [p.detach().clone() for p in self.params]
+        for p, e in zip(self.params, self._cached):
+            p.add_(e)
+        self.last_perturbation = self._cached
+        self.steps += 1
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -218,7 +249,7 @@ def train(dataset: Dataset, config: TrainConfig,
         onchip = {id(p) for p in model.onchip_parameters()}
         drift = [model.platform.nominal_drift if id(p) in onchip else 0.0 for p in perturbed]
         sat = SharpnessAwareStep(perturbed, config.rho, config.adaptive, drift=drift,
-                                 drift_budget=config.drift_budget)
+                                 drift_budget=config.drift_budget, every=config.sat_every)
     loss_fn = nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(config.seed + 1)
 
@@ -234,14 +265,22 @@ def train(dataset: Dataset, config: TrainConfig,
             idx = order[begin:begin + config.batch_size]
             xb, yb = X[idx], y[idx]
             optimizer.zero_grad(set_to_none=True)
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            loss.backward()
-            if sat is not None:
-                sat.ascend()
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(model(xb), yb).backward()
+            if sat is not None and not sat.refresh_due():
+                # efficient SAT: one pass at theta + the cached eps, no clean pass
+                sat.reapply()
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                loss.backward()
                 sat.restore()
+            else:
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                loss.backward()
+                if sat is not None:
+                    sat.ascend()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_fn(model(xb), yb).backward()
+                    sat.restore()
             if not math.isfinite(loss.item()):
                 raise TrainingDiverged(
                     f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr "

@@ -1,0 +1,52 @@
+"""`pnndeploy demo --quick`: the whole story end to end (trains 4 models, audits them on the shipped fleet)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pnndeploy.demo import DEMO_ENTRIES
+from pnndeploy.profiles import PROFILES_ENV
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CORE = ["standard", "noise-aware", "sat", "sat-drift"]      # the story: baseline, noise, SAT, SAT + drift
+METHODS = [entry.name for entry in DEMO_ENTRIES]            # the demo may compare more than these
+ROW_KEYS = {"method", "nominal_accuracy", "fleet_mean", "yield", "fleet_mean_minus_1K", "fleet_mean_plus_1K"}
+
+
+@pytest.mark.slow
+def test_demo_quick(cli, tmp_path, monkeypatch, shipped_profiles_dir) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(PROFILES_ENV, str(shipped_profiles_dir))
+    result = cli("demo", "--quick", "--out", "out")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["quick"] is True and summary["fleet"] == [f"chip{c}" for c in "ABCDEFGH"]
+    table = summary["table"]
+    assert [row["method"] for row in table] == METHODS
+    assert [m for m in METHODS if m in CORE] == CORE
+    for row in table:
+        assert ROW_KEYS <= set(row), row["method"]
+        for key in ROW_KEYS - {"method"}:
+            assert 0.0 <= row[key] <= 1.0, (row["method"], key)
+        assert row["fleet_mean"] <= row["nominal_accuracy"] + 0.05
+    assert max(row["nominal_accuracy"] for row in table) > 0.8          # 6 epochs on digits do learn
+
+    report = (out / "report.md").read_text()
+    table_lines = [line for line in report.splitlines() if line.startswith("| ")]
+    assert len(table_lines) == 1 + len(METHODS)                          # header + one row per method
+    for method, line in zip(METHODS, table_lines[1:]):
+        assert line.startswith(f"| {method} |")
+    for image in re.findall(r"\]\(([^)]+\.png)\)", report):             # every picture it shows exists
+        assert (out / image).read_bytes().startswith(PNG), image
+    assert "comparison.png" in report
+
+    for name in ["comparison.png", *(f"audit_{m}.png" for m in METHODS)]:
+        assert (out / name).read_bytes().startswith(PNG), name
+    assert sorted(p.name for p in (out / "models").iterdir()) == sorted(f"{m}.onnx" for m in METHODS)
+    assert not (tmp_path / "deployments").exists()                      # everything stays inside --out
+    assert not list(out.rglob(".*.tmp"))

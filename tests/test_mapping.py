@@ -1,0 +1,231 @@
+"""Mapping logical weights onto one chip: tiling, DAC quantisation, calibration only, deployment files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from pnndeploy import __version__
+from pnndeploy.errors import PnnError, ProfileError
+from pnndeploy.fleet import Conditions, SimulatedFleet
+from pnndeploy.fleet_gen import generate_chip
+from pnndeploy.mapping import (
+    Deployment,
+    LayerDeployment,
+    deployment_path,
+    map_model,
+    quantise,
+    read_deployment,
+    ring_index,
+    write_deployment,
+)
+from pnndeploy.onnx_io import load_model
+from pnndeploy.platforms import get_platform
+from pnndeploy.transfer import load_evaluation_data
+
+MRR = get_platform("mrr")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_export):
+    return load_model(tiny_export.path)
+
+
+@pytest.fixture(scope="module")
+def chip(shipped_process):
+    """A simulated 16 x 16 chip (seed 1), in memory."""
+    return generate_chip(shipped_process, "chipA", 1)
+
+
+def _step(profile) -> float:
+    lo, hi = profile.environment.heater_range
+    return (hi - lo) / (2 ** profile.environment.dac_bits - 1)
+
+
+# ------------------------------------------------------------------------------------------ tiling
+
+
+def test_ring_index_tiles_a_layer_larger_than_the_array() -> None:
+    ri, ci = ring_index((7, 10), (3, 4))
+    assert ri.shape == ci.shape == (7, 10)
+    for o in range(7):
+        for i in range(10):
+            assert (ri[o, i], ci[o, i]) == (o % 3, i % 4), (o, i)
+    # one ring holds weights of several tiles: ring (1, 2) holds (1, 2), (4, 6), (1, 6), (4, 2), ...
+    assert set(zip(*np.nonzero((ri == 1) & (ci == 2)))) == {(o, i) for o in (1, 4) for i in (2, 6)}
+
+
+def test_ring_index_small_layer_uses_the_top_left_rings() -> None:
+    ri, ci = ring_index((2, 5), (16, 16))
+    np.testing.assert_array_equal(ri, np.repeat(np.arange(2)[:, None], 5, axis=1))
+    np.testing.assert_array_equal(ci, np.repeat(np.arange(5)[None, :], 2, axis=0))
+
+
+# ------------------------------------------------------------------------------------------ DAC
+
+
+def test_quantise_puts_values_on_the_dac_grid_and_flags_out_of_range() -> None:
+    lo, hi, bits = -1.0, 2.0, 3
+    step = (hi - lo) / (2 ** bits - 1)
+    settings = np.concatenate([np.linspace(-1.7, 2.6, 211), [lo, hi, 0.0]])
+    q, inside = quantise(settings, (lo, hi), bits)
+    codes = (q - lo) / step
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-9)          # k integer
+    assert codes.min() >= -1e-9 and codes.max() <= 2 ** bits - 1 + 1e-9    # k in [0, 2^bits - 1]
+    np.testing.assert_array_equal(inside, (settings >= lo) & (settings <= hi))
+    assert inside[-3] and inside[-2]                                        # the ends are in range
+    # inside: the nearest grid point
+    grid = lo + step * np.arange(2 ** bits)
+    nearest = grid[np.argmin(np.abs(settings[:, None] - grid[None, :]), axis=1)]
+    np.testing.assert_allclose(q[inside], nearest[inside], atol=1e-12)
+    assert np.all(np.abs(q[inside] - settings[inside]) <= step / 2 + 1e-12)
+    # outside: clamped to the nearer end
+    np.testing.assert_allclose(q[settings < lo], lo)
+    np.testing.assert_allclose(q[settings > hi], hi)
+    assert (~inside).sum() == (settings < lo).sum() + (settings > hi).sum() > 0
+
+
+# ------------------------------------------------------------------------------------------ calibration only
+
+
+def test_mapper_ignores_the_fabrication_truth(model, chip) -> None:
+    base = map_model(model, chip)
+    wild = {k: v * 7.0 + 3.0 for k, v in chip.fabrication.items()}   # nothing like the real chip
+    for other in (replace(chip, fabrication=wild), replace(chip, fabrication=None)):
+        mapped = map_model(model, other)
+        for a, b in zip(base.layers, mapped.layers):
+            np.testing.assert_array_equal(a.settings, b.settings)
+            assert a.clipped == b.clipped
+
+
+def test_calibration_offset_shifts_the_settings_the_other_way(model, chip) -> None:
+    d = 0.1
+    cal = dict(chip.calibration, resonance_offset=chip.calibration["resonance_offset"] + d)
+    base, shifted = map_model(model, chip), map_model(model, replace(chip, calibration=cal))
+    step = _step(chip)
+    lo, hi = chip.environment.heater_range
+    for a, b in zip(base.layers, shifted.layers):
+        usable = (a.settings > lo + 2 * d) & (a.settings < hi - 2 * d)
+        assert usable.mean() > 0.9
+        diff = b.settings[usable] - a.settings[usable]
+        assert np.all(np.abs(diff + d) <= step + 1e-12), np.abs(diff + d).max()
+
+
+def test_calibrated_width_scales_the_detuning(model, chip) -> None:
+    """x* = gamma_hat * u(W): a 10 % wider measured ring needs a 10 % larger detuning."""
+    cal = dict(chip.calibration, gamma=chip.calibration["gamma"] * 1.1)
+    base, wider = map_model(model, chip), map_model(model, replace(chip, calibration=cal))
+    step = _step(chip)
+    for k, (a, b) in enumerate(zip(base.layers, wider.layers)):
+        ri, ci = ring_index(a.settings.shape, chip.shape)
+        r_hat = chip.calibration["resonance_offset"][ri, ci]
+        lo, hi = chip.environment.heater_range
+        usable = (b.settings > lo) & (b.settings < hi) & (a.settings > lo) & (a.settings < hi)
+        assert usable.mean() > 0.9
+        x_a, x_b = a.settings[usable] + r_hat[usable], b.settings[usable] + r_hat[usable]
+        assert np.all(np.abs(x_b - 1.1 * x_a) <= 1.1 * step / 2 + step / 2 + 1e-12), k
+        assert np.abs(x_b - x_a).max() > 10 * step                   # the width really mattered
+
+
+def _ideal_chip(chip):
+    """Calibration equal to the truth, full extinction, no crosstalk, no noise."""
+    fab = {k: v.copy() for k, v in chip.fabrication.items()}
+    fab["a"] = np.ones_like(fab["a"])
+    env = replace(chip.environment, crosstalk=0.0, detector_noise=0.0)
+    return replace(chip, fabrication=fab, calibration={k: v.copy() for k, v in fab.items()}, environment=env)
+
+
+def test_ideal_chip_realises_the_weights_within_the_dac_resolution(model, chip) -> None:
+    ideal = _ideal_chip(chip)
+    deployment = map_model(model, ideal)
+    assert deployment.clipped == 0
+    fleet = SimulatedFleet(model, [ideal], [deployment])
+    step = _step(ideal)
+    for k, layer in enumerate(model.layers):
+        ri, ci = ring_index(layer.weight.shape, ideal.shape)
+        gamma, a = ideal.fabrication["gamma"][ri, ci], ideal.fabrication["a"][ri, ci]
+        max_slope = float(np.max(3 * np.sqrt(3) / 4 * a / gamma))   # |dW/dx| at x = gamma/sqrt(3)
+        realised = fleet.realised_weights(k, slice(0, 1), Conditions())[0]
+        err = np.abs(realised.astype(np.float64) - layer.weight.astype(np.float64))
+        assert err.max() <= max_slope * step / 2 + 1e-4, err.max()
+        assert err.max() > 0                                          # really went through the DAC
+    data = load_evaluation_data(model)
+    nominal = float((model.logits(data.X).argmax(1) == data.y).mean())
+    acc = fleet.accuracy(data.X, data.y)[0]
+    assert abs(acc - nominal) <= 1.0 / data.y.size + 1e-12, (acc, nominal)
+
+
+def test_platform_mismatch_is_refused(model, chip) -> None:
+    with pytest.raises(ProfileError, match="mzi"):
+        map_model(model, replace(chip, platform="mzi"))
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def test_deployment_round_trip(tmp_path: Path, model_file: Path, chip) -> None:
+    model = load_model(model_file)
+    deployment = map_model(model, chip)
+    path = write_deployment(deployment, deployment_path(model_file, chip.device_id, tmp_path / "deployments"))
+    assert path == tmp_path / "deployments" / "M@chipA.h5"
+    back = read_deployment(path)
+    assert back.device_id == "chipA"
+    assert back.model_sha256 == model.sha256 == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert back.calibration_measured_at == chip.calibration_measured_at == "2026-11-01T09:00:00+00:00"
+    assert back.tool_version == __version__
+    assert back.control_units == "nm"
+    assert back.array == chip.shape
+    assert back.model_path == str(model_file)
+    assert back.created == deployment.created
+    assert [layer.name for layer in back.layers] == [layer.name for layer in deployment.layers]
+    for a, b in zip(deployment.layers, back.layers):
+        np.testing.assert_array_equal(a.settings, b.settings)
+        assert a.clipped == b.clipped
+    with h5py.File(path, "r") as f:
+        assert f.attrs["model_sha256"] == model.sha256
+        for name, ds in f["settings"].items():
+            assert ds.attrs["units"] == "nm", name
+    assert sorted(os.listdir(path.parent)) == ["M@chipA.h5"]       # no temp file left
+
+
+def test_deployment_keeps_the_layer_order_beyond_ten_layers(tmp_path: Path) -> None:
+    layers = [LayerDeployment(f"layer{k}", np.full((2, 3), float(k)), k) for k in range(12)]
+    deployment = Deployment("chipA", "0" * 64, "m.onnx", "2026-11-01T09:00:00+00:00", (16, 16), layers,
+                            control_units="nm")
+    back = read_deployment(write_deployment(deployment, tmp_path / "m@chipA.h5"))
+    assert [layer.name for layer in back.layers] == [f"layer{k}" for k in range(12)]
+    assert [float(layer.settings[0, 0]) for layer in back.layers] == [float(k) for k in range(12)]
+
+
+def test_deployment_path_rule_and_names() -> None:
+    assert deployment_path("models/sat.onnx", "chipB") == Path("deployments") / "sat@chipB.h5"
+    assert deployment_path(Path("a/b/m.v2.onnx"), "lot7-A", "out") == Path("out") / "m.v2@lot7-A.h5"
+    for bad in ("a/b", "../x", "..", "a\\b", ""):
+        with pytest.raises(PnnError):
+            deployment_path("models/m.onnx", bad)
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, model, chip) -> None:
+    target = tmp_path / "m@chipA.h5"
+    good = map_model(model, chip)
+    write_deployment(good, target)
+    before = target.read_bytes()
+    twice = LayerDeployment("layer0", np.zeros((2, 2)), 0)
+    broken = replace(good, layers=[twice, twice])                   # same dataset name twice: h5py fails
+    with pytest.raises(Exception):
+        write_deployment(broken, target)
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m@chipA.h5"]
+
+
+def test_unreadable_deployment_is_a_pnn_error(tmp_path: Path) -> None:
+    path = tmp_path / "m@chipA.h5"
+    path.write_text("not hdf5")
+    with pytest.raises(PnnError, match="pnndeploy transfer"):
+        read_deployment(path)
