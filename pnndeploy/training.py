@@ -231,7 +231,22 @@ def _perturbed_params(model: PNN, perturb: str) -> list[nn.Parameter]:
 
 def train(dataset: Dataset, config: TrainConfig,
           on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
-    """Train one model on ``dataset`` with ``config``; deterministic for a given seed."""
+    """Train one model on ``dataset`` with ``config``; deterministic for a given seed.
+
+    Runs on one intra-op thread: the layers are small, so extra threads only
+    add synchronisation, and on a busy machine their spin-waiting made a
+    1 s training take tens of seconds.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(dataset, config, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(dataset: Dataset, config: TrainConfig,
+           on_epoch: Callable[[EpochRecord], None] | None) -> TrainResult:
     config.validate()
     torch.manual_seed(config.seed)
     X = torch.from_numpy(dataset.scaling.apply(dataset.X_train))
