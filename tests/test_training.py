@@ -370,3 +370,89 @@ def test_drift_adversary_leaves_digital_parameters_alone(monkeypatch, tiny_digit
     assert len(sat.params) == 6
     for p, k in zip(sat.params, sat.drift):
         assert k == (MRR.nominal_drift if id(p) in onchip else 0.0)
+
+
+# ---------------------------------------------------------------------------- efficient SAT (--sat-every)
+def test_efficient_sat_refreshes_on_schedule_and_reuses_the_cached_direction(monkeypatch, tiny_digits):
+    events: list[str] = []
+
+    class RecordingSAT(SharpnessAwareStep):
+        fresh: list = []
+
+        def ascend(self):
+            events.append("ascend")
+            norm = super().ascend()
+            RecordingSAT.fresh.append([e.clone() for e in self.last_perturbation])
+            return norm
+
+        def reapply(self):
+            events.append("reapply")
+            super().reapply()
+            # exactly the direction of the latest refresh, not a stale or accumulated one
+            assert all(torch.equal(a, b) for a, b in zip(self.last_perturbation, RecordingSAT.fresh[-1]))
+
+    monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
+    train(tiny_digits, tiny_config(method="sat", sat_every=3, epochs=2))
+    steps = 2 * math.ceil(len(tiny_digits.y_train) / 32)
+    assert events == ["ascend" if k % 3 == 0 else "reapply" for k in range(steps)]
+    # each refresh really recomputes the direction
+    first, second = RecordingSAT.fresh[0], RecordingSAT.fresh[1]
+    assert not torch.equal(first[0], second[0])
+
+
+def test_efficient_sat_reuse_steps_use_the_gradient_at_the_cached_point_alone(monkeypatch, tiny_digits):
+    """In a reuse step no clean pass runs: p.grad == grad L(theta + eps_cached) exactly, theta restored."""
+    seen: dict = {"reuse_steps": 0}
+    original_forward = PNN.forward
+
+    def recording_forward(self, x):
+        seen["model"], seen["x"] = self, x
+        return original_forward(self, x)
+
+    class RecordingLoss(nn.CrossEntropyLoss):
+        def forward(self, input, target):
+            seen["y"] = target
+            return super().forward(input, target)
+
+    class RecordingSAT(SharpnessAwareStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen["sat"] = self
+
+        def ascend(self):
+            seen["reuse"] = False
+            return super().ascend()
+
+        def reapply(self):
+            seen["reuse"] = True
+            seen["theta"] = {n: p.detach().clone() for n, p in seen["model"].named_parameters()}
+            super().reapply()
+
+    class CheckingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            if seen.get("reuse"):
+                model, sat = seen["model"], seen["sat"]
+                eps = {id(p): e for p, e in zip(sat.params, sat.last_perturbation)}
+                named = dict(model.named_parameters())
+                point = {}
+                for n, p in named.items():
+                    assert torch.equal(p.detach(), seen["theta"][n]), f"{n} not restored"
+                    point[n] = (p.detach() + eps.get(id(p), 0.0)).requires_grad_(True)
+                loss = nn.functional.cross_entropy(torch.func.functional_call(model, point, (seen["x"],)), seen["y"])
+                expected = dict(zip(point, torch.autograd.grad(loss, list(point.values()))))
+                for n, p in named.items():
+                    torch.testing.assert_close(p.grad, expected[n], rtol=1e-6, atol=1e-9, msg=n)
+                seen["reuse_steps"] += 1
+            return super().step(closure)
+
+    monkeypatch.setattr(PNN, "forward", recording_forward)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", RecordingLoss)
+    monkeypatch.setattr(torch.optim, "Adam", CheckingAdam)
+    monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
+    train(tiny_digits, tiny_config(method="sat", rho=0.5, sat_every=2, epochs=1))
+    assert seen["reuse_steps"] == math.ceil(len(tiny_digits.y_train) / 32) // 2
+
+
+def test_sat_every_must_be_positive(tiny_digits):
+    with pytest.raises(ConfigError, match="--sat-every"):
+        train(tiny_digits, tiny_config(method="sat", sat_every=0))
