@@ -6,6 +6,7 @@ Heavy modules (torch, onnx, h5py) are imported inside the commands so that
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,21 +16,112 @@ from typing import Any
 import click
 
 from pnndeploy import __version__
-from pnndeploy.errors import PnnError
+from pnndeploy.errors import ConfigError, PnnError
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _usage_line(exc: click.ClickException) -> str:
+    """A click usage error (bad flag value, unknown option, missing argument) as one line."""
+    message = _one_line(exc.format_message()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    command = " ".join(["pnndeploy", *ctx.command_path.split()[1:]]) if ctx is not None else "pnndeploy"
+    return f"pnndeploy: error: {message}; see `{command} --help`"
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An operating-system error (unwritable folder, disk full, ...) as one line naming the file."""
+    what = exc.strerror or _one_line(str(exc)) or type(exc).__name__
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"pnndeploy: error: {where}{what}; check the path, its permissions and the free disk space"
+
+
+#: click >= 8.2 shows a group's help through this UsageError when no command is given: leave it to click.
+_HELP_ERRORS = tuple(getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",)
+                     if hasattr(click.exceptions, name))
 
 
 class PnnGroup(click.Group):
-    """A click group that turns every PnnError into one line on stderr and exit status 2."""
+    """A click group that turns every user-fixable error into one line on stderr and exit status 2.
+
+    PnnError, click's own usage errors and operating-system errors all become
+    ``pnndeploy: error: ...``; never a traceback.  Ctrl-C unwinds (temporary
+    files are removed by their ``finally``); SIGTERM removes the temporary file
+    of the write in progress and exits with status 143.  Either way no partial
+    output file is left.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _HELP_ERRORS:
+            raise
+        except click.UsageError as exc:   # options of the top-level command itself
+            click.echo(_usage_line(exc), err=True)
+            sys.exit(exc.exit_code)
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = _install_sigterm()
         try:
             return super().invoke(ctx)
         except PnnError as exc:
-            click.echo(f"pnndeploy: error: {exc}", err=True)
+            click.echo(f"pnndeploy: error: {_one_line(str(exc))}", err=True)
+            sys.exit(2)
+        except _HELP_ERRORS:
+            raise
+        except click.ClickException as exc:
+            click.echo(_usage_line(exc), err=True)
+            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:   # stdout closed early (`| head`): click exits quietly
+                raise
+            click.echo(_os_error_line(exc), err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("pnndeploy: interrupted; no partial output files were left", err=True)
             sys.exit(130)
+        finally:
+            _restore_sigterm(previous)
+
+
+def _install_sigterm() -> Any:
+    """On SIGTERM remove the temporary file of any write in progress and exit 143 at once.
+
+    An exception raised from a signal handler can land in a finalizer, where Python swallows it, so
+    the handler does the cleanup itself (main thread only); returns the previous handler.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        from pnndeploy.atomic import remove_active_temporaries
+
+        remove_active_temporaries()
+        try:
+            os.write(2, b"pnndeploy: terminated; no partial output files were left\n")
+        finally:
+            os._exit(143)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except (ValueError, OSError):
+            pass
 
 
 def _stderr_console():
@@ -112,15 +204,26 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
     from pnndeploy.training import TrainConfig
 
     settings: dict[str, Any] = load_config(config_path) if config_path else {}
+    from_file = set(settings)
     for name, value in flags.items():
         if value is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
             settings[name] = value
+            from_file.discard(name)
     if isinstance(settings.get("hidden"), str):
         settings["hidden"] = _parse_widths(settings["hidden"])
     dataset_spec = settings.pop("dataset", "digits")
     out = settings.pop("out", "models/model.onnx")
     config = TrainConfig(**settings)
-    config.validate()
+    try:
+        config.validate()
+    except ConfigError as exc:
+        # a value that came from the YAML file: name the file and its key, not only the flag
+        text = str(exc)
+        key = next((k for k in sorted(from_file) if text.startswith(f"--{k.replace('_', '-')} ")), None)
+        if key is None:
+            raise
+        raise ConfigError(f"config {config_path}: key '{key}': {text}; fix it in the file or override "
+                          f"it with --{key.replace('_', '-')}") from None
     _check_output_file(out, "--out")
     summary = _run_training(dataset_spec, config, out)
     if as_json:
@@ -131,18 +234,29 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
     render_train_summary(summary)
 
 
-def _check_output_file(path: str, flag: str) -> None:
+def _check_output_file(path: str, flag: str, example: str = "model.onnx") -> None:
     """Refuse an output path that cannot be written, before any long computation."""
     from pathlib import Path
 
     target = Path(path)
     if target.is_dir():
-        raise PnnError(f"{flag} {path} is a folder; give a file path such as {target / 'model.onnx'}")
-    parent = target.parent
+        raise PnnError(f"{flag} {path} is a folder; give a file path such as {target / example}")
+    _check_output_dir(target.parent, flag, shown=path)
+
+
+def _check_output_dir(directory: Any, flag: str, shown: str | None = None) -> None:
+    """Refuse an output folder that is a file or cannot be created or written."""
+    from pathlib import Path
+
+    folder = Path(directory)
+    shown = shown if shown is not None else str(folder)
+    parent = folder
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise PnnError(f"{flag} {path}: folder {parent} is not writable; choose another path")
+    if not parent.is_dir():
+        raise PnnError(f"{flag} {shown}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK):
+        raise PnnError(f"{flag} {shown}: folder {parent} is not writable; choose another path")
 
 
 def _parse_widths(text: str) -> list[int]:
@@ -223,9 +337,19 @@ def fleet_make(process_path: str, count: int, prefix: str, out_dir: str, seed: i
     Example:
       pnndeploy fleet make --count 64 --prefix lot7- --out profiles/lot7 --seed 3
     """
-    from pnndeploy.fleet_gen import load_process, make_fleet
+    from pnndeploy.fleet_gen import chip_names, load_process, make_fleet
+    from pnndeploy.profiles import check_device_name
 
+    for name in dict.fromkeys(chip_names(1, prefix) + chip_names(count, prefix)[-1:]):
+        try:
+            check_device_name(name)
+        except PnnError as exc:
+            reason = str(exc).split(";")[0]
+            shown = prefix if len(prefix) <= 40 else prefix[:40] + "..."
+            raise PnnError(f"--prefix {shown!r} makes chip names that are refused ({reason}); "
+                           "use letters, digits, '_', '.' or '-', e.g. --prefix lot7-") from None
     process = load_process(process_path)
+    _check_output_dir(out_dir, "--out")
     with _progress() as progress:
         task = progress.add_task("writing profiles", total=count)
         paths = make_fleet(process, count, prefix, seed, out_dir,
@@ -414,6 +538,10 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
     t_range = SweepRange.parse(temperature, "--temperature")
     d_range = SweepRange.parse(days, "--days")
     _fraction("--threshold", threshold)
+    if plot:
+        _check_output_file(plot, "--plot", "audit.png")
+    if report_path:
+        _check_output_file(report_path, "--report", "audit.md")
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles_dir(profiles), dataset, None)
     total = len(t_range.values((0.0, -require_temperature, require_temperature))) \
         + draws * len(d_range.values((0.0, require_days)))

@@ -10,10 +10,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pnndeploy.errors import ConfigError
 from pnndeploy.training import TrainConfig
+from pnndeploy.yamlio import read_yaml_file
 
 #: Keys a train config may hold beyond TrainConfig's fields.
 EXTRA_KEYS = {"dataset": str, "out": str}
@@ -28,17 +27,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read a train config; unknown keys, wrong types and Python-object tags are refused."""
     path = Path(path)
     where = f"config {path}"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read it ({exc.strerror}); check the --config path") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{where}: {problem}{at}; fix the YAML (only plain values are allowed)") from None
+    data = read_yaml_file(path, where, "check the --config path")
     if data is None:
         return {}
     if not isinstance(data, dict):

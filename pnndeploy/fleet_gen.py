@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
-import yaml
 
 from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.platforms import Platform, get_platform
@@ -27,6 +26,7 @@ from pnndeploy.profiles import (
     param_ranges,
     write_profile,
 )
+from pnndeploy.yamlio import read_yaml_file
 
 PROCESS_SCHEMA_VERSION = 1
 _TOP_KEYS = ("schema_version", "name", "platform", "array", "ring", "calibration", "environment")
@@ -218,21 +218,10 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
 def load_process(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a process spec (YAML, safe_load only); ConfigError naming the file and key."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"process file {path} not found; pass an existing process.yaml "
-                          "(the default is device_profiles/process.yaml)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"process file {path} cannot be read ({exc}); check the path") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"process file {path}: {problem}{where}; fix the YAML") from None
-    return check_process(data, source=f"process file {path}")
+    where = f"process file {path}"
+    data = read_yaml_file(path, where, "pass an existing process.yaml with --process "
+                                       "(the default is device_profiles/process.yaml)")
+    return check_process(data, source=where)
 
 
 # --------------------------------------------------------------------------- names and streams

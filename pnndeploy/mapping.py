@@ -28,7 +28,7 @@ from pnndeploy.atomic import atomic_path
 from pnndeploy.errors import PnnError, ProfileError
 from pnndeploy.onnx_io import ExportedModel
 from pnndeploy.platforms import get_platform
-from pnndeploy.profiles import DeviceProfile, check_device_name
+from pnndeploy.profiles import HDF5_LIBVER, DeviceProfile, check_device_name, h5_array_options
 
 DEPLOYMENT_FORMAT = 1
 
@@ -117,7 +117,7 @@ def write_deployment(deployment: Deployment, path: str | Path) -> Path:
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w", libver=HDF5_LIBVER) as f:
                 f.attrs["format_version"] = DEPLOYMENT_FORMAT
                 f.attrs["device_id"] = deployment.device_id
                 f.attrs["model_sha256"] = deployment.model_sha256
@@ -128,7 +128,8 @@ def write_deployment(deployment: Deployment, path: str | Path) -> Path:
                 f.attrs["array"] = np.asarray(deployment.array, dtype=np.int64)
                 group = f.create_group("settings", track_order=True)
                 for index, layer in enumerate(deployment.layers):
-                    ds = group.create_dataset(layer.name, data=layer.settings)
+                    ds = group.create_dataset(layer.name, data=layer.settings,
+                                              **h5_array_options(np.asarray(layer.settings)))
                     ds.attrs["units"] = deployment.control_units
                     ds.attrs["index"] = index
                     ds.attrs["clipped"] = layer.clipped
@@ -154,6 +155,6 @@ def read_deployment(path: str | Path) -> Deployment:
                 array=tuple(int(v) for v in f.attrs["array"]), layers=layers,
                 tool_version=str(f.attrs["tool_version"]), control_units=units.pop() if units else "",
                 created=str(f.attrs["created"]))
-    except (OSError, KeyError, ValueError) as exc:
-        raise PnnError(f"deployment {path}: cannot read it ({exc}); regenerate it with "
+    except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
+        raise PnnError(f"deployment {path}: cannot read it ({' '.join(str(exc).split())}); regenerate it with "
                        "`pnndeploy transfer`") from None

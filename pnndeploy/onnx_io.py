@@ -192,8 +192,16 @@ def load_model(path: str | Path) -> ExportedModel:
     if not path.is_file():
         raise ModelFileError(f"{where}: file not found; train one with `pnndeploy train --out {path}` "
                              "or pass --model")
-    data = path.read_bytes()
     try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{where}: cannot read it ({exc.strerror or exc}); check the file's "
+                             "permissions or pass --model") from None
+    if not data:
+        raise ModelFileError(f"{where}: the file is empty (0 bytes), e.g. an interrupted copy; pass a .onnx "
+                             "written by `pnndeploy train`")
+    try:
+        # bytes only: onnx.load_from_string never opens the external-data files a model may name
         proto = onnx.load_from_string(data)
     except Exception as exc:  # protobuf raises several types
         raise ModelFileError(f"{where}: not an ONNX file ({type(exc).__name__}); pass a .onnx written by "
@@ -201,11 +209,18 @@ def load_model(path: str | Path) -> ExportedModel:
     if not proto.graph.node and not proto.metadata_props:
         raise ModelFileError(f"{where}: not an ONNX model (empty graph); pass a .onnx written by "
                              "`pnndeploy train`")
-    for tensor in proto.graph.initializer:
+    for tensor in _all_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            raise ModelFileError(f"{where}: initializer {tensor.name!r} refers to external data; pnndeploy "
+            raise ModelFileError(f"{where}: tensor {tensor.name!r} refers to external data; pnndeploy "
                                  "never reads files a model points at: re-export it as one file")
-    meta = {p.key[len(PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(PREFIX)}
+    meta: dict[str, str] = {}
+    for prop in proto.metadata_props:
+        # protobuf hands back bytes for a string field that is not valid UTF-8
+        if not isinstance(prop.key, str) or not isinstance(prop.value, str):
+            raise ModelFileError(f"{where}: its metadata holds text that is not valid UTF-8; the file is "
+                                 "corrupted, re-export it with `pnndeploy train`")
+        if prop.key.startswith(PREFIX):
+            meta[prop.key[len(PREFIX):]] = prop.value
     if not meta:
         raise ModelFileError(f"{where}: valid ONNX but not written by pnndeploy (no pnndeploy.* metadata); "
                              "train it with `pnndeploy train`")
@@ -216,8 +231,8 @@ def load_model(path: str | Path) -> ExportedModel:
     parsed: dict[str, Any] = {}
     for key, value in meta.items():
         try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
+            parsed[key] = json.loads(value, parse_constant=_refuse_constant)
+        except (json.JSONDecodeError, RecursionError, ValueError):
             if key in REQUIRED_KEYS and key not in ("platform", "method", "dataset", "version"):
                 raise ModelFileError(f"{where}: metadata {PREFIX}{key} is not valid JSON; "
                                      "re-export the model with `pnndeploy train`") from None
@@ -225,17 +240,98 @@ def load_model(path: str | Path) -> ExportedModel:
     for key in ("platform", "method", "dataset", "version"):
         parsed[key] = meta[key]
     fmt = parsed["format_version"]
-    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
-        raise ModelFileError(f"{where}: format_version {fmt!r} is newer than this pnndeploy reads "
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
+        raise ModelFileError(f"{where}: metadata {PREFIX}format_version is {fmt!r}, not a version number "
+                             f"(1..{FORMAT_VERSION}); the file was edited or corrupted, re-export it")
+    if fmt > FORMAT_VERSION:
+        raise ModelFileError(f"{where}: format_version {fmt} is newer than this pnndeploy reads "
                              f"({FORMAT_VERSION}); upgrade pnndeploy")
-    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    _check_metadata_types(where, parsed)
+    inits = {}
+    for tensor in proto.graph.initializer:
+        try:
+            inits[tensor.name] = numpy_helper.to_array(tensor)
+        except Exception as exc:  # noqa: BLE001 - a damaged tensor raises ValueError, TypeError, ...
+            raise ModelFileError(f"{where}: initializer {tensor.name!r} cannot be decoded "
+                                 f"({type(exc).__name__}); the file is corrupted, re-export it") from None
     layers = _layers_from(where, parsed, inits)
-    scaling = InputScaling.from_json(parsed["input_scaling"])
-    metrics = parsed["metrics"] if isinstance(parsed["metrics"], dict) else {}
+    try:
+        scaling = InputScaling.from_json(parsed["input_scaling"])
+    except ModelFileError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+    if scaling.n_features is not None and scaling.n_features != layers[0].weight.shape[1]:
+        raise ModelFileError(f"{where}: input_scaling has {scaling.n_features} features but layer "
+                             f"{layers[0].name!r} takes {layers[0].weight.shape[1]} inputs; the file was edited "
+                             "or corrupted, re-export it")
+    metrics = parsed["metrics"]
     return ExportedModel(path=path, layers=layers, scaling=scaling, platform=parsed["platform"],
                          platform_params=parsed["platform_params"], method=parsed["method"],
                          dataset=parsed["dataset"], metrics=metrics, metadata=parsed,
                          sha256=hashlib.sha256(data).hexdigest())
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (pnndeploy never writes them): refuse them in metadata."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _all_tensors(proto: Any) -> Any:
+    """Every tensor of the model: initializers and Constant-node values, in the graph and its subgraphs."""
+    import onnx
+
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    yield from attr.tensors
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    graphs.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    graphs.extend(attr.graphs)
+
+
+def _check_metadata_types(where: str, meta: dict[str, Any]) -> None:
+    """Refuse metadata that parses as JSON but holds the wrong kind of value."""
+    def bad(key: str, expected: str) -> ModelFileError:
+        value = repr(meta[key])
+        shown = value if len(value) <= 60 else value[:60] + "..."
+        return ModelFileError(f"{where}: metadata {PREFIX}{key} is {shown}, expected {expected}; the file "
+                              "was edited or corrupted, re-export it with `pnndeploy train`")
+
+    if not isinstance(meta["platform_params"], dict):
+        raise bad("platform_params", "a JSON object")
+    if not isinstance(meta["metrics"], dict):
+        raise bad("metrics", "a JSON object")
+    rho = meta["rho"]
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho >= 0 or rho == float("inf"):
+        raise bad("rho", "a finite number >= 0")
+    seed = meta["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise bad("seed", f"an integer from 0 to {2**32 - 1}")
+    for key in ("platform", "method", "dataset"):
+        if not meta[key].strip():
+            raise bad(key, "a non-empty name")
+    layers = meta["layers"]
+    if not isinstance(layers, list) or not layers:
+        raise bad("layers", "a non-empty list of layers")
+    for info in layers:
+        if not isinstance(info, dict) or not isinstance(info.get("name"), str) \
+                or any(isinstance(info.get(k), bool) or not isinstance(info.get(k), int) or info.get(k) < 1
+                       for k in ("in", "out")):
+            raise bad("layers", 'entries like {"name": "layer0", "in": 64, "out": 32}')
+    onchip = meta["onchip"]
+    if not isinstance(onchip, list) or not all(isinstance(n, str) for n in onchip):
+        raise bad("onchip", "a list of initializer names")
+    if not isinstance(meta["controls"], dict):
+        raise bad("controls", "a JSON object of control arrays")
 
 
 def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray]) -> list[ModelLayer]:
@@ -254,7 +350,11 @@ def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray])
             if key not in inits:
                 raise ModelFileError(f"{where}: initializer {key!r} named by the metadata is missing; "
                                      "re-export the model")
-            arrays[part] = inits[key].astype(np.float32)
+            if inits[key].dtype.kind not in "fiu":
+                raise ModelFileError(f"{where}: initializer {key!r} has dtype {inits[key].dtype}, expected "
+                                     "numbers; the file was edited or corrupted, re-export it")
+            with np.errstate(over="ignore", invalid="ignore"):
+                arrays[part] = inits[key].astype(np.float32)
         out_f, in_f = int(info.get("out", -1)), int(info.get("in", -1))
         w = arrays["weight"]
         if weight_name != f"{name}.weight" or w.shape != (out_f, in_f) \
@@ -265,12 +365,16 @@ def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray])
         entry = controls.get(weight_name)
         try:
             c = np.asarray(entry["values"], dtype=np.float32)
-        except (TypeError, KeyError, ValueError):
+        except (TypeError, KeyError, ValueError, OverflowError, IndexError):
             raise ModelFileError(f"{where}: controls of {weight_name!r} missing or malformed in "
                                  f"{PREFIX}controls; re-export the model") from None
-        if c.shape != w.shape or not np.all(np.isfinite(c)) or not np.all(np.isfinite(w)):
-            raise ModelFileError(f"{where}: controls of {weight_name!r} have shape {c.shape}, weights "
-                                 f"{w.shape}, or hold non-finite values; re-export the model")
+        if c.shape != w.shape:
+            raise ModelFileError(f"{where}: controls of {weight_name!r} have shape {c.shape} but the weights "
+                                 f"{w.shape}; the file was edited or corrupted, re-export it")
+        for part, values in (("controls", c), ("weight", w), ("gain", arrays["gain"]), ("bias", arrays["bias"])):
+            if not np.all(np.isfinite(values)):
+                raise ModelFileError(f"{where}: the {part} of layer {name!r} holds NaN or infinite values; "
+                                     "the file was edited or corrupted, re-export it")
         layers.append(ModelLayer(name=name, weight=w, controls=c, gain=arrays["gain"], bias=arrays["bias"]))
         previous_out = out_f
     return layers

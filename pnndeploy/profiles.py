@@ -153,8 +153,23 @@ def _environment_units(platform: Platform) -> dict[str, str]:
 # --------------------------------------------------------------------------- write
 
 
+#: HDF5 file-format bounds of written files: 1.10 formats carry checksums of the file's internal
+#: structure, so most damaged files give a clean error instead of confusing the HDF5 library
+#: (readable by HDF5 >= 1.10, h5dump and HDFView included).
+HDF5_LIBVER = ("v110", "v110")
+
+
+def h5_array_options(array: np.ndarray) -> dict[str, Any]:
+    """Dataset options for an array: a Fletcher-32 checksum (one chunk) so damaged values are refused."""
+    if array.ndim == 0 or array.size == 0:
+        return {}
+    # one chunk for ordinary arrays; HDF5 limits a chunk to 4 GiB, so let it split huge ones
+    return {"chunks": array.shape if array.nbytes <= 2**26 else True, "fletcher32": True}
+
+
 def _write_array(group: h5py.Group, name: str, data: Any, units: str, dtype: Any) -> None:
-    ds = group.create_dataset(name, data=np.asarray(data, dtype=dtype))
+    array = np.asarray(data, dtype=dtype)
+    ds = group.create_dataset(name, data=array, **h5_array_options(array))
     ds.attrs["units"] = units
 
 
@@ -168,8 +183,17 @@ def write_profile(profile: DeviceProfile, path: str | os.PathLike[str]) -> None:
     fields = _field_units(platform)
     env_units = _environment_units(platform)
     rows, cols = (int(n) for n in profile.shape)
+    try:
+        _write_profile_file(profile, path, platform, fields, env_units, rows, cols)
+    except OSError as exc:
+        raise ProfileError(f"cannot write profile {path}: {exc.strerror or exc}; check that the folder "
+                           "is writable and has free space") from None
+
+
+def _write_profile_file(profile: DeviceProfile, path: Path, platform: Platform, fields: dict[str, str],
+                        env_units: dict[str, str], rows: int, cols: int) -> None:
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=HDF5_LIBVER) as f:
             f.attrs["schema_version"] = np.int64(profile.schema_version)
             f.attrs["device_id"] = str(profile.device_id)
             f.attrs["platform"] = str(profile.platform)
@@ -218,17 +242,11 @@ def write_profile(profile: DeviceProfile, path: str | os.PathLike[str]) -> None:
 
 
 def _attr_str(obj: h5py.HLObject, name: str) -> str | None:
+    """A text attribute as str; None when it is missing, not text, or not valid UTF-8."""
     value = obj.attrs.get(name)
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    if isinstance(value, str):
-        return value
     if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "OSU":
-        return _decode(value[()])
-    return None
+        value = value[()]
+    return _decode(value)
 
 
 def _decode(value: Any) -> str | None:
@@ -237,7 +255,13 @@ def _decode(value: Any) -> str | None:
             return value.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    return value if isinstance(value, str) else None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # h5py decodes bad bytes to lone surrogates, which nothing can print
+        except UnicodeEncodeError:
+            return None
+        return value
+    return None
 
 
 def _attr_int(obj: h5py.HLObject, name: str) -> int | None:
@@ -323,7 +347,8 @@ class _Checker:
         try:
             data = np.asarray(obj[()])
         except (OSError, ValueError, TypeError) as exc:
-            self.add(f"'{where}' cannot be read ({exc})")
+            msg = " ".join(str(exc).split())
+            self.add(f"'{where}' cannot be read ({msg}): the file is damaged")
             return None
         if kind == "float":
             bad = int(np.count_nonzero(~np.isfinite(data)))
@@ -350,14 +375,20 @@ def validate_profile(path: str | os.PathLike[str]) -> list[str]:
     if not path.exists():
         return [f"file not found ({_REGENERATE} or check the path)"]
     if not path.is_file():
-        return ["not a file"]
+        return ["not a file (a folder?); give the path of a .h5 profile"]
     try:
+        size = path.stat().st_size
+        if size == 0:
+            return [f"the file is empty (0 bytes), e.g. an interrupted copy; {_REGENERATE} or copy it again"]
         if not h5py.is_hdf5(path):
             return ["not an HDF5 file (a profile is written by `pnndeploy fleet make`)"]
         with h5py.File(path, "r") as f:
             return _validate_open(f)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError,
+            IndexError, OverflowError, UnicodeError) as exc:
         msg = " ".join(str(exc).split())
+        if "truncated file" in msg:
+            return [f"the file is truncated ({msg}), e.g. an interrupted copy; {_REGENERATE} or copy it again"]
         return [f"cannot read the file as HDF5 ({msg}); {_REGENERATE}"]
 
 
@@ -374,12 +405,21 @@ def _validate_open(f: h5py.File) -> list[str]:
         return [f"schema_version {version} was written by a newer pnndeploy "
                 f"(this one reads {SCHEMA_VERSION}); upgrade pnndeploy"]
     if version < SCHEMA_VERSION:
-        return [f"schema_version {version} is older than {SCHEMA_VERSION}; "
-                f"{_REGENERATE} or migrate"]
+        # there is no older released schema to migrate from: version 1 is the first
+        return [f"schema_version {version} is older than {SCHEMA_VERSION}, the oldest this pnndeploy reads, "
+                f"and no migration exists for it; write it again in schema {SCHEMA_VERSION} from the "
+                f"chip's measurements (or {_REGENERATE} for a simulated chip)"]
 
     for name in ("device_id", "process", "created"):
         if _attr_str(f, name) is None:
             c.add(f"missing or non-text root attribute '{name}'")
+    device_id = _attr_str(f, "device_id")
+    if device_id is not None:
+        try:
+            check_device_name(device_id)
+        except ProfileError as exc:
+            # the id names the deployment file: a path here would write outside the deployments folder
+            c.add(f"root attribute 'device_id' is not a valid name ({str(exc).split(';')[0]})")
     created = _attr_str(f, "created")
     if created is not None and _parse_time(created) is None:
         c.add(f"root attribute 'created' ({created!r}) is not an ISO-8601 time with a UTC offset")
@@ -397,8 +437,12 @@ def _validate_open(f: h5py.File) -> list[str]:
     else:
         try:
             platform = get_platform(platform_name)
-        except PnnError as exc:
-            c.add(f"{exc}")
+        except PnnError:
+            from pnndeploy.platforms import PLATFORMS
+
+            shown = platform_name if len(platform_name) <= 40 else platform_name[:40] + "..."
+            c.add(f"platform {shown!r} is unknown to this pnndeploy (it knows {', '.join(sorted(PLATFORMS))}); "
+                  "use a profile of the model's platform, or upgrade pnndeploy if the profile is newer")
 
     # layout
     shape: tuple[int, int] | None = None
@@ -454,8 +498,17 @@ def _validate_open(f: h5py.File) -> list[str]:
         if bits is not None and bits.shape == () and not 1 <= int(bits) <= 32:
             c.add(f"'environment/dac_bits' is {int(bits)}, expected 1..32")
         hr = c.dataset(env, "heater_range", (2,), "float", eu.get("heater_range"))
-        if hr is not None and hr.shape == (2,) and np.all(np.isfinite(hr)) and not hr[0] < hr[1]:
-            c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] needs low < high")
+        if hr is not None and hr.shape == (2,) and np.all(np.isfinite(hr)):
+            with np.errstate(all="ignore"):
+                span = float(hr[1]) - float(hr[0])
+            if not hr[0] < hr[1]:
+                c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] needs low < high")
+            elif not math.isfinite(span):
+                c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] spans more than a float can hold")
+            elif bits is not None and bits.shape == () and 1 <= int(bits) <= 32 \
+                    and not span / (2 ** int(bits) - 1) > 0:
+                c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] is too narrow for "
+                      f"{int(bits)} DAC bits (the step would be 0)")
         age = c.dataset(env, "ageing_rate", (), "float", eu.get("ageing_rate"))
         c.in_range("environment/ageing_rate", age, Range(0.0, math.inf, True, False))
 
@@ -551,9 +604,11 @@ def list_profiles(directory: str | os.PathLike[str]) -> list[Path]:
     """Sorted ``*.h5`` files of ``directory`` (hidden files skipped); ProfileError if it is no folder."""
     directory = Path(directory)
     if not directory.is_dir():
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
         raise ProfileError(
-            f"profiles folder {directory} does not exist; pass --profiles DIR, set "
+            f"profiles folder {directory} {what}; pass --profiles DIR, set "
             f"{PROFILES_ENV}, or create one with `pnndeploy fleet make`")
+    # hidden files are skipped: a writer killed mid-write may leave its temporary .NAME.h5.XXXX.tmp
     return sorted(p for p in directory.glob("*.h5") if p.is_file() and not p.name.startswith("."))
 
 
@@ -566,8 +621,9 @@ def resolve_device(name: str, directory: str | os.PathLike[str]) -> Path:
     if path.is_file() and path.name in os.listdir(directory):
         return path
     if not directory.is_dir():
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
         raise ProfileError(
-            f"no profile for device {name!r}: profiles folder {directory} does not exist; "
+            f"no profile for device {name!r}: profiles folder {directory} {what}; "
             f"pass --profiles DIR or set {PROFILES_ENV}, or create a fleet with `pnndeploy fleet make`")
     known = [p.stem for p in list_profiles(directory)]
     extra = ""

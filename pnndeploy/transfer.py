@@ -45,12 +45,21 @@ def load_evaluation_data(model: ExportedModel, dataset_spec: str | None = None) 
     """The model's test split (its dataset and seed from the metadata unless ``dataset_spec``)."""
     spec = dataset_spec or model.dataset
     seed = model.metadata.get("seed", 0)
-    dataset = load_dataset(spec, seed=int(seed) if isinstance(seed, int) else 0)
+    try:
+        dataset = load_dataset(spec, seed=int(seed) if isinstance(seed, int) else 0)
+    except DatasetError as exc:
+        if dataset_spec is not None:
+            raise
+        raise DatasetError(f"{exc} (model {model.path} was trained on {spec}; pass --dataset SPEC to "
+                           "evaluate on another copy of it)") from None
     if dataset.n_features != model.n_features:
         raise DatasetError(f"dataset {spec}: {dataset.n_features} features but model {model.path} expects "
                            f"{model.n_features}; use the dataset the model was trained on")
-    if dataset.y_test.size and int(dataset.y_test.max()) >= model.n_classes:
-        raise DatasetError(f"dataset {spec}: label {int(dataset.y_test.max())} but model {model.path} knows "
+    labels = [y for y in (dataset.y_train, dataset.y_test) if y.size]
+    top = max((int(y.max()) for y in labels), default=-1)
+    if top >= model.n_classes:
+        # a class the model has no output for: the accuracy would silently count it as always wrong
+        raise DatasetError(f"dataset {spec}: label {top} but model {model.path} knows "
                            f"{model.n_classes} classes (0..{model.n_classes - 1}); use the model's dataset")
     return EvaluationData(spec, model.scaling.apply(dataset.X_test), dataset.y_test)
 
@@ -76,19 +85,27 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     """Load the model and profiles, map the model onto each chip, optionally write the deployments."""
     model = load_model(model_path)
     data = load_evaluation_data(model, dataset_spec)
-    profile_list, deployments, files = [], [], []
+    # read and check every input before writing anything, so a bad profile leaves no deployment behind
+    profile_list: list[DeviceProfile] = []
+    files: list[str | None] = []
+    seen: dict[str, Path] = {}
     for path in resolve_devices(devices, use_fleet, profiles):
         profile = read_profile(path)
-        deployment = map_model(model, profile)
+        if profile.device_id in seen:
+            # two files of one chip would write the same deployment file and count the chip twice
+            raise PnnError(f"profiles {seen[profile.device_id]} and {path} both hold device_id "
+                           f"{profile.device_id!r}; remove the copy or regenerate one of them")
+        seen[profile.device_id] = path
+        profile_list.append(profile)
+    deployments = [map_model(model, profile) for profile in profile_list]
+    fleet = SimulatedFleet(model, profile_list, deployments)   # refuses real chips, mixed arrays
+    for profile, deployment in zip(profile_list, deployments):
         target = None
         if save_dir is not None:
             target = str(write_deployment(deployment, deployment_path(model_path, profile.device_id, save_dir)))
-        profile_list.append(profile)
-        deployments.append(deployment)
         files.append(target)
         if on_device is not None:
             on_device(profile.device_id)
-    fleet = SimulatedFleet(model, profile_list, deployments)
     return PreparedFleet(model, data, profile_list, deployments, files, fleet)
 
 
