@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -21,6 +20,7 @@ import numpy as np
 
 from pnndeploy.errors import ConfigError
 from pnndeploy.fleet import Conditions
+from pnndeploy.fleet_gen import device_rng
 from pnndeploy.transfer import PreparedFleet
 
 
@@ -73,8 +73,7 @@ def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: i
     rows, cols = prepared.fleet.array
     out = [np.zeros((len(prepared.profiles), rows, cols)) for _ in days]
     for d, profile in enumerate(prepared.profiles):
-        key = int.from_bytes(hashlib.sha256(profile.device_id.encode()).digest()[:8], "big")
-        rng = np.random.default_rng(np.random.SeedSequence([seed, key, draw, 0x61676531]))
+        rng = device_rng(profile.device_id, seed, draw, 0x61676531)   # tag: the ageing walk
         rate = profile.environment.ageing_rate
         position = np.zeros((rows, cols))
         previous = 0.0

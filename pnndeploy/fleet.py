@@ -16,13 +16,13 @@ Everything is float32 numpy; chips are processed in chunks to bound memory.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from pnndeploy.errors import PnnError
+from pnndeploy.fleet_gen import device_rng
 from pnndeploy.mapping import Deployment, ring_index
 from pnndeploy.onnx_io import ExportedModel
 from pnndeploy.platforms import get_platform
@@ -40,8 +40,7 @@ class Conditions:
 
 def device_stream(device_id: str, eval_seed: int, layer: int) -> np.random.Generator:
     """The noise stream of one device, evaluation and layer (independent of the fleet around it)."""
-    key = int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:8], "big")
-    return np.random.default_rng(np.random.SeedSequence([eval_seed, key, layer]))
+    return device_rng(device_id, eval_seed, layer)
 
 
 class SimulatedFleet:

@@ -242,10 +242,19 @@ def chip_names(count: int, prefix: str = "chip") -> list[str]:
     return names
 
 
-def chip_rng(seed: int, device_id: str) -> np.random.Generator:
-    """The random stream of one chip: a function of the fleet seed and the chip's name only."""
+def device_rng(device_id: str, seed: int, *extra: int) -> np.random.Generator:
+    """A random stream owned by one device: a function of its name, ``seed`` and ``extra`` only.
+
+    Never the global RNG, so a device draws the same numbers alone or in a fleet
+    (fabrication, detector noise, ageing walks all use it).
+    """
     key = int.from_bytes(hashlib.sha256(device_id.encode("utf-8")).digest()[:8], "big")
-    return np.random.default_rng(np.random.SeedSequence([int(seed), key]))
+    return np.random.default_rng(np.random.SeedSequence([int(seed), key, *extra]))
+
+
+def chip_rng(seed: int, device_id: str) -> np.random.Generator:
+    """The fabrication stream of one chip: a function of the fleet seed and the chip's name only."""
+    return device_rng(device_id, seed)
 
 
 # --------------------------------------------------------------------------- chips
