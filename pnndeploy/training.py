@@ -127,6 +127,7 @@ class SharpnessAwareStep:
         #: Temperature change (K) the structured adversary may apply as a common-mode shift.
         self.drift_budget = drift_budget
         self._saved: list[torch.Tensor] | None = None
+        self._buffers: list[torch.Tensor] | None = None
         self.last_perturbation: list[torch.Tensor] = []
 
     @torch.no_grad()
@@ -141,31 +142,35 @@ class SharpnessAwareStep:
         skips the whole ascent.
         """
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        if self.adaptive:
-            scaled = [p.abs() * g for p, g in zip(self.params, grads)]
-        else:
-            scaled = grads
-        norm = torch.sqrt(sum((s.double() ** 2).sum() for s in scaled))
-        self._saved = [p.detach().clone() for p in self.params]
-        if not torch.isfinite(norm):             # nothing sensible to ascend along
+        scaled = torch._foreach_mul(torch._foreach_abs(self.params), grads) if self.adaptive else grads
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled))))
+        self._save()
+        if not math.isfinite(norm):             # nothing sensible to ascend along
             self.last_perturbation = [torch.zeros_like(p) for p in self.params]
             return 0.0
         if self.rho == 0 or norm <= self.eps:
             perturbation = [torch.zeros_like(p) for p in self.params]
         else:
-            factor = (self.rho / norm).float()
-            perturbation = [(p * p * g if self.adaptive else g) * factor for p, g in zip(self.params, grads)]
+            base = torch._foreach_mul(torch._foreach_mul(self.params, self.params), grads) if self.adaptive \
+                else grads
+            perturbation = torch._foreach_mul(base, self.rho / norm)
         if self.drift_budget > 0:
-            slope = sum(float(g.double().sum()) * k for g, k in zip(grads, self.drift))
+            slope = sum(float(g.sum()) * k for g, k in zip(grads, self.drift) if k)
             sign = 1.0 if slope >= 0 else -1.0
-            perturbation = [e + sign * self.drift_budget * k for e, k in zip(perturbation, self.drift)]
-        for p, e in zip(self.params, perturbation):
-            p.add_(e)
+            perturbation = [e + sign * self.drift_budget * k if k else e for e, k in zip(perturbation, self.drift)]
+        torch._foreach_add_(self.params, perturbation)
         self.last_perturbation = perturbation
         self._cached = perturbation
         self.steps += 1
         self.refreshes += 1
-        return float(torch.sqrt(sum((e.double() ** 2).sum() for e in perturbation)))
+        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(perturbation))))
+
+    def _save(self) -> None:
+        """Copy theta into buffers allocated once (restore copies them back bit for bit)."""
+        if self._buffers is None:
+            self._buffers = [torch.empty_like(p) for p in self.params]
+        torch._foreach_copy_(self._buffers, [p.detach() for p in self.params])
+        self._saved = self._buffers
 
     def refresh_due(self) -> bool:
         """True when this step must compute a fresh ascent (every ``every`` steps, and the first)."""
@@ -181,9 +186,8 @@ class SharpnessAwareStep:
         """
         if self._cached is None:
             raise RuntimeError("reapply() called before the first ascend()")
-        self._saved = [p.detach().clone() for p in self.params]
-        for p, e in zip(self.params, self._cached):
-            p.add_(e)
+        self._save()
+        torch._foreach_add_(self.params, self._cached)
         self.last_perturbation = self._cached
         self.steps += 1
 
@@ -192,8 +196,7 @@ class SharpnessAwareStep:
         """Put back the parameters saved by :meth:`ascend`, bit for bit."""
         if self._saved is None:
             raise RuntimeError("restore() called before ascend()")
-        for p, saved in zip(self.params, self._saved):
-            p.copy_(saved)
+        torch._foreach_copy_(self.params, self._saved)
         self._saved = None
 
 
@@ -296,13 +299,14 @@ def _train(dataset: Dataset, config: TrainConfig,
                     optimizer.zero_grad(set_to_none=True)
                     loss_fn(model(xb), yb).backward()
                     sat.restore()
-            if not math.isfinite(loss.item()):
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
                 raise TrainingDiverged(
-                    f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr "
+                    f"training diverged at epoch {epoch} (loss {loss_value}); lower --lr "
                     f"(now {config.lr}) or --rho (now {config.rho})")
             optimizer.step()
             model.project()
-            total += loss.item() * len(idx)
+            total += loss_value * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
         record = EpochRecord(epoch, total / n, correct / n, time.perf_counter() - t0)
         history.append(record)

@@ -37,8 +37,6 @@ class MRRPlatform(Platform):
     nominal_drift = 0.080
 
     def transfer(self, control: Any, gamma: Any = 0.15, a: Any = 1.0) -> Any:
-        if _is_tensor(control) and isinstance(gamma, float) and isinstance(a, float):
-            return _lorentzian_function().apply(control, gamma, a)   # training: one fused autograd node
         u = control / gamma
         return 1.0 - 2.0 * a / (1.0 + u * u)
 
@@ -94,40 +92,3 @@ class MRRPlatform(Platform):
             "drift_coefficient": drift,
         }
 
-
-def _is_tensor(value: Any) -> bool:
-    return type(value).__module__.startswith("torch")
-
-
-_FUNCTION = None
-
-
-def _lorentzian_function() -> Any:
-    """W(x) as one torch autograd Function (built lazily: torch is imported only when training).
-
-    Autograd would record five elementwise nodes for the expression; one node
-    halves the per-step overhead of the physical parameterisation.  The
-    backward recomputes u from x with differentiable operations, so double
-    backward (Hessian-vector products for the sharpness) stays exact.
-    """
-    global _FUNCTION
-    if _FUNCTION is None:
-        import torch
-
-        class LorentzianWeight(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx: Any, x: Any, gamma: float, a: float) -> Any:
-                ctx.save_for_backward(x)
-                ctx.gamma, ctx.a = gamma, a
-                u = x / gamma
-                return 1.0 - (2.0 * a) / (1.0 + u * u)
-
-            @staticmethod
-            def backward(ctx: Any, grad: Any) -> Any:
-                (x,) = ctx.saved_tensors
-                u = x / ctx.gamma
-                d = 1.0 + u * u
-                return grad * (4.0 * ctx.a / ctx.gamma) * u / (d * d), None, None
-
-        _FUNCTION = LorentzianWeight
-    return _FUNCTION
