@@ -572,9 +572,11 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
 @click.option("--out", "out_dir", default="reports/demo", show_default=True, help="Folder for the report.")
 @profiles_option
 @click.option("--quick", is_flag=True, help="Few epochs and coarse sweeps (well under a minute), for a smoke test.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every training run.")
+@click.option("--seed", type=int, default=0, show_default=True, help="First training seed.")
+@click.option("--seeds", type=click.IntRange(1, 20), default=None,
+              help="Seeds per method, averaged in the table (default 3; 1 with --quick).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison table as JSON.")
-def demo(out_dir: str, profiles: str | None, quick: bool, seed: int, as_json: bool) -> None:
+def demo(out_dir: str, profiles: str | None, quick: bool, seed: int, seeds: int | None, as_json: bool) -> None:
     """The whole story: standard vs noise-aware vs SAT vs SAT with a drift adversary, on the default fleet.
 
     Trains each on the embedded digits, maps it onto every chip, audits drift, and writes
@@ -591,10 +593,11 @@ def demo(out_dir: str, profiles: str | None, quick: bool, seed: int, as_json: bo
     from pnndeploy.training import TrainConfig
 
     epochs = 6 if quick else TrainConfig().epochs
+    runs = len(DEMO_ENTRIES) * (seeds or (1 if quick else 3))
     with _progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), transient=False) as progress:
-        task = progress.add_task("demo", total=len(DEMO_ENTRIES) * (epochs + 2))
-        doc = run_demo(out_dir, profiles_dir(profiles), quick=quick, seed=seed,
+        task = progress.add_task("demo", total=runs * (epochs + 2))
+        doc = run_demo(out_dir, profiles_dir(profiles), quick=quick, seed=seed, seeds=seeds,
                        status=lambda text: progress.update(task, description=text,
                                                            advance=0 if text.startswith("training") else 1),
                        on_epoch=lambda name, record: progress.advance(task, 1))

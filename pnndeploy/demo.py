@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from pnndeploy.atomic import write_bytes_atomic
 from pnndeploy.audit import SweepRange, run_audit
 from pnndeploy.data import load_dataset
@@ -43,38 +45,47 @@ DEMO_ENTRIES = (
 )
 
 
-def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int = 0,
+def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int = 0, seeds: int | None = None,
              status: Callable[[str], None] | None = None,
              on_epoch: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
-    """Run the comparison and write report.md, summary.json and the plots into ``out_dir``."""
+    """Run the comparison and write report.md, summary.json and the plots into ``out_dir``.
+
+    Each method is trained with ``seeds`` seeds (default 3, 1 with ``quick``): one seed's
+    ranking can flip on a 360-image test set, an average over seeds is what a lab can rely on.
+    Seed s fixes the model's split and initialisation; every model is evaluated on its own test split.
+    """
     from pnndeploy.plots import plot_audit, plot_comparison
 
     say = status or (lambda text: None)
     out = Path(out_dir)
-    dataset = load_dataset("digits", seed=seed)
+    seeds = seeds if seeds is not None else (1 if quick else 3)
     epochs = 6 if quick else TrainConfig().epochs
     temperatures = SweepRange(-1.0, 1.0, 0.5) if quick else SweepRange(-2.0, 2.0, 0.25)
     days = SweepRange(0.0, 60.0, 30.0) if quick else SweepRange(0.0, 180.0, 15.0)
     draws = 2 if quick else 5
     rows: list[dict[str, Any]] = []
-    for entry in DEMO_ENTRIES:
-        config = TrainConfig(**{**entry.settings, "epochs": epochs, "seed": seed})
-        model_path = out / "models" / f"{entry.name}.onnx"
-        say(f"training {entry.name}")
-        summary, _ = train_and_export(dataset, config, model_path,
-                                      on_epoch=(lambda r, n=entry.name: on_epoch(n, r)) if on_epoch else None)
-        say(f"mapping {entry.name} onto the fleet")
-        prepared = prepare_fleet(model_path, [], True, profiles, save_dir=out / "deployments")
-        transfer = transfer_report(prepared, threshold=DEMO_THRESHOLD)
-        say(f"auditing {entry.name}")
-        audit = run_audit(prepared, temperatures, days, threshold=DEMO_THRESHOLD, draws=draws)
-        plot_audit(audit, out / f"audit_{entry.name}.png")
-        rows.append({"name": entry.name, "what": entry.what, "train": summary.to_json(),
-                     "transfer": transfer, "audit": audit})
-    plot_comparison(rows, out / "comparison.png")
+    for s in range(seed, seed + seeds):
+        dataset = load_dataset("digits", seed=s)
+        for entry in DEMO_ENTRIES:
+            config = TrainConfig(**{**entry.settings, "epochs": epochs, "seed": s})
+            tag = entry.name if s == seed else f"{entry.name}-seed{s}"
+            model_path = out / "models" / f"{tag}.onnx"
+            say(f"training {entry.name} (seed {s})")
+            summary, _ = train_and_export(dataset, config, model_path,
+                                          on_epoch=(lambda r, n=entry.name: on_epoch(n, r)) if on_epoch else None)
+            say(f"mapping {entry.name} onto the fleet")
+            prepared = prepare_fleet(model_path, [], True, profiles, save_dir=out / "deployments")
+            transfer = transfer_report(prepared, threshold=DEMO_THRESHOLD)
+            say(f"auditing {entry.name}")
+            audit = run_audit(prepared, temperatures, days, threshold=DEMO_THRESHOLD, draws=draws)
+            if s == seed:
+                plot_audit(audit, out / f"audit_{entry.name}.png")
+            rows.append({"name": entry.name, "seed": s, "what": entry.what, "train": summary.to_json(),
+                         "transfer": transfer, "audit": audit})
+    plot_comparison(mean_curves(rows), out / "comparison.png")
     table = comparison_table(rows)
-    doc = {"threshold": DEMO_THRESHOLD, "quick": quick, "seed": seed, "epochs": epochs,
-           "fleet": [d["device"] for d in rows[0]["transfer"]["devices"]],
+    doc = {"threshold": DEMO_THRESHOLD, "quick": quick, "seeds": list(range(seed, seed + seeds)),
+           "epochs": epochs, "fleet": [d["device"] for d in rows[0]["transfer"]["devices"]],
            "table": table, "runs": rows}
     write_bytes_atomic(out / "summary.json", json.dumps(doc, indent=2).encode())
     write_bytes_atomic(out / "report.md", demo_markdown(doc).encode())
@@ -86,30 +97,67 @@ def _at(sweep: dict[str, Any], value: float) -> float:
     return sweep["fleet_mean"][values.index(round(value, 6))]
 
 
-def comparison_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per method: the numbers that decide which model to ship."""
-    table = []
+def _by_method(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        fleet = row["transfer"]["fleet"]
-        audit = row["audit"]
-        t = audit["sweeps"]["temperature_K"]
-        tolerances = list(audit["tolerance"]["temperature_K"].values())
+        groups.setdefault(row["name"], []).append(row)
+    return groups
+
+
+def mean_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method, the fleet-mean sweeps averaged over seeds (what the comparison plot draws)."""
+    curves = []
+    for name, group in _by_method(rows).items():
+        sweeps = {}
+        for key in ("temperature_K", "days"):
+            first = group[0]["audit"]["sweeps"][key]
+            sweeps[key] = {"values": first["values"],
+                           "fleet_mean": np.mean([r["audit"]["sweeps"][key]["fleet_mean"] for r in group],
+                                                 axis=0).tolist()}
+        curves.append({"name": name + (f" (mean of {len(group)} seeds)" if len(group) > 1 else ""),
+                       "audit": {"sweeps": sweeps}})
+    return curves
+
+
+def _common_tolerance(audit: dict[str, Any]) -> list[float] | None:
+    tolerances = list(audit["tolerance"]["temperature_K"].values())
+    if any(tol is None for tol in tolerances):
+        return None
+    lo, hi = max(tol[0] for tol in tolerances), min(tol[1] for tol in tolerances)
+    return [lo, hi] if lo <= hi else None
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method (means over seeds): the numbers that decide which model to ship."""
+    table = []
+    for name, group in _by_method(rows).items():
+        def mean(get: Callable[[dict[str, Any]], float]) -> float:
+            return float(np.mean([get(r) for r in group]))
+
+        fleet_means = [r["transfer"]["fleet"]["mean"] for r in group]
+        tolerances = [_common_tolerance(r["audit"]) for r in group]
         common = None
-        if all(tol is not None for tol in tolerances):
-            common = [max(tol[0] for tol in tolerances), min(tol[1] for tol in tolerances)]
+        if all(t is not None for t in tolerances):
+            lo, hi = max(t[0] for t in tolerances), min(t[1] for t in tolerances)
+            common = [lo, hi] if lo <= hi else None
+        days = [r["audit"]["recommended_recalibration_days"] for r in group]
+        finite = [d for d in days if d is not None]
         table.append({
-            "method": row["name"],
-            "nominal_accuracy": row["train"]["test_accuracy"],
-            "sharpness": row["train"]["sharpness"],
-            "fleet_mean": fleet["mean"],
-            "fleet_min": fleet["min"],
-            "yield": fleet["yield"],
-            "fleet_mean_minus_1K": _at(t, -1.0),
-            "fleet_mean_plus_1K": _at(t, 1.0),
+            "method": name,
+            "seeds": len(group),
+            "nominal_accuracy": mean(lambda r: r["train"]["test_accuracy"]),
+            "sharpness": float(np.median([r["train"]["sharpness"] for r in group])),
+            "hessian_trace": float(np.median([r["train"]["hessian_trace"] for r in group])),
+            "fleet_mean": float(np.mean(fleet_means)),
+            "fleet_mean_std_over_seeds": float(np.std(fleet_means, ddof=1)) if len(group) > 1 else 0.0,
+            "fleet_min": mean(lambda r: r["transfer"]["fleet"]["min"]),
+            "yield": mean(lambda r: r["transfer"]["fleet"]["yield"]),
+            "fleet_mean_minus_1K": mean(lambda r: _at(r["audit"]["sweeps"]["temperature_K"], -1.0)),
+            "fleet_mean_plus_1K": mean(lambda r: _at(r["audit"]["sweeps"]["temperature_K"], 1.0)),
             "fleet_temperature_tolerance_K": common,
-            "recalibration_days": audit["recommended_recalibration_days"],
-            "horizon_days": audit["horizon_days"],
-            "train_seconds": row["train"]["seconds"],
+            "recalibration_days": min(finite) if finite else None,
+            "horizon_days": group[0]["audit"]["horizon_days"],
+            "train_seconds": mean(lambda r: r["train"]["seconds"]),
         })
     return table
 
@@ -119,15 +167,18 @@ def _pct(v: float) -> str:
 
 
 def table_markdown(table: list[dict[str, Any]], threshold: float) -> str:
-    headers = ["method", "nominal", "sharpness", "fleet mean", "fleet min", f"yield ≥ {_pct(threshold)}",
-               "mean at −1 K", "mean at +1 K", "tolerance (all chips)", "days to threshold"]
+    headers = ["method", "nominal", "λ_max", "tr H", "fleet mean (± seeds)", "fleet min",
+               f"yield ≥ {_pct(threshold)}", "mean at −1 K", "mean at +1 K", "tolerance (all chips)",
+               "days to threshold"]
     lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
     for r in table:
         tol = r["fleet_temperature_tolerance_K"]
         days = r["recalibration_days"]
+        spread = f" ± {100 * r['fleet_mean_std_over_seeds']:.1f}" if r["seeds"] > 1 else ""
         lines.append("| " + " | ".join([
-            r["method"], _pct(r["nominal_accuracy"]), f"{r['sharpness']:.3g}", _pct(r["fleet_mean"]),
-            _pct(r["fleet_min"]), _pct(r["yield"]), _pct(r["fleet_mean_minus_1K"]), _pct(r["fleet_mean_plus_1K"]),
+            r["method"], _pct(r["nominal_accuracy"]), f"{r['sharpness']:.3g}", f"{r['hessian_trace']:.3g}",
+            _pct(r["fleet_mean"]) + spread, _pct(r["fleet_min"]), _pct(r["yield"]), _pct(r["fleet_mean_minus_1K"]),
+            _pct(r["fleet_mean_plus_1K"]),
             "fails at 0 K" if tol is None else f"{tol[0]:+g} … {tol[1]:+g} K",
             f"> {r['horizon_days']:g}" if days is None else f"{days:g}",
         ]) + " |")
@@ -135,29 +186,34 @@ def table_markdown(table: list[dict[str, Any]], threshold: float) -> str:
 
 
 def demo_markdown(doc: dict[str, Any]) -> str:
-    runs = doc["runs"]
+    seeds = doc["seeds"]
+    first = {r["name"]: r for r in doc["runs"] if r["seed"] == seeds[0]}
     lines = [
         "# pnndeploy demo: one model, eight chips, drift",
         "",
-        f"Digits (scikit-learn), 64→32→10 MLP on a microring weight bank, {doc['epochs']} epochs, seed {doc['seed']}; "
-        f"fleet: {', '.join(doc['fleet'])}; common threshold {_pct(doc['threshold'])}."
+        f"Digits (scikit-learn), 64→32→10 MLP on a microring weight bank, {doc['epochs']} epochs; "
+        f"seeds {', '.join(map(str, seeds))} (each seed: its own split and initialisation; the table shows the "
+        f"mean over seeds, λ_max and tr H the median); fleet: {', '.join(doc['fleet'])}; "
+        f"common threshold {_pct(doc['threshold'])}."
         + (" **Quick run** (few epochs, coarse sweeps): numbers are indicative only." if doc["quick"] else ""),
         "",
         table_markdown(doc["table"], doc["threshold"]),
         "",
-        "- *nominal*: test accuracy on the ideal digital chip; *sharpness*: top Hessian eigenvalue w.r.t. the "
-        "detunings (1/nm²);",
+        "- *nominal*: test accuracy on the ideal digital chip; *λ_max*, *tr H*: top eigenvalue and trace of the loss "
+        "Hessian w.r.t. the detunings (1/nm²);",
         "- *fleet mean / min / yield*: mapped through each chip's calibration, evaluated on its fabrication truth at "
-        "the calibration temperature;",
-        "- *tolerance (all chips)*: the temperature interval in which every chip stays at or above the threshold;",
-        "- *days to threshold*: the fleet's recommended recalibration interval under ageing (median of random walks).",
+        "the calibration temperature (± the standard deviation over seeds);",
+        "- *tolerance (all chips)*: the temperature interval in which every chip of every seed stays at or above the "
+        "threshold;",
+        "- *days to threshold*: the fleet's recommended recalibration interval under ageing (median of random walks; "
+        "the smallest over seeds).",
         "",
         "![fleet mean versus drift](comparison.png)",
         "",
         "## The methods",
         "",
     ]
-    lines += [f"- **{r['name']}**: {r['what']}" for r in runs]
-    for r in runs:
-        lines += ["", f"## {r['name']}: audit per chip", "", f"![audit {r['name']}](audit_{r['name']}.png)"]
+    lines += [f"- **{name}**: {r['what']}" for name, r in first.items()]
+    for name in first:
+        lines += ["", f"## {name}: audit per chip (seed {seeds[0]})", "", f"![audit {name}](audit_{name}.png)"]
     return "\n".join(lines) + "\n"
