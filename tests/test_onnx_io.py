@@ -163,6 +163,10 @@ def test_standard_export_maps_weights_onto_controls(tiny_digits, tmp_path):
         clipped += int((~reachable).sum())
     assert summary.clipped_weights == clipped == loaded.metrics["clipped_weights"]
     assert clipped > 0  # lr 0.3 pushes some W to +1, beyond the ring's reach
+    # the reported accuracy is the file's: onnxruntime on raw inputs reproduces it exactly
+    onnx_acc = float((onnx_logits(path, tiny_digits.X_test).argmax(1) == tiny_digits.y_test).mean())
+    assert summary.test_accuracy == loaded.metrics["test_accuracy"] == pytest.approx(onnx_acc, abs=1e-12)
+    assert loaded.metrics["trained_test_accuracy"] == result.test_accuracy
 
 
 def test_refuses_files_it_should_not_read(tiny_export, tmp_path):
