@@ -264,30 +264,26 @@ def _decode(value: Any) -> str | None:
     return None
 
 
-def _attr_int(obj: h5py.HLObject, name: str) -> int | None:
+def _attr_number(obj: h5py.HLObject, name: str) -> Any:
+    """A numeric scalar attribute (a 1-element array counts), or None; booleans are not numbers."""
     value = obj.attrs.get(name)
     if isinstance(value, np.ndarray):
         if value.size != 1:
             return None
         value = value.reshape(())[()]
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    return None
+    return value
+
+
+def _attr_int(obj: h5py.HLObject, name: str) -> int | None:
+    value = _attr_number(obj, name)
+    return int(value) if isinstance(value, (int, np.integer)) else None
 
 
 def _attr_float(obj: h5py.HLObject, name: str) -> float | None:
-    value = obj.attrs.get(name)
-    if isinstance(value, np.ndarray):
-        if value.size != 1:
-            return None
-        value = value.reshape(())[()]
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    return None
+    value = _attr_number(obj, name)
+    return None if value is None else float(value)
 
 
 def _parse_time(text: str) -> datetime | None:
