@@ -6,8 +6,8 @@
 * Ageing: each ring's resonance follows a random walk at the profile's ageing
   rate (nm/sqrt(day)), drawn from a stream per device and draw.  Accuracy is
   the median over draws; the time to threshold is the last day on the grid
-  before the accuracy first falls below the threshold (median over draws), and
-  the recommended recalibration interval is the fleet's smallest.
+  before that median curve first falls below the threshold, and the
+  recommended recalibration interval is the fleet's smallest.
 """
 
 from __future__ import annotations
@@ -68,20 +68,28 @@ def tolerance_interval(values: list[float], accuracy: np.ndarray, threshold: flo
     return [float(values_arr[lo]), float(values_arr[hi])]
 
 
+#: Tag of the ageing-walk streams (keeps them apart from fabrication and detector noise).
+AGEING_STREAM = 0x61676531
+
+
 def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: int = 0) -> list[np.ndarray]:
-    """Ring resonance shifts (chips, R, C) at each day: a random walk per ring, stream per device and draw."""
-    rows, cols = prepared.fleet.array
+    """Ring resonance shifts (chips, R, C) at each day: a random walk per ring, stream per device and draw.
+
+    The walk is drawn in one-day steps up to the last requested day and read
+    off (linearly between whole days), so a chip's day-30 shift is the same
+    whatever other days the sweep asks for.
+    """
+    rows, cols = prepared.require_simulated("an ageing sweep").array
+    horizon = int(math.ceil(max(days))) if days else 0
     out = [np.zeros((len(prepared.profiles), rows, cols)) for _ in days]
     for d, profile in enumerate(prepared.profiles):
-        rng = device_rng(profile.device_id, seed, draw, 0x61676531)   # tag: the ageing walk
-        rate = profile.environment.ageing_rate
-        position = np.zeros((rows, cols))
-        previous = 0.0
+        rng = device_rng(profile.device_id, seed, draw, AGEING_STREAM)
+        steps = profile.environment.ageing_rate * rng.standard_normal((horizon, rows, cols))
+        walk = np.concatenate([np.zeros((1, rows, cols)), np.cumsum(steps, axis=0)])
         for k, day in enumerate(days):
-            dt = max(day - previous, 0.0)
-            position = position + rate * math.sqrt(dt) * rng.standard_normal((rows, cols))
-            previous = day
-            out[k][d] = position
+            lo = int(math.floor(day))
+            frac = day - lo
+            out[k][d] = walk[lo] if frac == 0 else (1 - frac) * walk[lo] + frac * walk[lo + 1]
     return out
 
 
@@ -97,6 +105,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
                           "must be finite numbers, 0 or more")
     if draws < 1:
         raise ConfigError("--draws must be at least 1")
+    fleet = prepared.require_simulated("an audit")
     nominal = prepared.nominal_accuracy()
     threshold_source = "given"
     if threshold is None:
@@ -109,7 +118,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     t_values = temperatures.values(extra=(0.0, -require_temperature, require_temperature))
     t_acc = np.empty((len(names), len(t_values)))
     for k, t in enumerate(t_values):
-        t_acc[:, k] = prepared.fleet.accuracy(X, y, Conditions(delta_T=t))
+        t_acc[:, k] = fleet.accuracy(X, y, Conditions(delta_T=t))
         tick(1)
 
     d_values = days.values(extra=(0.0, require_days))
@@ -119,12 +128,12 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
         for k, shift in enumerate(shifts):
             # the same detector-noise draw as the temperature sweep: only the ageing walk varies,
             # so day 0 and 0 K are the same measurement
-            per_draw[draw, :, k] = prepared.fleet.accuracy(X, y, Conditions(ring_shift=shift))
+            per_draw[draw, :, k] = fleet.accuracy(X, y, Conditions(ring_shift=shift))
             tick(1)
     d_acc = np.median(per_draw, axis=0)
 
     tolerance = {n: tolerance_interval(t_values, t_acc[i], threshold) for i, n in enumerate(names)}
-    time_to = {n: _median_time_to_threshold(d_values, per_draw[:, i], threshold) for i, n in enumerate(names)}
+    time_to = {n: _time_to_threshold(d_values, d_acc[i], threshold) for i, n in enumerate(names)}
     finite = [v for v in time_to.values() if v is not None]
     recommended = min(finite) if finite else None   # None: every chip lasts beyond the horizon
 
@@ -166,20 +175,13 @@ def _sweep_doc(values: list[float], names: list[str], acc: np.ndarray) -> dict:
             "fleet_min": [float(v) for v in acc.min(axis=0)]}
 
 
-def _median_time_to_threshold(days: list[float], acc_draws: np.ndarray, threshold: float) -> float | None:
-    """Median over draws of the last day before accuracy first drops below threshold.
+def _time_to_threshold(days: list[float], acc: np.ndarray, threshold: float) -> float | None:
+    """Last day on the grid before the (median-over-draws) accuracy first drops below threshold.
 
-    A draw that never drops counts as beyond the horizon; returns None when
-    the median is beyond the horizon, and 0.0 when the chip fails at once.
+    The same curve decides pass/fail and is plotted, so the three agree.
+    None: never below within the horizon; 0.0: below already at the first day.
     """
-    times = []
-    for acc in acc_draws:
-        below = np.nonzero(acc < threshold)[0]
-        if below.size == 0:
-            times.append(math.inf)
-        elif below[0] == 0:
-            times.append(0.0)
-        else:
-            times.append(float(days[below[0] - 1]))
-    median = float(np.median(times))
-    return None if math.isinf(median) else median
+    below = np.nonzero(np.asarray(acc) < threshold)[0]
+    if below.size == 0:
+        return None
+    return 0.0 if below[0] == 0 else float(days[below[0] - 1])

@@ -173,7 +173,7 @@ def main() -> None:
               help="Hidden layer widths, comma-separated (default 32).")
 @click.option("--rho", type=float, default=None,
               help="SAT radius: the norm of the perturbation of all detunings together, in nm "
-                   "(relative when --adaptive). Default 0.1. --rho 0 is plain training on the detunings.")
+                   "(relative when --adaptive). Default 0.1. --rho 0 takes the same steps as plain training on the detunings (at twice the cost: both passes still run).")
 @click.option("--adaptive/--no-adaptive", default=None,
               help="Adaptive SAT (ASAM): scale the perturbation by |detuning| (default off).")
 @click.option("--perturb", type=click.Choice(["onchip", "all"]), default=None,
@@ -327,7 +327,7 @@ def fleet() -> None:
 @click.option("--count", type=click.IntRange(1, 10000), default=8, show_default=True, help="Number of chips.")
 @click.option("--prefix", default="chip", show_default=True, help="Chip names: PREFIX + A, B, … Z, AA, …")
 @click.option("--out", "out_dir", default="device_profiles", show_default=True, help="Folder to write them to.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Fleet seed; each chip draws from its own stream derived from it and its name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
 def fleet_make(process_path: str, count: int, prefix: str, out_dir: str, seed: int, as_json: bool) -> None:
@@ -485,6 +485,10 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
         _print_json(report)
     else:
         render_transfer(report)
+    if min_yield is not None and report["fleet"] is None:
+        click.echo("pnndeploy: --min-yield needs at least one simulated chip to evaluate; every chip given is real",
+                   err=True)
+        sys.exit(1)
     if min_yield is not None and report["fleet"]["yield"] < min_yield:
         click.echo(f"pnndeploy: yield {report['fleet']['yield']:.3f} is below --min-yield {min_yield}", err=True)
         sys.exit(1)
@@ -535,6 +539,8 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
     from pnndeploy.profiles import profiles_dir
     from pnndeploy.report import render_audit
 
+    if plot is not None and not plot.lower().endswith(".png"):
+        raise PnnError(f"--plot {plot}: the audit plot is a PNG; give a file name ending in .png")
     t_range = SweepRange.parse(temperature, "--temperature")
     d_range = SweepRange.parse(days, "--days")
     _fraction("--threshold", threshold)
@@ -572,7 +578,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
 @click.option("--out", "out_dir", default="reports/demo", show_default=True, help="Folder for the report.")
 @profiles_option
 @click.option("--quick", is_flag=True, help="Few epochs and coarse sweeps (well under a minute), for a smoke test.")
-@click.option("--seed", type=int, default=0, show_default=True, help="First training seed.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="First training seed.")
 @click.option("--seeds", type=click.IntRange(1, 20), default=None,
               help="Seeds per method, averaged in the table (default 3; 1 with --quick).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison table as JSON.")

@@ -119,11 +119,11 @@ def mean_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return curves
 
 
-def _common_tolerance(audit: dict[str, Any]) -> list[float] | None:
-    tolerances = list(audit["tolerance"]["temperature_K"].values())
-    if any(tol is None for tol in tolerances):
+def _intersect(intervals: list[list[float] | None]) -> list[float] | None:
+    """The interval common to all (None if any is None or they do not overlap)."""
+    if not intervals or any(tol is None for tol in intervals):
         return None
-    lo, hi = max(tol[0] for tol in tolerances), min(tol[1] for tol in tolerances)
+    lo, hi = max(tol[0] for tol in intervals), min(tol[1] for tol in intervals)
     return [lo, hi] if lo <= hi else None
 
 
@@ -135,11 +135,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return float(np.mean([get(r) for r in group]))
 
         fleet_means = [r["transfer"]["fleet"]["mean"] for r in group]
-        tolerances = [_common_tolerance(r["audit"]) for r in group]
-        common = None
-        if all(t is not None for t in tolerances):
-            lo, hi = max(t[0] for t in tolerances), min(t[1] for t in tolerances)
-            common = [lo, hi] if lo <= hi else None
+        common = _intersect([_intersect(list(r["audit"]["tolerance"]["temperature_K"].values())) for r in group])
         days = [r["audit"]["recommended_recalibration_days"] for r in group]
         finite = [d for d in days if d is not None]
         table.append({

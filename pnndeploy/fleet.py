@@ -38,9 +38,14 @@ class Conditions:
     eval_seed: int = 0                       # picks the detector-noise draw
 
 
+#: Tag of the detector-noise streams.  SeedSequence ignores trailing zeros, so without a non-zero tag
+#: (eval seed 0, layer 0) would be the very stream that drew the chip's fabrication (fleet seed 0).
+NOISE_STREAM = 0x6E6F6973
+
+
 def device_stream(device_id: str, eval_seed: int, layer: int) -> np.random.Generator:
     """The noise stream of one device, evaluation and layer (independent of the fleet around it)."""
-    return device_rng(device_id, eval_seed, layer)
+    return device_rng(device_id, eval_seed, NOISE_STREAM, layer)
 
 
 class SimulatedFleet:

@@ -139,12 +139,18 @@ def render_transfer(report: dict[str, Any]) -> None:
     for column in ("device", "accuracy", "95 % CI", "vs nominal", "clipped weights"):
         table.add_column(column, justify="right")
     for d in report["devices"]:
+        if d["accuracy"] is None:
+            table.add_row(d["device"], "real chip", "–", "–", str(d["clipped_weights"]))
+            continue
         lo, hi = d["ci95"]
         table.add_row(d["device"], pct(d["accuracy"]), f"{100 * lo:.1f}–{100 * hi:.1f} %",
                       f"{100 * d['delta_vs_nominal']:+.1f} pp", str(d["clipped_weights"]))
     console.print(table)
+    if report.get("not_evaluated"):
+        console.print(f"not evaluated (real chips, no hardware backend): {', '.join(report['not_evaluated'])}; "
+                      "their deployment files hold the settings to program")
     f = report["fleet"]
-    if f["count"] > 1:
+    if f is not None and f["count"] > 1:
         summary = Table(title=f"fleet of {f['count']} chips")
         for column in ("mean", "std", "min", "p5", "median", "worst chip", f"yield ≥ {pct(f['threshold'])}"):
             summary.add_column(column, justify="right")

@@ -79,8 +79,13 @@ class TrainConfig:
             raise ConfigError(f"--rho must be 0 or more (got {self.rho})")
         if not self.drift_budget >= 0:
             raise ConfigError(f"--drift-budget must be 0 or more kelvin (got {self.drift_budget})")
-        if self.drift_budget > 0 and self.method != "sat":
-            raise ConfigError("--drift-budget is part of SAT's ascent step; use it with --method sat")
+        if self.method != "sat":
+            defaults = TrainConfig()
+            for name in ("rho", "adaptive", "perturb", "drift_budget", "sat_every"):
+                if getattr(self, name) != getattr(defaults, name):
+                    flag = "--" + name.replace("_", "-")
+                    raise ConfigError(f"{flag} is a setting of SAT's ascent step and --method {self.method} "
+                                      f"would ignore it; use it with --method sat, or drop it")
         if self.noise is not None and not self.noise >= 0:
             raise ConfigError(f"--noise must be 0 or more nm (got {self.noise})")
         if self.noise and self.method == "standard":

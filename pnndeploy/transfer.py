@@ -35,7 +35,22 @@ class PreparedFleet:
     profiles: list[DeviceProfile]
     deployments: list[Deployment]
     deployment_files: list[str | None]
-    fleet: SimulatedFleet
+    #: The simulated chips among ``profiles`` (None when every chip is real).
+    fleet: SimulatedFleet | None
+
+    @property
+    def real_devices(self) -> list[str]:
+        """Chips without a fabrication truth: mapped and written, but not evaluated here."""
+        return [p.device_id for p in self.profiles if not p.simulated]
+
+    def require_simulated(self, what: str) -> SimulatedFleet:
+        """The simulated fleet, or a clear error when real chips are asked for ``what``."""
+        if self.real_devices or self.fleet is None:
+            raise PnnError(f"{what} needs simulated chips; {', '.join(self.real_devices)} "
+                           f"{'is a real chip' if len(self.real_devices) == 1 else 'are real chips'} "
+                           "(no fabrication truth) and evaluating it needs a hardware backend, which this "
+                           "pnndeploy does not have; leave it out, or use `pnndeploy transfer` to write its deployment")
+        return self.fleet
 
     def nominal_accuracy(self) -> float:
         return float((self.model.logits(self.data.X).argmax(1) == self.data.y).mean())
@@ -44,9 +59,8 @@ class PreparedFleet:
 def load_evaluation_data(model: ExportedModel, dataset_spec: str | None = None) -> EvaluationData:
     """The model's test split (its dataset and seed from the metadata unless ``dataset_spec``)."""
     spec = dataset_spec or model.dataset
-    seed = model.metadata.get("seed", 0)
     try:
-        dataset = load_dataset(spec, seed=int(seed) if isinstance(seed, int) else 0)
+        dataset = load_dataset(spec, seed=model.metadata["seed"])   # the split the model was trained on
     except DatasetError as exc:
         if dataset_spec is not None:
             raise
@@ -98,7 +112,10 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
         seen[profile.device_id] = path
         profile_list.append(profile)
     deployments = [map_model(model, profile) for profile in profile_list]
-    fleet = SimulatedFleet(model, profile_list, deployments)   # refuses real chips, mixed arrays
+    # real chips are mapped and written too (that is what a lab programs); only simulated ones are evaluated
+    simulated = [(p, d) for p, d in zip(profile_list, deployments) if p.simulated]
+    fleet = (SimulatedFleet(model, [p for p, _ in simulated], [d for _, d in simulated])   # refuses mixed arrays
+             if simulated else None)
     for profile, deployment in zip(profile_list, deployments):
         target = None
         if save_dir is not None:
@@ -112,21 +129,27 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
 def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: float = 0.9,
                     eval_seed: int = 0) -> dict:
     """The `transfer --json` document (DESIGN.md) for a prepared fleet at a temperature offset."""
-    acc = prepared.fleet.accuracy(prepared.data.X, prepared.data.y, Conditions(delta_T=delta_T, eval_seed=eval_seed))
+    measured: dict[str, float] = {}
+    if prepared.fleet is not None:
+        acc = prepared.fleet.accuracy(prepared.data.X, prepared.data.y,
+                                      Conditions(delta_T=delta_T, eval_seed=eval_seed))
+        measured = dict(zip(prepared.fleet.device_ids, (float(a) for a in acc)))
     nominal = prepared.nominal_accuracy()
     n = int(prepared.data.y.size)
     devices = []
     for k, profile in enumerate(prepared.profiles):
-        lo, hi = wilson_interval(acc[k], n)
+        a = measured.get(profile.device_id)
         devices.append({
             "device": profile.device_id,
-            "accuracy": float(acc[k]),
-            "ci95": [lo, hi],
-            "delta_vs_nominal": float(acc[k] - nominal),
+            "simulated": profile.simulated,
+            "accuracy": a,
+            "ci95": list(wilson_interval(a, n)) if a is not None else None,
+            "delta_vs_nominal": a - nominal if a is not None else None,
             "clipped_weights": prepared.deployments[k].clipped,
             "deployment": prepared.deployment_files[k],
             "calibration_measured_at": profile.calibration_measured_at,
         })
+    evaluated = [d for d in devices if d["accuracy"] is not None]
     return {
         "model": str(prepared.model.path),
         "model_sha256": prepared.model.sha256,
@@ -136,5 +159,8 @@ def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: fl
         "nominal_accuracy": nominal,
         "temperature_delta_K": float(delta_T),
         "devices": devices,
-        "fleet": fleet_summary([d["device"] for d in devices], acc, threshold),
+        # over the evaluated (simulated) chips; null when every chip is real
+        "fleet": fleet_summary([d["device"] for d in evaluated], [d["accuracy"] for d in evaluated], threshold)
+        if evaluated else None,
+        "not_evaluated": [d["device"] for d in devices if d["accuracy"] is None],
     }

@@ -135,6 +135,31 @@ def test_ageing_shifts_are_a_reproducible_random_walk(prepared) -> None:
     assert np.std(a[2] - a[1]) == pytest.approx(rate * np.sqrt(30.0), rel=0.15)
 
 
+def test_ageing_walk_does_not_depend_on_the_sweep_grid(prepared) -> None:
+    """Asking for day 20 too (e.g. --require-days 20) must not move anything at day 30."""
+    coarse = ageing_shifts(prepared, [0.0, 15.0, 30.0], draw=0)
+    fine = ageing_shifts(prepared, [0.0, 15.0, 20.0, 30.0], draw=0)
+    np.testing.assert_array_equal(coarse[2], fine[3])
+    np.testing.assert_array_equal(coarse[1], fine[1])
+    half = ageing_shifts(prepared, [10.5], draw=0)[0]          # between whole days: on the segment
+    ends = ageing_shifts(prepared, [10.0, 11.0], draw=0)
+    np.testing.assert_allclose(half, 0.5 * (ends[0] + ends[1]))
+
+
+def test_time_to_threshold_agrees_with_the_curve_and_the_verdict(prepared) -> None:
+    """Even draws included: the days reported, the plotted median curve and pass/fail tell one story."""
+    doc = run_audit(prepared, T_RANGE, SweepRange(0.0, 60.0, 15.0), draws=2, require_days=30.0,
+                    require_temperature=0.0)
+    days = doc["sweeps"]["days"]["values"]
+    threshold = doc["threshold"]
+    for name, curve in doc["sweeps"]["days"]["devices"].items():
+        below = [k for k, a in enumerate(curve) if a < threshold]
+        expected = None if not below else (0.0 if below[0] == 0 else days[below[0] - 1])
+        assert doc["time_to_threshold_days"][name] == expected
+        fails_in_30 = any(a < threshold for d, a in zip(days, curve) if d <= 30.0)
+        assert (f"{name}: below {threshold:.3f} within 30 days" in doc["failures"]) == fails_in_30
+
+
 def test_day_zero_equals_zero_kelvin_without_noise(prepared) -> None:
     quiet = [replace(p, environment=replace(p.environment, detector_noise=0.0)) for p in prepared.profiles]
     fleet = SimulatedFleet(prepared.model, quiet, prepared.deployments)

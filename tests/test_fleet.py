@@ -243,3 +243,13 @@ def test_fleet_summary_hand_example() -> None:
     assert s["yield"] == pytest.approx(0.6)                        # 0.85 counts: "at or above"
     one = fleet_summary(["x"], [0.5], threshold=0.9)
     assert one["std"] == 0.0 and one["yield"] == 0.0 and one["worst_device"] == "x"
+
+
+def test_noise_streams_are_not_the_fabrication_streams() -> None:
+    """SeedSequence ignores trailing zeros: detector noise (eval 0, layer 0) must still not replay fabrication."""
+    from pnndeploy.fleet import device_stream
+    from pnndeploy.fleet_gen import chip_rng
+
+    fab = chip_rng(0, "chipA").standard_normal(64)
+    noise = device_stream("chipA", 0, 0).standard_normal(64)
+    assert not np.allclose(fab, noise)

@@ -268,7 +268,8 @@ def test_standard_keeps_weights_in_range(tiny_digits):
 
 @pytest.mark.parametrize("method", ["sat", "noise-aware"])
 def test_control_methods_keep_controls_in_range(tiny_digits, method):
-    result = train(tiny_digits, tiny_config(method=method, lr=0.3, rho=0.5, noise=0.1))
+    sat_only = {"rho": 0.5} if method == "sat" else {}
+    result = train(tiny_digits, tiny_config(method=method, lr=0.3, noise=0.1, **sat_only))
     lo, hi = MRR.control_range
     for layer in result.model.layers:
         assert isinstance(layer, OnChipLinear)
@@ -309,6 +310,8 @@ def test_result_and_history(tiny_digits):
     (dict(method="sam"), "--method"), (dict(noise=-1.0), "--noise"), (dict(hidden=[]), "--hidden"),
     (dict(batch_size=0), "--batch-size"), (dict(perturb="some"), "perturb"), (dict(rho=float("nan")), "--rho"),
     (dict(drift_budget=1.0, method="standard"), "--drift-budget"), (dict(drift_budget=-1.0), "--drift-budget"),
+    (dict(rho=0.5, method="noise-aware"), "--rho"), (dict(adaptive=True, method="standard"), "--adaptive"),
+    (dict(sat_every=3, method="noise-aware"), "--sat-every"), (dict(perturb="all", method="standard"), "--perturb"),
     *[(dict(**{name: float("inf")}), flag)
       for name, flag in (("lr", "--lr"), ("rho", "--rho"), ("noise", "--noise"))],
 ])

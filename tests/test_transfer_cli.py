@@ -130,10 +130,27 @@ def test_transfer_rejects_non_finite_temperature(cli, one_line_error, model_file
                        "--no-save", "--json", "--temperature-delta", "nan"), "--temperature-delta")
 
 
-def test_transfer_real_chip_needs_hardware(cli, one_line_error, model_file, tmp_path, shipped_process) -> None:
+def test_real_chip_is_mapped_and_written_but_not_evaluated(cli, one_line_error, model_file, tmp_path,
+                                                            shipped_process) -> None:
+    """A lab's chip has a calibration and no truth: its deployment is written, its accuracy is not invented."""
     folder = tmp_path / "lab"
     write_profile(replace(generate_chip(shipped_process, "chipR", 1), fabrication=None), folder / "chipR.h5")
-    one_line_error(cli("transfer", "--model", "M.onnx", "--profiles", folder, "--device", "chipR", "--no-save"),
+    write_profile(generate_chip(shipped_process, "chipS", 1), folder / "chipS.h5")
+    result = cli("transfer", "--model", "M.onnx", "--profiles", folder, "--fleet", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    real, sim = doc["devices"]
+    assert real["device"] == "chipR" and real["accuracy"] is None and real["ci95"] is None
+    assert not real["simulated"] and sim["simulated"] and 0.0 <= sim["accuracy"] <= 1.0
+    assert doc["not_evaluated"] == ["chipR"] and doc["fleet"]["count"] == 1
+    deployed = read_deployment(real["deployment"])
+    assert deployed.device_id == "chipR" and deployed.layers[0].settings.shape == (8, 64)
+    # only real chips: nothing to summarise, and a yield gate cannot pass
+    alone = cli("transfer", "--model", "M.onnx", "--profiles", folder, "--device", "chipR", "--json",
+                "--min-yield", "0.5")
+    assert alone.exit_code == 1 and json.loads(alone.stdout)["fleet"] is None
+    # an audit needs the truth: one clear line
+    one_line_error(cli("audit", "--model", "M.onnx", "--profiles", folder, "--device", "chipR"),
                    "chipR", "hardware backend")
 
 
