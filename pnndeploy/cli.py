@@ -173,7 +173,8 @@ def main() -> None:
               help="Hidden layer widths, comma-separated (default 32).")
 @click.option("--rho", type=float, default=None,
               help="SAT radius: the norm of the perturbation of all detunings together, in nm "
-                   "(relative when --adaptive). Default 0.1. --rho 0 takes the same steps as plain training on the detunings (at twice the cost: both passes still run).")
+                   "(relative when --adaptive). Default 0.1. --rho 0 takes the same steps as plain training "
+                   "on the detunings (at twice the cost: both passes still run).")
 @click.option("--adaptive/--no-adaptive", default=None,
               help="Adaptive SAT (ASAM): scale the perturbation by |detuning| (default off).")
 @click.option("--perturb", type=click.Choice(["onchip", "all"]), default=None,
