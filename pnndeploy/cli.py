@@ -152,6 +152,10 @@ def main() -> None:
     Typical flow:
       pnndeploy train                      # SAT on the embedded digits set -> models/model.onnx
       pnndeploy inspect models/model.onnx  # what the file holds
+      pnndeploy transfer --device chipB    # map onto one chip's calibration, accuracy on that chip
+      pnndeploy transfer --fleet           # every chip in device_profiles/, yield
+      pnndeploy audit --fleet              # temperature and ageing tolerance; exit 1 if it fails
+      pnndeploy demo                       # standard vs noise-aware vs SAT, the whole story
 
     Exit status: 0 success, 1 a check failed, 2 bad usage or bad input.
     """
