@@ -133,6 +133,7 @@ class SharpnessAwareStep:
         self.drift_budget = drift_budget
         self._saved: list[torch.Tensor] | None = None
         self._buffers: list[torch.Tensor] | None = None
+        self._views: list[torch.Tensor] = []
         self.last_perturbation: list[torch.Tensor] = []
 
     @torch.no_grad()
@@ -168,13 +169,16 @@ class SharpnessAwareStep:
         self._cached = perturbation
         self.steps += 1
         self.refreshes += 1
+        if not self.adaptive and self.drift_budget == 0 and self.rho > 0 and norm > self.eps:
+            return float(self.rho)          # rho * g / ||g|| has norm rho by construction: skip the work
         return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(perturbation))))
 
     def _save(self) -> None:
         """Copy theta into buffers allocated once (restore copies them back bit for bit)."""
         if self._buffers is None:
             self._buffers = [torch.empty_like(p) for p in self.params]
-        torch._foreach_copy_(self._buffers, [p.detach() for p in self.params])
+            self._views = [p.detach() for p in self.params]     # share storage with the parameters
+        torch._foreach_copy_(self._buffers, self._views)
         self._saved = self._buffers
 
     def refresh_due(self) -> bool:
