@@ -244,6 +244,9 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     scaling: InputScaling
+    #: Seed of the train/test split, None when the split is fixed by the files (MNIST, npz with X_test).
+    #: A model records its seed and transfer re-derives its test split from it, so they must agree.
+    split_seed: int | None = None
 
     @property
     def n_features(self) -> int:
@@ -306,7 +309,7 @@ def _split(X: np.ndarray, y: np.ndarray, seed: int, test_fraction: float, spec: 
     )
 
 
-def _finish(name, X_tr, y_tr, X_te, y_te, n_classes, scaling) -> Dataset:
+def _finish(name, X_tr, y_tr, X_te, y_te, n_classes, scaling, split_seed: int | None = None) -> Dataset:
     return Dataset(
         name=name,
         X_train=np.ascontiguousarray(X_tr, dtype=np.float32),
@@ -315,6 +318,7 @@ def _finish(name, X_tr, y_tr, X_te, y_te, n_classes, scaling) -> Dataset:
         y_test=np.ascontiguousarray(y_te, dtype=np.int64),
         n_classes=int(n_classes),
         scaling=scaling,
+        split_seed=split_seed,
     )
 
 
@@ -335,7 +339,7 @@ def _load_sklearn(name: str, spec: str, seed: int, test_fraction: float) -> Data
         scaling = InputScaling(offset=0.0, scale=1.0 / 16.0)  # pixel values are 0..16
     else:
         scaling = _minmax_scaling(np.asarray(X_tr, dtype=np.float32), spec)
-    return _finish(spec, X_tr, y_tr, X_te, y_te, int(y.max()) + 1, scaling)
+    return _finish(spec, X_tr, y_tr, X_te, y_te, int(y.max()) + 1, scaling, split_seed=int(seed))
 
 
 # ---------------------------------------------------------------------------
@@ -558,7 +562,9 @@ def _load_npz(path_text: str, spec: str, seed: int, test_fraction: float) -> Dat
                 f"{where}X has {X.shape[1]} features but X_test has {X_te.shape[1]}; both need the same columns"
             )
         X_tr, y_tr = X, y
+        split_seed = None
     else:
+        split_seed = int(seed)
         if np.unique(y).size < 2:
             raise _data_error(f"{where}y has only one class; a classifier needs at least 2 classes")
         X_tr, X_te, y_tr, y_te = _split(X, y, seed, test_fraction, spec)
@@ -568,7 +574,7 @@ def _load_npz(path_text: str, spec: str, seed: int, test_fraction: float) -> Dat
         )
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     scaling = _minmax_scaling(X_tr, spec)
-    return _finish(spec, X_tr, y_tr, X_te, y_te, n_classes, scaling)
+    return _finish(spec, X_tr, y_tr, X_te, y_te, n_classes, scaling, split_seed=split_seed)
 
 
 # ---------------------------------------------------------------------------

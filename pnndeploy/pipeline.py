@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 
 from pnndeploy.data import Dataset, load_dataset
+from pnndeploy.errors import PnnError
 from pnndeploy.model import accuracy
 from pnndeploy.onnx_io import ModelLayer, save_model
 from pnndeploy.sharpness import model_hessian_trace, model_sharpness
@@ -43,6 +44,11 @@ def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Pat
     config.validate()
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, seed=config.seed)
+    if dataset.split_seed is not None and dataset.split_seed != config.seed:
+        # the model records config.seed and transfer re-splits with it: a different split would put
+        # training samples into the test set and inflate every accuracy reported later
+        raise PnnError(f"dataset {dataset.name} was split with seed {dataset.split_seed} but the model is trained "
+                       f"with seed {config.seed}; load the dataset with seed={config.seed}")
     result = train(dataset, config, on_epoch=on_epoch)
     X, y = evaluation_tensors(dataset)
     sharpness = model_sharpness(result.model, X, y)

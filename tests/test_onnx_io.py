@@ -11,7 +11,8 @@ import torch
 from onnx import numpy_helper
 
 from pnndeploy import __version__
-from pnndeploy.errors import ModelFileError
+from pnndeploy.data import load_dataset
+from pnndeploy.errors import ModelFileError, PnnError
 from pnndeploy.onnx_io import load_model, onnx_logits
 from pnndeploy.pipeline import train_and_export
 from pnndeploy.platforms import get_platform
@@ -141,9 +142,16 @@ def test_same_seed_gives_identical_initializers(tiny_export, tmp_path):
     ma, mb = metadata(tiny_export.path), metadata(again)
     assert ma["pnndeploy.controls"] == mb["pnndeploy.controls"]
     other = tmp_path / "other.onnx"
-    train_and_export(tiny_export.dataset, TrainConfig(epochs=2, hidden=[8], seed=1), other)
+    train_and_export(load_dataset("digits", seed=1), TrainConfig(epochs=2, hidden=[8], seed=1), other)
     c = initializers(other)
     assert not np.array_equal(a["layer0.weight"], c["layer0.weight"])
+
+
+def test_split_seed_must_match_the_model_seed(tmp_path):
+    """The model records its seed and transfer re-splits with it: a mismatch would leak training data into the test."""
+    with pytest.raises(PnnError, match="split with seed 0"):
+        train_and_export(load_dataset("digits", seed=0), TrainConfig(epochs=1, hidden=[8], seed=3), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_standard_export_maps_weights_onto_controls(tiny_digits, tmp_path):
