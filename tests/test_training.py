@@ -185,13 +185,8 @@ def test_sat_with_rho_zero_is_plain_training_on_the_controls(tiny_digits):
     assert not torch.equal(state(sat1)["layers.0.controls"], s_sat["layers.0.controls"])
 
 
-@pytest.mark.parametrize("adaptive,perturb", [(False, "onchip"), (True, "onchip"), (False, "all")])
-def test_optimizer_steps_with_the_gradient_at_the_perturbed_point_alone(monkeypatch, tiny_digits,
-                                                                       adaptive, perturb):
-    """Right before each Adam step: params are back at theta, and p.grad == grad L(theta + eps) exactly."""
-    seen: dict = {"steps": 0}
-    rho = 0.5
-
+def record_last_batch(monkeypatch, seen: dict) -> None:
+    """Patch the PNN forward and the loss so ``seen`` holds the model, the inputs and the labels of the last pass."""
     original_forward = PNN.forward
 
     def recording_forward(self, x):
@@ -202,6 +197,19 @@ def test_optimizer_steps_with_the_gradient_at_the_perturbed_point_alone(monkeypa
         def forward(self, input, target):
             seen["y"] = target
             return super().forward(input, target)
+
+    monkeypatch.setattr(PNN, "forward", recording_forward)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", RecordingLoss)
+
+
+@pytest.mark.parametrize("adaptive,perturb", [(False, "onchip"), (True, "onchip"), (False, "all")])
+def test_optimizer_steps_with_the_gradient_at_the_perturbed_point_alone(monkeypatch, tiny_digits,
+                                                                       adaptive, perturb):
+    """Right before each Adam step: params are back at theta, and p.grad == grad L(theta + eps) exactly."""
+    seen: dict = {"steps": 0}
+    rho = 0.5
+
+    record_last_batch(monkeypatch, seen)
 
     class RecordingSAT(SharpnessAwareStep):
         def __init__(self, *args, **kwargs):
@@ -241,8 +249,6 @@ def test_optimizer_steps_with_the_gradient_at_the_perturbed_point_alone(monkeypa
             check_before_step()
             return super().step(closure)
 
-    monkeypatch.setattr(PNN, "forward", recording_forward)
-    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", RecordingLoss)
     monkeypatch.setattr(torch.optim, "Adam", CheckingAdam)
     monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
     config = tiny_config(method="sat", rho=rho, adaptive=adaptive, perturb=perturb, epochs=1)
@@ -406,16 +412,7 @@ def test_efficient_sat_refreshes_on_schedule_and_reuses_the_cached_direction(mon
 def test_efficient_sat_reuse_steps_use_the_gradient_at_the_cached_point_alone(monkeypatch, tiny_digits):
     """In a reuse step no clean pass runs: p.grad == grad L(theta + eps_cached) exactly, theta restored."""
     seen: dict = {"reuse_steps": 0}
-    original_forward = PNN.forward
-
-    def recording_forward(self, x):
-        seen["model"], seen["x"] = self, x
-        return original_forward(self, x)
-
-    class RecordingLoss(nn.CrossEntropyLoss):
-        def forward(self, input, target):
-            seen["y"] = target
-            return super().forward(input, target)
+    record_last_batch(monkeypatch, seen)
 
     class RecordingSAT(SharpnessAwareStep):
         def __init__(self, *args, **kwargs):
@@ -448,8 +445,6 @@ def test_efficient_sat_reuse_steps_use_the_gradient_at_the_cached_point_alone(mo
                 seen["reuse_steps"] += 1
             return super().step(closure)
 
-    monkeypatch.setattr(PNN, "forward", recording_forward)
-    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", RecordingLoss)
     monkeypatch.setattr(torch.optim, "Adam", CheckingAdam)
     monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
     train(tiny_digits, tiny_config(method="sat", rho=0.5, sat_every=2, epochs=1))
