@@ -137,8 +137,12 @@ class SharpnessAwareStep:
         self.last_perturbation: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def ascend(self) -> float:
+    def ascend(self, grads: Sequence[torch.Tensor | None] | None = None) -> float:
         """Move the parameters to theta + eps (+ the worse common-mode drift); returns ||eps||.
+
+        ``grads`` is the clean gradient, one per parameter (default: the
+        parameters' ``.grad``).  Training passes it from ``autograd.grad``, so
+        the clean pass never touches ``.grad`` and cannot leak into the step.
 
         eps is SAT's isotropic ascent (0 when rho is 0 or the gradient vanishes).
         With a drift budget, every control is also shifted by s * k * budget, the
@@ -147,7 +151,9 @@ class SharpnessAwareStep:
         an isotropic ball of radius rho hardly covers.  A non-finite gradient
         skips the whole ascent.
         """
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if grads is None:
+            grads = [p.grad for p in self.params]
+        grads = [g if g is not None else torch.zeros_like(p) for p, g in zip(self.params, grads)]
         scaled = torch._foreach_mul(torch._foreach_abs(self.params), grads) if self.adaptive else grads
         norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled))))
         self._save()
@@ -299,15 +305,17 @@ def _train(dataset: Dataset, config: TrainConfig,
                 loss = loss_fn(logits, yb)
                 loss.backward()
                 sat.restore()
+            elif sat is not None:
+                # the clean gradient of the perturbed parameters only, straight to the ascent
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                sat.ascend(torch.autograd.grad(loss, sat.params))
+                loss_fn(model(xb), yb).backward()
+                sat.restore()
             else:
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 loss.backward()
-                if sat is not None:
-                    sat.ascend()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss_fn(model(xb), yb).backward()
-                    sat.restore()
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(
