@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pnndeploy.errors import PnnError
-from pnndeploy.fleet import Conditions, SimulatedFleet
+from pnndeploy.fleet import Conditions, SimulatedFleet, correct_fraction
 from pnndeploy.fleet_gen import generate_chip
 from pnndeploy.mapping import Deployment, LayerDeployment, map_model, ring_index
 from pnndeploy.onnx_io import load_model
@@ -253,3 +253,31 @@ def test_noise_streams_are_not_the_fabrication_streams() -> None:
     fab = chip_rng(0, "chipA").standard_normal(64)
     noise = device_stream("chipA", 0, 0).standard_normal(64)
     assert not np.allclose(fab, noise)
+
+
+# ------------------------------------------------------------------------------ accuracy from scores
+def _argmax_accuracy(scores, y):
+    return (scores.argmax(axis=1) == y).mean(axis=1)
+
+
+def test_correct_fraction_equals_argmax_on_random_scores():
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((7, 10, 200)).astype(np.float32)
+    y = rng.integers(0, 10, 200)
+    y[:40] = scores[0, :, :40].argmax(axis=0)          # chip 0 gets some right, so the check is not all zeros
+    got = correct_fraction(scores, y)
+    np.testing.assert_array_equal(got, _argmax_accuracy(scores, y))
+    assert got[0] >= 0.2
+
+
+@pytest.mark.parametrize("poison", ["tie", "nan"])
+def test_correct_fraction_follows_argmax_on_ties_and_nan(poison):
+    """Ties go to the first class, NaN wins: exactly numpy's argmax, which a label-only shortcut would miss."""
+    scores = np.zeros((2, 3, 4), dtype=np.float32)
+    scores[:, 2, :] = -1.0
+    if poison == "nan":
+        scores[1, 1, 0] = np.nan
+    y = np.array([1, 0, 1, 0])          # class 1 ties with class 0 everywhere: argmax says 0
+    expected = _argmax_accuracy(scores, y)
+    np.testing.assert_array_equal(correct_fraction(scores, y), expected)
+    assert expected[0] == 0.5
