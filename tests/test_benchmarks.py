@@ -1,0 +1,40 @@
+"""benchmarks/run.py: the JSON the issue asks for, from a real (quick) run; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_reports_every_figure_consistently():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)             # stdout is one JSON object and nothing else
+    training = doc["training"][0]
+    for key in ("sat_epoch_ratio", "efficient_sat_epoch_ratio"):
+        assert doc[key] == training[key] > 0
+    times = training["epoch_s"]
+    assert doc["sat_epoch_ratio"] == pytest.approx(times["sat"] / times["standard"])
+    assert doc["efficient_sat_epoch_ratio"] == pytest.approx(times["sat_every_5"] / times["standard"])
+    assert [row["chips"] for row in doc["fleet"]] == [8, 64]
+    for row in doc["fleet"]:
+        assert row["speedup"] == pytest.approx(row["loop_s"] / row["vectorized_s"])
+        assert row["roofline_fraction"] == pytest.approx(row["matmul_s"] / row["vectorized_s"])
+        assert row["speedup_bound"] == pytest.approx(row["loop_s"] / row["matmul_s"])
+        assert row["loop_chips_timed"] == row["chips"]
+    assert [r["chips"] for r in doc["scaling"]["chips"]] == [8, 64]
+    assert [r["hidden"] for r in doc["scaling"]["hidden"]] == [32, 128]
+    acc = doc["accuracy"]
+    for name in ("sat", "sat_every_5"):
+        assert set(acc["mean"][name]) == {"-1K", "+0K", "+1K"}
+        assert all(0.0 <= v <= 1.0 for v in acc["mean"][name].values())
+    diff = acc["efficient_minus_full"]["+0K"]["mean"]
+    assert diff == pytest.approx(acc["mean"]["sat_every_5"]["+0K"] - acc["mean"]["sat"]["+0K"])
