@@ -189,7 +189,7 @@ def main() -> None:
 @click.option("--sat-every", type=int, default=None, metavar="K",
               help="Efficient SAT: compute a fresh ascent direction every K steps and reuse it in between "
                    "(one forward/backward instead of two). Default 1: full SAT; 5 matched its fleet accuracy "
-                   "over five seeds at about 0.7x its time (README, Performance).")
+                   "at 0 K over five seeds at about 0.7x its time (README, Performance).")
 @click.option("--noise", type=float, default=None,
               help="Std of Gaussian noise on each detuning at every training step, nm: noise-aware "
                    "(default 0.05) and sat (default 0, off; with --drift-budget it covers random errors too).")

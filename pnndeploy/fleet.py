@@ -9,7 +9,8 @@ with ``h`` the deployed heater setting, ``offset`` and the device parameters
 the fabrication truth, ``k`` the drift coefficient, ``shift`` any extra
 resonance shift (ageing), and the crosstalk from the neighbouring rings of the
 same bank row (same tile).  Detector noise comes from a stream per device and
-per evaluation, so a chip gives the same answer alone or in a fleet.
+per evaluation, and every chip's products have the same shape in any batch,
+so a chip gives the same outputs, bit for bit, alone or in a fleet.
 
 Everything is float32 numpy; chips are processed in chunks to bound memory.
 """
@@ -58,8 +59,7 @@ class SimulatedFleet:
     control of every weight (setting + offset + crosstalk), the gathered
     device parameters, and the detector-noise draws of each evaluation seed.
     An evaluation then costs one multiply-add for the drift, the transfer
-    function, and the matrix products; the first layer, whose input is the
-    same for every chip, is one GEMM over all chips at once.
+    function, and one matrix product per chip and layer, batched over chips.
     """
 
     def __init__(self, model: ExportedModel, profiles: Sequence[DeviceProfile],
@@ -139,20 +139,19 @@ class SimulatedFleet:
     def scores(self, X_scaled: np.ndarray, conditions: Conditions, chips: slice) -> np.ndarray:
         """(chips, classes, samples) outputs of the chips in ``chips``, samples on the fast axis.
 
-        This layout keeps every product a plain contiguous GEMM: the first
-        layer, whose input every chip shares, is one (chips*out, in) @ (in,
-        samples) product; later layers are batched (out, in) @ (in, samples).
+        This layout keeps every product a plain contiguous GEMM, (out, in) @
+        (in, samples) per chip.  Each chip gets its own product of the same
+        shape however many chips are evaluated with it: one (chips*out, in)
+        product for the shared first layer was faster, but BLAS picks its
+        kernel by size, so a chip's outputs then changed in the last bits
+        with the size of the fleet around it.
         """
         XT = np.ascontiguousarray(np.asarray(X_scaled, dtype=np.float32).T)
         h = None
         for k, layer in enumerate(self.model.layers):
             W = self.realised_weights(k, chips, conditions)
             W *= layer.gain[:, None]            # the digital gain folded into the (smaller) weights
-            d, out_f, in_f = W.shape
-            if h is None:
-                h = (W.reshape(d * out_f, in_f) @ XT).reshape(d, out_f, XT.shape[1])
-            else:
-                h = np.matmul(W, h)
+            h = np.matmul(W, XT if h is None else h)
             h += layer.bias[:, None]
             if k < len(self.model.layers) - 1:
                 np.maximum(h, 0.0, out=h)
@@ -182,11 +181,20 @@ def correct_fraction(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
     ``scores`` is (chips, classes, samples).  numpy's argmax over the short
     class axis loops per (chip, sample) and cost as much as the matrix
     products; a max over classes with samples on the fast axis is a few
-    vector passes.  Ties (and NaN) go to numpy's argmax, so the first class
-    wins exactly as there.
+    vector passes.  Ties, NaN and labels that are not class indices go to
+    numpy's argmax, so the result is exactly the definition's in every case.
     """
+    y = np.asarray(y)
+    chips, classes, samples = scores.shape
+
+    def by_definition() -> np.ndarray:
+        return (scores.argmax(axis=1) == y).mean(axis=1)
+
+    if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != samples or samples == 0 \
+            or y.min() < 0 or y.max() >= classes:
+        return by_definition()
     top = scores.max(axis=1)
     hit = scores == top[:, None, :]
     if not np.isfinite(top).all() or (hit.sum(axis=1) > 1).any():
-        return (scores.argmax(axis=1) == y).mean(axis=1)
-    return hit[:, y, np.arange(len(y))].mean(axis=1)
+        return by_definition()
+    return hit[:, y, np.arange(samples)].mean(axis=1)

@@ -109,10 +109,13 @@ class TrainConfig:
 class SharpnessAwareStep:
     """The SAT ascent and restore around one base-optimiser step.
 
-    Usage per batch: backward the clean loss, :meth:`ascend`, zero the grads,
-    backward the loss at the perturbed point, :meth:`restore`, step the base
-    optimiser.  With a zero (or non-finite) gradient the ascent is skipped: the
-    step is then a plain step.
+    Usage per batch: take the clean gradient (``autograd.grad``, so ``.grad``
+    stays empty), :meth:`ascend` with it, backward the loss at the perturbed
+    point, :meth:`restore`, step the base optimiser.  With a zero (or
+    non-finite) gradient the ascent is skipped: the step is then a plain step.
+    With control noise each pass draws its own noise, like every other
+    forward in training: the ascent direction and the adversarial gradient
+    are both estimates over the noise.
     """
 
     def __init__(self, params: Sequence[nn.Parameter], rho: float, adaptive: bool,
@@ -242,9 +245,8 @@ def build_model(config: TrainConfig, n_features: int, n_classes: int) -> PNN:
 
 
 def _perturbed_params(model: PNN, perturb: str) -> list[nn.Parameter]:
-    if perturb == "onchip":
-        return model.onchip_parameters()
-    return [p for p in model.parameters() if p.requires_grad]
+    params = model.onchip_parameters() if perturb == "onchip" else list(model.parameters())
+    return [p for p in params if p.requires_grad]
 
 
 def train(dataset: Dataset, config: TrainConfig,
@@ -309,7 +311,7 @@ def _train(dataset: Dataset, config: TrainConfig,
                 # the clean gradient of the perturbed parameters only, straight to the ascent
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
-                sat.ascend(torch.autograd.grad(loss, sat.params))
+                sat.ascend(torch.autograd.grad(loss, sat.params, allow_unused=True))
                 loss_fn(model(xb), yb).backward()
                 sat.restore()
             else:

@@ -33,8 +33,10 @@ def test_quick_benchmark_reports_every_figure_consistently():
     assert [r["chips"] for r in doc["scaling"]["chips"]] == [8, 64]
     assert [r["hidden"] for r in doc["scaling"]["hidden"]] == [32, 128]
     acc = doc["accuracy"]
-    for name in ("sat", "sat_every_5"):
+    for name in ("sat", "sat_every_5", "sat_every_10"):
         assert set(acc["mean"][name]) == {"-1K", "+0K", "+1K"}
         assert all(0.0 <= v <= 1.0 for v in acc["mean"][name].values())
     diff = acc["efficient_minus_full"]["+0K"]["mean"]
     assert diff == pytest.approx(acc["mean"]["sat_every_5"]["+0K"] - acc["mean"]["sat"]["+0K"])
+    assert acc["minus_full"]["sat_every_5"] == acc["efficient_minus_full"]
+    assert set(acc["minus_full"]) == {"sat_every_5", "sat_every_10"}

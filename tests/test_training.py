@@ -366,6 +366,29 @@ def test_drift_adversary_adds_the_worse_common_mode_shift(batch):
     sat.restore()
 
 
+def test_sat_trains_when_a_perturbed_parameter_does_not_reach_the_loss(monkeypatch, tiny_digits):
+    """An unused parameter has no clean gradient (None): its eps is zero and the others still ascend."""
+    unused = nn.Parameter(torch.ones(3))
+    seen = {}
+
+    def with_unused(model, perturb):
+        return [*model.onchip_parameters(), unused]
+
+    class RecordingSAT(SharpnessAwareStep):
+        def ascend(self, grads=None):
+            norm = super().ascend(grads)
+            seen["eps"] = [e.clone() for e in self.last_perturbation]
+            return norm
+
+    monkeypatch.setattr(training, "_perturbed_params", with_unused)
+    monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
+    result = train(tiny_digits, tiny_config(method="sat", epochs=1))
+    assert torch.equal(seen["eps"][-1], torch.zeros(3))
+    assert global_norm(seen["eps"][:2]) == pytest.approx(0.1, rel=1e-4)
+    assert torch.equal(unused.detach(), torch.ones(3))
+    assert result.train_accuracy > 0.2
+
+
 def test_drift_adversary_leaves_digital_parameters_alone(monkeypatch, tiny_digits):
     seen = {}
 
