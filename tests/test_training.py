@@ -202,6 +202,26 @@ def record_last_batch(monkeypatch, seen: dict) -> None:
     monkeypatch.setattr(torch.nn, "CrossEntropyLoss", RecordingLoss)
 
 
+def assert_grads_are_those_at_the_perturbed_point(seen: dict) -> dict:
+    """Right before a step: params are back at seen["theta"], and each p.grad == grad L(theta + eps) on the
+    last batch, eps being the SAT step's last perturbation; returns that expected gradient by name."""
+    model, sat = seen["model"], seen["sat"]
+    eps = {id(p): e for p, e in zip(sat.params, sat.last_perturbation)}
+    named = dict(model.named_parameters())
+    point = {}
+    for n, p in named.items():
+        assert torch.equal(p.detach(), seen["theta"][n]), f"{n} not restored before the step"
+        q = p.detach().clone()
+        if id(p) in eps:
+            q = q + eps[id(p)]
+        point[n] = q.requires_grad_(True)
+    loss = nn.functional.cross_entropy(torch.func.functional_call(model, point, (seen["x"],)), seen["y"])
+    expected = dict(zip(point, torch.autograd.grad(loss, list(point.values()))))
+    for n, p in named.items():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-6, atol=1e-9, msg=n)
+    return expected
+
+
 @pytest.mark.parametrize("adaptive,perturb", [(False, "onchip"), (True, "onchip"), (False, "all")])
 def test_optimizer_steps_with_the_gradient_at_the_perturbed_point_alone(monkeypatch, tiny_digits,
                                                                        adaptive, perturb):
@@ -225,22 +245,8 @@ def test_optimizer_steps_with_the_gradient_at_the_perturbed_point_alone(monkeypa
             return super().ascend(grads)
 
     def check_before_step() -> None:
-        model, x, y, sat = seen["model"], seen["x"], seen["y"], seen["sat"]
-        named = dict(model.named_parameters())
-        eps = {id(p): e for p, e in zip(sat.params, sat.last_perturbation)}
-        assert global_norm(sat.last_perturbation) > 0
-        point = {}
-        for n, p in named.items():
-            assert torch.equal(p.detach(), seen["theta"][n]), f"{n} not restored before the step"
-            q = p.detach().clone()
-            if id(p) in eps:
-                q = q + eps[id(p)]
-            point[n] = q.requires_grad_(True)
-        logits = torch.func.functional_call(model, point, (x,))
-        loss = nn.functional.cross_entropy(logits, y)
-        expected = dict(zip(point, torch.autograd.grad(loss, list(point.values()))))
-        for n, p in named.items():
-            torch.testing.assert_close(p.grad, expected[n], rtol=1e-6, atol=1e-9, msg=n)
+        assert global_norm(seen["sat"].last_perturbation) > 0
+        expected = assert_grads_are_those_at_the_perturbed_point(seen)
         # the check is not vacuous: the clean gradient is far from the adversarial one
         c, a = seen["clean"][0], expected["layers.0.controls"]
         assert float((c - a).abs().max()) > 1e-3 * float(c.abs().max())
@@ -456,17 +462,7 @@ def test_efficient_sat_reuse_steps_use_the_gradient_at_the_cached_point_alone(mo
     class CheckingAdam(torch.optim.Adam):
         def step(self, closure=None):
             if seen.get("reuse"):
-                model, sat = seen["model"], seen["sat"]
-                eps = {id(p): e for p, e in zip(sat.params, sat.last_perturbation)}
-                named = dict(model.named_parameters())
-                point = {}
-                for n, p in named.items():
-                    assert torch.equal(p.detach(), seen["theta"][n]), f"{n} not restored"
-                    point[n] = (p.detach() + eps.get(id(p), 0.0)).requires_grad_(True)
-                loss = nn.functional.cross_entropy(torch.func.functional_call(model, point, (seen["x"],)), seen["y"])
-                expected = dict(zip(point, torch.autograd.grad(loss, list(point.values()))))
-                for n, p in named.items():
-                    torch.testing.assert_close(p.grad, expected[n], rtol=1e-6, atol=1e-9, msg=n)
+                assert_grads_are_those_at_the_perturbed_point(seen)
                 seen["reuse_steps"] += 1
             return super().step(closure)
 
