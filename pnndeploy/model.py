@@ -108,6 +108,8 @@ class PNN(nn.Module):
         self.layers = nn.ModuleList(
             layer_cls(i, o, platform, generator) for i, o in zip(sizes[:-1], sizes[1:])
         )
+        #: Per layer, the weights :meth:`to_controls` could not reach (baseline only; copies keep them).
+        self.clipped: list[int] = [0] * len(self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for k, layer in enumerate(self.layers):
@@ -135,10 +137,10 @@ class PNN(nn.Module):
         For a control-trained model this is a copy.  For the baseline, each W is
         mapped through the nominal inverse on the positive branch (the paper's
         choice); weights beyond the control range are clipped and counted in
-        :attr:`clipped`.
+        :attr:`clipped` (a copy keeps the counts of the model it copies).
         """
         out = PNN(self.sizes, self.platform, seed=0, parameterisation="controls")
-        out.clipped = [0] * len(self.layers)
+        out.clipped = list(self.clipped)
         with torch.no_grad():
             for k, (src, dst) in enumerate(zip(self.layers, out.layers)):
                 dst.gain.copy_(src.gain)

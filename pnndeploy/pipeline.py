@@ -50,17 +50,17 @@ def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Pat
         raise PnnError(f"dataset {dataset.name} was split with seed {dataset.split_seed} but the model is trained "
                        f"with seed {config.seed}; load the dataset with seed={config.seed}")
     result = train(dataset, config, on_epoch=on_epoch)
+    # what the file holds and every figure is measured on: the model on the nominal chip (for the baseline,
+    # W mapped through the inverse, weights beyond the control range clipped), which onnxruntime reproduces
+    nominal = result.model.to_controls()
     X, y = evaluation_tensors(dataset)
-    sharpness = model_sharpness(result.model, X, y)
-    trace = model_hessian_trace(result.model, X, y)
-    exported = result.model.export_layers()
+    sharpness = model_sharpness(nominal, X, y)
+    trace = model_hessian_trace(nominal, X, y)
+    exported = nominal.export_layers()
     layers = [ModelLayer(name=f"layer{k}", weight=e.weight, controls=e.controls, gain=e.gain, bias=e.bias)
               for k, e in enumerate(exported)]
     clipped = sum(e.clipped for e in exported)
     platform = result.model.platform
-    # the accuracies of what the file holds: the model on the nominal chip (for the baseline, W mapped
-    # through the inverse, weights beyond the control range clipped), which is what onnxruntime reproduces
-    nominal = result.model.to_controls()
     X_test = torch.from_numpy(dataset.scaling.apply(dataset.X_test))
     train_acc, test_acc = accuracy(nominal, X, y), accuracy(nominal, X_test, torch.from_numpy(dataset.y_test))
     metrics = {"train_accuracy": train_acc, "test_accuracy": test_acc,
