@@ -13,12 +13,12 @@ transfer function, which is what deploying it to a chip does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from pnndeploy.onnx_io import ModelLayer
 from pnndeploy.platforms import Platform
 
 
@@ -79,17 +79,6 @@ class WeightLinear(nn.Module):
 def _init_gain(in_features: int) -> float:
     """Gain that makes gain * U(-0.9, 0.9) a Kaiming-uniform init (fan-in, ReLU)."""
     return math.sqrt(6.0 / in_features) / 0.9
-
-
-@dataclass
-class LayerExport:
-    """One on-chip layer as exported: logical weights, the controls that realise them, digital parts."""
-
-    weight: np.ndarray     # (out, in) float32, nominal W = T(controls)
-    controls: np.ndarray   # (out, in) float32, in platform.control_units
-    gain: np.ndarray       # (out,) float32
-    bias: np.ndarray       # (out,) float32
-    clipped: int           # weights the controls could not reach (baseline only)
 
 
 class PNN(nn.Module):
@@ -154,20 +143,17 @@ class PNN(nn.Module):
                     out.clipped[k] = int((~ok).sum())
         return out
 
-    def export_layers(self) -> list[LayerExport]:
-        """Per-layer arrays of the model as it sits on the nominal chip."""
+    def export_layers(self) -> list[ModelLayer]:
+        """The layers as an ONNX file holds them: the model on the nominal chip (clipped counts: :attr:`clipped`
+        of :meth:`to_controls`)."""
         nominal = self.to_controls()
-        result = []
         with torch.no_grad():
-            for k, layer in enumerate(nominal.layers):
-                result.append(LayerExport(
-                    weight=layer.weight().numpy().astype(np.float32),
-                    controls=layer.controls.numpy().astype(np.float32),
-                    gain=layer.gain.numpy().astype(np.float32),
-                    bias=layer.bias.numpy().astype(np.float32),
-                    clipped=nominal.clipped[k],
-                ))
-        return result
+            return [ModelLayer(name=f"layer{k}",
+                               weight=layer.weight().numpy().astype(np.float32),
+                               controls=layer.controls.numpy().astype(np.float32),
+                               gain=layer.gain.numpy().astype(np.float32),
+                               bias=layer.bias.numpy().astype(np.float32))
+                    for k, layer in enumerate(nominal.layers)]
 
 
 def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:

@@ -11,7 +11,7 @@ import torch
 from pnndeploy.data import Dataset, load_dataset
 from pnndeploy.errors import PnnError
 from pnndeploy.model import accuracy
-from pnndeploy.onnx_io import ModelLayer, save_model
+from pnndeploy.onnx_io import save_model
 from pnndeploy.sharpness import model_hessian_trace, model_sharpness
 from pnndeploy.training import EpochRecord, TrainConfig, TrainResult, evaluation_tensors, train
 
@@ -56,10 +56,8 @@ def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Pat
     X, y = evaluation_tensors(dataset)
     sharpness = model_sharpness(nominal, X, y)
     trace = model_hessian_trace(nominal, X, y)
-    exported = nominal.export_layers()
-    layers = [ModelLayer(name=f"layer{k}", weight=e.weight, controls=e.controls, gain=e.gain, bias=e.bias)
-              for k, e in enumerate(exported)]
-    clipped = sum(e.clipped for e in exported)
+    layers = nominal.export_layers()
+    clipped = sum(nominal.clipped)
     platform = result.model.platform
     X_test = torch.from_numpy(dataset.scaling.apply(dataset.X_test))
     train_acc, test_acc = accuracy(nominal, X, y), accuracy(nominal, X_test, torch.from_numpy(dataset.y_test))
