@@ -22,14 +22,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pnndeploy.data import load_dataset  # noqa: E402
-from pnndeploy.fleet import CHIPS_PER_BATCH, Conditions, SimulatedFleet  # noqa: E402
-from pnndeploy.fleet_gen import chip_names, generate_chip, load_process  # noqa: E402
-from pnndeploy.mapping import map_model  # noqa: E402
-from pnndeploy.onnx_io import load_model  # noqa: E402
-from pnndeploy.pipeline import train_and_export  # noqa: E402
-from pnndeploy.training import TrainConfig, train  # noqa: E402
-from pnndeploy.transfer import load_evaluation_data  # noqa: E402
+from pnndeploy.data.datasets import load_dataset  # noqa: E402
+from pnndeploy.deploy.mapping import map_model  # noqa: E402
+from pnndeploy.deploy.transfer import load_evaluation_data  # noqa: E402
+from pnndeploy.formats.onnx_io import load_model  # noqa: E402
+from pnndeploy.formats.process_spec import load_process  # noqa: E402
+from pnndeploy.simulation.fabrication import chip_names, generate_chip  # noqa: E402
+from pnndeploy.simulation.fleet import CHIPS_PER_BATCH, Conditions, SimulatedFleet  # noqa: E402
+from pnndeploy.training.config import TrainConfig  # noqa: E402
+from pnndeploy.training.methods import train  # noqa: E402
+from pnndeploy.training.pipeline import train_and_export  # noqa: E402
 
 EFFICIENT_EVERY = 5
 #: The training methods whose epoch times are compared (name -> TrainConfig settings).
@@ -160,7 +162,7 @@ def fleet_accuracy_comparison(process_chips_path: Path, tmp: Path, epochs: int, 
     One seed says little at ±1 K (the fleet sits on the steep flank there and
     seeds differ by 10 pp or more), so the difference is averaged over seeds.
     """
-    from pnndeploy.transfer import prepare_fleet, transfer_report
+    from pnndeploy.deploy.transfer import prepare_fleet, transfer_report
 
     temps = (-1.0, 0.0, 1.0)
     names = {"sat": {}, **{f"sat_every_{k}": {"sat_every": k} for k in (EFFICIENT_EVERY, 2 * EFFICIENT_EVERY)}}

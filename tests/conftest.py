@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pnndeploy.data import Dataset, load_dataset
+from pnndeploy.data.datasets import Dataset, load_dataset
 
 # The models here are tiny: intra-op threads buy nothing, and on a shared 2-core machine the OpenMP
 # workers of a second thread spin-wait against other processes (a 1 s training then takes 20 s+).
@@ -50,8 +50,8 @@ class TinyExport:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory, digits: Dataset) -> TinyExport:
     """A SAT model (hidden [8], 2 epochs, seed 0) exported alone into a fresh folder."""
-    from pnndeploy.pipeline import train_and_export
-    from pnndeploy.training import TrainConfig
+    from pnndeploy.training.config import TrainConfig
+    from pnndeploy.training.pipeline import train_and_export
 
     folder = tmp_path_factory.mktemp("tiny_export")
     path = folder / "model.onnx"
@@ -73,7 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def shipped_process() -> dict:
     """The process spec of the shipped fleet (device_profiles/process.yaml), checked."""
-    from pnndeploy.fleet_gen import load_process
+    from pnndeploy.formats.process_spec import load_process
 
     return load_process(SHIPPED_PROCESS)
 
@@ -81,7 +81,7 @@ def shipped_process() -> dict:
 @pytest.fixture(scope="session")
 def tiny_fleet_dir(tmp_path_factory: pytest.TempPathFactory, shipped_process: dict) -> Path:
     """A folder of 3 simulated chips (chipA..chipC, seed 1, the shipped process). Read it, never write it."""
-    from pnndeploy.fleet_gen import make_fleet
+    from pnndeploy.simulation.fabrication import make_fleet
 
     folder = tmp_path_factory.mktemp("tiny_fleet") / "profiles"
     make_fleet(shipped_process, 3, "chip", 1, folder)

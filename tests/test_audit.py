@@ -8,11 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pnndeploy.audit import SweepRange, ageing_shifts, run_audit, tolerance_interval
+from pnndeploy.deploy.audit import SweepRange, ageing_shifts, run_audit, tolerance_interval
+from pnndeploy.deploy.transfer import prepare_fleet
 from pnndeploy.errors import ConfigError
-from pnndeploy.fleet import SimulatedFleet
-from pnndeploy.profiles import PROFILES_ENV
-from pnndeploy.transfer import prepare_fleet
+from pnndeploy.formats.profile_folder import PROFILES_ENV
+from pnndeploy.simulation.fleet import SimulatedFleet
 
 PNG = b"\x89PNG\r\n\x1a\n"
 T_RANGE = SweepRange(-1.0, 1.0, 0.5)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from pnndeploy import __version__
 from pnndeploy.cli import main
-from pnndeploy.onnx_io import load_model
+from pnndeploy.formats.onnx_io import load_model
 
 TRAIN_KEYS = {"model", "platform", "method", "dataset", "train_accuracy", "test_accuracy", "sharpness", "seconds"}
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pnndeploy.data import Dataset, InputScaling, load_dataset, load_idx
+from pnndeploy.data.datasets import Dataset, load_dataset, load_idx
+from pnndeploy.data.scaling import InputScaling
 from pnndeploy.errors import DatasetError, ModelFileError
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from pnndeploy.demo import DEMO_ENTRIES
-from pnndeploy.profiles import PROFILES_ENV
+from pnndeploy.experiments.demo import DEMO_ENTRIES
+from pnndeploy.formats.profile_folder import PROFILES_ENV
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CORE = ["standard", "noise-aware", "sat", "sat-drift"]      # the story: baseline, noise, SAT, SAT + drift

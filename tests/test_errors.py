@@ -30,13 +30,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from pnndeploy.data import InputScaling, load_idx
+from pnndeploy.data.datasets import load_idx
+from pnndeploy.data.scaling import InputScaling
+from pnndeploy.deploy.mapping import check_compatible
 from pnndeploy.errors import ConfigError, DatasetError, PnnError, ProfileError
-from pnndeploy.mapping import check_compatible, read_deployment
-from pnndeploy.onnx_io import ModelLayer, load_model, save_model
+from pnndeploy.formats.deployments import read_deployment
+from pnndeploy.formats.onnx_io import ModelLayer, load_model, save_model
+from pnndeploy.formats.profile_schema import validate_profile
+from pnndeploy.formats.profiles import read_profile
 from pnndeploy.platforms import PLATFORMS, get_platform
 from pnndeploy.platforms.mrr import MRRPlatform
-from pnndeploy.profiles import read_profile, validate_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MRR = get_platform("mrr")
@@ -276,7 +279,7 @@ class _FakeMZI(MRRPlatform):
 
 def test_profile_of_another_known_platform_than_the_model(cli, one_line_error, tiny_fleet_dir, tmp_path,
                                                           model_path, monkeypatch):
-    from pnndeploy.profiles import write_profile
+    from pnndeploy.formats.profiles import write_profile
 
     monkeypatch.setitem(PLATFORMS, "mzi", _FakeMZI())
     profile = dataclasses.replace(read_profile(tiny_fleet_dir / "chipA.h5"), device_id="chipZ", platform="mzi")
@@ -299,8 +302,8 @@ def test_array_size_any_array_works_and_an_empty_one_is_refused(cli, one_line_er
     """Mapping tiles a layer onto the array (weight (o, i) on ring (o mod R, i mod C)), so no array with at
     least one ring is too small for a model: a 1x1 chip works (every weight on the one ring).  What can be
     too small is an array without rings, and validation refuses it."""
-    from pnndeploy.fleet_gen import generate_chip
-    from pnndeploy.profiles import write_profile
+    from pnndeploy.formats.profiles import write_profile
+    from pnndeploy.simulation.fabrication import generate_chip
 
     folder = tmp_path / "profiles"
     process = {**shipped_process, "array": {"rows": 1, "cols": 1}}
@@ -762,12 +765,13 @@ WRITER = r"""
 import sys
 from pathlib import Path
 import numpy as np
-from pnndeploy.data import InputScaling
-from pnndeploy.fleet_gen import generate_chip, load_process
-from pnndeploy.mapping import Deployment, LayerDeployment, write_deployment
-from pnndeploy.onnx_io import ModelLayer, save_model
+from pnndeploy.data.scaling import InputScaling
+from pnndeploy.formats.process_spec import load_process
+from pnndeploy.simulation.fabrication import generate_chip
+from pnndeploy.formats.deployments import Deployment, LayerDeployment, write_deployment
+from pnndeploy.formats.onnx_io import ModelLayer, save_model
 from pnndeploy.platforms import get_platform
-from pnndeploy.profiles import write_profile
+from pnndeploy.formats.profiles import write_profile
 
 folder, rounds, process_path = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 process = load_process(process_path)
@@ -1049,8 +1053,8 @@ def _apply_profile_edit(path: Path, edit: tuple) -> None:
 @pytest.fixture(scope="module")
 def fuzz_base(tmp_path_factory, shipped_process) -> Path:
     """A profile written by this pnndeploy's writer (checksummed arrays)."""
-    from pnndeploy.fleet_gen import generate_chip
-    from pnndeploy.profiles import write_profile
+    from pnndeploy.formats.profiles import write_profile
+    from pnndeploy.simulation.fabrication import generate_chip
 
     path = tmp_path_factory.mktemp("fuzz_base") / "chipA.h5"
     write_profile(generate_chip(shipped_process, "chipA", 0), path)
@@ -1075,7 +1079,7 @@ def test_fuzz_profiles_readers(tmp_path, fuzz_base, model_path, edits, shipped):
         return
     assert problems == []
     # a profile that validates must be usable: mapping it gives finite settings or a clean error
-    from pnndeploy.mapping import map_model
+    from pnndeploy.deploy.mapping import map_model
     try:
         deployment = map_model(load_model(model_path), profile)
     except PnnError:
@@ -1239,8 +1243,8 @@ def yaml_texts(draw):
 @FUZZ
 @given(text=yaml_texts())
 def test_fuzz_yaml_readers(tmp_path, text):
-    from pnndeploy.config import load_config
-    from pnndeploy.fleet_gen import load_process
+    from pnndeploy.formats.process_spec import load_process
+    from pnndeploy.training.config import load_config
 
     path = tmp_path / "fuzz.yaml"
     path.write_text(text, encoding="utf-8")

@@ -7,14 +7,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from pnndeploy.deploy.mapping import map_model
+from pnndeploy.deploy.stats import fleet_summary, wilson_interval
+from pnndeploy.deploy.transfer import load_evaluation_data
 from pnndeploy.errors import PnnError
-from pnndeploy.fleet import Conditions, SimulatedFleet, correct_fraction
-from pnndeploy.fleet_gen import generate_chip
-from pnndeploy.mapping import Deployment, LayerDeployment, map_model, ring_index
-from pnndeploy.onnx_io import load_model
+from pnndeploy.formats.deployments import Deployment, LayerDeployment
+from pnndeploy.formats.onnx_io import load_model
 from pnndeploy.platforms import get_platform
-from pnndeploy.stats import fleet_summary, wilson_interval
-from pnndeploy.transfer import load_evaluation_data
+from pnndeploy.platforms.tiling import ring_index
+from pnndeploy.simulation.fabrication import generate_chip
+from pnndeploy.simulation.fleet import Conditions, SimulatedFleet, correct_fraction
 
 MRR = get_platform("mrr")
 NAMES = ["chipA", "chipB", "chipC", "chipD"]
@@ -263,8 +265,8 @@ def test_fleet_summary_hand_example() -> None:
 
 def test_noise_streams_are_not_the_fabrication_streams() -> None:
     """SeedSequence ignores trailing zeros: detector noise (eval 0, layer 0) must still not replay fabrication."""
-    from pnndeploy.fleet import device_stream
-    from pnndeploy.fleet_gen import chip_rng
+    from pnndeploy.simulation.fabrication import chip_rng
+    from pnndeploy.simulation.fleet import device_stream
 
     fab = chip_rng(0, "chipA").standard_normal(64)
     noise = device_stream("chipA", 0, 0).standard_normal(64)

@@ -12,22 +12,21 @@ import numpy as np
 import pytest
 
 from pnndeploy import __version__
+from pnndeploy.deploy.mapping import map_model, quantise
+from pnndeploy.deploy.transfer import load_evaluation_data
 from pnndeploy.errors import PnnError, ProfileError
-from pnndeploy.fleet import Conditions, SimulatedFleet
-from pnndeploy.fleet_gen import generate_chip
-from pnndeploy.mapping import (
+from pnndeploy.formats.deployments import (
     Deployment,
     LayerDeployment,
     deployment_path,
-    map_model,
-    quantise,
     read_deployment,
-    ring_index,
     write_deployment,
 )
-from pnndeploy.onnx_io import load_model
+from pnndeploy.formats.onnx_io import load_model
 from pnndeploy.platforms import get_platform
-from pnndeploy.transfer import load_evaluation_data
+from pnndeploy.platforms.tiling import ring_index
+from pnndeploy.simulation.fabrication import generate_chip
+from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
 
 MRR = get_platform("mrr")
 

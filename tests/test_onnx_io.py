@@ -11,12 +11,12 @@ import torch
 from onnx import numpy_helper
 
 from pnndeploy import __version__
-from pnndeploy.data import load_dataset
+from pnndeploy.data.datasets import load_dataset
 from pnndeploy.errors import ModelFileError, PnnError
-from pnndeploy.onnx_io import load_model, onnx_logits
-from pnndeploy.pipeline import train_and_export
+from pnndeploy.formats.onnx_io import load_model, onnx_logits
 from pnndeploy.platforms import get_platform
-from pnndeploy.training import TrainConfig
+from pnndeploy.training.config import TrainConfig
+from pnndeploy.training.pipeline import train_and_export
 
 MRR = get_platform("mrr")
 DESIGN_KEYS = ("format_version", "platform", "platform_params", "method", "rho", "dataset", "input_scaling",

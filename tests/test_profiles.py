@@ -11,25 +11,12 @@ import numpy as np
 import pytest
 
 from pnndeploy.errors import ConfigError, PnnError, ProfileError
-from pnndeploy.fleet_gen import (
-    chip_names,
-    chip_rng,
-    generate_chip,
-    load_process,
-    make_fleet,
-)
+from pnndeploy.formats.process_spec import load_process
+from pnndeploy.formats.profile_folder import check_device_name, list_profiles, profiles_dir, resolve_device
+from pnndeploy.formats.profile_schema import SCHEMA_VERSION, validate_profile
+from pnndeploy.formats.profiles import profile_summary, read_profile, write_profile
 from pnndeploy.platforms import get_platform
-from pnndeploy.profiles import (
-    SCHEMA_VERSION,
-    check_device_name,
-    list_profiles,
-    profile_summary,
-    profiles_dir,
-    read_profile,
-    resolve_device,
-    validate_profile,
-    write_profile,
-)
+from pnndeploy.simulation.fabrication import chip_names, chip_rng, generate_chip, make_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "device_profiles"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from pnndeploy.model import PNN
 from pnndeploy.platforms import get_platform
-from pnndeploy.sharpness import model_sharpness, top_hessian_eigenvalue
+from pnndeploy.training.model import PNN
+from pnndeploy.training.sharpness import model_sharpness, top_hessian_eigenvalue
 
 MRR = get_platform("mrr")
 
@@ -107,7 +107,7 @@ def test_model_sharpness_matches_the_explicit_hessian(parameterisation):
 
 
 def test_model_sharpness_is_deterministic_and_leaves_the_model_alone(tiny_export):
-    from pnndeploy.training import evaluation_tensors
+    from pnndeploy.training.methods import evaluation_tensors
 
     model = tiny_export.result.model
     X, y = evaluation_tensors(tiny_export.dataset)

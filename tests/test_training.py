@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from pnndeploy import training
 from pnndeploy.errors import ConfigError
-from pnndeploy.model import PNN, OnChipLinear, WeightLinear, accuracy
 from pnndeploy.platforms import get_platform
-from pnndeploy.training import SharpnessAwareStep, TrainConfig, train
+from pnndeploy.training import methods as training
+from pnndeploy.training.config import TrainConfig
+from pnndeploy.training.methods import train
+from pnndeploy.training.model import PNN, OnChipLinear, WeightLinear, accuracy
+from pnndeploy.training.sat import SharpnessAwareStep
 
 MRR = get_platform("mrr")
 

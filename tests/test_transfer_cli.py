@@ -11,9 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pnndeploy.fleet_gen import generate_chip
-from pnndeploy.mapping import read_deployment
-from pnndeploy.profiles import PROFILES_ENV, write_profile
+from pnndeploy.formats.deployments import read_deployment
+from pnndeploy.formats.profile_folder import PROFILES_ENV
+from pnndeploy.formats.profiles import write_profile
+from pnndeploy.simulation.fabrication import generate_chip
 
 TRANSFER_KEYS = {"model", "model_sha256", "dataset", "samples", "nominal_accuracy", "temperature_delta_K",
                  "devices", "fleet"}

@@ -8,12 +8,13 @@ from typing import Any, Callable
 
 import torch
 
-from pnndeploy.data import Dataset, load_dataset
+from pnndeploy.data.datasets import Dataset, load_dataset
 from pnndeploy.errors import PnnError
-from pnndeploy.model import accuracy
-from pnndeploy.onnx_io import save_model
-from pnndeploy.sharpness import model_hessian_trace, model_sharpness
-from pnndeploy.training import EpochRecord, TrainConfig, TrainResult, evaluation_tensors, train
+from pnndeploy.formats.onnx_io import save_model
+from pnndeploy.training.config import TrainConfig
+from pnndeploy.training.methods import EpochRecord, TrainResult, evaluation_tensors, train
+from pnndeploy.training.model import accuracy
+from pnndeploy.training.sharpness import model_hessian_trace, model_sharpness
 
 
 @dataclass
@@ -40,18 +41,36 @@ class TrainSummary:
 
 def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Path,
                      on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[TrainSummary, TrainResult]:
-    """Train with ``config``, measure the sharpness, write the ONNX file atomically."""
+    """Train with ``config``, measure the sharpness, write the ONNX file atomically.
+
+    ``dataset`` is a :class:`Dataset` or a spec such as ``"digits"`` (loaded with the
+    config's seed).  Returns the `train --json` summary and the trained model.
+    """
     config.validate()
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, seed=config.seed)
+    _check_split_seed(dataset, config)
+    result = train(dataset, config, on_epoch=on_epoch)
+    return export_trained(result, dataset, out), result
+
+
+def _check_split_seed(dataset: Dataset, config: TrainConfig) -> None:
     if dataset.split_seed is not None and dataset.split_seed != config.seed:
         # the model records config.seed and transfer re-splits with it: a different split would put
         # training samples into the test set and inflate every accuracy reported later
         raise PnnError(f"dataset {dataset.name} was split with seed {dataset.split_seed} but the model is trained "
                        f"with seed {config.seed}; load the dataset with seed={config.seed}")
-    result = train(dataset, config, on_epoch=on_epoch)
-    # what the file holds and every figure is measured on: the model on the nominal chip (for the baseline,
-    # W mapped through the inverse, weights beyond the control range clipped), which onnxruntime reproduces
+
+
+def export_trained(result: TrainResult, dataset: Dataset, out: str | Path) -> TrainSummary:
+    """Export a trained model as ONNX (atomically), with the figures measured on the nominal chip.
+
+    What the file holds and every figure is measured on: the model on the nominal chip (for the
+    baseline, W mapped through the inverse, weights beyond the control range clipped), which
+    onnxruntime reproduces.  ``dataset`` must be the one ``result`` was trained on.
+    """
+    config = result.config
+    _check_split_seed(dataset, config)
     nominal = result.model.to_controls()
     X, y = evaluation_tensors(dataset)
     sharpness = model_sharpness(nominal, X, y)
@@ -73,9 +92,8 @@ def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Pat
         dataset=dataset.name, metrics=metrics, seed=config.seed,
         extra={"config": config.to_dict(), "n_classes": dataset.n_classes},
     )
-    summary = TrainSummary(model=str(out), model_sha256=sha, platform=platform.name, method=config.method,
-                           dataset=dataset.name, train_accuracy=train_acc, test_accuracy=test_acc,
-                           trained_test_accuracy=result.test_accuracy, sharpness=sharpness,
-                           hessian_trace=trace, seconds=result.seconds, clipped_weights=clipped,
-                           config=config.to_dict())
-    return summary, result
+    return TrainSummary(model=str(out), model_sha256=sha, platform=platform.name, method=config.method,
+                        dataset=dataset.name, train_accuracy=train_acc, test_accuracy=test_acc,
+                        trained_test_accuracy=result.test_accuracy, sharpness=sharpness,
+                        hessian_trace=trace, seconds=result.seconds, clipped_weights=clipped,
+                        config=config.to_dict())

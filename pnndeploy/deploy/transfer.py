@@ -8,13 +8,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pnndeploy.data import load_dataset
+from pnndeploy.data.datasets import load_dataset
+from pnndeploy.deploy.mapping import map_model
+from pnndeploy.deploy.stats import fleet_summary, wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
-from pnndeploy.fleet import Conditions, SimulatedFleet
-from pnndeploy.mapping import Deployment, deployment_path, map_model, write_deployment
-from pnndeploy.onnx_io import ExportedModel, load_model
-from pnndeploy.profiles import DeviceProfile, list_profiles, read_profile, resolve_device
-from pnndeploy.stats import fleet_summary, wilson_interval
+from pnndeploy.formats.deployments import Deployment, deployment_path, write_deployment
+from pnndeploy.formats.onnx_io import ExportedModel, load_model
+from pnndeploy.formats.profile_folder import list_profiles, resolve_device
+from pnndeploy.formats.profiles import DeviceProfile, read_profile
+from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
 
 
 @dataclass

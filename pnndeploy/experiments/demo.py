@@ -16,11 +16,11 @@ from typing import Any, Callable
 import numpy as np
 
 from pnndeploy.atomic import write_bytes_atomic
-from pnndeploy.audit import SweepRange, run_audit
-from pnndeploy.data import load_dataset
-from pnndeploy.pipeline import train_and_export
-from pnndeploy.training import TrainConfig
-from pnndeploy.transfer import prepare_fleet, transfer_report
+from pnndeploy.data.datasets import load_dataset
+from pnndeploy.deploy.audit import SweepRange, run_audit
+from pnndeploy.deploy.transfer import prepare_fleet, transfer_report
+from pnndeploy.training.config import TrainConfig
+from pnndeploy.training.pipeline import train_and_export
 
 #: The demo's common accuracy threshold (fraction), the same for every method so they compare.
 DEMO_THRESHOLD = 0.9
@@ -54,7 +54,7 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     ranking can flip on a 360-image test set, an average over seeds is what a lab can rely on.
     Seed s fixes the model's split and initialisation; every model is evaluated on its own test split.
     """
-    from pnndeploy.plots import plot_audit, plot_comparison
+    from pnndeploy.report.plots import plot_audit, plot_comparison
 
     say = status or (lambda text: None)
     out = Path(out_dir)

@@ -25,7 +25,7 @@ import numpy as np
 
 from pnndeploy import __version__
 from pnndeploy.atomic import write_bytes_atomic
-from pnndeploy.data import InputScaling
+from pnndeploy.data.scaling import InputScaling
 from pnndeploy.errors import ModelFileError
 
 FORMAT_VERSION = 1

@@ -18,10 +18,10 @@ from typing import Callable
 
 import numpy as np
 
+from pnndeploy.deploy.transfer import PreparedFleet
 from pnndeploy.errors import ConfigError
-from pnndeploy.fleet import Conditions
-from pnndeploy.fleet_gen import device_rng
-from pnndeploy.transfer import PreparedFleet
+from pnndeploy.simulation.fleet import Conditions
+from pnndeploy.simulation.streams import device_rng
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pnndeploy.errors import PnnError
-from pnndeploy.fleet_gen import device_rng
-from pnndeploy.mapping import Deployment, ring_index
-from pnndeploy.onnx_io import ExportedModel
+from pnndeploy.formats.deployments import Deployment
+from pnndeploy.formats.onnx_io import ExportedModel
+from pnndeploy.formats.profiles import DeviceProfile
 from pnndeploy.platforms import get_platform
-from pnndeploy.profiles import DeviceProfile
+from pnndeploy.platforms.tiling import ring_index
+from pnndeploy.simulation.streams import device_rng
 
 
 @dataclass

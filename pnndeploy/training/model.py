@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pnndeploy.onnx_io import ModelLayer
+from pnndeploy.formats.onnx_io import ModelLayer
 from pnndeploy.platforms import Platform
 
 

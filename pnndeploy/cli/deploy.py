@@ -1,0 +1,150 @@
+"""`pnndeploy transfer` and `pnndeploy audit`: map a model onto chips, measure it, check its drift tolerance."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import click
+
+from pnndeploy.cli.common import check_output_file, fraction, print_json, profiles_option, progress_bar
+from pnndeploy.cli.main import main
+from pnndeploy.errors import PnnError
+
+
+# ------------------------------------------------------------------------------------------- transfer
+def _devices_options(func: Any) -> Any:
+    func = click.option("--device", "devices", multiple=True, metavar="NAME",
+                        help="A device name (repeatable); resolves to PROFILES/NAME.h5.")(func)
+    func = click.option("--fleet", "use_fleet", is_flag=True, help="Every profile in the profiles folder.")(func)
+    func = profiles_option(func)
+    func = click.option("--model", default="models/model.onnx", show_default=True,
+                        type=click.Path(dir_okay=False), help="The ONNX model written by `pnndeploy train`.")(func)
+    func = click.option("--dataset", default=None, metavar="SPEC",
+                        help="Evaluate on this dataset's test split instead of the model's own.")(func)
+    return func
+
+
+@main.command()
+@_devices_options
+@click.option("--temperature-delta", "delta_T", type=float, default=0.0, show_default=True,
+              help="Chip temperature minus calibration temperature, K (every ring shifts by its own k·ΔT).")
+@click.option("--threshold", type=float, default=0.9, show_default=True,
+              help="Accuracy a chip must reach to count towards the yield.")
+@click.option("--min-yield", type=float, default=None,
+              help="Exit with status 1 when the fleet's yield is below this fraction.")
+@click.option("--no-save", is_flag=True, help="Do not write deployments/MODEL@DEVICE.h5 files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md transfer document on stdout.")
+def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
+             delta_T: float, threshold: float, min_yield: float | None, no_save: bool, as_json: bool) -> None:
+    """Map the model onto chip(s) through their calibration and report the accuracy on each.
+
+    \b
+    Examples:
+      pnndeploy transfer --device chipB
+      pnndeploy transfer --fleet --temperature-delta 1 --min-yield 0.9 --json
+    """
+    from pathlib import Path
+
+    from pnndeploy.deploy.transfer import transfer_report
+    from pnndeploy.formats.profile_folder import profiles_dir
+    from pnndeploy.report.tables import render_transfer
+
+    fraction("--threshold", threshold)
+    fraction("--min-yield", min_yield)
+    if not math.isfinite(delta_T):
+        raise PnnError(f"--temperature-delta {delta_T} is not a finite number of kelvin")
+    prepared = _prepare_with_progress(model, devices, use_fleet, profiles_dir(profiles), dataset,
+                                      None if no_save else Path("deployments"))
+    report = transfer_report(prepared, delta_T=delta_T, threshold=threshold)
+    if as_json:
+        print_json(report)
+    else:
+        render_transfer(report)
+    if min_yield is not None and report["fleet"] is None:
+        click.echo("pnndeploy: --min-yield needs at least one simulated chip to evaluate; every chip given is real",
+                   err=True)
+        sys.exit(1)
+    if min_yield is not None and report["fleet"]["yield"] < min_yield:
+        click.echo(f"pnndeploy: yield {report['fleet']['yield']:.3f} is below --min-yield {min_yield}", err=True)
+        sys.exit(1)
+
+
+def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory: Any, dataset: str | None,
+                           save_dir: Any) -> Any:
+    from pnndeploy.deploy.transfer import prepare_fleet
+
+    with progress_bar() as progress:
+        task = progress.add_task("mapping onto chips", total=None)
+        return prepare_fleet(model, devices, use_fleet, directory, dataset, save_dir,
+                             on_device=lambda name: progress.update(task, advance=1,
+                                                                     description=f"mapped {name}"))
+
+
+# ---------------------------------------------------------------------------------------------- audit
+@main.command()
+@_devices_options
+@click.option("--temperature", "temperature", default="-2:2:0.25", show_default=True, metavar="LO:HI:STEP",
+              help="Temperature sweep, K from the calibration temperature (HI included).")
+@click.option("--days", "days", default="0:180:15", show_default=True, metavar="LO:HI:STEP",
+              help="Ageing sweep, days since calibration (HI included).")
+@click.option("--draws", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Random ageing walks per device (the median is reported).")
+@click.option("--threshold", type=float, default=None,
+              help="Accuracy every chip must keep; default: the model's nominal accuracy minus 0.05.")
+@click.option("--require-temperature", type=float, default=1.0, show_default=True, metavar="K",
+              help="Pass only if every chip stays above the threshold within ±K kelvin.")
+@click.option("--require-days", type=float, default=30.0, show_default=True, metavar="D",
+              help="Pass only if every chip stays above the threshold for D days after calibration.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write accuracy-vs-drift plots (PNG).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a Markdown report (tables, and the plot if --plot is given).")
+@click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md audit document on stdout.")
+def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
+          temperature: str, days: str, draws: int, threshold: float | None, require_temperature: float,
+          require_days: float, plot: str | None, report_path: str | None, as_json: bool) -> None:
+    """Check drift robustness: accuracy vs temperature and vs days since calibration. Exit 1 when it fails.
+
+    \b
+    Examples:
+      pnndeploy audit --fleet
+      pnndeploy audit --device chipB --temperature -1:1:0.1 --require-temperature 0.5 --plot audit.png
+      pnndeploy audit --fleet --threshold 0.9 --report audit.md --plot audit.png --json
+    """
+    from pnndeploy.deploy.audit import SweepRange, run_audit
+    from pnndeploy.formats.profile_folder import profiles_dir
+    from pnndeploy.report.tables import render_audit
+
+    if plot is not None and not plot.lower().endswith(".png"):
+        raise PnnError(f"--plot {plot}: the audit plot is a PNG; give a file name ending in .png")
+    t_range = SweepRange.parse(temperature, "--temperature")
+    d_range = SweepRange.parse(days, "--days")
+    fraction("--threshold", threshold)
+    if plot:
+        check_output_file(plot, "--plot", "audit.png")
+    if report_path:
+        check_output_file(report_path, "--report", "audit.md")
+    prepared = _prepare_with_progress(model, devices, use_fleet, profiles_dir(profiles), dataset, None)
+    total = len(t_range.values((0.0, -require_temperature, require_temperature))) \
+        + draws * len(d_range.values((0.0, require_days)))
+    with progress_bar() as progress:
+        task = progress.add_task("sweeping temperature and ageing", total=total)
+        doc = run_audit(prepared, t_range, d_range, threshold=threshold, require_temperature=require_temperature,
+                        require_days=require_days, draws=draws, progress=lambda n: progress.advance(task, n))
+    if plot:
+        from pnndeploy.report.plots import plot_audit
+
+        plot_audit(doc, plot)
+        doc["plot"] = plot
+    if report_path:
+        from pnndeploy.report.tables import write_audit_markdown
+
+        write_audit_markdown(doc, report_path, plot)
+        doc["report"] = report_path
+    if as_json:
+        print_json(doc)
+    else:
+        render_audit(doc)
+    if not doc["passed"]:
+        sys.exit(1)

@@ -1,0 +1,129 @@
+"""`pnndeploy fleet make|list` and `pnndeploy profile show|validate`: simulated chips and their profiles."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pnndeploy.cli.common import check_output_dir, print_json, profiles_option, progress_bar
+from pnndeploy.cli.main import main
+from pnndeploy.errors import PnnError
+
+
+# ---------------------------------------------------------------------------------------------- fleet
+@main.group()
+def fleet() -> None:
+    """Simulated chips: generate a fleet from a process spec, list the profiles."""
+
+
+@fleet.command("make")
+@click.option("--process", "process_path", default="device_profiles/process.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="Process spec (YAML) with the spreads of every quantity.")
+@click.option("--count", type=click.IntRange(1, 10000), default=8, show_default=True, help="Number of chips.")
+@click.option("--prefix", default="chip", show_default=True, help="Chip names: PREFIX + A, B, … Z, AA, …")
+@click.option("--out", "out_dir", default="device_profiles", show_default=True, help="Folder to write them to.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Fleet seed; each chip draws from its own stream derived from it and its name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def fleet_make(process_path: str, count: int, prefix: str, out_dir: str, seed: int, as_json: bool) -> None:
+    """Generate simulated chips (fabrication truth + calibration) as HDF5 profiles.
+
+    \b
+    Example:
+      pnndeploy fleet make --count 64 --prefix lot7- --out profiles/lot7 --seed 3
+    """
+    from pnndeploy.formats.process_spec import load_process
+    from pnndeploy.formats.profile_folder import check_device_name
+    from pnndeploy.simulation.fabrication import chip_names, make_fleet
+
+    for name in dict.fromkeys(chip_names(1, prefix) + chip_names(count, prefix)[-1:]):
+        try:
+            check_device_name(name)
+        except PnnError as exc:
+            reason = str(exc).split(";")[0]
+            shown = prefix if len(prefix) <= 40 else prefix[:40] + "..."
+            raise PnnError(f"--prefix {shown!r} makes chip names that are refused ({reason}); "
+                           "use letters, digits, '_', '.' or '-', e.g. --prefix lot7-") from None
+    process = load_process(process_path)
+    check_output_dir(out_dir, "--out")
+    with progress_bar() as progress:
+        task = progress.add_task("writing profiles", total=count)
+        paths = make_fleet(process, count, prefix, seed, out_dir,
+                           progress=lambda i, n, name: progress.update(task, completed=i))
+    if as_json:
+        print_json({"profiles": [str(p) for p in paths], "process": process["name"], "seed": seed})
+    else:
+        click.echo(f"wrote {len(paths)} profiles to {out_dir} ({paths[0].stem} … {paths[-1].stem})")
+
+
+@fleet.command("list")
+@profiles_option
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def fleet_list(profiles: str | None, as_json: bool) -> None:
+    """List the device profiles of the profiles folder.
+
+    \b
+    Example:
+      pnndeploy fleet list --profiles device_profiles
+    """
+    from pnndeploy.formats.profile_folder import list_profiles, profiles_dir
+    from pnndeploy.formats.profiles import profile_summary, read_profile
+    from pnndeploy.report.tables import render_fleet_list
+
+    directory = profiles_dir(profiles)
+    rows = [profile_summary(read_profile(path)) for path in list_profiles(directory)]
+    if as_json:
+        print_json({"profiles_dir": str(directory), "devices": rows})
+    else:
+        render_fleet_list(str(directory), rows)
+
+
+@main.group()
+def profile() -> None:
+    """Look at one device profile: show it, or validate a file."""
+
+
+@profile.command("show")
+@click.argument("name")
+@profiles_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def profile_show(name: str, profiles: str | None, as_json: bool) -> None:
+    """Show a device's array, calibration age and (simulated chips) its calibration error.
+
+    \b
+    Example:
+      pnndeploy profile show chipB
+    """
+    from pnndeploy.formats.profile_folder import profiles_dir, resolve_device
+    from pnndeploy.formats.profiles import profile_summary, read_profile
+    from pnndeploy.report.tables import render_profile
+
+    summary = profile_summary(read_profile(resolve_device(name, profiles_dir(profiles))))
+    if as_json:
+        print_json(summary)
+    else:
+        render_profile(summary)
+
+
+@profile.command("validate")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print {path, valid, problems} as JSON.")
+def profile_validate(path: str, as_json: bool) -> None:
+    """Check a profile file: every problem in one report. Exit 2 when it is invalid.
+
+    \b
+    Example:
+      pnndeploy profile validate device_profiles/chipA.h5
+    """
+    from pnndeploy.formats.profile_schema import validate_profile
+
+    problems = validate_profile(path)
+    if as_json:
+        print_json({"path": path, "valid": not problems, "problems": problems})
+    elif not problems:
+        click.echo(f"{path}: valid")
+    if problems:
+        if not as_json:
+            click.echo(f"pnndeploy: error: profile {path}: " + "; ".join(problems), err=True)
+        sys.exit(2)

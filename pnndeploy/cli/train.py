@@ -1,0 +1,140 @@
+"""`pnndeploy train` and `pnndeploy inspect`: make a model file, and look inside one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pnndeploy.cli.common import check_output_file, print_json, progress_bar
+from pnndeploy.cli.main import main
+from pnndeploy.errors import ConfigError, PnnError
+
+
+# ---------------------------------------------------------------------------------------------- train
+@main.command()
+@click.option("--dataset", default=None, metavar="SPEC",
+              help="digits (default, scikit-learn's handwritten digits), iris, mnist:DIR (IDX files), "
+                   "npz:PATH (arrays X, y, optional X_test, y_test).")
+@click.option("--method", type=click.Choice(["sat", "standard", "noise-aware"]), default=None,
+              help="sat (default): sharpness-aware training on the ring detunings; standard: the paper's "
+                   "baseline, trains W in [-1, 1] directly; noise-aware: Gaussian noise on the detunings.")
+@click.option("--epochs", type=int, default=None, help="Passes over the training set (default 30).")
+@click.option("--batch-size", type=int, default=None, help="Samples per step (default 32).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01).")
+@click.option("--seed", type=int, default=None, help="Seed for the split, the init and the shuffling (default 0).")
+@click.option("--hidden", type=str, default=None, metavar="W[,W...]",
+              help="Hidden layer widths, comma-separated (default 32).")
+@click.option("--rho", type=float, default=None,
+              help="SAT radius: the norm of the perturbation of all detunings together, in nm "
+                   "(relative when --adaptive). Default 0.1. --rho 0 takes the same steps as plain training "
+                   "on the detunings (at twice the cost: both passes still run).")
+@click.option("--adaptive/--no-adaptive", default=None,
+              help="Adaptive SAT (ASAM): scale the perturbation by |detuning| (default off).")
+@click.option("--perturb", type=click.Choice(["onchip", "all"]), default=None,
+              help="Which parameters SAT perturbs: the on-chip controls (default) or also gains and biases.")
+@click.option("--drift-budget", type=float, default=None, metavar="K",
+              help="SAT only: in each ascent step also shift every detuning by the worse of ±k·K "
+                   "(a common-mode temperature change of K kelvin), default 0 (off).")
+@click.option("--sat-every", type=int, default=None, metavar="K",
+              help="Efficient SAT: compute a fresh ascent direction every K steps and reuse it in between "
+                   "(one forward/backward instead of two). Default 1: full SAT; 5 matched its fleet accuracy "
+                   "at 0 K over five seeds at about 0.7x its time (README, Performance).")
+@click.option("--noise", type=float, default=None,
+              help="Std of Gaussian noise on each detuning at every training step, nm: noise-aware "
+                   "(default 0.05) and sat (default 0, off; with --drift-budget it covers random errors too).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of defaults for any of these options; flags given on the command line win.")
+@click.option("--out", default=None, metavar="FILE.onnx", help="Where to write the model (default models/model.onnx).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else there.")
+@click.pass_context
+def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: Any) -> None:
+    """Train one model against the nominal chip and export it as ONNX.
+
+    \b
+    Example:
+      pnndeploy train --method sat --seed 0 --out models/sat.onnx
+      pnndeploy train --method standard --epochs 30 --json
+    """
+    from pnndeploy.training.config import TrainConfig, load_config
+
+    settings: dict[str, Any] = load_config(config_path) if config_path else {}
+    from_file = set(settings)
+    for name, value in flags.items():
+        if value is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            settings[name] = value
+            from_file.discard(name)
+    if isinstance(settings.get("hidden"), str):
+        settings["hidden"] = _parse_widths(settings["hidden"])
+    dataset_spec = settings.pop("dataset", "digits")
+    out = settings.pop("out", "models/model.onnx")
+    config = TrainConfig(**settings)
+    try:
+        config.validate()
+    except ConfigError as exc:
+        # a value that came from the YAML file: name the file and its key, not only the flag
+        text = str(exc)
+        key = next((k for k in sorted(from_file) if text.startswith(f"--{k.replace('_', '-')} ")), None)
+        if key is None:
+            raise
+        raise ConfigError(f"config {config_path}: key '{key}': {text}; fix it in the file or override "
+                          f"it with --{key.replace('_', '-')}") from None
+    check_output_file(out, "--out")
+    summary = _run_training(dataset_spec, config, out)
+    if as_json:
+        print_json(summary.to_json())
+        return
+    from pnndeploy.report.tables import render_train_summary
+
+    render_train_summary(summary)
+
+
+def _parse_widths(text: str) -> list[int]:
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise PnnError(f"--hidden {text!r}: expected comma-separated integers such as 32 or 64,32") from None
+    if not widths:
+        raise PnnError("--hidden is empty: give at least one width, e.g. --hidden 32")
+    return widths
+
+
+def _run_training(dataset_spec: str, config: Any, out: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from pnndeploy.data.datasets import load_dataset
+    from pnndeploy.training.pipeline import train_and_export
+
+    dataset = load_dataset(dataset_spec, seed=config.seed)
+    with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False) as progress:
+        task = progress.add_task(f"train {config.method}", total=config.epochs, status="")
+
+        def on_epoch(record: Any) -> None:
+            progress.update(task, advance=1,
+                            status=f"loss {record.loss:.3f}  train acc {record.train_accuracy:.3f}")
+
+        summary, _ = train_and_export(dataset, config, out, on_epoch=on_epoch)
+    return summary
+
+
+# -------------------------------------------------------------------------------------------- inspect
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata and layers as JSON.")
+def inspect(model: str, as_json: bool) -> None:
+    """Show an exported model's metadata and layers.
+
+    \b
+    Example:
+      pnndeploy inspect models/model.onnx
+    """
+    from pnndeploy.formats.onnx_io import load_model
+    from pnndeploy.report.tables import inspect_document, render_inspect
+
+    exported = load_model(model)
+    doc = inspect_document(exported)
+    if as_json:
+        print_json(doc)
+    else:
+        render_inspect(doc)

@@ -1,0 +1,1 @@
+"""Experiments built from the stages: the demo (and, later, sweeps and their executors)."""

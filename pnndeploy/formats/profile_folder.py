@@ -1,0 +1,98 @@
+"""Where profiles live: the profiles folder, device names, and a name's profile file.
+
+A device name names files (``PROFILES/NAME.h5``, ``deployments/MODEL@NAME.h5``),
+so it is checked to be a plain name, never a path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from pnndeploy.errors import ProfileError
+
+#: Environment variable naming the profiles folder when ``--profiles`` is not given.
+PROFILES_ENV = "PNNDEPLOY_PROFILES"
+DEFAULT_PROFILES_DIR = "device_profiles"
+
+
+def profiles_dir(option: str | os.PathLike[str] | None = None) -> Path:
+    """The profiles folder: ``option`` (``--profiles``), else $PNNDEPLOY_PROFILES, else device_profiles."""
+    if option:
+        return Path(option)
+    env = os.environ.get(PROFILES_ENV)
+    if env:
+        return Path(env)
+    return Path(DEFAULT_PROFILES_DIR)
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME_MAX = 64
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it is a plain device name (not a path); ProfileError otherwise."""
+    hint = ("use a device name such as 'chipA' (see `pnndeploy fleet list`) and pick the folder "
+            "with --profiles")
+    if not isinstance(name, str) or not name:
+        raise ProfileError(f"device name is empty; {hint}")
+    shown = name if len(name) <= 40 else name[:40] + "..."
+    if len(name) > _NAME_MAX:
+        raise ProfileError(f"device name {shown!r} is longer than {_NAME_MAX} characters; {hint}")
+    if "/" in name or "\\" in name or ".." in name:
+        raise ProfileError(f"device name {shown!r} looks like a path, not a name; {hint}")
+    if name.startswith("."):
+        raise ProfileError(f"device name {shown!r} starts with '.'; {hint}")
+    if not _NAME_RE.fullmatch(name):
+        raise ProfileError(f"device name {shown!r} has characters outside A-Z a-z 0-9 _ . -; {hint}")
+    return name
+
+
+def list_profiles(directory: str | os.PathLike[str]) -> list[Path]:
+    """Sorted ``*.h5`` files of ``directory`` (hidden files skipped); ProfileError if it is no folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise ProfileError(
+            f"profiles folder {directory} {what}; pass --profiles DIR, set "
+            f"{PROFILES_ENV}, or create one with `pnndeploy fleet make`")
+    # hidden files are skipped: a writer killed mid-write may leave its temporary .NAME.h5.XXXX.tmp
+    return sorted(p for p in directory.glob("*.h5") if p.is_file() and not p.name.startswith("."))
+
+
+def resolve_device(name: str, directory: str | os.PathLike[str]) -> Path:
+    """``<directory>/<name>.h5`` for a device name; ProfileError if the name is bad or absent."""
+    check_device_name(name)
+    directory = Path(directory)
+    path = directory / f"{name}.h5"
+    # exact names only, also on case-insensitive filesystems
+    if path.is_file() and path.name in os.listdir(directory):
+        return path
+    if not directory.is_dir():
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise ProfileError(
+            f"no profile for device {name!r}: profiles folder {directory} {what}; "
+            f"pass --profiles DIR or set {PROFILES_ENV}, or create a fleet with `pnndeploy fleet make`")
+    known = [p.stem for p in list_profiles(directory)]
+    extra = ""
+    folded = [k for k in known if k.lower() == name.lower()]
+    if name.endswith(".h5") and name[:-3] in known:
+        extra = f"; did you mean {name[:-3]!r}? give the name without .h5"
+    elif folded:
+        extra = f"; did you mean {folded[0]!r}? names are case-sensitive"
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            extra = f"; the closest name is {close[0]!r}"
+    if not known:
+        have = "it holds no profiles"
+    elif len(known) <= 8:
+        have = f"it holds {', '.join(known)}"
+    else:
+        have = f"it holds {len(known)} profiles"
+    raise ProfileError(
+        f"no profile for device {name!r} in {directory} ({have}){extra}; see "
+        f"`pnndeploy fleet list` or pass --profiles DIR")

@@ -1,0 +1,313 @@
+"""The device-profile HDF5 schema (schema_version 1) and its validation: every problem of a file in one list.
+
+Field names come from the platform (``platform.offset_name`` and
+``platform.param_units``), so a new platform needs no change here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import h5py
+import numpy as np
+
+from pnndeploy.errors import PnnError, ProfileError
+from pnndeploy.formats.hdf5 import attr_float, attr_int, attr_str, parse_time
+from pnndeploy.formats.profile_folder import check_device_name
+from pnndeploy.platforms import Platform, get_platform
+
+SCHEMA_VERSION = 1
+
+REGENERATE_HINT = "regenerate it with `pnndeploy fleet make`"
+
+
+class Range(NamedTuple):
+    """An allowed interval of a per-device parameter."""
+
+    lo: float
+    hi: float
+    lo_inclusive: bool = False
+    hi_inclusive: bool = True
+
+    def contains(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values)
+        above = values >= self.lo if self.lo_inclusive else values > self.lo
+        below = values <= self.hi if self.hi_inclusive else values < self.hi
+        return above & below
+
+    def describe(self) -> str:
+        left = "[" if self.lo_inclusive else "("
+        right = "]" if self.hi_inclusive else ")"
+        hi = "inf" if math.isinf(self.hi) else f"{self.hi:g}"
+        return f"{left}{self.lo:g}, {hi}{right}"
+
+    def clip(self, values: np.ndarray) -> np.ndarray:
+        """``values`` moved into the range (open ends by one ulp)."""
+        lo = self.lo if self.lo_inclusive else np.nextafter(self.lo, np.inf)
+        hi = self.hi if self.hi_inclusive else np.nextafter(self.hi, -np.inf)
+        return np.clip(values, lo, hi)
+
+
+#: Fallback physical ranges of per-device parameters, keyed by field name.  A
+#: platform may provide its own ``param_ranges`` mapping (same shape), which wins.
+#: A parameter named in ``platform.param_units`` but in neither table must be > 0.
+PARAM_RANGES: dict[str, Range] = {
+    "gamma": Range(0.0, math.inf, lo_inclusive=False, hi_inclusive=False),
+    "a": Range(0.0, 1.0, lo_inclusive=False, hi_inclusive=True),
+}
+_POSITIVE = Range(0.0, math.inf, lo_inclusive=False, hi_inclusive=False)
+
+
+def param_ranges(platform: Platform) -> dict[str, Range]:
+    """Allowed range of every parameter of ``platform`` (platform table, then fallback, then > 0)."""
+    own = getattr(platform, "param_ranges", None) or {}
+    out: dict[str, Range] = {}
+    for name in platform.param_units:
+        r = own.get(name, PARAM_RANGES.get(name, _POSITIVE))
+        out[name] = r if isinstance(r, Range) else Range(*r)
+    return out
+
+
+# --------------------------------------------------------------------------- units of each field
+
+
+def field_units(platform: Platform) -> dict[str, str]:
+    """Units of every per-device dataset in ``calibration`` / ``fabrication``."""
+    units = {platform.offset_name: platform.control_units}
+    units.update({k: str(v) for k, v in platform.param_units.items()})
+    return units
+
+
+def environment_units(platform: Platform) -> dict[str, str]:
+    u = platform.control_units
+    return {
+        "drift_coefficient": f"{u}/K",
+        "crosstalk": "1",
+        "detector_noise": "1",
+        "dac_bits": "bit",
+        "heater_range": u,
+        "ageing_rate": f"{u}/sqrt(day)",
+    }
+
+
+# --------------------------------------------------------------------------- validate
+
+
+class _Checker:
+    """Collects the problems of one open profile."""
+
+    def __init__(self, f: h5py.File) -> None:
+        self.f = f
+        self.problems: list[str] = []
+
+    def add(self, text: str) -> None:
+        self.problems.append(text)
+
+    def group(self, name: str) -> h5py.Group | None:
+        obj = self.f.get(name)
+        if obj is None:
+            self.add(f"missing group '{name}'")
+            return None
+        if not isinstance(obj, h5py.Group):
+            self.add(f"'{name}' is not a group")
+            return None
+        return obj
+
+    def dataset(self, grp: h5py.Group, name: str, shape: tuple[int, ...] | None,
+                kind: str, units: str | None) -> np.ndarray | None:
+        """Read and check one dataset; ``kind`` is 'float' or 'int'. None when unusable."""
+        where = f"{grp.name.strip('/')}/{name}"
+        obj = grp.get(name)
+        if obj is None:
+            self.add(f"missing dataset '{where}'")
+            return None
+        if not isinstance(obj, h5py.Dataset):
+            self.add(f"'{where}' is not a dataset")
+            return None
+        unit_attr = attr_str(obj, "units")
+        if unit_attr is None:
+            self.add(f"'{where}' has no 'units' attribute (expected {units!r})"
+                     if units is not None else f"'{where}' has no 'units' attribute")
+        elif units is not None and unit_attr != units:
+            self.add(f"'{where}' has units {unit_attr!r}, expected {units!r}")
+        if shape is not None and obj.shape != shape:
+            self.add(f"'{where}' has shape {obj.shape}, expected {shape}")
+        dt = obj.dtype
+        if kind == "float" and dt.kind != "f":
+            self.add(f"'{where}' has dtype {dt}, expected a float")
+            return None
+        if kind == "int" and dt.kind not in "iu":
+            self.add(f"'{where}' has dtype {dt}, expected an integer")
+            return None
+        try:
+            data = np.asarray(obj[()])
+        except (OSError, ValueError, TypeError) as exc:
+            msg = " ".join(str(exc).split())
+            self.add(f"'{where}' cannot be read ({msg}): the file is damaged")
+            return None
+        if kind == "float":
+            bad = int(np.count_nonzero(~np.isfinite(data)))
+            if bad:
+                self.add(f"'{where}' has {bad} non-finite value(s) (NaN or inf)")
+        return data
+
+    def in_range(self, where: str, data: np.ndarray | None, rng: Range, units: str = "") -> None:
+        if data is None:
+            return
+        finite = np.isfinite(data)
+        bad = finite & ~rng.contains(np.where(finite, data, 0.0))
+        count = int(np.count_nonzero(bad))
+        if count:
+            worst = data[bad].flat[0]
+            unit = f" {units}" if units and units != "1" else ""
+            self.add(f"'{where}' has {count} value(s) outside {rng.describe()}{unit} "
+                     f"(e.g. {worst:g})")
+
+
+def validate_profile(path: str | os.PathLike[str]) -> list[str]:
+    """Every problem of the profile at ``path`` (empty list: valid).  Never raises for bad files."""
+    path = Path(path)
+    if not path.exists():
+        return [f"file not found ({REGENERATE_HINT} or check the path)"]
+    if not path.is_file():
+        return ["not a file (a folder?); give the path of a .h5 profile"]
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return [f"the file is empty (0 bytes), e.g. an interrupted copy; {REGENERATE_HINT} or copy it again"]
+        if not h5py.is_hdf5(path):
+            return ["not an HDF5 file (a profile is written by `pnndeploy fleet make`)"]
+        with h5py.File(path, "r") as f:
+            return _validate_open(f)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError,
+            IndexError, OverflowError, UnicodeError) as exc:
+        msg = " ".join(str(exc).split())
+        if "truncated file" in msg:
+            return [f"the file is truncated ({msg}), e.g. an interrupted copy; {REGENERATE_HINT} or copy it again"]
+        return [f"cannot read the file as HDF5 ({msg}); {REGENERATE_HINT}"]
+
+
+def _validate_open(f: h5py.File) -> list[str]:
+    c = _Checker(f)
+
+    # schema version first: a file of another version is judged by nothing else
+    version = attr_int(f, "schema_version")
+    if "schema_version" not in f.attrs:
+        return [f"no 'schema_version' attribute: not a pnndeploy profile; {REGENERATE_HINT}"]
+    if version is None:
+        return [f"'schema_version' is not an integer; {REGENERATE_HINT}"]
+    if version > SCHEMA_VERSION:
+        return [f"schema_version {version} was written by a newer pnndeploy "
+                f"(this one reads {SCHEMA_VERSION}); upgrade pnndeploy"]
+    if version < SCHEMA_VERSION:
+        # there is no older released schema to migrate from: version 1 is the first
+        return [f"schema_version {version} is older than {SCHEMA_VERSION}, the oldest this pnndeploy reads, "
+                f"and no migration exists for it; write it again in schema {SCHEMA_VERSION} from the "
+                f"chip's measurements (or {REGENERATE_HINT} for a simulated chip)"]
+
+    for name in ("device_id", "process", "created"):
+        if attr_str(f, name) is None:
+            c.add(f"missing or non-text root attribute '{name}'")
+    device_id = attr_str(f, "device_id")
+    if device_id is not None:
+        try:
+            check_device_name(device_id)
+        except ProfileError as exc:
+            # the id names the deployment file: a path here would write outside the deployments folder
+            c.add(f"root attribute 'device_id' is not a valid name ({str(exc).split(';')[0]})")
+    created = attr_str(f, "created")
+    if created is not None and parse_time(created) is None:
+        c.add(f"root attribute 'created' ({created!r}) is not an ISO-8601 time with a UTC offset")
+    sim_attr = f.attrs.get("simulated")
+    if sim_attr is None or not isinstance(sim_attr, (bool, np.bool_)):
+        c.add("missing or non-boolean root attribute 'simulated'")
+        simulated = None
+    else:
+        simulated = bool(sim_attr)
+
+    platform: Platform | None = None
+    platform_name = attr_str(f, "platform")
+    if platform_name is None:
+        c.add("missing or non-text root attribute 'platform'")
+    else:
+        try:
+            platform = get_platform(platform_name)
+        except PnnError:
+            from pnndeploy.platforms import PLATFORMS
+
+            shown = platform_name if len(platform_name) <= 40 else platform_name[:40] + "..."
+            c.add(f"platform {shown!r} is unknown to this pnndeploy (it knows {', '.join(sorted(PLATFORMS))}); "
+                  "use a profile of the model's platform, or upgrade pnndeploy if the profile is newer")
+
+    # layout
+    shape: tuple[int, int] | None = None
+    layout = c.group("layout")
+    if layout is not None:
+        rows, cols = attr_int(layout, "rows"), attr_int(layout, "cols")
+        if rows is None or cols is None:
+            c.add("'layout' needs integer attributes 'rows' and 'cols'")
+        elif rows < 1 or cols < 1:
+            c.add(f"'layout' rows={rows}, cols={cols}: both must be >= 1")
+        else:
+            shape = (rows, cols)
+
+    # per-device fields
+    has_fab = "fabrication" in f
+    if simulated is True and not has_fab:
+        c.add("simulated is true but the 'fabrication' group (the truth) is missing")
+    if simulated is False and has_fab:
+        c.add("simulated is false but a 'fabrication' group is present")
+    sections = ["calibration"] + (["fabrication"] if has_fab else [])
+    for section in sections:
+        grp = c.group(section)
+        if grp is None:
+            continue
+        if section == "calibration":
+            measured = attr_str(grp, "measured_at")
+            if measured is None:
+                c.add("'calibration' has no text attribute 'measured_at'")
+            elif parse_time(measured) is None:
+                c.add(f"'calibration' measured_at ({measured!r}) is not an ISO-8601 time "
+                      "with a UTC offset")
+            temp = attr_float(grp, "temperature_C")
+            if temp is None or not math.isfinite(temp):
+                c.add("'calibration' has no finite number attribute 'temperature_C'")
+        if platform is None:
+            continue
+        ranges = param_ranges(platform)
+        for name, units in field_units(platform).items():
+            data = c.dataset(grp, name, shape, "float", units)
+            if name in ranges:
+                c.in_range(f"{section}/{name}", data, ranges[name], units)
+
+    # environment
+    env = c.group("environment")
+    if env is not None:
+        eu = environment_units(platform) if platform is not None else {}
+        c.dataset(env, "drift_coefficient", shape, "float", eu.get("drift_coefficient"))
+        xt = c.dataset(env, "crosstalk", (), "float", eu.get("crosstalk"))
+        c.in_range("environment/crosstalk", xt, Range(0.0, 0.5, True, False))
+        noise = c.dataset(env, "detector_noise", (), "float", eu.get("detector_noise"))
+        c.in_range("environment/detector_noise", noise, Range(0.0, math.inf, True, False))
+        bits = c.dataset(env, "dac_bits", (), "int", eu.get("dac_bits"))
+        if bits is not None and bits.shape == () and not 1 <= int(bits) <= 32:
+            c.add(f"'environment/dac_bits' is {int(bits)}, expected 1..32")
+        hr = c.dataset(env, "heater_range", (2,), "float", eu.get("heater_range"))
+        if hr is not None and hr.shape == (2,) and np.all(np.isfinite(hr)):
+            with np.errstate(all="ignore"):
+                span = float(hr[1]) - float(hr[0])
+            if not hr[0] < hr[1]:
+                c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] needs low < high")
+            elif not math.isfinite(span):
+                c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] spans more than a float can hold")
+            elif bits is not None and bits.shape == () and 1 <= int(bits) <= 32 \
+                    and not span / (2 ** int(bits) - 1) > 0:
+                c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] is too narrow for "
+                      f"{int(bits)} DAC bits (the step would be 0)")
+        age = c.dataset(env, "ageing_rate", (), "float", eu.get("ageing_rate"))
+        c.in_range("environment/ageing_rate", age, Range(0.0, math.inf, True, False))
+
+    return c.problems

@@ -1,0 +1,264 @@
+"""Device profiles: one HDF5 file per chip (schema_version 1).
+
+A profile holds what the lab knows about one chip:
+
+* ``calibration``: the measured per-device offset and transfer-function
+  parameters (what the mapper uses), with the time and temperature of the
+  measurement;
+* ``environment``: per-device drift coefficients and per-chip noise, crosstalk,
+  DAC resolution, heater range and ageing rate;
+* ``fabrication`` (simulated chips only): the truth the simulator evaluates on.
+
+This module reads, writes and summarises profiles; what a valid file holds is
+:mod:`pnndeploy.formats.profile_schema`, where profiles live is
+:mod:`pnndeploy.formats.profile_folder`.  Files are plain HDF5 (datasets with
+``units`` attributes), readable with h5dump/HDFView.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pnndeploy.atomic import atomic_path
+from pnndeploy.errors import PnnError, ProfileError
+from pnndeploy.formats.hdf5 import HDF5_LIBVER, attr_float, attr_int, attr_str, h5_array_options, parse_time
+from pnndeploy.formats.profile_schema import (
+    REGENERATE_HINT,
+    SCHEMA_VERSION,
+    environment_units,
+    field_units,
+    validate_profile,
+)
+from pnndeploy.platforms import Platform, get_platform
+
+# --------------------------------------------------------------------------- data classes
+
+
+@dataclass
+class Environment:
+    """Per-chip environment: drift, crosstalk, noise, DAC and ageing."""
+
+    drift_coefficient: np.ndarray          # control units per kelvin, (rows, cols)
+    crosstalk: float                       # fraction of a neighbour's heater setting
+    detector_noise: float                  # std of additive weight noise
+    dac_bits: int
+    heater_range: tuple[float, float]      # control units
+    ageing_rate: float                     # control units per sqrt(day)
+
+
+@dataclass
+class DeviceProfile:
+    """Everything known about one chip."""
+
+    device_id: str
+    platform: str
+    process: str
+    created: str
+    shape: tuple[int, int]
+    calibration: dict[str, np.ndarray]
+    calibration_measured_at: str
+    calibration_temperature_C: float
+    environment: Environment
+    fabrication: dict[str, np.ndarray] | None = None
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def simulated(self) -> bool:
+        """True when the profile carries a fabrication truth (a simulated chip)."""
+        return self.fabrication is not None
+
+    @property
+    def rings(self) -> int:
+        return int(self.shape[0] * self.shape[1])
+
+
+# --------------------------------------------------------------------------- write
+
+
+def _write_array(group: h5py.Group, name: str, data: Any, units: str, dtype: Any) -> None:
+    array = np.asarray(data, dtype=dtype)
+    ds = group.create_dataset(name, data=array, **h5_array_options(array))
+    ds.attrs["units"] = units
+
+
+def write_profile(profile: DeviceProfile, path: str | os.PathLike[str]) -> None:
+    """Write ``profile`` to ``path`` atomically; refuse (ProfileError) to write an invalid profile."""
+    path = Path(path)
+    try:
+        platform = get_platform(profile.platform)
+    except PnnError as exc:
+        raise ProfileError(f"cannot write profile {path}: {exc}") from None
+    fields = field_units(platform)
+    env_units = environment_units(platform)
+    rows, cols = (int(n) for n in profile.shape)
+    try:
+        _write_profile_file(profile, path, platform, fields, env_units, rows, cols)
+    except OSError as exc:
+        raise ProfileError(f"cannot write profile {path}: {exc.strerror or exc}; check that the folder "
+                           "is writable and has free space") from None
+
+
+def _write_profile_file(profile: DeviceProfile, path: Path, platform: Platform, fields: dict[str, str],
+                        env_units: dict[str, str], rows: int, cols: int) -> None:
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", libver=HDF5_LIBVER) as f:
+            f.attrs["schema_version"] = np.int64(profile.schema_version)
+            f.attrs["device_id"] = str(profile.device_id)
+            f.attrs["platform"] = str(profile.platform)
+            f.attrs["process"] = str(profile.process)
+            f.attrs["created"] = str(profile.created)
+            f.attrs["simulated"] = np.bool_(profile.simulated)
+
+            layout = f.create_group("layout")
+            layout.attrs["rows"] = np.int64(rows)
+            layout.attrs["cols"] = np.int64(cols)
+
+            sections = [("calibration", profile.calibration)]
+            if profile.fabrication is not None:
+                sections.insert(0, ("fabrication", profile.fabrication))
+            for section, values in sections:
+                grp = f.create_group(section)
+                missing = [k for k in fields if k not in values]
+                if missing:
+                    raise ProfileError(
+                        f"cannot write profile {path}: {section} lacks {', '.join(missing)} "
+                        f"(platform {platform.name} needs {', '.join(fields)})")
+                for name, units in fields.items():
+                    _write_array(grp, name, values[name], units, np.float64)
+                if section == "calibration":
+                    grp.attrs["measured_at"] = str(profile.calibration_measured_at)
+                    grp.attrs["temperature_C"] = np.float64(profile.calibration_temperature_C)
+
+            env = profile.environment
+            grp = f.create_group("environment")
+            _write_array(grp, "drift_coefficient", env.drift_coefficient,
+                         env_units["drift_coefficient"], np.float64)
+            _write_array(grp, "crosstalk", env.crosstalk, env_units["crosstalk"], np.float64)
+            _write_array(grp, "detector_noise", env.detector_noise, env_units["detector_noise"],
+                         np.float64)
+            _write_array(grp, "dac_bits", int(env.dac_bits), env_units["dac_bits"], np.int64)
+            _write_array(grp, "heater_range", tuple(env.heater_range), env_units["heater_range"],
+                         np.float64)
+            _write_array(grp, "ageing_rate", env.ageing_rate, env_units["ageing_rate"], np.float64)
+
+        problems = validate_profile(tmp)
+        if problems:
+            raise ProfileError(f"refusing to write invalid profile {path}: {'; '.join(problems)}")
+
+
+# --------------------------------------------------------------------------- read
+
+
+def read_profile(path: str | os.PathLike[str]) -> DeviceProfile:
+    """Read a valid profile; ProfileError listing every problem otherwise."""
+    path = Path(path)
+    problems = validate_profile(path)
+    if problems:
+        text = "; ".join(problems)
+        if not any(w in text for w in ("upgrade", "regenerate", "fleet make")):
+            text += f"; fix these or {REGENERATE_HINT}"
+        raise ProfileError(f"profile {path}: {text}")
+    try:
+        with h5py.File(path, "r") as f:
+            platform = get_platform(attr_str(f, "platform") or "")
+            fields = list(field_units(platform))
+            cal = f["calibration"]
+            calibration = {k: np.asarray(cal[k][()], dtype=np.float64) for k in fields}
+            fabrication = None
+            if "fabrication" in f:
+                fab = f["fabrication"]
+                fabrication = {k: np.asarray(fab[k][()], dtype=np.float64) for k in fields}
+            e = f["environment"]
+            hr = np.asarray(e["heater_range"][()], dtype=np.float64)
+            environment = Environment(
+                drift_coefficient=np.asarray(e["drift_coefficient"][()], dtype=np.float64),
+                crosstalk=float(e["crosstalk"][()]),
+                detector_noise=float(e["detector_noise"][()]),
+                dac_bits=int(e["dac_bits"][()]),
+                heater_range=(float(hr[0]), float(hr[1])),
+                ageing_rate=float(e["ageing_rate"][()]),
+            )
+            return DeviceProfile(
+                device_id=attr_str(f, "device_id") or "",
+                platform=platform.name,
+                process=attr_str(f, "process") or "",
+                created=attr_str(f, "created") or "",
+                shape=(int(f["layout"].attrs["rows"]), int(f["layout"].attrs["cols"])),
+                calibration=calibration,
+                calibration_measured_at=attr_str(cal, "measured_at") or "",
+                calibration_temperature_C=float(attr_float(cal, "temperature_C")),
+                environment=environment,
+                fabrication=fabrication,
+                schema_version=int(attr_int(f, "schema_version")),
+            )
+    except (OSError, KeyError, ValueError, TypeError) as exc:  # file changed under us
+        msg = " ".join(str(exc).split())
+        raise ProfileError(f"profile {path}: cannot be read ({msg}); {REGENERATE_HINT}") from None
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def calibration_age_days(profile: DeviceProfile, now: datetime | None = None) -> float | None:
+    """Days since the calibration was measured (None if the time cannot be parsed)."""
+    measured = parse_time(profile.calibration_measured_at)
+    if measured is None:
+        return None
+    now = now or datetime.now(timezone.utc)
+    return (now - measured).total_seconds() / 86400.0
+
+
+def _stats(values: np.ndarray, units: str) -> dict[str, Any]:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std()), "max_abs": float(np.abs(v).max()),
+            "units": units}
+
+
+def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict[str, Any]:
+    """JSON-ready facts about a profile (for `pnndeploy profile show`)."""
+    platform = get_platform(profile.platform)
+    fields = field_units(platform)
+    env_units = environment_units(platform)
+    env = profile.environment
+    out: dict[str, Any] = {
+        "device_id": profile.device_id,
+        "platform": profile.platform,
+        "process": profile.process,
+        "schema_version": int(profile.schema_version),
+        "created": profile.created,
+        "simulated": profile.simulated,
+        "array": [int(profile.shape[0]), int(profile.shape[1])],
+        "rings": profile.rings,
+        "calibration": {
+            "measured_at": profile.calibration_measured_at,
+            "temperature_C": float(profile.calibration_temperature_C),
+            "fields": {k: _stats(profile.calibration[k], u) for k, u in fields.items()},
+        },
+        "calibration_age_days": calibration_age_days(profile, now),
+        "environment": {
+            "crosstalk": float(env.crosstalk),
+            "detector_noise": float(env.detector_noise),
+            "dac_bits": int(env.dac_bits),
+            "heater_range": [float(env.heater_range[0]), float(env.heater_range[1])],
+            "ageing_rate": float(env.ageing_rate),
+            "drift_coefficient": _stats(env.drift_coefficient, env_units["drift_coefficient"]),
+        },
+        "environment_units": {k: u for k, u in env_units.items() if k != "drift_coefficient"},
+    }
+    if profile.fabrication is not None:
+        out["calibration_error"] = {
+            k: _stats(np.asarray(profile.calibration[k]) - np.asarray(profile.fabrication[k]), u)
+            for k, u in fields.items()
+        }
+    return out
+
+
+__all__ = ["Environment", "DeviceProfile", "write_profile", "read_profile", "calibration_age_days",
+           "profile_summary"]

@@ -1,0 +1,158 @@
+"""The settings of one training run: :class:`TrainConfig`, its checks, and YAML configs for `train`.
+
+YAML is read with safe_load only; every key must be known and every value of the right type.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pnndeploy.errors import ConfigError
+from pnndeploy.formats.yamlio import read_yaml_file
+from pnndeploy.platforms import get_platform
+
+METHODS = ("standard", "noise-aware", "sat")
+#: noise-aware's default noise on the controls, nm (the default fleet's calibration error is 0.05 nm).
+DEFAULT_NOISE = 0.05
+PERTURB_CHOICES = ("onchip", "all")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run (what ``--config FILE.yaml`` may set)."""
+
+    method: str = "sat"
+    platform: str = "mrr"
+    hidden: list[int] = field(default_factory=lambda: [32])
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.01
+    seed: int = 0
+    rho: float = 0.1
+    adaptive: bool = False
+    #: Std (nm) of Gaussian noise on every control at each training forward.  None means the
+    #: method's default: 0.05 nm for noise-aware, 0 (off) for SAT; the baseline has no controls.
+    noise: float | None = None
+    perturb: str = "onchip"
+    drift_budget: float = 0.0
+    sat_every: int = 1
+
+    def validate(self) -> None:
+        """Refuse settings that would train nonsense, with the flag to change."""
+        for name in ("lr", "rho", "noise", "drift_budget"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number (got {getattr(self, name)})")
+        if self.method not in METHODS:
+            raise ConfigError(f"--method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if self.perturb not in PERTURB_CHOICES:
+            raise ConfigError(f"perturb {self.perturb!r} is unknown; use one of {', '.join(PERTURB_CHOICES)}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.sat_every < 1:
+            raise ConfigError(f"--sat-every must be at least 1 (got {self.sat_every})")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive (got {self.lr})")
+        if not self.rho >= 0:
+            raise ConfigError(f"--rho must be 0 or more (got {self.rho})")
+        if not self.drift_budget >= 0:
+            raise ConfigError(f"--drift-budget must be 0 or more kelvin (got {self.drift_budget})")
+        if self.method != "sat":
+            defaults = TrainConfig()
+            for name in ("rho", "adaptive", "perturb", "drift_budget", "sat_every"):
+                if getattr(self, name) != getattr(defaults, name):
+                    flag = "--" + name.replace("_", "-")
+                    raise ConfigError(f"{flag} is a setting of SAT's ascent step and --method {self.method} "
+                                      f"would ignore it; use it with --method sat, or drop it")
+        if self.noise is not None and not self.noise >= 0:
+            raise ConfigError(f"--noise must be 0 or more nm (got {self.noise})")
+        if self.noise and self.method == "standard":
+            raise ConfigError("--noise perturbs the detunings, which --method standard does not train; "
+                              "use --method noise-aware or sat")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden must be positive widths (got {self.hidden})")
+        get_platform(self.platform)
+
+    @property
+    def control_noise(self) -> float:
+        """The noise actually used (nm): the given value or the method's default."""
+        if self.noise is not None:
+            return self.noise
+        return DEFAULT_NOISE if self.method == "noise-aware" else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "noise": self.control_noise}
+
+
+#: Keys a train config may hold beyond TrainConfig's fields.
+EXTRA_KEYS = {"dataset": str, "out": str}
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig)} | EXTRA_KEYS
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a train config; unknown keys, wrong types and Python-object tags are refused."""
+    path = Path(path)
+    where = f"config {path}"
+    data = read_yaml_file(path, where, "check the --config path")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+    types = _field_types()
+    result: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in types:
+            close = difflib.get_close_matches(str(key), list(types), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(types))}"
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+        result[key] = _coerce(where, key, value, types[key])
+    return result
+
+
+def _coerce(where: str, key: str, value: Any, kind: Any) -> Any:
+    """Check a value against the field type; ints are accepted where floats are expected."""
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
+
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind):
+        if value is None:
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if kind is float:
+        if isinstance(value, str):      # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a finite number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if typing.get_origin(kind) is list:
+        items = value if isinstance(value, list) else [value]
+        if not items or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+            raise bad("an integer or a list of integers")
+        return list(items)
+    raise bad(str(kind))

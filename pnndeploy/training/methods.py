@@ -1,0 +1,155 @@
+"""Training methods: the paper's baseline, noise-aware training, and sharpness-aware training (SAT).
+
+The baseline (``standard``) trains the weights W and maps them through the
+inverse transfer function at export; noise-aware and SAT train the on-chip
+controls themselves.  SAT's step is :class:`~pnndeploy.training.sat.SharpnessAwareStep`;
+the settings are :class:`~pnndeploy.training.config.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pnndeploy.data.datasets import Dataset
+from pnndeploy.errors import PnnError
+from pnndeploy.platforms import get_platform
+from pnndeploy.training.config import TrainConfig
+from pnndeploy.training.model import PNN, accuracy
+from pnndeploy.training.sat import SharpnessAwareStep
+
+
+class TrainingDiverged(PnnError):
+    """The loss became NaN or infinite: the settings, not the data, are at fault."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: PNN
+    config: TrainConfig
+    history: list[EpochRecord]
+    train_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+
+def build_model(config: TrainConfig, n_features: int, n_classes: int) -> PNN:
+    """The PNN for this config: controls for noise-aware and SAT, weights for the baseline."""
+    platform = get_platform(config.platform)
+    sizes = [n_features, *config.hidden, n_classes]
+    parameterisation = "weights" if config.method == "standard" else "controls"
+    return PNN(sizes, platform, seed=config.seed, parameterisation=parameterisation)
+
+
+def _perturbed_params(model: PNN, perturb: str) -> list[nn.Parameter]:
+    params = model.onchip_parameters() if perturb == "onchip" else list(model.parameters())
+    return [p for p in params if p.requires_grad]
+
+
+def train(dataset: Dataset, config: TrainConfig,
+          on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+    """Train one model on ``dataset`` with ``config``; deterministic for a given seed.
+
+    Runs on one intra-op thread: the layers are small, so extra threads only
+    add synchronisation, and on a busy machine their spin-waiting made a
+    1 s training take tens of seconds.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(dataset, config, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(dataset: Dataset, config: TrainConfig,
+           on_epoch: Callable[[EpochRecord], None] | None) -> TrainResult:
+    config.validate()
+    torch.manual_seed(config.seed)
+    X = torch.from_numpy(dataset.scaling.apply(dataset.X_train))
+    y = torch.from_numpy(dataset.y_train)
+    X_test = torch.from_numpy(dataset.scaling.apply(dataset.X_test))
+    y_test = torch.from_numpy(dataset.y_test)
+
+    model = build_model(config, dataset.n_features, dataset.n_classes)
+    if config.method != "standard":
+        model.set_control_noise(config.control_noise)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sat = None
+    if config.method == "sat":
+        perturbed = _perturbed_params(model, config.perturb)
+        onchip = {id(p) for p in model.onchip_parameters()}
+        drift = [model.platform.nominal_drift if id(p) in onchip else 0.0 for p in perturbed]
+        sat = SharpnessAwareStep(perturbed, config.rho, config.adaptive, drift=drift,
+                                 drift_budget=config.drift_budget, every=config.sat_every)
+    loss_fn = nn.CrossEntropyLoss()
+    shuffle = torch.Generator().manual_seed(config.seed + 1)
+
+    history: list[EpochRecord] = []
+    start = time.perf_counter()
+    model.train()
+    n = X.shape[0]
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=shuffle)
+        total, correct = 0.0, 0
+        for begin in range(0, n, config.batch_size):
+            idx = order[begin:begin + config.batch_size]
+            xb, yb = X[idx], y[idx]
+            optimizer.zero_grad(set_to_none=True)
+            if sat is not None and not sat.refresh_due():
+                # efficient SAT: one pass at theta + the cached eps, no clean pass
+                sat.reapply()
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                loss.backward()
+                sat.restore()
+            elif sat is not None:
+                # the clean gradient of the perturbed parameters only, straight to the ascent
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                sat.ascend(torch.autograd.grad(loss, sat.params, allow_unused=True))
+                loss_fn(model(xb), yb).backward()
+                sat.restore()
+            else:
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                loss.backward()
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch} (loss {loss_value}); lower --lr "
+                    f"(now {config.lr}) or --rho (now {config.rho})")
+            optimizer.step()
+            model.project()
+            total += loss_value * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+        record = EpochRecord(epoch, total / n, correct / n, time.perf_counter() - t0)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    seconds = time.perf_counter() - start
+    model.eval()
+    model.set_control_noise(0.0)
+    return TrainResult(model, config, history, accuracy(model, X, y), accuracy(model, X_test, y_test),
+                       seconds)
+
+
+def evaluation_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scaled training set as tensors (what sharpness is measured on)."""
+    return (torch.from_numpy(dataset.scaling.apply(dataset.X_train)),
+            torch.from_numpy(np.ascontiguousarray(dataset.y_train)))

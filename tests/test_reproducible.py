@@ -1,0 +1,123 @@
+"""MRR results stay the same, bit for bit, through refactors (round 2's rule).
+
+``tests/data/mrr_golden.json`` holds what four small trainings (one per method
+family) and their transfer onto the shipped fleet gave before the round-2
+regrouping: every epoch's loss, the accuracies, the sharpness, a hash of the
+exported weights, and each chip's accuracy at 0 K and +1 K.  A change that moves
+any of them changed the MRR physics or training, which no refactor may do.
+
+Bit-for-bit equality is asserted on a machine whose torch CPU kernels are the
+recorded ones (the same instruction-set level); elsewhere last-bit differences
+of vectorised kernels are allowed and the figures must agree closely.
+
+Regenerate (only when an issue changes the MRR results on purpose, and say so
+in the commit): ``python tests/test_reproducible.py --write``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "data" / "mrr_golden.json"
+REPO = Path(__file__).resolve().parents[1]
+
+#: Small runs covering every training path: baseline, noise-aware, full SAT, efficient SAT with
+#: every SAT option (drift adversary, noise, adaptive, perturb all).
+RUNS = {
+    "standard": {"method": "standard", "epochs": 3},
+    "noise-aware": {"method": "noise-aware", "epochs": 3, "hidden": [16, 16]},
+    "sat": {"method": "sat", "epochs": 3},
+    "sat-options": {"method": "sat", "epochs": 3, "drift_budget": 1.0, "noise": 0.05, "sat_every": 2,
+                    "adaptive": True, "perturb": "all"},
+}
+
+
+def cpu_capability() -> str:
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def golden_run(tmp: Path) -> dict:
+    """Train, export and transfer each run of RUNS; every figure that must not move.
+
+    On one intra-op thread, as the suite runs (the sharpness, measured outside training, differs in
+    its last bit between thread counts).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _golden_run(tmp)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _golden_run(tmp: Path) -> dict:
+    import onnx
+
+    from pnndeploy import load_dataset, prepare_fleet, train_and_export, transfer_report
+    from pnndeploy.training.config import TrainConfig
+
+    dataset = load_dataset("digits", seed=0)
+    out: dict = {"cpu_capability": cpu_capability(), "runs": {}}
+    for name, settings in RUNS.items():
+        path = tmp / f"{name}.onnx"
+        summary, result = train_and_export(dataset, TrainConfig(**settings), path)
+        weights = hashlib.sha256()
+        for tensor in onnx.load(str(path)).graph.initializer:
+            weights.update(tensor.SerializeToString())
+        prepared = prepare_fleet(path, [], True, REPO / "device_profiles", save_dir=None)
+        fleet = {}
+        for delta_T in (0.0, 1.0):
+            report = transfer_report(prepared, delta_T=delta_T)
+            fleet[str(delta_T)] = {d["device"]: d["accuracy"] for d in report["devices"]}
+        out["runs"][name] = {
+            "losses": [record.loss for record in result.history],
+            "train_accuracy": summary.train_accuracy,
+            "test_accuracy": summary.test_accuracy,
+            "trained_test_accuracy": summary.trained_test_accuracy,
+            "sharpness": summary.sharpness,
+            "hessian_trace": summary.hessian_trace,
+            "clipped_weights": summary.clipped_weights,
+            "weights_sha256": weights.hexdigest(),
+            "fleet_accuracy": fleet,
+        }
+    return out
+
+
+def test_mrr_results_bit_for_bit(tmp_path: Path) -> None:
+    golden = json.loads(GOLDEN.read_text())
+    now = golden_run(tmp_path)
+    assert set(now["runs"]) == set(golden["runs"])
+    exact = now["cpu_capability"] == golden["cpu_capability"]
+    for name, want in golden["runs"].items():
+        got = now["runs"][name]
+        if exact:
+            assert got == want, f"{name}: MRR results moved (was {want}, now {got})"
+            continue
+        assert got["losses"] == pytest.approx(want["losses"], rel=1e-4), name
+        for key in ("train_accuracy", "test_accuracy", "trained_test_accuracy"):
+            assert got[key] == pytest.approx(want[key], abs=2.5 / 360), (name, key)
+        assert got["sharpness"] == pytest.approx(want["sharpness"], rel=1e-2), name
+        for delta_T, chips in want["fleet_accuracy"].items():
+            for chip, acc in chips.items():
+                assert got["fleet_accuracy"][delta_T][chip] == pytest.approx(acc, abs=3.5 / 360), (name, chip)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python tests/test_reproducible.py --write   (regenerates tests/data/mrr_golden.json)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        doc = golden_run(Path(tmp))
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}")
