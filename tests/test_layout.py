@@ -34,7 +34,7 @@ LAYERS = {
     "platforms": 1,
     "errors": 0,
     "atomic": 0,
-    "": 0,            # pnndeploy itself: only __version__ is imported from it inside the package
+    "": 0,            # pnndeploy itself: only __version__ (any other name counts as its module's)
 }
 
 
@@ -49,12 +49,19 @@ def _part(module: str) -> str:
 
 
 def _imports(path: Path, top_level_only: bool = False) -> list[tuple[str, int]]:
-    """(imported pnndeploy module, line) for every import in ``path`` (optionally module level only)."""
+    """(imported pnndeploy module, line) for every import in ``path`` (optionally module level only).
+
+    ``from pnndeploy import NAME`` counts as an import of the module the public API takes NAME from;
+    only ``__version__`` is the package's own (the foundation).
+    """
     tree = ast.parse(path.read_text())
     nodes = tree.body if top_level_only else ast.walk(tree)
     found = []
     for node in nodes:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pnndeploy":
+        if isinstance(node, ast.ImportFrom) and node.module == "pnndeploy":
+            found += [("pnndeploy" if a.name == "__version__" else pnndeploy._API.get(a.name, f"pnndeploy.{a.name}"),
+                       node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pnndeploy":
             found.append((node.module, node.lineno))
             # `from pnndeploy.cli import train` imports the submodule pnndeploy.cli.train
             found += [(f"{node.module}.{a.name}", node.lineno) for a in node.names

@@ -1,10 +1,12 @@
 """The `pnndeploy` command line: parse, call, render; no physics here.
 
-:mod:`pnndeploy.cli.main` holds the command group and its error handling; each
-module beside it adds one command group to it when imported.
+:mod:`pnndeploy.cli.group` holds the ``pnndeploy`` group and its error handling;
+each module beside it adds its commands (or subgroups) to it when imported:
+train.py (train, inspect), fleet.py (fleet, profile), deploy.py (transfer,
+audit), demo.py.
 """
 
 from pnndeploy.cli import demo, deploy, fleet, train  # noqa: E402,F401  (each registers its commands on main)
-from pnndeploy.cli.main import main
+from pnndeploy.cli.group import main
 
 __all__ = ["main"]

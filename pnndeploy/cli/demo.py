@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pnndeploy.cli.common import print_json, profiles_option, progress_bar
-from pnndeploy.cli.main import main
+from pnndeploy.cli.group import main
 
 
 # ----------------------------------------------------------------------------------------------- demo
@@ -36,7 +36,7 @@ def demo(out_dir: str, profiles: str | None, quick: bool, seed: int, seeds: int 
     epochs = 6 if quick else TrainConfig().epochs
     runs = len(DEMO_ENTRIES) * (seeds or (1 if quick else 3))
     with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), transient=False) as progress:
+                      TimeElapsedColumn(), transient=False) as progress:
         task = progress.add_task("demo", total=runs * (epochs + 2))
         doc = run_demo(out_dir, profiles_dir(profiles), quick=quick, seed=seed, seeds=seeds,
                        status=lambda text: progress.update(task, description=text,

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from pnndeploy.cli.common import check_output_file, fraction, print_json, profiles_option, progress_bar
-from pnndeploy.cli.main import main
+from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from pnndeploy.cli.common import check_output_dir, print_json, profiles_option, progress_bar
-from pnndeploy.cli.main import main
+from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
 

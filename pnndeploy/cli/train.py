@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from pnndeploy.cli.common import check_output_file, print_json, progress_bar
-from pnndeploy.cli.main import main
+from pnndeploy.cli.group import main
 from pnndeploy.errors import ConfigError, PnnError
 
 
@@ -107,7 +107,7 @@ def _run_training(dataset_spec: str, config: Any, out: str) -> Any:
 
     dataset = load_dataset(dataset_spec, seed=config.seed)
     with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False) as progress:
+                      TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False) as progress:
         task = progress.add_task(f"train {config.method}", total=config.epochs, status="")
 
         def on_epoch(record: Any) -> None:

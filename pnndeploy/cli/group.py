@@ -1,7 +1,7 @@
 """The `pnndeploy` command group and its error handling: every user-fixable error is one line and exit 2.
 
-The commands live beside this module, one module per command group; they only
-parse, call and render.  Heavy modules (torch, onnx, h5py) are imported inside
+The commands live beside this module, grouped by the stage they face (see
+:mod:`pnndeploy.cli`); they only parse, call and render.  Heavy modules (torch, onnx, h5py) are imported inside
 the commands so that `pnndeploy --help` stays fast.
 """
 
