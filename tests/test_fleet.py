@@ -132,11 +132,11 @@ def test_realised_weights_match_the_transfer_function(model, chips) -> None:
     deployment = map_model(model, profile)
     fleet = SimulatedFleet(model, [profile], [deployment])
     shift = np.random.default_rng(3).normal(0.0, 0.05, size=(1, *profile.shape))
-    for dT, ring_shift in ((0.0, None), (0.7, None), (-1.3, shift)):
-        cond = Conditions(delta_T=dT, ring_shift=ring_shift)
+    for dT, control_shift in ((0.0, None), (0.7, None), (-1.3, shift)):
+        cond = Conditions(delta_T=dT, control_shift=control_shift)
         for k, layer in enumerate(deployment.layers):
             got = fleet.realised_weights(k, slice(0, 1), cond)[0]
-            want = _hand_weights(profile, layer.settings, dT, None if ring_shift is None else ring_shift[0])
+            want = _hand_weights(profile, layer.settings, dT, None if control_shift is None else control_shift[0])
             np.testing.assert_allclose(got, want, rtol=0, atol=2e-5, err_msg=f"layer {k}, dT {dT}")
 
 
@@ -176,13 +176,13 @@ def test_per_chip_temperature_array(model, data, chips) -> None:
     assert np.abs(batched[2] - fleet.realised_weights(0, slice(2, 3), Conditions(eval_seed=2))[0]).max() > 0.05
 
 
-def test_ring_shift_lands_on_the_rings_tiles_only(model, chips) -> None:
+def test_control_shift_lands_on_the_rings_tiles_only(model, chips) -> None:
     profiles = _env(chips[:2], detector_noise=0.0)            # crosstalk left on: it acts on heaters, not shifts
     fleet = _fleet(model, profiles)
     shift = np.zeros((2, *profiles[0].shape))
     shift[1, 3, 5] = 0.2
     base = [fleet.realised_weights(k, slice(0, 2), Conditions()) for k in range(2)]
-    moved = [fleet.realised_weights(k, slice(0, 2), Conditions(ring_shift=shift)) for k in range(2)]
+    moved = [fleet.realised_weights(k, slice(0, 2), Conditions(control_shift=shift)) for k in range(2)]
     np.testing.assert_array_equal(moved[0][0], base[0][0])     # chip 0 untouched
     changed = np.argwhere(moved[0][1] != base[0][1])
     # layer0 is 8 x 64 on a 16 x 16 array: ring (3, 5) holds weights (3, 5), (3, 21), (3, 37), (3, 53)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pnndeploy import __version__
-from pnndeploy.deploy.mapping import map_model, quantise
+from pnndeploy.deploy.mapping import map_model
+from pnndeploy.platforms.base import quantise
 from pnndeploy.deploy.transfer import load_evaluation_data
 from pnndeploy.errors import PnnError, ProfileError
 from pnndeploy.formats.deployments import (

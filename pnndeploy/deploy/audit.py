@@ -1,10 +1,10 @@
 """Drift robustness: accuracy versus temperature and versus days since calibration, per chip and fleet.
 
-* Temperature: every ring shifts by its own ``k * dT``.  The tolerance of a
-  chip is the widest interval around 0 K inside which its accuracy stays at or
-  above the threshold.
-* Ageing: each ring's resonance follows a random walk at the profile's ageing
-  rate (nm/sqrt(day)), drawn from a stream per device and draw.  Accuracy is
+* Temperature: every control device (a ring's resonance, a phase shifter)
+  shifts by its own ``k * dT``.  The tolerance of a chip is the widest interval
+  around 0 K inside which its accuracy stays at or above the threshold.
+* Ageing: each control device follows a random walk at the profile's ageing
+  rate (control units/sqrt(day)), drawn from a stream per device and draw.  Accuracy is
   the median over draws; the time to threshold is the last day on the grid
   before that median curve first falls below the threshold, and the
   recommended recalibration interval is the fleet's smallest.
@@ -73,19 +73,20 @@ AGEING_STREAM = 0x61676531
 
 
 def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: int = 0) -> list[np.ndarray]:
-    """Ring resonance shifts (chips, R, C) at each day: a random walk per ring, stream per device and draw.
+    """Control shifts (chips, *device shape) at each day: a random walk per device, stream per chip and draw.
 
     The walk is drawn in one-day steps up to the last requested day and read
     off (linearly between whole days), so a chip's day-30 shift is the same
     whatever other days the sweep asks for.
     """
-    rows, cols = prepared.require_simulated("an ageing sweep").array
+    fleet = prepared.require_simulated("an ageing sweep")
+    shape = fleet.platform.device_shape(fleet.array)
     horizon = int(math.ceil(max(days))) if days else 0
-    out = [np.zeros((len(prepared.profiles), rows, cols)) for _ in days]
+    out = [np.zeros((len(prepared.profiles), *shape)) for _ in days]
     for d, profile in enumerate(prepared.profiles):
         rng = device_rng(profile.device_id, seed, draw, AGEING_STREAM)
-        steps = profile.environment.ageing_rate * rng.standard_normal((horizon, rows, cols))
-        walk = np.concatenate([np.zeros((1, rows, cols)), np.cumsum(steps, axis=0)])
+        steps = profile.environment.ageing_rate * rng.standard_normal((horizon, *shape))
+        walk = np.concatenate([np.zeros((1, *shape)), np.cumsum(steps, axis=0)])
         for k, day in enumerate(days):
             lo = int(math.floor(day))
             frac = day - lo
@@ -128,7 +129,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
         for k, shift in enumerate(shifts):
             # the same detector-noise draw as the temperature sweep: only the ageing walk varies,
             # so day 0 and 0 K are the same measurement
-            per_draw[draw, :, k] = fleet.accuracy(X, y, Conditions(ring_shift=shift))
+            per_draw[draw, :, k] = fleet.accuracy(X, y, Conditions(control_shift=shift))
             tick(1)
     d_acc = np.median(per_draw, axis=0)
 

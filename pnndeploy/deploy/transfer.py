@@ -148,6 +148,8 @@ def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: fl
             "ci95": list(wilson_interval(a, n)) if a is not None else None,
             "delta_vs_nominal": a - nominal if a is not None else None,
             "clipped_weights": prepared.deployments[k].clipped,
+            # per layer, ||W realised by the calibrated model - W target||_F: the mapping's own error
+            "mapping_residual": [float(layer.residual) for layer in prepared.deployments[k].layers],
             "deployment": prepared.deployment_files[k],
             "calibration_measured_at": profile.calibration_measured_at,
         })

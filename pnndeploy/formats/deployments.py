@@ -24,11 +24,13 @@ DEPLOYMENT_FORMAT = 1
 
 @dataclass
 class LayerDeployment:
-    """Heater settings for one on-chip layer, in the platform's control units."""
+    """Control settings for one on-chip layer, in the platform's control units."""
 
     name: str
-    settings: np.ndarray   # (out, in) float64, quantised
+    settings: np.ndarray   # float64, quantised; (out, in) for a ring bank, per tile and phase for a mesh
     clipped: int           # weights unreachable by the device or by the heater
+    #: ||W realised by the calibrated model - W target||_F (the mapping's own error, before drift and noise).
+    residual: float = float("nan")
 
 
 @dataclass
@@ -77,6 +79,7 @@ def write_deployment(deployment: Deployment, path: str | Path) -> Path:
                     ds.attrs["units"] = deployment.control_units
                     ds.attrs["index"] = index
                     ds.attrs["clipped"] = layer.clipped
+                    ds.attrs["residual"] = np.float64(layer.residual)
     except OSError as exc:
         raise PnnError(f"cannot write deployment {path}: {exc.strerror or exc}; check the folder "
                        "is writable or pass --no-save") from None
@@ -89,7 +92,8 @@ def read_deployment(path: str | Path) -> Deployment:
     try:
         with h5py.File(path, "r") as f:
             ordered = sorted(f["settings"].items(), key=lambda item: int(item[1].attrs["index"]))
-            layers = [LayerDeployment(name, np.asarray(ds[()], dtype=np.float64), int(ds.attrs["clipped"]))
+            layers = [LayerDeployment(name, np.asarray(ds[()], dtype=np.float64), int(ds.attrs["clipped"]),
+                                      float(ds.attrs.get("residual", np.nan)))
                       for name, ds in ordered]
             units = {str(ds.attrs["units"]) for ds in f["settings"].values()}
             return Deployment(

@@ -368,9 +368,11 @@ def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray])
         except (TypeError, KeyError, ValueError, OverflowError, IndexError):
             raise ModelFileError(f"{where}: controls of {weight_name!r} missing or malformed in "
                                  f"{PREFIX}controls; re-export the model") from None
-        if c.shape != w.shape:
+        expected = _control_shape(meta, w.shape)
+        if expected is not None and c.shape != expected:
+            need = "" if expected == w.shape else f" need {expected}"
             raise ModelFileError(f"{where}: controls of {weight_name!r} have shape {c.shape} but the weights "
-                                 f"{w.shape}; the file was edited or corrupted, re-export it")
+                                 f"{w.shape}{need}; the file was edited or corrupted, re-export it")
         for part, values in (("controls", c), ("weight", w), ("gain", arrays["gain"]), ("bias", arrays["bias"])):
             if not np.all(np.isfinite(values)):
                 raise ModelFileError(f"{where}: the {part} of layer {name!r} holds NaN or infinite values; "
@@ -378,6 +380,15 @@ def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray])
         layers.append(ModelLayer(name=name, weight=w, controls=c, gain=arrays["gain"], bias=arrays["bias"]))
         previous_out = out_f
     return layers
+
+
+def _control_shape(meta: dict[str, Any], weight_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The controls' shape the model's platform gives a layer (None for a platform this version lacks)."""
+    from pnndeploy.platforms import PLATFORMS
+
+    platform = PLATFORMS.get(meta.get("platform"))
+    params = meta.get("platform_params") if isinstance(meta.get("platform_params"), dict) else {}
+    return None if platform is None else tuple(platform.control_shape(tuple(weight_shape), params))
 
 
 def onnx_logits(path: str | Path, X_raw: np.ndarray) -> np.ndarray:

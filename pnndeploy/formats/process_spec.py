@@ -20,7 +20,17 @@ from pnndeploy.formats.yamlio import read_yaml_file
 from pnndeploy.platforms import Platform, get_platform
 
 PROCESS_SCHEMA_VERSION = 1
+#: Top-level keys; "ring" stands for the platform's ``device_section`` (the fabricated devices' spreads).
 _TOP_KEYS = ("schema_version", "name", "platform", "array", "ring", "calibration", "environment")
+
+
+def _top_keys(process: Mapping[str, Any]) -> tuple[str, ...]:
+    """The top-level keys of a spec of its platform (the default's when the platform is not known yet)."""
+    try:
+        section = get_platform(process.get("platform")).device_section
+    except (PnnError, TypeError):
+        return _TOP_KEYS
+    return tuple(section if key == "ring" else key for key in _TOP_KEYS)
 
 
 # --------------------------------------------------------------------------- process spec
@@ -106,8 +116,9 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
     if not isinstance(process, Mapping):
         raise ConfigError(f"{source}: must be a YAML mapping with keys {', '.join(_TOP_KEYS)}; "
                           "fix the process file")
-    no_unknown(process, _TOP_KEYS, "")
-    for key in _TOP_KEYS:
+    top_keys = _top_keys(process)
+    no_unknown(process, top_keys, "")
+    for key in top_keys:
         if key not in process:
             raise fail(key, "is missing")
 
@@ -135,22 +146,26 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
             raise fail(f"array.{key}", "is missing")
         if not _is_int(array[key]) or array[key] < 1:
             raise fail(f"array.{key}", f"must be a positive integer, got {array[key]!r}")
+    problem = platform.layout_problem((array["rows"], array["cols"]))
+    if problem:
+        raise fail("array", f"rows={array['rows']}, cols={array['cols']}: {problem}")
 
-    # ring: whatever the platform's fabrication model reads; learn it from a dry run
-    ring = section(process, "ring")
-    for key, value in ring.items():
+    # the devices' section: whatever the platform's fabrication model reads; learn it from a dry run
+    name = platform.device_section
+    devices = section(process, name)
+    for key, value in devices.items():
         if not _is_number(value):
-            raise fail(f"ring.{key}", f"must be a finite number, got {value!r}")
+            raise fail(f"{name}.{key}", f"must be a finite number, got {value!r}")
         if "sigma" in str(key) and value < 0:
-            raise fail(f"ring.{key}", f"is a standard deviation and must be >= 0, got {value!r}")
-    recorder = _RecordingMapping(ring)
+            raise fail(f"{name}.{key}", f"is a standard deviation and must be >= 0, got {value!r}")
+    recorder = _RecordingMapping(devices)
     try:
-        platform.sample_fabrication(recorder, (1, 1), np.random.default_rng(0))
+        platform.sample_fabrication(recorder, platform.minimal_layout, np.random.default_rng(0))
     except KeyError:
-        raise fail(f"ring.{recorder.missing[0]}" if recorder.missing else "ring",
+        raise fail(f"{name}.{recorder.missing[0]}" if recorder.missing else name,
                    f"is missing (platform {platform.name} needs "
                    f"{', '.join(sorted(recorder.used))})") from None
-    no_unknown(ring, sorted(recorder.used), "ring.")
+    no_unknown(devices, sorted(recorder.used), f"{name}.")
 
     cal = section(process, "calibration")
     no_unknown(cal, (names["offset_sigma"], "param_rel_sigma", "temperature_C", "measured_at"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -18,55 +17,19 @@ from pnndeploy.errors import PnnError, ProfileError
 from pnndeploy.formats.hdf5 import attr_float, attr_int, attr_str, parse_time
 from pnndeploy.formats.profile_folder import check_device_name
 from pnndeploy.platforms import Platform, get_platform
+from pnndeploy.platforms.base import POSITIVE, Range
 
 SCHEMA_VERSION = 1
 
 REGENERATE_HINT = "regenerate it with `pnndeploy fleet make`"
 
 
-class Range(NamedTuple):
-    """An allowed interval of a per-device parameter."""
-
-    lo: float
-    hi: float
-    lo_inclusive: bool = False
-    hi_inclusive: bool = True
-
-    def contains(self, values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values)
-        above = values >= self.lo if self.lo_inclusive else values > self.lo
-        below = values <= self.hi if self.hi_inclusive else values < self.hi
-        return above & below
-
-    def describe(self) -> str:
-        left = "[" if self.lo_inclusive else "("
-        right = "]" if self.hi_inclusive else ")"
-        hi = "inf" if math.isinf(self.hi) else f"{self.hi:g}"
-        return f"{left}{self.lo:g}, {hi}{right}"
-
-    def clip(self, values: np.ndarray) -> np.ndarray:
-        """``values`` moved into the range (open ends by one ulp)."""
-        lo = self.lo if self.lo_inclusive else np.nextafter(self.lo, np.inf)
-        hi = self.hi if self.hi_inclusive else np.nextafter(self.hi, -np.inf)
-        return np.clip(values, lo, hi)
-
-
-#: Fallback physical ranges of per-device parameters, keyed by field name.  A
-#: platform may provide its own ``param_ranges`` mapping (same shape), which wins.
-#: A parameter named in ``platform.param_units`` but in neither table must be > 0.
-PARAM_RANGES: dict[str, Range] = {
-    "gamma": Range(0.0, math.inf, lo_inclusive=False, hi_inclusive=False),
-    "a": Range(0.0, 1.0, lo_inclusive=False, hi_inclusive=True),
-}
-_POSITIVE = Range(0.0, math.inf, lo_inclusive=False, hi_inclusive=False)
-
-
 def param_ranges(platform: Platform) -> dict[str, Range]:
-    """Allowed range of every parameter of ``platform`` (platform table, then fallback, then > 0)."""
+    """Allowed range of every parameter of ``platform`` (the platform's table; > 0 when it names none)."""
     own = getattr(platform, "param_ranges", None) or {}
     out: dict[str, Range] = {}
     for name in platform.param_units:
-        r = own.get(name, PARAM_RANGES.get(name, _POSITIVE))
+        r = own.get(name, POSITIVE)
         out[name] = r if isinstance(r, Range) else Range(*r)
     return out
 
@@ -251,6 +214,8 @@ def _validate_open(f: h5py.File) -> list[str]:
             c.add("'layout' needs integer attributes 'rows' and 'cols'")
         elif rows < 1 or cols < 1:
             c.add(f"'layout' rows={rows}, cols={cols}: both must be >= 1")
+        elif platform is not None and platform.layout_problem((rows, cols)):
+            c.add(f"'layout' rows={rows}, cols={cols}: {platform.layout_problem((rows, cols))}")
         else:
             shape = (rows, cols)
 
@@ -279,7 +244,7 @@ def _validate_open(f: h5py.File) -> list[str]:
             continue
         ranges = param_ranges(platform)
         for name, units in field_units(platform).items():
-            data = c.dataset(grp, name, shape, "float", units)
+            data = c.dataset(grp, name, platform.field_shape(name, shape) if shape else None, "float", units)
             if name in ranges:
                 c.in_range(f"{section}/{name}", data, ranges[name], units)
 
@@ -287,7 +252,8 @@ def _validate_open(f: h5py.File) -> list[str]:
     env = c.group("environment")
     if env is not None:
         eu = environment_units(platform) if platform is not None else {}
-        c.dataset(env, "drift_coefficient", shape, "float", eu.get("drift_coefficient"))
+        drift_shape = platform.device_shape(shape) if shape and platform is not None else shape
+        c.dataset(env, "drift_coefficient", drift_shape, "float", eu.get("drift_coefficient"))
         xt = c.dataset(env, "crosstalk", (), "float", eu.get("crosstalk"))
         c.in_range("environment/crosstalk", xt, Range(0.0, 0.5, True, False))
         noise = c.dataset(env, "detector_noise", (), "float", eu.get("detector_noise"))

@@ -75,8 +75,9 @@ class DeviceProfile:
         return self.fabrication is not None
 
     @property
-    def rings(self) -> int:
-        return int(self.shape[0] * self.shape[1])
+    def devices(self) -> int:
+        """Number of control devices (rings, phase shifters) on the chip."""
+        return get_platform(self.platform).device_count(self.shape)
 
 
 # --------------------------------------------------------------------------- write
@@ -235,7 +236,8 @@ def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict
         "created": profile.created,
         "simulated": profile.simulated,
         "array": [int(profile.shape[0]), int(profile.shape[1])],
-        "rings": profile.rings,
+        platform.device_noun: profile.devices,
+        "devices": profile.devices,
         "calibration": {
             "measured_at": profile.calibration_measured_at,
             "temperature_C": float(profile.calibration_temperature_C),

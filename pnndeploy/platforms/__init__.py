@@ -7,6 +7,8 @@ from pnndeploy.platforms.base import Platform
 from pnndeploy.platforms.mrr import MRRPlatform
 
 PLATFORMS: dict[str, Platform] = {"mrr": MRRPlatform()}
+#: The platform of `pnndeploy train` and `fleet make` when none is named.
+DEFAULT_PLATFORM = "mrr"
 
 
 def get_platform(name: str) -> Platform:
@@ -18,4 +20,4 @@ def get_platform(name: str) -> Platform:
         raise PnnError(f"unknown platform {name!r}: this pnndeploy knows {known}") from None
 
 
-__all__ = ["Platform", "MRRPlatform", "PLATFORMS", "get_platform"]
+__all__ = ["Platform", "MRRPlatform", "PLATFORMS", "DEFAULT_PLATFORM", "get_platform"]

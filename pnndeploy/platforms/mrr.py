@@ -14,20 +14,36 @@ common thermal shift moves every ring the same way.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import math
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pnndeploy.platforms.base import Platform
+from pnndeploy.platforms.base import LayerMapping, Platform, Range, quantise
+from pnndeploy.platforms.tiling import ring_index
 
 
 class MRRPlatform(Platform):
-    """Lorentzian microring weight bank with heater-tuned detuning (nm)."""
+    """Lorentzian microring weight bank with heater-tuned detuning (nm): one ring, one control, one weight.
+
+    The elementwise special case of the layer interface: a layer's controls have
+    the layer's shape, and weight (o, i) sits on ring (o mod R, i mod C) of the
+    R x C array (:func:`~pnndeploy.platforms.tiling.ring_index`).
+    """
 
     name = "mrr"
+    description = "a microring weight bank"
     control_units = "nm"
+    control_noun = "detuning"
+    device_noun = "rings"
+    device_section = "ring"
+    profiles_subdir = ""
     offset_name = "resonance_offset"
     param_units = {"gamma": "nm", "a": "1"}
+    param_ranges = {
+        "gamma": Range(0.0, math.inf, lo_inclusive=False, hi_inclusive=False),
+        "a": Range(0.0, 1.0, lo_inclusive=False, hi_inclusive=True),
+    }
     nominal = {"gamma": 0.15, "a": 1.0}
     #: Detunings training may choose (about 17 half-widths).  Kept inside the chips'
     #: heater range (+-3 nm in the default process) so the heater has headroom
@@ -35,6 +51,8 @@ class MRRPlatform(Platform):
     control_range = (-2.5, 2.5)
     #: Typical thermal shift of a resonance, nm/K (silicon rings: about 80 pm/K).
     nominal_drift = 0.080
+    #: noise-aware's default noise on the detunings, nm (the default fleet's calibration error is 0.05 nm).
+    default_noise = 0.05
 
     def transfer(self, control: Any, gamma: Any = 0.15, a: Any = 1.0) -> Any:
         u = control / gamma
@@ -60,6 +78,26 @@ class MRRPlatform(Platform):
         x = gamma * np.sqrt(u2)
         s = np.where(np.asarray(sign) < 0, -1.0, 1.0)
         return np.clip(s * x, lo, hi), np.broadcast_to(reachable, x.shape).copy()
+
+    # ---------------------------------------------------------------------------------------- a layer
+    def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+        return tuple(weight_shape)
+
+    def nominal_weights(self, controls: Any, weight_shape: tuple[int, int] | None = None) -> Any:
+        return self.transfer(controls, **self.nominal)
+
+    def project(self, controls: Any) -> None:
+        """Clamp the detunings to the training range (headroom for the heater to cancel the offsets)."""
+        import torch
+
+        lo, hi = self.control_range
+        with torch.no_grad():
+            controls.clamp_(lo, hi)
+
+    def weights_to_controls(self, weight: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+        """The nominal inverse on the positive branch (the paper's choice); unreachable W are clipped."""
+        x, ok = self.inverse(weight, 1.0, **self.nominal)
+        return x, int((~ok).sum()), np.ones(weight.shape[0])
 
     def init_controls(self, shape: tuple[int, ...], generator: Any, bound: float = 0.9) -> Any:
         """Detunings whose nominal weights are uniform in [-bound, bound].
@@ -92,3 +130,57 @@ class MRRPlatform(Platform):
             "drift_coefficient": drift,
         }
 
+    # ---------------------------------------------------------------------------------------- mapping
+    def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
+                  environment: Any, layout: tuple[int, int],
+                  params: Mapping[str, Any] | None = None) -> LayerMapping:
+        """Per weight: x* = inverse(W; calibrated gamma, a) on the trained branch, h = x* - measured offset,
+        quantised to the DAC; weights beyond the ring's reach or the heater's range are clipped and counted."""
+        ri, ci = ring_index(weight.shape, layout)
+        cal = {k: calibration[k][ri, ci] for k in self.param_units}
+        sign = np.where(controls < 0, -1.0, 1.0)
+        # the heater range, not the training range, limits what the chip can reach
+        target, reachable = self.inverse(weight.astype(np.float64), sign, np.inf, **cal)
+        offset = calibration[self.offset_name][ri, ci]
+        settings, inside = quantise(target - offset, environment.heater_range, environment.dac_bits)
+        realised = self.transfer(settings + offset, **cal)
+        return LayerMapping(settings, int((~(reachable & inside)).sum()),
+                            float(np.linalg.norm(realised - weight.astype(np.float64))))
+
+    # ------------------------------------------------------------------------------------- simulation
+    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray],
+                    profiles: Sequence[Any], layout: tuple[int, int]) -> dict[str, np.ndarray]:
+        """The static detuning of every weight (setting + offset + crosstalk) and the gathered ring truth.
+
+        Crosstalk reaches only the neighbours in the same bank row of the same tile.
+        """
+        f32 = np.float32
+        out_f, in_f = weight_shape
+        ri, ci = ring_index(weight_shape, layout)
+        crosstalk = np.array([p.environment.crosstalk for p in profiles], f32)[:, None, None]
+        h = np.stack(list(settings)).astype(f32)
+        has_left = (ci > 0)[None]
+        has_right = ((ci < layout[1] - 1) & (np.arange(in_f) < in_f - 1)[None, :])[None]
+        neighbours = np.zeros_like(h)
+        neighbours[..., 1:] += np.where(has_left[..., 1:], h[..., :-1], 0.0)
+        neighbours[..., :-1] += np.where(has_right[..., :-1], h[..., 1:], 0.0)
+        offset = np.stack([p.fabrication[self.offset_name][ri, ci] for p in profiles]).astype(f32)
+        state = {
+            "ri": ri, "ci": ci,
+            "static": (h + offset + crosstalk * neighbours).astype(f32),
+            "drift": np.stack([p.environment.drift_coefficient[ri, ci] for p in profiles]).astype(f32),
+        }
+        for name in self.param_units:
+            state[name] = np.stack([p.fabrication[name][ri, ci] for p in profiles]).astype(f32)
+        return state
+
+    def fleet_weights(self, state: dict[str, np.ndarray], chips: slice, delta_T: Any,
+                      control_shift: np.ndarray | None) -> np.ndarray:
+        """x = static + k * dT (+ shift of the weight's ring); W = Lorentzian(x; true gamma, a)."""
+        dT = np.asarray(delta_T, dtype=np.float32)
+        x = state["drift"][chips] * (dT if dT.ndim == 0 else dT[chips, None, None])
+        x += state["static"][chips]
+        if control_shift is not None:
+            x += control_shift[chips][:, state["ri"], state["ci"]].astype(np.float32)
+        W = self.transfer(x, **{name: state[name][chips] for name in self.param_units})
+        return W.astype(np.float32, copy=False)

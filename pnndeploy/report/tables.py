@@ -23,8 +23,11 @@ def pct(value: float | None) -> str:
 
 
 def render_train_summary(summary: Any) -> None:
+    from pnndeploy.platforms import get_platform
+
+    u = get_platform(summary.platform).control_units
     table = Table(title=f"Trained {summary.method} on {summary.dataset} ({summary.platform})")
-    for column in ("train accuracy", "test accuracy", "sharpness λ_max (1/nm²)", "tr H (1/nm²)", "seconds"):
+    for column in ("train accuracy", "test accuracy", f"sharpness λ_max (1/{u}²)", f"tr H (1/{u}²)", "seconds"):
         table.add_column(column, justify="right")
     table.add_row(pct(summary.train_accuracy), pct(summary.test_accuracy), f"{summary.sharpness:.4g}",
                   f"{summary.hessian_trace:.4g}", f"{summary.seconds:.1f}")
@@ -106,7 +109,7 @@ def render_profile(summary: dict[str, Any]) -> None:
     info.add_column("value")
     age = summary.get("calibration_age_days")
     for key, value in (("platform", summary["platform"]), ("process", summary["process"]),
-                       ("array", f"{summary['array'][0]}×{summary['array'][1]} ({summary['rings']} devices)"),
+                       ("array", f"{summary['array'][0]}×{summary['array'][1]} ({summary['devices']} devices)"),
                        ("simulated", "yes (has fabrication truth)" if summary["simulated"] else "no (real chip)"),
                        ("calibrated", f"{summary['calibration']['measured_at']} at "
                                       f"{summary['calibration']['temperature_C']} °C"),

@@ -60,7 +60,7 @@ def generate_chip(process: Mapping[str, Any], device_id: str, seed: int,
     names = process_keys(platform)
     rng = chip_rng(seed, device_id)
 
-    truth = dict(platform.sample_fabrication(process["ring"], shape, rng))
+    truth = dict(platform.sample_fabrication(process[platform.device_section], shape, rng))
     drift = np.asarray(truth.pop("drift_coefficient"), dtype=np.float64)
     fields = [platform.offset_name, *platform.param_units]
     fabrication = {k: np.asarray(truth[k], dtype=np.float64) for k in fields}
@@ -68,11 +68,11 @@ def generate_chip(process: Mapping[str, Any], device_id: str, seed: int,
     # the lab's measurement: same stream, after the truth, fixed order (offset, then params)
     offset = fabrication[platform.offset_name]
     calibration = {platform.offset_name:
-                   offset + float(cal_spec[names["offset_sigma"]]) * rng.standard_normal(shape)}
+                   offset + float(cal_spec[names["offset_sigma"]]) * rng.standard_normal(offset.shape)}
     ranges = param_ranges(platform)
     for k in platform.param_units:
         rel = float(cal_spec["param_rel_sigma"][k])
-        measured = fabrication[k] * (1.0 + rel * rng.standard_normal(shape))
+        measured = fabrication[k] * (1.0 + rel * rng.standard_normal(fabrication[k].shape))
         # a fit is constrained to physical values (e.g. extinction a <= 1)
         calibration[k] = ranges[k].clip(measured)
 

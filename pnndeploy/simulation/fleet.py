@@ -1,16 +1,13 @@
 """Simulated chips: one model, many chips, evaluated in one batched computation over the chip axis.
 
-A simulated chip realises, for every weight on ring (r, c)::
-
-    x = h + offset[r, c] + k[r, c] * dT + shift[r, c] + crosstalk * (h_left + h_right)
-    W = transfer(x; true device parameters[r, c]) + detector noise
-
-with ``h`` the deployed heater setting, ``offset`` and the device parameters
-the fabrication truth, ``k`` the drift coefficient, ``shift`` any extra
-resonance shift (ageing), and the crosstalk from the neighbouring rings of the
-same bank row (same tile).  Detector noise comes from a stream per device and
-per evaluation, and every chip's products have the same shape in any batch,
-so a chip gives the same outputs, bit for bit, alone or in a fleet.
+The platform says how a chip's settings, fabrication truth and drift make the
+weights (:meth:`~pnndeploy.platforms.base.Platform.fleet_weights`; for a ring
+bank ``x = h + offset + k * dT + shift + crosstalk * (h_left + h_right)`` and
+``W = transfer(x; true device parameters)``), computed once per layer for what
+does not change between evaluations.  Detector noise is added here, from a
+stream per device and per evaluation, and every chip's products have the same
+shape in any batch, so a chip gives the same outputs, bit for bit, alone or in
+a fleet.
 
 Everything is float32 numpy; chips are processed in chunks to bound memory.
 """
@@ -27,7 +24,6 @@ from pnndeploy.formats.deployments import Deployment
 from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
 from pnndeploy.platforms import get_platform
-from pnndeploy.platforms.tiling import ring_index
 from pnndeploy.simulation.streams import device_rng
 
 
@@ -36,7 +32,8 @@ class Conditions:
     """What the chips experience during one evaluation."""
 
     delta_T: float | np.ndarray = 0.0        # K since calibration: scalar or one per chip
-    ring_shift: np.ndarray | None = None     # (chips, R, C) extra resonance shift, control units
+    #: (chips, *platform.device_shape(array)) extra shift of every control device (ageing), control units.
+    control_shift: np.ndarray | None = None
     eval_seed: int = 0                       # picks the detector-noise draw
 
 
@@ -56,11 +53,11 @@ def device_stream(device_id: str, eval_seed: int, layer: int) -> np.random.Gener
 class SimulatedFleet:
     """Chips holding one deployed model, stacked along a leading chip axis.
 
-    What does not change between evaluations is computed once: the static
-    control of every weight (setting + offset + crosstalk), the gathered
-    device parameters, and the detector-noise draws of each evaluation seed.
-    An evaluation then costs one multiply-add for the drift, the transfer
-    function, and one matrix product per chip and layer, batched over chips.
+    What does not change between evaluations is computed once: per layer, the
+    platform's static part (for rings: setting + offset + crosstalk of every
+    weight and the gathered device parameters), and the detector-noise draws of
+    each evaluation seed.  An evaluation then costs the platform's drift and
+    transfer step and one matrix product per chip and layer, batched over chips.
     """
 
     def __init__(self, model: ExportedModel, profiles: Sequence[DeviceProfile],
@@ -80,30 +77,12 @@ class SimulatedFleet:
         self.platform = get_platform(model.platform)
         self.device_ids = [p.device_id for p in profiles]
         self.array = profiles[0].shape
-        f32 = np.float32
-        crosstalk = np.array([p.environment.crosstalk for p in profiles], f32)[:, None, None]
-        self.noise_std = np.array([p.environment.detector_noise for p in profiles], f32)[:, None, None]
+        self.noise_std = np.array([p.environment.detector_noise for p in profiles], np.float32)[:, None, None]
         self._noise_cache: dict[int, list[np.ndarray]] = {}
-        self.layers: list[dict[str, np.ndarray]] = []
-        for k, layer in enumerate(model.layers):
-            out_f, in_f = layer.weight.shape
-            ri, ci = ring_index(layer.weight.shape, self.array)
-            h = np.stack([d.layers[k].settings for d in deployments]).astype(f32)
-            # crosstalk reaches only the neighbours in the same bank row of the same tile
-            has_left = (ci > 0)[None]
-            has_right = ((ci < self.array[1] - 1) & (np.arange(in_f) < in_f - 1)[None, :])[None]
-            neighbours = np.zeros_like(h)
-            neighbours[..., 1:] += np.where(has_left[..., 1:], h[..., :-1], 0.0)
-            neighbours[..., :-1] += np.where(has_right[..., :-1], h[..., 1:], 0.0)
-            offset = np.stack([p.fabrication[self.platform.offset_name][ri, ci] for p in profiles]).astype(f32)
-            entry = {
-                "ri": ri, "ci": ci,
-                "static": (h + offset + crosstalk * neighbours).astype(f32),
-                "drift": np.stack([p.environment.drift_coefficient[ri, ci] for p in profiles]).astype(f32),
-            }
-            for name in self.platform.param_units:
-                entry[name] = np.stack([p.fabrication[name][ri, ci] for p in profiles]).astype(f32)
-            self.layers.append(entry)
+        self.layers: list[dict[str, np.ndarray]] = [
+            self.platform.fleet_layer(layer.weight.shape, [d.layers[k].settings for d in deployments], profiles,
+                                      self.array)
+            for k, layer in enumerate(model.layers)]
 
     def __len__(self) -> int:
         return len(self.device_ids)
@@ -124,14 +103,7 @@ class SimulatedFleet:
 
     def realised_weights(self, k: int, chips: slice, conditions: Conditions) -> np.ndarray:
         """Weights of layer ``k`` as the chips in ``chips`` realise them, (chips, out, in)."""
-        L = self.layers[k]
-        dT = np.asarray(conditions.delta_T, dtype=np.float32)
-        x = L["drift"][chips] * (dT if dT.ndim == 0 else dT[chips, None, None])
-        x += L["static"][chips]
-        if conditions.ring_shift is not None:
-            x += conditions.ring_shift[chips][:, L["ri"], L["ci"]].astype(np.float32)
-        W = self.platform.transfer(x, **{name: L[name][chips] for name in self.platform.param_units})
-        W = W.astype(np.float32, copy=False)
+        W = self.platform.fleet_weights(self.layers[k], chips, conditions.delta_T, conditions.control_shift)
         noise = self._noise(conditions.eval_seed)
         if noise is not None:
             W += noise[k][chips]

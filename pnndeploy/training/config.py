@@ -15,11 +15,9 @@ from typing import Any
 
 from pnndeploy.errors import ConfigError
 from pnndeploy.formats.yamlio import read_yaml_file
-from pnndeploy.platforms import get_platform
+from pnndeploy.platforms import DEFAULT_PLATFORM, PLATFORMS, get_platform
 
 METHODS = ("standard", "noise-aware", "sat")
-#: noise-aware's default noise on the controls, nm (the default fleet's calibration error is 0.05 nm).
-DEFAULT_NOISE = 0.05
 PERTURB_CHOICES = ("onchip", "all")
 
 
@@ -28,7 +26,7 @@ class TrainConfig:
     """Every setting of one training run (what ``--config FILE.yaml`` may set)."""
 
     method: str = "sat"
-    platform: str = "mrr"
+    platform: str = DEFAULT_PLATFORM
     hidden: list[int] = field(default_factory=lambda: [32])
     epochs: int = 30
     batch_size: int = 32
@@ -71,10 +69,12 @@ class TrainConfig:
                     flag = "--" + name.replace("_", "-")
                     raise ConfigError(f"{flag} is a setting of SAT's ascent step and --method {self.method} "
                                       f"would ignore it; use it with --method sat, or drop it")
+        known = PLATFORMS.get(self.platform)
+        units, noun = (known.control_units, known.control_noun) if known else ("control units", "control")
         if self.noise is not None and not self.noise >= 0:
-            raise ConfigError(f"--noise must be 0 or more nm (got {self.noise})")
+            raise ConfigError(f"--noise must be 0 or more {units} (got {self.noise})")
         if self.noise and self.method == "standard":
-            raise ConfigError("--noise perturbs the detunings, which --method standard does not train; "
+            raise ConfigError(f"--noise perturbs the {noun}s, which --method standard does not train; "
                               "use --method noise-aware or sat")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden must be positive widths (got {self.hidden})")
@@ -82,10 +82,13 @@ class TrainConfig:
 
     @property
     def control_noise(self) -> float:
-        """The noise actually used (nm): the given value or the method's default."""
+        """The noise actually used (control units): the given value or the method's default.
+
+        noise-aware's default is the platform's (MRR: 0.05 nm, the default fleet's calibration error).
+        """
         if self.noise is not None:
             return self.noise
-        return DEFAULT_NOISE if self.method == "noise-aware" else 0.0
+        return get_platform(self.platform).default_noise if self.method == "noise-aware" else 0.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "noise": self.control_noise}

@@ -1,13 +1,13 @@
 """The physical neural network: on-chip linear layers set by physical controls, digital gains and biases.
 
-Each on-chip layer holds the controls of its devices (ring detunings, in nm for
-the MRR), and its weights are ``W = platform.transfer(controls)`` on the
-nominal device, so ``W`` lies in the device's range by construction.  Around
-the chip, electronics apply a per-output gain and bias and a ReLU.
+Each on-chip layer holds the controls of its devices (ring detunings in nm,
+mesh phases in rad), and its weights are ``W = platform.nominal_weights(controls)``
+on the nominal device, so ``W`` lies in the device's range by construction.
+Around the chip, electronics apply a per-output gain and bias and a ReLU.
 
 The paper's baseline (``standard``) trains ``W`` itself, clamped to [-1, 1];
-:meth:`PNN.to_controls` maps such a model onto controls through the inverse
-transfer function, which is what deploying it to a chip does.
+:meth:`PNN.to_controls` maps such a model onto controls through the platform
+(``weights_to_controls``), which is what deploying it to a chip does.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class OnChipLinear(nn.Module):
                  generator: torch.Generator) -> None:
         super().__init__()
         self.platform = platform
-        self.controls = nn.Parameter(platform.init_controls((out_features, in_features), generator))
+        self.shape = (out_features, in_features)
+        self.controls = nn.Parameter(platform.init_controls(self.shape, generator))
         self.gain = nn.Parameter(torch.full((out_features,), _init_gain(in_features)))
         self.bias = nn.Parameter(torch.zeros(out_features))
         #: Std of Gaussian noise (control units) added to the controls at every forward (noise-aware training).
@@ -40,16 +41,14 @@ class OnChipLinear(nn.Module):
         controls = self.controls
         if self.control_noise > 0 and self.training:
             controls = controls + self.control_noise * torch.randn_like(controls)
-        return self.platform.transfer(controls, **self.platform.nominal)
+        return self.platform.nominal_weights(controls, self.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.weight().T) * self.gain + self.bias
 
     def project(self) -> None:
         """Keep the controls inside what the hardware can set."""
-        lo, hi = self.platform.control_range
-        with torch.no_grad():
-            self.controls.clamp_(lo, hi)
+        self.platform.project(self.controls)
 
 
 class WeightLinear(nn.Module):
@@ -59,8 +58,8 @@ class WeightLinear(nn.Module):
                  generator: torch.Generator) -> None:
         super().__init__()
         self.platform = platform
-        init = platform.transfer(platform.init_controls((out_features, in_features), generator),
-                                 **platform.nominal)
+        shape = (out_features, in_features)
+        init = platform.nominal_weights(platform.init_controls(shape, generator), shape)
         self.W = nn.Parameter(init.clone())
         self.gain = nn.Parameter(torch.full((out_features,), _init_gain(in_features)))
         self.bias = nn.Parameter(torch.zeros(out_features))
@@ -124,9 +123,10 @@ class PNN(nn.Module):
         """This model on the nominal chip, parameterised by controls.
 
         For a control-trained model this is a copy.  For the baseline, each W is
-        mapped through the nominal inverse on the positive branch (the paper's
-        choice); weights beyond the control range are clipped and counted in
-        :attr:`clipped` (a copy keeps the counts of the model it copies).
+        mapped onto controls by the platform (``weights_to_controls``); weights
+        beyond the device's reach are clipped and counted in :attr:`clipped` (a
+        copy keeps the counts of the model it copies), and a row scale the
+        device needs is folded into the digital gain, so the outputs stay.
         """
         out = PNN(self.sizes, self.platform, seed=0, parameterisation="controls")
         out.clipped = list(self.clipped)
@@ -137,10 +137,11 @@ class PNN(nn.Module):
                 if isinstance(src, OnChipLinear):
                     dst.controls.copy_(src.controls)
                 else:
-                    x, ok = self.platform.inverse(src.W.detach().double().numpy(), 1.0,
-                                                  **self.platform.nominal)
+                    x, clipped, row_scale = self.platform.weights_to_controls(src.W.detach().double().numpy())
                     dst.controls.copy_(torch.from_numpy(x).float())
-                    out.clipped[k] = int((~ok).sum())
+                    if np.any(row_scale != 1.0):
+                        dst.gain.mul_(torch.from_numpy(row_scale).float())
+                    out.clipped[k] = clipped
         return out
 
     def export_layers(self) -> list[ModelLayer]:

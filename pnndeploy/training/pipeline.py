@@ -86,8 +86,7 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path) -> Tr
                "clipped_weights": clipped}
     sha = save_model(
         out, layers, dataset.scaling, platform=platform.name,
-        platform_params={**platform.params_dict(), "control_units": platform.control_units,
-                         "control_range": list(platform.control_range)},
+        platform_params=platform.metadata(),
         method=config.method, rho=config.rho if config.method == "sat" else 0.0,
         dataset=dataset.name, metrics=metrics, seed=config.seed,
         extra={"config": config.to_dict(), "n_classes": dataset.n_classes},
