@@ -38,8 +38,7 @@ from pnndeploy.formats.deployments import read_deployment
 from pnndeploy.formats.onnx_io import ModelLayer, load_model, save_model
 from pnndeploy.formats.profile_schema import validate_profile
 from pnndeploy.formats.profiles import read_profile
-from pnndeploy.platforms import PLATFORMS, get_platform
-from pnndeploy.platforms.mrr import MRRPlatform
+from pnndeploy.platforms import get_platform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MRR = get_platform("mrr")
@@ -266,25 +265,20 @@ def test_profile_schema_versions(cli, one_line_error, tiny_fleet_dir, tmp_path):
 
 
 def test_profile_of_an_unknown_platform(cli, one_line_error, tiny_fleet_dir, tmp_path, model_path):
-    folder = copied_profile(tiny_fleet_dir, tmp_path, edit=_attr("/", "platform", "mzi"))
-    line = one_line_error(cli(*transfer_args(model_path, "chipM", folder)), "chipM.h5", "platform 'mzi'")
-    assert "knows mrr" in line and "upgrade pnndeploy" in line
+    folder = copied_profile(tiny_fleet_dir, tmp_path, edit=_attr("/", "platform", "d2nn"))
+    line = one_line_error(cli(*transfer_args(model_path, "chipM", folder)), "chipM.h5", "platform 'd2nn'")
+    assert "knows mrr, mzi" in line and "upgrade pnndeploy" in line
 
 
-class _FakeMZI(MRRPlatform):
-    """A second platform for the test: the MRR physics under another name."""
-
-    name = "mzi"
-
-
-def test_profile_of_another_known_platform_than_the_model(cli, one_line_error, tiny_fleet_dir, tmp_path,
-                                                          model_path, monkeypatch):
+def test_profile_of_another_known_platform_than_the_model(cli, one_line_error, tmp_path, model_path):
+    """An MRR model on an MZI chip: one line, exit 2."""
+    from pnndeploy.formats.process_spec import load_process
     from pnndeploy.formats.profiles import write_profile
+    from pnndeploy.simulation.fabrication import generate_chip
 
-    monkeypatch.setitem(PLATFORMS, "mzi", _FakeMZI())
-    profile = dataclasses.replace(read_profile(tiny_fleet_dir / "chipA.h5"), device_id="chipZ", platform="mzi")
+    process = load_process(Path(__file__).resolve().parents[1] / "device_profiles" / "mzi" / "process.yaml")
     folder = tmp_path / "profiles"
-    write_profile(profile, folder / "chipZ.h5")
+    write_profile(generate_chip(process, "chipZ", seed=0), folder / "chipZ.h5")
     line = one_line_error(cli(*transfer_args(model_path, "chipZ", folder)), "chipZ", "mzi chip")
     assert "trained for mrr" in line and str(model_path) in line
 
@@ -501,8 +495,8 @@ def test_model_with_external_data_is_refused_unread(cli, one_line_error, tmp_pat
 
 
 def test_model_of_an_unknown_platform(cli, one_line_error, tmp_path, model_path, tiny_fleet_dir):
-    path = edited_model(model_path, tmp_path / "mzi.onnx", set_meta("platform", "mzi"))
-    one_line_error(cli(*transfer_args(path, "chipA", tiny_fleet_dir)), "mzi.onnx", "trained for mzi")
+    path = edited_model(model_path, tmp_path / "d2nn.onnx", set_meta("platform", "d2nn"))
+    one_line_error(cli(*transfer_args(path, "chipA", tiny_fleet_dir)), "d2nn.onnx", "trained for d2nn")
 
 
 # =============================================================================================== Datasets

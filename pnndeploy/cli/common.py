@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from pnndeploy.errors import PnnError
+from pnndeploy.platforms import DEFAULT_PLATFORM, PLATFORMS
 
 
 def stderr_console():
@@ -29,9 +30,23 @@ def print_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, allow_nan=False))
 
 
+def _default_fleets() -> str:
+    """Where each platform's default fleet lies, for help texts: "device_profiles (mrr), ..."."""
+    from pathlib import Path
+
+    return ", ".join(f"{Path('device_profiles') / PLATFORMS[name].profiles_subdir} ({name})" for name in sorted(PLATFORMS))
+
+
 profiles_option = click.option(
     "--profiles", "profiles", default=None, metavar="DIR",
-    help="Folder of device profiles (default: $PNNDEPLOY_PROFILES, else device_profiles).")
+    help=f"Folder of device profiles (default: $PNNDEPLOY_PROFILES, else the platform's default fleet: "
+         f"{_default_fleets()}).")
+
+
+def platform_option(what: str) -> Any:
+    """``--platform NAME``, one of the platforms this pnndeploy knows."""
+    return click.option("--platform", type=click.Choice(sorted(PLATFORMS)), default=None,
+                        help=f"{what} (default {DEFAULT_PLATFORM}).")
 
 
 def check_output_file(path: str, flag: str, example: str = "model.onnx") -> None:

@@ -48,14 +48,13 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
     from pathlib import Path
 
     from pnndeploy.deploy.transfer import transfer_report
-    from pnndeploy.formats.profile_folder import profiles_dir
     from pnndeploy.report.tables import render_transfer
 
     fraction("--threshold", threshold)
     fraction("--min-yield", min_yield)
     if not math.isfinite(delta_T):
         raise PnnError(f"--temperature-delta {delta_T} is not a finite number of kelvin")
-    prepared = _prepare_with_progress(model, devices, use_fleet, profiles_dir(profiles), dataset,
+    prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset,
                                       None if no_save else Path("deployments"))
     report = transfer_report(prepared, delta_T=delta_T, threshold=threshold)
     if as_json:
@@ -113,7 +112,6 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
       pnndeploy audit --fleet --threshold 0.9 --report audit.md --plot audit.png --json
     """
     from pnndeploy.deploy.audit import SweepRange, run_audit
-    from pnndeploy.formats.profile_folder import profiles_dir
     from pnndeploy.report.tables import render_audit
 
     if plot is not None and not plot.lower().endswith(".png"):
@@ -125,7 +123,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
         check_output_file(plot, "--plot", "audit.png")
     if report_path:
         check_output_file(report_path, "--report", "audit.md")
-    prepared = _prepare_with_progress(model, devices, use_fleet, profiles_dir(profiles), dataset, None)
+    prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None)
     total = len(t_range.values((0.0, -require_temperature, require_temperature))) \
         + draws * len(d_range.values((0.0, require_days)))
     with progress_bar() as progress:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from pnndeploy.cli.common import check_output_dir, print_json, profiles_option, progress_bar
+from pnndeploy.cli.common import check_output_dir, platform_option, print_json, profiles_option, progress_bar
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
@@ -18,23 +18,30 @@ def fleet() -> None:
 
 
 @fleet.command("make")
-@click.option("--process", "process_path", default="device_profiles/process.yaml", show_default=True,
-              type=click.Path(dir_okay=False), help="Process spec (YAML) with the spreads of every quantity.")
+@platform_option("Platform of the chips: picks the default --process and --out")
+@click.option("--process", "process_path", default=None, type=click.Path(dir_okay=False),
+              help="Process spec (YAML) with the spreads of every quantity (default: the platform's "
+                   "default fleet folder's process.yaml, e.g. device_profiles/process.yaml).")
 @click.option("--count", type=click.IntRange(1, 10000), default=8, show_default=True, help="Number of chips.")
 @click.option("--prefix", default="chip", show_default=True, help="Chip names: PREFIX + A, B, … Z, AA, …")
-@click.option("--out", "out_dir", default="device_profiles", show_default=True, help="Folder to write them to.")
+@click.option("--out", "out_dir", default=None,
+              help="Folder to write them to (default: the platform's default fleet folder, e.g. device_profiles).")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Fleet seed; each chip draws from its own stream derived from it and its name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
-def fleet_make(process_path: str, count: int, prefix: str, out_dir: str, seed: int, as_json: bool) -> None:
+def fleet_make(platform: str | None, process_path: str | None, count: int, prefix: str, out_dir: str | None,
+               seed: int, as_json: bool) -> None:
     """Generate simulated chips (fabrication truth + calibration) as HDF5 profiles.
 
     \b
     Example:
       pnndeploy fleet make --count 64 --prefix lot7- --out profiles/lot7 --seed 3
     """
+    from pathlib import Path
+
     from pnndeploy.formats.process_spec import load_process
     from pnndeploy.formats.profile_folder import check_device_name
+    from pnndeploy.platforms import DEFAULT_PLATFORM, get_platform
     from pnndeploy.simulation.fabrication import chip_names, make_fleet
 
     for name in dict.fromkeys(chip_names(1, prefix) + chip_names(count, prefix)[-1:]):
@@ -45,7 +52,13 @@ def fleet_make(process_path: str, count: int, prefix: str, out_dir: str, seed: i
             shown = prefix if len(prefix) <= 40 else prefix[:40] + "..."
             raise PnnError(f"--prefix {shown!r} makes chip names that are refused ({reason}); "
                            "use letters, digits, '_', '.' or '-', e.g. --prefix lot7-") from None
+    default_dir = Path("device_profiles") / get_platform(platform or DEFAULT_PLATFORM).profiles_subdir
+    process_path = process_path or str(default_dir / "process.yaml")
+    out_dir = out_dir or str(default_dir)
     process = load_process(process_path)
+    if platform is not None and process["platform"] != platform:
+        raise PnnError(f"--process {process_path} is a {process['platform']} process but --platform is {platform}; "
+                       "give a process file of that platform or drop --platform")
     check_output_dir(out_dir, "--out")
     with progress_bar() as progress:
         task = progress.add_task("writing profiles", total=count)
@@ -59,8 +72,9 @@ def fleet_make(process_path: str, count: int, prefix: str, out_dir: str, seed: i
 
 @fleet.command("list")
 @profiles_option
+@platform_option("List this platform's default fleet when --profiles is not given")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-def fleet_list(profiles: str | None, as_json: bool) -> None:
+def fleet_list(profiles: str | None, platform: str | None, as_json: bool) -> None:
     """List the device profiles of the profiles folder.
 
     \b
@@ -71,7 +85,7 @@ def fleet_list(profiles: str | None, as_json: bool) -> None:
     from pnndeploy.formats.profiles import profile_summary, read_profile
     from pnndeploy.report.tables import render_fleet_list
 
-    directory = profiles_dir(profiles)
+    directory = profiles_dir(profiles, platform)
     rows = [profile_summary(read_profile(path)) for path in list_profiles(directory)]
     if as_json:
         print_json({"profiles_dir": str(directory), "devices": rows})
@@ -87,8 +101,9 @@ def profile() -> None:
 @profile.command("show")
 @click.argument("name")
 @profiles_option
+@platform_option("Look in this platform's default fleet when --profiles is not given")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def profile_show(name: str, profiles: str | None, as_json: bool) -> None:
+def profile_show(name: str, profiles: str | None, platform: str | None, as_json: bool) -> None:
     """Show a device's array, calibration age and (simulated chips) its calibration error.
 
     \b
@@ -99,7 +114,7 @@ def profile_show(name: str, profiles: str | None, as_json: bool) -> None:
     from pnndeploy.formats.profiles import profile_summary, read_profile
     from pnndeploy.report.tables import render_profile
 
-    summary = profile_summary(read_profile(resolve_device(name, profiles_dir(profiles))))
+    summary = profile_summary(read_profile(resolve_device(name, profiles_dir(profiles, platform))))
     if as_json:
         print_json(summary)
     else:

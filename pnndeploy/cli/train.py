@@ -6,19 +6,27 @@ from typing import Any
 
 import click
 
-from pnndeploy.cli.common import check_output_file, print_json, progress_bar
+from pnndeploy.cli.common import check_output_file, platform_option, print_json, progress_bar
 from pnndeploy.cli.group import main
 from pnndeploy.errors import ConfigError, PnnError
+from pnndeploy.platforms import PLATFORMS
 
 
 # ---------------------------------------------------------------------------------------------- train
+def _per_platform(value: Any) -> str:
+    """A per-platform figure for help texts: "0.05 nm (mrr), 0.05 rad (mzi)"."""
+    return ", ".join(f"{value(p)} {p.control_units} ({name})" for name, p in sorted(PLATFORMS.items()))
+
+
 @main.command()
+@platform_option("What the on-chip layers are; its controls are what SAT and noise-aware training train")
 @click.option("--dataset", default=None, metavar="SPEC",
               help="digits (default, scikit-learn's handwritten digits), iris, mnist:DIR (IDX files), "
                    "npz:PATH (arrays X, y, optional X_test, y_test).")
 @click.option("--method", type=click.Choice(["sat", "standard", "noise-aware"]), default=None,
-              help="sat (default): sharpness-aware training on the ring detunings; standard: the paper's "
-                   "baseline, trains W in [-1, 1] directly; noise-aware: Gaussian noise on the detunings.")
+              help="sat (default): sharpness-aware training on the physical controls (ring detunings, mesh "
+                   "phases); standard: the paper's baseline, trains W in [-1, 1] directly and maps it at export; "
+                   "noise-aware: Gaussian noise on the controls.")
 @click.option("--epochs", type=int, default=None, help="Passes over the training set (default 30).")
 @click.option("--batch-size", type=int, default=None, help="Samples per step (default 32).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01).")
@@ -26,23 +34,26 @@ from pnndeploy.errors import ConfigError, PnnError
 @click.option("--hidden", type=str, default=None, metavar="W[,W...]",
               help="Hidden layer widths, comma-separated (default 32).")
 @click.option("--rho", type=float, default=None,
-              help="SAT radius: the norm of the perturbation of all detunings together, in nm "
-                   "(relative when --adaptive). Default 0.1. --rho 0 takes the same steps as plain training "
-                   "on the detunings (at twice the cost: both passes still run).")
+              help="SAT radius: the norm of the perturbation of all controls together, in control units "
+                   f"({', '.join(f'{p.control_units} for {n}' for n, p in sorted(PLATFORMS.items()))}; relative "
+                   "when --adaptive). Default 0.1. --rho 0 takes the same steps as plain training on the "
+                   "controls (at twice the cost: both passes still run).")
 @click.option("--adaptive/--no-adaptive", default=None,
-              help="Adaptive SAT (ASAM): scale the perturbation by |detuning| (default off).")
+              help="Adaptive SAT (ASAM): scale the perturbation by |control| (default off).")
 @click.option("--perturb", type=click.Choice(["onchip", "all"]), default=None,
               help="Which parameters SAT perturbs: the on-chip controls (default) or also gains and biases.")
 @click.option("--drift-budget", type=float, default=None, metavar="K",
-              help="SAT only: in each ascent step also shift every detuning by the worse of ±k·K "
-                   "(a common-mode temperature change of K kelvin), default 0 (off).")
+              help="SAT only: in each ascent step also shift every control by the worse of ±k·K "
+                   f"(a common-mode temperature change of K kelvin; k = {_per_platform(lambda p: p.nominal_drift)} "
+                   "per K), default 0 (off).")
 @click.option("--sat-every", type=int, default=None, metavar="K",
               help="Efficient SAT: compute a fresh ascent direction every K steps and reuse it in between "
                    "(one forward/backward instead of two). Default 1: full SAT; 5 matched its fleet accuracy "
                    "at 0 K over five seeds at about 0.7x its time (README, Performance).")
 @click.option("--noise", type=float, default=None,
-              help="Std of Gaussian noise on each detuning at every training step, nm: noise-aware "
-                   "(default 0.05) and sat (default 0, off; with --drift-budget it covers random errors too).")
+              help="Std of Gaussian noise on each control at every training step, control units: noise-aware "
+                   f"(default {_per_platform(lambda p: p.default_noise)}) and sat (default 0, off; with "
+                   "--drift-budget it covers random errors too).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML file of defaults for any of these options; flags given on the command line win.")
 @click.option("--out", default=None, metavar="FILE.onnx", help="Where to write the model (default models/model.onnx).")

@@ -14,7 +14,7 @@ from pnndeploy.deploy.stats import fleet_summary, wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
 from pnndeploy.formats.deployments import Deployment, deployment_path, write_deployment
 from pnndeploy.formats.onnx_io import ExportedModel, load_model
-from pnndeploy.formats.profile_folder import list_profiles, resolve_device
+from pnndeploy.formats.profile_folder import list_profiles, profiles_dir, resolve_device
 from pnndeploy.formats.profiles import DeviceProfile, read_profile
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
 
@@ -95,11 +95,16 @@ def resolve_devices(devices: Sequence[str], use_fleet: bool, directory: Path) ->
     return [resolve_device(name, directory) for name in dict.fromkeys(devices)]
 
 
-def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: bool, profiles: Path,
+def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: bool, profiles: Path | str | None,
                   dataset_spec: str | None = None, save_dir: Path | None = Path("deployments"),
                   on_device: Callable[[str], None] | None = None) -> PreparedFleet:
-    """Load the model and profiles, map the model onto each chip, optionally write the deployments."""
+    """Load the model and profiles, map the model onto each chip, optionally write the deployments.
+
+    ``profiles`` is the profiles folder; None: $PNNDEPLOY_PROFILES, else the default fleet of the model's
+    platform (:func:`~pnndeploy.formats.profile_folder.profiles_dir`).
+    """
     model = load_model(model_path)
+    profiles = profiles_dir(profiles, model.platform)
     data = load_evaluation_data(model, dataset_spec)
     # read and check every input before writing anything, so a bad profile leaves no deployment behind
     profile_list: list[DeviceProfile] = []

@@ -17,13 +17,21 @@ PROFILES_ENV = "PNNDEPLOY_PROFILES"
 DEFAULT_PROFILES_DIR = "device_profiles"
 
 
-def profiles_dir(option: str | os.PathLike[str] | None = None) -> Path:
-    """The profiles folder: ``option`` (``--profiles``), else $PNNDEPLOY_PROFILES, else device_profiles."""
+def profiles_dir(option: str | os.PathLike[str] | None = None, platform: str | None = None) -> Path:
+    """The profiles folder: ``option`` (``--profiles``), else $PNNDEPLOY_PROFILES, else the default fleet's.
+
+    The default fleet of a platform lies in its own folder below device_profiles (``platform.profiles_subdir``;
+    the microring fleet is device_profiles itself).
+    """
     if option:
         return Path(option)
     env = os.environ.get(PROFILES_ENV)
     if env:
         return Path(env)
+    if platform is not None:
+        from pnndeploy.platforms import get_platform
+
+        return Path(DEFAULT_PROFILES_DIR) / get_platform(platform).profiles_subdir
     return Path(DEFAULT_PROFILES_DIR)
 
 

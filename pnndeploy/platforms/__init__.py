@@ -5,8 +5,9 @@ from __future__ import annotations
 from pnndeploy.errors import PnnError
 from pnndeploy.platforms.base import Platform
 from pnndeploy.platforms.mrr import MRRPlatform
+from pnndeploy.platforms.mzi import MZIPlatform
 
-PLATFORMS: dict[str, Platform] = {"mrr": MRRPlatform()}
+PLATFORMS: dict[str, Platform] = {"mrr": MRRPlatform(), "mzi": MZIPlatform()}
 #: The platform of `pnndeploy train` and `fleet make` when none is named.
 DEFAULT_PLATFORM = "mrr"
 
@@ -20,4 +21,4 @@ def get_platform(name: str) -> Platform:
         raise PnnError(f"unknown platform {name!r}: this pnndeploy knows {known}") from None
 
 
-__all__ = ["Platform", "MRRPlatform", "PLATFORMS", "DEFAULT_PLATFORM", "get_platform"]
+__all__ = ["Platform", "MRRPlatform", "MZIPlatform", "PLATFORMS", "DEFAULT_PLATFORM", "get_platform"]

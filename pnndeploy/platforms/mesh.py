@@ -1,0 +1,207 @@
+"""The rectangular (Clements) mesh of Mach-Zehnder interferometers: its unitary, and its decomposition.
+
+An N-mode mesh has N columns; column c holds an MZI on every mode pair
+(p, p+1) with p = c mod 2, c mod 2 + 2, ...: N(N-1)/2 MZIs in all, listed
+column by column.  Each MZI is two directional couplers (power splitting
+ratios r1, r2; 0.5 ideal) around an internal phase theta on the top arm,
+after an external phase phi on the top input::
+
+    B(r) = [[sqrt(r), i sqrt(1-r)], [i sqrt(1-r), sqrt(r)]]
+    T    = B(r2) diag(e^{i theta}, 1) B(r1) diag(e^{i phi}, 1)
+
+and a screen of N output phases psi follows the last column.  The controls of
+one mesh are the flat vector ``[theta (M), phi (M), psi (N)]``, N^2 phases in
+rad.  :func:`mesh_unitary` builds U in numpy (many meshes at once, any
+splitting ratios) and :func:`mesh_unitary_torch` in torch (differentiable, for
+training and for fitting through a calibrated model); :func:`decompose` finds
+the phases of an ideal mesh that realise a given unitary (Clements et al.,
+Optica 3, 1460 (2016): null the lower triangle diagonal by diagonal, then move
+the diagonal to the output screen).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+TWO_PI = 2.0 * math.pi
+
+
+@lru_cache(maxsize=None)
+def mesh_layout(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column and top mode of every MZI of an ``n``-mode mesh, in control order."""
+    cols, tops = [], []
+    for c in range(n):
+        for p in range(c % 2, n - 1, 2):
+            cols.append(c)
+            tops.append(p)
+    return np.array(cols, dtype=np.int64), np.array(tops, dtype=np.int64)
+
+
+def mzi_count(n: int) -> int:
+    """MZIs of an ``n``-mode mesh: n(n-1)/2."""
+    return n * (n - 1) // 2
+
+
+def phase_count(n: int) -> int:
+    """Phases of an ``n``-mode mesh: theta and phi of every MZI, and n output phases (n^2 in all)."""
+    return 2 * mzi_count(n) + n
+
+
+@lru_cache(maxsize=None)
+def _columns(n: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]:
+    """Per column: the MZI indices, their top modes, the row permutation swapping each pair, pass-through mask."""
+    col_of, top = mesh_layout(n)
+    out = []
+    for c in range(n):
+        idx = np.flatnonzero(col_of == c)
+        tops = top[idx]
+        perm = np.arange(n)
+        perm[tops], perm[tops + 1] = tops + 1, tops
+        through = np.ones(n, dtype=bool)
+        through[tops] = through[tops + 1] = False
+        out.append((idx, tops, perm, through))
+    return tuple(out)
+
+
+def _mzi_entries(xp: Any, theta: Any, phi: Any, r1: Any, r2: Any) -> tuple[Any, Any, Any, Any]:
+    """The 2x2 transfer matrix entries (t00, t01, t10, t11) of MZIs, elementwise (numpy or torch)."""
+    s1, c1 = xp.sqrt(r1), xp.sqrt(1.0 - r1)
+    s2, c2 = xp.sqrt(r2), xp.sqrt(1.0 - r2)
+    e_t = xp.exp(1j * theta)
+    e_p = xp.exp(1j * phi)
+    t00 = (s1 * s2) * e_t * e_p - (c1 * c2) * e_p
+    t01 = 1j * ((c1 * s2) * e_t + s1 * c2)
+    t10 = 1j * e_p * ((s1 * c2) * e_t + c1 * s2)
+    t11 = s1 * s2 - (c1 * c2) * e_t
+    return t00, t01, t10, t11
+
+
+def mesh_unitary(phases: np.ndarray, n: int, ratios: np.ndarray | None = None,
+                 dtype: Any = np.complex128) -> np.ndarray:
+    """U of meshes, (..., n, n), from phases (..., n^2) and splitting ratios (..., M, 2) (None: ideal 0.5).
+
+    Leading axes broadcast (e.g. chips x tiles of phases with chips x 1 x M x 2 ratios).
+    """
+    phases = np.asarray(phases)
+    m = mzi_count(n)
+    theta, phi, psi = phases[..., :m], phases[..., m:2 * m], phases[..., 2 * m:]
+    real = np.float32 if dtype == np.complex64 else np.float64
+    if ratios is None:
+        r1 = r2 = np.full((1,) * (phases.ndim - 1) + (m,), 0.5, dtype=real)
+    else:
+        ratios = np.asarray(ratios, dtype=real)
+        r1, r2 = ratios[..., 0], ratios[..., 1]
+    t00, t01, t10, t11 = _mzi_entries(np, theta.astype(real), phi.astype(real), r1, r2)
+    batch = np.broadcast_shapes(phases.shape[:-1], r1.shape[:-1])
+    U = np.broadcast_to(np.eye(n, dtype=dtype), (*batch, n, n)).copy()
+    for idx, tops, perm, through in _columns(n):
+        d0 = np.ones((*batch, n), dtype=dtype)
+        d1 = np.zeros((*batch, n), dtype=dtype)
+        d0[..., tops] = t00[..., idx]
+        d0[..., tops + 1] = t11[..., idx]
+        d1[..., tops] = t01[..., idx]
+        d1[..., tops + 1] = t10[..., idx]
+        U = d0[..., :, None] * U + d1[..., :, None] * U[..., perm, :]
+    return np.exp(1j * psi.astype(real)).astype(dtype)[..., :, None] * U
+
+
+def mesh_unitary_torch(phases: Any, n: int, ratios: Any = None) -> Any:
+    """:func:`mesh_unitary` in torch, differentiable in the phases (complex dtype follows the phases')."""
+    import torch
+
+    m = mzi_count(n)
+    theta, phi, psi = phases[..., :m], phases[..., m:2 * m], phases[..., 2 * m:]
+    if ratios is None:
+        r1 = r2 = torch.full((m,), 0.5, dtype=phases.dtype)
+    else:
+        r1, r2 = ratios[..., 0], ratios[..., 1]
+    t00, t01, t10, t11 = _mzi_entries(torch, theta, phi, r1, r2)
+    cdtype = t00.dtype
+    batch = torch.broadcast_shapes(phases.shape[:-1], r1.shape[:-1])
+    U = torch.eye(n, dtype=cdtype).expand(*batch, n, n)
+    one = torch.ones((), dtype=cdtype)
+    for idx, tops, perm, through in _columns(n):
+        idx_t = torch.from_numpy(idx)
+        # d0/d1 per row: the pair's diagonal and off-diagonal entries, 1/0 on pass-through modes
+        order = np.empty(n, dtype=np.int64)
+        order[tops], order[tops + 1] = np.arange(len(tops)), len(tops) + np.arange(len(tops))
+        order[through] = 2 * len(tops)
+        order_t = torch.from_numpy(order)
+        pad_one = one.expand(*t00.shape[:-1], 1)
+        d0 = torch.cat([t00[..., idx_t], t11[..., idx_t], pad_one], dim=-1)[..., order_t]
+        d1 = torch.cat([t01[..., idx_t], t10[..., idx_t], 0 * pad_one], dim=-1)[..., order_t]
+        U = d0[..., :, None] * U + d1[..., :, None] * U[..., torch.from_numpy(perm), :]
+    return torch.exp(1j * psi)[..., :, None] * U
+
+
+# ------------------------------------------------------------------------------------------ decomposition
+def _ideal(theta: float, phi: float) -> np.ndarray:
+    t = _mzi_entries(np, np.float64(theta), np.float64(phi), 0.5, 0.5)
+    return np.array([[t[0], t[1]], [t[2], t[3]]])
+
+
+def decompose(U: np.ndarray) -> np.ndarray:
+    """Phases ``[theta, phi, psi]`` (n^2, rad in [0, 2 pi)) of an ideal n-mode mesh that realises unitary U."""
+    V = np.array(U, dtype=np.complex128)
+    n = V.shape[0]
+    right: list[tuple[int, float, float]] = []   # (top mode, theta, phi), applied V <- V T^dagger
+    left: list[tuple[int, float, float]] = []    # applied V <- T V
+    for k in range(1, n):
+        for j in range(k):
+            if k % 2:     # null V[n-1-j, k-1-j] with the columns (c, c+1)
+                r, c = n - 1 - j, k - 1 - j
+                a, b = V[r, c], V[r, c + 1]
+                theta = 2.0 * math.atan2(abs(b), abs(a))
+                phi = (np.angle(a) - np.angle(b) + math.pi) if abs(b) > 0 and abs(a) > 0 else 0.0
+                T = _ideal(theta, phi)
+                V[:, c:c + 2] = V[:, c:c + 2] @ T.conj().T
+                right.append((c, theta, phi))
+            else:         # null V[n-k+j, j] with the rows (r-1, r)
+                r, c = n - k + j, j
+                a, b = V[r - 1, c], V[r, c]
+                theta = 2.0 * math.atan2(abs(a), abs(b))
+                phi = (np.angle(b) - np.angle(a)) if abs(a) > 0 and abs(b) > 0 else 0.0
+                T = _ideal(theta, phi)
+                V[r - 1:r + 1, :] = T @ V[r - 1:r + 1, :]
+                left.append((r - 1, theta, phi))
+    D = np.diag(V).copy()
+    # U = L1^+ ... Lp^+ D R_q ... R_1; move D left through each L^+ (innermost first): L^+ D = D' T'
+    moved: list[tuple[int, float, float]] = []
+    for top, theta, phi in reversed(left):
+        d1, d2 = D[top], D[top + 1]
+        phi_new = float(np.angle(d1) - np.angle(d2))
+        product = _ideal(theta, phi).conj().T @ np.diag([d1, d2]) @ _ideal(theta, phi_new).conj().T
+        D[top], D[top + 1] = product[0, 0], product[1, 1]
+        moved.append((top, theta, phi_new))
+    # physical order: R_1 ... R_q, then the moved L's from the innermost out (L'_p first)
+    sequence = right + moved
+    col_of, tops = mesh_layout(n)
+    slot = {(int(c), int(p)): i for i, (c, p) in enumerate(zip(col_of, tops))}
+    m = mzi_count(n)
+    phases = np.zeros(phase_count(n))
+    front = [0] * n
+    for top, theta, phi in sequence:
+        c = max(front[top], front[top + 1])
+        if c % 2 != top % 2:
+            c += 1
+        i = slot[(c, top)]
+        phases[i], phases[m + i] = theta, phi
+        front[top] = front[top + 1] = c + 1
+    phases[2 * m:] = np.angle(D)
+    return np.mod(phases, TWO_PI)
+
+
+def unitary_with_real_part(W: np.ndarray) -> tuple[np.ndarray, int]:
+    """A unitary U with Re(U) = W for a real square W whose singular values are <= 1.
+
+    W = P S Q^T gives U = P (S + i sqrt(1 - S^2)) Q^T.  Singular values above 1
+    cannot be realised: they are clipped to 1; returns (U, count clipped).
+    """
+    P, S, Qt = np.linalg.svd(np.asarray(W, dtype=np.float64))
+    clipped = int(np.count_nonzero(S > 1.0 + 1e-9))
+    S = np.minimum(S, 1.0)
+    return (P * (S + 1j * np.sqrt(1.0 - S * S))) @ Qt, clipped

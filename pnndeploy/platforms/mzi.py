@@ -1,0 +1,306 @@
+"""Mach-Zehnder interferometer (MZI) mesh: every weight of a layer from many phases at once.
+
+A layer is realised by an N-mode rectangular (Clements) mesh (:mod:`pnndeploy.platforms.mesh`)
+read out by **coherent (balanced homodyne) detection**: the input powers of the
+layer drive the N input modes in phase, the mesh applies the unitary U(phases),
+and each output's field is mixed with a reference of the same phase, so the
+detector pair measures the real part of the field.  The layer's weights are
+therefore ``W = Re(U)``, a real N x N matrix with signed entries.
+
+Why this and not the alternatives the literature uses:
+
+* W = U S V^T (two meshes and a column of attenuators) needs twice the phases
+  and an amplifier column to reach any W; Re(U) reaches every real W whose
+  singular values are <= 1 with one mesh (W = P S Q^T is Re of the unitary
+  P (S + i sqrt(1 - S^2)) Q^T), and the digital gain after the chip supplies
+  any scale: the baseline's W is divided by its largest singular value per row
+  block and the gain multiplied by it, which changes no output.
+* one unitary with intensity detection (|U x|^2, the paper's MZI set-up) is
+  quadratic in the inputs: it is not a linear layer, so it could not share the
+  exported linear model (ONNX Gemm), the fleet simulator or the mapping with
+  the other platforms.
+
+A layer larger than the mesh is tiled: its (out, in) weights are cut into
+N x N blocks, each realised by the same physical mesh with its own phases
+(the mesh reused over time, like the MRR array), so each block's controls are
+N^2 phases and every fabrication error of the mesh touches every block.
+
+Per chip (fabrication truth): every coupler's power splitting ratio
+r = (1 + eps)/2 with eps ~ N(0, sigma_bs^2) (amplitudes sqrt(1 +- eps)/sqrt(2),
+clipped to (0, 1) so no amplitude is NaN), a phase offset N(0, sigma_ph^2) on
+every phase shifter, a thermal phase drift k (rad/K) per shifter; per chip,
+thermal crosstalk to the neighbouring shifters of the same column, detector
+noise and the phase DAC.  Calibration holds the measured offsets and ratios.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pnndeploy.platforms.base import LayerMapping, Platform, Range, quantise
+from pnndeploy.platforms.mesh import (
+    TWO_PI,
+    decompose,
+    mesh_layout,
+    mesh_unitary,
+    mesh_unitary_torch,
+    mzi_count,
+    phase_count,
+    unitary_with_real_part,
+)
+
+#: Iterations of the fit of a layer's phases through a chip's calibrated mesh model.
+FIT_ITERATIONS = 60
+
+
+class MZIPlatform(Platform):
+    """Rectangular MZI mesh with coherent detection; controls are phases (rad), N^2 per N x N block."""
+
+    name = "mzi"
+    description = "a Mach-Zehnder (Clements) mesh with coherent detection"
+    control_units = "rad"
+    control_noun = "phase"
+    device_noun = "phase_shifters"
+    device_section = "mzi"
+    profiles_subdir = "mzi"
+    offset_name = "phase_offset"
+    param_units = {"splitter_ratio": "1"}
+    param_ranges = {"splitter_ratio": Range(0.0, 1.0, lo_inclusive=False, hi_inclusive=False)}
+    nominal = {"splitter_ratio": 0.5}
+    control_range = (0.0, TWO_PI)
+    #: Thermal phase drift of a silicon thermo-optic shifter: 2 pi (dn/dT) L / lambda with
+    #: dn/dT = 1.8e-4 /K, L = 100 um, lambda = 1.55 um: about 0.07 rad/K.
+    nominal_drift = 0.07
+    #: noise-aware's default phase noise (rad): the default MZI fleet's calibration error.
+    default_noise = 0.05
+    #: Modes of the mesh models are trained on (the default MZI fleet's mesh).
+    modes = 16
+    minimal_layout = (2, 2)
+
+    # ---------------------------------------------------------------------------------------- a layer
+    def _modes(self, params: Mapping[str, Any] | None) -> int:
+        value = (params or {}).get("modes", self.modes)
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else self.modes
+
+    def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+        n = self._modes(params)
+        out_f, in_f = weight_shape
+        return (math.ceil(out_f / n), math.ceil(in_f / n), phase_count(n))
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "modes": self.modes, "detection": "coherent (W = Re U)"}
+
+    def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
+        """Phases uniform in [0, 2 pi): a random mesh, whose Re(U) has entries of both signs."""
+        import torch
+
+        shape = self.control_shape(weight_shape)
+        return (torch.rand(shape, generator=generator, dtype=torch.float64) * TWO_PI).to(torch.float32)
+
+    def nominal_weights(self, controls: Any, weight_shape: tuple[int, int]) -> Any:
+        n = self.modes
+        to, ti, _ = controls.shape
+        U = mesh_unitary_torch(controls, n)                         # (to, ti, n, n)
+        W = U.real.permute(0, 2, 1, 3).reshape(to * n, ti * n)
+        return W[:weight_shape[0], :weight_shape[1]]
+
+    def project(self, controls: Any) -> None:
+        """Wrap the phases into [0, 2 pi): the same physics, and what a phase DAC sets."""
+        import torch
+
+        with torch.no_grad():
+            controls.remainder_(TWO_PI)
+
+    def weights_to_controls(self, weight: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+        """Decompose each block; a row block whose largest singular value s exceeds 1 is divided by s."""
+        n = self.modes
+        blocks, row_scale = _blocks(weight, n)
+        to, ti = blocks.shape[:2]
+        scale = np.ones(to)
+        for bo in range(to):
+            s = max(float(np.linalg.norm(blocks[bo, bi], 2)) for bi in range(ti))
+            if s > 1.0:
+                scale[bo] = s
+                blocks[bo] /= s
+        controls = np.stack([np.stack([decompose(unitary_with_real_part(blocks[bo, bi])[0]) for bi in range(ti)])
+                             for bo in range(to)])
+        return controls, 0, np.repeat(scale, n)[:weight.shape[0]]
+
+    # --------------------------------------------------------------------------------------- profiles
+    def layout_problem(self, layout: tuple[int, int]) -> str | None:
+        rows, cols = layout
+        if rows != cols:
+            return "an MZI mesh is square: rows = cols = its number of modes"
+        if rows < 2:
+            return "an MZI mesh needs at least 2 modes"
+        return None
+
+    def field_shape(self, name: str, layout: tuple[int, int]) -> tuple[int, ...]:
+        n = layout[0]
+        return (mzi_count(n), 2) if name == "splitter_ratio" else (phase_count(n),)
+
+    def device_shape(self, layout: tuple[int, int]) -> tuple[int, ...]:
+        return (phase_count(layout[0]),)
+
+    def sample_fabrication(self, spec: Mapping[str, Any], layout: tuple[int, int],
+                           rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Couplers r = (1 + eps)/2, eps ~ N(0, s_bs^2); phase offsets N(0, s_ph^2); drift N(k, (k s_k)^2).
+
+        ``spec`` is the ``mzi`` section of process.yaml.
+        """
+        n = layout[0]
+        eps = spec["splitter_error_sigma"] * rng.standard_normal((mzi_count(n), 2))
+        offset = spec["phase_error_sigma_rad"] * rng.standard_normal(phase_count(n))
+        drift = spec["drift_rad_per_K"] * (1.0 + spec["drift_rel_sigma"] * rng.standard_normal(phase_count(n)))
+        return {
+            self.offset_name: offset,
+            # |eps| >= 1 would make an amplitude sqrt(1 - eps) NaN: a coupler keeps some light in each arm
+            "splitter_ratio": np.clip((1.0 + eps) / 2.0, 1e-3, 1.0 - 1e-3),
+            "drift_coefficient": drift,
+        }
+
+    # ---------------------------------------------------------------------------------------- mapping
+    def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
+                  environment: Any, layout: tuple[int, int],
+                  params: Mapping[str, Any] | None = None) -> LayerMapping:
+        """Fit each block's phases through the *calibrated* mesh (measured ratios), subtract the measured
+        offsets, pre-compensate the known thermal crosstalk, wrap into the heater range and quantise.
+
+        The fit starts from the trained phases when the chip's mesh is the model's (so SAT's flat
+        region is kept) and from the ideal decomposition of W otherwise.
+        """
+        n = layout[0]
+        target = weight.astype(np.float64)
+        blocks, _ = _blocks(target, n)
+        mask = _blocks(np.ones_like(target), n)[0] > 0
+        clipped = 0
+        if controls.shape == self.control_shape(weight.shape, {"modes": n}):
+            start = controls.astype(np.float64)
+        else:
+            start = np.empty((*blocks.shape[:2], phase_count(n)))
+            for bo, bi in np.ndindex(*blocks.shape[:2]):
+                U, bad = unitary_with_real_part(blocks[bo, bi])
+                clipped += int(mask[bo, bi].sum()) if bad else 0
+                start[bo, bi] = decompose(U)
+        ratios = calibration["splitter_ratio"]
+        offset = calibration[self.offset_name]
+        realised = _fit_phases(blocks, mask, start, ratios, n)
+        lo, hi = environment.heater_range
+        wrapped = _precompensate(realised - offset, float(environment.crosstalk), n, lo)
+        settings, inside = quantise(wrapped, (lo, hi), environment.dac_bits)
+        clipped += int((~inside).sum())
+        got = mesh_unitary(settings + offset + float(environment.crosstalk) * _spill(settings, n), n, ratios).real
+        residual = float(np.sqrt(np.sum(np.where(mask, got - blocks, 0.0) ** 2)))
+        return LayerMapping(settings, clipped, residual)
+
+    # ------------------------------------------------------------------------------------- simulation
+    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray],
+                    profiles: Sequence[Any], layout: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Static phase of every shifter of every block (setting + offset + crosstalk), the true ratios."""
+        f32 = np.float32
+        n = layout[0]
+        h = np.stack(list(settings)).astype(f32)                          # (chips, to, ti, n^2)
+        neighbours = _spill(h, n)
+        crosstalk = np.array([p.environment.crosstalk for p in profiles], f32)[:, None, None, None]
+        offset = np.stack([p.fabrication[self.offset_name] for p in profiles]).astype(f32)[:, None, None, :]
+        return {
+            "static": (h + offset + crosstalk * neighbours).astype(f32),
+            "drift": np.stack([p.environment.drift_coefficient for p in profiles]).astype(f32)[:, None, None, :],
+            "ratios": np.stack([p.fabrication["splitter_ratio"] for p in profiles]).astype(f32)[:, None, None],
+            "shape": np.array([*weight_shape, n]),
+        }
+
+    def fleet_weights(self, state: dict[str, np.ndarray], chips: slice, delta_T: Any,
+                      control_shift: np.ndarray | None) -> np.ndarray:
+        """phases = static + k dT (+ shift); W = Re(U(phases; true ratios)), blocks reassembled."""
+        out_f, in_f, n = (int(v) for v in state["shape"])
+        dT = np.asarray(delta_T, dtype=np.float32)
+        phases = state["static"][chips] + state["drift"][chips] * (dT if dT.ndim == 0 else dT[chips, None, None, None])
+        if control_shift is not None:
+            phases += control_shift[chips][:, None, None, :].astype(np.float32)
+        U = mesh_unitary(phases, n, state["ratios"][chips], dtype=np.complex64)   # (chips, to, ti, n, n)
+        chips_n, to, ti = U.shape[:3]
+        W = U.real.transpose(0, 1, 3, 2, 4).reshape(chips_n, to * n, ti * n)
+        return np.ascontiguousarray(W[:, :out_f, :in_f], dtype=np.float32)
+
+
+def _blocks(weight: np.ndarray, n: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(out, in) weights as zero-padded n x n blocks (to, ti, n, n)."""
+    out_f, in_f = weight.shape
+    to, ti = math.ceil(out_f / n), math.ceil(in_f / n)
+    padded = np.zeros((to * n, ti * n), dtype=np.float64)
+    padded[:out_f, :in_f] = weight
+    return padded.reshape(to, n, ti, n).transpose(0, 2, 1, 3).copy(), (to, ti)
+
+
+@lru_cache(maxsize=None)
+def _neighbours(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each shifter's neighbour above and below in the same column (-1: none), flat control order.
+
+    theta and phi of the MZI on pair p neighbour those of the MZIs on p - 2 and p + 2 of the same
+    column; output phase k neighbours k - 1 and k + 1.
+    """
+    col, top = mesh_layout(n)
+    m = len(col)
+    left = np.full(phase_count(n), -1, dtype=np.int64)
+    right = np.full(phase_count(n), -1, dtype=np.int64)
+    index = {(int(c), int(p)): i for i, (c, p) in enumerate(zip(col, top))}
+    for i, (c, p) in enumerate(zip(col, top)):
+        for base in (0, m):
+            if (int(c), int(p) - 2) in index:
+                left[base + i] = base + index[(int(c), int(p) - 2)]
+            if (int(c), int(p) + 2) in index:
+                right[base + i] = base + index[(int(c), int(p) + 2)]
+    k = np.arange(n)
+    left[2 * m:] = np.where(k > 0, 2 * m + k - 1, -1)
+    right[2 * m:] = np.where(k < n - 1, 2 * m + k + 1, -1)
+    return left, right
+
+
+def _precompensate(target: np.ndarray, crosstalk: float, n: int, lo: float, iterations: int = 8) -> np.ndarray:
+    """Settings h in [lo, lo + 2 pi) with h + crosstalk * (h_left + h_right) = target (mod 2 pi).
+
+    A shifter's phase is raised by a fraction of its neighbours' settings (heat spreads in the
+    column), which the profile states; a fixed-point iteration solves for the settings (it
+    contracts while 2 * crosstalk < 1, which the profile schema guarantees).
+    """
+    h = lo + np.mod(target - lo, TWO_PI)
+    for _ in range(iterations if crosstalk else 0):
+        h = lo + np.mod(target - crosstalk * _spill(h, n) - lo, TWO_PI)
+    return h
+
+
+def _spill(settings: np.ndarray, n: int) -> np.ndarray:
+    """Sum of each shifter's neighbours' settings (what its thermal crosstalk sees), same shape."""
+    left, right = _neighbours(n)
+    return np.where(left >= 0, settings[..., left], 0.0) + np.where(right >= 0, settings[..., right], 0.0)
+
+
+def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios: np.ndarray, n: int) -> np.ndarray:
+    """Phases (to, ti, n^2) minimising ||mask (Re U(phases; ratios) - blocks)||^2, from ``start`` (L-BFGS)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        target = torch.from_numpy(blocks)
+        weight = torch.from_numpy(mask.astype(np.float64))
+        r = torch.from_numpy(np.asarray(ratios, dtype=np.float64))
+        phases = torch.from_numpy(start.copy()).requires_grad_(True)
+        optimiser = torch.optim.LBFGS([phases], lr=1.0, max_iter=FIT_ITERATIONS, tolerance_grad=1e-12,
+                                      tolerance_change=1e-16, history_size=20, line_search_fn="strong_wolfe")
+
+        def loss() -> Any:
+            optimiser.zero_grad()
+            value = torch.sum(weight * (mesh_unitary_torch(phases, n, r).real - target) ** 2)
+            value.backward()
+            return value
+
+        optimiser.step(loss)
+        return phases.detach().numpy()
+    finally:
+        torch.set_num_threads(threads)
