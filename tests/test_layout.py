@@ -143,3 +143,15 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     assert any(line.startswith("fleet at +1 K:") for line in lines), run.stdout
     assert lines[-1] in ("audit passed", "audit failed"), run.stdout
     assert (tmp_path / "models" / "sat.onnx").is_file()
+
+
+def test_no_module_outside_platforms_names_a_platform() -> None:
+    """Mapping, fleet, transfer, audit, training and the CLI work through the platform interface only."""
+    named = []
+    for module, path in _modules().items():
+        if _part(module) == "platforms":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if re.search(r"\b(mrr|mzi)\b", line, re.I):
+                named.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not named, "platform names outside platforms/:\n" + "\n".join(named)

@@ -31,7 +31,7 @@ def print_json(doc: Any) -> None:
 
 
 def _default_fleets() -> str:
-    """Where each platform's default fleet lies, for help texts: "device_profiles (mrr), ..."."""
+    """Where each platform's default fleet lies, for help texts: "device_profiles (NAME), ..."."""
     from pathlib import Path
 
     return ", ".join(f"{Path('device_profiles') / PLATFORMS[name].profiles_subdir} ({name})" for name in sorted(PLATFORMS))

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import click
 
-from pnndeploy.cli.common import print_json, profiles_option, progress_bar
+from pnndeploy.cli.common import platform_option, print_json, profiles_option, progress_bar
 from pnndeploy.cli.group import main
 
 
 # ----------------------------------------------------------------------------------------------- demo
 @main.command()
-@click.option("--out", "out_dir", default="reports/demo", show_default=True, help="Folder for the report.")
+@platform_option("The chips the story is told on; the fleet is that platform's default one")
+@click.option("--out", "out_dir", default=None,
+              help="Folder for the report (default reports/demo, reports/demo-PLATFORM for another platform).")
 @profiles_option
 @click.option("--quick", is_flag=True, help="Few epochs and coarse sweeps (well under a minute), for a smoke test.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="First training seed.")
 @click.option("--seeds", type=click.IntRange(1, 20), default=None,
               help="Seeds per method, averaged in the table (default 3; 1 with --quick).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison table as JSON.")
-def demo(out_dir: str, profiles: str | None, quick: bool, seed: int, seeds: int | None, as_json: bool) -> None:
+def demo(platform: str | None, out_dir: str | None, profiles: str | None, quick: bool, seed: int, seeds: int | None,
+         as_json: bool) -> None:
     """The whole story: standard vs noise-aware vs SAT vs SAT with a drift adversary, on the default fleet.
 
     Trains each on the embedded digits, maps it onto every chip, audits drift, and writes
@@ -29,16 +32,19 @@ def demo(out_dir: str, profiles: str | None, quick: bool, seed: int, seeds: int 
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from pnndeploy.experiments.demo import DEMO_ENTRIES, run_demo
+    from pnndeploy.experiments.demo import demo_entries, run_demo
     from pnndeploy.formats.profile_folder import profiles_dir
+    from pnndeploy.platforms import DEFAULT_PLATFORM
     from pnndeploy.training.config import TrainConfig
 
+    platform = platform or DEFAULT_PLATFORM
+    out_dir = out_dir or ("reports/demo" if platform == DEFAULT_PLATFORM else f"reports/demo-{platform}")
     epochs = 6 if quick else TrainConfig().epochs
-    runs = len(DEMO_ENTRIES) * (seeds or (1 if quick else 3))
+    runs = len(demo_entries(platform)) * (seeds or (1 if quick else 3))
     with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), transient=False) as progress:
         task = progress.add_task("demo", total=runs * (epochs + 2))
-        doc = run_demo(out_dir, profiles_dir(profiles), quick=quick, seed=seed, seeds=seeds,
+        doc = run_demo(out_dir, profiles_dir(profiles, platform), quick=quick, seed=seed, seeds=seeds, platform=platform,
                        status=lambda text: progress.update(task, description=text,
                                                            advance=0 if text.startswith("training") else 1),
                        on_epoch=lambda name, record: progress.advance(task, 1))

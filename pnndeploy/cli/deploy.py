@@ -29,7 +29,7 @@ def _devices_options(func: Any) -> Any:
 @main.command()
 @_devices_options
 @click.option("--temperature-delta", "delta_T", type=float, default=0.0, show_default=True,
-              help="Chip temperature minus calibration temperature, K (every ring shifts by its own k·ΔT).")
+              help="Chip temperature minus calibration temperature, K (every control device shifts by its own k·ΔT).")
 @click.option("--threshold", type=float, default=0.9, show_default=True,
               help="Accuracy a chip must reach to count towards the yield.")
 @click.option("--min-yield", type=float, default=None,

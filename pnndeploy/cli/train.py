@@ -14,7 +14,7 @@ from pnndeploy.platforms import PLATFORMS
 
 # ---------------------------------------------------------------------------------------------- train
 def _per_platform(value: Any) -> str:
-    """A per-platform figure for help texts: "0.05 nm (mrr), 0.05 rad (mzi)"."""
+    """A per-platform figure for help texts: "VALUE UNITS (NAME), ..."."""
     return ", ".join(f"{value(p)} {p.control_units} ({name})" for name, p in sorted(PLATFORMS.items()))
 
 

@@ -14,6 +14,10 @@ a :class:`~pnndeploy.formats.deployments.Deployment`, which
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+
 from pnndeploy.errors import ProfileError
 from pnndeploy.formats.deployments import Deployment, LayerDeployment
 from pnndeploy.formats.onnx_io import ExportedModel
@@ -41,3 +45,15 @@ def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
     return Deployment(device_id=profile.device_id, model_sha256=model.sha256, model_path=str(model.path),
                       calibration_measured_at=profile.calibration_measured_at, array=profile.shape,
                       layers=layers, control_units=platform.control_units)
+
+
+def uncalibrated(profile: DeviceProfile) -> DeviceProfile:
+    """The profile as a deployment that ignores the chip's measurements sees it: calibration = the drawing.
+
+    Zero offsets and the platform's nominal device parameters; the fabrication truth is kept, so
+    evaluating the result shows what skipping calibration costs (the paper's in-silico transfer).
+    """
+    platform = get_platform(profile.platform)
+    nominal = {platform.offset_name: np.zeros(platform.field_shape(platform.offset_name, profile.shape))}
+    nominal.update({k: np.full(platform.field_shape(k, profile.shape), float(v)) for k, v in platform.nominal.items()})
+    return dataclasses.replace(profile, calibration=nominal)

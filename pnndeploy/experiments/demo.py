@@ -1,9 +1,12 @@
 """`pnndeploy demo`: the whole story on the embedded defaults, in one folder a person can open.
 
 Trains the baseline, noise-aware training, SAT and SAT with the structured
-(common-mode drift) adversary on the same data and seed; maps each onto the
-default fleet; audits each against one common threshold; writes a comparison
-table, plots, a Markdown report and a JSON summary.
+(common-mode drift) adversary on the same data and seed, for one platform;
+maps each onto that platform's default fleet through each chip's calibration
+(and, for comparison, uncalibrated: through the nominal device, which is how
+the paper transfers an in-silico model to a fabricated one); audits each
+against one common threshold; writes a comparison table, plots, a Markdown
+report and a JSON summary.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import numpy as np
 from pnndeploy.atomic import write_bytes_atomic
 from pnndeploy.data.datasets import load_dataset
 from pnndeploy.deploy.audit import SweepRange, run_audit
-from pnndeploy.deploy.transfer import prepare_fleet, transfer_report
+from pnndeploy.deploy.mapping import map_model, uncalibrated
+from pnndeploy.deploy.transfer import PreparedFleet, prepare_fleet, transfer_report
+from pnndeploy.platforms import DEFAULT_PLATFORM, get_platform
+from pnndeploy.simulation.fleet import SimulatedFleet
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.pipeline import train_and_export
 
@@ -33,21 +39,38 @@ class DemoEntry:
     what: str
 
 
-DEMO_ENTRIES = (
-    DemoEntry("standard", {"method": "standard"}, "the paper's baseline: trains W, maps it through the inverse"),
-    DemoEntry("noise-aware", {"method": "noise-aware"}, "Gaussian noise (0.05 nm) on every detuning while training"),
-    DemoEntry("sat", {"method": "sat"}, "sharpness-aware training on the detunings (ρ = 0.1 nm)"),
-    DemoEntry("sat-drift", {"method": "sat", "drift_budget": 1.0},
-              "SAT whose ascent also applies the worse ±1 K common-mode thermal shift"),
-    DemoEntry("drift-noise", {"method": "sat", "rho": 0.0, "drift_budget": 1.0, "noise": 0.05},
-              "the structured adversary alone (ρ = 0, worse ±1 K common-mode shift) plus 0.05 nm noise "
-              "on the detunings: worst case for the structured drift, average case for the random errors"),
-)
+def demo_entries(platform: str = DEFAULT_PLATFORM) -> tuple[DemoEntry, ...]:
+    """The methods the demo compares, in the platform's units."""
+    p = get_platform(platform)
+    u, noun, noise = p.control_units, p.control_noun, p.default_noise
+    return (
+        DemoEntry("standard", {"method": "standard"}, "the paper's baseline: trains W, maps it through the inverse"),
+        DemoEntry("noise-aware", {"method": "noise-aware"},
+                  f"Gaussian noise ({noise:g} {u}) on every {noun} while training"),
+        DemoEntry("sat", {"method": "sat"}, f"sharpness-aware training on the {noun}s (ρ = 0.1 {u})"),
+        DemoEntry("sat-drift", {"method": "sat", "drift_budget": 1.0},
+                  "SAT whose ascent also applies the worse ±1 K common-mode thermal shift"),
+        DemoEntry("drift-noise", {"method": "sat", "rho": 0.0, "drift_budget": 1.0, "noise": noise},
+                  f"the structured adversary alone (ρ = 0, worse ±1 K common-mode shift) plus {noise:g} {u} noise "
+                  f"on the {noun}s: worst case for the structured drift, average case for the random errors"),
+    )
+
+
+DEMO_ENTRIES = demo_entries()
+
+
+def uncalibrated_accuracy(prepared: PreparedFleet) -> list[float]:
+    """Accuracy of each simulated chip when the model is mapped through the nominal device, not the calibration."""
+    fleet = prepared.require_simulated("an uncalibrated transfer")
+    profiles = [p for p in prepared.profiles if p.simulated]
+    blind = SimulatedFleet(prepared.model, profiles, [map_model(prepared.model, uncalibrated(p)) for p in profiles])
+    assert blind.device_ids == fleet.device_ids
+    return [float(a) for a in blind.accuracy(prepared.data.X, prepared.data.y)]
 
 
 def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int = 0, seeds: int | None = None,
              status: Callable[[str], None] | None = None,
-             on_epoch: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+             on_epoch: Callable[[str, Any], None] | None = None, platform: str = DEFAULT_PLATFORM) -> dict[str, Any]:
     """Run the comparison and write report.md, summary.json and the plots into ``out_dir``.
 
     Each method is trained with ``seeds`` seeds (default 3, 1 with ``quick``): one seed's
@@ -66,8 +89,8 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     rows: list[dict[str, Any]] = []
     for s in range(seed, seed + seeds):
         dataset = load_dataset("digits", seed=s)
-        for entry in DEMO_ENTRIES:
-            config = TrainConfig(**{**entry.settings, "epochs": epochs, "seed": s})
+        for entry in demo_entries(platform):
+            config = TrainConfig(**{**entry.settings, "epochs": epochs, "seed": s, "platform": platform})
             tag = entry.name if s == seed else f"{entry.name}-seed{s}"
             model_path = out / "models" / f"{tag}.onnx"
             say(f"training {entry.name} (seed {s})")
@@ -76,15 +99,18 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
             say(f"mapping {entry.name} onto the fleet")
             prepared = prepare_fleet(model_path, [], True, profiles, save_dir=out / "deployments")
             transfer = transfer_report(prepared, threshold=DEMO_THRESHOLD)
+            blind = uncalibrated_accuracy(prepared)
             say(f"auditing {entry.name}")
             audit = run_audit(prepared, temperatures, days, threshold=DEMO_THRESHOLD, draws=draws)
             if s == seed:
                 plot_audit(audit, out / f"audit_{entry.name}.png")
             rows.append({"name": entry.name, "seed": s, "what": entry.what, "train": summary.to_json(),
-                         "transfer": transfer, "audit": audit})
+                         "transfer": transfer, "uncalibrated": {"accuracy": blind, "mean": float(np.mean(blind)),
+                                                                "min": float(np.min(blind))},
+                         "audit": audit})
     plot_comparison(mean_curves(rows), out / "comparison.png")
     table = comparison_table(rows)
-    doc = {"threshold": DEMO_THRESHOLD, "quick": quick, "seeds": list(range(seed, seed + seeds)),
+    doc = {"platform": platform, "threshold": DEMO_THRESHOLD, "quick": quick, "seeds": list(range(seed, seed + seeds)),
            "epochs": epochs, "fleet": [d["device"] for d in rows[0]["transfer"]["devices"]],
            "table": table, "runs": rows}
     write_bytes_atomic(out / "summary.json", json.dumps(doc, indent=2).encode())
@@ -148,6 +174,8 @@ def comparison_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "fleet_mean_std_over_seeds": float(np.std(fleet_means, ddof=1)) if len(group) > 1 else 0.0,
             "fleet_min": mean(lambda r: r["transfer"]["fleet"]["min"]),
             "yield": mean(lambda r: r["transfer"]["fleet"]["yield"]),
+            "uncalibrated_mean": mean(lambda r: r["uncalibrated"]["mean"]),
+            "uncalibrated_min": mean(lambda r: r["uncalibrated"]["min"]),
             "fleet_mean_minus_1K": mean(lambda r: _at(r["audit"]["sweeps"]["temperature_K"], -1.0)),
             "fleet_mean_plus_1K": mean(lambda r: _at(r["audit"]["sweeps"]["temperature_K"], 1.0)),
             "fleet_temperature_tolerance_K": common,
@@ -164,8 +192,8 @@ def _pct(v: float) -> str:
 
 def table_markdown(table: list[dict[str, Any]], threshold: float) -> str:
     headers = ["method", "nominal", "λ_max", "tr H", "fleet mean (± seeds)", "fleet min",
-               f"yield ≥ {_pct(threshold)}", "mean at −1 K", "mean at +1 K", "tolerance (all chips)",
-               "days to threshold"]
+               f"yield ≥ {_pct(threshold)}", "uncalibrated mean", "uncalibrated min", "mean at −1 K", "mean at +1 K",
+               "tolerance (all chips)", "days to threshold"]
     lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
     for r in table:
         tol = r["fleet_temperature_tolerance_K"]
@@ -173,7 +201,8 @@ def table_markdown(table: list[dict[str, Any]], threshold: float) -> str:
         spread = f" ± {100 * r['fleet_mean_std_over_seeds']:.1f}" if r["seeds"] > 1 else ""
         lines.append("| " + " | ".join([
             r["method"], _pct(r["nominal_accuracy"]), f"{r['sharpness']:.3g}", f"{r['hessian_trace']:.3g}",
-            _pct(r["fleet_mean"]) + spread, _pct(r["fleet_min"]), _pct(r["yield"]), _pct(r["fleet_mean_minus_1K"]),
+            _pct(r["fleet_mean"]) + spread, _pct(r["fleet_min"]), _pct(r["yield"]), _pct(r["uncalibrated_mean"]),
+            _pct(r["uncalibrated_min"]), _pct(r["fleet_mean_minus_1K"]),
             _pct(r["fleet_mean_plus_1K"]),
             "fails at 0 K" if tol is None else f"{tol[0]:+g} … {tol[1]:+g} K",
             f"> {r['horizon_days']:g}" if days is None else f"{days:g}",
@@ -184,10 +213,12 @@ def table_markdown(table: list[dict[str, Any]], threshold: float) -> str:
 def demo_markdown(doc: dict[str, Any]) -> str:
     seeds = doc["seeds"]
     first = {r["name"]: r for r in doc["runs"] if r["seed"] == seeds[0]}
+    platform = get_platform(doc["platform"])
+    u = platform.control_units
     lines = [
         "# pnndeploy demo: one model, eight chips, drift",
         "",
-        f"Digits (scikit-learn), 64→32→10 MLP on a microring weight bank, {doc['epochs']} epochs; "
+        f"Digits (scikit-learn), 64→32→10 MLP on {platform.description}, {doc['epochs']} epochs; "
         f"seeds {', '.join(map(str, seeds))} (each seed: its own split and initialisation; the table shows the "
         f"mean over seeds, λ_max and tr H the median); fleet: {', '.join(doc['fleet'])}; "
         f"common threshold {_pct(doc['threshold'])}."
@@ -196,9 +227,11 @@ def demo_markdown(doc: dict[str, Any]) -> str:
         table_markdown(doc["table"], doc["threshold"]),
         "",
         "- *nominal*: test accuracy on the ideal digital chip; *λ_max*, *tr H*: top eigenvalue and trace of the loss "
-        "Hessian w.r.t. the detunings (1/nm²);",
+        f"Hessian w.r.t. the {platform.control_noun}s (1/{u}²);",
         "- *fleet mean / min / yield*: mapped through each chip's calibration, evaluated on its fabrication truth at "
         "the calibration temperature (± the standard deviation over seeds);",
+        "- *uncalibrated mean / min*: mapped through the nominal device instead (no knowledge of the chip's "
+        "errors: the paper's in-silico transfer), same chips and temperature;",
         "- *tolerance (all chips)*: the temperature interval in which every chip of every seed stays at or above the "
         "threshold;",
         "- *days to threshold*: the fleet's recommended recalibration interval under ageing (median of random walks; "

@@ -291,8 +291,8 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
         weight = torch.from_numpy(mask.astype(np.float64))
         r = torch.from_numpy(np.asarray(ratios, dtype=np.float64))
         phases = torch.from_numpy(start.copy()).requires_grad_(True)
-        optimiser = torch.optim.LBFGS([phases], lr=1.0, max_iter=FIT_ITERATIONS, tolerance_grad=1e-12,
-                                      tolerance_change=1e-16, history_size=20, line_search_fn="strong_wolfe")
+        optimiser = torch.optim.LBFGS([phases], lr=1.0, max_iter=FIT_ITERATIONS, tolerance_grad=1e-7,
+                                      tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
 
         def loss() -> Any:
             optimiser.zero_grad()

@@ -84,7 +84,7 @@ class TrainConfig:
     def control_noise(self) -> float:
         """The noise actually used (control units): the given value or the method's default.
 
-        noise-aware's default is the platform's (MRR: 0.05 nm, the default fleet's calibration error).
+        noise-aware's default is the platform's (``Platform.default_noise``).
         """
         if self.noise is not None:
             return self.noise

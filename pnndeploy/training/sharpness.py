@@ -80,7 +80,7 @@ def model_sharpness(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
 
 def model_hessian_trace(model: nn.Module, X: torch.Tensor, y: torch.Tensor, max_samples: int = 1024,
                         samples: int = 32) -> float:
-    """tr(H) w.r.t. the controls (1/nm^2), measured like :func:`model_sharpness`."""
+    """tr(H) w.r.t. the controls (1/control unit^2), measured like :func:`model_sharpness`."""
     nominal, closure = _control_loss(model, X, y, max_samples)
     return hessian_trace(closure, nominal.onchip_parameters(), samples=samples)
 

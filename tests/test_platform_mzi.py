@@ -1,0 +1,356 @@
+"""The MZI mesh platform: mesh physics, decomposition, calibrated mapping, fleet simulation, and the CLI end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pnndeploy.deploy.mapping import map_model, uncalibrated
+from pnndeploy.formats.onnx_io import load_model, onnx_logits
+from pnndeploy.formats.process_spec import load_process
+from pnndeploy.formats.profiles import read_profile
+from pnndeploy.platforms import get_platform
+from pnndeploy.platforms.mesh import (
+    TWO_PI,
+    decompose,
+    mesh_layout,
+    mesh_unitary,
+    mesh_unitary_torch,
+    mzi_count,
+    phase_count,
+    unitary_with_real_part,
+)
+from pnndeploy.simulation.fabrication import generate_chip, make_fleet
+from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
+
+MZI = get_platform("mzi")
+REPO = Path(__file__).resolve().parents[1]
+MZI_PROFILES = REPO / "device_profiles" / "mzi"
+
+
+def haar(n: int, rng: np.random.Generator) -> np.ndarray:
+    z = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+    q, r = np.linalg.qr(z)
+    return q * (np.diag(r) / np.abs(np.diag(r)))
+
+
+def ideal_env(**changes) -> SimpleNamespace:
+    return SimpleNamespace(**{"heater_range": (0.0, TWO_PI), "dac_bits": 20, "crosstalk": 0.0,
+                              "detector_noise": 0.0, **changes})
+
+
+# ----------------------------------------------------------------------------------------------- the mesh
+def test_mesh_layout_is_the_rectangular_clements_mesh() -> None:
+    for n in (2, 3, 4, 7, 16):
+        col, top = mesh_layout(n)
+        assert len(col) == mzi_count(n) == n * (n - 1) // 2
+        assert phase_count(n) == n * n
+        assert np.all(top % 2 == col % 2) and np.all(top + 1 < n) and np.all(col < n)
+        assert len(set(zip(col.tolist(), top.tolist()))) == len(col)
+
+
+@pytest.mark.parametrize("n", [2, 5, 16])
+def test_mesh_is_unitary_at_zero_error_and_with_lossless_couplers(n: int) -> None:
+    rng = np.random.default_rng(n)
+    phases = rng.uniform(0, TWO_PI, (3, phase_count(n)))
+    for ratios in (None, np.clip((1 + 0.3 * rng.standard_normal((3, mzi_count(n), 2))) / 2, 1e-3, 1 - 1e-3)):
+        U = mesh_unitary(phases, n, ratios)
+        eye = np.einsum("bij,bik->bjk", U.conj(), U)
+        np.testing.assert_allclose(eye, np.broadcast_to(np.eye(n), eye.shape), atol=1e-12)
+
+
+def test_one_ideal_mzi_is_the_textbook_interferometer() -> None:
+    # theta = pi: full transmission to the bar port up to phases; theta = 0: full cross
+    bar = mesh_unitary(np.array([np.pi, 0.0, 0.0, 0.0]), 2)
+    cross = mesh_unitary(np.array([0.0, 0.0, 0.0, 0.0]), 2)
+    np.testing.assert_allclose(np.abs(bar), np.eye(2), atol=1e-15)
+    np.testing.assert_allclose(np.abs(cross), [[0, 1], [1, 0]], atol=1e-15)
+    # a 50:50 point: theta = pi/2 splits power equally
+    half = mesh_unitary(np.array([np.pi / 2, 0.3, 0.0, 0.0]), 2)
+    np.testing.assert_allclose(np.abs(half) ** 2, 0.5, atol=1e-15)
+
+
+def test_torch_mesh_equals_numpy_mesh() -> None:
+    rng = np.random.default_rng(1)
+    phases = rng.uniform(0, TWO_PI, (2, 3, phase_count(6)))
+    ratios = np.clip((1 + 0.15 * rng.standard_normal((mzi_count(6), 2))) / 2, 1e-3, 1 - 1e-3)
+    got = mesh_unitary_torch(torch.from_numpy(phases), 6, torch.from_numpy(ratios)).numpy()
+    np.testing.assert_allclose(got, mesh_unitary(phases, 6, ratios), atol=1e-13)
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 16])
+def test_decomposition_round_trip(n: int) -> None:
+    rng = np.random.default_rng(10 + n)
+    for _ in range(3):
+        U = haar(n, rng)
+        phases = decompose(U)
+        assert phases.shape == (n * n,) and np.all((phases >= 0) & (phases < TWO_PI))
+        np.testing.assert_allclose(mesh_unitary(phases, n), U, atol=1e-10)
+
+
+def test_a_real_contraction_is_the_real_part_of_a_unitary() -> None:
+    rng = np.random.default_rng(3)
+    W = rng.uniform(-1, 1, (16, 16))
+    W /= np.linalg.norm(W, 2)
+    U, clipped = unitary_with_real_part(W)
+    assert clipped == 0
+    np.testing.assert_allclose(U.conj().T @ U, np.eye(16), atol=1e-12)
+    np.testing.assert_allclose(U.real, W, atol=1e-12)
+    assert unitary_with_real_part(2 * W)[1] > 0                          # singular values above 1: clipped
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (10, 32), (32, 64), (5, 3)])
+def test_weights_to_controls_realises_any_weights_on_the_ideal_mesh(shape) -> None:
+    """Decomposition round trip of a whole layer (tiled, rows rescaled into the gain): W to 1e-5."""
+    W = np.random.default_rng(4).uniform(-1, 1, shape)
+    controls, clipped, row_scale = MZI.weights_to_controls(W)
+    assert controls.shape == MZI.control_shape(shape) and clipped == 0
+    realised = MZI.nominal_weights(torch.from_numpy(controls), shape).numpy() * row_scale[:, None]
+    np.testing.assert_allclose(realised, W, atol=1e-5)
+    assert np.all(row_scale >= 1.0)
+
+
+def test_gradient_of_the_weights_against_finite_differences() -> None:
+    g = torch.Generator().manual_seed(0)
+    controls = MZI.init_controls((10, 20), g).double().requires_grad_(True)
+    probe = torch.randn(10, 20, generator=g, dtype=torch.float64)
+
+    def loss(c):
+        return torch.sum(probe * MZI.nominal_weights(c, (10, 20)) ** 2)
+
+    (grad,) = torch.autograd.grad(loss(controls), controls)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        index = tuple(int(rng.integers(0, s)) for s in controls.shape)
+        h = 1e-6
+        bump = torch.zeros_like(controls)
+        bump[index] = h
+        fd = (loss(controls + bump) - loss(controls - bump)).item() / (2 * h)
+        assert grad[index].item() == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+# --------------------------------------------------------------------------------------------- mapping
+@pytest.fixture(scope="module")
+def chip():
+    return generate_chip(load_process(MZI_PROFILES / "process.yaml"), "chipT", seed=7)
+
+
+def _perfect(profile, **env):
+    """The chip with a perfect calibration (= its truth) and the given environment changes."""
+    out = copy.deepcopy(profile)
+    out.calibration = copy.deepcopy(profile.fabrication)
+    for key, value in env.items():
+        setattr(out.environment, key, value)
+    return out
+
+
+def _realise(profile, settings, shape, delta_T=0.0):
+    """W the simulated chip realises at ``settings`` (no detector noise)."""
+    state = MZI.fleet_layer(shape, [settings], [profile], profile.shape)
+    return MZI.fleet_weights(state, slice(0, 1), delta_T, None)[0]
+
+
+def test_ideal_chip_realises_the_trained_weights(chip) -> None:
+    ideal = copy.deepcopy(chip)
+    ideal.fabrication = uncalibrated(chip).calibration
+    ideal.calibration = copy.deepcopy(ideal.fabrication)
+    ideal.environment.crosstalk = 0.0
+    controls = MZI.init_controls((20, 24), torch.Generator().manual_seed(1))
+    W = MZI.nominal_weights(controls.double(), (20, 24)).numpy()
+    mapped = MZI.map_layer(W, controls.numpy(), ideal.calibration, ideal_env(), ideal.shape, MZI.metadata())
+    assert mapped.residual < 1e-4 and mapped.clipped == 0
+    np.testing.assert_allclose(_realise(ideal, mapped.settings, W.shape), W, atol=1e-4)
+
+
+@pytest.mark.parametrize("crosstalk", [0.0, 0.01])
+def test_mapping_through_the_calibration_is_what_the_chip_realises(chip, crosstalk) -> None:
+    """With calibration = truth, the map's own residual is the chip's error, crosstalk pre-compensated."""
+    profile = _perfect(chip, crosstalk=crosstalk, detector_noise=0.0)
+    controls = MZI.init_controls((16, 32), torch.Generator().manual_seed(2))
+    W = MZI.nominal_weights(controls.double(), (16, 32)).numpy()
+    mapped = MZI.map_layer(W, controls.numpy(), profile.calibration, profile.environment, profile.shape,
+                           MZI.metadata())
+    realised = _realise(profile, mapped.settings, W.shape)
+    assert np.linalg.norm(realised - W) == pytest.approx(mapped.residual, rel=1e-3, abs=1e-4)
+    naive = np.mod(controls.numpy() - profile.calibration["phase_offset"], TWO_PI)   # no fit, no compensation
+    assert mapped.residual < 0.3 * np.linalg.norm(_realise(profile, naive, W.shape) - W)
+    assert mapped.settings.min() >= 0.0 and mapped.settings.max() <= TWO_PI
+
+
+def test_uncalibrated_mapping_ignores_the_chip_and_loses_accuracy_the_fleet_recovers(mzi_model) -> None:
+    model, data = mzi_model
+    profile = read_profile(MZI_PROFILES / "chipA.h5")
+    calibrated = SimulatedFleet(model, [profile], [map_model(model, profile)]).accuracy(data.X, data.y)[0]
+    blind = uncalibrated(profile)
+    assert np.all(blind.calibration["phase_offset"] == 0) and np.all(blind.calibration["splitter_ratio"] == 0.5)
+    assert blind.fabrication is profile.fabrication
+    blind_acc = SimulatedFleet(model, [profile], [map_model(model, blind)]).accuracy(data.X, data.y)[0]
+    assert calibrated > blind_acc + 0.1
+
+
+def test_drift_shifts_every_phase_by_its_own_coefficient(chip) -> None:
+    profile = _perfect(chip, crosstalk=0.0)
+    settings = np.random.default_rng(5).uniform(0, TWO_PI, MZI.control_shape((16, 16)))
+    state = MZI.fleet_layer((16, 16), [settings], [profile], profile.shape)
+    warm = MZI.fleet_weights(state, slice(0, 1), 0.5, None)[0]
+    shifted = MZI.fleet_weights(state, slice(0, 1), 0.0,
+                                (0.5 * profile.environment.drift_coefficient)[None])[0]
+    np.testing.assert_allclose(warm, shifted, atol=1e-5)
+    assert np.abs(warm - MZI.fleet_weights(state, slice(0, 1), 0.0, None)[0]).max() > 1e-3
+
+
+def test_a_chip_gives_the_same_bits_alone_or_in_a_fleet(mzi_model, tmp_path) -> None:
+    model, data = mzi_model
+    profiles = [read_profile(p) for p in sorted(MZI_PROFILES.glob("chip*.h5"))[:3]]
+    deployments = [map_model(model, p) for p in profiles]
+    together = SimulatedFleet(model, profiles, deployments).scores(data.X, Conditions(delta_T=0.3), slice(0, 3))
+    alone = SimulatedFleet(model, profiles[1:2], deployments[1:2]).scores(data.X, Conditions(delta_T=0.3),
+                                                                        slice(0, 1))
+    np.testing.assert_array_equal(together[1], alone[0])
+
+
+# ------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def mzi_model(tmp_path_factory):
+    """A small SAT model on the MZI platform (hidden 16, 3 epochs) and its test split."""
+    from pnndeploy.deploy.transfer import load_evaluation_data
+    from pnndeploy.training.config import TrainConfig
+    from pnndeploy.training.pipeline import train_and_export
+
+    path = tmp_path_factory.mktemp("mzi_model") / "mzi.onnx"
+    train_and_export("digits", TrainConfig(platform="mzi", epochs=3, hidden=[16]), path)
+    model = load_model(path)
+    return model, load_evaluation_data(model)
+
+
+def test_exported_mzi_model_reproduces_nominal_outputs_in_onnxruntime(mzi_model) -> None:
+    model, data = mzi_model
+    assert model.platform == "mzi" and model.platform_params["modes"] == MZI.modes
+    assert model.layers[0].controls.shape == MZI.control_shape(model.layers[0].weight.shape)
+    for layer in model.layers:         # the file's W is what the ideal mesh makes of the file's phases
+        realised = MZI.nominal_weights(torch.from_numpy(layer.controls).double(), layer.weight.shape).numpy()
+        np.testing.assert_allclose(realised, layer.weight, atol=1e-5)
+    from pnndeploy.data.datasets import load_dataset
+
+    raw = load_dataset("digits", seed=0).X_test
+    np.testing.assert_allclose(onnx_logits(model.path, raw), model.logits(model.scaling.apply(raw)), atol=1e-4)
+
+
+def test_standard_on_mzi_decomposes_at_export_without_changing_outputs(tmp_path) -> None:
+    from pnndeploy.data.datasets import load_dataset
+    from pnndeploy.training.config import TrainConfig
+    from pnndeploy.training.model import accuracy
+    from pnndeploy.training.pipeline import train_and_export
+
+    data = load_dataset("digits", seed=0)
+    summary, result = train_and_export(data, TrainConfig(platform="mzi", method="standard", epochs=2, hidden=[8]),
+                                       tmp_path / "std.onnx")
+    X = torch.from_numpy(data.scaling.apply(data.X_test))
+    trained = result.model(X).detach().numpy()
+    exported = load_model(tmp_path / "std.onnx")
+    np.testing.assert_allclose(exported.logits(data.scaling.apply(data.X_test)), trained, atol=1e-3)
+    assert summary.test_accuracy == pytest.approx(accuracy(result.model, X, torch.from_numpy(data.y_test)),
+                                                  abs=1 / 360)
+    assert summary.clipped_weights == 0
+
+
+def test_cli_mzi_end_to_end(cli, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli("train", "--platform", "mzi", "--epochs", "2", "--hidden", "8", "--out", "m.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["platform"] == "mzi"
+    result = cli("fleet", "make", "--platform", "mzi", "--process", MZI_PROFILES / "process.yaml", "--count", "2",
+                 "--out", "lot", "--json")
+    assert result.exit_code == 0, result.output
+    assert cli("profile", "validate", "lot/chipA.h5").exit_code == 0
+    listed = json.loads(cli("fleet", "list", "--profiles", "lot", "--json").stdout)
+    assert [d["platform"] for d in listed["devices"]] == ["mzi", "mzi"]
+    assert listed["devices"][0]["phase_shifters"] == 256 and listed["devices"][0]["array"] == [16, 16]
+    result = cli("transfer", "--fleet", "--model", "m.onnx", "--profiles", "lot", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["fleet"]["count"] == 2 and len(doc["devices"][0]["mapping_residual"]) == 2
+    with h5py.File(doc["devices"][0]["deployment"]) as f:
+        assert f["settings/layer0"].attrs["units"] == "rad" and f["settings/layer0"].shape == (1, 4, 256)
+    result = cli("audit", "--fleet", "--model", "m.onnx", "--profiles", "lot", "--temperature", "-0.5:0.5:0.5",
+                 "--days", "0:30:30", "--draws", "1", "--threshold", "0", "--json")
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["sweeps"]) >= {"temperature_K", "days"}
+
+
+def test_mixing_platforms_is_one_line_and_exit_2(cli, one_line_error, tmp_path, tiny_export) -> None:
+    """An MRR model on MZI chips."""
+    line = one_line_error(cli("transfer", "--fleet", "--model", tiny_export.path, "--profiles", MZI_PROFILES,
+                              "--no-save"), "is a mzi chip", "trained for mrr")
+    assert "use a mrr profile" in line
+
+
+def test_default_mzi_fleet_is_found_from_the_model(cli, tmp_path, monkeypatch, mzi_model) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "device_profiles").symlink_to(REPO / "device_profiles")
+    monkeypatch.delenv("PNNDEPLOY_PROFILES", raising=False)
+    result = cli("transfer", "--fleet", "--model", mzi_model[0].path, "--no-save", "--json")
+    assert result.exit_code == 0, result.output
+    assert [d["device"] for d in json.loads(result.stdout)["devices"]] == [f"chip{c}" for c in "ABCDEFGH"]
+
+
+def test_shipped_mzi_fleet_is_the_process_spec_regenerated(tmp_path) -> None:
+    process = load_process(MZI_PROFILES / "process.yaml")
+    assert process["mzi"]["splitter_error_sigma"] == 0.15 and process["mzi"]["phase_error_sigma_rad"] == 0.15
+    make_fleet(process, 8, "chip", 0, tmp_path)
+    for name in "ABCDEFGH":
+        again, shipped = read_profile(tmp_path / f"chip{name}.h5"), read_profile(MZI_PROFILES / f"chip{name}.h5")
+        for key in shipped.fabrication:
+            np.testing.assert_array_equal(again.fabrication[key], shipped.fabrication[key])
+            np.testing.assert_array_equal(again.calibration[key], shipped.calibration[key])
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def _edited(tmp_path: Path, edit) -> Path:
+    target = tmp_path / "chipX.h5"
+    shutil.copyfile(MZI_PROFILES / "chipA.h5", target)
+    with h5py.File(target, "r+") as f:
+        edit(f)
+    return target
+
+
+def _replace(path: str, values) -> callable:
+    def edit(f):
+        attrs = dict(f[path].attrs)
+        del f[path]
+        f[path] = values
+        f[path].attrs.update(attrs)
+    return edit
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda f: f["layout"].attrs.__setitem__("cols", 8), "an MZI mesh is square"),
+    (_replace("fabrication/splitter_ratio", np.full((120, 2), 1.2)), "outside (0, 1)"),
+    (_replace("calibration/splitter_ratio", np.full((16, 16), 0.5)), "expected (120, 2)"),
+    (_replace("calibration/phase_offset", np.full(255, 0.0)), "expected (256,)"),
+    (_replace("environment/drift_coefficient", np.full((16, 16), 0.07)), "expected (256,)"),
+])
+def test_bad_mzi_profiles_are_refused_with_one_line(cli, one_line_error, tmp_path, edit, fragment) -> None:
+    path = _edited(tmp_path, edit)
+    one_line_error(cli("profile", "validate", path), str(path), fragment)
+
+
+def test_bad_mzi_process_spec_is_refused(tmp_path) -> None:
+    from pnndeploy.errors import ConfigError
+
+    text = (MZI_PROFILES / "process.yaml").read_text()
+    bad = tmp_path / "process.yaml"
+    bad.write_text(text.replace("array: {rows: 16, cols: 16}", "array: {rows: 16, cols: 8}"))
+    with pytest.raises(ConfigError, match="key 'array'.*square"):
+        load_process(bad)
+    bad.write_text(text.replace("  splitter_error_sigma: 0.15", "  splitter_error_sigma: -0.1"))
+    with pytest.raises(ConfigError, match="mzi.splitter_error_sigma.*standard deviation"):
+        load_process(bad)
