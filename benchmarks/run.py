@@ -142,6 +142,41 @@ def fleet_throughput(model, data, process, sizes, repeats: int, loop_limit: int)
     return rows
 
 
+def mzi_fleet_throughput(tmp: Path, sizes: list[int], repeats: int, epochs: int, mapped: int = 8) -> list[dict]:
+    """MZI fleet evaluation at each size, against the matmul roofline of the same shapes.
+
+    Mapping a chip fits its phases through its calibrated mesh (about 0.5 s a chip), so the first
+    ``mapped`` chips are mapped and their deployments repeated over the rest: the evaluation's cost
+    does not depend on the settings' values.  ``mesh_s`` is the part spent realising the weights
+    (building every chip's mesh unitaries), the rest is the products.
+    """
+    process = load_process(ROOT / "device_profiles" / "mzi" / "process.yaml")
+    path = tmp / "mzi.onnx"
+    train_and_export(load_dataset("digits", seed=0), TrainConfig(platform="mzi", epochs=epochs, seed=0), path)
+    model = load_model(path)
+    data = load_evaluation_data(model)
+    rows = []
+    deployments = [map_model(model, chip) for chip in make_chips(mapped, process)]   # the same first chips at every size
+    for n in sizes:
+        chips = make_chips(n, process)
+        fleet = SimulatedFleet(model, chips, [deployments[k % len(deployments)] for k in range(n)])
+        conditions = Conditions(delta_T=0.5)
+        vec = best_of(lambda: fleet.accuracy(data.X, data.y, conditions), repeats)
+
+        def realise_all() -> None:
+            for start in range(0, n, CHIPS_PER_BATCH):
+                for k in range(len(model.layers)):
+                    fleet.realised_weights(k, slice(start, min(start + CHIPS_PER_BATCH, n)), conditions)
+
+        mesh = best_of(realise_all, repeats)
+        mm = matmul_seconds(model, n, data.X.shape[0], repeats)
+        macs = fleet_macs(model, n, data.X.shape[0])
+        rows.append({"chips": n, "vectorized_s": vec, "mesh_s": mesh, "matmul_s": mm,
+                     "gmacs_per_s": macs / vec / 1e9, "roofline_fraction": mm / vec,
+                     "mapped_chips": min(mapped, n), "modes": int(model.platform_params["modes"])})
+    return rows
+
+
 def width_scaling(data, process, widths, chips: int, repeats: int, tmp: Path) -> list[dict]:
     rows = []
     dataset = load_dataset("digits", seed=0)
@@ -220,6 +255,8 @@ def main() -> None:
             "hidden": width_scaling(data, process, [32, 128] if quick else [32, 64, 128, 256, 512],
                                     chips=16 if quick else 64, repeats=repeats, tmp=tmp),
         }
+        doc["mzi_fleet"] = mzi_fleet_throughput(tmp, [8, 64] if quick else [64, 512], repeats,
+                                                epochs=1 if quick else 3)
         doc["accuracy"] = fleet_accuracy_comparison(ROOT / "device_profiles", tmp, epochs=6 if quick else 30,
                                                     seeds=[0] if quick else [0, 1, 2, 3, 4])
     doc["total_s"] = time.perf_counter() - t_start
@@ -251,6 +288,13 @@ def render(doc: dict) -> None:
                   f"{r['speedup_bound']:.1f}×", f"{r['gmacs_per_s']:.2f}", f"{r['matmul_gmacs_per_s']:.2f}",
                   f"{100 * r['roofline_fraction']:.0f} %")
     console.print(f)
+    z = Table(title=f"MZI fleet evaluation ({doc['mzi_fleet'][0]['modes']}-mode meshes, 360 samples, ΔT = 0.5 K)")
+    for c in ("chips", "seconds", "of which meshes", "matmul s", "GMAC/s", "roofline"):
+        z.add_column(c, justify="right")
+    for r in doc["mzi_fleet"]:
+        z.add_row(str(r["chips"]), f"{r['vectorized_s']:.4f}", f"{r['mesh_s']:.4f}", f"{r['matmul_s']:.4f}",
+                  f"{r['gmacs_per_s']:.2f}", f"{100 * r['roofline_fraction']:.1f} %")
+    console.print(z)
     w = Table(title="scaling with hidden width")
     for c in ("hidden", "chips", "seconds", "MACs"):
         w.add_column(c, justify="right")

@@ -30,6 +30,11 @@ def test_quick_benchmark_reports_every_figure_consistently():
         assert row["roofline_fraction"] == pytest.approx(row["matmul_s"] / row["vectorized_s"])
         assert row["speedup_bound"] == pytest.approx(row["loop_s"] / row["matmul_s"])
         assert row["loop_chips_timed"] == row["chips"]
+    assert [row["chips"] for row in doc["mzi_fleet"]] == [8, 64]
+    for row in doc["mzi_fleet"]:
+        assert set(row) >= {"vectorized_s", "mesh_s", "matmul_s", "gmacs_per_s", "roofline_fraction"}
+        assert min(row["vectorized_s"], row["mesh_s"], row["matmul_s"]) > 0
+        assert row["mapped_chips"] == 8 and row["modes"] == 16
     assert [r["chips"] for r in doc["scaling"]["chips"]] == [8, 64]
     assert [r["hidden"] for r in doc["scaling"]["hidden"]] == [32, 128]
     acc = doc["accuracy"]

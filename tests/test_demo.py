@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,27 @@ def test_demo_quick(cli, tmp_path, monkeypatch, shipped_profiles_dir) -> None:
     assert sorted(p.name for p in (out / "models").iterdir()) == sorted(f"{m}.onnx" for m in METHODS)
     assert not (tmp_path / "deployments").exists()                      # everything stays inside --out
     assert not list(out.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_demo_quick_on_the_mzi_fleet(cli, tmp_path, monkeypatch) -> None:
+    """`demo --platform mzi` finds the platform's default fleet with no other flag and writes its own folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(PROFILES_ENV, raising=False)
+    (tmp_path / "device_profiles").symlink_to(Path(__file__).resolve().parents[1] / "device_profiles")
+    result = cli("demo", "--platform", "mzi", "--quick", "--json")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "reports" / "demo-mzi"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["platform"] == "mzi" and summary["fleet"] == [f"chip{c}" for c in "ABCDEFGH"]
+    table = summary["table"]
+    assert [row["method"] for row in table] == METHODS
+    for row in table:
+        assert 0.0 <= row["uncalibrated_mean"] <= 1.0 and row["uncalibrated_min"] <= row["uncalibrated_mean"]
+    by_name = {row["method"]: row for row in table}
+    assert by_name["sat"]["nominal_accuracy"] > 0.8
+    # the calibration is what makes a fabricated mesh usable: mapping through it beats ignoring it
+    assert by_name["sat"]["fleet_mean"] > by_name["sat"]["uncalibrated_mean"]
+    report = (out / "report.md").read_text()
+    assert "Mach-Zehnder" in report and "1/rad²" in report
+    assert json.loads(result.stdout)["out"] == "reports/demo-mzi"

@@ -170,7 +170,7 @@ def test_ideal_chip_realises_the_trained_weights(chip) -> None:
     np.testing.assert_allclose(_realise(ideal, mapped.settings, W.shape), W, atol=1e-4)
 
 
-@pytest.mark.parametrize("crosstalk", [0.0, 0.01])
+@pytest.mark.parametrize("crosstalk", [0.0, 0.01, 0.05])
 def test_mapping_through_the_calibration_is_what_the_chip_realises(chip, crosstalk) -> None:
     """With calibration = truth, the map's own residual is the chip's error, crosstalk pre-compensated."""
     profile = _perfect(chip, crosstalk=crosstalk, detector_noise=0.0)
@@ -183,6 +183,24 @@ def test_mapping_through_the_calibration_is_what_the_chip_realises(chip, crossta
     naive = np.mod(controls.numpy() - profile.calibration["phase_offset"], TWO_PI)   # no fit, no compensation
     assert mapped.residual < 0.3 * np.linalg.norm(_realise(profile, naive, W.shape) - W)
     assert mapped.settings.min() >= 0.0 and mapped.settings.max() <= TWO_PI
+
+
+@pytest.mark.parametrize("crosstalk", [0.01, 0.03, 0.1])
+def test_crosstalk_precompensation_meets_every_target_phase(crosstalk) -> None:
+    """h + c (h_left + h_right) = target (mod 2 pi) wherever the heater range allows it; the rest is counted."""
+    from pnndeploy.platforms.mzi import _precompensate, _spill
+
+    target = np.random.default_rng(6).uniform(-5, 12, (2, 3, phase_count(16)))
+    for hi in (TWO_PI, TWO_PI + 1.0):
+        h, unmet = _precompensate(target, crosstalk, 16, 0.0, hi)
+        assert h.min() >= 0.0 and h.max() <= hi
+        error = np.angle(np.exp(1j * (h + crosstalk * _spill(h, 16) - target)))
+        if hi > TWO_PI:          # a turn of headroom: every target met
+            assert not unmet.any()
+            np.testing.assert_allclose(error, 0.0, atol=1e-9)
+        elif not unmet.any():
+            np.testing.assert_allclose(error, 0.0, atol=1e-9)
+    assert _precompensate(target, 0.0, 16, 0.0, TWO_PI)[1].sum() == 0
 
 
 def test_uncalibrated_mapping_ignores_the_chip_and_loses_accuracy_the_fleet_recovers(mzi_model) -> None:
@@ -354,3 +372,47 @@ def test_bad_mzi_process_spec_is_refused(tmp_path) -> None:
     bad.write_text(text.replace("  splitter_error_sigma: 0.15", "  splitter_error_sigma: -0.1"))
     with pytest.raises(ConfigError, match="mzi.splitter_error_sigma.*standard deviation"):
         load_process(bad)
+
+
+def test_a_model_with_a_bad_mesh_size_is_refused_with_one_line(cli, one_line_error, tmp_path, mzi_model) -> None:
+    import onnx
+
+    for value in ("0", "0.5", "\"16\"", "1e9"):
+        proto = onnx.load(str(mzi_model[0].path))
+        for entry in proto.metadata_props:
+            if entry.key == "pnndeploy.platform_params":
+                params = json.loads(entry.value)
+                entry.value = json.dumps(params).replace(f'"modes": {params["modes"]}', f'"modes": {value}')
+        bad = tmp_path / "bad.onnx"
+        onnx.save(proto, str(bad))
+        one_line_error(cli("transfer", "--fleet", "--model", bad, "--profiles", MZI_PROFILES, "--no-save"),
+                       "bad.onnx", "platform_params.modes")
+
+
+def test_an_mzi_profile_of_one_mode_is_refused(cli, one_line_error, tmp_path) -> None:
+    path = _edited(tmp_path, lambda f: (f["layout"].attrs.__setitem__("rows", 1),
+                                        f["layout"].attrs.__setitem__("cols", 1)))
+    one_line_error(cli("profile", "validate", path), "at least 2 modes")
+
+
+def test_adaptive_sat_is_refused_for_phases(cli, one_line_error, tmp_path) -> None:
+    one_line_error(cli("train", "--platform", "mzi", "--adaptive", "--out", tmp_path / "m.onnx"),
+                   "--adaptive", "periodic")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_fleet_make_of_an_mzi_process_never_writes_into_the_ring_fleet(cli, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli("fleet", "make", "--process", MZI_PROFILES / "process.yaml", "--count", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["profiles"] == ["device_profiles/mzi/chipA.h5"]
+    result = cli("fleet", "make", "--platform", "mrr", "--process", MZI_PROFILES / "process.yaml")
+    assert result.exit_code == 2 and "is a mzi process but --platform is mrr" in result.stderr
+
+
+def test_demo_refuses_a_fleet_of_another_platform_before_training(cli, one_line_error, tmp_path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    one_line_error(cli("demo", "--platform", "mzi", "--quick", "--profiles", REPO / "device_profiles"),
+                   "holds mrr chips but the demo is for mzi")
+    assert not (tmp_path / "reports").exists()

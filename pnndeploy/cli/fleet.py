@@ -52,13 +52,15 @@ def fleet_make(platform: str | None, process_path: str | None, count: int, prefi
             shown = prefix if len(prefix) <= 40 else prefix[:40] + "..."
             raise PnnError(f"--prefix {shown!r} makes chip names that are refused ({reason}); "
                            "use letters, digits, '_', '.' or '-', e.g. --prefix lot7-") from None
-    default_dir = Path("device_profiles") / get_platform(platform or DEFAULT_PLATFORM).profiles_subdir
-    process_path = process_path or str(default_dir / "process.yaml")
-    out_dir = out_dir or str(default_dir)
+    def default_dir(name: str) -> Path:
+        return Path("device_profiles") / get_platform(name).profiles_subdir
+
+    process_path = process_path or str(default_dir(platform or DEFAULT_PLATFORM) / "process.yaml")
     process = load_process(process_path)
     if platform is not None and process["platform"] != platform:
         raise PnnError(f"--process {process_path} is a {process['platform']} process but --platform is {platform}; "
                        "give a process file of that platform or drop --platform")
+    out_dir = out_dir or str(default_dir(process["platform"]))   # never another platform's fleet folder
     check_output_dir(out_dir, "--out")
     with progress_bar() as progress:
         task = progress.add_task("writing profiles", total=count)

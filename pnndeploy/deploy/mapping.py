@@ -50,10 +50,12 @@ def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
 def uncalibrated(profile: DeviceProfile) -> DeviceProfile:
     """The profile as a deployment that ignores the chip's measurements sees it: calibration = the drawing.
 
-    Zero offsets and the platform's nominal device parameters; the fabrication truth is kept, so
-    evaluating the result shows what skipping calibration costs (the paper's in-silico transfer).
+    Zero offsets, the platform's nominal device parameters and no crosstalk; the fabrication truth (and the
+    environment a simulation uses) is kept, so evaluating the result shows what skipping calibration costs
+    (the paper's in-silico transfer).
     """
     platform = get_platform(profile.platform)
     nominal = {platform.offset_name: np.zeros(platform.field_shape(platform.offset_name, profile.shape))}
     nominal.update({k: np.full(platform.field_shape(k, profile.shape), float(v)) for k, v in platform.nominal.items()})
-    return dataclasses.replace(profile, calibration=nominal)
+    return dataclasses.replace(profile, calibration=nominal,
+                               environment=dataclasses.replace(profile.environment, crosstalk=0.0))

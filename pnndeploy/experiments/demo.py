@@ -23,6 +23,9 @@ from pnndeploy.data.datasets import load_dataset
 from pnndeploy.deploy.audit import SweepRange, run_audit
 from pnndeploy.deploy.mapping import map_model, uncalibrated
 from pnndeploy.deploy.transfer import PreparedFleet, prepare_fleet, transfer_report
+from pnndeploy.errors import PnnError
+from pnndeploy.formats.profile_folder import list_profiles
+from pnndeploy.formats.profiles import read_profile
 from pnndeploy.platforms import DEFAULT_PLATFORM, get_platform
 from pnndeploy.simulation.fleet import SimulatedFleet
 from pnndeploy.training.config import TrainConfig
@@ -44,7 +47,8 @@ def demo_entries(platform: str = DEFAULT_PLATFORM) -> tuple[DemoEntry, ...]:
     p = get_platform(platform)
     u, noun, noise = p.control_units, p.control_noun, p.default_noise
     return (
-        DemoEntry("standard", {"method": "standard"}, "the paper's baseline: trains W, maps it through the inverse"),
+        DemoEntry("standard", {"method": "standard"},
+                  f"the paper's baseline: trains W, maps it onto the {noun}s at export"),
         DemoEntry("noise-aware", {"method": "noise-aware"},
                   f"Gaussian noise ({noise:g} {u}) on every {noun} while training"),
         DemoEntry("sat", {"method": "sat"}, f"sharpness-aware training on the {noun}s (ρ = 0.1 {u})"),
@@ -68,6 +72,18 @@ def uncalibrated_accuracy(prepared: PreparedFleet) -> list[float]:
     return [float(a) for a in blind.accuracy(prepared.data.X, prepared.data.y)]
 
 
+def _check_fleet_platform(profiles: Path, platform: str) -> None:
+    """Refuse, before any training, a profiles folder whose chips are of another platform."""
+    paths = list_profiles(profiles)
+    if not paths:
+        raise PnnError(f"profiles folder {profiles} holds no profiles; create a fleet with `pnndeploy fleet make` "
+                       "or pass --profiles DIR")
+    other = read_profile(paths[0]).platform
+    if other != platform:
+        raise PnnError(f"profiles folder {profiles} holds {other} chips but the demo is for {platform}; pass "
+                       f"--profiles with a {platform} fleet or --platform {other}")
+
+
 def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int = 0, seeds: int | None = None,
              status: Callable[[str], None] | None = None,
              on_epoch: Callable[[str, Any], None] | None = None, platform: str = DEFAULT_PLATFORM) -> dict[str, Any]:
@@ -80,6 +96,7 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     from pnndeploy.report.plots import plot_audit, plot_comparison
 
     say = status or (lambda text: None)
+    _check_fleet_platform(profiles, platform)
     out = Path(out_dir)
     seeds = seeds if seeds is not None else (1 if quick else 3)
     epochs = 6 if quick else TrainConfig().epochs

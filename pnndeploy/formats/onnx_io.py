@@ -368,7 +368,7 @@ def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray])
         except (TypeError, KeyError, ValueError, OverflowError, IndexError):
             raise ModelFileError(f"{where}: controls of {weight_name!r} missing or malformed in "
                                  f"{PREFIX}controls; re-export the model") from None
-        expected = _control_shape(meta, w.shape)
+        expected = _control_shape(where, meta, w.shape)
         if expected is not None and c.shape != expected:
             need = "" if expected == w.shape else f" need {expected}"
             raise ModelFileError(f"{where}: controls of {weight_name!r} have shape {c.shape} but the weights "
@@ -382,13 +382,18 @@ def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray])
     return layers
 
 
-def _control_shape(meta: dict[str, Any], weight_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+def _control_shape(where: str, meta: dict[str, Any], weight_shape: tuple[int, ...]) -> tuple[int, ...] | None:
     """The controls' shape the model's platform gives a layer (None for a platform this version lacks)."""
     from pnndeploy.platforms import PLATFORMS
 
     platform = PLATFORMS.get(meta.get("platform"))
     params = meta.get("platform_params") if isinstance(meta.get("platform_params"), dict) else {}
-    return None if platform is None else tuple(platform.control_shape(tuple(weight_shape), params))
+    if platform is None:
+        return None
+    try:
+        return tuple(platform.control_shape(tuple(weight_shape), params))
+    except ModelFileError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
 
 
 def onnx_logits(path: str | Path, X_raw: np.ndarray) -> np.ndarray:

@@ -115,6 +115,8 @@ class Platform(ABC):
     nominal_drift: float
     #: Noise-aware training's default noise on every control (control units).
     default_noise: float
+    #: True when the controls are periodic (phases): |control| then means nothing (no adaptive SAT).
+    periodic: bool = False
 
     # ------------------------------------------------------------------------------------------ a layer
     @abstractmethod

@@ -143,7 +143,9 @@ class MRRPlatform(Platform):
         target, reachable = self.inverse(weight.astype(np.float64), sign, np.inf, **cal)
         offset = calibration[self.offset_name][ri, ci]
         settings, inside = quantise(target - offset, environment.heater_range, environment.dac_bits)
-        realised = self.transfer(settings + offset, **cal)
+        # the residual is the calibrated model's, crosstalk included (the mapping does not pre-compensate it)
+        realised = self.transfer(settings + offset + environment.crosstalk * _neighbour_settings(settings, ci, layout),
+                                 **cal)
         return LayerMapping(settings, int((~(reachable & inside)).sum()),
                             float(np.linalg.norm(realised - weight.astype(np.float64))))
 
@@ -155,15 +157,10 @@ class MRRPlatform(Platform):
         Crosstalk reaches only the neighbours in the same bank row of the same tile.
         """
         f32 = np.float32
-        out_f, in_f = weight_shape
         ri, ci = ring_index(weight_shape, layout)
         crosstalk = np.array([p.environment.crosstalk for p in profiles], f32)[:, None, None]
         h = np.stack(list(settings)).astype(f32)
-        has_left = (ci > 0)[None]
-        has_right = ((ci < layout[1] - 1) & (np.arange(in_f) < in_f - 1)[None, :])[None]
-        neighbours = np.zeros_like(h)
-        neighbours[..., 1:] += np.where(has_left[..., 1:], h[..., :-1], 0.0)
-        neighbours[..., :-1] += np.where(has_right[..., :-1], h[..., 1:], 0.0)
+        neighbours = _neighbour_settings(h, ci, layout)
         offset = np.stack([p.fabrication[self.offset_name][ri, ci] for p in profiles]).astype(f32)
         state = {
             "ri": ri, "ci": ci,
@@ -184,3 +181,17 @@ class MRRPlatform(Platform):
             x += control_shift[chips][:, state["ri"], state["ci"]].astype(np.float32)
         W = self.transfer(x, **{name: state[name][chips] for name in self.param_units})
         return W.astype(np.float32, copy=False)
+
+
+def _neighbour_settings(h: np.ndarray, ci: np.ndarray, layout: tuple[int, int]) -> np.ndarray:
+    """Per weight, the sum of its left and right neighbours' settings in the same bank row of the same tile.
+
+    ``h`` is (..., out, in); ``ci`` the ring column of every weight (:func:`ring_index`).
+    """
+    in_f = h.shape[-1]
+    has_left = ci > 0
+    has_right = (ci < layout[1] - 1) & (np.arange(in_f) < in_f - 1)[None, :]
+    neighbours = np.zeros_like(h)
+    neighbours[..., 1:] += np.where(has_left[..., 1:], h[..., :-1], 0.0)
+    neighbours[..., :-1] += np.where(has_right[..., :-1], h[..., 1:], 0.0)
+    return neighbours

@@ -41,6 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pnndeploy.errors import ModelFileError
 from pnndeploy.platforms.base import LayerMapping, Platform, Range, quantise
 from pnndeploy.platforms.mesh import (
     TWO_PI,
@@ -54,7 +55,7 @@ from pnndeploy.platforms.mesh import (
 )
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model.
-FIT_ITERATIONS = 60
+FIT_ITERATIONS = 120
 
 
 class MZIPlatform(Platform):
@@ -77,14 +78,21 @@ class MZIPlatform(Platform):
     nominal_drift = 0.07
     #: noise-aware's default phase noise (rad): the default MZI fleet's calibration error.
     default_noise = 0.05
+    periodic = True
     #: Modes of the mesh models are trained on (the default MZI fleet's mesh).
     modes = 16
     minimal_layout = (2, 2)
 
     # ---------------------------------------------------------------------------------------- a layer
     def _modes(self, params: Mapping[str, Any] | None) -> int:
-        value = (params or {}).get("modes", self.modes)
-        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else self.modes
+        """The mesh size a model was trained for (``platform_params.modes``); the default for a new model."""
+        if params is None:
+            return self.modes
+        value = params.get("modes")
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 1024:
+            raise ModelFileError(f"model metadata platform_params.modes is {value!r}, expected the mesh size the "
+                                 "model was trained for (an integer from 2 to 1024); re-export the model")
+        return value
 
     def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
         n = self._modes(params)
@@ -170,6 +178,10 @@ class MZIPlatform(Platform):
         """Fit each block's phases through the *calibrated* mesh (measured ratios), subtract the measured
         offsets, pre-compensate the known thermal crosstalk, wrap into the heater range and quantise.
 
+        The fit (L-BFGS on all blocks of the layer together) stops at ``FIT_ITERATIONS`` or when converged;
+        what it leaves is in the residual.  Shifters whose crosstalk-compensated setting falls outside the
+        heater range count as clipped.
+
         The fit starts from the trained phases when the chip's mesh is the model's (so SAT's flat
         region is kept) and from the ideal decomposition of W otherwise.
         """
@@ -190,9 +202,9 @@ class MZIPlatform(Platform):
         offset = calibration[self.offset_name]
         realised = _fit_phases(blocks, mask, start, ratios, n)
         lo, hi = environment.heater_range
-        wrapped = _precompensate(realised - offset, float(environment.crosstalk), n, lo)
-        settings, inside = quantise(wrapped, (lo, hi), environment.dac_bits)
-        clipped += int((~inside).sum())
+        wanted, unmet = _precompensate(realised - offset, float(environment.crosstalk), n, lo, hi)
+        settings, inside = quantise(wanted, (lo, hi), environment.dac_bits)
+        clipped += int((unmet | ~inside).sum())
         got = mesh_unitary(settings + offset + float(environment.crosstalk) * _spill(settings, n), n, ratios).real
         residual = float(np.sqrt(np.sum(np.where(mask, got - blocks, 0.0) ** 2)))
         return LayerMapping(settings, clipped, residual)
@@ -261,17 +273,31 @@ def _neighbours(n: int) -> tuple[np.ndarray, np.ndarray]:
     return left, right
 
 
-def _precompensate(target: np.ndarray, crosstalk: float, n: int, lo: float, iterations: int = 8) -> np.ndarray:
-    """Settings h in [lo, lo + 2 pi) with h + crosstalk * (h_left + h_right) = target (mod 2 pi).
+def _precompensate(target: np.ndarray, crosstalk: float, n: int, lo: float, hi: float,
+                   turns: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Settings h in [lo, hi] with h + crosstalk * (h_left + h_right) = target (mod 2 pi), and a mask of the
+    shifters where that could not be met (a heater range of exactly one turn leaves no headroom for the spill).
 
-    A shifter's phase is raised by a fraction of its neighbours' settings (heat spreads in the
-    column), which the profile states; a fixed-point iteration solves for the settings (it
-    contracts while 2 * crosstalk < 1, which the profile schema guarantees).
+    A shifter's phase is raised by a fraction of its neighbours' settings (heat spreads in the column), which the
+    profile states.  The linear system is solved for fixed whole turns of the targets by a fixed-point iteration
+    (it contracts while 2 * crosstalk < 1, which the profile schema guarantees); a setting that lands outside the
+    range moves its target by one turn and the system is solved again.  Wrapping inside the iteration instead
+    would change a neighbour's spill by 2 pi * crosstalk at every wrap and need not converge.
     """
-    h = lo + np.mod(target - lo, TWO_PI)
-    for _ in range(iterations if crosstalk else 0):
-        h = lo + np.mod(target - crosstalk * _spill(h, n) - lo, TWO_PI)
-    return h
+    goal = lo + np.mod(target - lo, TWO_PI)
+    h = goal.copy()
+    if not crosstalk:
+        return h, np.zeros(h.shape, dtype=bool)
+    sweeps = int(np.ceil(np.log(1e-13) / np.log(2.0 * crosstalk))) + 1       # (2c)^sweeps below 1e-13
+    for _ in range(turns):
+        for _ in range(sweeps):
+            h = goal - crosstalk * _spill(h, n)
+        below, above = h < lo, h > hi
+        if not (below.any() or above.any()):
+            break
+        goal = goal + TWO_PI * (below.astype(float) - above.astype(float))
+    outside = (h < lo) | (h > hi)
+    return np.clip(h, lo, hi), outside
 
 
 def _spill(settings: np.ndarray, n: int) -> np.ndarray:

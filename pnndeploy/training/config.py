@@ -71,6 +71,10 @@ class TrainConfig:
                                       f"would ignore it; use it with --method sat, or drop it")
         known = PLATFORMS.get(self.platform)
         units, noun = (known.control_units, known.control_noun) if known else ("control units", "control")
+        if self.adaptive and known is not None and known.periodic:
+            raise ConfigError(f"--adaptive scales SAT's perturbation by |{noun}|, which means nothing for the "
+                              f"periodic {noun}s of --platform {self.platform} (0 and 2 pi are the same {noun}); "
+                              "drop --adaptive")
         if self.noise is not None and not self.noise >= 0:
             raise ConfigError(f"--noise must be 0 or more {units} (got {self.noise})")
         if self.noise and self.method == "standard":
