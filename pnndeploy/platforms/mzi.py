@@ -126,7 +126,7 @@ class MZIPlatform(Platform):
     def weights_to_controls(self, weight: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
         """Decompose each block; a row block whose largest singular value s exceeds 1 is divided by s."""
         n = self.modes
-        blocks, row_scale = _blocks(weight, n)
+        blocks = _blocks(weight, n)
         to, ti = blocks.shape[:2]
         scale = np.ones(to)
         for bo in range(to):
@@ -134,8 +134,7 @@ class MZIPlatform(Platform):
             if s > 1.0:
                 scale[bo] = s
                 blocks[bo] /= s
-        controls = np.stack([np.stack([decompose(unitary_with_real_part(blocks[bo, bi])[0]) for bi in range(ti)])
-                             for bo in range(to)])
+        controls, _ = _decompose_blocks(blocks)
         return controls, 0, np.repeat(scale, n)[:weight.shape[0]]
 
     # --------------------------------------------------------------------------------------- profiles
@@ -187,17 +186,14 @@ class MZIPlatform(Platform):
         """
         n = layout[0]
         target = weight.astype(np.float64)
-        blocks, _ = _blocks(target, n)
-        mask = _blocks(np.ones_like(target), n)[0] > 0
+        blocks = _blocks(target, n)
+        mask = _blocks(np.ones_like(target), n) > 0
         clipped = 0
         if controls.shape == self.control_shape(weight.shape, {"modes": n}):
             start = controls.astype(np.float64)
         else:
-            start = np.empty((*blocks.shape[:2], phase_count(n)))
-            for bo, bi in np.ndindex(*blocks.shape[:2]):
-                U, bad = unitary_with_real_part(blocks[bo, bi])
-                clipped += int(mask[bo, bi].sum()) if bad else 0
-                start[bo, bi] = decompose(U)
+            start, bad = _decompose_blocks(blocks)
+            clipped += int(mask[bad].sum())
         ratios = calibration["splitter_ratio"]
         offset = calibration[self.offset_name]
         realised = _fit_phases(blocks, mask, start, ratios, n)
@@ -240,13 +236,25 @@ class MZIPlatform(Platform):
         return np.ascontiguousarray(W[:, :out_f, :in_f], dtype=np.float32)
 
 
-def _blocks(weight: np.ndarray, n: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _decompose_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ideal-mesh phases (to, ti, n^2) of every block, and which blocks had singular values above 1 (clipped)."""
+    to, ti = blocks.shape[:2]
+    phases = np.empty((to, ti, blocks.shape[-1] ** 2))
+    bad = np.zeros((to, ti), dtype=bool)
+    for bo, bi in np.ndindex(to, ti):
+        U, clipped = unitary_with_real_part(blocks[bo, bi])
+        bad[bo, bi] = clipped > 0
+        phases[bo, bi] = decompose(U)
+    return phases, bad
+
+
+def _blocks(weight: np.ndarray, n: int) -> np.ndarray:
     """(out, in) weights as zero-padded n x n blocks (to, ti, n, n)."""
     out_f, in_f = weight.shape
     to, ti = math.ceil(out_f / n), math.ceil(in_f / n)
     padded = np.zeros((to * n, ti * n), dtype=np.float64)
     padded[:out_f, :in_f] = weight
-    return padded.reshape(to, n, ti, n).transpose(0, 2, 1, 3).copy(), (to, ti)
+    return padded.reshape(to, n, ti, n).transpose(0, 2, 1, 3).copy()
 
 
 @lru_cache(maxsize=None)
