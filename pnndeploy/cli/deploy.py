@@ -96,13 +96,18 @@ def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory:
               help="Pass only if every chip stays above the threshold within ±K kelvin.")
 @click.option("--require-days", type=float, default=30.0, show_default=True, metavar="D",
               help="Pass only if every chip stays above the threshold for D days after calibration.")
+@click.option("--drift-compensation/--no-drift-compensation", default=False, show_default=True,
+              help="Judge the temperature sweep with drift compensation: at each temperature every chip re-fits "
+                   "one common control bias from a 32-input reference measurement (no labels). Both sweeps are "
+                   "always reported; this picks the one the verdict uses.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write accuracy-vs-drift plots (PNG).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write a Markdown report (tables, and the plot if --plot is given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md audit document on stdout.")
 def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
           temperature: str, days: str, draws: int, threshold: float | None, require_temperature: float,
-          require_days: float, plot: str | None, report_path: str | None, as_json: bool) -> None:
+          require_days: float, drift_compensation: bool, plot: str | None, report_path: str | None,
+          as_json: bool) -> None:
     """Check drift robustness: accuracy vs temperature and vs days since calibration. Exit 1 when it fails.
 
     \b
@@ -110,6 +115,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
       pnndeploy audit --fleet
       pnndeploy audit --device chipB --temperature -1:1:0.1 --require-temperature 0.5 --plot audit.png
       pnndeploy audit --fleet --threshold 0.9 --report audit.md --plot audit.png --json
+      pnndeploy audit --fleet --drift-compensation --require-temperature 1
     """
     from pnndeploy.deploy.audit import SweepRange, run_audit
     from pnndeploy.report.tables import render_audit
@@ -129,7 +135,8 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
     with progress_bar() as progress:
         task = progress.add_task("sweeping temperature and ageing", total=total)
         doc = run_audit(prepared, t_range, d_range, threshold=threshold, require_temperature=require_temperature,
-                        require_days=require_days, draws=draws, progress=lambda n: progress.advance(task, n))
+                        require_days=require_days, draws=draws, progress=lambda n: progress.advance(task, n),
+                        drift_compensation=drift_compensation)
     if plot:
         from pnndeploy.report.plots import plot_audit
 

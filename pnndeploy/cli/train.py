@@ -23,10 +23,11 @@ def _per_platform(value: Any) -> str:
 @click.option("--dataset", default=None, metavar="SPEC",
               help="digits (default, scikit-learn's handwritten digits), iris, mnist:DIR (IDX files), "
                    "npz:PATH (arrays X, y, optional X_test, y_test).")
-@click.option("--method", type=click.Choice(["sat", "standard", "noise-aware"]), default=None,
+@click.option("--method", type=click.Choice(["sat", "spec-sat", "standard", "noise-aware"]), default=None,
               help="sat (default): sharpness-aware training on the physical controls (ring detunings, mesh "
-                   "phases); standard: the paper's baseline, trains W in [-1, 1] directly and maps it at export; "
-                   "noise-aware: Gaussian noise on the controls.")
+                   "phases); spec-sat: SAT over the perturbations of the fleet's process spec (noise, worst "
+                   "common-mode drift, radius from the spec; see --robust-to); standard: the paper's baseline, "
+                   "trains W in [-1, 1] directly and maps it at export; noise-aware: Gaussian noise on the controls.")
 @click.option("--epochs", type=int, default=None, help="Passes over the training set (default 30).")
 @click.option("--batch-size", type=int, default=None, help="Samples per step (default 32).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01).")
@@ -54,6 +55,20 @@ def _per_platform(value: Any) -> str:
               help="Std of Gaussian noise on each control at every training step, control units: noise-aware "
                    f"(default {_per_platform(lambda p: p.default_noise)}) and sat (default 0, off; with "
                    "--drift-budget it covers random errors too).")
+@click.option("--robust-to", type=click.Path(dir_okay=False), default=None, metavar="PROCESS.yaml",
+              help="spec-sat: the process spec of the fleet to deploy on; its calibration error, ageing rate, "
+                   "drift coefficient and spread and DAC step make the perturbation set (default: the platform's "
+                   "default fleet's, device_profiles[/PLATFORM]/process.yaml).")
+@click.option("--require-temperature", type=float, default=None, metavar="K",
+              help="spec-sat: deployment range of the common-mode temperature change, ±K (default 1, as audit).")
+@click.option("--require-days", type=float, default=None, metavar="D",
+              help="spec-sat: days after calibration the model must last: the ageing walk's spread (default 30).")
+@click.option("--robust-z", type=float, default=None, metavar="Z",
+              help="spec-sat: the ascent guards the Z-sigma quantile of the independent errors, rho = Z * sigma "
+                   "(default 2: the 97.7th-percentile chip).")
+@click.option("--drift-compensation/--no-drift-compensation", default=None,
+              help="spec-sat: the deployment re-fits a common bias per chip (audit --drift-compensation), so the "
+                   "common-mode shift is cancelled and only its device-to-device spread is trained against.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML file of defaults for any of these options; flags given on the command line win.")
 @click.option("--out", default=None, metavar="FILE.onnx", help="Where to write the model (default models/model.onnx).")
@@ -66,6 +81,7 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
     Example:
       pnndeploy train --method sat --seed 0 --out models/sat.onnx
       pnndeploy train --method standard --epochs 30 --json
+      pnndeploy train --method spec-sat --hidden 128 --drift-compensation --out models/spec.onnx
     """
     from pnndeploy.training.config import TrainConfig, load_config
 

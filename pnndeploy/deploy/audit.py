@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from pnndeploy.deploy.compensation import DriftCompensation, compensated_accuracy
 from pnndeploy.deploy.transfer import PreparedFleet
 from pnndeploy.errors import ConfigError
 from pnndeploy.simulation.fleet import Conditions
@@ -96,8 +97,15 @@ def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: i
 
 def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRange,
               threshold: float | None = None, require_temperature: float = 1.0, require_days: float = 30.0,
-              draws: int = 5, progress: Callable[[int], None] | None = None) -> dict:
-    """The `audit --json` document: sweeps, tolerances, time to threshold, pass/fail."""
+              draws: int = 5, progress: Callable[[int], None] | None = None,
+              drift_compensation: bool = False) -> dict:
+    """The `audit --json` document: sweeps, tolerances, time to threshold, pass/fail.
+
+    The temperature sweep is reported twice: as programmed, and with drift compensation (each chip's
+    common bias re-fitted at every temperature, :mod:`~pnndeploy.deploy.compensation`).  The verdict
+    uses the compensated sweep when ``drift_compensation`` (the deployment re-fits the bias), else
+    the programmed one.
+    """
     if days.lo < 0:
         raise ConfigError(f"--days starts at {days.lo}: days since calibration cannot be negative")
     if not (math.isfinite(require_temperature) and math.isfinite(require_days)) \
@@ -118,9 +126,14 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
 
     t_values = temperatures.values(extra=(0.0, -require_temperature, require_temperature))
     t_acc = np.empty((len(names), len(t_values)))
+    compensation = DriftCompensation.for_range(fleet.platform.nominal_drift, max(abs(v) for v in t_values))
+    t_comp = np.empty_like(t_acc)
+    t_bias = np.empty_like(t_acc)
     for k, t in enumerate(t_values):
         t_acc[:, k] = fleet.accuracy(X, y, Conditions(delta_T=t))
+        t_comp[:, k], t_bias[:, k] = compensated_accuracy(fleet, X, y, Conditions(delta_T=t), compensation)
         tick(1)
+    t_verdict = t_comp if drift_compensation else t_acc
 
     d_values = days.values(extra=(0.0, require_days))
     per_draw = np.empty((draws, len(names), len(d_values)))
@@ -134,6 +147,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     d_acc = np.median(per_draw, axis=0)
 
     tolerance = {n: tolerance_interval(t_values, t_acc[i], threshold) for i, n in enumerate(names)}
+    tolerance_comp = {n: tolerance_interval(t_values, t_comp[i], threshold) for i, n in enumerate(names)}
     time_to = {n: _time_to_threshold(d_values, d_acc[i], threshold) for i, n in enumerate(names)}
     finite = [v for v in time_to.values() if v is not None]
     recommended = min(finite) if finite else None   # None: every chip lasts beyond the horizon
@@ -142,8 +156,9 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     d_mask = np.asarray(d_values) <= require_days + 1e-9
     failures = []
     for i, n in enumerate(names):
-        if np.any(t_acc[i, t_mask] < threshold):
-            failures.append(f"{n}: below {threshold:.3f} within ±{require_temperature:g} K")
+        if np.any(t_verdict[i, t_mask] < threshold):
+            failures.append(f"{n}: below {threshold:.3f} within ±{require_temperature:g} K"
+                            + (" (drift-compensated)" if drift_compensation else ""))
         if np.any(d_acc[i, d_mask] < threshold):
             failures.append(f"{n}: below {threshold:.3f} within {require_days:g} days")
     return {
@@ -158,11 +173,16 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
         "require": {"temperature_K": require_temperature, "days": require_days},
         "passed": not failures,
         "failures": failures,
+        "drift_compensation": {**compensation.to_dict(), "used_for_verdict": drift_compensation},
         "sweeps": {
             "temperature_K": _sweep_doc(t_values, names, t_acc),
+            "temperature_K_compensated": {
+                **_sweep_doc(t_values, names, t_comp),
+                "bias": {n: [float(b) for b in t_bias[i]] for i, n in enumerate(names)},
+                "bias_units": fleet.platform.control_units},
             "days": {**_sweep_doc(d_values, names, d_acc), "draws": draws, "statistic": "median over draws"},
         },
-        "tolerance": {"temperature_K": tolerance},
+        "tolerance": {"temperature_K": tolerance, "temperature_K_compensated": tolerance_comp},
         "time_to_threshold_days": time_to,
         "recommended_recalibration_days": recommended,
         "horizon_days": float(d_values[-1]),

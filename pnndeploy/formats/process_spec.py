@@ -221,11 +221,14 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
     return out
 
 
-def load_process(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check a process spec (YAML, safe_load only); ConfigError naming the file and key."""
+def load_process(path: str | os.PathLike[str], flag: str = "--process") -> dict[str, Any]:
+    """Read and check a process spec (YAML, safe_load only); ConfigError naming the file and key.
+
+    ``flag`` is the option that named the file, for the hint of a missing one.
+    """
     path = Path(path)
     where = f"process file {path}"
-    data = read_yaml_file(path, where, "pass an existing process.yaml with --process "
+    data = read_yaml_file(path, where, f"pass an existing process.yaml with {flag} "
                                        "(the default is device_profiles/process.yaml)")
     return check_process(data, source=where)
 

@@ -28,6 +28,10 @@ def plot_audit(doc: dict[str, Any], path: str | Path) -> Path:
         for name, acc in sweep["devices"].items():
             ax.plot(x, [100 * a for a in acc], lw=0.9, alpha=0.6, label=name)
         ax.plot(x, [100 * a for a in sweep["fleet_mean"]], color="black", lw=2.6, label="fleet mean")
+        comp = doc["sweeps"].get(f"{key}_compensated")
+        if comp is not None:
+            ax.plot(x, [100 * a for a in comp["fleet_min"]], color="black", lw=1.8, ls=":",
+                    label="fleet min, drift-compensated")
         ax.axhline(100 * doc["threshold"], color="crimson", ls="--", lw=1.2, label="threshold")
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (%)")

@@ -178,17 +178,24 @@ def audit_rows(doc: dict[str, Any]) -> list[list[str]]:
     t = doc["sweeps"]["temperature_K"]
     req = doc["require"]["temperature_K"]
     idx = {round(v, 6): i for i, v in enumerate(t["values"])}
+    comp = doc["sweeps"].get("temperature_K_compensated")
     rows = []
     for name, acc in t["devices"].items():
-        rows.append([name, pct(acc[idx[0.0]]), pct(acc[idx[round(-req, 6)]]), pct(acc[idx[round(req, 6)]]),
-                     _interval(doc["tolerance"]["temperature_K"][name]),
-                     _days(doc["time_to_threshold_days"][name], doc["horizon_days"])])
+        row = [name, pct(acc[idx[0.0]]), pct(acc[idx[round(-req, 6)]]), pct(acc[idx[round(req, 6)]]),
+               _interval(doc["tolerance"]["temperature_K"][name])]
+        if comp is not None:
+            c = comp["devices"][name]
+            row += [f"{pct(c[idx[round(-req, 6)]])} / {pct(c[idx[round(req, 6)]])}",
+                    _interval(doc["tolerance"]["temperature_K_compensated"][name])]
+        rows.append(row + [_days(doc["time_to_threshold_days"][name], doc["horizon_days"])])
     return rows
 
 
 def _audit_headers(doc: dict[str, Any]) -> list[str]:
     req = doc["require"]["temperature_K"]
-    return ["device", "0 K", f"−{req:g} K", f"+{req:g} K", "temperature tolerance", "days to threshold"]
+    comp = [f"compensated −{req:g} / +{req:g} K", "tolerance, compensated"] \
+        if "temperature_K_compensated" in doc["sweeps"] else []
+    return ["device", "0 K", f"−{req:g} K", f"+{req:g} K", "temperature tolerance", *comp, "days to threshold"]
 
 
 def render_audit(doc: dict[str, Any]) -> None:
@@ -204,6 +211,9 @@ def render_audit(doc: dict[str, Any]) -> None:
     console.print(f"recommended recalibration interval: "
                   f"{'beyond the ' + format(doc['horizon_days'], 'g') + '-day horizon' if rec is None else format(rec, 'g') + ' days'}")
     req = doc["require"]
+    used = (doc.get("drift_compensation") or {}).get("used_for_verdict")
+    console.print("verdict on the " + ("drift-compensated sweep (a common bias re-fitted per chip)" if used else
+                                       "sweep as programmed (no drift compensation; --drift-compensation to use it)"))
     if doc["passed"]:
         console.print(f"[bold green]PASSED[/]: every device stays ≥ {pct(doc['threshold'])} within "
                       f"±{req['temperature_K']:g} K and for {req['days']:g} days")
@@ -227,7 +237,9 @@ def audit_markdown(doc: dict[str, Any], plot: str | None = None, report_dir: str
         f"- dataset: {doc['dataset']} ({doc['samples']} test samples), nominal accuracy {pct(doc['nominal_accuracy'])}",
         f"- threshold: {pct(doc['threshold'])} ({doc['threshold_source']})",
         f"- requirement: ±{req['temperature_K']:g} K and {req['days']:g} days → "
-        f"**{'PASSED' if doc['passed'] else 'FAILED'}**",
+        f"**{'PASSED' if doc['passed'] else 'FAILED'}**"
+        + (" (judged with drift compensation)" if (doc.get("drift_compensation") or {}).get("used_for_verdict")
+           else ""),
         f"- recommended recalibration interval: "
         f"{'beyond the horizon' if rec is None else format(rec, 'g') + ' days'}",
         "",

@@ -17,7 +17,11 @@ from pnndeploy.errors import ConfigError
 from pnndeploy.formats.yamlio import read_yaml_file
 from pnndeploy.platforms import DEFAULT_PLATFORM, PLATFORMS, get_platform
 
-METHODS = ("standard", "noise-aware", "sat")
+METHODS = ("standard", "noise-aware", "sat", "spec-sat")
+#: Settings of SAT's isotropic ascent (refused by the other methods, which would ignore them).
+SAT_SETTINGS = ("rho", "adaptive", "perturb", "drift_budget")
+#: Settings of spec-SAT's perturbation set (refused by the other methods).
+SPEC_SETTINGS = ("robust_to", "require_temperature", "require_days", "robust_z", "drift_compensation")
 PERTURB_CHOICES = ("onchip", "all")
 
 
@@ -40,6 +44,17 @@ class TrainConfig:
     perturb: str = "onchip"
     drift_budget: float = 0.0
     sat_every: int = 1
+    #: spec-sat: the process spec of the fleet (None: the platform's default fleet's process.yaml).
+    robust_to: str | None = None
+    #: spec-sat: the deployment range of the common-mode thermal shift, +- K.
+    require_temperature: float = 1.0
+    #: spec-sat: days since calibration the model must last (the ageing walk's spread).
+    require_days: float = 30.0
+    #: spec-sat: quantile (in std) of the independent errors the ascent guards: rho = z * sigma.
+    robust_z: float = 2.0
+    #: spec-sat: the deployment re-fits a common bias per chip (audit --drift-compensation), which removes
+    #: the common-mode shift; only its device-to-device spread remains in the perturbation set.
+    drift_compensation: bool = False
 
     def validate(self) -> None:
         """Refuse settings that would train nonsense, with the flag to change."""
@@ -62,13 +77,24 @@ class TrainConfig:
             raise ConfigError(f"--rho must be 0 or more (got {self.rho})")
         if not self.drift_budget >= 0:
             raise ConfigError(f"--drift-budget must be 0 or more kelvin (got {self.drift_budget})")
-        if self.method != "sat":
-            defaults = TrainConfig()
-            for name in ("rho", "adaptive", "perturb", "drift_budget", "sat_every"):
-                if getattr(self, name) != getattr(defaults, name):
-                    flag = "--" + name.replace("_", "-")
-                    raise ConfigError(f"{flag} is a setting of SAT's ascent step and --method {self.method} "
-                                      f"would ignore it; use it with --method sat, or drop it")
+        for name in ("require_temperature", "require_days", "robust_z"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, 0 or more "
+                                  f"(got {getattr(self, name)})")
+        defaults = TrainConfig()
+        refused = {"sat": SPEC_SETTINGS, "spec-sat": SAT_SETTINGS + ("noise",)}.get(
+            self.method, SAT_SETTINGS + SPEC_SETTINGS + ("sat_every",))
+        for name in refused:
+            if getattr(self, name) != getattr(defaults, name):
+                flag = "--" + name.replace("_", "-")
+                if self.method == "spec-sat":
+                    raise ConfigError(f"{flag} is not a setting of spec-sat, which reads its perturbations "
+                                      "(noise, drift, radius) from the process spec; change --robust-to, "
+                                      "--require-temperature, --require-days or --robust-z, or use --method sat")
+                owner = "SAT's ascent step" if name in SAT_SETTINGS + ("sat_every",) else "spec-SAT's perturbation set"
+                use = "sat" if name in SAT_SETTINGS else "spec-sat" if name in SPEC_SETTINGS else "sat or spec-sat"
+                raise ConfigError(f"{flag} is a setting of {owner} and --method {self.method} "
+                                  f"would ignore it; use it with --method {use}, or drop it")
         known = PLATFORMS.get(self.platform)
         units, noun = (known.control_units, known.control_noun) if known else ("control units", "control")
         if self.adaptive and known is not None and known.periodic:
@@ -95,7 +121,12 @@ class TrainConfig:
         return get_platform(self.platform).default_noise if self.method == "noise-aware" else 0.0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "noise": self.control_noise}
+        """The settings as the model file records them (spec-SAT's only for spec-sat, so other files stay as they were)."""
+        out = {**asdict(self), "noise": self.control_noise}
+        # spec-sat's noise and radius come from its perturbation set, which the model file records beside
+        for name in (SAT_SETTINGS + ("noise",) if self.method == "spec-sat" else SPEC_SETTINGS):
+            out.pop(name)
+        return out
 
 
 #: Keys a train config may hold beyond TrainConfig's fields.

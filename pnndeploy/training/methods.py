@@ -22,7 +22,9 @@ from pnndeploy.errors import PnnError
 from pnndeploy.platforms import get_platform
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.model import PNN, accuracy
+from pnndeploy.training.perturbation_set import PerturbationSet, perturbation_set
 from pnndeploy.training.sat import SharpnessAwareStep
+from pnndeploy.training.spec_sat import SpecAdversary
 
 
 class TrainingDiverged(PnnError):
@@ -53,6 +55,12 @@ def build_model(config: TrainConfig, n_features: int, n_classes: int) -> PNN:
     sizes = [n_features, *config.hidden, n_classes]
     parameterisation = "weights" if config.method == "standard" else "controls"
     return PNN(sizes, platform, seed=config.seed, parameterisation=parameterisation)
+
+
+def spec_perturbations(config: TrainConfig) -> PerturbationSet:
+    """The perturbation set spec-SAT trains against, from the config's process spec and requirements."""
+    return perturbation_set(config.platform, config.robust_to, config.require_temperature, config.require_days,
+                            config.robust_z, config.drift_compensation)
 
 
 def _perturbed_params(model: PNN, perturb: str) -> list[nn.Parameter]:
@@ -96,6 +104,10 @@ def _train(dataset: Dataset, config: TrainConfig,
         drift = [model.platform.nominal_drift if id(p) in onchip else 0.0 for p in perturbed]
         sat = SharpnessAwareStep(perturbed, config.rho, config.adaptive, drift=drift,
                                  drift_budget=config.drift_budget, every=config.sat_every)
+    spec = None
+    if config.method == "spec-sat":
+        spec = SpecAdversary([p for p in model.onchip_parameters() if p.requires_grad], spec_perturbations(config),
+                             every=config.sat_every)
     loss_fn = nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(config.seed + 1)
 
@@ -111,7 +123,21 @@ def _train(dataset: Dataset, config: TrainConfig,
             idx = order[begin:begin + config.batch_size]
             xb, yb = X[idx], y[idx]
             optimizer.zero_grad(set_to_none=True)
-            if sat is not None and not sat.refresh_due():
+            if spec is not None and not spec.refresh_due():
+                spec.reapply()          # efficient spec-SAT: fresh noise + the cached shift and ascent
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                loss.backward()
+                spec.restore()
+            elif spec is not None:
+                spec.begin()
+                spec.worst_shift(lambda: loss_fn(model(xb), yb).item())
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                spec.ascend(torch.autograd.grad(loss, spec.params, allow_unused=True))
+                loss_fn(model(xb), yb).backward()
+                spec.restore()
+            elif sat is not None and not sat.refresh_due():
                 # efficient SAT: one pass at theta + the cached eps, no clean pass
                 sat.reapply()
                 logits = model(xb)

@@ -12,7 +12,7 @@ from pnndeploy.data.datasets import Dataset, load_dataset
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.onnx_io import save_model
 from pnndeploy.training.config import TrainConfig
-from pnndeploy.training.methods import EpochRecord, TrainResult, evaluation_tensors, train
+from pnndeploy.training.methods import EpochRecord, TrainResult, evaluation_tensors, spec_perturbations, train
 from pnndeploy.training.model import accuracy
 from pnndeploy.training.sharpness import model_hessian_trace, model_sharpness
 
@@ -84,12 +84,17 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path) -> Tr
                "trained_test_accuracy": result.test_accuracy,
                "sharpness": sharpness, "hessian_trace": trace, "seconds": result.seconds,
                "clipped_weights": clipped}
+    extra: dict[str, Any] = {"config": config.to_dict(), "n_classes": dataset.n_classes}
+    rho = config.rho if config.method == "sat" else 0.0
+    if config.method == "spec-sat":
+        pset = spec_perturbations(config)
+        extra["perturbation_set"] = pset.to_dict()
+        rho = pset.rho
     sha = save_model(
         out, layers, dataset.scaling, platform=platform.name,
         platform_params=platform.metadata(),
-        method=config.method, rho=config.rho if config.method == "sat" else 0.0,
-        dataset=dataset.name, metrics=metrics, seed=config.seed,
-        extra={"config": config.to_dict(), "n_classes": dataset.n_classes},
+        method=config.method, rho=rho,
+        dataset=dataset.name, metrics=metrics, seed=config.seed, extra=extra,
     )
     return TrainSummary(model=str(out), model_sha256=sha, platform=platform.name, method=config.method,
                         dataset=dataset.name, train_accuracy=train_acc, test_accuracy=test_acc,

@@ -1,0 +1,129 @@
+"""The perturbations a deployed fleet will see, read off its process spec: what spec-SAT trains against.
+
+A chip of the fleet realises, for every control device i,
+``control_i = setting_i + (offset error)_i + k_i * dT + (ageing walk)_i + (DAC rounding)_i``.
+Split by structure:
+
+* **common mode**: ``k * dT`` with the mean drift coefficient k of the process,
+  the same for every device of a chip, over the deployment range
+  ``dT in [-T, +T]``.  Structured: the adversary takes its worst value;
+* **independent**, per device, zero mean: the calibration error of the
+  measured offset (sigma_cal), the ageing walk after the required days
+  (rate * sqrt(days)), the device-to-device spread of k at the range's end
+  (k * rel_sigma * T) and the DAC's rounding (step / sqrt(12)).  Their sum is
+  Gaussian-like with ``sigma = sqrt(sigma_cal^2 + sigma_age^2 + sigma_k^2 +
+  sigma_dac^2)``.
+
+Why the ascent radius follows from sigma: to first order a random error xi
+changes the loss by ``g . xi``, whose spread over chips is ``sigma * ||g||``;
+the chip at the z-sigma quantile loses ``z * sigma * ||g||``, which is exactly
+what SAM's ascent ``rho * g / ||g||`` adds when ``rho = z * sigma``.  The
+expectation over xi (the second-order, average-curvature part) is what the
+noise draws cover.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from pnndeploy.errors import ConfigError
+from pnndeploy.formats.process_spec import load_process, process_keys
+from pnndeploy.formats.profile_folder import profiles_dir
+from pnndeploy.platforms import get_platform
+
+#: Default quantile of the independent errors the ascent guards (2 sigma: the 97.7th-percentile chip).
+DEFAULT_Z = 2.0
+
+
+@dataclass(frozen=True)
+class PerturbationSet:
+    """The fleet's perturbations of the controls, in control units, and the spec-SAT radius they imply."""
+
+    platform: str
+    source: str                 # the process spec they were read from
+    temperature_K: float        # deployment range of the common-mode shift: dT in [-T, +T]
+    days: float                 # days since calibration the model must last
+    drift: float                # mean drift coefficient k, control units per K
+    drift_rel_sigma: float      # device-to-device spread of k, relative
+    calibration_sigma: float    # std of the measured offset's error, control units
+    ageing_rate: float          # random-walk rate, control units per sqrt(day)
+    dac_step: float             # one DAC code, control units
+    z: float = DEFAULT_Z        # quantile of the independent errors the ascent guards
+    #: The deployment re-fits a common bias per chip: the common mode is cancelled, its spread remains.
+    compensated: bool = False
+
+    @property
+    def common_shift(self) -> float:
+        """Largest common-mode shift of every control, k * T (control units); 0 when compensated."""
+        return 0.0 if self.compensated else self.drift * self.temperature_K
+
+    @property
+    def common_temperatures(self) -> tuple[float, ...]:
+        """The temperatures (K) the max over the common mode looks at: the range's ends and middle."""
+        if self.compensated or self.temperature_K == 0:
+            return (0.0,)
+        return (-self.temperature_K, 0.0, self.temperature_K)
+
+    @property
+    def components(self) -> dict[str, float]:
+        """The independent error's parts, each a std in control units."""
+        return {
+            "calibration": self.calibration_sigma,
+            "ageing": self.ageing_rate * math.sqrt(self.days),
+            "drift_spread": self.drift * self.drift_rel_sigma * self.temperature_K,
+            "dac": self.dac_step / math.sqrt(12.0),
+        }
+
+    @property
+    def sigma(self) -> float:
+        """Std of the independent per-device error (control units): the noise spec-SAT trains with."""
+        return math.sqrt(sum(v * v for v in self.components.values()))
+
+    @property
+    def rho(self) -> float:
+        """The ascent radius, z * sigma (control units)."""
+        return self.z * self.sigma
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "common_shift": self.common_shift,
+                "common_temperatures_K": list(self.common_temperatures), "components": self.components,
+                "sigma": self.sigma, "rho": self.rho}
+
+
+def default_process_path(platform: str) -> Path:
+    """The process spec of the platform's default fleet (``device_profiles[/PLATFORM]/process.yaml``)."""
+    return profiles_dir(None, platform) / "process.yaml"
+
+
+def perturbation_set(platform: str, process_path: str | Path | None = None, temperature_K: float = 1.0,
+                     days: float = 30.0, z: float = DEFAULT_Z, compensated: bool = False) -> PerturbationSet:
+    """Read the perturbation set of a fleet from its process spec (default: the platform's default fleet's)."""
+    for name, value in (("--require-temperature", temperature_K), ("--require-days", days), ("--robust-z", z)):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} must be a finite number, 0 or more (got {value})")
+    p = get_platform(platform)
+    path = Path(process_path) if process_path is not None else default_process_path(platform)
+    if process_path is None and not path.is_file():
+        raise ConfigError(f"spec-sat reads its perturbations from a process spec and the default {path} does not "
+                          "exist here; pass --robust-to PROCESS.yaml (the spec of the fleet you will deploy on)")
+    process = load_process(path, "--robust-to")
+    if process["platform"] != platform:
+        raise ConfigError(f"process file {path} describes {process['platform']} chips but the model is for "
+                          f"{platform}; pass --robust-to with a {platform} process spec")
+    keys = process_keys(p)
+    devices: Mapping[str, Any] = process[p.device_section]
+    drift_key = f"drift_{p.control_units}_per_K"
+    if drift_key not in devices or "drift_rel_sigma" not in devices:
+        raise ConfigError(f"process file {path}: section '{p.device_section}' needs '{drift_key}' and "
+                          "'drift_rel_sigma' for spec-sat's thermal drift; add them")
+    env = process["environment"]
+    lo, hi = env[keys["heater_range"]]
+    return PerturbationSet(
+        platform=platform, source=str(path), temperature_K=float(temperature_K), days=float(days),
+        drift=float(devices[drift_key]), drift_rel_sigma=float(devices["drift_rel_sigma"]),
+        calibration_sigma=float(process["calibration"][keys["offset_sigma"]]),
+        ageing_rate=float(env[keys["ageing"]]),
+        dac_step=(float(hi) - float(lo)) / (2 ** int(env["dac_bits"]) - 1), z=float(z), compensated=compensated)

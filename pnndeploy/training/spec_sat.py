@@ -1,0 +1,129 @@
+"""spec-SAT's step: sharpness-aware training over the perturbation set of the fleet's process spec.
+
+The objective (README, "spec-SAT"), over the on-chip controls theta::
+
+    min_theta  E_xi  max_{dT in {-T, 0, +T}}  L(theta + xi + k dT 1 + rho * g / ||g||)
+
+with xi ~ N(0, sigma^2 I) the independent per-device errors, k dT the common-mode
+thermal shift over the deployment range, g the gradient at theta + xi + k dT and
+rho = z sigma (:class:`~pnndeploy.training.perturbation_set.PerturbationSet`).
+The max over dT is taken by evaluating the batch loss at the range's ends and
+its middle: the loss is not monotone in dT (the trained point sits in a valley),
+so a first-order sign would always pick an end and never train the chip at the
+calibration temperature, which is what happened to the MZI demo's drift adversary.
+
+One step:
+
+1. save theta, add a fresh noise draw xi;
+2. evaluate the loss (no gradient) at the three shifts, keep the worst dT*;
+3. g = grad L at theta + xi + k dT*, ascend by rho * g / ||g||;
+4. backward at that point, restore theta bit for bit, step the optimiser.
+
+With ``every`` > 1 (efficient spec-SAT) steps 2-3 run every ``every`` steps;
+in between a step adds a fresh xi plus the cached shift and ascent and costs
+one forward/backward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pnndeploy.training.perturbation_set import PerturbationSet
+
+
+class SpecAdversary:
+    """The perturbations of one spec-SAT step, applied in place to the on-chip controls and undone exactly."""
+
+    def __init__(self, params: Sequence[nn.Parameter], pset: PerturbationSet, every: int = 1,
+                 eps: float = 1e-12) -> None:
+        self.params = list(params)
+        self.pset = pset
+        self.every = every
+        self.eps = eps
+        self.steps = 0
+        self.refreshes = 0
+        #: The temperatures the max over the common mode looks at (K).
+        self.candidates = pset.common_temperatures
+        self._buffers = [torch.empty_like(p) for p in self.params]
+        self._views = [p.detach() for p in self.params]
+        self._saved = False
+        self._cached: list[torch.Tensor] | None = None
+        #: The worst temperature picked at the last refresh (K), and how often each candidate won.
+        self.last_delta_T = 0.0
+        self.wins = {t: 0 for t in self.candidates}
+
+    # ------------------------------------------------------------------------------ the pieces
+    @torch.no_grad()
+    def begin(self) -> None:
+        """Save theta and move to theta + xi (a fresh draw, sigma of the spec)."""
+        torch._foreach_copy_(self._buffers, self._views)
+        self._saved = True
+        sigma = self.pset.sigma
+        if sigma > 0:
+            torch._foreach_add_(self.params, [sigma * torch.randn_like(p) for p in self.params])
+
+    @torch.no_grad()
+    def _shift(self, delta_T: float) -> None:
+        if delta_T:
+            torch._foreach_add_(self.params, self.pset.drift * delta_T)
+
+    @torch.no_grad()
+    def worst_shift(self, loss_at: Callable[[], float]) -> float:
+        """Apply the common-mode shift k dT with the largest batch loss among the candidates; returns dT."""
+        if len(self.candidates) == 1:
+            self.last_delta_T = self.candidates[0]
+            return self.last_delta_T
+        losses = []
+        for t in self.candidates:
+            self._shift(t)
+            losses.append(loss_at())
+            self._shift(-t)
+        finite = [v if math.isfinite(v) else math.inf for v in losses]
+        worst = max(range(len(finite)), key=lambda i: finite[i])
+        t = self.candidates[worst]
+        self._shift(t)
+        self.last_delta_T = t
+        self.wins[t] += 1
+        return t
+
+    @torch.no_grad()
+    def ascend(self, grads: Sequence[torch.Tensor | None]) -> float:
+        """Add rho * g / ||g|| (skipped for a zero or non-finite gradient); caches shift + ascent; returns ||eps||."""
+        grads = [g if g is not None else torch.zeros_like(p) for p, g in zip(self.params, grads)]
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        rho = self.pset.rho
+        if rho == 0 or not math.isfinite(norm) or norm <= self.eps:
+            ascent = [torch.zeros_like(p) for p in self.params]
+        else:
+            ascent = torch._foreach_mul(grads, rho / norm)
+            torch._foreach_add_(self.params, ascent)
+        shift = self.pset.drift * self.last_delta_T
+        self._cached = [a + shift for a in ascent]
+        self.steps += 1
+        self.refreshes += 1
+        return rho if any(float(a.abs().max()) > 0 for a in ascent) else 0.0
+
+    def refresh_due(self) -> bool:
+        """True when this step recomputes the worst shift and the ascent (every ``every`` steps, and the first)."""
+        return self._cached is None or self.steps % self.every == 0
+
+    @torch.no_grad()
+    def reapply(self) -> None:
+        """Efficient spec-SAT: theta + a fresh xi + the cached shift and ascent."""
+        if self._cached is None:
+            raise RuntimeError("reapply() called before the first ascend()")
+        self.begin()
+        torch._foreach_add_(self.params, self._cached)
+        self.steps += 1
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put theta back, bit for bit."""
+        if not self._saved:
+            raise RuntimeError("restore() called before begin()")
+        torch._foreach_copy_(self.params, self._buffers)
+        self._saved = False
