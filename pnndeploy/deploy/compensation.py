@@ -9,15 +9,17 @@ picks the ``b`` whose outputs come closest (least squares) to the record.
 The analogue of aihwkit's global drift compensation, with a control bias in
 place of an output scale, because here the drift is in the controls.
 
-The search is a coarse grid over the window followed by a finer one around
-the best point, so it needs no gradient and works the same on a real chip
-(each point is one measurement of the reference batch).  Measurements use
+The search is a coarse grid over the window, then a golden-section search in
+the grid cell around the best point (all chips at once, each its own bias), so
+it needs no gradient and works the same on a real chip: each point is one
+measurement of the reference batch, 13 + 14 in all.  Measurements use
 their own detector-noise draws (:data:`RECORD_SEED`, :data:`MEASURE_SEED`),
 distinct from the evaluation's.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +30,8 @@ from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
 REFERENCE_SAMPLES = 32
 #: Detector-noise draws of the record at programming time and of the later measurements.
 RECORD_SEED, MEASURE_SEED = 0x7265, 0x6D65
-#: Points of the coarse grid over the window, and of the fine grid around its best point.
-COARSE_POINTS, FINE_POINTS = 41, 21
+#: Points of the coarse grid over the window, and golden-section steps in the cells around its best point.
+COARSE_POINTS, GOLDEN_STEPS = 13, 14
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class DriftCompensation:
 
     def to_dict(self) -> dict:
         return {"window": self.window, "reference_samples": self.samples,
-                "grid": [COARSE_POINTS, FINE_POINTS], "objective": "least squares to the outputs recorded at 0 K"}
+                "coarse_points": COARSE_POINTS,
+                "golden_steps": GOLDEN_STEPS, "objective": "least squares to the outputs recorded at 0 K"}
 
 
 def _common_shift(fleet: SimulatedFleet, bias: np.ndarray, base: np.ndarray | None) -> np.ndarray:
@@ -73,10 +76,24 @@ def fit_bias(fleet: SimulatedFleet, X_scaled: np.ndarray, conditions: Conditions
     coarse = np.linspace(-w, w, COARSE_POINTS)
     costs = np.stack([misfit(np.full(len(fleet), b)) for b in coarse])          # (points, chips)
     best = coarse[np.argmin(costs, axis=0)]
-    step = coarse[1] - coarse[0] if COARSE_POINTS > 1 else w
-    offsets = np.linspace(-step, step, FINE_POINTS)
-    fine = np.stack([misfit(best + o) for o in offsets])
-    return best + offsets[np.argmin(fine, axis=0)]
+    step = coarse[1] - coarse[0]
+    # golden-section search over [best - step, best + step], per chip (vectorised)
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    lo, hi = best - step, best + step
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = misfit(a), misfit(b)
+    for _ in range(GOLDEN_STEPS - 2):
+        left = fa <= fb                       # the minimum is in [lo, b] where True, else in [a, hi]
+        hi = np.where(left, b, hi)
+        lo = np.where(left, lo, a)
+        new_a, new_b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        probe = np.where(left, new_a, new_b)
+        fp = misfit(probe)
+        a, b, fa, fb = (np.where(left, new_a, b), np.where(left, a, new_b),
+                        np.where(left, fp, fb), np.where(left, fa, fp))
+    candidates = np.stack([best, a, b])
+    values = np.stack([costs.min(axis=0), fa, fb])
+    return candidates[np.argmin(values, axis=0), np.arange(len(fleet))]
 
 
 def compensated_accuracy(fleet: SimulatedFleet, X_scaled: np.ndarray, y: np.ndarray, conditions: Conditions,

@@ -27,6 +27,7 @@ from pnndeploy import __version__
 from pnndeploy.atomic import write_bytes_atomic
 from pnndeploy.data.scaling import InputScaling
 from pnndeploy.errors import ModelFileError
+from pnndeploy.formats.digital import DigitalFrontEnd, front_end_from, onnx_nodes
 
 FORMAT_VERSION = 1
 OPSET = 17
@@ -63,10 +64,17 @@ class ExportedModel:
     metrics: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
+    #: Electronic layers before the on-chip ones (None: every layer is on chip).
+    digital: DigitalFrontEnd | None = None
 
     @property
     def n_features(self) -> int:
-        return int(self.layers[0].weight.shape[1])
+        """Inputs the model takes (the front end's, when it has one)."""
+        return self.digital.input_size() if self.digital else int(self.layers[0].weight.shape[1])
+
+    def features(self, X_scaled: np.ndarray) -> np.ndarray:
+        """What the first on-chip layer receives: the scaled inputs, through the digital front end if any."""
+        return self.digital.forward(X_scaled) if self.digital else X_scaled
 
     @property
     def n_classes(self) -> int:
@@ -74,7 +82,7 @@ class ExportedModel:
 
     def logits(self, X_scaled: np.ndarray) -> np.ndarray:
         """Nominal logits in numpy (float64), for checks without a runtime."""
-        h = np.asarray(X_scaled, dtype=np.float64)
+        h = np.asarray(self.features(X_scaled), dtype=np.float64)
         for k, layer in enumerate(self.layers):
             h = (h @ layer.weight.T.astype(np.float64)) * layer.gain + layer.bias
             if k < len(self.layers) - 1:
@@ -87,12 +95,13 @@ def _floats(a: np.ndarray) -> list:
     return np.asarray(a, dtype=np.float32).astype(np.float64).tolist()
 
 
-def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[str, Any]):
-    """The ONNX ModelProto for these layers, scaling and (already JSON-able) metadata."""
+def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[str, Any],
+               digital: DigitalFrontEnd | None = None):
+    """The ONNX ModelProto for these layers, front end, scaling and (already JSON-able) metadata."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    n_in = layers[0].weight.shape[1]
+    n_in = digital.input_size() if digital else layers[0].weight.shape[1]
     n_out = layers[-1].weight.shape[0]
     init = [
         numpy_helper.from_array(np.asarray(scaling.offset, dtype=np.float32), "input_offset"),
@@ -107,6 +116,10 @@ def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[s
                          name="optical_power"),
     ]
     h = "optical_power"
+    if digital is not None:
+        front_nodes, front_inits, h = onnx_nodes(digital, h)
+        nodes += front_nodes
+        init += front_inits
     for k, layer in enumerate(layers):
         last = k == len(layers) - 1
         init += [numpy_helper.from_array(layer.weight.astype(np.float32), f"{layer.name}.weight"),
@@ -146,7 +159,7 @@ def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[s
 def save_model(path: str | Path, layers: list[ModelLayer], scaling: InputScaling, *,
                platform: str, platform_params: dict[str, Any], method: str, rho: float,
                dataset: str, metrics: dict[str, Any], seed: int,
-               extra: dict[str, Any] | None = None) -> str:
+               extra: dict[str, Any] | None = None, digital: DigitalFrontEnd | None = None) -> str:
     """Write the model atomically; returns the file's sha256."""
     metadata: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -167,13 +180,19 @@ def save_model(path: str | Path, layers: list[ModelLayer], scaling: InputScaling
         "seed": seed,
         **(extra or {}),
     }
+    if digital is not None:
+        metadata["digital"] = digital.to_json()
+        for d in digital.layers:
+            if not (np.all(np.isfinite(d.weight)) and np.all(np.isfinite(d.bias))):
+                raise ModelFileError(f"model {path}: digital layer {d.name} holds non-finite values; "
+                                     "nothing was written (lower --lr and train again)")
     for layer in layers:
         for part in (layer.weight, layer.controls, layer.gain, layer.bias):
             if not np.all(np.isfinite(part)):
                 raise ModelFileError(f"model {path}: layer {layer.name} holds non-finite values; "
                                      "nothing was written (lower --lr and train again)")
     metadata = {k: (v if isinstance(v, str) else json.dumps(v, allow_nan=False)) for k, v in metadata.items()}
-    data = build_onnx(layers, scaling, metadata).SerializeToString()
+    data = build_onnx(layers, scaling, metadata, digital).SerializeToString()
     try:
         write_bytes_atomic(path, data)
     except OSError as exc:
@@ -255,19 +274,24 @@ def load_model(path: str | Path) -> ExportedModel:
             raise ModelFileError(f"{where}: initializer {tensor.name!r} cannot be decoded "
                                  f"({type(exc).__name__}); the file is corrupted, re-export it") from None
     layers = _layers_from(where, parsed, inits)
+    digital = front_end_from(where, parsed.get("digital"), inits)
+    if digital is not None and digital.output_size() != layers[0].weight.shape[1]:
+        raise ModelFileError(f"{where}: the digital front end gives {digital.output_size()} features but layer "
+                             f"{layers[0].name!r} takes {layers[0].weight.shape[1]}; the file was edited or "
+                             "corrupted, re-export it")
     try:
         scaling = InputScaling.from_json(parsed["input_scaling"])
     except ModelFileError as exc:
         raise ModelFileError(f"{where}: {exc}") from None
-    if scaling.n_features is not None and scaling.n_features != layers[0].weight.shape[1]:
-        raise ModelFileError(f"{where}: input_scaling has {scaling.n_features} features but layer "
-                             f"{layers[0].name!r} takes {layers[0].weight.shape[1]} inputs; the file was edited "
-                             "or corrupted, re-export it")
+    n_in = digital.input_size() if digital else layers[0].weight.shape[1]
+    if scaling.n_features is not None and scaling.n_features != n_in:
+        raise ModelFileError(f"{where}: input_scaling has {scaling.n_features} features but the model "
+                             f"takes {n_in} inputs; the file was edited or corrupted, re-export it")
     metrics = parsed["metrics"]
     return ExportedModel(path=path, layers=layers, scaling=scaling, platform=parsed["platform"],
                          platform_params=parsed["platform_params"], method=parsed["method"],
                          dataset=parsed["dataset"], metrics=metrics, metadata=parsed,
-                         sha256=hashlib.sha256(data).hexdigest())
+                         sha256=hashlib.sha256(data).hexdigest(), digital=digital)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -79,6 +79,7 @@ class SimulatedFleet:
         self.array = profiles[0].shape
         self.noise_std = np.array([p.environment.detector_noise for p in profiles], np.float32)[:, None, None]
         self._noise_cache: dict[int, list[np.ndarray]] = {}
+        self._front_cache: tuple[np.ndarray, np.ndarray] | None = None
         self.layers: list[dict[str, np.ndarray]] = [
             self.platform.fleet_layer(layer.weight.shape, [d.layers[k].settings for d in deployments], profiles,
                                       self.array)
@@ -101,6 +102,14 @@ class SimulatedFleet:
                 for k, layer in enumerate(self.model.layers)]
         return self._noise_cache[eval_seed]
 
+    def _features(self, X_scaled: np.ndarray) -> np.ndarray:
+        """The digital front end's output (the same on every chip), kept for the last input array seen."""
+        if self.model.digital is None:
+            return X_scaled
+        if self._front_cache is None or self._front_cache[0] is not X_scaled:
+            self._front_cache = (X_scaled, self.model.features(X_scaled))
+        return self._front_cache[1]
+
     def realised_weights(self, k: int, chips: slice, conditions: Conditions) -> np.ndarray:
         """Weights of layer ``k`` as the chips in ``chips`` realise them, (chips, out, in)."""
         W = self.platform.fleet_weights(self.layers[k], chips, conditions.delta_T, conditions.control_shift)
@@ -119,7 +128,7 @@ class SimulatedFleet:
         kernel by size, so a chip's outputs then changed in the last bits
         with the size of the fleet around it.
         """
-        XT = np.ascontiguousarray(np.asarray(X_scaled, dtype=np.float32).T)
+        XT = np.ascontiguousarray(np.asarray(self._features(X_scaled), dtype=np.float32).T)
         h = None
         for k, layer in enumerate(self.model.layers):
             W = self.realised_weights(k, chips, conditions)

@@ -10,7 +10,7 @@ rho = z sigma (:class:`~pnndeploy.training.perturbation_set.PerturbationSet`).
 The max over dT is taken by evaluating the batch loss at the range's ends and
 its middle: the loss is not monotone in dT (the trained point sits in a valley),
 so a first-order sign would always pick an end and never train the chip at the
-calibration temperature, which is what happened to the MZI demo's drift adversary.
+calibration temperature (what the phase-mesh demo's drift adversary did).
 
 One step:
 
