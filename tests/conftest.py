@@ -55,7 +55,7 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory, digits: Dataset) -> Ti
 
     folder = tmp_path_factory.mktemp("tiny_export")
     path = folder / "model.onnx"
-    summary, result = train_and_export(digits, TrainConfig(epochs=2, hidden=[8], seed=0), path)
+    summary, result = train_and_export(digits, TrainConfig(method="sat", epochs=2, hidden=[8], seed=0), path)
     return TinyExport(path=path, summary=summary, result=result, dataset=digits)
 
 

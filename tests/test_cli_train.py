@@ -73,7 +73,7 @@ def test_train_json_prints_exactly_one_object(trained):
     assert isinstance(doc, dict)
     assert TRAIN_KEYS <= set(doc)
     assert doc["model"] == str(out) and out.is_file()
-    assert doc["platform"] == "mrr" and doc["method"] == "sat" and doc["dataset"] == "digits"
+    assert doc["platform"] == "mrr" and doc["method"] == "spec-sat" and doc["dataset"] == "digits"
     assert 0.0 <= doc["train_accuracy"] <= 1.0 and 0.0 <= doc["test_accuracy"] <= 1.0
     assert doc["sharpness"] > 0 and doc["seconds"] > 0
     assert doc["config"]["epochs"] == 2 and doc["config"]["hidden"] == [8]
@@ -88,8 +88,11 @@ def test_inspect_json_shows_the_metadata(trained):
     doc = json.loads(result.stdout)
     meta = doc["metadata"]
     train_doc = json.loads(train_result.stdout)
-    assert meta["method"] == "sat" and meta["platform"] == "mrr" and meta["dataset"] == "digits"
-    assert meta["seed"] == 0 and meta["rho"] == pytest.approx(0.1) and meta["version"] == __version__
+    assert meta["method"] == "spec-sat" and meta["platform"] == "mrr" and meta["dataset"] == "digits"
+    # the default spec-sat's radius: 2 sigma of the shipped process spec (the model records its set)
+    assert meta["seed"] == 0 and meta["rho"] == pytest.approx(meta["perturbation_set"]["rho"]) \
+        and 0.1 < meta["rho"] < 0.12 and meta["version"] == __version__
+    assert meta["perturbation_set"]["compensated"] is True
     assert meta["metrics"]["test_accuracy"] == train_doc["test_accuracy"]
     assert meta["metrics"]["sharpness"] == train_doc["sharpness"]
     assert {"offset", "scale"} <= set(meta["input_scaling"])
@@ -198,7 +201,7 @@ def test_out_is_a_folder(tmp_path):
 def test_config_accepts_scientific_notation(tmp_path):
     out = tmp_path / "sci.onnx"
     config = tmp_path / "c.yaml"
-    config.write_text("lr: 1e-3\nrho: 5e-2\n")
+    config.write_text("method: sat\nlr: 1e-3\nrho: 5e-2\n")
     result = run("train", *QUICK, "--config", str(config), "--out", str(out), "--json")
     assert result.exit_code == 0, result.output
     assert load_model(out).metadata["config"]["lr"] == pytest.approx(1e-3)

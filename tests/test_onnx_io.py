@@ -134,7 +134,7 @@ def test_onnxruntime_loads_it_without_warnings(tiny_export, tmp_path, capfd):
 
 def test_same_seed_gives_identical_initializers(tiny_export, tmp_path):
     again = tmp_path / "again.onnx"
-    train_and_export(tiny_export.dataset, TrainConfig(epochs=2, hidden=[8], seed=0), again)
+    train_and_export(tiny_export.dataset, TrainConfig(method="sat", epochs=2, hidden=[8], seed=0), again)
     a, b = initializers(tiny_export.path), initializers(again)
     assert a.keys() == b.keys()
     for name in a:
@@ -142,7 +142,7 @@ def test_same_seed_gives_identical_initializers(tiny_export, tmp_path):
     ma, mb = metadata(tiny_export.path), metadata(again)
     assert ma["pnndeploy.controls"] == mb["pnndeploy.controls"]
     other = tmp_path / "other.onnx"
-    train_and_export(load_dataset("digits", seed=1), TrainConfig(epochs=2, hidden=[8], seed=1), other)
+    train_and_export(load_dataset("digits", seed=1), TrainConfig(method="sat", epochs=2, hidden=[8], seed=1), other)
     c = initializers(other)
     assert not np.array_equal(a["layer0.weight"], c["layer0.weight"])
 

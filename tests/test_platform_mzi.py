@@ -396,7 +396,7 @@ def test_an_mzi_profile_of_one_mode_is_refused(cli, one_line_error, tmp_path) ->
 
 
 def test_adaptive_sat_is_refused_for_phases(cli, one_line_error, tmp_path) -> None:
-    one_line_error(cli("train", "--platform", "mzi", "--adaptive", "--out", tmp_path / "m.onnx"),
+    one_line_error(cli("train", "--platform", "mzi", "--method", "sat", "--adaptive", "--out", tmp_path / "m.onnx"),
                    "--adaptive", "periodic")
     assert not (tmp_path / "m.onnx").exists()
 

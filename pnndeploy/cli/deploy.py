@@ -96,17 +96,18 @@ def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory:
               help="Pass only if every chip stays above the threshold within ±K kelvin.")
 @click.option("--require-days", type=float, default=30.0, show_default=True, metavar="D",
               help="Pass only if every chip stays above the threshold for D days after calibration.")
-@click.option("--drift-compensation/--no-drift-compensation", default=False, show_default=True,
+@click.option("--drift-compensation/--no-drift-compensation", default=None,
               help="Judge the temperature sweep with drift compensation: at each temperature every chip re-fits "
                    "one common control bias from a 32-input reference measurement (no labels). Both sweeps are "
-                   "always reported; this picks the one the verdict uses.")
+                   "always reported; this picks the one the verdict uses. Default: what the model was trained "
+                   "for (on for spec-sat --drift-compensation, off otherwise).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write accuracy-vs-drift plots (PNG).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write a Markdown report (tables, and the plot if --plot is given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md audit document on stdout.")
 def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
           temperature: str, days: str, draws: int, threshold: float | None, require_temperature: float,
-          require_days: float, drift_compensation: bool, plot: str | None, report_path: str | None,
+          require_days: float, drift_compensation: bool | None, plot: str | None, report_path: str | None,
           as_json: bool) -> None:
     """Check drift robustness: accuracy vs temperature and vs days since calibration. Exit 1 when it fails.
 

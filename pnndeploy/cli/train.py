@@ -24,16 +24,23 @@ def _per_platform(value: Any) -> str:
               help="digits (default, scikit-learn's handwritten digits), iris, mnist:DIR (IDX files), "
                    "npz:PATH (arrays X, y, optional X_test, y_test).")
 @click.option("--method", type=click.Choice(["sat", "spec-sat", "standard", "noise-aware"]), default=None,
-              help="sat (default): sharpness-aware training on the physical controls (ring detunings, mesh "
-                   "phases); spec-sat: SAT over the perturbations of the fleet's process spec (noise, worst "
-                   "common-mode drift, radius from the spec; see --robust-to); standard: the paper's baseline, "
-                   "trains W in [-1, 1] directly and maps it at export; noise-aware: Gaussian noise on the controls.")
+              help="spec-sat (default): SAT over the perturbations of the fleet's process spec (noise of the "
+                   "spec's sigma, the worst common-mode drift, radius 2 sigma; see --robust-to); sat: "
+                   "sharpness-aware training on the physical controls (ring detunings, mesh phases) with a "
+                   "hand-set --rho; standard: the paper's baseline, trains W in [-1, 1] directly and maps it at "
+                   "export; noise-aware: Gaussian noise on the controls.")
 @click.option("--epochs", type=int, default=None, help="Passes over the training set (default 30).")
 @click.option("--batch-size", type=int, default=None, help="Samples per step (default 32).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01).")
 @click.option("--seed", type=int, default=None, help="Seed for the split, the init and the shuffling (default 0).")
 @click.option("--hidden", type=str, default=None, metavar="W[,W...]",
               help="Hidden layer widths, comma-separated (default 32).")
+@click.option("--conv", type=str, default=None, metavar="C[,C...]",
+              help="A digital conv front end: channels per stage (3x3 conv, ReLU, 2x2 max-pool), e.g. 8,16 for "
+                   "28x28 images; the on-chip layers follow it. Needs image data (digits, digits28, mnist:DIR).")
+@click.option("--onchip", type=int, default=None, metavar="N",
+              help="Put only the last N linear layers on the chip (the paper: its last two); the earlier ones "
+                   "run in electronics. Default 0: every linear layer on chip.")
 @click.option("--rho", type=float, default=None,
               help="SAT radius: the norm of the perturbation of all controls together, in control units "
                    f"({', '.join(f'{p.control_units} for {n}' for n, p in sorted(PLATFORMS.items()))}; relative "
@@ -68,7 +75,9 @@ def _per_platform(value: Any) -> str:
                    "(default 2: the 97.7th-percentile chip).")
 @click.option("--drift-compensation/--no-drift-compensation", default=None,
               help="spec-sat: the deployment re-fits a common bias per chip (audit --drift-compensation), so the "
-                   "common-mode shift is cancelled and only its device-to-device spread is trained against.")
+                   "common-mode shift is cancelled and only its device-to-device spread is trained against "
+                   "(default on; --no-drift-compensation trains for chips run as programmed, against the worst "
+                   "of -K, 0, +K).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML file of defaults for any of these options; flags given on the command line win.")
 @click.option("--out", default=None, metavar="FILE.onnx", help="Where to write the model (default models/model.onnx).")
@@ -79,9 +88,11 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
 
     \b
     Example:
+      pnndeploy train --seed 0 --out models/spec.onnx          (spec-sat, drift-compensated deployment)
       pnndeploy train --method sat --seed 0 --out models/sat.onnx
       pnndeploy train --method standard --epochs 30 --json
-      pnndeploy train --method spec-sat --hidden 128 --drift-compensation --out models/spec.onnx
+      pnndeploy train --no-drift-compensation --require-temperature 1 --robust-to device_profiles/process.yaml
+      pnndeploy train --dataset digits28 --conv 8,16 --hidden 64 --onchip 2     (the paper's on-chip FC layers)
     """
     from pnndeploy.training.config import TrainConfig, load_config
 
@@ -91,8 +102,9 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
         if value is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
             settings[name] = value
             from_file.discard(name)
-    if isinstance(settings.get("hidden"), str):
-        settings["hidden"] = _parse_widths(settings["hidden"])
+    for key in ("hidden", "conv"):
+        if isinstance(settings.get(key), str):
+            settings[key] = _parse_widths(settings[key], f"--{key}")
     dataset_spec = settings.pop("dataset", "digits")
     out = settings.pop("out", "models/model.onnx")
     config = TrainConfig(**settings)
@@ -116,13 +128,13 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
     render_train_summary(summary)
 
 
-def _parse_widths(text: str) -> list[int]:
+def _parse_widths(text: str, flag: str = "--hidden") -> list[int]:
     try:
         widths = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise PnnError(f"--hidden {text!r}: expected comma-separated integers such as 32 or 64,32") from None
+        raise PnnError(f"{flag} {text!r}: expected comma-separated integers such as 32 or 64,32") from None
     if not widths:
-        raise PnnError("--hidden is empty: give at least one width, e.g. --hidden 32")
+        raise PnnError(f"{flag} is empty: give at least one width, e.g. {flag} 32")
     return widths
 
 

@@ -26,7 +26,7 @@ from pnndeploy.data.scaling import InputScaling, _data_error, _one_line
 
 __all__ = ["Dataset", "load_dataset", "load_idx"]
 
-ACCEPTED_SPECS = "digits, iris, mnist:DIR (folder with the four MNIST IDX files), npz:PATH (arrays X, y[, X_test, y_test])"
+ACCEPTED_SPECS = "digits, digits28 (digits resampled to 28x28), iris, mnist:DIR (folder with the four MNIST IDX files), npz:PATH (arrays X, y[, X_test, y_test])"
 
 # Labels are class indices; a larger label is almost surely not an index (and
 # would build an absurdly wide output layer), so refuse it with a clear message.
@@ -73,6 +73,8 @@ class Dataset:
     #: Seed of the train/test split, None when the split is fixed by the files (MNIST, npz with X_test).
     #: A model records its seed and transfer re-derives its test split from it, so they must agree.
     split_seed: int | None = None
+    #: (channels, rows, cols) when the features are an image in row-major order (a conv front end needs it).
+    image_shape: tuple[int, int, int] | None = None
 
     @property
     def n_features(self) -> int:
@@ -135,8 +137,10 @@ def _split(X: np.ndarray, y: np.ndarray, seed: int, test_fraction: float, spec: 
     )
 
 
-def _finish(name, X_tr, y_tr, X_te, y_te, n_classes, scaling, split_seed: int | None = None) -> Dataset:
+def _finish(name, X_tr, y_tr, X_te, y_te, n_classes, scaling, split_seed: int | None = None,
+            image_shape: tuple[int, int, int] | None = None) -> Dataset:
     return Dataset(
+        image_shape=image_shape,
         name=name,
         X_train=np.ascontiguousarray(X_tr, dtype=np.float32),
         y_train=np.ascontiguousarray(y_tr, dtype=np.int64),
@@ -151,7 +155,7 @@ def _finish(name, X_tr, y_tr, X_te, y_te, n_classes, scaling, split_seed: int | 
 def _load_sklearn(name: str, spec: str, seed: int, test_fraction: float) -> Dataset:
     from sklearn import datasets as skd
 
-    loader = skd.load_digits if name == "digits" else skd.load_iris
+    loader = skd.load_iris if name == "iris" else skd.load_digits
     try:
         X, y = loader(return_X_y=True)  # bundled with scikit-learn: no download
     except OSError as exc:
@@ -160,12 +164,31 @@ def _load_sklearn(name: str, spec: str, seed: int, test_fraction: float) -> Data
         ) from None
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
+    image = None
+    if name == "digits28":
+        X, image = _upsample_digits(X), (1, 28, 28)
+    elif name == "digits":
+        image = (1, 8, 8)
     X_tr, X_te, y_tr, y_te = _split(X, y, seed, test_fraction, spec)
-    if name == "digits":
+    if name in ("digits", "digits28"):
         scaling = InputScaling(offset=0.0, scale=1.0 / 16.0)  # pixel values are 0..16
     else:
         scaling = _minmax_scaling(np.asarray(X_tr, dtype=np.float32), spec)
-    return _finish(spec, X_tr, y_tr, X_te, y_te, int(y.max()) + 1, scaling, split_seed=int(seed))
+    return _finish(spec, X_tr, y_tr, X_te, y_te, int(y.max()) + 1, scaling, split_seed=int(seed),
+                   image_shape=image)
+
+
+def _upsample_digits(X: np.ndarray) -> np.ndarray:
+    """8x8 digits resampled bilinearly onto 28x28 (MNIST's shape), values still in 0..16.
+
+    Not MNIST: the same 1,797 images at MNIST's size, so the paper's 28x28 setting (a conv
+    front end, then on-chip layers) runs without a download.
+    """
+    from scipy.ndimage import zoom
+
+    images = X.reshape(-1, 8, 8)
+    big = zoom(images, (1, 28 / 8, 28 / 8), order=1, mode="nearest", grid_mode=True)
+    return np.clip(big, 0.0, 16.0).reshape(len(X), 28 * 28).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -284,7 +307,8 @@ def _load_mnist(folder_text: str, spec: str) -> Dataset:
     X_tr = tr.reshape(tr.shape[0], -1)
     X_te = te.reshape(te.shape[0], -1)
     scaling = InputScaling(offset=0.0, scale=1.0 / 255.0)  # raw pixel values 0..255
-    return _finish(spec, X_tr, arrays["train_labels"], X_te, arrays["test_labels"], 10, scaling)
+    return _finish(spec, X_tr, arrays["train_labels"], X_te, arrays["test_labels"], 10, scaling,
+                   image_shape=(1, int(tr.shape[1]), int(tr.shape[2])))
 
 
 # ---------------------------------------------------------------------------
@@ -421,7 +445,7 @@ def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
     kind, sep, rest = spec.partition(":")
     kind_l = kind.strip().lower()
     if not sep:
-        if kind_l in ("digits", "iris"):
+        if kind_l in ("digits", "digits28", "iris"):
             return _load_sklearn(kind_l, spec, seed, test_fraction)
         if kind_l == "mnist":
             raise _data_error(f"dataset {spec} needs a folder: use mnist:DIR with the four MNIST IDX files in DIR")

@@ -98,13 +98,13 @@ def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: i
 def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRange,
               threshold: float | None = None, require_temperature: float = 1.0, require_days: float = 30.0,
               draws: int = 5, progress: Callable[[int], None] | None = None,
-              drift_compensation: bool = False) -> dict:
+              drift_compensation: bool | None = None) -> dict:
     """The `audit --json` document: sweeps, tolerances, time to threshold, pass/fail.
 
     The temperature sweep is reported twice: as programmed, and with drift compensation (each chip's
     common bias re-fitted at every temperature, :mod:`~pnndeploy.deploy.compensation`).  The verdict
     uses the compensated sweep when ``drift_compensation`` (the deployment re-fits the bias), else
-    the programmed one.
+    the programmed one; None: what the model was trained for (spec-sat's ``drift_compensation``).
     """
     if days.lo < 0:
         raise ConfigError(f"--days starts at {days.lo}: days since calibration cannot be negative")
@@ -115,6 +115,8 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     if draws < 1:
         raise ConfigError("--draws must be at least 1")
     fleet = prepared.require_simulated("an audit")
+    if drift_compensation is None:
+        drift_compensation = model_assumes_compensation(prepared.model.metadata)
     nominal = prepared.nominal_accuracy()
     threshold_source = "given"
     if threshold is None:
@@ -187,6 +189,12 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
         "recommended_recalibration_days": recommended,
         "horizon_days": float(d_values[-1]),
     }
+
+
+def model_assumes_compensation(metadata: dict) -> bool:
+    """True when the model was trained for a deployment that re-fits a common bias (spec-sat's setting)."""
+    config = metadata.get("config")
+    return isinstance(config, dict) and config.get("drift_compensation") is True
 
 
 def _sweep_doc(values: list[float], names: list[str], acc: np.ndarray) -> dict:

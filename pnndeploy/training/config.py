@@ -29,9 +29,14 @@ PERTURB_CHOICES = ("onchip", "all")
 class TrainConfig:
     """Every setting of one training run (what ``--config FILE.yaml`` may set)."""
 
-    method: str = "sat"
+    #: spec-sat (the default since round 2: it wins the demo with drift compensation, README).
+    method: str = "spec-sat"
     platform: str = DEFAULT_PLATFORM
     hidden: list[int] = field(default_factory=lambda: [32])
+    #: Channels of a digital conv front end (3x3 conv, ReLU, 2x2 max-pool per stage); needs image data.
+    conv: list[int] = field(default_factory=list)
+    #: How many of the linear layers (the last ones) are on chip; 0: all of them.  The others are digital.
+    onchip: int = 0
     epochs: int = 30
     batch_size: int = 32
     lr: float = 0.01
@@ -54,7 +59,7 @@ class TrainConfig:
     robust_z: float = 2.0
     #: spec-sat: the deployment re-fits a common bias per chip (audit --drift-compensation), which removes
     #: the common-mode shift; only its device-to-device spread remains in the perturbation set.
-    drift_compensation: bool = False
+    drift_compensation: bool = True
 
     def validate(self) -> None:
         """Refuse settings that would train nonsense, with the flag to change."""
@@ -108,6 +113,12 @@ class TrainConfig:
                               "use --method noise-aware or sat")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden must be positive widths (got {self.hidden})")
+        if any(c < 1 for c in self.conv):
+            raise ConfigError(f"--conv must be positive channel counts (got {self.conv})")
+        linear = len(self.hidden) + 1
+        if not 0 <= self.onchip <= linear:
+            raise ConfigError(f"--onchip {self.onchip}: the model has {linear} linear layers (--hidden "
+                              f"{','.join(map(str, self.hidden))} and the output); give 1..{linear}, or 0 for all")
         get_platform(self.platform)
 
     @property
@@ -126,7 +137,16 @@ class TrainConfig:
         # spec-sat's noise and radius come from its perturbation set, which the model file records beside
         for name in (SAT_SETTINGS + ("noise",) if self.method == "spec-sat" else SPEC_SETTINGS):
             out.pop(name)
+        for name in ("conv", "onchip"):         # an all-on-chip MLP's file stays as it was
+            if not out[name]:
+                out.pop(name)
         return out
+
+    def layer_split(self) -> tuple[list[int], list[int]]:
+        """(digital dense widths, on-chip hidden widths): the last ``onchip`` linear layers are on chip."""
+        linear = len(self.hidden) + 1
+        digital = linear - (self.onchip or linear)
+        return list(self.hidden[:digital]), list(self.hidden[digital:])
 
 
 #: Keys a train config may hold beyond TrainConfig's fields.

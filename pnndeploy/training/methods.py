@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from pnndeploy.data.datasets import Dataset
-from pnndeploy.errors import PnnError
+from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.platforms import get_platform
 from pnndeploy.training.config import TrainConfig
-from pnndeploy.training.model import PNN, accuracy
+from pnndeploy.training.model import PNN, FrontEnd, accuracy
 from pnndeploy.training.perturbation_set import PerturbationSet, perturbation_set
 from pnndeploy.training.sat import SharpnessAwareStep
 from pnndeploy.training.spec_sat import SpecAdversary
@@ -49,12 +49,28 @@ class TrainResult:
     seconds: float
 
 
-def build_model(config: TrainConfig, n_features: int, n_classes: int) -> PNN:
-    """The PNN for this config: controls for noise-aware and SAT, weights for the baseline."""
+def build_model(config: TrainConfig, n_features: int, n_classes: int,
+                image_shape: tuple[int, int, int] | None = None) -> PNN:
+    """The PNN for this config: controls for noise-aware and SAT, weights for the baseline.
+
+    With ``--conv`` or ``--onchip``, a digital front end comes first (``image_shape`` is the
+    data's (channels, rows, cols), which a conv stack needs).
+    """
     platform = get_platform(config.platform)
-    sizes = [n_features, *config.hidden, n_classes]
+    dense, onchip_hidden = config.layer_split()
+    front = None
+    if config.conv or dense:
+        if config.conv and image_shape is None:
+            raise ConfigError("--conv needs image data (digits, digits28, mnist:DIR); this dataset's features "
+                              "are not an image; drop --conv or use --onchip with dense digital layers")
+        if config.conv and min(image_shape[1:]) // 2 ** len(config.conv) < 1:
+            raise ConfigError(f"--conv {','.join(map(str, config.conv))}: {len(config.conv)} 2x2 max-pools shrink "
+                              f"{image_shape[1]}x{image_shape[2]} images to nothing; use fewer stages")
+        front = FrontEnd(image_shape, config.conv, dense, n_features)
+        n_features = front.out_features
+    sizes = [n_features, *onchip_hidden, n_classes]
     parameterisation = "weights" if config.method == "standard" else "controls"
-    return PNN(sizes, platform, seed=config.seed, parameterisation=parameterisation)
+    return PNN(sizes, platform, seed=config.seed, parameterisation=parameterisation, front=front)
 
 
 def spec_perturbations(config: TrainConfig) -> PerturbationSet:
@@ -93,7 +109,7 @@ def _train(dataset: Dataset, config: TrainConfig,
     X_test = torch.from_numpy(dataset.scaling.apply(dataset.X_test))
     y_test = torch.from_numpy(dataset.y_test)
 
-    model = build_model(config, dataset.n_features, dataset.n_classes)
+    model = build_model(config, dataset.n_features, dataset.n_classes, dataset.image_shape)
     if config.method != "standard":
         model.set_control_noise(config.control_noise)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -115,6 +131,8 @@ def _train(dataset: Dataset, config: TrainConfig,
     start = time.perf_counter()
     model.train()
     n = X.shape[0]
+    steps_per_epoch = -(-n // config.batch_size)
+    step = 0
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=shuffle)
@@ -123,6 +141,9 @@ def _train(dataset: Dataset, config: TrainConfig,
             idx = order[begin:begin + config.batch_size]
             xb, yb = X[idx], y[idx]
             optimizer.zero_grad(set_to_none=True)
+            if spec is not None:
+                spec.ramp(step, steps_per_epoch * config.epochs)
+            step += 1
             if spec is not None and not spec.refresh_due():
                 spec.reapply()          # efficient spec-SAT: fresh noise + the cached shift and ascent
                 logits = model(xb)

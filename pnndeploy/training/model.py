@@ -12,12 +12,14 @@ The paper's baseline (``standard``) trains ``W`` itself, clamped to [-1, 1];
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import torch
 from torch import nn
 
+from pnndeploy.formats.digital import KERNEL, PADDING, POOL, DigitalFrontEnd, DigitalLayer
 from pnndeploy.formats.onnx_io import ModelLayer
 from pnndeploy.platforms import Platform
 
@@ -80,12 +82,58 @@ def _init_gain(in_features: int) -> float:
     return math.sqrt(6.0 / in_features) / 0.9
 
 
+class FrontEnd(nn.Module):
+    """The digital layers before the chip: 3x3 conv + ReLU + 2x2 max-pool stages, then dense + ReLU layers."""
+
+    def __init__(self, image_shape: tuple[int, int, int] | None, conv: list[int], dense: list[int],
+                 n_inputs: int) -> None:
+        super().__init__()
+        self.image_shape = image_shape
+        convs, channels = [], image_shape[0] if image_shape else 0
+        for width in conv:
+            convs.append(nn.Conv2d(channels, width, KERNEL, padding=PADDING))
+            channels = width
+        self.convs = nn.ModuleList(convs)
+        size = n_inputs
+        if conv:
+            assert image_shape is not None
+            size = channels * (image_shape[1] // POOL ** len(conv)) * (image_shape[2] // POOL ** len(conv))
+        denses = []
+        for width in dense:
+            denses.append(nn.Linear(size, width))
+            size = width
+        self.denses = nn.ModuleList(denses)
+        self.out_features = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.convs:
+            x = x.reshape(x.shape[0], *self.image_shape)
+            for conv in self.convs:
+                x = torch.max_pool2d(torch.relu(conv(x)), POOL)
+            x = x.flatten(1)
+        for dense in self.denses:
+            x = torch.relu(dense(x))
+        return x
+
+    def export(self) -> DigitalFrontEnd:
+        layers = [DigitalLayer(f"digital{k}", "conv", c.weight.detach().numpy().astype(np.float32),
+                               c.bias.detach().numpy().astype(np.float32)) for k, c in enumerate(self.convs)]
+        layers += [DigitalLayer(f"digital{len(self.convs) + k}", "dense", d.weight.detach().numpy().astype(np.float32),
+                                d.bias.detach().numpy().astype(np.float32)) for k, d in enumerate(self.denses)]
+        return DigitalFrontEnd(layers, tuple(self.image_shape) if self.convs else None)
+
+
 class PNN(nn.Module):
-    """An MLP whose linear layers are on-chip weight banks; ReLU in electronics between them."""
+    """An MLP whose linear layers are on-chip weight banks; ReLU in electronics between them.
+
+    An optional digital ``front`` (:class:`FrontEnd`) runs before the first on-chip layer: the
+    paper's setting, with only the last layers on the chip.  ``sizes`` are the on-chip layers' sizes.
+    """
 
     def __init__(self, sizes: list[int], platform: Platform, seed: int,
-                 parameterisation: str = "controls") -> None:
+                 parameterisation: str = "controls", front: FrontEnd | None = None) -> None:
         super().__init__()
+        self.front = front
         if parameterisation not in ("controls", "weights"):
             raise ValueError(f"unknown parameterisation {parameterisation!r}")
         self.sizes = list(sizes)
@@ -100,6 +148,8 @@ class PNN(nn.Module):
         self.clipped: list[int] = [0] * len(self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.front is not None:
+            x = self.front(x)
         for k, layer in enumerate(self.layers):
             x = layer(x)
             if k < len(self.layers) - 1:
@@ -128,7 +178,8 @@ class PNN(nn.Module):
         copy keeps the counts of the model it copies), and a row scale the
         device needs is folded into the digital gain, so the outputs stay.
         """
-        out = PNN(self.sizes, self.platform, seed=0, parameterisation="controls")
+        out = PNN(self.sizes, self.platform, seed=0, parameterisation="controls",
+                  front=copy.deepcopy(self.front))
         out.clipped = list(self.clipped)
         with torch.no_grad():
             for k, (src, dst) in enumerate(zip(self.layers, out.layers)):

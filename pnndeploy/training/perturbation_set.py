@@ -93,9 +93,15 @@ class PerturbationSet:
                 "sigma": self.sigma, "rho": self.rho}
 
 
+#: Copies of the default fleets' process specs that ship inside the package (``PLATFORM.yaml``).
+PACKAGED_PROCESSES = Path(__file__).resolve().parents[1] / "platforms" / "processes"
+
+
 def default_process_path(platform: str) -> Path:
-    """The process spec of the platform's default fleet (``device_profiles[/PLATFORM]/process.yaml``)."""
-    return profiles_dir(None, platform) / "process.yaml"
+    """The process spec of the platform's default fleet: ``device_profiles[/PLATFORM]/process.yaml`` here, or,
+    outside a checkout with that folder, the copy shipped in the package (the same file, a test checks)."""
+    local = profiles_dir(None, platform) / "process.yaml"
+    return local if local.is_file() else PACKAGED_PROCESSES / f"{platform}.yaml"
 
 
 def perturbation_set(platform: str, process_path: str | Path | None = None, temperature_K: float = 1.0,
@@ -108,7 +114,7 @@ def perturbation_set(platform: str, process_path: str | Path | None = None, temp
     path = Path(process_path) if process_path is not None else default_process_path(platform)
     if process_path is None and not path.is_file():
         raise ConfigError(f"spec-sat reads its perturbations from a process spec and the default {path} does not "
-                          "exist here; pass --robust-to PROCESS.yaml (the spec of the fleet you will deploy on)")
+                          "exist; pass --robust-to PROCESS.yaml (the spec of the fleet you will deploy on)")
     process = load_process(path, "--robust-to")
     if process["platform"] != platform:
         raise ConfigError(f"process file {path} describes {process['platform']} chips but the model is for "

@@ -95,6 +95,7 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path) -> Tr
         platform_params=platform.metadata(),
         method=config.method, rho=rho,
         dataset=dataset.name, metrics=metrics, seed=config.seed, extra=extra,
+        digital=nominal.front.export() if nominal.front is not None else None,
     )
     return TrainSummary(model=str(out), model_sha256=sha, platform=platform.name, method=config.method,
                         dataset=dataset.name, train_accuracy=train_acc, test_accuracy=test_acc,

@@ -22,6 +22,11 @@ One step:
 With ``every`` > 1 (efficient spec-SAT) steps 2-3 run every ``every`` steps;
 in between a step adds a fresh xi plus the cached shift and ascent and costs
 one forward/backward.
+
+The set is ramped in linearly over the first :data:`WARMUP` of the training
+steps (``scale`` from 0 to 1 on sigma, the shift and rho): from a random start
+the full worst case is so hard that a small model (8 hidden units) settles on a
+constant output at chance and never leaves it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ import torch
 from torch import nn
 
 from pnndeploy.training.perturbation_set import PerturbationSet
+
+#: Fraction of the training steps over which the perturbation set is ramped in from 0 to its full size.
+WARMUP = 0.2
 
 
 class SpecAdversary:
@@ -55,6 +63,13 @@ class SpecAdversary:
         #: The worst temperature picked at the last refresh (K), and how often each candidate won.
         self.last_delta_T = 0.0
         self.wins = {t: 0 for t in self.candidates}
+        #: Fraction of the set applied now (the warm-up ramp, :meth:`ramp`).
+        self.scale = 1.0
+
+    def ramp(self, step: int, total_steps: int) -> None:
+        """Set :attr:`scale` for training step ``step`` (0-based) of ``total_steps``: linear over the warm-up."""
+        warmup = WARMUP * total_steps
+        self.scale = 1.0 if warmup <= 0 else min(1.0, (step + 1) / warmup)
 
     # ------------------------------------------------------------------------------ the pieces
     @torch.no_grad()
@@ -62,14 +77,14 @@ class SpecAdversary:
         """Save theta and move to theta + xi (a fresh draw, sigma of the spec)."""
         torch._foreach_copy_(self._buffers, self._views)
         self._saved = True
-        sigma = self.pset.sigma
+        sigma = self.pset.sigma * self.scale
         if sigma > 0:
             torch._foreach_add_(self.params, [sigma * torch.randn_like(p) for p in self.params])
 
     @torch.no_grad()
     def _shift(self, delta_T: float) -> None:
         if delta_T:
-            torch._foreach_add_(self.params, self.pset.drift * delta_T)
+            torch._foreach_add_(self.params, self.pset.drift * delta_T * self.scale)
 
     @torch.no_grad()
     def worst_shift(self, loss_at: Callable[[], float]) -> float:
@@ -95,13 +110,13 @@ class SpecAdversary:
         """Add rho * g / ||g|| (skipped for a zero or non-finite gradient); caches shift + ascent; returns ||eps||."""
         grads = [g if g is not None else torch.zeros_like(p) for p, g in zip(self.params, grads)]
         norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
-        rho = self.pset.rho
+        rho = self.pset.rho * self.scale
         if rho == 0 or not math.isfinite(norm) or norm <= self.eps:
             ascent = [torch.zeros_like(p) for p in self.params]
         else:
             ascent = torch._foreach_mul(grads, rho / norm)
             torch._foreach_add_(self.params, ascent)
-        shift = self.pset.drift * self.last_delta_T
+        shift = self.pset.drift * self.last_delta_T * self.scale
         self._cached = [a + shift for a in ascent]
         self.steps += 1
         self.refreshes += 1
