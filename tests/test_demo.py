@@ -12,9 +12,10 @@ from pnndeploy.experiments.demo import DEMO_ENTRIES
 from pnndeploy.formats.profile_folder import PROFILES_ENV
 
 PNG = b"\x89PNG\r\n\x1a\n"
-CORE = ["standard", "noise-aware", "sat", "sat-drift"]      # the story: baseline, noise, SAT, SAT + drift
+CORE = ["standard", "noise-aware", "sat", "spec-sat"]       # the story: baseline, noise, SAT, spec-SAT
 METHODS = [entry.name for entry in DEMO_ENTRIES]            # the demo may compare more than these
-ROW_KEYS = {"method", "nominal_accuracy", "fleet_mean", "yield", "fleet_mean_minus_1K", "fleet_mean_plus_1K"}
+ROW_KEYS = {"method", "nominal_accuracy", "fleet_mean", "yield", "fleet_mean_minus_1K", "fleet_mean_plus_1K",
+            "fleet_min_over_range", "compensated_min_over_range"}
 
 
 @pytest.mark.slow
@@ -36,6 +37,11 @@ def test_demo_quick(cli, tmp_path, monkeypatch, shipped_profiles_dir) -> None:
             assert 0.0 <= row[key] <= 1.0, (row["method"], key)
         assert row["fleet_mean"] <= row["nominal_accuracy"] + 0.05
     assert max(row["nominal_accuracy"] for row in table) > 0.8          # 6 epochs on digits do learn
+    by_name = {row["method"]: row for row in table}
+    # spec-sat is audited as it is deployed (compensated), the others as programmed; compensation never hurts
+    assert by_name["spec-sat"]["audited_compensated"] and not by_name["sat"]["audited_compensated"]
+    for row in table:
+        assert row["compensated_min_over_range"] >= row["fleet_min_over_range"] - 0.02, row["method"]
 
     report = (out / "report.md").read_text()
     table_lines = [line for line in report.splitlines() if line.startswith("| ")]

@@ -54,14 +54,19 @@ def plot_comparison(rows: list[dict[str, Any]], path: str | Path) -> Path:
     for row in rows:
         t = row["audit"]["sweeps"]["temperature_K"]
         d = row["audit"]["sweeps"]["days"]
-        axes[0].plot(t["values"], [100 * a for a in t["fleet_mean"]], lw=2, marker="o", ms=3, label=row["name"])
+        line, = axes[0].plot(t["values"], [100 * a for a in t["fleet_mean"]], lw=2, marker="o", ms=3,
+                             label=row["name"])
+        comp = row["audit"]["sweeps"].get("temperature_K_compensated")
+        if comp is not None:
+            axes[0].plot(comp["values"], [100 * a for a in comp["fleet_mean"]], lw=1.3, ls="--",
+                         color=line.get_color())
         axes[1].plot(d["values"], [100 * a for a in d["fleet_mean"]], lw=2, marker="o", ms=3, label=row["name"])
     for ax, label in ((axes[0], "ΔT from calibration (K)"), (axes[1], "days since calibration")):
         ax.set_xlabel(label)
         ax.set_ylabel("fleet-mean accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0].set_title("temperature drift, fleet mean")
+    axes[0].set_title("temperature drift, fleet mean (dashed: drift-compensated)")
     axes[1].set_title("ageing, fleet mean")
     axes[0].legend(fontsize=8)
     path = Path(path)

@@ -264,16 +264,16 @@ def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:
     seeds = table[0]["seeds"] if table else 1
     t = Table(title=f"accuracy in % on the default fleet (mean of {seeds} seed{'s' if seeds > 1 else ''}); "
                     f"threshold {pct(threshold)}", padding=(0, 1))
-    for column in ("method", "ideal", "λmax", "mean", "±seeds", "min", "yield", "uncal", "−1K", "+1K", "tolerance",
-                   "days"):
+    for column in ("method", "ideal", "λmax", "mean", "±seeds", "min", "yield", "uncal", "−1K", "+1K", "min±1K",
+                   "comp.", "audit", "days"):
         t.add_column(column, justify="right", no_wrap=True)
     for r in table:
-        tol = r["fleet_temperature_tolerance_K"]
         days = r["recalibration_days"]
         t.add_row(r["method"], *(f"{100 * r[k]:.1f}" for k in ("nominal_accuracy",)), f"{r['sharpness']:.3g}",
                   f"{100 * r['fleet_mean']:.1f}", f"{100 * r['fleet_mean_std_over_seeds']:.1f}",
                   *(f"{100 * r[k]:.1f}" for k in ("fleet_min", "yield", "uncalibrated_mean", "fleet_mean_minus_1K",
-                                                   "fleet_mean_plus_1K")),
-                  "none" if tol is None else f"{tol[0]:+g}…{tol[1]:+g}K",
+                                                   "fleet_mean_plus_1K", "fleet_min_over_range",
+                                                   "compensated_min_over_range")),
+                  f"{r['audits_passed']}/{r['seeds']}" + ("c" if r["audited_compensated"] else ""),
                   f">{r['horizon_days']:g}" if days is None else f"{days:g}")
     _console().print(t)
