@@ -42,8 +42,8 @@ METHODS = {
     "noise-aware": {"method": "noise-aware"},
     "sat": {"method": "sat"},
     "drift-noise": {"method": "sat", "rho": 0.0, "drift_budget": 1.0, "noise": 0.05},
-    "spec-sat": {"method": "spec-sat"},
-    "spec-sat-comp": {"method": "spec-sat", "drift_compensation": True},
+    "spec-sat-programmed": {"method": "spec-sat", "drift_compensation": False},
+    "spec-sat": {"method": "spec-sat", "drift_compensation": True},
 }
 #: Lots nobody tuned on: (name, changes to the default process spec).
 LOTS = {

@@ -34,7 +34,7 @@ def _per_platform(value: Any) -> str:
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01).")
 @click.option("--seed", type=int, default=None, help="Seed for the split, the init and the shuffling (default 0).")
 @click.option("--hidden", type=str, default=None, metavar="W[,W...]",
-              help="Hidden layer widths, comma-separated (default 32).")
+              help="Hidden layer widths, comma-separated (default 128).")
 @click.option("--conv", type=str, default=None, metavar="C[,C...]",
               help="A digital conv front end: channels per stage (3x3 conv, ReLU, 2x2 max-pool), e.g. 8,16 for "
                    "28x28 images; the on-chip layers follow it. Needs image data (digits, digits28, mnist:DIR).")
@@ -58,6 +58,10 @@ def _per_platform(value: Any) -> str:
               help="Efficient SAT: compute a fresh ascent direction every K steps and reuse it in between "
                    "(one forward/backward instead of two). Default 1: full SAT; 5 matched its fleet accuracy "
                    "at 0 K over five seeds at about 0.7x its time (README, Performance).")
+@click.option("--ascent", type=click.Choice(["gradient", "momentum"]), default=None,
+              help="sat and spec-sat: where the ascent points. gradient (default): a clean forward/backward "
+                   "first (two passes per step); momentum: Adam's running mean of the gradients, no extra pass "
+                   "(Momentum-SAM; the cheap efficient SAT, README Performance).")
 @click.option("--noise", type=float, default=None,
               help="Std of Gaussian noise on each control at every training step, control units: noise-aware "
                    f"(default {_per_platform(lambda p: p.default_noise)}) and sat (default 0, off; with "

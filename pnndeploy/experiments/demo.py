@@ -130,7 +130,8 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     plot_comparison(mean_curves(rows), out / "comparison.png")
     table = comparison_table(rows)
     doc = {"platform": platform, "threshold": DEMO_THRESHOLD, "quick": quick, "seeds": list(range(seed, seed + seeds)),
-           "epochs": epochs, "fleet": [d["device"] for d in rows[0]["transfer"]["devices"]],
+           "epochs": epochs, "hidden": TrainConfig().hidden,
+           "fleet": [d["device"] for d in rows[0]["transfer"]["devices"]],
            "table": table, "runs": rows}
     write_bytes_atomic(out / "summary.json", json.dumps(doc, indent=2).encode())
     write_bytes_atomic(out / "report.md", demo_markdown(doc).encode())
@@ -255,7 +256,8 @@ def demo_markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# pnndeploy demo: one model, eight chips, drift",
         "",
-        f"Digits (scikit-learn), 64→32→10 MLP on {platform.description}, {doc['epochs']} epochs; "
+        f"Digits (scikit-learn), 64→{'→'.join(map(str, doc.get('hidden', [32])))}→10 MLP on "
+        f"{platform.description}, {doc['epochs']} epochs; "
         f"seeds {', '.join(map(str, seeds))} (each seed: its own split and initialisation; the table shows the "
         f"mean over seeds, λ_max and tr H the median); fleet: {', '.join(doc['fleet'])}; "
         f"common threshold {_pct(doc['threshold'])}."

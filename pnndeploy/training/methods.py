@@ -144,7 +144,21 @@ def _train(dataset: Dataset, config: TrainConfig,
             if spec is not None:
                 spec.ramp(step, steps_per_epoch * config.epochs)
             step += 1
-            if spec is not None and not spec.refresh_due():
+            if spec is not None and config.ascent == "momentum":
+                spec.begin()
+                spec.worst_shift(lambda: loss_fn(model(xb), yb).item())
+                spec.ascend(_momentum(optimizer, spec.params))
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                loss.backward()
+                spec.restore()
+            elif sat is not None and config.ascent == "momentum":
+                sat.ascend(_momentum(optimizer, sat.params))
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                loss.backward()
+                sat.restore()
+            elif spec is not None and not spec.refresh_due():
                 spec.reapply()          # efficient spec-SAT: fresh noise + the cached shift and ascent
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
@@ -194,6 +208,15 @@ def _train(dataset: Dataset, config: TrainConfig,
     model.set_control_noise(0.0)
     return TrainResult(model, config, history, accuracy(model, X, y), accuracy(model, X_test, y_test),
                        seconds)
+
+
+def _momentum(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[torch.Tensor | None]:
+    """Adam's first moment of each parameter (None before its first step): the momentum ascent's direction.
+
+    It averages the gradients of the last ~10 steps (beta1 = 0.9), taken at the perturbed points as the
+    steps were, so it points where the loss has been rising; using it costs no extra pass.
+    """
+    return [optimizer.state[p].get("exp_avg") if p in optimizer.state else None for p in params]
 
 
 def evaluation_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
