@@ -40,6 +40,9 @@ TRAINING_METHODS = {
     "plain_controls": {"method": "noise-aware", "noise": 0.0},
     "sat": {"method": "sat"},
     f"sat_every_{EFFICIENT_EVERY}": {"method": "sat", "sat_every": EFFICIENT_EVERY},
+    "sat_momentum": {"method": "sat", "ascent": "momentum"},
+    "spec_sat": {"method": "spec-sat"},
+    "spec_sat_momentum": {"method": "spec-sat", "ascent": "momentum"},
 }
 
 
@@ -72,6 +75,9 @@ def training_costs(dataset, rounds: int, epochs: int, hidden: int, batch: int) -
         "epoch_s": best, "epoch_median_s": median,
         "sat_epoch_ratio": best["sat"] / best["standard"],
         "efficient_sat_epoch_ratio": best[efficient] / best["standard"],
+        "momentum_sat_epoch_ratio": best["sat_momentum"] / best["standard"],
+        "spec_sat_epoch_ratio": best["spec_sat"] / best["standard"],
+        "momentum_spec_sat_epoch_ratio": best["spec_sat_momentum"] / best["standard"],
         "plain_controls_ratio": best["plain_controls"] / best["standard"],
         "sat_vs_plain_controls": best["sat"] / best["plain_controls"],
         "efficient_sat_vs_plain_controls": best[efficient] / best["plain_controls"],
@@ -152,7 +158,8 @@ def mzi_fleet_throughput(tmp: Path, sizes: list[int], repeats: int, epochs: int,
     """
     process = load_process(ROOT / "device_profiles" / "mzi" / "process.yaml")
     path = tmp / "mzi.onnx"
-    train_and_export(load_dataset("digits", seed=0), TrainConfig(platform="mzi", epochs=epochs, seed=0), path)
+    train_and_export(load_dataset("digits", seed=0), TrainConfig(platform="mzi", method="sat", epochs=epochs, seed=0,
+                                                             hidden=[32]), path)
     model = load_model(path)
     data = load_evaluation_data(model)
     rows = []
@@ -200,13 +207,15 @@ def fleet_accuracy_comparison(process_chips_path: Path, tmp: Path, epochs: int, 
     from pnndeploy.deploy.transfer import prepare_fleet, transfer_report
 
     temps = (-1.0, 0.0, 1.0)
-    names = {"sat": {}, **{f"sat_every_{k}": {"sat_every": k} for k in (EFFICIENT_EVERY, 2 * EFFICIENT_EVERY)}}
+    names = {"sat": {}, **{f"sat_every_{k}": {"sat_every": k} for k in (EFFICIENT_EVERY, 2 * EFFICIENT_EVERY)},
+             "sat_momentum": {"ascent": "momentum"}}
     per_seed: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for seed in seeds:
         dataset = load_dataset("digits", seed=seed)
         for name, settings in names.items():
             path = tmp / f"{name}-{seed}.onnx"
-            train_and_export(dataset, TrainConfig(method="sat", epochs=epochs, seed=seed, **settings), path)
+            train_and_export(dataset, TrainConfig(method="sat", epochs=epochs, seed=seed, hidden=[32], **settings),
+                             path)
             prepared = prepare_fleet(path, [], True, process_chips_path, save_dir=None)
             per_seed[name].append({f"{t:+g}K": transfer_report(prepared, delta_T=t)["fleet"]["mean"]
                                    for t in temps})
@@ -240,11 +249,13 @@ def main() -> None:
     if not quick:
         doc["training"].append(training_costs(dataset, rounds, epochs=3, hidden=256, batch=128))
     default = doc["training"][0]
-    doc.update({k: default[k] for k in ("sat_epoch_ratio", "efficient_sat_epoch_ratio", "epoch_s")})
+    doc.update({k: default[k] for k in ("sat_epoch_ratio", "efficient_sat_epoch_ratio", "momentum_sat_epoch_ratio",
+                                        "spec_sat_epoch_ratio", "momentum_spec_sat_epoch_ratio", "epoch_s")})
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model_path = tmp / "bench.onnx"
-        train_and_export(dataset, TrainConfig(method="sat", epochs=3 if quick else 30, seed=0), model_path)
+        train_and_export(dataset, TrainConfig(method="sat", epochs=3 if quick else 30, seed=0, hidden=[32]),
+                         model_path)
         model = load_model(model_path)
         data = load_evaluation_data(model)
         sizes = [8, 64] if quick else [8, 64, 512]

@@ -93,24 +93,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 epochs, default fleet only")
     parser.add_argument("--methods", type=str, default=",".join(METHODS))
     parser.add_argument("--json", type=str, default=None)
+    parser.add_argument("--dataset", type=str, default="digits", help="e.g. digits28 for the paper's 28x28 setting")
+    parser.add_argument("--conv", type=str, default="", help="digital conv front end, e.g. 8,16")
+    parser.add_argument("--onchip", type=int, default=0, help="only the last N linear layers on chip")
+    parser.add_argument("--lots", type=str, default=None, help="comma-separated subset of: default," + ",".join(LOTS))
     args = parser.parse_args()
     hidden = [int(h) for h in args.hidden.split(",")]
     epochs = 5 if args.quick else args.epochs
-    results: dict = {"hidden": hidden, "epochs": epochs, "seeds": args.seeds, "rows": []}
+    conv = [int(c) for c in args.conv.split(",") if c.strip()]
+    results: dict = {"hidden": hidden, "epochs": epochs, "seeds": args.seeds, "dataset": args.dataset,
+                     "conv": conv, "onchip": args.onchip, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         lots = make_lots(root) if not args.quick else {"default": (REPO / "device_profiles", None)}
+        if args.lots:
+            lots = {k: v for k, v in lots.items() if k in args.lots.split(",")}
         for name in args.methods.split(","):
             for lot, (profiles, spec) in lots.items():
-                settings = dict(METHODS[name], hidden=hidden, epochs=epochs)
+                settings = dict(METHODS[name], hidden=hidden, epochs=epochs, conv=conv, onchip=args.onchip)
                 if settings["method"] == "spec-sat" and spec is not None:
                     settings["robust_to"] = str(spec)      # spec-SAT reads the lot's own spec
                 per_seed = []
                 t0 = time.perf_counter()
                 for seed in range(args.seeds):
                     path = root / f"{name}-{lot}-{seed}.onnx"
-                    summary, _ = train_and_export(load_dataset("digits", seed=seed), TrainConfig(seed=seed, **settings),
-                                                  path)
+                    summary, _ = train_and_export(load_dataset(args.dataset, seed=seed),
+                                                  TrainConfig(seed=seed, **settings), path)
                     per_seed.append({"ideal": summary.test_accuracy, **measure(path, profiles)})
                 row = {"method": name, "fleet": lot, "seconds": time.perf_counter() - t0,
                        "ideal": float(np.mean([s["ideal"] for s in per_seed]))}

@@ -69,6 +69,11 @@ _API: dict[str, str] = {
     "transfer_report": "pnndeploy.deploy.transfer",
     "run_audit": "pnndeploy.deploy.audit",
     "SweepRange": "pnndeploy.deploy.audit",
+    # spec-SAT's perturbation set and drift compensation at deployment
+    "PerturbationSet": "pnndeploy.training.perturbation_set",
+    "perturbation_set": "pnndeploy.training.perturbation_set",
+    "DriftCompensation": "pnndeploy.deploy.compensation",
+    "compensated_accuracy": "pnndeploy.deploy.compensation",
     # errors
     "PnnError": "pnndeploy.errors",
 }

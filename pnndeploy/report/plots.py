@@ -37,7 +37,9 @@ def plot_audit(doc: dict[str, Any], path: str | Path) -> Path:
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"temperature drift — {doc['method']}")
+    compensated = "temperature_K_compensated" in doc["sweeps"]
+    axes[0].set_title(f"temperature drift — {doc['method']}" + (" (dotted: worst chip, drift-compensated)"
+                                                               if compensated else ""), fontsize=10)
     axes[1].set_title(f"ageing ({doc['sweeps']['days'].get('draws', 1)} draws, median)")
     axes[1].legend(fontsize=7, ncol=2, loc="lower left")
     path = Path(path)
