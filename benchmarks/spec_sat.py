@@ -77,7 +77,7 @@ def measure(model: Path, profiles: Path) -> dict:
     prepared = prepare_fleet(model, [], True, profiles, save_dir=None)
     fleet = prepared.require_simulated("a benchmark")
     X, y = prepared.data.X, prepared.data.y
-    comp = DriftCompensation.for_range(fleet.platform.nominal_drift, 1.0)
+    comp = DriftCompensation.for_drift(fleet.platform.nominal_drift)
     out = {"programmed": [], "compensated": []}
     for t in TEMPERATURES:
         out["programmed"].append(fleet.accuracy(X, y, Conditions(delta_T=t)).tolist())

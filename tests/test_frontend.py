@@ -45,6 +45,15 @@ def test_numpy_front_end_matches_torch() -> None:
     assert module.export().output_size() == 7
 
 
+def test_conv_only_front_end_flattens_the_pooled_image() -> None:
+    torch.manual_seed(1)
+    module = FrontEnd((2, 9, 6), conv=[3], dense=[], n_inputs=108)
+    front = module.export()
+    assert front.output_size() == 3 * 4 * 3 == module.out_features          # floor(9/2) x floor(6/2)
+    x = torch.rand(4, 108)
+    np.testing.assert_allclose(front.forward(x.numpy()), module(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_dense_only_front_end_needs_no_image() -> None:
     front = DigitalFrontEnd([DigitalLayer("digital0", "dense", np.eye(3, 4, dtype=np.float32),
                                           np.array([0.0, -1.0, 0.5], np.float32))])
@@ -100,6 +109,14 @@ def test_onchip_splits_the_mlp(tmp_path: Path, digits) -> None:
     assert TrainConfig(hidden=[24, 12], onchip=0).layer_split() == ([], [24, 12])
 
 
+def test_config_file_may_say_no_front_end(cli, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("method: sat\nconv: []\nonchip: 0\nhidden: 8\nepochs: 1\n")
+    result = cli("train", "--config", config, "--out", tmp_path / "m.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "m.onnx").digital is None
+
+
 @pytest.mark.parametrize("args, fragment", [
     (("--dataset", "iris", "--conv", "4"), "--conv needs image data"),
     (("--onchip", "3"), "--onchip 3"),
@@ -120,10 +137,17 @@ def test_a_damaged_front_end_is_refused(conv_model, tmp_path: Path) -> None:
     for prop in proto.metadata_props:
         if prop.key == "pnndeploy.digital":
             doc = json.loads(prop.value)
-            doc["layers"][0]["out"] = 5
-            doc["input_shape"] = [1, 28]
-            prop.value = json.dumps(doc)
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(proto.SerializeToString())
-    with pytest.raises(ModelFileError, match="pnndeploy.digital"):
-        load_model(bad)
+            original = prop.value
+    for edit in ({"layers": 0, "out": 5}, {"layers": 0, "padding": True}, {"input_shape": [1, 28]}):
+        doc = json.loads(original)
+        if "layers" in edit:
+            doc["layers"][0].update({k: v for k, v in edit.items() if k != "layers"})
+        else:
+            doc.update(edit)
+        for prop in proto.metadata_props:
+            if prop.key == "pnndeploy.digital":
+                prop.value = json.dumps(doc)
+        bad = tmp_path / "bad.onnx"
+        bad.write_bytes(proto.SerializeToString())
+        with pytest.raises(ModelFileError, match="pnndeploy.digital"):
+            load_model(bad)

@@ -35,11 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = {
     "standard": {"method": "standard", "epochs": 3, "hidden": [32]},
     "noise-aware": {"method": "noise-aware", "epochs": 3, "hidden": [16, 16]},
-    "sat": {"method": "sat", "epochs": 3, "hidden": [32]},
+    "sat": {"method": "sat", "epochs": 3},                    # the default width too
     "sat-options": {"method": "sat", "epochs": 3, "hidden": [32], "drift_budget": 1.0, "noise": 0.05,
                     "sat_every": 2, "adaptive": True, "perturb": "all"},
 }
-# (the hidden width is given: it was the default, 32, when the records were made)
+# (widths are given where they were the default when the records were made: 32; "sat" keeps the default, so a
+# change of the old methods' default width fails here)
 
 
 def cpu_capability() -> str:
@@ -120,6 +121,11 @@ def test_mrr_results_bit_for_bit(tmp_path: Path) -> None:
     assert set(now["runs"]) == set(golden["runs"])
     machines = golden.get("machines", {})
     exact = machine_fingerprint() in machines
+    if not exact:
+        import warnings
+
+        warnings.warn(f"no exact MRR record for this machine ({machine_fingerprint()}): checked approximately; add "
+                      "one from a reference commit with `python tests/test_reproducible.py --add-machine`")
     reference = machines.get(machine_fingerprint(), golden["runs"])
     for name, want in reference.items():
         got = now["runs"][name]

@@ -53,12 +53,47 @@ def test_perturbation_set_of_the_mesh_reads_its_own_keys() -> None:
 def test_default_process_is_the_platforms_default_fleets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from pnndeploy.training.perturbation_set import PACKAGED_PROCESSES
 
+    monkeypatch.delenv("PNNDEPLOY_PROFILES", raising=False)
     monkeypatch.chdir(REPO_ROOT)
     here = perturbation_set("mrr")
     assert here.source == str(Path("device_profiles") / "process.yaml")
     monkeypatch.chdir(tmp_path)                       # outside the checkout: the copy in the package
     away = perturbation_set("mrr")
     assert away.source == str(PACKAGED_PROCESSES / "mrr.yaml") and away.sigma == here.sigma
+
+
+def test_a_named_profiles_folder_must_hold_its_own_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$PNNDEPLOY_PROFILES names the fleet: spec-sat reads that fleet's spec, never silently the default one."""
+    monkeypatch.setenv("PNNDEPLOY_PROFILES", str(tmp_path))
+    with pytest.raises(ConfigError, match="--robust-to"):
+        perturbation_set("mrr")
+    (tmp_path / "process.yaml").write_bytes(SHIPPED_PROCESS.read_bytes().replace(b"0.05 # std of the measured",
+                                                                               b"0.09 # std of the measured"))
+    assert perturbation_set("mrr").calibration_sigma == 0.09
+
+
+def test_a_requirement_beyond_the_heater_is_refused() -> None:
+    with pytest.raises(ConfigError, match="heater range"):
+        perturbation_set("mrr", SHIPPED_PROCESS, temperature_K=30.0)
+    # compensated, the common mode is cancelled: only its spread is trained against
+    assert perturbation_set("mrr", SHIPPED_PROCESS, temperature_K=30.0, compensated=True).common_shift == 0.0
+
+
+def test_warm_up_ramps_the_set_in_linearly() -> None:
+    p = torch.nn.Parameter(torch.zeros(3))
+    adversary = SpecAdversary([p], _pset(calibration_sigma=0.05))
+    total = 100
+    scales = []
+    for step in range(total):
+        adversary.ramp(step, total)
+        scales.append(adversary.scale)
+    assert scales[0] == pytest.approx(1 / 20) and scales[9] == pytest.approx(0.5) and scales[19] == 1.0
+    assert all(a <= b for a, b in zip(scales, scales[1:])) and set(scales[19:]) == {1.0}
+    adversary.ramp(4, total)                                   # a quarter of the way through the warm-up
+    adversary.begin()
+    assert adversary.worst_shift(lambda: float(((p + 0.02) ** 2).sum())) == 1.0
+    assert torch.allclose(p, torch.full((3,), 0.25 * 0.1), atol=0.25 * 0.05 * 6)   # shift scaled by 1/4
+    adversary.restore()
 
 
 @pytest.mark.parametrize("platform, folder", [("mrr", ""), ("mzi", "mzi")])
@@ -145,7 +180,7 @@ def test_spec_sat_trains_deterministically_and_records_its_set(tmp_path: Path, d
     assert a.test_accuracy > 0.3                               # it learns something in 2 epochs
 
 
-def test_spec_sat_moves_the_model_differently_from_noise_aware(tmp_path: Path, tiny_digits) -> None:
+def test_compensated_and_programmed_spec_sat_train_differently(tmp_path: Path, tiny_digits) -> None:
     from pnndeploy.training.methods import train
 
     spec = train(tiny_digits, TrainConfig(method="spec-sat", epochs=1, hidden=[8], robust_to=str(SHIPPED_PROCESS),
@@ -156,7 +191,23 @@ def test_spec_sat_moves_the_model_differently_from_noise_aware(tmp_path: Path, t
     assert not torch.equal(spec.model.layers[0].controls, comp.model.layers[0].controls)
 
 
+def test_momentum_ascent_takes_one_pass_and_differs_from_the_gradient_ascent(tiny_digits) -> None:
+    from pnndeploy.training.methods import train
+
+    base = dict(method="sat", epochs=1, hidden=[8])
+    grad = train(tiny_digits, TrainConfig(**base))
+    mom = train(tiny_digits, TrainConfig(**base, ascent="momentum"))
+    again = train(tiny_digits, TrainConfig(**base, ascent="momentum"))
+    assert torch.equal(mom.model.layers[0].controls, again.model.layers[0].controls)      # deterministic
+    assert not torch.equal(mom.model.layers[0].controls, grad.model.layers[0].controls)
+    spec = train(tiny_digits, TrainConfig(method="spec-sat", epochs=1, hidden=[8], ascent="momentum",
+                                          robust_to=str(SHIPPED_PROCESS)))
+    assert math.isfinite(spec.history[-1].loss)
+
+
 @pytest.mark.parametrize("args, fragment", [
+    (("--method", "sat", "--ascent", "momentum", "--sat-every", "5"), "--ascent momentum takes no extra pass"),
+    (("--method", "noise-aware", "--ascent", "momentum"), "use it with --method sat or spec-sat"),
     (("--method", "spec-sat", "--rho", "0.2"), "--rho is not a setting of spec-sat"),
     (("--method", "spec-sat", "--noise", "0.05"), "--noise is not a setting of spec-sat"),
     (("--method", "sat", "--robust-z", "1"), "use it with --method spec-sat"),
@@ -185,7 +236,7 @@ def test_compensation_finds_minus_k_dT(prepared_tiny) -> None:
     fleet = prepared_tiny.require_simulated("a test")
     X = prepared_tiny.data.X
     k = fleet.platform.nominal_drift
-    comp = DriftCompensation.for_range(k, 1.5)
+    comp = DriftCompensation.for_drift(k)
     zero = fit_bias(fleet, X, Conditions(delta_T=0.0), comp)
     assert np.all(np.abs(zero) < 0.1 * k)                      # nothing to compensate at 0 K
     for dT in (-1.0, 1.0):
@@ -199,7 +250,7 @@ def test_compensated_accuracy_recovers_the_drifted_chips(prepared_tiny) -> None:
 
     fleet = prepared_tiny.require_simulated("a test")
     X, y = prepared_tiny.data.X, prepared_tiny.data.y
-    comp = DriftCompensation.for_range(fleet.platform.nominal_drift, 1.0)
+    comp = DriftCompensation.for_drift(fleet.platform.nominal_drift)
     at_zero = fleet.accuracy(X, y, Conditions())
     drifted = fleet.accuracy(X, y, Conditions(delta_T=1.0))
     recovered, _ = compensated_accuracy(fleet, X, y, Conditions(delta_T=1.0), comp)
@@ -208,18 +259,77 @@ def test_compensated_accuracy_recovers_the_drifted_chips(prepared_tiny) -> None:
     assert np.all(recovered >= at_zero - 0.05)
 
 
-def test_audit_reports_both_sweeps_and_judges_the_chosen_one(cli, model_file: Path, tiny_fleet_dir: Path) -> None:
-    common = ("audit", "--model", model_file, "--fleet", "--profiles", tiny_fleet_dir, "--temperature", "-1:1:0.5",
-              "--days", "0:30:30", "--draws", "1", "--threshold", "0.3", "--json")
-    plain = cli(*common)
-    comp = cli(*common, "--drift-compensation")
-    assert plain.exit_code in (0, 1) and comp.exit_code in (0, 1)
-    a, b = json.loads(plain.stdout), json.loads(comp.stdout)
-    assert a["sweeps"] == b["sweeps"]                           # the same measurements either way
-    assert a["drift_compensation"]["used_for_verdict"] is False and b["drift_compensation"]["used_for_verdict"]
-    sweep = b["sweeps"]["temperature_K_compensated"]
-    assert sweep["values"] == a["sweeps"]["temperature_K"]["values"] and sweep["bias_units"] == "nm"
-    plus = sweep["values"].index(1.0)
-    assert min(sweep["fleet_min"][plus], 1.0) >= a["sweeps"]["temperature_K"]["fleet_min"][plus]
-    text = cli(*common[:-1], "--drift-compensation")
+def test_compensation_follows_a_drift_beyond_its_first_window(prepared_tiny) -> None:
+    from pnndeploy.deploy.compensation import DriftCompensation, fit_bias
+    from pnndeploy.simulation.fleet import Conditions
+
+    fleet = prepared_tiny.require_simulated("a test")
+    k = fleet.platform.nominal_drift
+    comp = DriftCompensation.for_drift(k)                    # the first window covers 1.5 K
+    bias = fit_bias(fleet, prepared_tiny.data.X, Conditions(delta_T=3.0), comp)
+    assert np.allclose(bias, -3.0 * k, atol=0.15 * k), bias
+
+
+def test_golden_section_finds_the_brute_force_minimum(prepared_tiny) -> None:
+    from pnndeploy.deploy import compensation as C
+    from pnndeploy.simulation.fleet import Conditions
+
+    fleet = prepared_tiny.require_simulated("a test")
+    X = prepared_tiny.data.X
+    conditions = Conditions(delta_T=0.7)
+    comp = C.DriftCompensation.for_drift(fleet.platform.nominal_drift)
+    found = C.fit_bias(fleet, X, conditions, comp)
+    X_ref = X[:comp.samples]
+    chips = slice(0, len(fleet))
+    record = fleet.scores(X_ref, Conditions(eval_seed=C.RECORD_SEED), chips)
+
+    def misfit(b: float) -> np.ndarray:
+        shifted = Conditions(delta_T=0.7, eval_seed=C.MEASURE_SEED,
+                             control_shift=C._common_shift(fleet, np.full(len(fleet), b), None))
+        return ((fleet.scores(X_ref, shifted, chips) - record) ** 2).mean(axis=(1, 2))
+
+    grid = np.linspace(-comp.window, comp.window, 601)
+    costs = np.stack([misfit(b) for b in grid])
+    brute = grid[np.argmin(costs, axis=0)]
+    assert np.allclose(found, brute, atol=2 * (grid[1] - grid[0]) + 1e-4), (found, brute)
+    # and the search's cost is never worse than the brute-force grid's best
+    got = np.array([misfit(b)[i] for i, b in enumerate(found)])
+    assert np.all(got <= costs.min(axis=0) * (1 + 1e-3) + 1e-9)
+
+
+def _audit(cli, model: Path, fleet: Path, *extra: str):
+    return cli("audit", "--model", model, "--fleet", "--profiles", fleet, "--temperature", "-1:1:0.5",
+               "--days", "0:30:30", "--draws", "1", "--require-days", "0", *extra)
+
+
+def test_audit_verdict_uses_the_chosen_sweep(cli, model_file: Path, tiny_fleet_dir: Path) -> None:
+    first = json.loads(_audit(cli, model_file, tiny_fleet_dir, "--threshold", "0.5", "--json").stdout)
+    plain, comp = first["sweeps"]["temperature_K"], first["sweeps"]["temperature_K_compensated"]
+    assert comp["values"] == plain["values"] and comp["bias_units"] == "nm"
+    worst_plain = min(plain["fleet_min"])
+    worst_comp = min(comp["fleet_min"])
+    assert worst_comp > worst_plain + 0.02, (worst_plain, worst_comp)     # the tiny model does drift
+    threshold = f"{(worst_plain + worst_comp) / 2:.4f}"                  # fails as programmed, passes compensated
+    programmed = _audit(cli, model_file, tiny_fleet_dir, "--threshold", threshold, "--json")
+    compensated = _audit(cli, model_file, tiny_fleet_dir, "--threshold", threshold, "--drift-compensation", "--json")
+    assert programmed.exit_code == 1 and compensated.exit_code == 0, (programmed.output, compensated.output)
+    a, b = json.loads(programmed.stdout), json.loads(compensated.stdout)
+    assert a["sweeps"] == b["sweeps"]                                    # the same measurements either way
+    assert not a["drift_compensation"]["used_for_verdict"] and b["drift_compensation"]["used_for_verdict"]
+    assert a["failures"] and not b["failures"] and b["passed"]
+    text = _audit(cli, model_file, tiny_fleet_dir, "--threshold", threshold, "--drift-compensation")
     assert "compensated" in text.stdout and "verdict on the drift-compensated sweep" in text.stdout
+
+
+def test_audit_judges_a_model_as_it_was_trained_to_be_deployed(cli, tmp_path: Path, digits,
+                                                               tiny_fleet_dir: Path) -> None:
+    from pnndeploy.training.pipeline import train_and_export
+
+    path = tmp_path / "spec.onnx"
+    train_and_export(digits, TrainConfig(method="spec-sat", epochs=1, hidden=[8], robust_to=str(SHIPPED_PROCESS)),
+                     path)
+    default = json.loads(_audit(cli, path, tiny_fleet_dir, "--threshold", "0.1", "--json").stdout)
+    assert default["drift_compensation"]["used_for_verdict"] is True      # spec-sat's default deployment
+    overridden = json.loads(_audit(cli, path, tiny_fleet_dir, "--threshold", "0.1", "--no-drift-compensation",
+                                   "--json").stdout)
+    assert overridden["drift_compensation"]["used_for_verdict"] is False

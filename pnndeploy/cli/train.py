@@ -34,7 +34,8 @@ def _per_platform(value: Any) -> str:
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01).")
 @click.option("--seed", type=int, default=None, help="Seed for the split, the init and the shuffling (default 0).")
 @click.option("--hidden", type=str, default=None, metavar="W[,W...]",
-              help="Hidden layer widths, comma-separated (default 128).")
+              help="Hidden layer widths, comma-separated (default 128 for spec-sat; 32, round 1's default, for "
+                   "the other methods, so their results reproduce).")
 @click.option("--conv", type=str, default=None, metavar="C[,C...]",
               help="A digital conv front end: channels per stage (3x3 conv, ReLU, 2x2 max-pool), e.g. 8,16 for "
                    "28x28 images; the on-chip layers follow it. Needs image data (digits, digits28, mnist:DIR).")

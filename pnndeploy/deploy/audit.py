@@ -128,7 +128,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
 
     t_values = temperatures.values(extra=(0.0, -require_temperature, require_temperature))
     t_acc = np.empty((len(names), len(t_values)))
-    compensation = DriftCompensation.for_range(fleet.platform.nominal_drift, max(abs(v) for v in t_values))
+    compensation = DriftCompensation.for_drift(fleet.platform.nominal_drift)
     t_comp = np.empty_like(t_acc)
     t_bias = np.empty_like(t_acc)
     for k, t in enumerate(t_values):

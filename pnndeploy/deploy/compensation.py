@@ -9,10 +9,13 @@ picks the ``b`` whose outputs come closest (least squares) to the record.
 The analogue of aihwkit's global drift compensation, with a control bias in
 place of an output scale, because here the drift is in the controls.
 
-The search is a coarse grid over the window, then a golden-section search in
-the grid cell around the best point (all chips at once, each its own bias), so
-it needs no gradient and works the same on a real chip: each point is one
-measurement of the reference batch, 13 + 14 in all.  Measurements use
+The search is a coarse grid over a window of 1.5 K's worth of nominal drift
+(whatever the sweep), moved to the edge point and repeated while a chip's best
+point lies on the window's edge (a larger drift, up to :data:`MAX_MOVES`
+windows away), then a golden-section search in the grid cell around the best
+point; all chips at once, each with its own bias.  It needs no gradient and
+works the same on a real chip: each point is one measurement of the reference
+batch, 13 + 14 in all when the drift is inside the first window.  Measurements use
 their own detector-noise draws (:data:`RECORD_SEED`, :data:`MEASURE_SEED`),
 distinct from the evaluation's.
 """
@@ -32,22 +35,24 @@ REFERENCE_SAMPLES = 32
 RECORD_SEED, MEASURE_SEED = 0x7265, 0x6D65
 #: Points of the coarse grid over the window, and golden-section steps in the cells around its best point.
 COARSE_POINTS, GOLDEN_STEPS = 13, 14
+#: How many times the window may move towards a chip whose best point lies on its edge.
+MAX_MOVES = 8
 
 
 @dataclass(frozen=True)
 class DriftCompensation:
     """How a chip's common bias is re-fitted: the reference batch and the search window."""
 
-    window: float               # the bias is searched in [-window, +window], control units
+    window: float               # the first search covers [-window, +window], control units
     samples: int = REFERENCE_SAMPLES
 
     @classmethod
-    def for_range(cls, drift: float, temperature_K: float) -> "DriftCompensation":
-        """A window covering the drift of a temperature range with 50 % margin (at least 1 K's worth)."""
-        return cls(window=1.5 * abs(drift) * max(abs(temperature_K), 1.0))
+    def for_drift(cls, drift: float) -> "DriftCompensation":
+        """The first window covers 1.5 K's worth of drift (``drift`` in control units per K); it moves if needed."""
+        return cls(window=1.5 * abs(drift))
 
     def to_dict(self) -> dict:
-        return {"window": self.window, "reference_samples": self.samples,
+        return {"window": self.window, "max_moves": MAX_MOVES, "reference_samples": self.samples,
                 "coarse_points": COARSE_POINTS,
                 "golden_steps": GOLDEN_STEPS, "objective": "least squares to the outputs recorded at 0 K"}
 
@@ -73,10 +78,19 @@ def fit_bias(fleet: SimulatedFleet, X_scaled: np.ndarray, conditions: Conditions
         return ((fleet.scores(X_ref, shifted, chips) - record) ** 2).mean(axis=(1, 2))
 
     w = compensation.window
-    coarse = np.linspace(-w, w, COARSE_POINTS)
-    costs = np.stack([misfit(np.full(len(fleet), b)) for b in coarse])          # (points, chips)
-    best = coarse[np.argmin(costs, axis=0)]
-    step = coarse[1] - coarse[0]
+    offsets = np.linspace(-w, w, COARSE_POINTS)
+    step = offsets[1] - offsets[0]
+    chips_ = np.arange(len(fleet))
+    centre = np.zeros(len(fleet))
+    for _ in range(MAX_MOVES + 1):
+        costs = np.stack([misfit(centre + o) for o in offsets])                  # (points, chips)
+        at = np.argmin(costs, axis=0)
+        best = centre + offsets[at]
+        best_cost = costs[at, chips_]
+        edge = (at == 0) | (at == COARSE_POINTS - 1)
+        if not edge.any():
+            break
+        centre = np.where(edge, best, centre)       # move the window of the chips whose optimum is beyond it
     # golden-section search over [best - step, best + step], per chip (vectorised)
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     lo, hi = best - step, best + step
@@ -92,7 +106,7 @@ def fit_bias(fleet: SimulatedFleet, X_scaled: np.ndarray, conditions: Conditions
         a, b, fa, fb = (np.where(left, new_a, b), np.where(left, a, new_b),
                         np.where(left, fp, fb), np.where(left, fa, fp))
     candidates = np.stack([best, a, b])
-    values = np.stack([costs.min(axis=0), fa, fb])
+    values = np.stack([best_cost, fa, fb])
     return candidates[np.argmin(values, axis=0), np.arange(len(fleet))]
 
 

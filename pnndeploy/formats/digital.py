@@ -183,12 +183,19 @@ def front_end_from(where: str, meta: Any, inits: dict[str, np.ndarray]) -> Digit
             channels = int(w.shape[0]) if w.ndim == 4 else channels
         else:
             ok = w.ndim == 2
-        if not ok or arrays["bias"].shape != (w.shape[0],):
-            raise bad(f"layer {info['name']!r} has weights {w.shape} that contradict its description")
-        layers.append(DigitalLayer(info["name"], info["kind"], w, arrays["bias"]))
+        layer = DigitalLayer(info["name"], info["kind"], w, arrays["bias"])
+        if not ok or arrays["bias"].shape != (w.shape[0],) or not _same_description(info, layer.describe()):
+            raise bad(f"layer {info['name']!r} has weights {w.shape} that contradict its description {info}")
+        layers.append(layer)
     front = DigitalFrontEnd(layers, tuple(shape) if shape else None)
     _check_chain(front, bad)
     return front
+
+
+def _same_description(info: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """The metadata says exactly what the weights are (integers as integers: ``true`` is not 1)."""
+    return set(info) == set(expected) and all(
+        type(info[k]) is type(v) and info[k] == v for k, v in expected.items())
 
 
 def _check_chain(front: DigitalFrontEnd, bad: Any) -> None:

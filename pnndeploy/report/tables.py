@@ -69,6 +69,17 @@ def render_inspect(doc: dict[str, Any]) -> None:
         for key, value in metrics.items():
             info.add_row(f"metrics.{key}", f"{value:.4g}" if isinstance(value, float) else str(value))
     info.add_row("input_scaling", _short(meta.get("input_scaling")))
+    pset = meta.get("perturbation_set")
+    if isinstance(pset, dict):
+        info.add_row("perturbation_set", f"σ {pset.get('sigma', 0):.4g}, ρ {pset.get('rho', 0):.4g}, "
+                                         f"±{pset.get('temperature_K')} K, {pset.get('days')} days, "
+                                         f"{'compensated' if pset.get('compensated') else 'as programmed'}, "
+                                         f"from {pset.get('source')}")
+    digital = meta.get("digital")
+    if isinstance(digital, dict):
+        info.add_row("digital front end", _short(" → ".join(
+            f"{layer.get('kind')} {layer.get('in')}→{layer.get('out')}" for layer in digital.get("layers", [])
+            if isinstance(layer, dict)) + f" (input {digital.get('input_shape')})", 120))
     info.add_row("sha256", doc["sha256"])
     console.print(info)
     layers = Table(title="on-chip layers")
@@ -264,7 +275,8 @@ def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:
     seeds = table[0]["seeds"] if table else 1
     t = Table(title=f"accuracy in % on the default fleet (mean of {seeds} seed{'s' if seeds > 1 else ''}); "
                     f"threshold {pct(threshold)}", padding=(0, 1))
-    for column in ("method", "ideal", "λmax", "mean", "±seeds", "min", "yield", "uncal", "−1K", "+1K", "min±1K",
+    req = f"{table[0]['required_temperature_K']:g}" if table else "1"
+    for column in ("method", "ideal", "λmax", "mean", "±seeds", "min", "yield", "uncal", "−1K", "+1K", f"min±{req}K",
                    "comp.", "audit", "days"):
         t.add_column(column, justify="right", no_wrap=True)
     for r in table:

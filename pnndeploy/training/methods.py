@@ -47,6 +47,8 @@ class TrainResult:
     train_accuracy: float
     test_accuracy: float
     seconds: float
+    #: spec-sat: the perturbation set it trained against (what the model file records).
+    perturbation_set: PerturbationSet | None = None
 
 
 def build_model(config: TrainConfig, n_features: int, n_classes: int,
@@ -192,9 +194,10 @@ def _train(dataset: Dataset, config: TrainConfig,
                 loss.backward()
             loss_value = loss.item()
             if not math.isfinite(loss_value):
+                radius = f"--robust-z (now {config.robust_z})" if spec is not None else f"--rho (now {config.rho})"
                 raise TrainingDiverged(
                     f"training diverged at epoch {epoch} (loss {loss_value}); lower --lr "
-                    f"(now {config.lr}) or --rho (now {config.rho})")
+                    f"(now {config.lr}) or {radius}")
             optimizer.step()
             model.project()
             total += loss_value * len(idx)
@@ -207,7 +210,7 @@ def _train(dataset: Dataset, config: TrainConfig,
     model.eval()
     model.set_control_noise(0.0)
     return TrainResult(model, config, history, accuracy(model, X, y), accuracy(model, X_test, y_test),
-                       seconds)
+                       seconds, spec.pset if spec is not None else None)
 
 
 def _momentum(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[torch.Tensor | None]:

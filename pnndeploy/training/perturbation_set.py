@@ -25,13 +25,14 @@ noise draws cover.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from pnndeploy.errors import ConfigError
 from pnndeploy.formats.process_spec import load_process, process_keys
-from pnndeploy.formats.profile_folder import profiles_dir
+from pnndeploy.formats.profile_folder import PROFILES_ENV, profiles_dir
 from pnndeploy.platforms import get_platform
 
 #: Default quantile of the independent errors the ascent guards (2 sigma: the 97.7th-percentile chip).
@@ -98,10 +99,15 @@ PACKAGED_PROCESSES = Path(__file__).resolve().parents[1] / "platforms" / "proces
 
 
 def default_process_path(platform: str) -> Path:
-    """The process spec of the platform's default fleet: ``device_profiles[/PLATFORM]/process.yaml`` here, or,
-    outside a checkout with that folder, the copy shipped in the package (the same file, a test checks)."""
-    local = profiles_dir(None, platform) / "process.yaml"
-    return local if local.is_file() else PACKAGED_PROCESSES / f"{platform}.yaml"
+    """The process spec of the fleet the model will meet: ``process.yaml`` of the profiles folder
+    ($PNNDEPLOY_PROFILES, else ``device_profiles[/PLATFORM]``); outside a checkout with the default folder, the copy
+    shipped in the package (the same file, a test checks).  A folder named by $PNNDEPLOY_PROFILES must hold its
+    own spec: falling back to the default fleet's would train against another fleet."""
+    folder = profiles_dir(None, platform)
+    local = folder / "process.yaml"
+    if local.is_file() or os.environ.get(PROFILES_ENV):
+        return local
+    return PACKAGED_PROCESSES / f"{platform}.yaml"
 
 
 def perturbation_set(platform: str, process_path: str | Path | None = None, temperature_K: float = 1.0,
@@ -113,8 +119,9 @@ def perturbation_set(platform: str, process_path: str | Path | None = None, temp
     p = get_platform(platform)
     path = Path(process_path) if process_path is not None else default_process_path(platform)
     if process_path is None and not path.is_file():
-        raise ConfigError(f"spec-sat reads its perturbations from a process spec and the default {path} does not "
-                          "exist; pass --robust-to PROCESS.yaml (the spec of the fleet you will deploy on)")
+        raise ConfigError(f"spec-sat reads its perturbations from a process spec and {path} (the profiles "
+                          "folder's) does not exist; pass --robust-to PROCESS.yaml (the spec of the fleet you will "
+                          "deploy on)")
     process = load_process(path, "--robust-to")
     if process["platform"] != platform:
         raise ConfigError(f"process file {path} describes {process['platform']} chips but the model is for "
@@ -127,9 +134,15 @@ def perturbation_set(platform: str, process_path: str | Path | None = None, temp
                           "'drift_rel_sigma' for spec-sat's thermal drift; add them")
     env = process["environment"]
     lo, hi = env[keys["heater_range"]]
+    drift = float(devices[drift_key])
+    if not compensated and abs(drift) * temperature_K > (float(hi) - float(lo)) / 4:
+        raise ConfigError(f"--require-temperature {temperature_K:g} K shifts every {p.control_noun} by "
+                          f"{abs(drift) * temperature_K:g} {p.control_units}, more than a quarter of the heater "
+                          f"range [{lo:g}, {hi:g}] of {path}: no setting survives that as programmed; require less, "
+                          "or train for a drift-compensated deployment (--drift-compensation)")
     return PerturbationSet(
         platform=platform, source=str(path), temperature_K=float(temperature_K), days=float(days),
-        drift=float(devices[drift_key]), drift_rel_sigma=float(devices["drift_rel_sigma"]),
+        drift=drift, drift_rel_sigma=float(devices["drift_rel_sigma"]),
         calibration_sigma=float(process["calibration"][keys["offset_sigma"]]),
         ageing_rate=float(env[keys["ageing"]]),
         dac_step=(float(hi) - float(lo)) / (2 ** int(env["dac_bits"]) - 1), z=float(z), compensated=compensated)

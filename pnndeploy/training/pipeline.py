@@ -87,7 +87,7 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path) -> Tr
     extra: dict[str, Any] = {"config": config.to_dict(), "n_classes": dataset.n_classes}
     rho = config.rho if config.method == "sat" else 0.0
     if config.method == "spec-sat":
-        pset = spec_perturbations(config)
+        pset = result.perturbation_set or spec_perturbations(config)
         extra["perturbation_set"] = pset.to_dict()
         rho = pset.rho
     sha = save_model(
