@@ -44,4 +44,7 @@ def test_quick_benchmark_reports_every_figure_consistently():
     diff = acc["efficient_minus_full"]["+0K"]["mean"]
     assert diff == pytest.approx(acc["mean"]["sat_every_5"]["+0K"] - acc["mean"]["sat"]["+0K"])
     assert acc["minus_full"]["sat_every_5"] == acc["efficient_minus_full"]
-    assert set(acc["minus_full"]) == {"sat_every_5", "sat_every_10"}
+    assert set(acc["minus_full"]) == {"sat_every_5", "sat_every_10", "sat_momentum"}
+    for name in ("momentum_sat", "spec_sat", "momentum_spec_sat"):
+        key = {"momentum_sat": "sat_momentum", "spec_sat": "spec_sat", "momentum_spec_sat": "spec_sat_momentum"}[name]
+        assert doc[f"{name}_epoch_ratio"] == pytest.approx(times[key] / times["standard"])
