@@ -78,3 +78,24 @@ def fraction(name: str, value: float | None) -> float | None:
     if value is not None and not 0.0 <= value <= 1.0:  # also refuses NaN
         raise PnnError(f"{name} {value} is outside [0, 1]; accuracies are fractions, e.g. 0.9")
     return value
+
+
+def executor_options(func: Any) -> Any:
+    """--executor local|ray and --address, for commands whose pieces of work are independent."""
+    func = click.option("--address", default=None, metavar="auto|ray://HOST:PORT",
+                        help="With --executor ray: the cluster to join (default: start a local one on this "
+                             "machine's cores).")(func)
+    func = click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="local: in this process, in order; ray: as Ray tasks (the optional extra, "
+                             "pip install -e '.[ray]').")(func)
+    return func
+
+
+def check_executor(executor: str, address: str | None) -> None:
+    """Refuse, before any work, an executor that cannot run: Ray not installed, --address without Ray."""
+    if address and executor != "ray":
+        raise PnnError(f"--address {address} names a Ray cluster; add --executor ray, or drop --address")
+    if executor == "ray":
+        from pnndeploy.deploy.executors import require_ray
+
+        require_ray()

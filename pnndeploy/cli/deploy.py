@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from pnndeploy.cli.common import check_output_file, fraction, print_json, profiles_option, progress_bar
+from pnndeploy.cli.common import (check_executor, check_output_file, executor_options, fraction, print_json,
+                                  profiles_option, progress_bar)
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
@@ -35,15 +36,20 @@ def _devices_options(func: Any) -> Any:
 @click.option("--min-yield", type=float, default=None,
               help="Exit with status 1 when the fleet's yield is below this fraction.")
 @click.option("--no-save", is_flag=True, help="Do not write deployments/MODEL@DEVICE.h5 files.")
+@executor_options
+@click.option("--chips-per-task", type=click.IntRange(1, None), default=512, show_default=True,
+              help="With --executor ray: simulated chips evaluated by one Ray task.")
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md transfer document on stdout.")
 def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
-             delta_T: float, threshold: float, min_yield: float | None, no_save: bool, as_json: bool) -> None:
+             delta_T: float, threshold: float, min_yield: float | None, no_save: bool, executor: str,
+             address: str | None, chips_per_task: int, as_json: bool) -> None:
     """Map the model onto chip(s) through their calibration and report the accuracy on each.
 
     \b
     Examples:
       pnndeploy transfer --device chipB
       pnndeploy transfer --fleet --temperature-delta 1 --min-yield 0.9 --json
+      pnndeploy transfer --fleet --profiles lots/lot7 --executor ray --address auto
     """
     from pathlib import Path
 
@@ -54,9 +60,11 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
     fraction("--min-yield", min_yield)
     if not math.isfinite(delta_T):
         raise PnnError(f"--temperature-delta {delta_T} is not a finite number of kelvin")
+    check_executor(executor, address)
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset,
                                       None if no_save else Path("deployments"))
-    report = transfer_report(prepared, delta_T=delta_T, threshold=threshold)
+    report = transfer_report(prepared, delta_T=delta_T, threshold=threshold, executor=executor, address=address,
+                             chips_per_task=chips_per_task)
     if as_json:
         print_json(report)
     else:

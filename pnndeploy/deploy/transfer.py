@@ -12,6 +12,7 @@ from pnndeploy.data.datasets import load_dataset
 from pnndeploy.deploy.mapping import map_model
 from pnndeploy.deploy.stats import fleet_summary, wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
+from pnndeploy.deploy.executors import CHIPS_PER_TASK, fleet_accuracy
 from pnndeploy.formats.deployments import Deployment, deployment_path, write_deployment
 from pnndeploy.formats.onnx_io import ExportedModel, load_model
 from pnndeploy.formats.profile_folder import list_profiles, profiles_dir, resolve_device
@@ -134,12 +135,17 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
 
 
 def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: float = 0.9,
-                    eval_seed: int = 0) -> dict:
-    """The `transfer --json` document (DESIGN.md) for a prepared fleet at a temperature offset."""
+                    eval_seed: int = 0, executor: str = "local", address: str | None = None,
+                    chips_per_task: int = CHIPS_PER_TASK) -> dict:
+    """The `transfer --json` document (DESIGN.md) for a prepared fleet at a temperature offset.
+
+    ``executor="ray"`` evaluates the chips as Ray tasks of ``chips_per_task`` chips (the same numbers, bit
+    for bit; :func:`~pnndeploy.deploy.executors.fleet_accuracy`).
+    """
     measured: dict[str, float] = {}
     if prepared.fleet is not None:
-        acc = prepared.fleet.accuracy(prepared.data.X, prepared.data.y,
-                                      Conditions(delta_T=delta_T, eval_seed=eval_seed))
+        acc = fleet_accuracy(prepared, Conditions(delta_T=delta_T, eval_seed=eval_seed), executor, address,
+                             chips_per_task)
         measured = dict(zip(prepared.fleet.device_ids, (float(a) for a in acc)))
     nominal = prepared.nominal_accuracy()
     n = int(prepared.data.y.size)

@@ -76,3 +76,37 @@ def plot_comparison(rows: list[dict[str, Any]], path: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For each (x, y), True when no other point is at least as good in both and better in one (higher is better)."""
+    return [not any((a >= x and b >= y) and (a > x or b > y) for a, b in points) for x, y in points]
+
+
+def plot_pareto(doc: dict[str, Any], path: str | Path) -> Path:
+    """A sweep's cells: ideal-chip accuracy against the worst chip under drift (the worst fleet), front joined."""
+    plt = _pyplot()
+    cells = [c for c in doc["cells"] if c["status"] != "failed"]
+    points = [(c["ideal"], min(f["min_within_K"] for f in c["fleets"].values())) for c in cells]
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(7, 5), constrained_layout=True)
+    methods = sorted({c["method"] for c in cells})
+    for method in methods:
+        xs = [100 * p[0] for p, c in zip(points, cells) if c["method"] == method]
+        ys = [100 * p[1] for p, c in zip(points, cells) if c["method"] == method]
+        ax.scatter(xs, ys, s=28, label=method, alpha=0.8)
+    best = sorted((p for p, on in zip(points, front) if on))
+    if best:
+        ax.plot([100 * x for x, _ in best], [100 * y for _, y in best], color="black", lw=1.2, ls="--",
+                label="Pareto front")
+    ax.axhline(100 * doc["threshold"], color="crimson", ls=":", lw=1, label="threshold")
+    ax.set_xlabel("ideal-chip accuracy (%)")
+    ax.set_ylabel(f"worst chip within ±{doc['require_temperature_K']:g} K, worst fleet (%)")
+    ax.set_title(f"sweep {doc['sweep']}: {len(cells)} cells")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

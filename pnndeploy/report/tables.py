@@ -289,3 +289,32 @@ def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:
                   f"{r['audits_passed']}/{r['seeds']}" + ("c" if r["audited_compensated"] else ""),
                   f">{r['horizon_days']:g}" if days is None else f"{days:g}")
     _console().print(t)
+
+
+def render_sweep(doc: dict[str, Any]) -> None:
+    """The sweep's table: one row per cell and fleet (failures with their error), then the counts."""
+    req = doc["require_temperature_K"]
+    t = Table(title=f"sweep {doc['sweep']} ({doc['executor']}): accuracy in %, threshold {pct(doc['threshold'])}",
+              padding=(0, 1))
+    for column in ("cell", "method", "settings", "seed", "fleet", "ideal", "mean 0 K", "min 0 K", f"min ±{req:g} K",
+                   "compensated", "audit", "status"):
+        t.add_column(column, justify="right" if column not in ("settings", "fleet", "status") else "left")
+    for k, c in enumerate(doc["cells"], start=1):
+        shared = doc.get("shared_settings", {})
+        settings = ", ".join(f"{a}={b}" for a, b in c["settings"].items()
+                             if a != "method" and shared.get(a, object()) != b) or "—"
+        if c["status"] == "failed":
+            t.add_row(str(k), str(c["settings"].get("method", "")), settings, str(c["seed"]), "", "", "", "", "", "",
+                      "", f"[red]failed[/]: {c['error']}")
+            continue
+        for name, f in c["fleets"].items():
+            t.add_row(str(k), c["method"], settings, str(c["seed"]), name, f"{100 * c['ideal']:.1f}",
+                      f"{100 * f['mean_0K']:.1f}", f"{100 * f['min_0K']:.1f}", f"{100 * f['min_within_K']:.1f}",
+                      f"{100 * f['min_within_K_compensated']:.1f}",
+                      ("pass" if f["audit_passed"] else "fail") + (" (c)" if f["audit_compensated"] else ""),
+                      c["status"])
+    console = _console()
+    console.print(t)
+    n = doc["counts"]
+    console.print(f"{n['done']} cells run, {n['skipped']} skipped (already in {doc['out']}), {n['failed']} failed; "
+                  f"results.json, results.csv" + (", pareto.png" if doc.get("pareto_plot") else ""))

@@ -1,0 +1,170 @@
+"""Where independent pieces of work run: in this process, in order (the default), or as Ray tasks.
+
+Ray (an optional extra, ``pip install -e '.[ray]'``) is used as it is: a local
+cluster of this machine starts itself when no address is given (``ray.init``
+with ``num_cpus`` set, so a two-core machine is not oversubscribed), or an
+existing one is joined (``--address auto`` or ``ray://HOST:PORT``).  Each task
+asks for one CPU.  Results come back in submission order; a task that raises
+is returned as its error, so one failure does not lose the others; Ctrl-C
+cancels what has not finished and shuts the local cluster down.
+
+Tasks receive and return plain data (paths, settings, numpy arrays, dicts of
+numbers).  Ray serialises them between our own processes; no user file is
+ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from pnndeploy.errors import PnnError
+
+EXECUTORS = ("local", "ray")
+#: Chips per Ray task when a fleet is evaluated on Ray.
+CHIPS_PER_TASK = 512
+
+
+class ExecutorError(PnnError):
+    """The executor cannot run (Ray missing, no cluster at the address)."""
+
+
+@dataclass
+class TaskFailure:
+    """A task that raised: its error, as one line."""
+
+    error: str
+
+
+def require_ray() -> Any:
+    """The ray module, or one line saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorError("--executor ray needs Ray, an optional extra: pip install -e '.[ray]' "
+                            "(or pip install 'ray>=2.9'); without it use --executor local") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Ray, initialised for the duration: a local cluster of ``num_cpus`` (default: this machine's cores) when
+    ``address`` is None, else the cluster at ``address``.  A session already open is reused and left open."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"at {address}" if address else "on this machine"
+        raise ExecutorError(f"cannot start or reach a Ray cluster {where} ({str(exc).splitlines()[0][:160]}); "
+                            "check --address, or start one with `ray start --head`") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def run_tasks(fn: Callable[..., Any], args: Sequence[tuple], executor: str = "local", address: str | None = None,
+              num_cpus: int | None = None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """``[fn(*a) for a in args]`` on the chosen executor; a raising call gives a :class:`TaskFailure`.
+
+    ``on_result(index, result)`` is called as each result arrives (in order locally, as they finish on Ray),
+    so a caller can write each result at once and lose nothing to a later interruption.
+    """
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"--executor {executor!r} is unknown; use one of {', '.join(EXECUTORS)}")
+    results: list[Any] = [None] * len(args)
+    if executor == "local":
+        for i, a in enumerate(args):
+            results[i] = _guarded(fn, a)
+            if on_result is not None:
+                on_result(i, results[i])
+        return results
+    with ray_session(address, num_cpus) as ray:
+        remote = ray.remote(num_cpus=1, max_retries=0)(_guarded)
+        pending = {remote.remote(fn, a): i for i, a in enumerate(args)}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    i = pending.pop(ref)
+                    try:
+                        results[i] = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - a worker that died, a task Ray could not run
+                        results[i] = TaskFailure(_one_line(exc))
+                    if on_result is not None:
+                        on_result(i, results[i])
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+    return results
+
+
+def _guarded(fn: Callable[..., Any], a: tuple) -> Any:
+    """Run one task; its error comes back as a value, not a lost task."""
+    try:
+        return fn(*a)
+    except Exception as exc:  # noqa: BLE001 - every failure of one task is reported, the others go on
+        return TaskFailure(_one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ------------------------------------------------------------------------------- fleets on Ray
+def _chip_batch_accuracy(model: Any, profiles: list[Any], deployments: list[Any], X: np.ndarray, y: np.ndarray,
+                         conditions: Any) -> np.ndarray:
+    """Accuracy of one batch of chips (what one Ray task computes)."""
+    from pnndeploy.simulation.fleet import SimulatedFleet
+
+    return SimulatedFleet(model, profiles, deployments).accuracy(X, y, conditions)
+
+
+def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", address: str | None = None,
+                   chips_per_task: int = CHIPS_PER_TASK, num_cpus: int | None = None) -> np.ndarray:
+    """Accuracy of every simulated chip of ``prepared`` under ``conditions``; on Ray, in batches of chips.
+
+    A chip's outputs do not depend on the chips evaluated with it (the simulator's design), so the
+    result is the local one bit for bit whatever the batching.
+    """
+    fleet = prepared.require_simulated("a fleet evaluation")
+    if executor == "local":
+        return fleet.accuracy(prepared.data.X, prepared.data.y, conditions)
+    if chips_per_task < 1:
+        raise ExecutorError(f"--chips-per-task must be at least 1 (got {chips_per_task})")
+    pairs = [(p, d) for p, d in zip(prepared.profiles, prepared.deployments) if p.simulated]
+    with ray_session(address, num_cpus) as ray:
+        model = ray.put(prepared.model)
+        X, y = ray.put(prepared.data.X), ray.put(prepared.data.y)
+        args = [(model, [p for p, _ in pairs[i:i + chips_per_task]], [d for _, d in pairs[i:i + chips_per_task]],
+                 X, y, conditions) for i in range(0, len(pairs), chips_per_task)]
+        parts = run_tasks(_resolve_then(_chip_batch_accuracy), args, "ray", address, num_cpus)
+    failed = [p for p in parts if isinstance(p, TaskFailure)]
+    if failed:
+        raise ExecutorError(f"{len(failed)} of {len(parts)} Ray tasks failed; first: {failed[0].error}")
+    return np.concatenate(parts)
+
+
+def _resolve_then(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with object-store references among its arguments fetched first (nested lists are not resolved)."""
+    def call(*args: Any) -> Any:
+        import ray
+
+        return fn(*(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args))
+
+    call.__name__ = fn.__name__
+    return call

@@ -1,0 +1,334 @@
+"""`pnndeploy sweep GRID.yaml`: many trainings, each mapped onto fleets and audited, as one table.
+
+A grid file names training settings (a ``grid`` of lists, every combination, and/or a list of explicit
+``cells``), seeds, the fleets (profile folders) and the audit's sweeps.  A cell is one training setting
+with one seed: it trains, exports, maps onto every fleet and audits there, as the demo does.  Cells are
+independent, so they run in order here or as Ray tasks (:mod:`~pnndeploy.deploy.executors`), with
+identical results.
+
+A cell's result is written as soon as it arrives (``cells/KEY.json``, its model ``models/KEY.onnx``,
+both atomically), keyed by a hash of everything it depends on: its settings, the data, the fleets'
+profile files, the sweeps and the pnndeploy version.  A rerun skips every cell whose result is there,
+so an interrupted sweep resumes where it stopped and nothing is recomputed or half-written.  A cell
+that fails is reported in the table with its error and not written (a rerun tries it again).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from pnndeploy import __version__
+from pnndeploy.atomic import write_bytes_atomic
+from pnndeploy.deploy.executors import TaskFailure, run_tasks
+from pnndeploy.errors import ConfigError, PnnError
+from pnndeploy.formats.profile_folder import list_profiles
+from pnndeploy.formats.yamlio import read_yaml_file
+from pnndeploy.training.config import TrainConfig, _coerce, _field_types
+
+#: Keys of a grid file besides the training settings.
+GRID_KEYS = ("name", "dataset", "seeds", "grid", "cells", "fleets", "temperature", "days", "draws", "threshold",
+             "require_temperature", "require_days")
+#: Settings the grid may vary: every TrainConfig field but the seed (``seeds`` gives those).
+SETTING_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "seed")
+
+
+@dataclass
+class SweepSpec:
+    """A checked grid file."""
+
+    path: Path
+    name: str
+    dataset: str
+    seeds: list[int]
+    settings: list[dict[str, Any]]          # one per training setting, before seeds
+    fleets: list[str]
+    temperature: str = "-1:1:0.25"
+    days: str = "0:30:15"
+    draws: int = 3
+    threshold: float = 0.9
+    require_temperature: float = 1.0
+    require_days: float = 30.0
+    base: dict[str, Any] = field(default_factory=dict)   # settings every cell shares
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every (settings, seed) pair, in the file's order, seeds innermost."""
+        return [{"settings": dict(s), "seed": seed} for s in self.settings for seed in self.seeds]
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and check a grid file: unknown keys, wrong types and settings a training would refuse are one line."""
+    path = Path(path)
+    where = f"sweep file {path}"
+    data = read_yaml_file(path, where, "pass an existing grid file, e.g. examples/sweep.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys such as grid, seeds, fleets")
+    types = _field_types()
+    base: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in GRID_KEYS:
+            continue
+        if key in SETTING_KEYS:
+            base[key] = _coerce(where, key, value, types[key])
+            continue
+        raise ConfigError(f"{where}: unknown key {key!r}; grid-file keys: {', '.join(GRID_KEYS)}, and any training "
+                          f"setting ({', '.join(SETTING_KEYS)})")
+    seeds = data.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
+                                                       for s in seeds):
+        raise ConfigError(f"{where}: seeds must be a non-negative integer or a list of them, got {seeds!r}")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where}: grid must map training settings to lists of values, got {type(grid).__name__}")
+    for key, values in grid.items():
+        if key not in SETTING_KEYS:
+            raise ConfigError(f"{where}: grid key {key!r} is not a training setting ({', '.join(SETTING_KEYS)})")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: grid.{key} must be a non-empty list of values, got {values!r}")
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
+    explicit = data.get("cells") or []
+    if not isinstance(explicit, list) or any(not isinstance(c, dict) for c in explicit):
+        raise ConfigError(f"{where}: cells must be a list of mappings of training settings")
+    settings = []
+    for k, raw in enumerate(combos + explicit):
+        label = f"cell {k + 1} ({_describe(raw)})"
+        cell = dict(base)
+        for key, value in raw.items():
+            if key not in SETTING_KEYS:
+                raise ConfigError(f"{where}: {label}: {key!r} is not a training setting")
+            cell[key] = _coerce(f"{where}: {label}", key, value, types[key])
+        try:
+            TrainConfig(**cell).validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {label}: {exc}") from None
+        settings.append(cell)
+    if not settings:
+        settings = [dict(base)]
+    if len(settings) * len(seeds) > 10_000:
+        raise ConfigError(f"{where}: {len(settings) * len(seeds)} cells; split the sweep (at most 10000)")
+    fleets = data.get("fleets")
+    if fleets is None:
+        fleets = []
+    if isinstance(fleets, str):
+        fleets = [fleets]
+    if not isinstance(fleets, list) or any(not isinstance(f, str) for f in fleets):
+        raise ConfigError(f"{where}: fleets must be a list of profile folders, got {fleets!r}")
+    for folder in fleets:
+        if not list_profiles(Path(folder)):
+            raise ConfigError(f"{where}: fleet {folder!r} holds no profiles (looked in {Path(folder)}); "
+                              "make one with `pnndeploy fleet make`")
+    spec = SweepSpec(path=path, name=str(data.get("name") or path.stem), dataset=str(data.get("dataset", "digits")),
+                     seeds=list(seeds), settings=settings, fleets=[str(f) for f in fleets], base=base)
+    for key in ("temperature", "days"):
+        if key in data:
+            setattr(spec, key, str(data[key]))
+    for key, kind in (("draws", int), ("threshold", float), ("require_temperature", float), ("require_days", float)):
+        if key in data:
+            setattr(spec, key, _coerce(where, key, data[key], kind))
+    from pnndeploy.deploy.audit import SweepRange
+
+    SweepRange.parse(spec.temperature, f"{where}: temperature")
+    SweepRange.parse(spec.days, f"{where}: days")
+    if not 0 <= spec.threshold <= 1 or spec.draws < 1:
+        raise ConfigError(f"{where}: threshold must be in [0, 1] and draws at least 1")
+    return spec
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
+
+
+# ------------------------------------------------------------------------------------- cell keys
+def _sha_of_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def data_hash(dataset: Any) -> str:
+    """sha256 of the arrays a cell trains and tests on."""
+    h = hashlib.sha256()
+    for a in (dataset.X_train, dataset.y_train, dataset.X_test, dataset.y_test):
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def cell_keys(spec: SweepSpec, fleets: list[str]) -> list[str]:
+    """One key per cell: the hash of its full settings, its data, the fleets' files, the sweeps and the version."""
+    from pnndeploy.data.datasets import load_dataset
+
+    fleet_hashes = {f: _sha_of_files(list_profiles(f)) for f in fleets}
+    data_hashes: dict[int, str] = {}
+    keys = []
+    for cell in spec.cells():
+        seed = cell["seed"]
+        if seed not in data_hashes:
+            data_hashes[seed] = data_hash(load_dataset(spec.dataset, seed=seed))
+        config = TrainConfig(**cell["settings"], seed=seed)
+        doc = {"config": config.to_dict(), "dataset": spec.dataset, "data": data_hashes[seed],
+               "fleets": fleet_hashes, "temperature": spec.temperature, "days": spec.days, "draws": spec.draws,
+               "threshold": spec.threshold, "require": [spec.require_temperature, spec.require_days],
+               "version": __version__}
+        keys.append(hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20])
+    return keys
+
+
+# ------------------------------------------------------------------------------------- one cell
+def run_cell(settings: dict[str, Any], seed: int, dataset_spec: str, fleets: list[str], temperature: str, days: str,
+             draws: int, threshold: float, require_temperature: float, require_days: float) -> dict[str, Any]:
+    """Train one cell, map it onto every fleet and audit it there; returns the result and the model's bytes.
+
+    Runs in a worker process under Ray: it takes and returns plain data only.
+    """
+    from pnndeploy.data.datasets import load_dataset
+    from pnndeploy.deploy.audit import SweepRange, run_audit
+    from pnndeploy.deploy.transfer import prepare_fleet
+    from pnndeploy.training.pipeline import train_and_export
+
+    config = TrainConfig(**settings, seed=seed)
+    dataset = load_dataset(dataset_spec, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = Path(tmp) / "model.onnx"
+        try:
+            summary, _ = train_and_export(dataset, config, model_path)
+            per_fleet = {}
+            for folder in fleets:
+                prepared = prepare_fleet(model_path, [], True, folder or None, save_dir=None)
+                audit = run_audit(prepared, SweepRange.parse(temperature, "temperature"),
+                                  SweepRange.parse(days, "days"), threshold=threshold,
+                                  require_temperature=require_temperature, require_days=require_days, draws=draws)
+                per_fleet[folder or "default"] = _fleet_figures(audit, require_temperature)
+        except PnnError as exc:
+            # the same message on every executor and run: not the temporary folder's name
+            raise type(exc)(str(exc).replace(str(model_path), "the cell's model")) from None
+        model_bytes = model_path.read_bytes()
+    return {"settings": settings, "seed": seed, "config": config.to_dict(), "method": config.method,
+            "ideal": summary.test_accuracy, "sharpness": summary.sharpness, "hessian_trace": summary.hessian_trace,
+            "train_seconds": summary.seconds, "fleets": per_fleet, "model_bytes": model_bytes}
+
+
+def _fleet_figures(audit: dict[str, Any], limit: float) -> dict[str, Any]:
+    t, c = audit["sweeps"]["temperature_K"], audit["sweeps"]["temperature_K_compensated"]
+    zero = [round(v, 6) for v in t["values"]].index(0.0)
+    within = [i for i, v in enumerate(t["values"]) if abs(v) <= limit + 1e-9]
+    return {"mean_0K": t["fleet_mean"][zero], "min_0K": t["fleet_min"][zero],
+            "min_within_K": min(t["fleet_min"][i] for i in within),
+            "min_within_K_compensated": min(c["fleet_min"][i] for i in within),
+            "audit_passed": bool(audit["passed"]),
+            "audit_compensated": bool(audit["drift_compensation"]["used_for_verdict"]),
+            "recalibration_days": audit["recommended_recalibration_days"],
+            "chips": len(t["devices"])}
+
+
+# ------------------------------------------------------------------------------------- the sweep
+def run_sweep(spec: SweepSpec, out_dir: str | Path, executor: str = "local", address: str | None = None,
+              num_cpus: int | None = None, on_cell: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+    """Run every cell not already in ``out_dir`` and write the table (results.json, results.csv, pareto.png).
+
+    Fleet folders are paths as a shell would take them (relative to the working directory); "" is the
+    default fleet of the model's platform.
+    """
+    out = Path(out_dir)
+    fleets = spec.fleets or [""]
+    keys = cell_keys(spec, [f for f in fleets if f])
+    cells = spec.cells()
+    results: list[dict[str, Any] | None] = [None] * len(cells)
+    todo = []
+    for i, key in enumerate(keys):
+        done = _load_cell(out, key)
+        if done is not None:
+            results[i] = {**done, "status": "skipped"}
+        else:
+            todo.append(i)
+    if on_cell is not None:
+        for i, r in enumerate(results):
+            if r is not None:
+                on_cell(i, "skipped")
+
+    def arrived(j: int, result: Any) -> None:
+        i = todo[j]
+        if isinstance(result, TaskFailure):
+            results[i] = {**cells[i], "key": keys[i], "status": "failed", "error": result.error}
+        else:
+            model_bytes = result.pop("model_bytes")
+            write_bytes_atomic(out / "models" / f"{keys[i]}.onnx", model_bytes)
+            results[i] = {**result, "key": keys[i], "model": str(out / "models" / f"{keys[i]}.onnx"), "status": "done"}
+            write_bytes_atomic(out / "cells" / f"{keys[i]}.json",
+                               json.dumps({k: v for k, v in results[i].items() if k != "status"},
+                                          indent=1, allow_nan=False).encode())
+        if on_cell is not None:
+            on_cell(i, results[i]["status"])
+
+    args = [(cells[i]["settings"], cells[i]["seed"], spec.dataset, fleets, spec.temperature, spec.days, spec.draws,
+             spec.threshold, spec.require_temperature, spec.require_days) for i in todo]
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    run_tasks(run_cell, args, executor, address, num_cpus, on_result=arrived)
+    rows = [r for r in results if r is not None]
+    doc = {"sweep": spec.name, "grid": str(spec.path), "dataset": spec.dataset, "fleets": [f or "default" for f in fleets],
+           "require_temperature_K": spec.require_temperature, "threshold": spec.threshold, "executor": executor,
+           "shared_settings": spec.base,
+           "cells": rows, "counts": {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}}
+    write_bytes_atomic(out / "results.json", json.dumps(doc, indent=1, allow_nan=False).encode())
+    write_bytes_atomic(out / "results.csv", results_csv(doc).encode())
+    if any(r["status"] != "failed" for r in rows):
+        from pnndeploy.report.plots import plot_pareto
+
+        plot_pareto(doc, out / "pareto.png")
+        doc["pareto_plot"] = str(out / "pareto.png")
+    doc["out"] = str(out)
+    return doc
+
+
+def _load_cell(out: Path, key: str) -> dict[str, Any] | None:
+    """A finished cell's result, if its file is there, whole and for this key (and its model beside it)."""
+    path = out / "cells" / f"{key}.json"
+    if not path.is_file() or not (out / "models" / f"{key}.onnx").is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("key") == key else None
+
+
+CSV_COLUMNS = ("key", "status", "method", "seed", "settings", "fleet", "ideal", "mean_0K", "min_0K", "min_within_K",
+               "min_within_K_compensated", "audit_passed", "recalibration_days", "error")
+
+
+def results_csv(doc: dict[str, Any]) -> str:
+    """One row per cell and fleet; no timings, so the same sweep gives the same file on any executor."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in doc["cells"]:
+        base = {"key": r.get("key"), "status": "failed" if r["status"] == "failed" else "ok",
+                "method": r.get("method", r["settings"].get("method", "spec-sat")), "seed": r["seed"],
+                "settings": _describe(r["settings"]), "error": r.get("error", "")}
+        fleets = r.get("fleets") or {"": {}}
+        for name, figures in fleets.items():
+            row = {**base, "fleet": name, "ideal": _num(r.get("ideal")),
+                   **{k: _num(figures.get(k)) for k in ("mean_0K", "min_0K", "min_within_K",
+                                                        "min_within_K_compensated", "recalibration_days")},
+                   "audit_passed": figures.get("audit_passed", "")}
+            writer.writerow([row.get(c, "") for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def _num(v: Any) -> str:
+    return "" if v is None else (f"{v:.6f}" if isinstance(v, float) and math.isfinite(v) else str(v))
+
+
+__all__ = ["SweepSpec", "load_sweep", "run_sweep", "run_cell", "results_csv"]
