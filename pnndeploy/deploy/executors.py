@@ -136,12 +136,14 @@ def _chip_batch_accuracy(model: Any, profiles: list[Any], deployments: list[Any]
 
 def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", address: str | None = None,
                    chips_per_task: int = CHIPS_PER_TASK, num_cpus: int | None = None) -> np.ndarray:
-    """Accuracy of every simulated chip of ``prepared`` under ``conditions``; on Ray, in batches of chips.
+    """Accuracy of every simulated chip of ``prepared`` (in its order) under ``conditions``; on Ray, in batches.
 
     A chip's outputs do not depend on the chips evaluated with it (the simulator's design), so the
     result is the local one bit for bit whatever the batching.
     """
-    fleet = prepared.require_simulated("a fleet evaluation")
+    fleet = prepared.fleet          # the simulated chips (real ones are mapped, not evaluated)
+    if fleet is None:
+        raise ExecutorError("no simulated chip to evaluate: every chip given is real")
     if executor == "local":
         return fleet.accuracy(prepared.data.X, prepared.data.y, conditions)
     if chips_per_task < 1:
