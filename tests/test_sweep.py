@@ -17,8 +17,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _grid(tmp_path: Path, fleet: Path, extra: str = "", name: str = "g.yaml") -> Path:
     path = tmp_path / name
+    title = "" if "name:" in extra else "name: tiny"
     path.write_text(f"""
-name: tiny
+{title}
 epochs: 1
 hidden: 8
 seeds: [0, 1]
@@ -47,12 +48,40 @@ def test_grid_expands_settings_times_seeds(tmp_path: Path, tiny_fleet_dir: Path)
     ("colour: red", "unknown key 'colour'"),
     ("cells:\n  - {methd: sat}", "'methd' is not a training setting"),
     ("threshold: 2", "threshold must be in [0, 1]"),
+    ("audit_require_temperature: -1", "audit_require_temperature"),
+    ("name: ../escape", "plain folder name"),
+    ("cells:\n  - {method: sat}", "repeats cell 2"),
+    ("cells:\n  - {method: spec-sat, robust_to: missing.yaml}", "--robust-to"),
 ])
 def test_bad_grids_are_refused_before_any_work(tmp_path: Path, tiny_fleet_dir: Path, extra: str,
                                                fragment: str) -> None:
     with pytest.raises(ConfigError, match=None) as info:
         load_sweep(_grid(tmp_path, tiny_fleet_dir, extra))
     assert fragment in str(info.value)
+
+
+def test_unquoted_ranges_and_repeated_seeds_are_refused(tmp_path: Path, tiny_fleet_dir: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(f'epochs: 1\nfleets: ["{tiny_fleet_dir}"]\ntemperature: -1:1:0.5\n')
+    with pytest.raises(ConfigError, match="quoted"):
+        load_sweep(path)
+    path.write_text(f'epochs: 1\nseeds: [0, 0]\nfleets: ["{tiny_fleet_dir}"]\n')
+    with pytest.raises(ConfigError, match="repeat a seed"):
+        load_sweep(path)
+    path.write_text('epochs: 1\nfleets: [""]\n')
+    with pytest.raises(ConfigError, match="fleets must be"):
+        load_sweep(path)
+
+
+def test_ray_missing_is_one_line(cli, one_line_error, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                 tiny_fleet_dir: Path) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)              # as if the extra were not installed
+    grid = _grid(tmp_path, tiny_fleet_dir)
+    one_line_error(cli("sweep", grid, "--executor", "ray", "--out", tmp_path / "out"), "pip install -e '.[ray]'")
+    one_line_error(cli("transfer", "--fleet", "--profiles", tiny_fleet_dir, "--executor", "ray"), "'.[ray]'")
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_grid_on_the_command_line_is_one_line(cli, one_line_error, tmp_path: Path, tiny_fleet_dir: Path) -> None:
@@ -98,11 +127,42 @@ def test_a_rerun_skips_every_finished_cell(local_run) -> None:
 def test_a_changed_setting_is_a_new_cell(local_run, tmp_path: Path, tiny_fleet_dir: Path) -> None:
     spec, out, doc = local_run
     other = load_sweep(_grid(tmp_path, tiny_fleet_dir).parent / "g.yaml")
-    assert [c["key"] for c in run_sweep(other, out)["cells"]] == [c["key"] for c in doc["cells"]]
+    rerun = run_sweep(other, out)
+    assert [c["key"] for c in rerun["cells"]] == [c["key"] for c in doc["cells"]]
+    assert rerun["counts"] == {"done": 0, "skipped": 4, "failed": 0}
     changed = load_sweep(_grid(tmp_path, tiny_fleet_dir, "lr: 0.02", name="h.yaml"))
     from pnndeploy.experiments.sweep import cell_keys
 
     assert not set(cell_keys(changed, [str(tiny_fleet_dir)])) & {c["key"] for c in doc["cells"]}
+
+
+def test_an_interrupted_cell_is_run_again(local_run, tmp_path: Path) -> None:
+    """A model written but its result not (interrupted between the two): the cell is not taken as done."""
+    import shutil
+
+    spec, out, doc = local_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    victim = doc["cells"][0]["key"]
+    (copy / "cells" / f"{victim}.json").unlink()
+    again = run_sweep(spec, copy)
+    assert again["counts"] == {"done": 1, "skipped": 3, "failed": 0}
+    assert [c["key"] for c in again["cells"] if c["status"] == "done"] == [victim]
+
+
+def test_the_key_follows_the_process_spec_of_spec_sat(tmp_path: Path, tiny_fleet_dir: Path) -> None:
+    from pnndeploy.experiments.sweep import cell_keys
+
+    spec_file = tmp_path / "process.yaml"
+    spec_file.write_bytes(SHIPPED_PROCESS.read_bytes())
+    grid = _grid(tmp_path, tiny_fleet_dir).read_text().replace("method: [noise-aware, sat]", "method: [spec-sat]")
+    path = tmp_path / "s.yaml"
+    path.write_text(grid + f"robust_to: {spec_file}\n")
+    before = cell_keys(load_sweep(path), [str(tiny_fleet_dir)])
+    spec_file.write_bytes(SHIPPED_PROCESS.read_bytes().replace(b"0.05 # std of the measured",
+                                                               b"0.07 # std of the measured"))
+    after = cell_keys(load_sweep(path), [str(tiny_fleet_dir)])
+    assert not set(before) & set(after)
 
 
 def test_a_failing_cell_is_reported_and_the_others_complete(cli, tmp_path: Path, tiny_fleet_dir: Path) -> None:

@@ -99,3 +99,9 @@ def check_executor(executor: str, address: str | None) -> None:
         from pnndeploy.deploy.executors import require_ray
 
         require_ray()
+        if address and address.startswith("ray://"):
+            try:
+                import grpc  # noqa: F401  (Ray Client's transport)
+            except ImportError:
+                raise PnnError(f"--address {address} is a Ray Client address, which needs pip install "
+                               "'ray[client]'; or use --address auto on a node of the cluster") from None

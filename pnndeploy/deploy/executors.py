@@ -62,13 +62,16 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if address:
         kwargs["address"] = address
     else:
-        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+        # "local": a new cluster of this machine even when RAY_ADDRESS or a `ray start` cluster exists
+        kwargs["address"] = "local"
+        kwargs["num_cpus"] = num_cpus or len(os.sched_getaffinity(0)) or 1
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"at {address}" if address else "on this machine"
-        raise ExecutorError(f"cannot start or reach a Ray cluster {where} ({str(exc).splitlines()[0][:160]}); "
-                            "check --address, or start one with `ray start --head`") from None
+        raise ExecutorError(f"cannot start or reach a Ray cluster {where} ({str(exc).splitlines()[0][:300]}); "
+                            "check --address (auto, or ray://HOST:PORT with pip install 'ray[client]'), or drop it "
+                            "to start a local cluster") from None
     try:
         yield ray
     finally:
@@ -105,7 +108,7 @@ def run_tasks(fn: Callable[..., Any], args: Sequence[tuple], executor: str = "lo
                         results[i] = TaskFailure(_one_line(exc))
                     if on_result is not None:
                         on_result(i, results[i])
-        except KeyboardInterrupt:
+        except BaseException:               # Ctrl-C, or a result that could not be recorded: stop the rest
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
@@ -141,6 +144,8 @@ def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", addr
     A chip's outputs do not depend on the chips evaluated with it (the simulator's design), so the
     result is the local one bit for bit whatever the batching.
     """
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"--executor {executor!r} is unknown; use one of {', '.join(EXECUTORS)}")
     fleet = prepared.fleet          # the simulated chips (real ones are mapped, not evaluated)
     if fleet is None:
         raise ExecutorError("no simulated chip to evaluate: every chip given is real")

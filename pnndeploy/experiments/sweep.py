@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import math
+import re
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,7 +37,7 @@ from pnndeploy.training.config import TrainConfig, _coerce, _field_types
 
 #: Keys of a grid file besides the training settings.
 GRID_KEYS = ("name", "dataset", "seeds", "grid", "cells", "fleets", "temperature", "days", "draws", "threshold",
-             "require_temperature", "require_days")
+             "audit_require_temperature", "audit_require_days")
 #: Settings the grid may vary: every TrainConfig field but the seed (``seeds`` gives those).
 SETTING_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "seed")
 
@@ -81,12 +82,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
             continue
         raise ConfigError(f"{where}: unknown key {key!r}; grid-file keys: {', '.join(GRID_KEYS)}, and any training "
                           f"setting ({', '.join(SETTING_KEYS)})")
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"{where}: name {name!r} must be a plain folder name (letters, digits, . _ -), "
+                          "it becomes sweeps/<name>")
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
                                                        for s in seeds):
         raise ConfigError(f"{where}: seeds must be a non-negative integer or a list of them, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds {seeds} repeat a seed; each cell would run twice")
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
         raise ConfigError(f"{where}: grid must map training settings to lists of values, got {type(grid).__name__}")
@@ -95,12 +102,15 @@ def load_sweep(path: str | Path) -> SweepSpec:
             raise ConfigError(f"{where}: grid key {key!r} is not a training setting ({', '.join(SETTING_KEYS)})")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: grid.{key} must be a non-empty list of values, got {values!r}")
+    if grid and math.prod(len(v) for v in grid.values()) > 10_000:
+        raise ConfigError(f"{where}: the grid has {math.prod(len(v) for v in grid.values())} combinations; split "
+                          "the sweep (at most 10000 cells)")
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
     explicit = data.get("cells") or []
     if not isinstance(explicit, list) or any(not isinstance(c, dict) for c in explicit):
         raise ConfigError(f"{where}: cells must be a list of mappings of training settings")
-    settings = []
-    for k, raw in enumerate(combos + explicit):
+    settings: list[dict[str, Any]] = []
+    for k, raw in enumerate(combos + explicit or [{}]):
         label = f"cell {k + 1} ({_describe(raw)})"
         cell = dict(base)
         for key, value in raw.items():
@@ -108,12 +118,17 @@ def load_sweep(path: str | Path) -> SweepSpec:
                 raise ConfigError(f"{where}: {label}: {key!r} is not a training setting")
             cell[key] = _coerce(f"{where}: {label}", key, value, types[key])
         try:
-            TrainConfig(**cell).validate()
+            config = TrainConfig(**cell)
+            config.validate()
+            if config.method == "spec-sat":        # its process spec must exist and fit the platform
+                from pnndeploy.training.methods import spec_perturbations
+
+                spec_perturbations(config)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {label}: {exc}") from None
+        if cell in settings:
+            raise ConfigError(f"{where}: {label} repeats cell {settings.index(cell) + 1}; drop one")
         settings.append(cell)
-    if not settings:
-        settings = [dict(base)]
     if len(settings) * len(seeds) > 10_000:
         raise ConfigError(f"{where}: {len(settings) * len(seeds)} cells; split the sweep (at most 10000)")
     fleets = data.get("fleets")
@@ -121,26 +136,33 @@ def load_sweep(path: str | Path) -> SweepSpec:
         fleets = []
     if isinstance(fleets, str):
         fleets = [fleets]
-    if not isinstance(fleets, list) or any(not isinstance(f, str) for f in fleets):
-        raise ConfigError(f"{where}: fleets must be a list of profile folders, got {fleets!r}")
+    if not isinstance(fleets, list) or any(not isinstance(f, str) or not f.strip() for f in fleets):
+        raise ConfigError(f"{where}: fleets must be a list of profile folders, got {fleets!r} (leave it out for "
+                          "the default fleet)")
     for folder in fleets:
         if not list_profiles(Path(folder)):
             raise ConfigError(f"{where}: fleet {folder!r} holds no profiles (looked in {Path(folder)}); "
                               "make one with `pnndeploy fleet make`")
-    spec = SweepSpec(path=path, name=str(data.get("name") or path.stem), dataset=str(data.get("dataset", "digits")),
+    spec = SweepSpec(path=path, name=name, dataset=str(data.get("dataset", "digits")),
                      seeds=list(seeds), settings=settings, fleets=[str(f) for f in fleets], base=base)
     for key in ("temperature", "days"):
         if key in data:
-            setattr(spec, key, str(data[key]))
-    for key, kind in (("draws", int), ("threshold", float), ("require_temperature", float), ("require_days", float)):
+            if not isinstance(data[key], str):      # YAML 1.1 reads -1:1:0.5 unquoted as a base-60 number
+                raise ConfigError(f'{where}: {key} must be a quoted LO:HI:STEP string, e.g. {key}: "-1:1:0.5"')
+            setattr(spec, key, data[key])
+    for key, attr, kind in (("draws", "draws", int), ("threshold", "threshold", float),
+                            ("audit_require_temperature", "require_temperature", float),
+                            ("audit_require_days", "require_days", float)):
         if key in data:
-            setattr(spec, key, _coerce(where, key, data[key], kind))
+            setattr(spec, attr, _coerce(where, key, data[key], kind))
     from pnndeploy.deploy.audit import SweepRange
 
     SweepRange.parse(spec.temperature, f"{where}: temperature")
-    SweepRange.parse(spec.days, f"{where}: days")
-    if not 0 <= spec.threshold <= 1 or spec.draws < 1:
-        raise ConfigError(f"{where}: threshold must be in [0, 1] and draws at least 1")
+    if SweepRange.parse(spec.days, f"{where}: days").lo < 0:
+        raise ConfigError(f"{where}: days starts below 0; days since calibration cannot be negative")
+    if not 0 <= spec.threshold <= 1 or spec.draws < 1 or spec.require_temperature < 0 or spec.require_days < 0:
+        raise ConfigError(f"{where}: threshold must be in [0, 1], draws at least 1 and audit_require_temperature, "
+                          "audit_require_days 0 or more")
     return spec
 
 
@@ -166,19 +188,39 @@ def data_hash(dataset: Any) -> str:
 
 
 def cell_keys(spec: SweepSpec, fleets: list[str]) -> list[str]:
-    """One key per cell: the hash of its full settings, its data, the fleets' files, the sweeps and the version."""
-    from pnndeploy.data.datasets import load_dataset
+    """One key per cell: the hash of everything it reads.
 
-    fleet_hashes = {f: _sha_of_files(list_profiles(f)) for f in fleets}
+    Its full settings, its data (the arrays of its split), every profile file of its fleets (the default
+    fleet of its platform resolved as the cell will resolve it, "" in ``fleets``), spec-sat's process file,
+    the audit's sweeps and the pnndeploy version.
+    """
+    from pnndeploy.data.datasets import load_dataset
+    from pnndeploy.formats.profile_folder import profiles_dir
+
+    folder_hashes: dict[str, str] = {}
     data_hashes: dict[int, str] = {}
+
+    def folder_hash(folder: str, platform: str) -> tuple[str, str]:
+        resolved = str(profiles_dir(folder or None, platform))
+        if resolved not in folder_hashes:
+            folder_hashes[resolved] = _sha_of_files(list_profiles(resolved))
+        return resolved, folder_hashes[resolved]
+
     keys = []
     for cell in spec.cells():
         seed = cell["seed"]
         if seed not in data_hashes:
             data_hashes[seed] = data_hash(load_dataset(spec.dataset, seed=seed))
         config = TrainConfig(**cell["settings"], seed=seed)
+        process = None
+        if config.method == "spec-sat":
+            from pnndeploy.training.methods import spec_perturbations
+
+            source = Path(spec_perturbations(config).source)
+            process = hashlib.sha256(source.read_bytes()).hexdigest()
         doc = {"config": config.to_dict(), "dataset": spec.dataset, "data": data_hashes[seed],
-               "fleets": fleet_hashes, "temperature": spec.temperature, "days": spec.days, "draws": spec.draws,
+               "fleets": [folder_hash(f, config.platform) for f in fleets], "process": process,
+               "temperature": spec.temperature, "days": spec.days, "draws": spec.draws,
                "threshold": spec.threshold, "require": [spec.require_temperature, spec.require_days],
                "version": __version__}
         keys.append(hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20])
@@ -242,7 +284,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, executor: str = "local", add
     """
     out = Path(out_dir)
     fleets = spec.fleets or [""]
-    keys = cell_keys(spec, [f for f in fleets if f])
+    keys = cell_keys(spec, fleets)
     cells = spec.cells()
     results: list[dict[str, Any] | None] = [None] * len(cells)
     todo = []
@@ -259,6 +301,15 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, executor: str = "local", add
 
     def arrived(j: int, result: Any) -> None:
         i = todo[j]
+        try:
+            record(i, result)
+        except (OSError, ValueError) as exc:         # disk full, a NaN figure: this cell fails, the others go on
+            results[i] = {**cells[i], "key": keys[i], "status": "failed",
+                          "error": f"recording the result failed: {type(exc).__name__}: {exc}"[:300]}
+        if on_cell is not None:
+            on_cell(i, results[i]["status"])
+
+    def record(i: int, result: Any) -> None:
         if isinstance(result, TaskFailure):
             results[i] = {**cells[i], "key": keys[i], "status": "failed", "error": result.error}
         else:
@@ -268,8 +319,6 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, executor: str = "local", add
             write_bytes_atomic(out / "cells" / f"{keys[i]}.json",
                                json.dumps({k: v for k, v in results[i].items() if k != "status"},
                                           indent=1, allow_nan=False).encode())
-        if on_cell is not None:
-            on_cell(i, results[i]["status"])
 
     args = [(cells[i]["settings"], cells[i]["seed"], spec.dataset, fleets, spec.temperature, spec.days, spec.draws,
              spec.threshold, spec.require_temperature, spec.require_days) for i in todo]

@@ -293,6 +293,8 @@ def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:
 
 def render_sweep(doc: dict[str, Any]) -> None:
     """The sweep's table: one row per cell and fleet (failures with their error), then the counts."""
+    from rich.markup import escape
+
     req = doc["require_temperature_K"]
     t = Table(title=f"sweep {doc['sweep']} ({doc['executor']}): accuracy in %, threshold {pct(doc['threshold'])}",
               padding=(0, 1))
@@ -303,12 +305,13 @@ def render_sweep(doc: dict[str, Any]) -> None:
         shared = doc.get("shared_settings", {})
         settings = ", ".join(f"{a}={b}" for a, b in c["settings"].items()
                              if a != "method" and shared.get(a, object()) != b) or "—"
+        settings = escape(settings)
         if c["status"] == "failed":
             t.add_row(str(k), str(c["settings"].get("method", "")), settings, str(c["seed"]), "", "", "", "", "", "",
-                      "", f"[red]failed[/]: {c['error']}")
+                      "", f"[red]failed[/]: {escape(c['error'])}")
             continue
         for name, f in c["fleets"].items():
-            t.add_row(str(k), c["method"], settings, str(c["seed"]), name, f"{100 * c['ideal']:.1f}",
+            t.add_row(str(k), c["method"], settings, str(c["seed"]), escape(name), f"{100 * c['ideal']:.1f}",
                       f"{100 * f['mean_0K']:.1f}", f"{100 * f['min_0K']:.1f}", f"{100 * f['min_within_K']:.1f}",
                       f"{100 * f['min_within_K_compensated']:.1f}",
                       ("pass" if f["audit_passed"] else "fail") + (" (c)" if f["audit_compensated"] else ""),
