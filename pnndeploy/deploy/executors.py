@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -65,6 +67,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         # "local": a new cluster of this machine even when RAY_ADDRESS or a `ray start` cluster exists
         kwargs["address"] = "local"
         kwargs["num_cpus"] = num_cpus or len(os.sched_getaffinity(0)) or 1
+    handler = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -72,6 +75,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         raise ExecutorError(f"cannot start or reach a Ray cluster {where} ({str(exc).splitlines()[0][:300]}); "
                             "check --address (auto, or ray://HOST:PORT with pip install 'ray[client]'), or drop it "
                             "to start a local cluster") from None
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)     # ray.init installs its own; keep the command's (exit 143)
     try:
         yield ray
     finally:

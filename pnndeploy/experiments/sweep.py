@@ -324,6 +324,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, executor: str = "local", add
              spec.threshold, spec.require_temperature, spec.require_days) for i in todo]
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(parents=True, exist_ok=True)
+    for stale in ("results.json", "results.csv", "pareto.png"):    # a run stopped half-way leaves no old table
+        (out / stale).unlink(missing_ok=True)
     run_tasks(run_cell, args, executor, address, num_cpus, on_result=arrived)
     rows = [r for r in results if r is not None]
     doc = {"sweep": spec.name, "grid": str(spec.path), "dataset": spec.dataset, "fleets": [f or "default" for f in fleets],

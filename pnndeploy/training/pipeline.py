@@ -73,8 +73,13 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path) -> Tr
     _check_split_seed(dataset, config)
     nominal = result.model.to_controls()
     X, y = evaluation_tensors(dataset)
-    sharpness = model_sharpness(nominal, X, y)
-    trace = model_hessian_trace(nominal, X, y)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # as training runs: the same last bits in any process (a CLI, a Ray worker)
+    try:
+        sharpness = model_sharpness(nominal, X, y)
+        trace = model_hessian_trace(nominal, X, y)
+    finally:
+        torch.set_num_threads(threads)
     layers = nominal.export_layers()
     clipped = sum(nominal.clipped)
     platform = result.model.platform
