@@ -21,10 +21,11 @@ from pnndeploy.cli.group import main
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison table as JSON.")
 def demo(platform: str | None, out_dir: str | None, profiles: str | None, quick: bool, seed: int, seeds: int | None,
          as_json: bool) -> None:
-    """The whole story: standard vs noise-aware vs SAT vs SAT with a drift adversary, on the default fleet.
+    """The whole story: standard vs noise-aware vs SAT vs spec-SAT (as programmed, drift-compensated).
 
-    Trains each on the embedded digits, maps it onto every chip, audits drift, and writes
-    OUT/report.md, OUT/summary.json and the plots.
+    Trains each on the embedded digits (every method at width 128), maps it onto every chip of the
+    default fleet, audits drift with and without compensation, and writes OUT/report.md,
+    OUT/summary.json and the plots.
 
     \b
     Example:
