@@ -150,22 +150,13 @@ def _train(dataset: Dataset, config: TrainConfig,
                 spec.begin()
                 spec.worst_shift(lambda: loss_fn(model(xb), yb).item())
                 spec.ascend(_momentum(optimizer, spec.params))
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                loss.backward()
-                spec.restore()
+                logits, loss = _backward_then_restore(model, loss_fn, xb, yb, spec)
             elif sat is not None and config.ascent == "momentum":
                 sat.ascend(_momentum(optimizer, sat.params))
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                loss.backward()
-                sat.restore()
+                logits, loss = _backward_then_restore(model, loss_fn, xb, yb, sat)
             elif spec is not None and not spec.refresh_due():
                 spec.reapply()          # efficient spec-SAT: fresh noise + the cached shift and ascent
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                loss.backward()
-                spec.restore()
+                logits, loss = _backward_then_restore(model, loss_fn, xb, yb, spec)
             elif spec is not None:
                 spec.begin()
                 spec.worst_shift(lambda: loss_fn(model(xb), yb).item())
@@ -177,10 +168,7 @@ def _train(dataset: Dataset, config: TrainConfig,
             elif sat is not None and not sat.refresh_due():
                 # efficient SAT: one pass at theta + the cached eps, no clean pass
                 sat.reapply()
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                loss.backward()
-                sat.restore()
+                logits, loss = _backward_then_restore(model, loss_fn, xb, yb, sat)
             elif sat is not None:
                 # the clean gradient of the perturbed parameters only, straight to the ascent
                 logits = model(xb)
@@ -211,6 +199,16 @@ def _train(dataset: Dataset, config: TrainConfig,
     model.set_control_noise(0.0)
     return TrainResult(model, config, history, accuracy(model, X, y), accuracy(model, X_test, y_test),
                        seconds, spec.pset if spec is not None else None)
+
+
+def _backward_then_restore(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
+                           adversary: SharpnessAwareStep | SpecAdversary) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward and backward at the point the adversary moved to, then its parameters put back."""
+    logits = model(xb)
+    loss = loss_fn(logits, yb)
+    loss.backward()
+    adversary.restore()
+    return logits, loss
 
 
 def _momentum(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[torch.Tensor | None]:
