@@ -53,17 +53,20 @@ class DigitalFrontEnd:
 
     def output_size(self) -> int:
         """Features the first on-chip layer receives."""
-        size = self.input_size()
-        if self.input_shape is not None:
-            c, rows, cols = self.input_shape
-            for layer in self.layers:
-                if layer.kind == "conv":
-                    c, rows, cols = int(layer.weight.shape[0]), rows // POOL, cols // POOL
-            size = c * rows * cols
+        size = self.input_size() if self.input_shape is None else int(np.prod(self.conv_output_shape()))
         for layer in self.layers:
             if layer.kind == "dense":
                 size = int(layer.weight.shape[0])
         return size
+
+    def conv_output_shape(self) -> tuple[int, int, int]:
+        """(channels, rows, cols) after the conv stages (each 2x2 max-pool floors the size)."""
+        assert self.input_shape is not None
+        c, rows, cols = self.input_shape
+        for layer in self.layers:
+            if layer.kind == "conv":
+                c, rows, cols = int(layer.weight.shape[0]), rows // POOL, cols // POOL
+        return c, rows, cols
 
     def input_size(self) -> int:
         if self.input_shape is not None:
@@ -202,12 +205,9 @@ def _check_chain(front: DigitalFrontEnd, bad: Any) -> None:
     """Each dense layer must take what the layer before it gives."""
     size = None
     if front.input_shape is not None:
-        c, rows, cols = front.input_shape
-        for layer in front.layers:
-            if layer.kind == "conv":
-                c, rows, cols = int(layer.weight.shape[0]), rows // POOL, cols // POOL
-                if rows < 1 or cols < 1:
-                    raise bad(f"pools {front.input_shape} down to nothing at layer {layer.name!r}")
+        c, rows, cols = front.conv_output_shape()
+        if rows < 1 or cols < 1:
+            raise bad(f"pools {front.input_shape} down to nothing")
         size = c * rows * cols
     for layer in front.layers:
         if layer.kind != "dense":
