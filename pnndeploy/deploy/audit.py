@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from pnndeploy.deploy.compensation import DriftCompensation, compensated_accuracy
+from pnndeploy.deploy.compensation import DriftCompensation, compensated_accuracy, reference_record
 from pnndeploy.deploy.transfer import PreparedFleet
 from pnndeploy.errors import ConfigError
 from pnndeploy.simulation.fleet import Conditions
@@ -129,11 +129,13 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     t_values = temperatures.values(extra=(0.0, -require_temperature, require_temperature))
     t_acc = np.empty((len(names), len(t_values)))
     compensation = DriftCompensation.for_drift(fleet.platform.nominal_drift)
+    record = reference_record(fleet, X, compensation)       # taken once, after programming
     t_comp = np.empty_like(t_acc)
     t_bias = np.empty_like(t_acc)
     for k, t in enumerate(t_values):
         t_acc[:, k] = fleet.accuracy(X, y, Conditions(delta_T=t))
-        t_comp[:, k], t_bias[:, k] = compensated_accuracy(fleet, X, y, Conditions(delta_T=t), compensation)
+        t_comp[:, k], t_bias[:, k] = compensated_accuracy(fleet, X, y, Conditions(delta_T=t), compensation,
+                                                          record)
         tick(1)
     t_verdict = t_comp if drift_compensation else t_acc
 

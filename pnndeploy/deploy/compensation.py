@@ -65,12 +65,22 @@ def _common_shift(fleet: SimulatedFleet, bias: np.ndarray, base: np.ndarray | No
     return shift if base is None else shift + base
 
 
+def reference_record(fleet: SimulatedFleet, X_scaled: np.ndarray, compensation: DriftCompensation) -> np.ndarray:
+    """The chips' outputs on the reference inputs right after programming (0 K): what a re-fit aims back at."""
+    return fleet.scores(np.asarray(X_scaled)[:compensation.samples], Conditions(eval_seed=RECORD_SEED),
+                        slice(0, len(fleet)))
+
+
 def fit_bias(fleet: SimulatedFleet, X_scaled: np.ndarray, conditions: Conditions,
-             compensation: DriftCompensation) -> np.ndarray:
-    """Per chip, the common bias (control units) that brings its reference outputs back to the record."""
+             compensation: DriftCompensation, record: np.ndarray | None = None) -> np.ndarray:
+    """Per chip, the common bias (control units) that brings its reference outputs back to the record.
+
+    ``record`` is :func:`reference_record` (taken here when not given; one record serves every later re-fit).
+    """
     X_ref = np.asarray(X_scaled)[:compensation.samples]
     chips = slice(0, len(fleet))
-    record = fleet.scores(X_ref, Conditions(eval_seed=RECORD_SEED), chips)
+    if record is None:
+        record = reference_record(fleet, X_scaled, compensation)
 
     def misfit(bias: np.ndarray) -> np.ndarray:
         shifted = Conditions(delta_T=conditions.delta_T, eval_seed=MEASURE_SEED,
@@ -111,9 +121,10 @@ def fit_bias(fleet: SimulatedFleet, X_scaled: np.ndarray, conditions: Conditions
 
 
 def compensated_accuracy(fleet: SimulatedFleet, X_scaled: np.ndarray, y: np.ndarray, conditions: Conditions,
-                         compensation: DriftCompensation) -> tuple[np.ndarray, np.ndarray]:
+                         compensation: DriftCompensation,
+                         record: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy of every chip after re-fitting its common bias under ``conditions``; returns (accuracy, bias)."""
-    bias = fit_bias(fleet, X_scaled, conditions, compensation)
+    bias = fit_bias(fleet, X_scaled, conditions, compensation, record)
     shifted = Conditions(delta_T=conditions.delta_T, eval_seed=conditions.eval_seed,
                          control_shift=_common_shift(fleet, bias, conditions.control_shift))
     return fleet.accuracy(X_scaled, y, shifted), bias
