@@ -194,8 +194,8 @@ def comparison_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fleet_means = [r["transfer"]["fleet"]["mean"] for r in group]
         required = group[0]["audit"]["require"]["temperature_K"]
         # the tolerance of the sweep each audit was judged on (compensated for a model trained for it)
-        judged = "temperature_K_compensated" if group[0]["audit"]["drift_compensation"]["used_for_verdict"] \
-            else "temperature_K"
+        compensated = bool(group[0]["audit"]["drift_compensation"]["used_for_verdict"])
+        judged = "temperature_K_compensated" if compensated else "temperature_K"
         common = _intersect([_intersect(list(r["audit"]["tolerance"][judged].values())) for r in group])
         days = [r["audit"]["recommended_recalibration_days"] for r in group]
         finite = [d for d in days if d is not None]
@@ -221,7 +221,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 _min_within(r["audit"]["sweeps"]["temperature_K_compensated"], required) for r in group),
             "required_temperature_K": required,
             "audits_passed": sum(bool(r["audit"]["passed"]) for r in group),
-            "audited_compensated": bool(group[0]["audit"]["drift_compensation"]["used_for_verdict"]),
+            "audited_compensated": compensated,
             "fleet_temperature_tolerance_K": common,
             "recalibration_days": min(finite) if finite else None,
             "horizon_days": group[0]["audit"]["horizon_days"],
