@@ -29,6 +29,7 @@ LAYERS = {
     "training": 4,
     "deploy": 4,
     "simulation": 3,
+    "backends": 3,
     "formats": 2,
     "data": 1,
     "platforms": 1,

@@ -10,6 +10,7 @@ import click
 
 from pnndeploy.cli.common import (check_executor, check_output_file, executor_options, fraction, print_json,
                                   profiles_option, progress_bar)
+from pnndeploy.cli.chip import timeout_option
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
@@ -24,6 +25,7 @@ def _devices_options(func: Any) -> Any:
                         type=click.Path(dir_okay=False), help="The ONNX model written by `pnndeploy train`.")(func)
     func = click.option("--dataset", default=None, metavar="SPEC",
                         help="Evaluate on this dataset's test split instead of the model's own.")(func)
+    func = timeout_option(func)
     return func
 
 
@@ -42,7 +44,7 @@ def _devices_options(func: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md transfer document on stdout.")
 def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
              delta_T: float, threshold: float, min_yield: float | None, no_save: bool, executor: str,
-             address: str | None, chips_per_task: int, as_json: bool) -> None:
+             address: str | None, chips_per_task: int, timeout: float, as_json: bool) -> None:
     """Map the model onto chip(s) through their calibration and report the accuracy on each.
 
     \b
@@ -50,6 +52,7 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
       pnndeploy transfer --device chipB
       pnndeploy transfer --fleet --temperature-delta 1 --min-yield 0.9 --json
       pnndeploy transfer --fleet --profiles lots/lot7 --executor ray --address auto
+      pnndeploy transfer --device chipB-remote --timeout 5   # a chip behind a station (its profile's backend)
     """
     from pathlib import Path
 
@@ -62,9 +65,10 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
         raise PnnError(f"--temperature-delta {delta_T} is not a finite number of kelvin")
     check_executor(executor, address)
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset,
-                                      None if no_save else Path("deployments"))
-    report = transfer_report(prepared, delta_T=delta_T, threshold=threshold, executor=executor, address=address,
-                             chips_per_task=chips_per_task)
+                                      None if no_save else Path("deployments"), timeout)
+    with prepared, _measuring(prepared, 1):
+        report = transfer_report(prepared, delta_T=delta_T, threshold=threshold, executor=executor,
+                                 address=address, chips_per_task=chips_per_task)
     if as_json:
         print_json(report)
     else:
@@ -79,14 +83,36 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
 
 
 def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory: Any, dataset: str | None,
-                           save_dir: Any) -> Any:
+                           save_dir: Any, timeout: float) -> Any:
     from pnndeploy.deploy.transfer import prepare_fleet
 
     with progress_bar() as progress:
         task = progress.add_task("mapping onto chips", total=None)
         return prepare_fleet(model, devices, use_fleet, directory, dataset, save_dir,
                              on_device=lambda name: progress.update(task, advance=1,
-                                                                     description=f"mapped {name}"))
+                                                                     description=f"mapped {name}"),
+                             timeout=timeout)
+
+
+class _measuring:
+    """A progress bar over the samples streamed through the chips behind a backend (``passes`` test sets each)."""
+
+    def __init__(self, prepared: Any, passes: int) -> None:
+        self.prepared, self.passes, self.display = prepared, passes, None
+
+    def __enter__(self) -> "_measuring":
+        if self.prepared.hardware:
+            self.display = progress_bar()
+            self.display.__enter__()
+            samples = len(self.prepared.data.y)
+            for name, board in self.prepared.hardware.items():
+                task = self.display.add_task(f"measuring {name}", total=self.passes * samples)
+                board.progress = lambda n, task=task: self.display.advance(task, n)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.display is not None:
+            self.display.__exit__(*exc)
 
 
 # ---------------------------------------------------------------------------------------------- audit
@@ -116,7 +142,7 @@ def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory:
 def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
           temperature: str, days: str, draws: int, threshold: float | None, require_temperature: float,
           require_days: float, drift_compensation: bool | None, plot: str | None, report_path: str | None,
-          as_json: bool) -> None:
+          timeout: float, as_json: bool) -> None:
     """Check drift robustness: accuracy vs temperature and vs days since calibration. Exit 1 when it fails.
 
     \b
@@ -138,10 +164,10 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
         check_output_file(plot, "--plot", "audit.png")
     if report_path:
         check_output_file(report_path, "--report", "audit.md")
-    prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None)
+    prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None, timeout)
     total = len(t_range.values((0.0, -require_temperature, require_temperature))) \
         + draws * len(d_range.values((0.0, require_days)))
-    with progress_bar() as progress:
+    with prepared, progress_bar() as progress:
         task = progress.add_task("sweeping temperature and ageing", total=total)
         doc = run_audit(prepared, t_range, d_range, threshold=threshold, require_temperature=require_temperature,
                         require_days=require_days, draws=draws, progress=lambda n: progress.advance(task, n),

@@ -80,11 +80,14 @@ def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: i
     off (linearly between whole days), so a chip's day-30 shift is the same
     whatever other days the sweep asks for.
     """
-    fleet = prepared.require_simulated("an ageing sweep")
+    fleet = prepared.fleet
+    if fleet is None:
+        raise ConfigError("an ageing sweep needs simulated chips (a real chip cannot be aged on demand)")
     shape = fleet.platform.device_shape(fleet.array)
     horizon = int(math.ceil(max(days))) if days else 0
-    out = [np.zeros((len(prepared.profiles), *shape)) for _ in days]
-    for d, profile in enumerate(prepared.profiles):
+    by_id = {p.device_id: p for p in prepared.profiles}
+    out = [np.zeros((len(fleet), *shape)) for _ in days]
+    for d, profile in enumerate(by_id[name] for name in fleet.device_ids):
         rng = device_rng(profile.device_id, seed, draw, AGEING_STREAM)
         steps = profile.environment.ageing_rate * rng.standard_normal((horizon, *shape))
         walk = np.concatenate([np.zeros((1, *shape)), np.cumsum(steps, axis=0)])
@@ -114,7 +117,13 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
                           "must be finite numbers, 0 or more")
     if draws < 1:
         raise ConfigError("--draws must be at least 1")
-    fleet = prepared.require_simulated("an audit")
+    prepared.require_measurable("an audit")
+    for name, board in prepared.hardware.items():
+        if not board.has_temperature:
+            raise ConfigError(f"{name}: its station has no temperature controller, and an audit sweeps the chip's "
+                              "temperature; audit it on a station with a TEC, or use `pnndeploy transfer` for it")
+    groups = prepared.groups
+    platform = groups[0].platform
     if drift_compensation is None:
         drift_compensation = model_assumes_compensation(prepared.model.metadata)
     nominal = prepared.nominal_accuracy()
@@ -122,37 +131,53 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     if threshold is None:
         threshold = max(0.0, nominal - 0.05)
         threshold_source = "nominal accuracy - 0.05"
-    names = [p.device_id for p in prepared.profiles]
     X, y = prepared.data.X, prepared.data.y
     tick = progress or (lambda n: None)
 
+    # rows in group order (the simulated fleet, then each chip behind a backend), reported by name
+    order = [name for group in groups for name in group.device_ids]
     t_values = temperatures.values(extra=(0.0, -require_temperature, require_temperature))
-    t_acc = np.empty((len(names), len(t_values)))
-    compensation = DriftCompensation.for_drift(fleet.platform.nominal_drift)
-    record = reference_record(fleet, X, compensation)       # taken once, after programming
+    t_acc = np.empty((len(order), len(t_values)))
+    compensation = DriftCompensation.for_drift(platform.nominal_drift)
+    records = [reference_record(group, X, compensation) for group in groups]   # taken once, after programming
     t_comp = np.empty_like(t_acc)
     t_bias = np.empty_like(t_acc)
     for k, t in enumerate(t_values):
-        t_acc[:, k] = fleet.accuracy(X, y, Conditions(delta_T=t))
-        t_comp[:, k], t_bias[:, k] = compensated_accuracy(fleet, X, y, Conditions(delta_T=t), compensation,
-                                                          record)
+        start = 0
+        for group, record in zip(groups, records):
+            rows = slice(start, start + len(group))
+            t_acc[rows, k] = group.accuracy(X, y, Conditions(delta_T=t))
+            t_comp[rows, k], t_bias[rows, k] = compensated_accuracy(group, X, y, Conditions(delta_T=t),
+                                                                    compensation, record)
+            start = rows.stop
         tick(1)
-    t_verdict = t_comp if drift_compensation else t_acc
+    for group in prepared.hardware.values():
+        group.accuracy(X, y, Conditions())   # leave each station at its calibration temperature, as programmed
 
+    # ageing: the simulated chips only (a real chip cannot be aged on demand)
+    fleet = prepared.fleet
+    aged = fleet.device_ids if fleet is not None else []
     d_values = days.values(extra=(0.0, require_days))
-    per_draw = np.empty((draws, len(names), len(d_values)))
+    per_draw = np.empty((draws, len(aged), len(d_values)))
     for draw in range(draws):
-        shifts = ageing_shifts(prepared, d_values, draw)
+        shifts = ageing_shifts(prepared, d_values, draw) if fleet is not None else [None] * len(d_values)
         for k, shift in enumerate(shifts):
             # the same detector-noise draw as the temperature sweep: only the ageing walk varies,
             # so day 0 and 0 K are the same measurement
-            per_draw[draw, :, k] = fleet.accuracy(X, y, Conditions(control_shift=shift))
+            if fleet is not None:
+                per_draw[draw, :, k] = fleet.accuracy(X, y, Conditions(control_shift=shift))
             tick(1)
     d_acc = np.median(per_draw, axis=0)
+    not_checked = {n: f"ageing: a real chip cannot be aged on demand; audit it again {require_days:g} days "
+                      "after its calibration" for n in prepared.hardware}
 
+    row = {n: i for i, n in enumerate(order)}
+    names = [p.device_id for p in prepared.profiles]
+    t_acc, t_comp, t_bias = (a[[row[n] for n in names]] for a in (t_acc, t_comp, t_bias))
+    t_verdict = t_comp if drift_compensation else t_acc
     tolerance = {n: tolerance_interval(t_values, t_acc[i], threshold) for i, n in enumerate(names)}
     tolerance_comp = {n: tolerance_interval(t_values, t_comp[i], threshold) for i, n in enumerate(names)}
-    time_to = {n: _time_to_threshold(d_values, d_acc[i], threshold) for i, n in enumerate(names)}
+    time_to = {n: _time_to_threshold(d_values, d_acc[i], threshold) for i, n in enumerate(aged)}
     finite = [v for v in time_to.values() if v is not None]
     recommended = min(finite) if finite else None   # None: every chip lasts beyond the horizon
 
@@ -160,10 +185,10 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     d_mask = np.asarray(d_values) <= require_days + 1e-9
     failures = []
     for i, n in enumerate(names):
-        if np.any(t_verdict[i, t_mask] < threshold):
+        if np.any(~(t_verdict[i, t_mask] >= threshold)):      # NaN (nothing measurable) fails too
             failures.append(f"{n}: below {threshold:.3f} within ±{require_temperature:g} K"
                             + (" (drift-compensated)" if drift_compensation else ""))
-        if np.any(d_acc[i, d_mask] < threshold):
+        if n in row and n in aged and np.any(d_acc[aged.index(n), d_mask] < threshold):
             failures.append(f"{n}: below {threshold:.3f} within {require_days:g} days")
     return {
         "model": str(prepared.model.path),
@@ -184,8 +209,10 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
                 **_sweep_doc(t_values, names, t_comp),
                 "bias": {n: [float(b) for b in t_bias[i]] for i, n in enumerate(names)},
                 "bias_units": fleet.platform.control_units},
-            "days": {**_sweep_doc(d_values, names, d_acc), "draws": draws, "statistic": "median over draws"},
+            "days": {**_sweep_doc(d_values, aged, d_acc), "draws": draws, "statistic": "median over draws"},
         },
+        # what could not be checked on some chip, and why (chips behind a backend cannot be aged)
+        "not_checked": not_checked,
         "tolerance": {"temperature_K": tolerance, "temperature_K_compensated": tolerance_comp},
         "time_to_threshold_days": time_to,
         "recommended_recalibration_days": recommended,
@@ -200,10 +227,19 @@ def model_assumes_compensation(metadata: dict) -> bool:
 
 
 def _sweep_doc(values: list[float], names: list[str], acc: np.ndarray) -> dict:
+    """One sweep as JSON; a point a chip could not measure (NaN) is null and left out of the fleet's statistics."""
+    if not names:
+        return {"values": [float(v) for v in values], "devices": {}, "fleet_mean": [], "fleet_min": []}
+    finite = np.isfinite(acc)
+    if finite.all():
+        mean, low = acc.mean(axis=0), acc.min(axis=0)
+    else:
+        with np.errstate(all="ignore"):
+            mean, low = np.nanmean(acc, axis=0), np.nanmin(acc, axis=0)
     return {"values": [float(v) for v in values],
-            "devices": {n: [float(a) for a in acc[i]] for i, n in enumerate(names)},
-            "fleet_mean": [float(v) for v in acc.mean(axis=0)],
-            "fleet_min": [float(v) for v in acc.min(axis=0)]}
+            "devices": {n: [float(a) if np.isfinite(a) else None for a in acc[i]] for i, n in enumerate(names)},
+            "fleet_mean": [float(v) for v in mean],
+            "fleet_min": [float(v) for v in low]}
 
 
 def _time_to_threshold(days: list[float], acc: np.ndarray, threshold: float) -> float | None:

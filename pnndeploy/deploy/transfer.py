@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,6 +13,7 @@ from pnndeploy.deploy.mapping import map_model
 from pnndeploy.deploy.stats import fleet_summary, wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
 from pnndeploy.deploy.executors import CHIPS_PER_TASK, fleet_accuracy
+from pnndeploy.deploy.hardware import DEFAULT_TIMEOUT, HardwareChip, open_chip
 from pnndeploy.formats.deployments import Deployment, deployment_path, write_deployment
 from pnndeploy.formats.onnx_io import ExportedModel, load_model
 from pnndeploy.formats.profile_folder import list_profiles, profiles_dir, resolve_device
@@ -38,22 +39,57 @@ class PreparedFleet:
     profiles: list[DeviceProfile]
     deployments: list[Deployment]
     deployment_files: list[str | None]
-    #: The simulated chips among ``profiles`` (None when every chip is real).
+    #: The simulated chips among ``profiles`` (None when no chip is simulated here).
     fleet: SimulatedFleet | None
+    #: Chips reached through their profile's backend, by device id (programmed and measured).
+    hardware: dict[str, HardwareChip] = field(default_factory=dict)
+    #: Where the deployments go once every chip has been measured (None: not written).
+    save_dir: Path | None = None
 
     @property
     def real_devices(self) -> list[str]:
-        """Chips without a fabrication truth: mapped and written, but not evaluated here."""
-        return [p.device_id for p in self.profiles if not p.simulated]
+        """Chips without a fabrication truth or a backend: mapped and written, but not evaluated."""
+        return [p.device_id for p in self.profiles if not p.simulated and p.device_id not in self.hardware]
+
+    @property
+    def groups(self) -> list[SimulatedFleet | HardwareChip]:
+        """Everything that can be evaluated: the simulated fleet, then each chip behind a backend."""
+        return ([self.fleet] if self.fleet is not None else []) + list(self.hardware.values())
 
     def require_simulated(self, what: str) -> SimulatedFleet:
-        """The simulated fleet, or a clear error when real chips are asked for ``what``."""
-        if self.real_devices or self.fleet is None:
-            raise PnnError(f"{what} needs simulated chips; {', '.join(self.real_devices)} "
-                           f"{'is a real chip' if len(self.real_devices) == 1 else 'are real chips'} "
-                           "(no fabrication truth) and evaluating it needs a hardware backend, which this "
-                           "pnndeploy does not have; leave it out, or use `pnndeploy transfer` to write its deployment")
+        """The simulated fleet, or a clear error when other chips are asked for ``what``."""
+        others = self.real_devices + list(self.hardware)
+        if others or self.fleet is None:
+            raise PnnError(f"{what} needs simulated chips; {', '.join(others)} "
+                           f"{'is a real chip' if len(others) == 1 else 'are real chips'}; leave "
+                           f"{'it' if len(others) == 1 else 'them'} out for this")
         return self.fleet
+
+    def require_measurable(self, what: str) -> None:
+        """A clear error when some chip has neither a fabrication truth nor a backend."""
+        if self.real_devices:
+            raise PnnError(f"{what} needs chips it can measure; {', '.join(self.real_devices)} has no fabrication "
+                           "truth and names no backend; connect it with `pnndeploy chip connect`, or leave it out")
+
+    def write_deployments(self) -> None:
+        """Write every chip's deployment file (after everything that could fail has succeeded)."""
+        if self.save_dir is None:
+            return
+        for k, (profile, deployment) in enumerate(zip(self.profiles, self.deployments)):
+            path = deployment_path(self.model.path, profile.device_id, self.save_dir)
+            self.deployment_files[k] = str(write_deployment(deployment, path))
+        self.save_dir = None
+
+    def close(self) -> None:
+        """Release every station."""
+        for chip in self.hardware.values():
+            chip.close()
+
+    def __enter__(self) -> "PreparedFleet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def nominal_accuracy(self) -> float:
         return float((self.model.logits(self.data.X).argmax(1) == self.data.y).mean())
@@ -98,11 +134,15 @@ def resolve_devices(devices: Sequence[str], use_fleet: bool, directory: Path) ->
 
 def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: bool, profiles: Path | str | None,
                   dataset_spec: str | None = None, save_dir: Path | None = Path("deployments"),
-                  on_device: Callable[[str], None] | None = None) -> PreparedFleet:
+                  on_device: Callable[[str], None] | None = None,
+                  timeout: float = DEFAULT_TIMEOUT) -> PreparedFleet:
     """Load the model and profiles, map the model onto each chip, optionally write the deployments.
 
     ``profiles`` is the profiles folder; None: $PNNDEPLOY_PROFILES, else the default fleet of the model's
-    platform (:func:`~pnndeploy.formats.profile_folder.profiles_dir`).
+    platform (:func:`~pnndeploy.formats.profile_folder.profiles_dir`).  A chip whose profile names a
+    backend is opened (``timeout`` s per exchange), checked and programmed here; its deployment (and
+    every other one) is then written only by :meth:`PreparedFleet.write_deployments`, after the
+    measurement, so a station failing half-way leaves no deployment behind.  Close the result.
     """
     model = load_model(model_path)
     profiles = profiles_dir(profiles, model.platform)
@@ -120,18 +160,25 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
         seen[profile.device_id] = path
         profile_list.append(profile)
     deployments = [map_model(model, profile) for profile in profile_list]
-    # real chips are mapped and written too (that is what a lab programs); only simulated ones are evaluated
-    simulated = [(p, d) for p, d in zip(profile_list, deployments) if p.simulated]
+    # chips without truth or backend are mapped and written too (that is what a lab programs)
+    simulated = [(p, d) for p, d in zip(profile_list, deployments) if p.simulated and p.backend is None]
     fleet = (SimulatedFleet(model, [p for p, _ in simulated], [d for _, d in simulated])   # refuses mixed arrays
              if simulated else None)
-    for profile, deployment in zip(profile_list, deployments):
-        target = None
-        if save_dir is not None:
-            target = str(write_deployment(deployment, deployment_path(model_path, profile.device_id, save_dir)))
-        files.append(target)
-        if on_device is not None:
-            on_device(profile.device_id)
-    return PreparedFleet(model, data, profile_list, deployments, files, fleet)
+    prepared = PreparedFleet(model, data, profile_list, deployments, [None] * len(profile_list), fleet,
+                             save_dir=None if save_dir is None else Path(save_dir))
+    try:
+        for profile, deployment in zip(profile_list, deployments):
+            if profile.backend is not None:
+                backend = open_chip(profile, timeout)
+                prepared.hardware[profile.device_id] = HardwareChip(model, profile, deployment, backend)
+            if on_device is not None:
+                on_device(profile.device_id)
+    except BaseException:
+        prepared.close()
+        raise
+    if not prepared.hardware:
+        prepared.write_deployments()        # nothing left that could fail
+    return prepared
 
 
 def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: float = 0.9,
@@ -143,21 +190,33 @@ def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: fl
     for bit; :func:`~pnndeploy.deploy.executors.fleet_accuracy`).
     """
     measured: dict[str, float] = {}
+    conditions = Conditions(delta_T=delta_T, eval_seed=eval_seed)
     if prepared.fleet is not None:
-        acc = fleet_accuracy(prepared, Conditions(delta_T=delta_T, eval_seed=eval_seed), executor, address,
-                             chips_per_task)
+        acc = fleet_accuracy(prepared, conditions, executor, address, chips_per_task)
         measured = dict(zip(prepared.fleet.device_ids, (float(a) for a in acc)))
+    invalid: dict[str, int] = {}
+    for name, chip in prepared.hardware.items():
+        a = float(chip.accuracy(prepared.data.X, prepared.data.y, conditions)[0])
+        invalid[name] = chip.invalid
+        measured[name] = None if np.isnan(a) else a
+    prepared.write_deployments()            # every chip answered: now the deployments may be written
     nominal = prepared.nominal_accuracy()
-    n = int(prepared.data.y.size)
+    n_all = int(prepared.data.y.size)
     devices = []
     for k, profile in enumerate(prepared.profiles):
         a = measured.get(profile.device_id)
+        n = n_all - invalid.get(profile.device_id, 0)
         devices.append({
             "device": profile.device_id,
             "simulated": profile.simulated,
+            # where the accuracy comes from: the simulator, a backend's measurements, or nothing
+            "evaluated_by": (f"backend:{profile.backend.kind}" if profile.device_id in prepared.hardware
+                             else "simulator" if profile.simulated else None),
             "accuracy": a,
             "ci95": list(wilson_interval(a, n)) if a is not None else None,
             "delta_vs_nominal": a - nominal if a is not None else None,
+            # samples whose measured outputs held NaN or inf: reported, left out of the accuracy
+            "invalid_samples": invalid.get(profile.device_id, 0),
             "clipped_weights": prepared.deployments[k].clipped,
             # per layer, ||W realised by the calibrated model - W target||_F: the mapping's own error
             "mapping_residual": [float(layer.residual) for layer in prepared.deployments[k].layers],
@@ -170,7 +229,7 @@ def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: fl
         "model_sha256": prepared.model.sha256,
         "method": prepared.model.method,
         "dataset": prepared.data.name,
-        "samples": n,
+        "samples": n_all,
         "nominal_accuracy": nominal,
         "temperature_delta_K": float(delta_T),
         "devices": devices,

@@ -248,6 +248,38 @@ def _validate_open(f: h5py.File) -> list[str]:
             if name in ranges:
                 c.in_range(f"{section}/{name}", data, ranges[name], units)
 
+    # optional: how the chip is reached, and earlier calibrations
+    if "backend" in f:
+        backend = f["backend"]
+        if not isinstance(backend, h5py.Group):
+            c.add("'backend' is not a group")
+        else:
+            if not attr_str(backend, "kind"):
+                c.add("'backend' needs a non-empty text attribute 'kind' (e.g. 'http')")
+            if attr_str(backend, "address") is None:
+                c.add("'backend' needs a text attribute 'address' (e.g. 'http://127.0.0.1:8470')")
+            bad = [k for k in backend.attrs if attr_str(backend, k) is None]
+            if bad:
+                c.add(f"'backend' attributes {', '.join(sorted(bad))} are not text")
+    if "calibration_history" in f:
+        history = f["calibration_history"]
+        if not isinstance(history, h5py.Group):
+            c.add("'calibration_history' is not a group")
+        else:
+            for key in sorted(history):
+                grp = history[key]
+                if not isinstance(grp, h5py.Group):
+                    c.add(f"'calibration_history/{key}' is not a group")
+                    continue
+                if parse_time(attr_str(grp, "measured_at") or "") is None:
+                    c.add(f"'calibration_history/{key}' has no ISO-8601 'measured_at'")
+                temp = attr_float(grp, "temperature_C")
+                if temp is None or not math.isfinite(temp):
+                    c.add(f"'calibration_history/{key}' has no finite 'temperature_C'")
+                if platform is not None:
+                    for name, units in field_units(platform).items():
+                        c.dataset(grp, name, platform.field_shape(name, shape) if shape else None, "float", units)
+
     # environment
     env = c.group("environment")
     if env is not None:

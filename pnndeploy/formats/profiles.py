@@ -7,7 +7,11 @@ A profile holds what the lab knows about one chip:
   measurement;
 * ``environment``: per-device drift coefficients and per-chip noise, crosstalk,
   DAC resolution, heater range and ageing rate;
-* ``fabrication`` (simulated chips only): the truth the simulator evaluates on.
+* ``fabrication`` (simulated chips only): the truth the simulator evaluates on;
+* ``backend`` (optional): how to reach the chip on its station (kind, address and
+  options such as ``token_file``), :mod:`pnndeploy.backends`;
+* ``calibration_history`` (optional): earlier calibrations, oldest first, each as it
+  was before `pnndeploy calibrate` replaced it.
 
 This module reads, writes and summarises profiles; what a valid file holds is
 :mod:`pnndeploy.formats.profile_schema`, where profiles live is
@@ -54,6 +58,26 @@ class Environment:
 
 
 @dataclass
+class BackendSpec:
+    """Where a chip is reached: a backend ``kind`` (:mod:`pnndeploy.backends`), its address and options."""
+
+    kind: str
+    address: str
+    #: Text options for the backend (``device``: the chip id the station must report; ``token_file``: ...).
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CalibrationRecord:
+    """One earlier calibration, kept when a new one replaced it."""
+
+    fields: dict[str, np.ndarray]
+    measured_at: str
+    temperature_C: float
+    replaced_at: str
+
+
+@dataclass
 class DeviceProfile:
     """Everything known about one chip."""
 
@@ -68,6 +92,8 @@ class DeviceProfile:
     environment: Environment
     fabrication: dict[str, np.ndarray] | None = None
     schema_version: int = field(default=SCHEMA_VERSION)
+    backend: BackendSpec | None = None
+    calibration_history: list[CalibrationRecord] = field(default_factory=list)
 
     @property
     def simulated(self) -> bool:
@@ -137,6 +163,22 @@ def _write_profile_file(profile: DeviceProfile, path: Path, platform: Platform, 
                     grp.attrs["measured_at"] = str(profile.calibration_measured_at)
                     grp.attrs["temperature_C"] = np.float64(profile.calibration_temperature_C)
 
+            if profile.backend is not None:
+                grp = f.create_group("backend")
+                grp.attrs["kind"] = str(profile.backend.kind)
+                grp.attrs["address"] = str(profile.backend.address)
+                for key, value in profile.backend.options.items():
+                    grp.attrs[str(key)] = str(value)
+            if profile.calibration_history:
+                history = f.create_group("calibration_history")
+                for k, record in enumerate(profile.calibration_history):
+                    grp = history.create_group(f"{k:04d}")
+                    for name, units in fields.items():
+                        _write_array(grp, name, record.fields[name], units, np.float64)
+                    grp.attrs["measured_at"] = str(record.measured_at)
+                    grp.attrs["temperature_C"] = np.float64(record.temperature_C)
+                    grp.attrs["replaced_at"] = str(record.replaced_at)
+
             env = profile.environment
             grp = f.create_group("environment")
             _write_array(grp, "drift_coefficient", env.drift_coefficient,
@@ -186,7 +228,20 @@ def read_profile(path: str | os.PathLike[str]) -> DeviceProfile:
                 heater_range=(float(hr[0]), float(hr[1])),
                 ageing_rate=float(e["ageing_rate"][()]),
             )
+            backend = None
+            if "backend" in f:
+                attrs = {k: attr_str(f["backend"], k) or "" for k in f["backend"].attrs}
+                backend = BackendSpec(attrs.pop("kind", ""), attrs.pop("address", ""), attrs)
+            history = []
+            for key in sorted(f["calibration_history"]) if "calibration_history" in f else []:
+                grp = f["calibration_history"][key]
+                history.append(CalibrationRecord({k: np.asarray(grp[k][()], dtype=np.float64) for k in fields},
+                                                 attr_str(grp, "measured_at") or "",
+                                                 float(attr_float(grp, "temperature_C")),
+                                                 attr_str(grp, "replaced_at") or ""))
             return DeviceProfile(
+                backend=backend,
+                calibration_history=history,
                 device_id=attr_str(f, "device_id") or "",
                 platform=platform.name,
                 process=attr_str(f, "process") or "",
@@ -253,6 +308,11 @@ def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict
             "drift_coefficient": _stats(env.drift_coefficient, env_units["drift_coefficient"]),
         },
         "environment_units": {k: u for k, u in env_units.items() if k != "drift_coefficient"},
+        "backend": None if profile.backend is None else {"kind": profile.backend.kind,
+                                                         "address": profile.backend.address,
+                                                         **profile.backend.options},
+        "calibration_history": [{"measured_at": r.measured_at, "temperature_C": r.temperature_C,
+                                 "replaced_at": r.replaced_at} for r in profile.calibration_history],
     }
     if profile.fabrication is not None:
         out["calibration_error"] = {
@@ -262,5 +322,5 @@ def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict
     return out
 
 
-__all__ = ["Environment", "DeviceProfile", "write_profile", "read_profile", "calibration_age_days",
+__all__ = ["Environment", "BackendSpec", "CalibrationRecord", "DeviceProfile", "write_profile", "read_profile", "calibration_age_days",
            "profile_summary"]

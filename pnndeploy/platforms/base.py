@@ -197,6 +197,22 @@ class Platform(ABC):
                     profiles: Sequence[Any], layout: tuple[int, int]) -> dict[str, np.ndarray]:
         """What does not change between evaluations of one layer on these chips (stacked over chips)."""
 
+    # ----------------------------------------------------------------------------------- calibration
+    #: True when a chip of this platform can be calibrated by sweeping its devices one at a time
+    #: (:meth:`device_response` and :meth:`fit_response` are implemented).
+    sweep_calibration: bool = False
+
+    def device_response(self, truth: Mapping[str, np.ndarray], drift: np.ndarray, rows: np.ndarray,
+                        cols: np.ndarray, controls: np.ndarray, delta_T: float) -> np.ndarray:
+        """(devices, points) weight device (rows[d], cols[d]) realises at each control, every other device
+        at 0 (no crosstalk): what a calibration sweep measures, before measurement noise."""
+        raise NotImplementedError(f"calibration by measurement is not implemented for {self.name}")
+
+    def fit_response(self, controls: np.ndarray, measured: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Fit the transfer function to a sweep, (devices, points): per device the calibration fields
+        (offset and parameters, each (devices,)) and the rms fit residual (devices,)."""
+        raise NotImplementedError(f"calibration by measurement is not implemented for {self.name}")
+
     @abstractmethod
     def fleet_weights(self, state: dict[str, np.ndarray], chips: slice, delta_T: Any,
                       control_shift: np.ndarray | None) -> np.ndarray:

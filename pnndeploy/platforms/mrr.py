@@ -183,6 +183,67 @@ class MRRPlatform(Platform):
         return W.astype(np.float32, copy=False)
 
 
+    # ------------------------------------------------------------------------------------ calibration
+    sweep_calibration = True
+
+    def device_response(self, truth: Mapping[str, np.ndarray], drift: np.ndarray, rows: np.ndarray,
+                        cols: np.ndarray, controls: np.ndarray, delta_T: float) -> np.ndarray:
+        """W(h) = Lorentzian(h + offset + k dT; gamma, a) of each swept ring; its neighbours sit at 0."""
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        x = np.asarray(controls, np.float64)[None, :] + (truth[self.offset_name][rows, cols]
+                                                         + drift[rows, cols] * float(delta_T))[:, None]
+        return self.transfer(x, truth["gamma"][rows, cols][:, None], truth["a"][rows, cols][:, None])
+
+    def fit_response(self, controls: np.ndarray, measured: np.ndarray,
+                     iterations: int = 40) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Least squares of W(h) = 1 - 2a / (1 + ((h + x0)/gamma)^2) per ring: x0 (the offset), gamma, a.
+
+        Levenberg-Marquardt on all rings at once (3 x 3 normal equations each), started at the sweep's
+        minimum (x0 = -h_min, a = (1 - W_min)/2) and its half-depth width; a stays in (0, 1].
+        """
+        h = np.asarray(controls, np.float64)[None, :]
+        W = np.asarray(measured, np.float64)
+        at = np.argmin(W, axis=1)
+        x0 = -h[0, at]
+        a = np.clip((1.0 - W[np.arange(len(W)), at]) / 2.0, 1e-3, 1.0)
+        step = float(np.median(np.diff(h[0]))) if h.shape[1] > 1 else 1.0
+        deep = W < (1.0 - a)[:, None]                 # inside the half-depth points
+        gamma = np.maximum(deep.sum(axis=1) * step / 2.0, step)
+        params = np.stack([x0, gamma, a], axis=1)
+        damping = np.full(len(W), 1e-3)
+
+        def residual_and_jacobian(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            x0_, g_, a_ = p[:, 0:1], p[:, 1:2], p[:, 2:3]
+            u = (h + x0_) / g_
+            L = 1.0 / (1.0 + u * u)
+            r = W - (1.0 - 2.0 * a_ * L)
+            dL = 4.0 * a_ * u * L * L / g_             # d(model)/d(x0); d/dgamma = -u * that; d/da = -2L
+            J = np.stack([dL, -u * dL, -2.0 * L], axis=2)
+            return r, J
+
+        r, J = residual_and_jacobian(params)
+        cost = (r * r).sum(axis=1)
+        for _ in range(iterations):
+            JTJ = np.einsum("dpi,dpj->dij", J, J)
+            JTr = np.einsum("dpi,dp->di", J, r)
+            A = JTJ + damping[:, None, None] * (np.eye(3)[None] * np.diagonal(JTJ, axis1=1, axis2=2)[:, :, None]
+                                                + 1e-12 * np.eye(3)[None])
+            delta = np.linalg.solve(A, JTr[:, :, None])[:, :, 0]
+            trial = params + delta
+            trial[:, 1] = np.maximum(trial[:, 1], 1e-4)
+            trial[:, 2] = np.clip(trial[:, 2], 1e-3, 1.0)
+            r_t, J_t = residual_and_jacobian(trial)
+            cost_t = (r_t * r_t).sum(axis=1)
+            better = cost_t < cost
+            params = np.where(better[:, None], trial, params)
+            r = np.where(better[:, None], r_t, r)
+            J = np.where(better[:, None, None], J_t, J)
+            cost = np.where(better, cost_t, cost)
+            damping = np.where(better, damping / 3.0, damping * 4.0)
+        fields = {self.offset_name: params[:, 0], "gamma": params[:, 1], "a": params[:, 2]}
+        return fields, np.sqrt(cost / W.shape[1])
+
+
 def _neighbour_settings(h: np.ndarray, ci: np.ndarray, layout: tuple[int, int]) -> np.ndarray:
     """Per weight, the sum of its left and right neighbours' settings in the same bank row of the same tile.
 

@@ -150,18 +150,25 @@ def render_transfer(report: dict[str, Any]) -> None:
     title = (f"{report['model']} ({report['method']}) on {report['dataset']}, {report['samples']} test samples, "
              f"ΔT = {report['temperature_delta_K']:+g} K — nominal {pct(report['nominal_accuracy'])}")
     table = Table(title=title)
-    for column in ("device", "accuracy", "95 % CI", "vs nominal", "clipped weights"):
+    for column in ("device", "measured by", "accuracy", "95 % CI", "vs nominal", "clipped weights"):
         table.add_column(column, justify="right")
     for d in report["devices"]:
+        source = d.get("evaluated_by") or "–"
         if d["accuracy"] is None:
-            table.add_row(d["device"], "real chip", "–", "–", str(d["clipped_weights"]))
+            table.add_row(d["device"], source, "no valid output" if d.get("invalid_samples") else "real chip", "–",
+                          "–", str(d["clipped_weights"]))
             continue
         lo, hi = d["ci95"]
-        table.add_row(d["device"], pct(d["accuracy"]), f"{100 * lo:.1f}–{100 * hi:.1f} %",
+        table.add_row(d["device"], source, pct(d["accuracy"]), f"{100 * lo:.1f}–{100 * hi:.1f} %",
                       f"{100 * d['delta_vs_nominal']:+.1f} pp", str(d["clipped_weights"]))
     console.print(table)
+    for d in report["devices"]:
+        if d.get("invalid_samples"):
+            console.print(f"[bold red]warning[/]: {d['device']} returned NaN or inf outputs for "
+                          f"{d['invalid_samples']} of {report['samples']} samples; they are left out of its "
+                          "accuracy (check the station's detectors)")
     if report.get("not_evaluated"):
-        console.print(f"not evaluated (real chips, no hardware backend): {', '.join(report['not_evaluated'])}; "
+        console.print(f"not evaluated (real chips without a backend): {', '.join(report['not_evaluated'])}; "
                       "their deployment files hold the settings to program")
     f = report["fleet"]
     if f is not None and f["count"] > 1:
@@ -198,7 +205,9 @@ def audit_rows(doc: dict[str, Any]) -> list[list[str]]:
             c = comp["devices"][name]
             row += [f"{pct(c[idx[round(-req, 6)]])} / {pct(c[idx[round(req, 6)]])}",
                     _interval(doc["tolerance"]["temperature_K_compensated"][name])]
-        rows.append(row + [_days(doc["time_to_threshold_days"][name], doc["horizon_days"])])
+        unchecked = name in doc.get("not_checked", {})
+        rows.append(row + ["not measurable (real chip)" if unchecked
+                           else _days(doc["time_to_threshold_days"].get(name), doc["horizon_days"])])
     return rows
 
 
@@ -321,3 +330,28 @@ def render_sweep(doc: dict[str, Any]) -> None:
     n = doc["counts"]
     console.print(f"{n['done']} cells run, {n['skipped']} skipped (already in {doc['out']}), {n['failed']} failed; "
                   f"results.json, results.csv" + (", pareto.png" if doc.get("pareto_plot") else ""))
+
+
+def render_calibration(doc: dict[str, Any]) -> None:
+    """The `calibrate` result: fitted fields, fit residuals, and the error against the truth where known."""
+    console = _console()
+    sweep = doc["sweep"]
+    table = Table(title=f"calibration of {doc['device']} at {doc['temperature_C']:g} °C ({doc['temperature_source']}), "
+                        f"{sweep['points']} points {sweep['from']:+g} … {sweep['to']:+g} {sweep['units']}")
+    truth = doc.get("error_vs_truth")
+    columns = ["field", "mean", "std", "units"] + (["error vs truth (rms)", "max |error|", "previous (rms)"]
+                                                     if truth else [])
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, f in doc["fields"].items():
+        row = [name, f"{f['mean']:.5g}", f"{f['std']:.3g}", f["units"]]
+        if truth:
+            e = truth[name]
+            row += [f"{e['rms']:.2e}", f"{e['max_abs']:.2e}", f"{e['previous_rms']:.2e}"]
+        table.add_row(*row)
+    console.print(table)
+    r = doc["residual"]
+    console.print(f"fit residual: rms {r['rms_mean']:.2e} on average, worst {r['rms_max']:.2e} at device "
+                  f"{tuple(r['worst_device'])} (weight units)")
+    console.print(f"written: {doc['written']} (old calibration kept in calibration_history)" if doc["written"]
+                  else "dry run: nothing written")

@@ -1,0 +1,195 @@
+"""The ``http`` backend: a chip behind a chip server (`pnndeploy chip serve`, or a lab's own) on the network.
+
+Every exchange is bounded: a timeout per request (``--timeout``), at most
+:data:`RETRIES` retries with exponential backoff for transient failures (refused or
+dropped connections, timeouts, 502/503/504), a reply size limit, and a strict
+decoder.  Whatever goes wrong ends as one :class:`BackendError` line naming the
+server and what to do.  The token is read from the profile's ``token_file`` or
+``$PNNDEPLOY_CHIP_TOKEN`` and sent as ``Authorization: Bearer``.  Protocol:
+README, section "Connecting a lab's station".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
+from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, decode_array, encode_array
+
+#: Retries after the first try of a request that failed transiently, and the first backoff (doubles each time).
+RETRIES, BACKOFF_S = 3, 0.2
+TOKEN_ENV = "PNNDEPLOY_CHIP_TOKEN"
+_TRANSIENT_STATUS = {502, 503, 504}
+
+
+def read_token(options: Mapping[str, Any], where: str) -> str:
+    """The bearer token: the file the profile names, else $PNNDEPLOY_CHIP_TOKEN."""
+    path = options.get("token_file")
+    if path:
+        try:
+            token = Path(os.path.expanduser(str(path))).read_text().strip()
+        except OSError as exc:
+            raise BackendError(f"{where}: cannot read the token file {path} ({exc.strerror or exc}); "
+                               "give the file `pnndeploy chip serve --token-file` wrote") from None
+        if not token:
+            raise BackendError(f"{where}: token file {path} is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise BackendError(f"{where}: no token; the profile's backend has no token_file and ${TOKEN_ENV} is unset")
+    return token
+
+
+class HttpBackend(ChipBackend):
+    """A chip server reached over HTTP (httpx: timeouts, connection reuse, streamed replies)."""
+
+    kind = "http"
+
+    def __init__(self, address: str = "", options: Mapping[str, Any] | None = None, timeout: float = 10.0) -> None:
+        super().__init__(address.rstrip("/"), options, timeout)
+        if not self.address.startswith(("http://", "https://")):
+            raise BackendError(f"backend address {address!r} is not an http:// or https:// URL")
+        self.retries = int(self.options.get("retries", RETRIES))
+        self._client: Any = None
+        self._info: ChipInfo | None = None
+
+    # ------------------------------------------------------------------------------------------ session
+    def open(self) -> ChipInfo:
+        import httpx
+
+        token = read_token(self.options, f"chip server {self.address}")
+        self._client = httpx.Client(base_url=f"{self.address}/{PROTOCOL}", timeout=httpx.Timeout(self.timeout),
+                                    headers={"Authorization": f"Bearer {token}"}, follow_redirects=False)
+        reply = self._request("GET", "/info")
+        try:
+            self._info = ChipInfo(device_id=str(reply["device_id"]), platform=str(reply["platform"]),
+                                  array=(int(reply["array"][0]), int(reply["array"][1])),
+                                  firmware=str(reply["firmware"]), supports=frozenset(map(str, reply["supports"])),
+                                  temperature_C=None if reply.get("temperature_C") is None
+                                  else float(reply["temperature_C"]),
+                                  max_batch=int(reply.get("max_batch", 256)),
+                                  max_sweep_values=int(reply.get("max_sweep_values", 65536)))
+        except (KeyError, TypeError, ValueError, IndexError):
+            self.close()
+            raise BackendError(f"chip server {self.address}: malformed /info reply (missing or wrong fields); "
+                               "is this a pnndeploy chip server of protocol v1?") from None
+        return self._info
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def info(self) -> ChipInfo:
+        if self._info is None:
+            raise BackendError(f"chip server {self.address}: not open")
+        return self._info
+
+    # --------------------------------------------------------------------------------------- operations
+    def program(self, layers: Sequence[LayerProgram]) -> None:
+        self._request("POST", "/program", {"layers": [
+            {"index": int(layer.index), "weight_shape": [int(n) for n in layer.weight_shape],
+             "settings": encode_array(layer.settings)} for layer in layers]})
+
+    def set_temperature(self, celsius: float) -> None:
+        if "temperature" not in self.info().supports:
+            super().set_temperature(celsius)
+        self._request("POST", "/temperature", {"celsius": float(celsius)})
+
+    def infer(self, layer: int, x: np.ndarray) -> np.ndarray:
+        reply = self._request("POST", "/infer", {"layer": int(layer), "x": encode_array(x)})
+        y = self._array(reply, "y", 2)
+        if y.shape[0] != len(x):
+            raise BackendError(f"chip server {self.address}: /infer returned {y.shape[0]} outputs for {len(x)} inputs")
+        return y
+
+    def measure_transfer(self, rows: np.ndarray, cols: np.ndarray, controls: np.ndarray) -> np.ndarray:
+        if "measure_transfer" not in self.info().supports:
+            return super().measure_transfer(rows, cols, controls)
+        reply = self._request("POST", "/measure_transfer", {
+            "rows": [int(r) for r in rows], "cols": [int(c) for c in cols], "controls": encode_array(controls)})
+        W = self._array(reply, "weights", 2)
+        if W.shape != (len(rows), len(controls)):
+            raise BackendError(f"chip server {self.address}: /measure_transfer returned shape {W.shape}, "
+                               f"expected {(len(rows), len(controls))}")
+        return W
+
+    def _array(self, reply: dict, name: str, ndim: int) -> np.ndarray:
+        try:
+            return decode_array(reply.get(name), name, ndim)
+        except WireError as exc:
+            raise BackendError(f"chip server {self.address}: malformed reply: {exc}") from None
+
+    # ------------------------------------------------------------------------------------------ transport
+    def _request(self, method: str, path: str, body: Any = None) -> dict:
+        """One request with bounded retries; the decoded JSON object of the reply."""
+        import httpx
+
+        if self._client is None:
+            raise BackendError(f"chip server {self.address}: not open")
+        where = f"chip server {self.address}{'/' + PROTOCOL + path}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+            try:
+                with self._client.stream(method, path, json=body) as response:
+                    if response.status_code in _TRANSIENT_STATUS:
+                        last = f"HTTP {response.status_code}"
+                        continue
+                    raw = self._read_limited(response, where)
+            except httpx.TimeoutException:
+                last = f"no reply within --timeout {self.timeout:g} s"
+                continue
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                last = _connection_problem(exc)
+                continue
+            except httpx.HTTPError as exc:
+                raise BackendError(f"{where}: {type(exc).__name__}: {exc}") from None
+            return self._decode(response.status_code, raw, where)
+        hint = ("start it with `pnndeploy chip serve PROFILE` or check the profile's backend address"
+                if "refused" in last else "check the server and the network, or raise --timeout")
+        raise BackendError(f"{where}: {last} after {self.retries + 1} tries; {hint}")
+
+    @staticmethod
+    def _read_limited(response: Any, where: str) -> bytes:
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise BackendError(f"{where}: reply of {int(declared)} bytes is larger than the limit "
+                               f"{MAX_BODY_BYTES}; the server is misbehaving")
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BackendError(f"{where}: reply larger than the limit {MAX_BODY_BYTES} bytes; "
+                                   "the server is misbehaving")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _decode(self, status: int, raw: bytes, where: str) -> dict:
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        if status == 401:
+            raise BackendError(f"{where}: the server refused the token (401); use the token file the server "
+                               "was started with (profile backend/token_file or $PNNDEPLOY_CHIP_TOKEN)")
+        if status >= 400:
+            message = (doc.get("error") or doc.get("detail")) if isinstance(doc, dict) else None
+            raise BackendError(f"{where}: HTTP {status}: {message or 'the server gave no reason'}")
+        if not isinstance(doc, dict):
+            raise BackendError(f"{where}: malformed reply (not a JSON object); is this a pnndeploy chip server?")
+        return doc
+
+
+def _connection_problem(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "refused" in text.lower() or "errno 111" in text.lower():
+        return "connection refused (is the server running?)"
+    return f"connection failed ({text[:120]})"

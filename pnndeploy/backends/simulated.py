@@ -1,0 +1,131 @@
+"""A chip played from a simulated profile's fabrication truth: what `pnndeploy chip serve` puts on the network.
+
+It measures what the fleet simulator computes (the platform's realised weights
+at the programmed settings, the truth's offsets and drift at the station's
+temperature, the profile's detector noise on every weight) plus a measurement
+noise on every output, drawn afresh at every measurement, as a detector would.
+The weight noise is drawn again whenever a layer is programmed or the
+temperature changes.  In-process it is the ``simulated`` backend (calibration and
+in-situ training of a simulated chip without a server); behind
+:mod:`pnndeploy.backends.server` it is a networked chip whose truth the client
+never sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pnndeploy import __version__
+from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
+from pnndeploy.formats.profiles import DeviceProfile, read_profile
+from pnndeploy.platforms import get_platform
+
+#: Default std of the noise on every measured output (weight units), on top of the weight noise.
+MEASUREMENT_NOISE = 0.002
+#: Layer slots a simulated chip holds, and the largest layer it accepts.
+MAX_LAYERS, MAX_LAYER_VALUES = 16, 1 << 20
+
+
+class SimulatedChip(ChipBackend):
+    """One simulated chip on a simulated station with a thermo-electric controller."""
+
+    kind = "simulated"
+
+    def __init__(self, address: str = "", options: Mapping[str, Any] | None = None, timeout: float = 10.0,
+                 profile: DeviceProfile | None = None, measurement_noise: float = MEASUREMENT_NOISE,
+                 seed: int = 0) -> None:
+        super().__init__(address, options, timeout)
+        if profile is None:
+            profile = read_profile(address)
+        if not profile.simulated:
+            raise BackendError(f"profile {address or profile.device_id} has no fabrication truth: a simulated chip "
+                               "can only be played from a simulated profile (`pnndeploy fleet make`)")
+        self.profile = profile
+        self.platform = get_platform(profile.platform)
+        self.measurement_noise = float(self.options.get("measurement_noise", measurement_noise))
+        self.reference_C = float(profile.calibration_temperature_C)   # the truth's offsets hold at this temperature
+        self.temperature_C = self.reference_C
+        self.rng = np.random.default_rng(int(self.options.get("seed", seed)))
+        self.slots: dict[int, tuple[tuple[int, int], dict[str, np.ndarray]]] = {}
+        self._weights: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------------------------------ session
+    def open(self) -> ChipInfo:
+        return self.info()
+
+    def close(self) -> None:
+        pass
+
+    def info(self) -> ChipInfo:
+        supports = {"temperature"} | ({"measure_transfer"} if self.platform.sweep_calibration else set())
+        return ChipInfo(device_id=self.profile.device_id, platform=self.profile.platform,
+                        array=tuple(self.profile.shape), firmware=f"pnndeploy-simulated-chip {__version__}",
+                        supports=frozenset(supports), temperature_C=self.temperature_C)
+
+    # ------------------------------------------------------------------------------------------ control
+    def program(self, layers: Sequence[LayerProgram]) -> None:
+        for layer in layers:
+            out_f, in_f = (int(n) for n in layer.weight_shape)
+            if not 0 <= layer.index < MAX_LAYERS:
+                raise BackendError(f"layer slot {layer.index} does not exist (this chip holds 0..{MAX_LAYERS - 1})")
+            if out_f < 1 or in_f < 1 or out_f * in_f > MAX_LAYER_VALUES:
+                raise BackendError(f"layer {layer.index}: weight shape {out_f}x{in_f} is not one this chip can hold")
+            expected = self.platform.control_shape((out_f, in_f))
+            settings = np.asarray(layer.settings, np.float64)
+            if settings.shape != tuple(expected):
+                raise BackendError(f"layer {layer.index}: settings of shape {settings.shape}, but a {out_f}x{in_f} "
+                                   f"{self.platform.name} layer takes {tuple(expected)}")
+            if not np.all(np.isfinite(settings)):
+                raise BackendError(f"layer {layer.index}: settings hold NaN or inf")
+            lo, hi = self.profile.environment.heater_range
+            settings = np.clip(settings, lo, hi)      # the DAC cannot drive beyond its range
+            state = self.platform.fleet_layer((out_f, in_f), [settings], [self.profile], self.profile.shape)
+            self.slots[layer.index] = ((out_f, in_f), state)
+            self._weights.pop(layer.index, None)
+
+    def set_temperature(self, celsius: float) -> None:
+        if not np.isfinite(celsius) or not -40.0 <= celsius <= 125.0:
+            raise BackendError(f"temperature {celsius} degC is outside what the station's TEC can reach (-40..125)")
+        if celsius != self.temperature_C:
+            self.temperature_C = float(celsius)
+            self._weights.clear()
+
+    # -------------------------------------------------------------------------------------- measurement
+    def _realised(self, layer: int) -> np.ndarray:
+        if layer not in self._weights:
+            shape, state = self.slots[layer]
+            W = self.platform.fleet_weights(state, slice(0, 1), self.temperature_C - self.reference_C, None)[0]
+            W = W.astype(np.float64)
+            noise = self.profile.environment.detector_noise
+            if noise > 0:
+                W = W + noise * self.rng.standard_normal(W.shape)
+            self._weights[layer] = W
+        return self._weights[layer]
+
+    def infer(self, layer: int, x: np.ndarray) -> np.ndarray:
+        if layer not in self.slots:
+            raise BackendError(f"layer slot {layer} is not programmed; program it first")
+        W = self._realised(layer)
+        x = np.asarray(x, np.float64)
+        if x.ndim != 2 or x.shape[1] != W.shape[1]:
+            raise BackendError(f"layer {layer} takes inputs of {W.shape[1]} values, got shape {x.shape}")
+        y = x @ W.T
+        if self.measurement_noise > 0:
+            y += self.measurement_noise * self.rng.standard_normal(y.shape)
+        return y
+
+    def measure_transfer(self, rows: np.ndarray, cols: np.ndarray, controls: np.ndarray) -> np.ndarray:
+        if not self.platform.sweep_calibration:
+            return super().measure_transfer(rows, cols, controls)
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        R, C = self.profile.shape
+        if rows.shape != cols.shape or rows.ndim != 1 or np.any((rows < 0) | (rows >= R) | (cols < 0) | (cols >= C)):
+            raise BackendError(f"sweep devices must be pairs of rows in 0..{R - 1} and cols in 0..{C - 1}")
+        lo, hi = self.profile.environment.heater_range
+        h = np.clip(np.asarray(controls, np.float64), lo, hi)
+        W = self.platform.device_response(self.profile.fabrication, self.profile.environment.drift_coefficient,
+                                          rows, cols, h, self.temperature_C - self.reference_C)
+        sigma = float(np.hypot(self.profile.environment.detector_noise, self.measurement_noise))
+        return W + sigma * self.rng.standard_normal(W.shape) if sigma > 0 else W

@@ -1,0 +1,65 @@
+"""The chip server's wire format: JSON over HTTP/1.1, arrays as base64 of little-endian float64.
+
+Why JSON with base64 arrays: any language a station is scripted in reads it, a
+request can be typed by hand with curl, and decoding it can never run code (no
+pickle, no object arrays).  Every array is ``{"dtype": "<f8", "shape": [...],
+"data": BASE64}``; ``<f4`` is accepted on input.  The limits below bound what either
+side accepts, so a malformed or hostile peer cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Any
+
+import numpy as np
+
+from pnndeploy.backends.base import BackendError
+
+#: Protocol version in every path (/v1/...); a server of another version answers 404.
+PROTOCOL = "v1"
+#: Largest request body a server accepts and largest reply a client reads, bytes.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+#: Largest array either side decodes, values.
+MAX_ARRAY_VALUES = 1_000_000
+ACCEPTED_DTYPES = {"<f8": np.dtype("<f8"), "<f4": np.dtype("<f4")}
+
+
+class WireError(BackendError):
+    """A message that does not follow the protocol."""
+
+
+def encode_array(values: np.ndarray) -> dict[str, Any]:
+    """``values`` as a wire array (float64, little-endian)."""
+    array = np.ascontiguousarray(np.asarray(values, dtype="<f8"))
+    return {"dtype": "<f8", "shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def decode_array(obj: Any, name: str, ndim: int | None = None, max_values: int = MAX_ARRAY_VALUES) -> np.ndarray:
+    """A wire array back as float64; WireError naming ``name`` for anything malformed."""
+    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
+        raise WireError(f"'{name}' is not an array object {{dtype, shape, data}}")
+    dtype = ACCEPTED_DTYPES.get(obj["dtype"]) if isinstance(obj["dtype"], str) else None
+    if dtype is None:
+        raise WireError(f"'{name}' has dtype {obj['dtype']!r}; the protocol carries <f8 (or <f4) only")
+    shape = obj["shape"]
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                              for n in shape) or len(shape) > 4:
+        raise WireError(f"'{name}' has shape {shape!r}; expected a list of up to 4 sizes >= 0")
+    if ndim is not None and len(shape) != ndim:
+        raise WireError(f"'{name}' has {len(shape)} dimensions, expected {ndim}")
+    count = math.prod(shape)
+    if count > max_values:
+        raise WireError(f"'{name}' holds {count} values, more than the limit {max_values}")
+    if not isinstance(obj["data"], str) or len(obj["data"]) > 4 * (count * dtype.itemsize + 2) // 3 + 4:
+        raise WireError(f"'{name}' data is not base64 text of {count} values")
+    try:
+        raw = base64.b64decode(obj["data"], validate=True)
+    except (binascii.Error, ValueError):
+        raise WireError(f"'{name}' data is not valid base64") from None
+    if len(raw) != count * dtype.itemsize:
+        raise WireError(f"'{name}' data holds {len(raw)} bytes, but shape {shape} of {obj['dtype']} needs "
+                        f"{count * dtype.itemsize}")
+    return np.frombuffer(raw, dtype=dtype).astype(np.float64).reshape(shape)

@@ -1,0 +1,247 @@
+"""`pnndeploy chip serve|connect|info` and `pnndeploy calibrate`: chips on stations, reached through a backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pnndeploy.cli.common import check_output_file, print_json, profiles_option, progress_bar
+from pnndeploy.cli.group import main
+from pnndeploy.errors import PnnError
+
+timeout_option = click.option(
+    "--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
+    help="Seconds one exchange with a chip's station may take before it is retried (3 retries with backoff).")
+
+
+@main.group()
+def chip() -> None:
+    """Chips on test stations: serve a simulated chip on the network, connect a profile to a station.
+
+    \b
+    Examples:
+      pnndeploy chip serve chipB --port 8470 --token-file chipB.token &
+      pnndeploy chip connect chipB --address http://127.0.0.1:8470 --token-file chipB.token
+      pnndeploy transfer --device chipB-remote
+    """
+
+
+def _profile_path(device: str, profiles: str | None) -> Any:
+    from pathlib import Path
+
+    from pnndeploy.formats.profile_folder import profiles_dir, resolve_device
+
+    if device.endswith(".h5") or "/" in device:
+        return Path(device)
+    return resolve_device(device, profiles_dir(profiles))
+
+
+def _read_or_make_token(path: str) -> str:
+    import os
+    import secrets
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_file():
+        token = target.read_text().strip()
+        if len(token) < 16:
+            raise PnnError(f"--token-file {path} holds a token of {len(token)} characters; use at least 16 "
+                           "(or delete the file and a new one is made)")
+        return token
+    if target.exists():
+        raise PnnError(f"--token-file {path} is not a file")
+    token = secrets.token_urlsafe(32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+@chip.command()
+@click.argument("profile")
+@profiles_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback exposes the chip to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8470, show_default=True,
+              help="TCP port (0: any free port, logged and written to --port-file).")
+@click.option("--token-file", default=None, metavar="F",
+              help="File holding the bearer token every request must carry (made, mode 0600, if absent). "
+                   "Default: PROFILE_ID.token in the current folder.")
+@click.option("--port-file", default=None, metavar="F", help="Write the port listened on to this file.")
+@click.option("--latency-ms", type=click.FloatRange(0, 10000), default=2.0, show_default=True,
+              help="Added to every measurement, as a station's readout takes.")
+@click.option("--measurement-noise", type=click.FloatRange(0, 1), default=0.002, show_default=True,
+              help="Std of the noise on every measured output (weight units), on top of the profile's "
+                   "detector noise on the weights.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the chip's noise.")
+@click.option("--max-requests", type=click.IntRange(1, None), default=None,
+              help="Stop after serving this many requests.")
+@click.option("--idle-timeout", type=click.FloatRange(0.1, None), default=None, metavar="S",
+              help="Stop after S seconds without a request.")
+@click.option("--fault", type=click.Choice(["malformed", "oversized", "stall", "nan"]), default=None, hidden=True,
+              help="Misbehave on /infer (tests of clients' fault handling).")
+def serve(profile: str, profiles: str | None, host: str, port: int, token_file: str | None, port_file: str | None,
+          latency_ms: float, measurement_noise: float, seed: int, max_requests: int | None,
+          idle_timeout: float | None, fault: str | None) -> None:
+    """Play one chip from a simulated PROFILE (a device name or .h5 path) behind an HTTP server.
+
+    Only this process knows the chip's fabrication truth; clients see what a station
+    measures (protocol v1: README, "Connecting a lab's station"; the running server
+    lists it at /docs).  Every request needs the token; each is logged to stderr.
+    """
+    from pnndeploy.atomic import atomic_path
+    from pnndeploy.backends.server import ServerSettings, bind, serve as run_server
+    from pnndeploy.backends.simulated import SimulatedChip
+    from pnndeploy.formats.profiles import read_profile
+
+    record = read_profile(_profile_path(profile, profiles))
+    if record.backend is not None:
+        raise PnnError(f"profile {profile} points at a station itself ({record.backend.kind} "
+                       f"{record.backend.address}); serve the simulated profile it was made from")
+    board = SimulatedChip(profile=record, measurement_noise=measurement_noise, seed=seed)
+    token_path = token_file or f"{record.device_id}.token"
+    token = _read_or_make_token(token_path)
+    sock = bind(host, port)
+    actual = sock.getsockname()[1]
+    if port_file:
+        with atomic_path(port_file) as tmp:
+            tmp.write_text(f"{actual}\n")
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        click.echo(f"pnndeploy: warning: listening on {host}, not loopback: anyone with the token who can reach "
+                   "this machine can drive the chip", err=True)
+    click.echo(f"chip {record.device_id} ({record.platform} {record.shape[0]}x{record.shape[1]}): listening on "
+               f"http://{host}:{actual} (token in {token_path})", err=True)
+    run_server(board, ServerSettings(host=host, port=actual, token=token, latency_s=latency_ms / 1000.0,
+                                     max_requests=max_requests, idle_timeout=idle_timeout, fault=fault), sock)
+
+
+@chip.command()
+@click.argument("device")
+@profiles_option
+@click.option("--address", required=True, metavar="URL", help="Where the station answers, e.g. http://127.0.0.1:8470.")
+@click.option("--kind", default="http", show_default=True,
+              help="Backend kind (http, or one a lab's package registers under the pnndeploy.backends entry point).")
+@click.option("--token-file", default=None, metavar="F",
+              help="Token file to send (recorded as a path; else $PNNDEPLOY_CHIP_TOKEN at run time).")
+@click.option("--name", default=None, help="Device name of the new profile (default: DEVICE-remote).")
+def connect(device: str, profiles: str | None, address: str, kind: str, token_file: str | None,
+            name: str | None) -> None:
+    """Write a profile of DEVICE that reaches the chip through a station instead of simulating it.
+
+    The new profile keeps DEVICE's calibration and environment, drops its fabrication
+    truth, and names the backend; `transfer`, `audit`, `calibrate` and `train --in-situ`
+    then measure the chip itself.
+    """
+    import dataclasses
+    import os
+
+    from pnndeploy.backends import backend_class
+    from pnndeploy.formats.profile_folder import check_device_name
+    from pnndeploy.formats.profiles import BackendSpec, read_profile, write_profile
+
+    source = _profile_path(device, profiles)
+    record = read_profile(source)
+    backend_class(kind)                       # an unknown kind is refused now, not at the first measurement
+    if kind == "http" and not address.startswith(("http://", "https://")):
+        raise PnnError(f"--address {address}: an http backend needs a URL such as http://127.0.0.1:8470")
+    new_name = check_device_name(name or f"{record.device_id}-remote")
+    options = {"device": record.device_id}
+    if token_file:
+        options["token_file"] = os.path.abspath(token_file)
+    target = source.parent / f"{new_name}.h5"
+    if target.resolve() == source.resolve():
+        raise PnnError(f"--name {new_name} would overwrite {source}; choose another name")
+    write_profile(dataclasses.replace(record, device_id=new_name, fabrication=None,
+                                      backend=BackendSpec(kind, address, options)), target)
+    click.echo(f"wrote {target}: {new_name} -> {kind} {address} (station chip {record.device_id})")
+
+
+@chip.command()
+@click.argument("device")
+@profiles_option
+@timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print what the chip reports as JSON.")
+def info(device: str, profiles: str | None, timeout: float, as_json: bool) -> None:
+    """Ask DEVICE's station what it holds: chip id, platform, array, firmware, what it supports."""
+    from pnndeploy.deploy.hardware import open_chip
+    from pnndeploy.formats.profiles import read_profile
+
+    backend = open_chip(read_profile(_profile_path(device, profiles)), timeout)
+    try:
+        doc = backend.info().to_dict()
+    finally:
+        backend.close()
+    if as_json:
+        print_json(doc)
+    else:
+        for key, value in doc.items():
+            click.echo(f"{key:>16}: {value}")
+
+
+@main.command()
+@click.argument("device")
+@profiles_option
+@click.option("--points", type=click.IntRange(16, 65536), default=1024, show_default=True,
+              help="Sweep points per device (on the DAC grid, over the heater range).")
+@click.option("--temperature", type=float, default=None, metavar="C",
+              help="Set the station's temperature (degrees Celsius) before sweeping (needs a TEC).")
+@click.option("--max-residual", type=click.FloatRange(0, None, min_open=True), default=0.02, show_default=True,
+              help="Refuse the calibration when any device's rms fit residual exceeds this (weight units).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the recalibrated profile here instead of replacing DEVICE's.")
+@click.option("--dry-run", is_flag=True, help="Measure and report; write nothing.")
+@timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration document on stdout.")
+def calibrate(device: str, profiles: str | None, points: int, temperature: float | None, max_residual: float,
+              out: str | None, dry_run: bool, timeout: float, as_json: bool) -> None:
+    """Recalibrate DEVICE by measurement: sweep every device, fit its transfer function, write the profile.
+
+    The chip is reached through its profile's backend; a simulated profile without one is
+    measured in-process from its truth (and the report gives the calibration error against
+    that truth).  The old calibration is kept in the profile's calibration_history; the file
+    is replaced atomically, and not at all when the sweep or any device's fit fails.
+
+    \b
+    Examples:
+      pnndeploy calibrate chipB-remote
+      pnndeploy calibrate chipC --dry-run --json
+    """
+    from pnndeploy.backends.simulated import SimulatedChip
+    from pnndeploy.deploy.calibration import calibration_doc, check_fit, measure_calibration, recalibrated
+    from pnndeploy.deploy.hardware import open_chip
+    from pnndeploy.formats.profile_schema import field_units
+    from pnndeploy.formats.profiles import read_profile, write_profile
+    from pnndeploy.platforms import get_platform
+    from pnndeploy.report.tables import render_calibration
+
+    path = _profile_path(device, profiles)
+    if out:
+        check_output_file(out, "--out", "chipB.h5")
+    record = read_profile(path)
+    backend = open_chip(record, timeout) if record.backend is not None else SimulatedChip(profile=record)
+    try:
+        if temperature is not None:
+            backend.set_temperature(temperature)
+            if record.backend is not None:
+                backend.open()               # re-read what the station now reports
+        with progress_bar() as progress:
+            task = progress.add_task(f"sweeping {record.devices} devices of {record.device_id}", total=record.devices)
+            result = measure_calibration(record, backend, points, progress=lambda n: progress.advance(task, n))
+    finally:
+        backend.close()
+    if isinstance(backend, SimulatedChip) and temperature is not None:
+        result.temperature_C = float(temperature)
+    check_fit(result, max_residual)
+    written = None
+    if not dry_run:
+        target = out or str(path)
+        write_profile(recalibrated(record, result), target)
+        written = target
+    units = {**field_units(get_platform(record.platform)), "_controls": get_platform(record.platform).control_units}
+    doc = calibration_doc(result, units, written)
+    if as_json:
+        print_json(doc)
+    else:
+        render_calibration(doc)

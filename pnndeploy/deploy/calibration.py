@@ -1,0 +1,140 @@
+"""Calibration by measurement: sweep every device through its backend, fit its transfer function, write a new calibration.
+
+For each device the station sweeps its control alone (every other device at 0,
+so no crosstalk) over a grid of DAC codes, and the platform fits its transfer
+function to the measured weights (for rings: resonance offset, gamma, a;
+:meth:`~pnndeploy.platforms.base.Platform.fit_response`).  The new calibration
+replaces the profile's, with the time of the measurement and the station's
+temperature; the old one is kept in ``calibration_history``.  The file is
+written atomically, and not at all when any device fits badly
+(``max_residual``) or the sweep failed half-way.  For a simulated profile the
+result is also compared with the fabrication truth, which the fit never sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+
+from pnndeploy.backends import ChipBackend
+from pnndeploy.errors import PnnError
+from pnndeploy.formats.profiles import CalibrationRecord, DeviceProfile
+from pnndeploy.platforms import get_platform
+
+#: Sweep points per device unless asked otherwise (spaced on the DAC grid over the heater range).
+DEFAULT_POINTS = 1024
+#: A device whose rms fit residual exceeds this (weight units) is a failed fit: nothing is written.
+DEFAULT_MAX_RESIDUAL = 0.02
+
+
+@dataclass
+class CalibrationResult:
+    """A fitted calibration of one chip and how good it is."""
+
+    device_id: str
+    fields: dict[str, np.ndarray]          # each of the platform's field shape
+    residual: np.ndarray                   # rms fit residual per device, weight units
+    controls: np.ndarray                   # the sweep, control units
+    temperature_C: float
+    temperature_source: str                # "station" or "profile (the station reports none)"
+    measured_at: str
+    #: Simulated chips: per field, rms and max |calibration - truth| of the new and the old calibration.
+    error_vs_truth: dict[str, dict[str, float]] | None = None
+
+
+def sweep_controls(profile: DeviceProfile, points: int = DEFAULT_POINTS) -> np.ndarray:
+    """About ``points`` controls on the chip's DAC grid, evenly over its heater range."""
+    if points < 16:
+        raise PnnError(f"--points {points}: a transfer-function fit needs at least 16 sweep points")
+    lo, hi = profile.environment.heater_range
+    codes = 2 ** profile.environment.dac_bits
+    stride = max(1, int(math.floor((codes - 1) / (points - 1))))
+    return lo + np.arange(0, codes, stride) * (hi - lo) / (codes - 1)
+
+
+def measure_calibration(profile: DeviceProfile, backend: ChipBackend, points: int = DEFAULT_POINTS,
+                        progress: Callable[[int], None] | None = None) -> CalibrationResult:
+    """Sweep every device of ``profile``'s chip through ``backend`` and fit its transfer function."""
+    platform = get_platform(profile.platform)
+    if not platform.sweep_calibration:
+        raise PnnError(f"calibration by measurement is not implemented for {profile.platform} chips (a mesh's "
+                       f"phases are not reachable one device at a time); calibrate {profile.device_id} with the "
+                       "station's own procedure and write the profile")
+    info = backend.info()
+    if "measure_transfer" not in info.supports:
+        raise PnnError(f"the station of {profile.device_id} cannot sweep single devices (its backend does not "
+                       "support measure_transfer)")
+    controls = sweep_controls(profile, points)
+    rows, cols = (g.ravel() for g in np.indices(profile.shape))
+    per_request = max(1, info.max_sweep_values // len(controls))
+    measured = np.empty((len(rows), len(controls)))
+    for start in range(0, len(rows), per_request):
+        part = slice(start, min(start + per_request, len(rows)))
+        measured[part] = backend.measure_transfer(rows[part], cols[part], controls)
+        if progress is not None:
+            progress(part.stop - part.start)
+    if not np.all(np.isfinite(measured)):
+        bad = int((~np.isfinite(measured).all(axis=1)).sum())
+        raise PnnError(f"{profile.device_id}: the sweep of {bad} device(s) returned NaN or inf; check the "
+                       "station's detectors and sweep again (nothing was written)")
+    fitted, residual = platform.fit_response(controls, measured)
+    fields = {k: v.reshape(profile.shape) for k, v in fitted.items()}
+    temperature, source = info.temperature_C, "station"
+    if temperature is None:
+        temperature, source = profile.calibration_temperature_C, "profile (the station reports none)"
+    result = CalibrationResult(profile.device_id, fields, residual.reshape(profile.shape), controls,
+                               float(temperature), source, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if profile.fabrication is not None:
+        result.error_vs_truth = {k: {"rms": _rms(fields[k] - profile.fabrication[k]),
+                                     "max_abs": float(np.abs(fields[k] - profile.fabrication[k]).max()),
+                                     "previous_rms": _rms(profile.calibration[k] - profile.fabrication[k])}
+                                 for k in fields}
+    return result
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values))))
+
+
+def check_fit(result: CalibrationResult, max_residual: float = DEFAULT_MAX_RESIDUAL) -> None:
+    """Refuse a calibration in which some device fits worse than ``max_residual``."""
+    bad = np.argwhere(result.residual > max_residual)
+    if bad.size:
+        r, c = (int(v) for v in bad[0])
+        raise PnnError(f"{result.device_id}: {len(bad)} device(s) fit badly (device ({r}, {c}) rms residual "
+                       f"{result.residual[r, c]:.4f} > --max-residual {max_residual}); a dead or drifting device? "
+                       "nothing was written; check the station, or raise --max-residual")
+
+
+def recalibrated(profile: DeviceProfile, result: CalibrationResult) -> DeviceProfile:
+    """``profile`` with ``result`` as its calibration and the replaced one appended to its history."""
+    old = CalibrationRecord({k: np.asarray(v) for k, v in profile.calibration.items()},
+                            profile.calibration_measured_at, profile.calibration_temperature_C, result.measured_at)
+    return dataclasses.replace(profile, calibration=dict(result.fields), calibration_measured_at=result.measured_at,
+                               calibration_temperature_C=result.temperature_C,
+                               calibration_history=[*profile.calibration_history, old])
+
+
+def calibration_doc(result: CalibrationResult, units: dict[str, str], written: str | None) -> dict:
+    """The `calibrate --json` document."""
+    return {
+        "device": result.device_id,
+        "measured_at": result.measured_at,
+        "temperature_C": result.temperature_C,
+        "temperature_source": result.temperature_source,
+        "sweep": {"points": int(len(result.controls)), "from": float(result.controls[0]),
+                  "to": float(result.controls[-1]), "units": units.get("_controls", "")},
+        "fields": {k: {"mean": float(v.mean()), "std": float(v.std()), "units": units.get(k, "")}
+                   for k, v in result.fields.items()},
+        "residual": {"rms_mean": float(result.residual.mean()), "rms_max": float(result.residual.max()),
+                     "worst_device": [int(v) for v in np.unravel_index(np.argmax(result.residual),
+                                                                       result.residual.shape)],
+                     "units": "1"},
+        "error_vs_truth": result.error_vs_truth,
+        "written": written,
+    }
