@@ -83,12 +83,21 @@ def _per_platform(value: Any) -> str:
                    "common-mode shift is cancelled and only its device-to-device spread is trained against "
                    "(default on; --no-drift-compensation trains for chips run as programmed, against the worst "
                    "of -K, 0, +K).")
+@click.option("--in-situ", "in_situ", default=None, metavar="DEVICE",
+              help="Train on a chip: every forward pass of the on-chip layers is measured on DEVICE (through its "
+                   "profile's backend; a simulated profile without one is played in-process), the backward pass "
+                   "goes through the digital model. --method standard: PAT; --method sat: SAT + PAT.")
+@click.option("--in-situ-profiles", "in_situ_profiles", default=None, metavar="DIR",
+              help="Folder of the --in-situ device's profile (default: the platform's profiles folder).")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
+              help="--in-situ: seconds one exchange with the chip's station may take.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML file of defaults for any of these options; flags given on the command line win.")
 @click.option("--out", default=None, metavar="FILE.onnx", help="Where to write the model (default models/model.onnx).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else there.")
 @click.pass_context
-def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: Any) -> None:
+def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: str | None,
+          in_situ_profiles: str | None, timeout: float, **flags: Any) -> None:
     """Train one model against the nominal chip and export it as ONNX.
 
     \b
@@ -98,6 +107,7 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
       pnndeploy train --method standard --epochs 30 --json
       pnndeploy train --no-drift-compensation --require-temperature 1 --robust-to device_profiles/process.yaml
       pnndeploy train --dataset digits28 --conv 8,16 --hidden 64 --onchip 2     (the paper's on-chip FC layers)
+      pnndeploy train --method sat --in-situ chipA-remote --out models/sat-pat.onnx   (SAT + PAT on a chip)
     """
     from pnndeploy.training.config import TrainConfig, load_config
 
@@ -124,7 +134,12 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, **flags: A
         raise ConfigError(f"config {config_path}: key '{key}': {text}; fix it in the file or override "
                           f"it with --{key.replace('_', '-')}") from None
     check_output_file(out, "--out")
-    summary = _run_training(dataset_spec, config, out)
+    chip = _open_in_situ(in_situ, in_situ_profiles, config.platform, timeout) if in_situ else None
+    try:
+        summary = _run_training(dataset_spec, config, out, chip)
+    finally:
+        if chip is not None:
+            chip.backend.close()
     if as_json:
         print_json(summary.to_json())
         return
@@ -143,7 +158,26 @@ def _parse_widths(text: str, flag: str = "--hidden") -> list[int]:
     return widths
 
 
-def _run_training(dataset_spec: str, config: Any, out: str) -> Any:
+def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: float) -> Any:
+    """The chip of ``--in-situ``: its backend opened and checked (or the simulated profile played in-process)."""
+    from pnndeploy.backends.simulated import SimulatedChip
+    from pnndeploy.deploy.hardware import open_chip
+    from pnndeploy.formats.profile_folder import profiles_dir, resolve_device
+    from pnndeploy.formats.profiles import read_profile
+    from pnndeploy.training.in_situ import InSituChip
+
+    profile = read_profile(resolve_device(device, profiles_dir(profiles, platform)))
+    if profile.platform != platform:
+        raise PnnError(f"--in-situ {device} is a {profile.platform} chip but the model is trained for {platform}; "
+                       f"add --platform {profile.platform} or choose a {platform} chip")
+    if profile.backend is None and not profile.simulated:
+        raise PnnError(f"--in-situ {device}: the profile names no backend and has no fabrication truth, so there "
+                       "is no chip to measure; connect it with `pnndeploy chip connect`")
+    backend = open_chip(profile, timeout) if profile.backend is not None else SimulatedChip(profile=profile)
+    return InSituChip(backend, profile)
+
+
+def _run_training(dataset_spec: str, config: Any, out: str, chip: Any = None) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from pnndeploy.data.datasets import load_dataset
@@ -152,13 +186,14 @@ def _run_training(dataset_spec: str, config: Any, out: str) -> Any:
     dataset = load_dataset(dataset_spec, seed=config.seed)
     with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False) as progress:
-        task = progress.add_task(f"train {config.method}", total=config.epochs, status="")
+        where = f" on chip {chip.profile.device_id}" if chip is not None else ""
+        task = progress.add_task(f"train {config.method}{where}", total=config.epochs, status="")
 
         def on_epoch(record: Any) -> None:
             progress.update(task, advance=1,
                             status=f"loss {record.loss:.3f}  train acc {record.train_accuracy:.3f}")
 
-        summary, _ = train_and_export(dataset, config, out, on_epoch=on_epoch)
+        summary, _ = train_and_export(dataset, config, out, on_epoch=on_epoch, chip=chip)
     return summary
 
 

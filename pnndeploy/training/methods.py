@@ -24,6 +24,7 @@ from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.model import PNN, FrontEnd, accuracy
 from pnndeploy.training.perturbation_set import PerturbationSet, perturbation_set
 from pnndeploy.training.sat import SharpnessAwareStep
+from pnndeploy.training.in_situ import InSituChip
 from pnndeploy.training.spec_sat import SpecAdversary
 
 
@@ -49,6 +50,8 @@ class TrainResult:
     seconds: float
     #: spec-sat: the perturbation set it trained against (what the model file records).
     perturbation_set: PerturbationSet | None = None
+    #: In-situ training: the chip it was trained on and what that cost (what the model file records).
+    in_situ: dict | None = None
 
 
 def build_model(config: TrainConfig, n_features: int, n_classes: int,
@@ -87,8 +90,11 @@ def _perturbed_params(model: PNN, perturb: str) -> list[nn.Parameter]:
 
 
 def train(dataset: Dataset, config: TrainConfig,
-          on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
-    """Train one model on ``dataset`` with ``config``; deterministic for a given seed.
+          on_epoch: Callable[[EpochRecord], None] | None = None, chip: InSituChip | None = None) -> TrainResult:
+    """Train one model on ``dataset`` with ``config``; deterministic for a given seed (unless in situ).
+
+    With ``chip``, every forward pass of the on-chip layers is measured on that chip (in-situ
+    training: PAT for standard, SAT + PAT for sat; :mod:`~pnndeploy.training.in_situ`).
 
     Runs on one intra-op thread: the layers are small, so extra threads only
     add synchronisation, and on a busy machine their spin-waiting made a
@@ -97,13 +103,13 @@ def train(dataset: Dataset, config: TrainConfig,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train(dataset, config, on_epoch)
+        return _train(dataset, config, on_epoch, chip)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(dataset: Dataset, config: TrainConfig,
-           on_epoch: Callable[[EpochRecord], None] | None) -> TrainResult:
+           on_epoch: Callable[[EpochRecord], None] | None, chip: InSituChip | None = None) -> TrainResult:
     config.validate()
     torch.manual_seed(config.seed)
     X = torch.from_numpy(dataset.scaling.apply(dataset.X_train))
@@ -112,6 +118,18 @@ def _train(dataset: Dataset, config: TrainConfig,
     y_test = torch.from_numpy(dataset.y_test)
 
     model = build_model(config, dataset.n_features, dataset.n_classes, dataset.image_shape)
+    if chip is not None:
+        chip.attach(model)
+        try:
+            return _loop(model, X, y, X_test, y_test, config, on_epoch, chip)
+        finally:
+            chip.detach(model)
+    return _loop(model, X, y, X_test, y_test, config, on_epoch, None)
+
+
+def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
+          config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None,
+          chip: InSituChip | None) -> TrainResult:
     if config.method != "standard":
         model.set_control_noise(config.control_noise)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -195,10 +213,13 @@ def _train(dataset: Dataset, config: TrainConfig,
         if on_epoch is not None:
             on_epoch(record)
     seconds = time.perf_counter() - start
+    if chip is not None:
+        chip.detach(model)        # the figures below are the model's on the nominal chip, as for any training
     model.eval()
     model.set_control_noise(0.0)
     return TrainResult(model, config, history, accuracy(model, X, y), accuracy(model, X_test, y_test),
-                       seconds, spec.pset if spec is not None else None)
+                       seconds, spec.pset if spec is not None else None,
+                       chip.summary() if chip is not None else None)
 
 
 def _backward_then_restore(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor,

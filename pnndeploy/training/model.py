@@ -37,6 +37,8 @@ class OnChipLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features))
         #: Std of Gaussian noise (control units) added to the controls at every forward (noise-aware training).
         self.control_noise = 0.0
+        #: In-situ training: ``measure(layer, x, z)`` returns the chip's value of ``z = x W^T`` (None: digital).
+        self.measure = None
 
     def weight(self) -> torch.Tensor:
         """Weights realised by the nominal device at the current controls."""
@@ -46,7 +48,10 @@ class OnChipLinear(nn.Module):
         return self.platform.nominal_weights(controls, self.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.weight().T) * self.gain + self.bias
+        z = x @ self.weight().T
+        if self.measure is not None:
+            z = self.measure(self, x, z)
+        return z * self.gain + self.bias
 
     def project(self) -> None:
         """Keep the controls inside what the hardware can set."""
@@ -65,12 +70,17 @@ class WeightLinear(nn.Module):
         self.W = nn.Parameter(init.clone())
         self.gain = nn.Parameter(torch.full((out_features,), _init_gain(in_features)))
         self.bias = nn.Parameter(torch.zeros(out_features))
+        #: In-situ training, as :attr:`OnChipLinear.measure`.
+        self.measure = None
 
     def weight(self) -> torch.Tensor:
         return self.W
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.W.T) * self.gain + self.bias
+        z = x @ self.W.T
+        if self.measure is not None:
+            z = self.measure(self, x, z)
+        return z * self.gain + self.bias
 
     def project(self) -> None:
         with torch.no_grad():

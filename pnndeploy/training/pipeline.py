@@ -13,6 +13,7 @@ from pnndeploy.errors import PnnError
 from pnndeploy.formats.onnx_io import save_model
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.methods import EpochRecord, TrainResult, evaluation_tensors, spec_perturbations, train
+from pnndeploy.training.in_situ import InSituChip
 from pnndeploy.training.model import accuracy
 from pnndeploy.training.sharpness import model_hessian_trace, model_sharpness
 
@@ -34,13 +35,16 @@ class TrainSummary:
     seconds: float
     clipped_weights: int
     config: dict[str, Any]
+    #: In-situ training only: the chip, and the time spent on it.
+    in_situ: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "in_situ" or v is not None}
 
 
 def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Path,
-                     on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[TrainSummary, TrainResult]:
+                     on_epoch: Callable[[EpochRecord], None] | None = None,
+                     chip: InSituChip | None = None) -> tuple[TrainSummary, TrainResult]:
     """Train with ``config``, measure the sharpness, write the ONNX file atomically.
 
     ``dataset`` is a :class:`Dataset` or a spec such as ``"digits"`` (loaded with the
@@ -50,7 +54,7 @@ def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Pat
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, seed=config.seed)
     _check_split_seed(dataset, config)
-    result = train(dataset, config, on_epoch=on_epoch)
+    result = train(dataset, config, on_epoch=on_epoch, chip=chip)
     return export_trained(result, dataset, out), result
 
 
@@ -95,6 +99,8 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path) -> Tr
         pset = result.perturbation_set or spec_perturbations(config)
         extra["perturbation_set"] = pset.to_dict()
         rho = pset.rho
+    if result.in_situ is not None:
+        extra["in_situ"] = result.in_situ
     sha = save_model(
         out, layers, dataset.scaling, platform=platform.name,
         platform_params=platform.metadata(),
@@ -106,4 +112,4 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path) -> Tr
                         dataset=dataset.name, train_accuracy=train_acc, test_accuracy=test_acc,
                         trained_test_accuracy=result.test_accuracy, sharpness=sharpness,
                         hessian_trace=trace, seconds=result.seconds, clipped_weights=clipped,
-                        config=config.to_dict())
+                        config=config.to_dict(), in_situ=result.in_situ)

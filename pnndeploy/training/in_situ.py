@@ -1,0 +1,106 @@
+"""In-situ training: every forward pass of the on-chip layers is measured on a chip, the backward pass is digital.
+
+Physics-aware training (PAT, Wright et al. 2022) in its straight-through form:
+at each on-chip layer the digital model computes ``z = x W(θ)^T`` as usual, the
+chip is programmed with the settings that realise ``W(θ)`` through its
+calibration (exactly what :func:`~pnndeploy.deploy.mapping.map_model` will program
+at deployment) and measures ``y`` for the same inputs, and the layer returns
+``z + (y - z).detach()``: the measured value forward, the digital model's Jacobian
+backward.  The loss, the next layer's input and the training accuracy are
+therefore the chip's, and the gradient is the model's.
+
+SAT + PAT needs nothing more: SAT's ascent moves θ, the next forward pass
+re-programs the chip at θ + ε, so both of SAT's passes run forward on the chip.
+The same holds for spec-sat's perturbed passes.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from pnndeploy.backends import BackendError, ChipBackend, LayerProgram
+from pnndeploy.errors import PnnError
+from pnndeploy.formats.profiles import DeviceProfile
+from pnndeploy.platforms import get_platform
+
+
+class InSituChip:
+    """A chip (through its backend) that measures every on-chip layer of a model while it trains."""
+
+    def __init__(self, backend: ChipBackend, profile: DeviceProfile) -> None:
+        self.backend = backend
+        self.profile = profile
+        self.platform = get_platform(profile.platform)
+        self.max_batch = max(1, backend.info().max_batch)
+        self._settings: dict[int, np.ndarray] = {}
+        self.programs = 0
+        self.measurements = 0
+        self.chip_seconds = 0.0            # wall time inside the backend (program + infer)
+        self.map_seconds = 0.0             # mapping the layers onto the chip's calibration
+
+    def attach(self, model: Any) -> None:
+        """Route the forward value of each on-chip layer of ``model`` through the chip."""
+        if model.platform.name != self.profile.platform:
+            raise PnnError(f"--in-situ {self.profile.device_id} is a {self.profile.platform} chip but the model is "
+                           f"trained for {model.platform.name}; use a {model.platform.name} chip or --platform "
+                           f"{self.profile.platform}")
+        for k, layer in enumerate(model.layers):
+            layer.measure = partial(self.layer_forward, k)
+
+    @staticmethod
+    def detach(model: Any) -> None:
+        for layer in model.layers:
+            layer.measure = None
+
+    def _target(self, layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(weights the chip must realise, the controls that guide the mapping, output scale) of a layer now."""
+        with torch.no_grad():
+            if hasattr(layer, "controls"):
+                controls = layer.controls.detach()
+                W = self.platform.nominal_weights(controls, layer.shape)
+                return W.double().numpy(), controls.double().numpy(), np.ones(W.shape[0])
+            controls, _, row_scale = self.platform.weights_to_controls(layer.W.detach().double().numpy())
+            W = self.platform.nominal_weights(torch.from_numpy(controls), tuple(layer.W.shape))
+            return np.asarray(W, np.float64), controls, np.asarray(row_scale, np.float64)
+
+    def layer_forward(self, index: int, layer: Any, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The chip's measurement of layer ``index`` for inputs ``x``, carrying the digital ``z``'s gradient."""
+        t0 = time.perf_counter()
+        target, guide, scale = self._target(layer)
+        mapped = self.platform.map_layer(target, guide, self.profile.calibration, self.profile.environment,
+                                         self.profile.shape, self.platform.metadata())
+        t1 = time.perf_counter()
+        self.map_seconds += t1 - t0
+        previous = self._settings.get(index)
+        if previous is None or not np.array_equal(previous, mapped.settings):
+            self.backend.program([LayerProgram(index, target.shape, mapped.settings)])
+            self._settings[index] = mapped.settings
+            self.programs += 1
+        inputs = x.detach().double().numpy()
+        y = np.concatenate([self.backend.infer(index, inputs[s:s + self.max_batch])
+                            for s in range(0, len(inputs), self.max_batch)]) if len(inputs) else \
+            np.zeros((0, target.shape[0]))
+        self.measurements += 1
+        self.chip_seconds += time.perf_counter() - t1
+        if y.shape != tuple(z.shape):
+            raise BackendError(f"in-situ chip {self.profile.device_id}: layer {index} returned shape {y.shape}, "
+                               f"expected {tuple(z.shape)}")
+        if not np.all(np.isfinite(y)):
+            raise BackendError(f"in-situ chip {self.profile.device_id}: layer {index} returned NaN or inf outputs; "
+                               "check the station's detectors (no model was written)")
+        measured = torch.from_numpy(y * scale[None, :]).to(z.dtype)
+        return z + (measured - z).detach()
+
+    def summary(self) -> dict[str, Any]:
+        """What the model file records about the chip it was trained on."""
+        spec = self.profile.backend
+        return {"device": self.profile.device_id, "backend": spec.kind if spec else "simulated",
+                "address": spec.address if spec else None, "firmware": self.backend.info().firmware,
+                "chip_device_id": self.backend.info().device_id, "programs": self.programs,
+                "measurements": self.measurements, "chip_seconds": self.chip_seconds,
+                "map_seconds": self.map_seconds}
