@@ -152,7 +152,7 @@ def test_real_chip_is_mapped_and_written_but_not_evaluated(cli, one_line_error, 
     assert alone.exit_code == 1 and json.loads(alone.stdout)["fleet"] is None
     # an audit needs the truth: one clear line
     one_line_error(cli("audit", "--model", "M.onnx", "--profiles", folder, "--device", "chipR"),
-                   "chipR", "hardware backend")
+                   "chipR", "names no backend", "pnndeploy chip connect")
 
 
 def test_profiles_env_var(cli, model_file, tiny_fleet_dir, tmp_path, monkeypatch) -> None:

@@ -68,7 +68,7 @@ class SimulatedFleet:
             if not profile.simulated:
                 raise PnnError(
                     f"device {profile.device_id!r} is a real chip (its profile has no fabrication truth); "
-                    "evaluating it needs a hardware backend, and none is configured in this pnndeploy")
+                    "evaluating it needs a hardware backend: name one in its profile with `pnndeploy chip connect`")
         shapes = {p.shape for p in profiles}
         if len(shapes) != 1:
             raise PnnError(f"devices have different array shapes {sorted(shapes)}; evaluate them in "

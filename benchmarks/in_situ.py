@@ -1,0 +1,123 @@
+"""Issue 11's in-situ figures: PAT and SAT + PAT on chipA through a real chip server, transferred to the fleet.
+
+Trains standard and SAT in silico, and PAT (standard in situ) and SAT + PAT (sat in situ) on chipA
+reached through `pnndeploy chip serve` on loopback, for a few seeds; maps each model onto the
+default fleet and reports its accuracy on chipA and on the seven other chips.  It also times a
+training step in silico, in situ with the chip in this process (no network) and in situ over
+HTTP, so the network's share of the in-situ cost is measured.
+
+    python benchmarks/in_situ.py                 # 3 seeds, 30 epochs (about 6 min on two cores)
+    python benchmarks/in_situ.py --seeds 1 --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from chip_server import ChipServer  # noqa: E402
+from pnndeploy.backends.simulated import SimulatedChip  # noqa: E402
+from pnndeploy.data.datasets import load_dataset  # noqa: E402
+from pnndeploy.deploy.hardware import open_chip  # noqa: E402
+from pnndeploy.deploy.transfer import prepare_fleet, transfer_report  # noqa: E402
+from pnndeploy.formats.profiles import read_profile  # noqa: E402
+from pnndeploy.training.config import TrainConfig  # noqa: E402
+from pnndeploy.training.in_situ import InSituChip  # noqa: E402
+from pnndeploy.training.pipeline import train_and_export  # noqa: E402
+
+FLEET = REPO / "device_profiles"
+RUNS = {"standard": ("standard", None), "PAT": ("standard", "http"),
+        "sat": ("sat", None), "SAT+PAT": ("sat", "http")}
+
+
+def fleet_accuracy(model: Path) -> dict[str, float]:
+    prepared = prepare_fleet(model, [], True, FLEET, save_dir=None)
+    return {d["device"]: d["accuracy"] for d in transfer_report(prepared)["devices"]}
+
+
+def connect(folder: Path, url: str, token: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pnndeploy", "chip", "connect", "chipA", "--profiles", str(folder),
+                    "--address", url, "--token-file", str(token)], check=True, capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--latency-ms", type=float, default=2.0, help="the server's latency per measurement")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    rows, costs = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "profiles"
+        shutil.copytree(FLEET, folder)
+        with ChipServer(FLEET / "chipA.h5", tmp / "server", "--latency-ms", str(args.latency_ms),
+                        idle=600, max_requests=10_000_000) as server:
+            connect(folder, server.url, server.token_file)
+            remote = read_profile(folder / "chipA-remote.h5")
+            local = read_profile(FLEET / "chipA.h5")
+            for seed in range(args.seeds):
+                data = load_dataset("digits", seed=seed)
+                for name, (method, where) in RUNS.items():
+                    chip = None
+                    if where == "http":
+                        chip = InSituChip(open_chip(remote, 10.0), remote)
+                    config = TrainConfig(method=method, epochs=args.epochs, seed=seed)
+                    out = tmp / f"{name}-{seed}.onnx"
+                    start = time.perf_counter()
+                    summary, result = train_and_export(data, config, out, chip=chip)
+                    seconds = time.perf_counter() - start
+                    acc = fleet_accuracy(out)
+                    others = [a for d, a in acc.items() if d != "chipA"]
+                    rows.append({"method": name, "seed": seed, "chipA": acc["chipA"],
+                                 "others_mean": float(np.mean(others)), "others_min": float(np.min(others)),
+                                 "nominal": summary.test_accuracy, "seconds": seconds,
+                                 "in_situ": result.in_situ})
+                    print(f"{name:>8} seed {seed}: chipA {100 * acc['chipA']:.1f} %, others mean "
+                          f"{100 * np.mean(others):.1f} % min {100 * np.min(others):.1f} %, {seconds:.1f} s",
+                          flush=True)
+                    if chip is not None:
+                        chip.backend.close()
+            # step cost: in silico, in situ with the chip in this process, in situ over HTTP (one seed, sat)
+            data = load_dataset("digits", seed=0)
+            steps = args.epochs * -(-len(data.y_train) // 32)
+            for label, make in (("in-silico", lambda: None),
+                                ("in-situ, chip in process", lambda: InSituChip(SimulatedChip(profile=local), local)),
+                                ("in-situ, chip over HTTP", lambda: InSituChip(open_chip(remote, 10.0), remote))):
+                for method in ("standard", "sat"):
+                    chip = make()
+                    start = time.perf_counter()
+                    train_and_export(data, TrainConfig(method=method, epochs=args.epochs, seed=0),
+                                     tmp / "cost.onnx", chip=chip)
+                    costs[f"{method}, {label}"] = {
+                        "ms_per_step": 1000 * (time.perf_counter() - start) / steps,
+                        "chip_ms_per_step": 1000 * chip.chip_seconds / steps if chip else 0.0,
+                        "map_ms_per_step": 1000 * chip.map_seconds / steps if chip else 0.0}
+                    print(f"{method}, {label}: {costs[f'{method}, {label}']}", flush=True)
+    print("\n| method | chipA (trained on) | other 7 chips, mean | other 7, worst | nominal chip |\n|---|---|---|---|---|")
+    for name in RUNS:
+        r = [x for x in rows if x["method"] == name]
+        fmt = lambda k: f"{100 * np.mean([x[k] for x in r]):.1f} ± {100 * np.std([x[k] for x in r]):.1f}"  # noqa
+        print(f"| {name} | {fmt('chipA')} | {fmt('others_mean')} | {fmt('others_min')} | {fmt('nominal')} |")
+    print("\n| step | ms per step | of it in the chip's backend | mapping |\n|---|---|---|---|")
+    for label, c in costs.items():
+        print(f"| {label} | {c['ms_per_step']:.2f} | {c['chip_ms_per_step']:.2f} | {c['map_ms_per_step']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": rows, "step_cost": costs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
