@@ -15,7 +15,7 @@ a name that needs them is touched), so ``import pnndeploy`` stays cheap::
 
 Stages: data (datasets, input scaling), training (train, export), formats
 (model files, profiles, deployments, process specs), deploy (map, transfer,
-audit), simulation (fabricate chips, evaluate a fleet).
+audit, calibrate), simulation (fabricate chips, evaluate a fleet), backends (chips on stations).
 """
 
 from __future__ import annotations
@@ -74,6 +74,18 @@ _API: dict[str, str] = {
     "perturbation_set": "pnndeploy.training.perturbation_set",
     "DriftCompensation": "pnndeploy.deploy.compensation",
     "compensated_accuracy": "pnndeploy.deploy.compensation",
+    # chips on stations: backends, calibration by measurement, in-situ training
+    "ChipBackend": "pnndeploy.backends.base",
+    "ChipInfo": "pnndeploy.backends.base",
+    "LayerProgram": "pnndeploy.backends.base",
+    "BackendError": "pnndeploy.backends.base",
+    "open_backend": "pnndeploy.backends",
+    "SimulatedChip": "pnndeploy.backends.simulated",
+    "HardwareChip": "pnndeploy.deploy.hardware",
+    "open_chip": "pnndeploy.deploy.hardware",
+    "measure_calibration": "pnndeploy.deploy.calibration",
+    "recalibrated": "pnndeploy.deploy.calibration",
+    "InSituChip": "pnndeploy.training.in_situ",
     # errors
     "PnnError": "pnndeploy.errors",
 }

@@ -132,6 +132,13 @@ def render_profile(summary: dict[str, Any]) -> None:
         info.add_row(key, f"{env[key]} {'' if unit == '1' else unit}".strip())
     drift = env["drift_coefficient"]
     info.add_row("drift coefficient", f"{drift['mean']:.4f} ± {drift['std']:.4f} {drift['units']}")
+    backend = summary.get("backend")
+    if backend:
+        station = f" (station chip {backend['device']})" if backend.get("device") else ""
+        info.add_row("backend", f"{backend['kind']} {backend['address']}{station}")
+    if summary.get("calibration_history"):
+        history = summary["calibration_history"]
+        info.add_row("calibration history", f"{len(history)} earlier, last measured {history[-1]['measured_at']}")
     console.print(info)
     stats = Table(title="calibration (measured) and its error against the fabrication truth")
     for column in ("field", "mean", "std", "error mean", "error std", "error max |.|"):
