@@ -207,3 +207,26 @@ def test_a_labs_backend_plugs_in_through_the_entry_point(plugin, cli, tiny_fleet
     one_line_error(cli("transfer", "--model", model_file, "--profiles", mine, "--device", "chipC-lab",
                        "--temperature-delta", "1", "--no-save"), "no temperature controller")
     assert cli("calibrate", "chipC-lab", "--profiles", mine, "--dry-run").exit_code == 0
+
+
+def test_a_flat_sweep_is_no_calibration():
+    platform = get_platform("mrr")
+    h = np.linspace(-3, 3, 600)
+    flat = 1.0 + 0.002 * np.random.default_rng(0).standard_normal((2, 600))       # a dead ring, no dip
+    _, residual = platform.fit_response(h, flat)
+    assert np.isinf(residual).all()
+
+
+@pytest.mark.parametrize("address, fragment", [("http://127.0.0.1:99999", "not a valid URL"),
+                                               ("ftp://x", "http:// or https://"), ("http://", "with a host")])
+def test_bad_backend_addresses_are_refused(address, fragment):
+    from pnndeploy.backends.http import HttpBackend
+
+    with pytest.raises(BackendError, match=fragment):
+        HttpBackend(address, {}, 1.0)
+
+
+def test_calibrating_an_in_process_chip_at_another_temperature_is_refused(cli, tiny_fleet_dir, one_line_error):
+    one_line_error(cli("calibrate", "chipA", "--profiles", tiny_fleet_dir, "--temperature", "30", "--dry-run"),
+                   "truth holds at 25 degC")
+    one_line_error(cli("calibrate", "chipA", "--profiles", tiny_fleet_dir, "--temperature", "nan"), "finite")

@@ -73,6 +73,16 @@ def test_a_remote_chip_gives_the_simulated_chips_accuracy(cli, remote, model_fil
         not in server.log.read_text()
 
 
+def test_chip_info_and_profile_show_name_the_station(cli, remote):
+    folder, server = remote
+    info = cli("chip", "info", "chipB-remote", "--profiles", folder, "--json")
+    assert info.exit_code == 0, info.output
+    doc = json.loads(info.stdout)
+    assert doc["device_id"] == "chipB" and doc["array"] == [16, 16] and "temperature" in doc["supports"]
+    shown = cli("profile", "show", "chipB-remote", "--profiles", folder)
+    assert shown.exit_code == 0 and f"http {server.url} (station chip chipB)" in shown.output
+
+
 def test_a_mixed_fleet_audits_the_remote_chip_through_the_stations_temperature(cli, remote, model_file):
     folder, server = remote
     before = server.requests_logged("/v1/temperature")
@@ -268,3 +278,38 @@ def test_the_server_refuses_oversized_and_malformed_requests(tmp_path, tiny_flee
         unprogrammed = httpx.post(f"{server.url}/v1/infer", headers=headers, timeout=5, json={
             "layer": 3, "x": {"dtype": "<f8", "shape": [1, 2], "data": "AAAAAAAAAAAAAAAAAAAAAA=="}})
         assert unprogrammed.status_code == 400 and "not programmed" in unprogrammed.json()["error"]
+
+
+def test_an_audit_of_remote_chips_only_plots_and_says_ageing_was_not_checked(cli, remote, model_file, tmp_path):
+    folder, server = remote
+    plot = tmp_path / "audit.png"
+    result = cli("audit", "--model", model_file, "--profiles", folder, "--device", "chipB-remote", "--temperature",
+                 "-0.5:0.5:0.5", "--days", "0:30:30", "--draws", "1", "--require-temperature", "0.5",
+                 "--threshold", "0", "--plot", plot, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["sweeps"]["days"]["devices"] == {} and doc["recommended_recalibration_days"] is None
+    assert doc["sweeps"]["temperature_K_compensated"]["bias_units"] == "nm"
+    assert doc["invalid_samples"] == {"chipB-remote": 0} and plot.stat().st_size > 0
+    table = cli("audit", "--model", model_file, "--profiles", folder, "--device", "chipB-remote", "--temperature",
+                "-0.5:0.5:0.5", "--days", "0:30:30", "--draws", "1", "--require-temperature", "0.5",
+                "--threshold", "0")
+    assert "not measured (no simulated chip to age" in table.output
+    assert "ageing requirement was not checked for" in " ".join(table.output.split())
+
+
+def test_an_audit_of_a_chip_returning_nan_reports_it_and_keeps_the_compensation_sane(cli, tiny_fleet_dir,
+                                                                                      model_file, tmp_path):
+    mine = tmp_path / "profiles"
+    shutil.copytree(tiny_fleet_dir, mine)
+    with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path / "server", "--fault", "nan") as server:
+        _connect(cli, mine, "chipB", server.url, server.token_file)
+        result = cli("audit", "--model", model_file, "--profiles", mine, "--device", "chipB-remote", "--temperature",
+                     "0:0.5:0.5", "--days", "0:30:30", "--draws", "1", "--require-temperature", "0.5",
+                     "--threshold", "0", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["invalid_samples"]["chipB-remote"] > 0
+    window = doc["drift_compensation"]["window"]
+    biases = doc["sweeps"]["temperature_K_compensated"]["bias"]["chipB-remote"]
+    assert all(abs(b) <= 2 * window for b in biases), biases     # NaN outputs did not push the search away

@@ -58,7 +58,11 @@ def open_backend(kind: str, address: str, options: Mapping[str, Any] | None = No
                  timeout: float = 10.0) -> ChipBackend:
     """An opened backend of ``kind`` at ``address`` (its ``open()`` has answered)."""
     backend = backend_class(kind)(address, options, timeout)
-    backend.open()
+    try:
+        backend.open()
+    except BaseException:
+        backend.close()
+        raise
     return backend
 
 

@@ -11,9 +11,12 @@ README, section "Connecting a lab's station".
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import time
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -53,9 +56,13 @@ class HttpBackend(ChipBackend):
 
     def __init__(self, address: str = "", options: Mapping[str, Any] | None = None, timeout: float = 10.0) -> None:
         super().__init__(address.rstrip("/"), options, timeout)
-        if not self.address.startswith(("http://", "https://")):
-            raise BackendError(f"backend address {address!r} is not an http:// or https:// URL")
-        self.retries = int(self.options.get("retries", RETRIES))
+        check_url(self.address)
+        try:
+            self.retries = int(self.options.get("retries", RETRIES))
+        except (TypeError, ValueError):
+            raise BackendError(f"backend option retries={self.options.get('retries')!r} is not an integer") from None
+        if not 0 <= self.retries <= 10:
+            raise BackendError(f"backend option retries={self.retries}: use 0..10")
         self._client: Any = None
         self._info: ChipInfo | None = None
 
@@ -64,22 +71,32 @@ class HttpBackend(ChipBackend):
         import httpx
 
         token = read_token(self.options, f"chip server {self.address}")
+        self.close()
         self._client = httpx.Client(base_url=f"{self.address}/{PROTOCOL}", timeout=httpx.Timeout(self.timeout),
                                     headers={"Authorization": f"Bearer {token}"}, follow_redirects=False)
-        reply = self._request("GET", "/info")
         try:
-            self._info = ChipInfo(device_id=str(reply["device_id"]), platform=str(reply["platform"]),
-                                  array=(int(reply["array"][0]), int(reply["array"][1])),
-                                  firmware=str(reply["firmware"]), supports=frozenset(map(str, reply["supports"])),
-                                  temperature_C=None if reply.get("temperature_C") is None
-                                  else float(reply["temperature_C"]),
-                                  max_batch=int(reply.get("max_batch", 256)),
-                                  max_sweep_values=int(reply.get("max_sweep_values", 65536)))
-        except (KeyError, TypeError, ValueError, IndexError):
+            self._info = self._parse_info(self._request("GET", "/info"))
+        except BaseException:
             self.close()
-            raise BackendError(f"chip server {self.address}: malformed /info reply (missing or wrong fields); "
-                               "is this a pnndeploy chip server of protocol v1?") from None
+            raise
         return self._info
+
+    def _parse_info(self, reply: dict) -> ChipInfo:
+        try:
+            temperature = reply.get("temperature_C")
+            info = ChipInfo(device_id=str(reply["device_id"]), platform=str(reply["platform"]),
+                            array=(int(reply["array"][0]), int(reply["array"][1])),
+                            firmware=str(reply["firmware"]), supports=frozenset(map(str, reply["supports"])),
+                            temperature_C=None if temperature is None else float(temperature),
+                            max_batch=int(reply.get("max_batch", 256)),
+                            max_sweep_values=int(reply.get("max_sweep_values", 65536)))
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+            info = None
+        if info is None or info.max_batch < 1 or info.max_sweep_values < 1 or min(info.array) < 1 \
+                or (info.temperature_C is not None and not math.isfinite(info.temperature_C)):
+            raise BackendError(f"chip server {self.address}: malformed /info reply (missing or impossible "
+                               "fields); is this a pnndeploy chip server of protocol v1?")
+        return info
 
     def close(self) -> None:
         if self._client is not None:
@@ -100,7 +117,12 @@ class HttpBackend(ChipBackend):
     def set_temperature(self, celsius: float) -> None:
         if "temperature" not in self.info().supports:
             super().set_temperature(celsius)
-        self._request("POST", "/temperature", {"celsius": float(celsius)})
+        if not math.isfinite(celsius):
+            raise BackendError(f"temperature {celsius} degC is not a finite number")
+        reply = self._request("POST", "/temperature", {"celsius": float(celsius)})
+        reached = reply.get("temperature_C")
+        if isinstance(reached, (int, float)) and math.isfinite(reached):
+            self._info = dataclasses.replace(self.info(), temperature_C=float(reached))
 
     def infer(self, layer: int, x: np.ndarray) -> np.ndarray:
         reply = self._request("POST", "/infer", {"layer": int(layer), "x": encode_array(x)})
@@ -135,22 +157,27 @@ class HttpBackend(ChipBackend):
             raise BackendError(f"chip server {self.address}: not open")
         where = f"chip server {self.address}{'/' + PROTOCOL + path}"
         last = ""
+        try:
+            content = None if body is None else json.dumps(body, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise BackendError(f"{where}: cannot send the request ({exc}); a value is not finite") from None
+        headers = {"Content-Type": "application/json"} if content is not None else {}
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
             try:
-                with self._client.stream(method, path, json=body) as response:
+                with self._client.stream(method, path, content=content, headers=headers) as response:
                     if response.status_code in _TRANSIENT_STATUS:
                         last = f"HTTP {response.status_code}"
                         continue
-                    raw = self._read_limited(response, where)
-            except httpx.TimeoutException:
+                    raw = self._read_limited(response, where, time.monotonic() + self.timeout)
+            except (httpx.TimeoutException, _Deadline):
                 last = f"no reply within --timeout {self.timeout:g} s"
                 continue
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
                 last = _connection_problem(exc)
                 continue
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise BackendError(f"{where}: {type(exc).__name__}: {exc}") from None
             return self._decode(response.status_code, raw, where)
         hint = ("start it with `pnndeploy chip serve PROFILE` or check the profile's backend address"
@@ -158,13 +185,15 @@ class HttpBackend(ChipBackend):
         raise BackendError(f"{where}: {last} after {self.retries + 1} tries; {hint}")
 
     @staticmethod
-    def _read_limited(response: Any, where: str) -> bytes:
+    def _read_limited(response: Any, where: str, deadline: float) -> bytes:
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise BackendError(f"{where}: reply of {int(declared)} bytes is larger than the limit "
                                f"{MAX_BODY_BYTES}; the server is misbehaving")
         chunks, size = [], 0
         for chunk in response.iter_bytes():
+            if time.monotonic() > deadline:          # a trickling reply: each read in time, the whole too slow
+                raise _Deadline()
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise BackendError(f"{where}: reply larger than the limit {MAX_BODY_BYTES} bytes; "
@@ -186,6 +215,24 @@ class HttpBackend(ChipBackend):
         if not isinstance(doc, dict):
             raise BackendError(f"{where}: malformed reply (not a JSON object); is this a pnndeploy chip server?")
         return doc
+
+
+class _Deadline(Exception):
+    """The whole reply did not arrive within the timeout."""
+
+
+def check_url(address: str) -> None:
+    """Refuse an address that is not an http(s) URL with a host and a valid port."""
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError as exc:
+        raise BackendError(f"backend address {address!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BackendError(f"backend address {address!r} is not an http:// or https:// URL with a host, "
+                           "e.g. http://127.0.0.1:8470")
+    if port is not None and port < 1:
+        raise BackendError(f"backend address {address!r}: port {port} is not a TCP port")
 
 
 def _connection_problem(exc: Exception) -> str:

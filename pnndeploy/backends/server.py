@@ -56,6 +56,10 @@ class ServerSettings:
     max_body_bytes: int = MAX_BODY_BYTES
 
 
+class TooLarge(Exception):
+    """A request body beyond the size limit."""
+
+
 def _log(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
@@ -66,6 +70,8 @@ def create_app(chip: SimulatedChip, settings: ServerSettings, on_request: Callab
     app = FastAPI(title="pnndeploy chip server", version=PROTOCOL,
                   description=f"One {chip.profile.platform} chip ({chip.profile.device_id}); protocol {PROTOCOL}.")
     lock = threading.Lock()
+    if len(settings.token) < 16:
+        raise BackendError("the chip server needs a token of at least 16 characters")
     token = settings.token.encode()
     name = chip.profile.device_id
 
@@ -90,9 +96,13 @@ def create_app(chip: SimulatedChip, settings: ServerSettings, on_request: Callab
         return response
 
     async def body(request: Request) -> dict:
-        raw = await request.body()
-        if len(raw) > settings.max_body_bytes:
-            raise BackendError(f"request larger than {settings.max_body_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():          # counted as it arrives: a chunked body has no length
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                raise TooLarge()
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
             doc = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -108,6 +118,15 @@ def create_app(chip: SimulatedChip, settings: ServerSettings, on_request: Callab
     @app.exception_handler(BackendError)
     async def refused(request: Request, exc: BackendError) -> Any:
         return error(400, str(exc))
+
+    @app.exception_handler(TooLarge)
+    async def too_large(request: Request, exc: TooLarge) -> Any:
+        return error(413, f"request larger than {settings.max_body_bytes} bytes; send smaller batches")
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(ValueError)
+    async def out_of_range(request: Request, exc: Exception) -> Any:
+        return error(400, f"a number in the request is out of range ({exc})")
 
     @app.get(f"/{PROTOCOL}/info")
     async def info() -> Any:

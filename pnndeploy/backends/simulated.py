@@ -44,10 +44,16 @@ class SimulatedChip(ChipBackend):
                                "can only be played from a simulated profile (`pnndeploy fleet make`)")
         self.profile = profile
         self.platform = get_platform(profile.platform)
-        self.measurement_noise = float(self.options.get("measurement_noise", measurement_noise))
+        try:
+            self.measurement_noise = float(self.options.get("measurement_noise", measurement_noise))
+            seed = int(self.options.get("seed", seed))
+        except (TypeError, ValueError):
+            raise BackendError("backend options measurement_noise and seed must be numbers") from None
+        if not 0.0 <= self.measurement_noise < 1.0:
+            raise BackendError(f"measurement_noise {self.measurement_noise} is outside [0, 1)")
         self.reference_C = float(profile.calibration_temperature_C)   # the truth's offsets hold at this temperature
         self.temperature_C = self.reference_C
-        self.rng = np.random.default_rng(int(self.options.get("seed", seed)))
+        self.rng = np.random.default_rng(seed)
         self.slots: dict[int, tuple[tuple[int, int], dict[str, np.ndarray]]] = {}
         self._weights: dict[int, np.ndarray] = {}
 

@@ -23,7 +23,7 @@ PROTOCOL = "v1"
 #: Largest request body a server accepts and largest reply a client reads, bytes.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 #: Largest array either side decodes, values.
-MAX_ARRAY_VALUES = 1_000_000
+MAX_ARRAY_VALUES = 1 << 20          # a 1024 x 1024 layer; 11 MiB of base64, under MAX_BODY_BYTES
 ACCEPTED_DTYPES = {"<f8": np.dtype("<f8"), "<f4": np.dtype("<f4")}
 
 

@@ -144,10 +144,13 @@ def connect(device: str, profiles: str | None, address: str, kind: str, token_fi
     source = _profile_path(device, profiles)
     record = read_profile(source)
     backend_class(kind)                       # an unknown kind is refused now, not at the first measurement
-    if kind == "http" and not address.startswith(("http://", "https://")):
-        raise PnnError(f"--address {address}: an http backend needs a URL such as http://127.0.0.1:8470")
+    if kind == "http":
+        from pnndeploy.backends.http import check_url
+
+        check_url(address)
     new_name = check_device_name(name or f"{record.device_id}-remote")
-    options = {"device": record.device_id}
+    # the chip id the station must report (carried over when the source itself points at a station)
+    options = {"device": (record.backend.options.get("device") if record.backend else None) or record.device_id}
     if token_file:
         options["token_file"] = os.path.abspath(token_file)
     target = source.parent / f"{new_name}.h5"
@@ -216,23 +219,29 @@ def calibrate(device: str, profiles: str | None, points: int, temperature: float
     from pnndeploy.platforms import get_platform
     from pnndeploy.report.tables import render_calibration
 
+    import math
+
     path = _profile_path(device, profiles)
     if out:
         check_output_file(out, "--out", "chipB.h5")
+    if temperature is not None and not math.isfinite(temperature):
+        raise PnnError(f"--temperature {temperature} is not a finite number of degrees Celsius")
     record = read_profile(path)
+    if record.backend is None and temperature is not None and temperature != record.calibration_temperature_C:
+        # the simulated truth holds at the profile's calibration temperature: a calibration at another one
+        # would shift every offset by k * dT and the simulator would then map with it
+        raise PnnError(f"--temperature {temperature:g}: {record.device_id} is simulated in-process, and its truth "
+                       f"holds at {record.calibration_temperature_C:g} degC; calibrate it there, or serve it "
+                       "(`pnndeploy chip serve`) and calibrate the station's copy")
     backend = open_chip(record, timeout) if record.backend is not None else SimulatedChip(profile=record)
     try:
         if temperature is not None:
-            backend.set_temperature(temperature)
-            if record.backend is not None:
-                backend.open()               # re-read what the station now reports
+            backend.set_temperature(temperature)       # the backend reports the temperature it reached
         with progress_bar() as progress:
             task = progress.add_task(f"sweeping {record.devices} devices of {record.device_id}", total=record.devices)
             result = measure_calibration(record, backend, points, progress=lambda n: progress.advance(task, n))
     finally:
         backend.close()
-    if isinstance(backend, SimulatedChip) and temperature is not None:
-        result.temperature_C = float(temperature)
     check_fit(result, max_residual)
     written = None
     if not dry_run:

@@ -59,7 +59,7 @@ def tolerance_interval(values: list[float], accuracy: np.ndarray, threshold: flo
     """Widest [lo, hi] around 0 on the grid with accuracy >= threshold everywhere inside; None if 0 fails."""
     values_arr = np.asarray(values)
     zero = int(np.argmin(np.abs(values_arr)))
-    if accuracy[zero] < threshold:
+    if not accuracy[zero] >= threshold:          # NaN (not measurable) fails too
         return None
     lo = hi = zero
     while lo - 1 >= 0 and accuracy[lo - 1] >= threshold:
@@ -151,8 +151,8 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
                                                                     compensation, record)
             start = rows.stop
         tick(1)
-    for group in prepared.hardware.values():
-        group.accuracy(X, y, Conditions())   # leave each station at its calibration temperature, as programmed
+    for board in prepared.hardware.values():
+        board.restore()                      # each station back at its calibration temperature, as programmed
 
     # ageing: the simulated chips only (a real chip cannot be aged on demand)
     fleet = prepared.fleet
@@ -172,6 +172,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
                       "after its calibration" for n in prepared.hardware}
 
     row = {n: i for i, n in enumerate(order)}
+    aged_row = {n: i for i, n in enumerate(aged)}
     names = [p.device_id for p in prepared.profiles]
     t_acc, t_comp, t_bias = (a[[row[n] for n in names]] for a in (t_acc, t_comp, t_bias))
     t_verdict = t_comp if drift_compensation else t_acc
@@ -188,7 +189,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
         if np.any(~(t_verdict[i, t_mask] >= threshold)):      # NaN (nothing measurable) fails too
             failures.append(f"{n}: below {threshold:.3f} within ±{require_temperature:g} K"
                             + (" (drift-compensated)" if drift_compensation else ""))
-        if n in row and n in aged and np.any(d_acc[aged.index(n), d_mask] < threshold):
+        if n in aged_row and np.any(d_acc[aged_row[n], d_mask] < threshold):
             failures.append(f"{n}: below {threshold:.3f} within {require_days:g} days")
     return {
         "model": str(prepared.model.path),
@@ -208,11 +209,13 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
             "temperature_K_compensated": {
                 **_sweep_doc(t_values, names, t_comp),
                 "bias": {n: [float(b) for b in t_bias[i]] for i, n in enumerate(names)},
-                "bias_units": fleet.platform.control_units},
+                "bias_units": platform.control_units},
             "days": {**_sweep_doc(d_values, aged, d_acc), "draws": draws, "statistic": "median over draws"},
         },
         # what could not be checked on some chip, and why (chips behind a backend cannot be aged)
         "not_checked": not_checked,
+        # chips behind a backend: the most samples of one measurement pass whose outputs were NaN or inf
+        "invalid_samples": {n: board.max_invalid for n, board in prepared.hardware.items()},
         "tolerance": {"temperature_K": tolerance, "temperature_K_compensated": tolerance_comp},
         "time_to_threshold_days": time_to,
         "recommended_recalibration_days": recommended,
@@ -234,12 +237,19 @@ def _sweep_doc(values: list[float], names: list[str], acc: np.ndarray) -> dict:
     if finite.all():
         mean, low = acc.mean(axis=0), acc.min(axis=0)
     else:
-        with np.errstate(all="ignore"):
+        import warnings
+
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # a point no chip could measure: None below
             mean, low = np.nanmean(acc, axis=0), np.nanmin(acc, axis=0)
+
+    def value(v: float) -> float | None:
+        return float(v) if np.isfinite(v) else None
+
     return {"values": [float(v) for v in values],
-            "devices": {n: [float(a) if np.isfinite(a) else None for a in acc[i]] for i, n in enumerate(names)},
-            "fleet_mean": [float(v) for v in mean],
-            "fleet_min": [float(v) for v in low]}
+            "devices": {n: [value(a) for a in acc[i]] for i, n in enumerate(names)},
+            "fleet_mean": [value(v) for v in mean],
+            "fleet_min": [value(v) for v in low]}
 
 
 def _time_to_threshold(days: list[float], acc: np.ndarray, threshold: float) -> float | None:

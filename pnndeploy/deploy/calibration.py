@@ -103,12 +103,13 @@ def _rms(values: np.ndarray) -> float:
 
 def check_fit(result: CalibrationResult, max_residual: float = DEFAULT_MAX_RESIDUAL) -> None:
     """Refuse a calibration in which some device fits worse than ``max_residual``."""
-    bad = np.argwhere(result.residual > max_residual)
+    bad = np.argwhere(~(result.residual <= max_residual))
     if bad.size:
         r, c = (int(v) for v in bad[0])
-        raise PnnError(f"{result.device_id}: {len(bad)} device(s) fit badly (device ({r}, {c}) rms residual "
-                       f"{result.residual[r, c]:.4f} > --max-residual {max_residual}); a dead or drifting device? "
-                       "nothing was written; check the station, or raise --max-residual")
+        why = ("no resonance inside the sweep, or too shallow to be a ring" if not np.isfinite(result.residual[r, c])
+               else f"rms residual {result.residual[r, c]:.4f} > --max-residual {max_residual}")
+        raise PnnError(f"{result.device_id}: {len(bad)} device(s) fit badly (device ({r}, {c}): {why}); a dead or "
+                       "drifting device? nothing was written; check the station, or raise --max-residual")
 
 
 def recalibrated(profile: DeviceProfile, result: CalibrationResult) -> DeviceProfile:
@@ -131,7 +132,7 @@ def calibration_doc(result: CalibrationResult, units: dict[str, str], written: s
                   "to": float(result.controls[-1]), "units": units.get("_controls", "")},
         "fields": {k: {"mean": float(v.mean()), "std": float(v.std()), "units": units.get(k, "")}
                    for k, v in result.fields.items()},
-        "residual": {"rms_mean": float(result.residual.mean()), "rms_max": float(result.residual.max()),
+        "residual": {"rms_mean": float(result.residual.mean()), "rms_max": float(result.residual.max()),  # finite: checked
                      "worst_device": [int(v) for v in np.unravel_index(np.argmax(result.residual),
                                                                        result.residual.shape)],
                      "units": "1"},

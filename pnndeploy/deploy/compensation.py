@@ -85,7 +85,14 @@ def fit_bias(fleet: SimulatedFleet, X_scaled: np.ndarray, conditions: Conditions
     def misfit(bias: np.ndarray) -> np.ndarray:
         shifted = Conditions(delta_T=conditions.delta_T, eval_seed=MEASURE_SEED,
                              control_shift=_common_shift(fleet, bias, conditions.control_shift))
-        return ((fleet.scores(X_ref, shifted, chips) - record) ** 2).mean(axis=(1, 2))
+        squared = (fleet.scores(X_ref, shifted, chips) - record) ** 2
+        if np.isfinite(squared).all():
+            return squared.mean(axis=(1, 2))
+        # a chip behind a backend returned NaN for some outputs: compare the finite ones; none: never chosen
+        finite = np.isfinite(squared)
+        count = finite.sum(axis=(1, 2))
+        total = np.where(finite, squared, 0.0).sum(axis=(1, 2))
+        return np.where(count > 0, total / np.maximum(count, 1), np.inf)
 
     w = compensation.window
     offsets = np.linspace(-w, w, COARSE_POINTS)

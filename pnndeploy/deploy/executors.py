@@ -158,7 +158,8 @@ def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", addr
         return fleet.accuracy(prepared.data.X, prepared.data.y, conditions)
     if chips_per_task < 1:
         raise ExecutorError(f"--chips-per-task must be at least 1 (got {chips_per_task})")
-    pairs = [(p, d) for p, d in zip(prepared.profiles, prepared.deployments) if p.simulated]
+    # exactly the chips of prepared.fleet, in its order (a simulated profile naming a backend is measured there)
+    pairs = [(p, d) for p, d in zip(prepared.profiles, prepared.deployments) if p.simulated and p.backend is None]
     with ray_session(address, num_cpus) as ray:
         model = ray.put(prepared.model)
         X, y = ray.put(prepared.data.X), ray.put(prepared.data.y)

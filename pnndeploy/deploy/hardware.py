@@ -69,8 +69,9 @@ class HardwareChip:
         self.batch = max(1, min(BATCH, info.max_batch))
         self._delta_T: float | None = None
         self._bias: float | None = None
-        #: Samples of the last :meth:`accuracy` whose measured outputs were not all finite.
+        #: Samples of the last :meth:`accuracy` whose measured outputs were not all finite, and the most seen.
         self.invalid = 0
+        self.max_invalid = 0
         #: Called with the number of samples after each measured batch (a progress bar).
         self.progress: Callable[[int], None] | None = None
 
@@ -104,6 +105,12 @@ class HardwareChip:
                                   for k, layer in enumerate(self.model.layers)])
             self._bias = bias
 
+    def restore(self) -> None:
+        """Put the station back at the calibration temperature (after a measurement at another one)."""
+        if self.has_temperature and self._delta_T not in (None, 0.0):
+            self.backend.set_temperature(self.profile.calibration_temperature_C)
+            self._delta_T = 0.0
+
     # ------------------------------------------------------------------------------------ measurement
     def scores(self, X_scaled: np.ndarray, conditions: Conditions | None = None,
                chips: slice | None = None) -> np.ndarray:
@@ -133,6 +140,7 @@ class HardwareChip:
         scores = self.scores(X_scaled, conditions)[0]             # (classes, samples)
         valid = np.isfinite(scores).all(axis=0)
         self.invalid = int((~valid).sum())
+        self.max_invalid = max(self.max_invalid, self.invalid)
         if progress is not None:
             progress(1)
         if not valid.any():

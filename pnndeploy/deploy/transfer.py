@@ -135,7 +135,7 @@ def resolve_devices(devices: Sequence[str], use_fleet: bool, directory: Path) ->
 def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: bool, profiles: Path | str | None,
                   dataset_spec: str | None = None, save_dir: Path | None = Path("deployments"),
                   on_device: Callable[[str], None] | None = None,
-                  timeout: float = DEFAULT_TIMEOUT) -> PreparedFleet:
+                  timeout: float = DEFAULT_TIMEOUT, stations: bool = True) -> PreparedFleet:
     """Load the model and profiles, map the model onto each chip, optionally write the deployments.
 
     ``profiles`` is the profiles folder; None: $PNNDEPLOY_PROFILES, else the default fleet of the model's
@@ -143,6 +143,7 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     backend is opened (``timeout`` s per exchange), checked and programmed here; its deployment (and
     every other one) is then written only by :meth:`PreparedFleet.write_deployments`, after the
     measurement, so a station failing half-way leaves no deployment behind.  Close the result.
+    ``stations=False`` leaves such chips out (the demo and sweeps work on simulated fleets only).
     """
     model = load_model(model_path)
     profiles = profiles_dir(profiles, model.platform)
@@ -153,6 +154,8 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     seen: dict[str, Path] = {}
     for path in resolve_devices(devices, use_fleet, profiles):
         profile = read_profile(path)
+        if profile.backend is not None and not stations:
+            continue
         if profile.device_id in seen:
             # two files of one chip would write the same deployment file and count the chip twice
             raise PnnError(f"profiles {seen[profile.device_id]} and {path} both hold device_id "
@@ -170,7 +173,11 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
         for profile, deployment in zip(profile_list, deployments):
             if profile.backend is not None:
                 backend = open_chip(profile, timeout)
-                prepared.hardware[profile.device_id] = HardwareChip(model, profile, deployment, backend)
+                try:
+                    prepared.hardware[profile.device_id] = HardwareChip(model, profile, deployment, backend)
+                except BaseException:
+                    backend.close()
+                    raise
             if on_device is not None:
                 on_device(profile.device_id)
     except BaseException:
@@ -197,6 +204,7 @@ def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: fl
     invalid: dict[str, int] = {}
     for name, chip in prepared.hardware.items():
         a = float(chip.accuracy(prepared.data.X, prepared.data.y, conditions)[0])
+        chip.restore()                      # the station back at its calibration temperature
         invalid[name] = chip.invalid
         measured[name] = None if np.isnan(a) else a
     prepared.write_deployments()            # every chip answered: now the deployments may be written

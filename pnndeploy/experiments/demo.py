@@ -122,7 +122,8 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
             summary, _ = train_and_export(dataset, config, model_path,
                                           on_epoch=(lambda r, n=entry.name: on_epoch(n, r)) if on_epoch else None)
             say(f"mapping {entry.name} onto the fleet")
-            prepared = prepare_fleet(model_path, [], True, profiles, save_dir=out / "deployments")
+            prepared = prepare_fleet(model_path, [], True, profiles, save_dir=out / "deployments",
+                                     stations=False)
             transfer = transfer_report(prepared, threshold=DEMO_THRESHOLD)
             blind = uncalibrated_accuracy(prepared)
             say(f"auditing {entry.name}")

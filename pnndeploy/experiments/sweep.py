@@ -247,7 +247,7 @@ def run_cell(settings: dict[str, Any], seed: int, dataset_spec: str, fleets: lis
             summary, _ = train_and_export(dataset, config, model_path)
             per_fleet = {}
             for folder in fleets:
-                prepared = prepare_fleet(model_path, [], True, folder or None, save_dir=None)
+                prepared = prepare_fleet(model_path, [], True, folder or None, save_dir=None, stations=False)
                 audit = run_audit(prepared, SweepRange.parse(temperature, "temperature"),
                                   SweepRange.parse(days, "days"), threshold=threshold,
                                   require_temperature=require_temperature, require_days=require_days, draws=draws)

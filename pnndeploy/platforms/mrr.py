@@ -23,6 +23,10 @@ from pnndeploy.platforms.base import LayerMapping, Platform, Range, quantise
 from pnndeploy.platforms.tiling import ring_index
 
 
+#: Shallowest resonance a calibration sweep accepts as a ring (a = depth / 2 of the dip, 1 = full extinction).
+MIN_EXTINCTION = 0.05
+
+
 class MRRPlatform(Platform):
     """Lorentzian microring weight bank with heater-tuned detuning (nm): one ring, one control, one weight.
 
@@ -241,7 +245,13 @@ class MRRPlatform(Platform):
             cost = np.where(better, cost_t, cost)
             damping = np.where(better, damping / 3.0, damping * 4.0)
         fields = {self.offset_name: params[:, 0], "gamma": params[:, 1], "a": params[:, 2]}
-        return fields, np.sqrt(cost / W.shape[1])
+        residual = np.sqrt(cost / W.shape[1])
+        # a fit that explains a flat trace (dead ring, resonance outside the sweep) is no calibration:
+        # its residual is made infinite so that it is refused
+        inside = (-params[:, 0] > h[0, 0] + params[:, 1]) & (-params[:, 0] < h[0, -1] - params[:, 1])
+        plausible = np.isfinite(params).all(axis=1) & inside & (params[:, 2] >= MIN_EXTINCTION) \
+            & (params[:, 1] >= step)
+        return fields, np.where(plausible, residual, np.inf)
 
 
 def _neighbour_settings(h: np.ndarray, ci: np.ndarray, layout: tuple[int, int]) -> np.ndarray:

@@ -17,6 +17,11 @@ def _pyplot():
     return plt
 
 
+def _percent(values: list[float | None]) -> list[float]:
+    """Accuracies as percentages; a point that could not be measured (None) is a gap."""
+    return [float("nan") if a is None else 100 * a for a in values]
+
+
 def plot_audit(doc: dict[str, Any], path: str | Path) -> Path:
     """Accuracy vs ΔT and vs days since calibration: a thin line per chip, the fleet mean bold, the threshold dashed."""
     plt = _pyplot()
@@ -26,11 +31,15 @@ def plot_audit(doc: dict[str, Any], path: str | Path) -> Path:
         sweep = doc["sweeps"][key]
         x = sweep["values"]
         for name, acc in sweep["devices"].items():
-            ax.plot(x, [100 * a for a in acc], lw=0.9, alpha=0.6, label=name)
-        ax.plot(x, [100 * a for a in sweep["fleet_mean"]], color="black", lw=2.6, label="fleet mean")
+            ax.plot(x, _percent(acc), lw=0.9, alpha=0.6, label=name)
+        if sweep["devices"]:
+            ax.plot(x, _percent(sweep["fleet_mean"]), color="black", lw=2.6, label="fleet mean")
+        else:
+            ax.text(0.5, 0.5, "not measured (chips behind a backend cannot be aged)", ha="center",
+                    transform=ax.transAxes, fontsize=9)
         comp = doc["sweeps"].get(f"{key}_compensated")
         if comp is not None:
-            ax.plot(x, [100 * a for a in comp["fleet_min"]], color="black", lw=1.8, ls=":",
+            ax.plot(x, _percent(comp["fleet_min"]), color="black", lw=1.8, ls=":",
                     label="fleet min, drift-compensated")
         ax.axhline(100 * doc["threshold"], color="crimson", ls="--", lw=1.2, label="threshold")
         ax.set_xlabel(label)

@@ -235,15 +235,29 @@ def render_audit(doc: dict[str, Any]) -> None:
         table.add_row(*row)
     console.print(table)
     rec = doc["recommended_recalibration_days"]
-    console.print(f"recommended recalibration interval: "
-                  f"{'beyond the ' + format(doc['horizon_days'], 'g') + '-day horizon' if rec is None else format(rec, 'g') + ' days'}")
+    unchecked = doc.get("not_checked", {})
+    aged = doc["sweeps"]["days"]["devices"]
+    if not aged:
+        console.print("recommended recalibration interval: not measured (no simulated chip to age; chips behind a "
+                      "backend cannot be aged on demand)")
+    else:
+        console.print(f"recommended recalibration interval: "
+                      f"{'beyond the ' + format(doc['horizon_days'], 'g') + '-day horizon' if rec is None else format(rec, 'g') + ' days'}"
+                      + (f" (simulated chips only; ageing not checked for {len(unchecked)} chip(s) behind a backend)"
+                         if unchecked else ""))
+    for name, count in doc.get("invalid_samples", {}).items():
+        if count:
+            console.print(f"[bold red]warning[/]: {name} returned NaN or inf outputs for up to {count} samples of a "
+                          "measurement; they were left out (check the station's detectors)")
     req = doc["require"]
     used = (doc.get("drift_compensation") or {}).get("used_for_verdict")
     console.print("verdict on the " + ("drift-compensated sweep (a common bias re-fitted per chip)" if used else
                                        "sweep as programmed (no drift compensation; --drift-compensation to use it)"))
     if doc["passed"]:
+        unchecked = doc.get("not_checked", {})
         console.print(f"[bold green]PASSED[/]: every device stays ≥ {pct(doc['threshold'])} within "
-                      f"±{req['temperature_K']:g} K and for {req['days']:g} days")
+                      f"±{req['temperature_K']:g} K and for {req['days']:g} days"
+                      + (f" (the ageing requirement was not checked for {', '.join(unchecked)})" if unchecked else ""))
     else:
         console.print(f"[bold red]FAILED[/]: {len(doc['failures'])} problem(s): " + "; ".join(doc["failures"][:6])
                       + (" …" if len(doc["failures"]) > 6 else ""))
@@ -268,7 +282,9 @@ def audit_markdown(doc: dict[str, Any], plot: str | None = None, report_dir: str
         + (" (judged with drift compensation)" if (doc.get("drift_compensation") or {}).get("used_for_verdict")
            else ""),
         f"- recommended recalibration interval: "
-        f"{'beyond the horizon' if rec is None else format(rec, 'g') + ' days'}",
+        + ("not measured (no simulated chip to age)" if not doc["sweeps"]["days"]["devices"]
+           else f"{'beyond the horizon' if rec is None else format(rec, 'g') + ' days'}"
+           + (f" (ageing not checked for {', '.join(doc['not_checked'])})" if doc.get("not_checked") else "")),
         "",
         markdown_table(_audit_headers(doc), audit_rows(doc)),
     ]
