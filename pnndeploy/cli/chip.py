@@ -51,8 +51,9 @@ def _read_or_make_token(path: str) -> str:
         return token
     if target.exists():
         raise PnnError(f"--token-file {path} is not a file")
+    if not target.parent.is_dir():
+        raise PnnError(f"--token-file {path}: folder {target.parent} does not exist; create it or choose another path")
     token = secrets.token_urlsafe(32)
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
