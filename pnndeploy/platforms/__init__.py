@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pnndeploy.errors import PnnError
 from pnndeploy.platforms.base import Platform
+from pnndeploy.platforms.freespace import FreeSpacePlatform
 from pnndeploy.platforms.mrr import MRRPlatform
 from pnndeploy.platforms.mzi import MZIPlatform
 
-PLATFORMS: dict[str, Platform] = {"mrr": MRRPlatform(), "mzi": MZIPlatform()}
+PLATFORMS: dict[str, Platform] = {"mrr": MRRPlatform(), "mzi": MZIPlatform(), "freespace": FreeSpacePlatform()}
 #: The platform of `pnndeploy train` and `fleet make` when none is named.
 DEFAULT_PLATFORM = "mrr"
 
@@ -21,4 +22,4 @@ def get_platform(name: str) -> Platform:
         raise PnnError(f"unknown platform {name!r}: this pnndeploy knows {known}") from None
 
 
-__all__ = ["Platform", "MRRPlatform", "MZIPlatform", "PLATFORMS", "DEFAULT_PLATFORM", "get_platform"]
+__all__ = ["Platform", "MRRPlatform", "MZIPlatform", "FreeSpacePlatform", "PLATFORMS", "DEFAULT_PLATFORM", "get_platform"]

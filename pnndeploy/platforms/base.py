@@ -67,6 +67,21 @@ class Range(NamedTuple):
 POSITIVE = Range(0.0, math.inf, lo_inclusive=False, hi_inclusive=False)
 
 
+@dataclass(frozen=True)
+class PerturbationAxis:
+    """A perturbation of a whole chip or setup, beside temperature and ageing, that `audit` sweeps.
+
+    Values are absolute (a rotation of 2 deg, a magnification of 1.1); ``centre`` is the unperturbed value.
+    """
+
+    name: str        # key in the audit document ("rotation_deg")
+    label: str       # what a person reads ("rotation")
+    units: str
+    centre: float
+    sweep: str       # default grid, LO:HI:STEP
+    require: float   # default requirement: the verdict needs the threshold within centre +- require
+
+
 @dataclass
 class LayerMapping:
     """One on-chip layer mapped onto one chip."""
@@ -117,6 +132,9 @@ class Platform(ABC):
     default_noise: float
     #: True when the controls are periodic (phases): |control| then means nothing (no adaptive SAT).
     periodic: bool = False
+    #: Whole-setup perturbations `audit` sweeps beside temperature and ageing (a free-space setup's
+    #: misalignment); :meth:`fleet_weights` then takes ``perturbation={axis name: value}``.
+    perturbation_axes: tuple[PerturbationAxis, ...] = ()
 
     # ------------------------------------------------------------------------------------------ a layer
     @abstractmethod
@@ -219,5 +237,6 @@ class Platform(ABC):
         """(chips, out, in) float32 weights the chips realise, before detector noise.
 
         ``delta_T`` is a scalar or one value per chip (K); ``control_shift`` is an extra shift
-        of every control device, (chips, *device_shape), e.g. ageing.
+        of every control device, (chips, *device_shape), e.g. ageing.  A platform with
+        :attr:`perturbation_axes` also takes ``perturbation``, a mapping of axis name to value.
         """

@@ -78,8 +78,8 @@ def source_positions(shape: tuple[int, int], rotation_deg: Any, shift_x: Any, sh
     return qy, qx
 
 
-def resampling_matrix(shape: tuple[int, int], misalignment: Misalignment) -> np.ndarray:
-    """B (n × n), n = rows*cols: the misaligned image of input x on the mask is B @ x (row-major pixels)."""
+def _bilinear_taps(shape: tuple[int, int], misalignment: Misalignment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask pixel, input pixel, weight) of every bilinear tap that lands inside the input frame."""
     problem = misalignment.problem()
     if problem:
         raise ValueError(problem)
@@ -90,14 +90,66 @@ def resampling_matrix(shape: tuple[int, int], misalignment: Misalignment) -> np.
     qx = np.where(np.abs(qx - np.round(qx)) < SNAP, np.round(qx), qx)
     y0, x0 = np.floor(qy).astype(np.int64), np.floor(qx).astype(np.int64)
     fy, fx = qy - y0, qx - x0
-    n = rows * cols
-    B = np.zeros((n, n))
-    target = np.arange(n)
+    target = np.arange(rows * cols)
+    out_t, out_s, out_w = [], [], []
     for oy, ox, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
         yy, xx = y0 + oy, x0 + ox
         inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols) & (w != 0)
-        np.add.at(B, (target[inside], (yy * cols + xx)[inside]), w[inside])
+        out_t.append(target[inside])
+        out_s.append((yy * cols + xx)[inside])
+        out_w.append(w[inside])
+    return np.concatenate(out_t), np.concatenate(out_s), np.concatenate(out_w)
+
+
+def resampling_matrix(shape: tuple[int, int], misalignment: Misalignment) -> np.ndarray:
+    """B (n × n), n = rows*cols: the misaligned image of input x on the mask is B @ x (row-major pixels)."""
+    n = shape[0] * shape[1]
+    target, source, weight = _bilinear_taps(shape, misalignment)
+    B = np.zeros((n, n))
+    np.add.at(B, (target, source), weight)
     return B
+
+
+def blur_taps(shape: tuple[int, int], crosstalk: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask pixel, image pixel, weight) of the optical crosstalk: each pixel keeps 1 − c of its light and
+    spills c/4 into each of its four neighbours (what falls off the frame is lost)."""
+    rows, cols = shape
+    n = rows * cols
+    py, px = np.divmod(np.arange(n), cols)
+    targets, sources, weights = [np.arange(n)], [np.arange(n)], [np.full(n, 1.0 - crosstalk)]
+    if crosstalk:
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            yy, xx = py + dy, px + dx
+            inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
+            targets.append((yy * cols + xx)[inside])
+            sources.append(np.arange(n)[inside])
+            weights.append(np.full(int(inside.sum()), crosstalk / 4.0))
+    return np.concatenate(targets), np.concatenate(sources), np.concatenate(weights)
+
+
+def imaging_operator(shape: tuple[int, int], misalignment: Misalignment, crosstalk: float = 0.0) -> Any:
+    """The setup's imaging as a sparse (n × n) matrix M = K · B: misaligned (B), then blurred (K) on the mask.
+
+    A layer of mask weights W then computes ``W @ M @ x``: it realises ``W_eff = W @ M``.
+    """
+    from scipy import sparse
+
+    n = shape[0] * shape[1]
+    target, source, weight = _bilinear_taps(shape, misalignment)
+    B = sparse.csr_matrix((weight, (target, source)), shape=(n, n))      # duplicate taps are summed
+    if not crosstalk:
+        return B
+    target, source, weight = blur_taps(shape, crosstalk)
+    return (sparse.csr_matrix((weight, (target, source)), shape=(n, n)) @ B).tocsr()
+
+
+def frame_shape(n: int) -> tuple[int, int]:
+    """The (rows, cols) frame a layer's ``n`` inputs are displayed as: the squarest factorisation (8 x 8 for
+    64 inputs, 28 x 28 for 784, 8 x 16 for 128; a prime count is one row)."""
+    rows = int(math.isqrt(n))
+    while n % rows:
+        rows -= 1
+    return rows, n // rows
 
 
 def resample(images: Any, shape: tuple[int, int], params: Any) -> Any:

@@ -35,6 +35,8 @@ class Conditions:
     #: (chips, *platform.device_shape(array)) extra shift of every control device (ageing), control units.
     control_shift: np.ndarray | None = None
     eval_seed: int = 0                       # picks the detector-noise draw
+    #: A whole-setup perturbation, {axis name: value} of ``platform.perturbation_axes`` (misalignment).
+    perturbation: dict[str, float] | None = None
 
 
 #: Tag of the detector-noise streams.  SeedSequence ignores trailing zeros, so without a non-zero tag
@@ -112,7 +114,11 @@ class SimulatedFleet:
 
     def realised_weights(self, k: int, chips: slice, conditions: Conditions) -> np.ndarray:
         """Weights of layer ``k`` as the chips in ``chips`` realise them, (chips, out, in)."""
-        W = self.platform.fleet_weights(self.layers[k], chips, conditions.delta_T, conditions.control_shift)
+        if conditions.perturbation:
+            W = self.platform.fleet_weights(self.layers[k], chips, conditions.delta_T, conditions.control_shift,
+                                            perturbation=conditions.perturbation)
+        else:
+            W = self.platform.fleet_weights(self.layers[k], chips, conditions.delta_T, conditions.control_shift)
         noise = self._noise(conditions.eval_seed)
         if noise is not None:
             W += noise[k][chips]

@@ -22,6 +22,8 @@ METHODS = ("standard", "noise-aware", "sat", "spec-sat")
 SAT_SETTINGS = ("rho", "adaptive", "perturb", "drift_budget")
 #: Settings of spec-SAT's perturbation set (refused by the other methods).
 SPEC_SETTINGS = ("robust_to", "require_temperature", "require_days", "robust_z", "drift_compensation")
+#: FD-SAT's misalignment box (free-space only, sat and spec-sat): +- rotation (deg), +- shift (px), +- scale.
+MISALIGNMENT_SETTINGS = ("robust_rotation", "robust_shift", "robust_scale", "misalignment_rho")
 PERTURB_CHOICES = ("onchip", "all")
 ASCENTS = ("gradient", "momentum")
 #: Default hidden widths per method.  spec-sat: 128, the width at which it keeps every ring chip above 90 % over
@@ -69,6 +71,13 @@ class TrainConfig:
     #: spec-sat: the deployment re-fits a common bias per chip (audit --drift-compensation), which removes
     #: the common-mode shift; only its device-to-device spread remains in the perturbation set.
     drift_compensation: bool = True
+    #: Free-space, sat and spec-sat: the misalignment box FD-SAT trains for, +- deg of rotation, +- px of
+    #: shift along x and y, +- relative magnification (None: the platform's audit requirement, 2 / 2 / 0.1).
+    robust_rotation: float | None = None
+    robust_shift: float | None = None
+    robust_scale: float | None = None
+    #: Free-space: FD-SAT's ascent from a random state of the box, in box half-widths.
+    misalignment_rho: float = 0.5
 
     def __post_init__(self) -> None:
         if self.hidden is None:
@@ -119,6 +128,7 @@ class TrainConfig:
                 use = "sat" if name in SAT_SETTINGS else "spec-sat" if name in SPEC_SETTINGS else "sat or spec-sat"
                 raise ConfigError(f"{flag} is a setting of {owner} and --method {self.method} "
                                   f"would ignore it; use it with --method {use}, or drop it")
+        self._check_misalignment(defaults)
         known = PLATFORMS.get(self.platform)
         units, noun = (known.control_units, known.control_noun) if known else ("control units", "control")
         if self.adaptive and known is not None and known.periodic:
@@ -139,6 +149,36 @@ class TrainConfig:
             raise ConfigError(f"--onchip {self.onchip}: the model has {linear} linear layers (--hidden "
                               f"{','.join(map(str, self.hidden))} and the output); give 1..{linear}, or 0 for all")
         get_platform(self.platform)
+
+    def _check_misalignment(self, defaults: "TrainConfig") -> None:
+        """FD-SAT's settings: only for platforms that image their inputs, only for sat and spec-sat."""
+        given = [n for n in MISALIGNMENT_SETTINGS if getattr(self, n) != getattr(defaults, n)]
+        known = PLATFORMS.get(self.platform)
+        if given and (known is None or not known.perturbation_axes):
+            raise ConfigError(f"--{given[0].replace('_', '-')} sets the misalignment box of a free-space setup; "
+                              f"--platform {self.platform} has no misalignment; drop it or use --platform freespace")
+        if given and self.method not in ("sat", "spec-sat"):
+            raise ConfigError(f"--{given[0].replace('_', '-')} is a setting of FD-SAT's misalignment ascent and "
+                              f"--method {self.method} would ignore it; use it with --method sat or spec-sat")
+        for name in MISALIGNMENT_SETTINGS:
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, 0 or more (got {value})")
+        if self.robust_scale is not None and self.robust_scale >= 0.5:
+            raise ConfigError(f"--robust-scale {self.robust_scale}: a magnification error of 50 % or more is not a "
+                              "misalignment; give a fraction below 0.5 (0.1 is x0.9 to x1.1)")
+
+    @property
+    def misalignment_box(self) -> tuple[list[float], list[float]] | None:
+        """(centre, half-widths) of FD-SAT's box over (rotation_deg, shift_x_px, shift_y_px, scale), or None."""
+        known = PLATFORMS.get(self.platform)
+        if known is None or not known.perturbation_axes or self.method not in ("sat", "spec-sat"):
+            return None
+        axes = {a.name: a for a in known.perturbation_axes}
+        rotation = axes["rotation_deg"].require if self.robust_rotation is None else self.robust_rotation
+        shift = axes["shift_x_px"].require if self.robust_shift is None else self.robust_shift
+        scale = axes["scale"].require if self.robust_scale is None else self.robust_scale
+        return [0.0, 0.0, 0.0, 1.0], [float(rotation), float(shift), float(shift), float(scale)]
 
     @property
     def control_noise(self) -> float:
@@ -161,6 +201,13 @@ class TrainConfig:
                 out.pop(name)
         if out["ascent"] == "gradient":
             out.pop("ascent")
+        box = self.misalignment_box
+        for name in MISALIGNMENT_SETTINGS:      # only a free-space sat/spec-sat file records its box
+            out.pop(name)
+        if box is not None:
+            rotation, shift, _, scale = box[1]
+            out.update(robust_rotation=rotation, robust_shift=shift, robust_scale=scale,
+                       misalignment_rho=self.misalignment_rho)
         return out
 
     def layer_split(self) -> tuple[list[int], list[int]]:

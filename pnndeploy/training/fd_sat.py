@@ -1,4 +1,4 @@
-"""Finite-difference ascent for parameters without a gradient (a setup's misalignment): groundwork of issue 14.
+"""Finite-difference ascent for parameters without a gradient: a free-space setup's misalignment (FD-SAT).
 
 SAT needs the direction in which the loss rises fastest.  For physical
 parameters the trainer cannot differentiate (a free-space setup's rotation,
@@ -17,7 +17,7 @@ shift and magnification), it is estimated from loss evaluations only:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -50,3 +50,46 @@ def fd_ascent(loss: Callable[[np.ndarray], float], phi: np.ndarray, scale: np.nd
     if norm == 0.0:
         return np.asarray(phi, np.float64).copy()
     return np.asarray(phi, np.float64) + rho * np.asarray(scale, np.float64) * g / norm
+
+
+class MisalignmentAdversary:
+    """FD-SAT's state of a setup for one training step: where in the required box the loss is worst nearby.
+
+    Per step: a state u drawn uniformly in the box ``centre +- tolerance`` (the misalignments a deployed
+    setup may have), then :func:`fd_ascent` of ``rho`` tolerance units from u, clipped back into the box.
+    The random draw covers the whole box (as noise-aware training would); the ascent moves each draw
+    towards the box's worst side for the current masks, at a cost of ``2 * probes`` loss evaluations.
+    """
+
+    def __init__(self, centre: Sequence[float], tolerance: Sequence[float], rho: float, seed: int,
+                 probes: int | None = None, h: float = 0.1) -> None:
+        self.centre = np.asarray(centre, np.float64)
+        self.tolerance = np.asarray(tolerance, np.float64)
+        if self.centre.shape != self.tolerance.shape or not np.all(self.tolerance >= 0):
+            raise ValueError("need one tolerance >= 0 per parameter")
+        self.rho = float(rho)
+        self.probes = probes if probes is not None else self.centre.size
+        self.h = float(h)
+        self.rng = np.random.default_rng(seed)
+        self.evaluations = 0
+
+    def state(self, loss: Callable[[np.ndarray], float]) -> np.ndarray:
+        """The adversarial misalignment for the loss of this step (``loss(phi)`` at a misalignment phi)."""
+        free = self.tolerance > 0
+        u = self.centre + self.tolerance * self.rng.uniform(-1.0, 1.0, self.centre.size)
+        if self.rho == 0 or not free.any():
+            return u
+
+        def counted(phi: np.ndarray) -> float:
+            self.evaluations += 1
+            return loss(phi)
+
+        # the ascent runs in the coordinates with a tolerance only (a fixed parameter has scale 0)
+        def sub(z: np.ndarray) -> float:
+            phi = u.copy()
+            phi[free] = z
+            return counted(phi)
+
+        moved = u.copy()
+        moved[free] = fd_ascent(sub, u[free], self.tolerance[free], self.rho, self.probes, self.h, self.rng)
+        return np.clip(moved, self.centre - self.tolerance, self.centre + self.tolerance)

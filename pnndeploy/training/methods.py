@@ -21,6 +21,7 @@ from pnndeploy.data.datasets import Dataset
 from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.platforms import get_platform
 from pnndeploy.training.config import TrainConfig
+from pnndeploy.training.fd_sat import MisalignmentAdversary
 from pnndeploy.training.model import PNN, FrontEnd, accuracy
 from pnndeploy.training.perturbation_set import PerturbationSet, perturbation_set
 from pnndeploy.training.sat import SharpnessAwareStep
@@ -146,6 +147,9 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
                              every=config.sat_every)
     loss_fn = nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(config.seed + 1)
+    box = config.misalignment_box
+    misalign = MisalignmentAdversary(*box, rho=config.misalignment_rho, seed=config.seed + 2) \
+        if box is not None else None
 
     history: list[EpochRecord] = []
     start = time.perf_counter()
@@ -164,6 +168,9 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
             if spec is not None:
                 spec.ramp(step, steps_per_epoch * config.epochs)
             step += 1
+            if misalign is not None:        # FD-SAT: the setup's worst misalignment near a random one
+                model.set_misalignment(torch.from_numpy(
+                    misalign.state(lambda phi: _loss_at(model, loss_fn, xb, yb, phi)).astype(np.float32)))
             if spec is not None and config.ascent == "momentum":
                 spec.begin()
                 spec.worst_shift(lambda: loss_fn(model(xb), yb).item())
@@ -213,6 +220,7 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
         if on_epoch is not None:
             on_epoch(record)
     seconds = time.perf_counter() - start
+    model.set_misalignment(None)
     if chip is not None:
         chip.detach(model)        # the figures below are the model's on the nominal chip, as for any training
     model.eval()
@@ -220,6 +228,13 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
     return TrainResult(model, config, history, accuracy(model, X, y), accuracy(model, X_test, y_test),
                        seconds, spec.pset if spec is not None else None,
                        chip.summary() if chip is not None else None)
+
+
+def _loss_at(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor, misalignment: np.ndarray) -> float:
+    """The batch loss with the setup misaligned by ``misalignment`` (no gradient: FD-SAT's probe)."""
+    with torch.no_grad():
+        model.set_misalignment(torch.from_numpy(misalignment.astype(np.float32)))
+        return float(loss_fn(model(xb), yb))
 
 
 def _backward_then_restore(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor,

@@ -39,6 +39,8 @@ class OnChipLinear(nn.Module):
         self.control_noise = 0.0
         #: In-situ training: ``measure(layer, x, z)`` returns the chip's value of ``z = x W^T`` (None: digital).
         self.measure = None
+        #: A setup's misalignment the inputs pass through (a tensor, :meth:`PNN.set_misalignment`; None: none).
+        self.misalignment = None
 
     def weight(self) -> torch.Tensor:
         """Weights realised by the nominal device at the current controls."""
@@ -48,6 +50,8 @@ class OnChipLinear(nn.Module):
         return self.platform.nominal_weights(controls, self.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.misalignment is not None:
+            x = self.platform.misalign_inputs(x, self.misalignment)
         z = x @ self.weight().T
         if self.measure is not None:
             z = self.measure(self, x, z)
@@ -173,6 +177,12 @@ class PNN(nn.Module):
     def onchip_parameters(self) -> list[nn.Parameter]:
         """The trainable on-chip parameters: controls, or W for the baseline."""
         return [layer.controls if isinstance(layer, OnChipLinear) else layer.W for layer in self.layers]
+
+    def set_misalignment(self, misalignment: torch.Tensor | None) -> None:
+        """Let every on-chip layer's inputs pass a setup misaligned by (rotation_deg, shift_x_px, shift_y_px,
+        scale), or none (None); only platforms that image their inputs (free-space) have one."""
+        for layer in self.layers:
+            layer.misalignment = misalignment
 
     def set_control_noise(self, std: float) -> None:
         for layer in self.layers:

@@ -1,0 +1,248 @@
+"""Free-space optics: weight masks imaged onto the input frame, whose imperfections are misalignments.
+
+A layer with ``n`` inputs shows them as a 2-D frame (:func:`~pnndeploy.platforms.imaging.frame_shape`:
+8 x 8 for digits, 28 x 28 for MNIST-sized inputs) on a display; relay optics image the frame onto the
+masks of the outputs, one mask per output, and a detector behind each mask sums the transmitted light.
+Output o therefore computes ``sum_p W[o, p] x_mask[p]``.
+
+* **Signed weights** come from a differential pair of masks (two pixels per weight, detected
+  balanced): ``W = g+ t+ - g- t-`` with transmissions ``t = clip(control, 0, 1)`` and per-pixel gains g.
+  Controls are the transmissions, shape (2, out, in); the nominal pair is balanced about 0.5, so a
+  common-mode change of both pixels (thermal drift of a liquid-crystal mask) cancels to first order.
+* **The setup's imaging**: a misaligned relay (rotation in degrees about the frame centre, a shift in
+  mask pixels, a magnification) resamples the frame bilinearly (:mod:`~pnndeploy.platforms.imaging`),
+  and optical crosstalk blurs it: each pixel keeps 1 - c of its light and spills c/4 into each
+  neighbour (the profile's ``crosstalk``).  A setup realises ``W_eff = W @ K @ B(misalignment)``.
+  One relay serves every layer of the model, so every layer sees the setup's misalignment.
+* **Per setup (fabrication truth)**: every mask pixel's transmission offset and gain, the
+  misalignment (rotation, shift_x, shift_y, scale: one value each, fields of shape (1,)), the
+  thermal drift of each pixel; **calibration** holds the measured ones.  Mapping pre-compensates the
+  measured misalignment and blur (a ridge-regularised inverse of the imaging), so what remains on a
+  setup is the error of that measurement and what moves after it: :data:`MISALIGNMENT_AXES` are what
+  `pnndeploy audit` sweeps beside temperature.
+
+A layer larger than the mask array reuses it (weight (o, i) on pixel (o mod R, i mod C) of each mask
+of the pair, reprogrammed per tile), as the ring bank does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pnndeploy.platforms.base import LayerMapping, PerturbationAxis, Platform, Range, quantise
+from pnndeploy.platforms.imaging import Misalignment, frame_shape, imaging_operator, resample
+from pnndeploy.platforms.tiling import ring_index
+
+#: The setup's misalignment as profile fields (each of shape (1,)), in the order of :class:`Misalignment`.
+MISALIGNMENT_FIELDS = ("rotation", "shift_x", "shift_y", "scale")
+#: Iterations of the box-constrained least squares that pre-compensates the measured imaging in mapping.
+INVERSE_ITERATIONS = 300
+#: What `audit` sweeps for a setup after calibration, beside temperature (the paper's test misalignments
+#: are 2 deg, 2 px and x1.1; the default requirement is that box).
+MISALIGNMENT_AXES = (
+    PerturbationAxis("rotation_deg", "rotation", "deg", 0.0, "-4:4:0.5", 2.0),
+    PerturbationAxis("shift_x_px", "shift along x", "px", 0.0, "-4:4:0.5", 2.0),
+    PerturbationAxis("shift_y_px", "shift along y", "px", 0.0, "-4:4:0.5", 2.0),
+    PerturbationAxis("scale", "magnification", "1", 1.0, "0.8:1.2:0.025", 0.1),
+)
+
+
+def misalignment_of(fields: Mapping[str, np.ndarray]) -> Misalignment:
+    """The misalignment a calibration or fabrication record holds."""
+    return Misalignment(*(float(np.asarray(fields[k]).reshape(-1)[0]) for k in MISALIGNMENT_FIELDS))
+
+
+def perturbed(base: Misalignment, perturbation: Mapping[str, float] | None) -> Misalignment:
+    """``base`` moved by an audit's perturbation: rotation and shifts add, the magnification multiplies."""
+    if not perturbation:
+        return base
+    unknown = set(perturbation) - {a.name for a in MISALIGNMENT_AXES}
+    if unknown:
+        raise ValueError(f"unknown misalignment axis {sorted(unknown)[0]!r}")
+    p = perturbation
+    return Misalignment(base.rotation_deg + p.get("rotation_deg", 0.0), base.shift_x_px + p.get("shift_x_px", 0.0),
+                        base.shift_y_px + p.get("shift_y_px", 0.0), base.scale * p.get("scale", 1.0))
+
+
+class FreeSpacePlatform(Platform):
+    """Differential-pair transmission masks behind a relay; controls are transmissions (T), 2 per weight."""
+
+    name = "freespace"
+    description = "a free-space setup (differential transmission masks imaged onto the input frame)"
+    control_units = "T"
+    control_noun = "transmission"
+    device_noun = "pixels"
+    device_section = "mask"
+    profiles_subdir = "freespace"
+    offset_name = "transmission_offset"
+    param_units = {"pixel_gain": "1", "rotation": "deg", "shift_x": "px", "shift_y": "px", "scale": "1"}
+    param_ranges = {
+        "pixel_gain": Range(0.0, 2.0, lo_inclusive=False, hi_inclusive=True),
+        "rotation": Range(-45.0, 45.0, lo_inclusive=True, hi_inclusive=True),
+        "shift_x": Range(-math.inf, math.inf, lo_inclusive=False, hi_inclusive=False),
+        "shift_y": Range(-math.inf, math.inf, lo_inclusive=False, hi_inclusive=False),
+        "scale": Range(0.5, 2.0, lo_inclusive=True, hi_inclusive=True),
+    }
+    nominal = {"pixel_gain": 1.0, "rotation": 0.0, "shift_x": 0.0, "shift_y": 0.0, "scale": 1.0}
+    #: Transmissions training may use: 0.05 of the drive's range [0, 1] is left at each end, so the mapping
+    #: can correct a pixel's offset and gain and pre-compensate the imaging without clipping.
+    control_range = (0.05, 0.95)
+    #: Transmission change of a liquid-crystal mask pixel per kelvin (T/K), common to both masks of a pair.
+    nominal_drift = 0.002
+    #: noise-aware's default transmission noise: the default setups' calibration error of a pixel.
+    default_noise = 0.01
+    #: Pixel pitch of the default masks (µm): converts the audit's pixel shifts to the bench's µm.
+    pixel_pitch_um = 8.0
+    perturbation_axes = MISALIGNMENT_AXES
+
+    # ---------------------------------------------------------------------------------------- a layer
+    def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+        return (2, *weight_shape)
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "pixel_pitch_um": self.pixel_pitch_um,
+                "encoding": "differential pair, W = t+ - t-", "frame": "squarest rows x cols of the inputs"}
+
+    def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
+        """A balanced pair 0.5 +- w/2 with w ~ U(-0.9, 0.9): both pixels inside the training range, free to move."""
+        import torch
+
+        w = torch.rand(weight_shape, generator=generator) * 1.8 - 0.9
+        return torch.stack([0.5 + w / 2, 0.5 - w / 2])
+
+    def nominal_weights(self, controls: Any, weight_shape: tuple[int, int]) -> Any:
+        return controls[0] - controls[1]
+
+    def project(self, controls: Any) -> None:
+        """Transmissions stay in the training range."""
+        import torch
+
+        with torch.no_grad():
+            controls.clamp_(*self.control_range)
+
+    def weights_to_controls(self, weight: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+        """The balanced pair 0.5 +- W/2 inside the training range: a row whose largest |W| exceeds the range's
+        reach (0.9) is divided by that ratio and the digital gain multiplied by it, which changes no output."""
+        w = np.asarray(weight, np.float64)
+        reach = self.control_range[1] - self.control_range[0]
+        peak = np.abs(w).max(axis=1) if w.size else np.zeros(w.shape[0])
+        scale = np.maximum(1.0, peak / reach)
+        w = np.clip(w / scale[:, None], -reach, reach)
+        return np.stack([0.5 + w / 2, 0.5 - w / 2]), 0, scale
+
+    def misalign_inputs(self, x: Any, misalignment: Any) -> Any:
+        """Torch: a batch of a layer's inputs (batch, n) as a relay with ``misalignment`` (rotation_deg,
+        shift_x_px, shift_y_px, scale: a tensor) shows them on the masks; what training perturbs."""
+        return resample(x, frame_shape(x.shape[1]), misalignment)
+
+    # --------------------------------------------------------------------------------------- profiles
+    def field_shape(self, name: str, layout: tuple[int, int]) -> tuple[int, ...]:
+        return (1,) if name in MISALIGNMENT_FIELDS else (2, *layout)
+
+    def device_shape(self, layout: tuple[int, int]) -> tuple[int, ...]:
+        return (2, *layout)
+
+    def sample_fabrication(self, spec: Mapping[str, Any], layout: tuple[int, int],
+                           rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Pixel offsets N(0, s_t^2), gains 1 + N(0, s_g^2); misalignment: rotation N(0, s_r^2) deg, shifts
+        N(0, s_s^2) px, scale 1 + N(0, s_m^2); drift N(k, (k s_k)^2) per pixel.  ``spec``: the ``mask`` section."""
+        shape = (2, *layout)
+        offset = spec["transmission_offset_sigma"] * rng.standard_normal(shape)
+        gain = 1.0 + spec["pixel_gain_sigma"] * rng.standard_normal(shape)
+        rotation = spec["rotation_sigma_deg"] * rng.standard_normal(1)
+        shift = spec["shift_sigma_px"] * rng.standard_normal(2)
+        scale = 1.0 + spec["scale_sigma"] * rng.standard_normal(1)
+        drift = spec["drift_T_per_K"] * (1.0 + spec["drift_rel_sigma"] * rng.standard_normal(shape))
+        return {
+            self.offset_name: offset,
+            "pixel_gain": self.param_ranges["pixel_gain"].clip(gain),
+            "rotation": self.param_ranges["rotation"].clip(rotation),
+            "shift_x": shift[:1], "shift_y": shift[1:],
+            "scale": self.param_ranges["scale"].clip(scale),
+            "drift_coefficient": drift,
+        }
+
+    # ---------------------------------------------------------------------------------------- mapping
+    def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
+                  environment: Any, layout: tuple[int, int],
+                  params: Mapping[str, Any] | None = None) -> LayerMapping:
+        """Pre-compensate the *measured* imaging, then set each pixel of the pair through its measured gain and
+        offset: ``W_set = argmin ||W_set M - W||^2 + ridge ||W_set||^2`` with M the calibrated K B, then
+        ``t+- = (0.5 +- W_set/2) / g+- - offset+-``, quantised; transmissions outside [0, 1] are clipped and
+        counted.  The residual is the calibrated model's ``||W_realised M - W||_F``."""
+        target = weight.astype(np.float64)
+        M = imaging_operator(frame_shape(weight.shape[1]), misalignment_of(calibration), float(environment.crosstalk))
+        identity = M.nnz == M.shape[0] and np.all(M.diagonal() == 1.0)
+        w_set = target if identity else _inverse_imaging(target, M, self.control_range[1] - self.control_range[0])
+        ri, ci = ring_index(weight.shape, layout)
+        gain = calibration["pixel_gain"][:, ri, ci]
+        offset = calibration[self.offset_name][:, ri, ci]
+        pair = np.stack([0.5 + w_set / 2, 0.5 - w_set / 2])
+        settings, inside = quantise(pair / gain - offset, environment.heater_range, environment.dac_bits)
+        t = gain * np.clip(settings + offset, 0.0, 1.0)
+        residual = float(np.linalg.norm((M.T @ (t[0] - t[1]).T).T - target))
+        return LayerMapping(settings, int((~inside).sum()), residual)
+
+    # ------------------------------------------------------------------------------------- simulation
+    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray],
+                    profiles: Sequence[Any], layout: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Static transmission control (setting + offset) of every pixel, the gathered gains and drifts, and each
+        setup's true misalignment and crosstalk."""
+        f32 = np.float32
+        ri, ci = ring_index(weight_shape, layout)
+        h = np.stack(list(settings)).astype(np.float64)                   # (chips, 2, out, in)
+        offset = np.stack([p.fabrication[self.offset_name][:, ri, ci] for p in profiles])
+        return {
+            "ri": ri, "ci": ci,
+            "static": (h + offset).astype(f32),
+            "gain": np.stack([p.fabrication["pixel_gain"][:, ri, ci] for p in profiles]).astype(f32),
+            "drift": np.stack([p.environment.drift_coefficient[:, ri, ci] for p in profiles]).astype(f32),
+            "misalignment": np.stack([misalignment_of(p.fabrication).as_array() for p in profiles]),
+            "crosstalk": np.array([p.environment.crosstalk for p in profiles], np.float64),
+        }
+
+    def fleet_weights(self, state: dict[str, np.ndarray], chips: slice, delta_T: Any,
+                      control_shift: np.ndarray | None, perturbation: Mapping[str, float] | None = None) -> np.ndarray:
+        """t = g clip(static + k dT (+ shift), 0, 1); W = t+ - t-; W_eff = W @ K @ B(true misalignment, moved by
+        ``perturbation``), one setup at a time."""
+        dT = np.asarray(delta_T, dtype=np.float32)
+        x = state["static"][chips] + state["drift"][chips] * (dT if dT.ndim == 0 else dT[chips, None, None, None])
+        if control_shift is not None:
+            x += control_shift[chips][:, :, state["ri"], state["ci"]].astype(np.float32)
+        t = state["gain"][chips] * np.clip(x, 0.0, 1.0)
+        W = (t[:, 0] - t[:, 1]).astype(np.float64)
+        frame = frame_shape(W.shape[2])
+        out = np.empty(W.shape, dtype=np.float32)
+        for c, (m, crosstalk) in enumerate(zip(state["misalignment"][chips], state["crosstalk"][chips])):
+            M = imaging_operator(frame, perturbed(Misalignment(*m), perturbation), float(crosstalk))
+            out[c] = (M.T @ W[c].T).T                      # W @ M with M sparse
+        return out
+
+
+def _inverse_imaging(target: np.ndarray, M: Any, reach: float) -> np.ndarray:
+    """Masks W_set in [-reach, reach] minimising ||W_set M - target||_F: box-constrained least squares by
+    accelerated projected gradient (FISTA), from the target itself, so it never does worse than no
+    pre-compensation.  A fractional shift or a blur is a low-pass filter: an exact inverse would ask more
+    of a transmission than it can give at the mask's finest detail, so the box, not a ridge, keeps it real."""
+    MT = M.T.tocsr()
+    # ||M||_2^2 <= ||M||_1 ||M||_inf bounds the gradient's Lipschitz constant
+    lipschitz = float(abs(M).sum(axis=0).max() * abs(M).sum(axis=1).max()) or 1.0
+
+    def times_m(w: np.ndarray) -> np.ndarray:          # w @ M with M sparse
+        return (MT @ w.T).T
+
+    x = np.clip(target, -reach, reach)
+    y, t = x.copy(), 1.0
+    for _ in range(INVERSE_ITERATIONS):
+        grad = (M @ (times_m(y) - target).T).T          # (y M - target) M^T
+        x_next = np.clip(y - grad / lipschitz, -reach, reach)
+        t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        y = x_next + ((t - 1.0) / t_next) * (x_next - x)
+        x, t = x_next, t_next
+    return x
+
+
+__all__ = ["FreeSpacePlatform", "MISALIGNMENT_AXES", "MISALIGNMENT_FIELDS", "misalignment_of", "perturbed"]
