@@ -267,7 +267,7 @@ def test_profile_schema_versions(cli, one_line_error, tiny_fleet_dir, tmp_path):
 def test_profile_of_an_unknown_platform(cli, one_line_error, tiny_fleet_dir, tmp_path, model_path):
     folder = copied_profile(tiny_fleet_dir, tmp_path, edit=_attr("/", "platform", "d2nn"))
     line = one_line_error(cli(*transfer_args(model_path, "chipM", folder)), "chipM.h5", "platform 'd2nn'")
-    assert "knows mrr, mzi" in line and "upgrade pnndeploy" in line
+    assert "knows freespace, mrr, mzi" in line and "upgrade pnndeploy" in line
 
 
 def test_profile_of_another_known_platform_than_the_model(cli, one_line_error, tmp_path, model_path):

@@ -96,7 +96,7 @@ def test_warm_up_ramps_the_set_in_linearly() -> None:
     adversary.restore()
 
 
-@pytest.mark.parametrize("platform, folder", [("mrr", ""), ("mzi", "mzi")])
+@pytest.mark.parametrize("platform, folder", [("mrr", ""), ("mzi", "mzi"), ("freespace", "freespace")])
 def test_packaged_process_specs_are_the_default_fleets(platform: str, folder: str) -> None:
     from pnndeploy.training.perturbation_set import PACKAGED_PROCESSES
 

@@ -130,6 +130,18 @@ class _measuring:
               help="Pass only if every chip stays above the threshold within ±K kelvin.")
 @click.option("--require-days", type=float, default=30.0, show_default=True, metavar="D",
               help="Pass only if every chip stays above the threshold for D days after calibration.")
+@click.option("--rotation", default=None, metavar="LO:HI:STEP",
+              help="freespace: rotation sweep, degrees from the calibrated setup (default -4:4:0.5).")
+@click.option("--shift", default=None, metavar="LO:HI:STEP",
+              help="freespace: shift sweep, mask pixels along x and, separately, along y (default -4:4:0.5).")
+@click.option("--scale", default=None, metavar="LO:HI:STEP",
+              help="freespace: magnification sweep, relative to the calibrated setup (default 0.8:1.2:0.025).")
+@click.option("--require-rotation", type=float, default=None, metavar="DEG",
+              help="freespace: pass only if every setup stays above the threshold within ±DEG (default 2).")
+@click.option("--require-shift", type=float, default=None, metavar="PX",
+              help="freespace: ... within ±PX along x and along y (default 2).")
+@click.option("--require-scale", type=float, default=None, metavar="FRAC",
+              help="freespace: ... within a magnification of 1 ± FRAC (default 0.1).")
 @click.option("--drift-compensation/--no-drift-compensation", default=None,
               help="Judge the temperature sweep with drift compensation: at each temperature every chip re-fits "
                    "one common control bias from a 32-input reference measurement (no labels). Both sweeps are "
@@ -141,9 +153,12 @@ class _measuring:
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md audit document on stdout.")
 def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
           temperature: str, days: str, draws: int, threshold: float | None, require_temperature: float,
-          require_days: float, drift_compensation: bool | None, plot: str | None, report_path: str | None,
+          require_days: float, rotation: str | None, shift: str | None, scale: str | None,
+          require_rotation: float | None, require_shift: float | None, require_scale: float | None,
+          drift_compensation: bool | None, plot: str | None, report_path: str | None,
           timeout: float, as_json: bool) -> None:
-    """Check drift robustness: accuracy vs temperature and vs days since calibration. Exit 1 when it fails.
+    """Check drift robustness: accuracy vs temperature and vs days since calibration (and, for free-space
+    setups, vs rotation, shift and magnification). Exit 1 when it fails.
 
     \b
     Examples:
@@ -151,8 +166,11 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
       pnndeploy audit --device chipB --temperature -1:1:0.1 --require-temperature 0.5 --plot audit.png
       pnndeploy audit --fleet --threshold 0.9 --report audit.md --plot audit.png --json
       pnndeploy audit --fleet --drift-compensation --require-temperature 1
+      pnndeploy audit --model models/fs.onnx --fleet --profiles device_profiles/freespace --require-shift 1
     """
-    from pnndeploy.deploy.audit import SweepRange, run_audit
+    from pnndeploy.deploy.audit import SweepRange, audit_passes, axis_sweeps, run_audit
+    from pnndeploy.formats.onnx_io import load_model
+    from pnndeploy.platforms import get_platform
     from pnndeploy.report.tables import render_audit
 
     if plot is not None and not plot.lower().endswith(".png"):
@@ -164,14 +182,22 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
         check_output_file(plot, "--plot", "audit.png")
     if report_path:
         check_output_file(report_path, "--report", "audit.md")
+    platform = get_platform(load_model(model).platform)
+    axes = axis_sweeps(platform, {"rotation_deg": rotation, "shift_x_px": shift, "shift_y_px": shift, "scale": scale},
+                       {"rotation_deg": require_rotation, "shift_x_px": require_shift, "shift_y_px": require_shift,
+                        "scale": require_scale},
+                       {"rotation_deg": "--rotation", "shift_x_px": "--shift", "shift_y_px": "--shift",
+                        "scale": "--scale", "require-rotation_deg": "--require-rotation",
+                        "require-shift_x_px": "--require-shift", "require-shift_y_px": "--require-shift",
+                        "require-scale": "--require-scale"})
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None, timeout)
-    total = len(t_range.values((0.0, -require_temperature, require_temperature))) \
-        + draws * len(d_range.values((0.0, require_days)))
+    total = audit_passes(t_range, d_range, require_temperature, require_days, draws, axes, platform)
+    what = "temperature, ageing and misalignment" if axes else "temperature and ageing"
     with prepared, progress_bar() as progress:
-        task = progress.add_task("sweeping temperature and ageing", total=total)
+        task = progress.add_task(f"sweeping {what}", total=total)
         doc = run_audit(prepared, t_range, d_range, threshold=threshold, require_temperature=require_temperature,
                         require_days=require_days, draws=draws, progress=lambda n: progress.advance(task, n),
-                        drift_compensation=drift_compensation)
+                        drift_compensation=drift_compensation, axes=axes)
     if plot:
         from pnndeploy.report.plots import plot_audit
 

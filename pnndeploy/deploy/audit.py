@@ -3,6 +3,10 @@
 * Temperature: every control device (a ring's resonance, a phase shifter)
   shifts by its own ``k * dT``.  The tolerance of a chip is the widest interval
   around 0 K inside which its accuracy stays at or above the threshold.
+* Misalignment (platforms with ``perturbation_axes``, the free-space setup):
+  each axis (rotation, shift along x, along y, magnification) is swept on its own,
+  moving every setup away from its calibrated state by the same amount, with its
+  own units, tolerance interval around the unperturbed value and requirement.
 * Ageing: each control device follows a random walk at the profile's ageing
   rate (control units/sqrt(day)), drawn from a stream per device and draw.  Accuracy is
   the median over draws; the time to threshold is the last day on the grid
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -55,10 +59,12 @@ class SweepRange:
         return sorted(set(grid) | {round(v, 10) for v in extra})
 
 
-def tolerance_interval(values: list[float], accuracy: np.ndarray, threshold: float) -> list[float] | None:
-    """Widest [lo, hi] around 0 on the grid with accuracy >= threshold everywhere inside; None if 0 fails."""
+def tolerance_interval(values: list[float], accuracy: np.ndarray, threshold: float,
+                       centre: float = 0.0) -> list[float] | None:
+    """Widest [lo, hi] around ``centre`` on the grid with accuracy >= threshold everywhere inside; None if the
+    centre fails."""
     values_arr = np.asarray(values)
-    zero = int(np.argmin(np.abs(values_arr)))
+    zero = int(np.argmin(np.abs(values_arr - centre)))
     if not accuracy[zero] >= threshold:          # NaN (not measurable) fails too
         return None
     lo = hi = zero
@@ -98,16 +104,70 @@ def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: i
     return out
 
 
+@dataclass(frozen=True)
+class AxisSweep:
+    """One misalignment axis of an audit: its grid and requirement (centre +- require)."""
+
+    name: str
+    values: SweepRange
+    require: float
+
+
+def axis_sweeps(platform: Any, ranges: Mapping[str, str | None], requires: Mapping[str, float | None],
+                flags: Mapping[str, str]) -> list[AxisSweep]:
+    """The platform's perturbation axes with the grids and requirements given (the axis's defaults otherwise).
+
+    ``ranges`` / ``requires`` are keyed by axis name, ``flags`` names the option of each for errors.  A value
+    given for a platform without that axis is refused: it would silently check nothing.
+    """
+    known = {a.name: a for a in platform.perturbation_axes}
+    for table, prefix in ((ranges, ""), (requires, "require-")):
+        for name, value in table.items():
+            if value is not None and name not in known:
+                raise ConfigError(f"{flags.get(prefix + name, name)} sweeps a free-space setup's misalignment; "
+                                  f"{platform.name} chips have none; drop it")
+    out = []
+    for axis in platform.perturbation_axes:
+        flag, require_flag = flags.get(axis.name, axis.name), flags.get("require-" + axis.name, axis.name)
+        grid = SweepRange.parse(ranges.get(axis.name) or axis.sweep, flag)
+        require = requires.get(axis.name)
+        require = axis.require if require is None else require
+        if not math.isfinite(require) or require < 0:
+            raise ConfigError(f"{require_flag} {require}: a requirement is a finite number of {axis.units}, "
+                              f"0 or more, around {axis.centre:g}")
+        if axis.name == "scale" and grid.lo <= 0:
+            raise ConfigError(f"{flag} {grid.lo:g}:{grid.hi:g}:{grid.step:g}: a magnification must be > 0; "
+                              "sweep e.g. 0.8:1.2:0.025")
+        if axis.name == "scale" and require >= axis.centre:
+            raise ConfigError(f"{require_flag} {require:g}: a magnification of 1 ± {require:g} reaches 0; "
+                              "require less than 1 (0.1 is x0.9 to x1.1)")
+        out.append(AxisSweep(axis.name, grid, float(require)))
+    return out
+
+
+def audit_passes(temperatures: SweepRange, days: SweepRange, require_temperature: float, require_days: float,
+                 draws: int, axes: Sequence[AxisSweep] = (), platform: Any = None) -> int:
+    """Evaluation passes of an audit (its progress bar's total)."""
+    centre = {a.name: a.centre for a in platform.perturbation_axes} if platform is not None else {}
+    total = len(temperatures.values((0.0, -require_temperature, require_temperature))) \
+        + draws * len(days.values((0.0, require_days)))
+    for a in axes:
+        c = centre.get(a.name, 0.0)
+        total += len(a.values.values((c, c - a.require, c + a.require)))
+    return total
+
+
 def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRange,
               threshold: float | None = None, require_temperature: float = 1.0, require_days: float = 30.0,
               draws: int = 5, progress: Callable[[int], None] | None = None,
-              drift_compensation: bool | None = None) -> dict:
+              drift_compensation: bool | None = None, axes: Sequence[AxisSweep] | None = None) -> dict:
     """The `audit --json` document: sweeps, tolerances, time to threshold, pass/fail.
 
     The temperature sweep is reported twice: as programmed, and with drift compensation (each chip's
     common bias re-fitted at every temperature, :mod:`~pnndeploy.deploy.compensation`).  The verdict
     uses the compensated sweep when ``drift_compensation`` (the deployment re-fits the bias), else
     the programmed one; None: what the model was trained for (spec-sat's ``drift_compensation``).
+    ``axes``: the misalignment sweeps of a platform that has them (None: each axis's defaults).
     """
     if days.lo < 0:
         raise ConfigError(f"--days starts at {days.lo}: days since calibration cannot be negative")
@@ -133,6 +193,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
         threshold_source = "nominal accuracy - 0.05"
     X, y = prepared.data.X, prepared.data.y
     tick = progress or (lambda n: None)
+    axis_failures: dict[str, list[str]] = {}
 
     # rows in group order (the simulated fleet, then each chip behind a backend), reported by name
     order = [name for group in groups for name in group.device_ids]
@@ -171,6 +232,34 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     not_checked = {n: f"ageing: a real chip cannot be aged on demand; audit it again {require_days:g} days "
                       "after its calibration" for n in prepared.hardware}
 
+    # misalignment: each axis alone, every simulated setup moved from its calibrated state by the same amount
+    if axes is None:
+        axes = axis_sweeps(platform, {}, {}, {})
+    about = {a.name: a for a in platform.perturbation_axes}
+    axis_docs, axis_tolerance = {}, {}
+    for sweep in axes:
+        axis = about[sweep.name]
+        values = sweep.values.values(extra=(axis.centre, axis.centre - sweep.require, axis.centre + sweep.require))
+        acc = np.empty((len(aged), len(values)))
+        for k, v in enumerate(values):
+            if fleet is not None:
+                acc[:, k] = fleet.accuracy(X, y, Conditions(perturbation={sweep.name: float(v)}))
+            tick(1)
+        axis_docs[sweep.name] = {**_sweep_doc(values, aged, acc), "units": axis.units, "label": axis.label,
+                                 "centre": axis.centre, "require": sweep.require}
+        axis_tolerance[sweep.name] = {n: tolerance_interval(values, acc[i], threshold, axis.centre)
+                                      for i, n in enumerate(aged)}
+        inside = np.abs(np.asarray(values) - axis.centre) <= sweep.require + 1e-9
+        for i, n in enumerate(aged):
+            if np.any(~(acc[i, inside] >= threshold)):
+                axis_failures.setdefault(n, []).append(f"{n}: below {threshold:.3f} within ±{sweep.require:g} {axis.units} of "
+                                     f"{axis.label}" if axis.centre == 0 else
+                                     f"{n}: below {threshold:.3f} within {axis.label} {axis.centre:g} ± "
+                                     f"{sweep.require:g}")
+    if axes:
+        for n in prepared.hardware:
+            not_checked[n] += "; misalignment: a setup behind a backend cannot be misaligned on demand"
+
     row = {n: i for i, n in enumerate(order)}
     aged_row = {n: i for i, n in enumerate(aged)}
     names = [p.device_id for p in prepared.profiles]
@@ -191,6 +280,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
                             + (" (drift-compensated)" if drift_compensation else ""))
         if n in aged_row and np.any(d_acc[aged_row[n], d_mask] < threshold):
             failures.append(f"{n}: below {threshold:.3f} within {require_days:g} days")
+        failures.extend(axis_failures.get(n, []))
     return {
         "model": str(prepared.model.path),
         "model_sha256": prepared.model.sha256,
@@ -200,7 +290,8 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
         "nominal_accuracy": nominal,
         "threshold": float(threshold),
         "threshold_source": threshold_source,
-        "require": {"temperature_K": require_temperature, "days": require_days},
+        "require": {"temperature_K": require_temperature, "days": require_days,
+                    **{a.name: a.require for a in axes}},
         "passed": not failures,
         "failures": failures,
         "drift_compensation": {**compensation.to_dict(), "used_for_verdict": drift_compensation},
@@ -211,12 +302,13 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
                 "bias": {n: [float(b) for b in t_bias[i]] for i, n in enumerate(names)},
                 "bias_units": platform.control_units},
             "days": {**_sweep_doc(d_values, aged, d_acc), "draws": draws, "statistic": "median over draws"},
+            **axis_docs,
         },
         # what could not be checked on some chip, and why (chips behind a backend cannot be aged)
         "not_checked": not_checked,
         # chips behind a backend: the most samples of one measurement pass whose outputs were NaN or inf
         "invalid_samples": {n: board.max_invalid for n, board in prepared.hardware.items()},
-        "tolerance": {"temperature_K": tolerance, "temperature_K_compensated": tolerance_comp},
+        "tolerance": {"temperature_K": tolerance, "temperature_K_compensated": tolerance_comp, **axis_tolerance},
         "time_to_threshold_days": time_to,
         "recommended_recalibration_days": recommended,
         "horizon_days": float(d_values[-1]),

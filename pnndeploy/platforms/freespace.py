@@ -90,6 +90,8 @@ class FreeSpacePlatform(Platform):
     #: Transmissions training may use: 0.05 of the drive's range [0, 1] is left at each end, so the mapping
     #: can correct a pixel's offset and gain and pre-compensate the imaging without clipping.
     control_range = (0.05, 0.95)
+    #: The largest |W| a pair in the training range makes, 0.95 - 0.05 (written out: the difference rounds below).
+    reach = 0.9
     #: Transmission change of a liquid-crystal mask pixel per kelvin (T/K), common to both masks of a pair.
     nominal_drift = 0.002
     #: noise-aware's default transmission noise: the default setups' calibration error of a pixel.
@@ -127,7 +129,7 @@ class FreeSpacePlatform(Platform):
         """The balanced pair 0.5 +- W/2 inside the training range: a row whose largest |W| exceeds the range's
         reach (0.9) is divided by that ratio and the digital gain multiplied by it, which changes no output."""
         w = np.asarray(weight, np.float64)
-        reach = self.control_range[1] - self.control_range[0]
+        reach = self.reach
         peak = np.abs(w).max(axis=1) if w.size else np.zeros(w.shape[0])
         scale = np.maximum(1.0, peak / reach)
         w = np.clip(w / scale[:, None], -reach, reach)
@@ -176,7 +178,7 @@ class FreeSpacePlatform(Platform):
         target = weight.astype(np.float64)
         M = imaging_operator(frame_shape(weight.shape[1]), misalignment_of(calibration), float(environment.crosstalk))
         identity = M.nnz == M.shape[0] and np.all(M.diagonal() == 1.0)
-        w_set = target if identity else _inverse_imaging(target, M, self.control_range[1] - self.control_range[0])
+        w_set = target if identity else _inverse_imaging(target, M, self.reach)
         ri, ci = ring_index(weight.shape, layout)
         gain = calibration["pixel_gain"][:, ri, ci]
         offset = calibration[self.offset_name][:, ri, ci]
@@ -216,8 +218,14 @@ class FreeSpacePlatform(Platform):
         W = (t[:, 0] - t[:, 1]).astype(np.float64)
         frame = frame_shape(W.shape[2])
         out = np.empty(W.shape, dtype=np.float32)
-        for c, (m, crosstalk) in enumerate(zip(state["misalignment"][chips], state["crosstalk"][chips])):
-            M = imaging_operator(frame, perturbed(Misalignment(*m), perturbation), float(crosstalk))
+        cache = state.setdefault("imaging", {})           # each setup's own M, built once (no perturbation)
+        for c, chip in enumerate(range(len(state["crosstalk"]))[chips]):
+            M = cache.get(chip) if not perturbation else None
+            if M is None:
+                M = imaging_operator(frame, perturbed(Misalignment(*state["misalignment"][chip]), perturbation),
+                                     float(state["crosstalk"][chip]))
+                if not perturbation:
+                    cache[chip] = M
             out[c] = (M.T @ W[c].T).T                      # W @ M with M sparse
         return out
 

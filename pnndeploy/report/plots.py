@@ -25,7 +25,27 @@ def _percent(values: list[float | None]) -> list[float]:
 def plot_audit(doc: dict[str, Any], path: str | Path) -> Path:
     """Accuracy vs ΔT and vs days since calibration: a thin line per chip, the fleet mean bold, the threshold dashed."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    extra = [k for k in doc["sweeps"] if k not in ("temperature_K", "temperature_K_compensated", "days")]
+    if extra:                                    # a free-space setup: a second row, one panel per misalignment axis
+        fig, grid = plt.subplots(2, max(2, len(extra)), figsize=(4.2 * max(2, len(extra)), 8.4),
+                                 constrained_layout=True)
+        axes = grid[0]
+        for ax in grid[0][2:]:
+            ax.axis("off")
+        for ax, key in zip(grid[1], extra):
+            sweep = doc["sweeps"][key]
+            for name, acc in sweep["devices"].items():
+                ax.plot(sweep["values"], _percent(acc), lw=0.9, alpha=0.6, label=name)
+            if sweep["devices"]:
+                ax.plot(sweep["values"], _percent(sweep["fleet_mean"]), color="black", lw=2.6, label="fleet mean")
+            ax.axhline(100 * doc["threshold"], color="crimson", ls="--", lw=1.2)
+            units = "" if sweep["units"] == "1" else f" ({sweep['units']})"
+            ax.set_xlabel(f"{sweep['label']}{units}")
+            ax.set_ylabel("accuracy (%)")
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for ax, key, label in ((axes[0], "temperature_K", "ΔT from calibration (K)"),
                            (axes[1], "days", "days since calibration")):
         sweep = doc["sweeps"][key]

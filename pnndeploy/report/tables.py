@@ -218,6 +218,45 @@ def audit_rows(doc: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+#: Keys of ``sweeps`` that are not misalignment axes.
+_DRIFT_SWEEPS = ("temperature_K", "temperature_K_compensated", "days")
+
+
+def misalignment_axes(doc: dict[str, Any]) -> list[str]:
+    """The misalignment sweeps of an audit document (free-space setups), in order."""
+    return [k for k in doc["sweeps"] if k not in _DRIFT_SWEEPS]
+
+
+def misalignment_headers(doc: dict[str, Any]) -> list[str]:
+    out = ["device"]
+    for key in misalignment_axes(doc):
+        sweep = doc["sweeps"][key]
+        around = f"±{sweep['require']:g} {sweep['units']}" if sweep["centre"] == 0 else \
+            f"{sweep['centre']:g} ± {sweep['require']:g}"
+        out.append(f"{sweep['label']}: worst within {around} (tolerance)")
+    return out
+
+
+def misalignment_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """Per setup and axis: the worst accuracy within the requirement and the tolerance interval."""
+    keys = misalignment_axes(doc)
+    if not keys:
+        return []
+    rows = []
+    for name in doc["sweeps"][keys[0]]["devices"]:
+        row = [name]
+        for key in keys:
+            sweep = doc["sweeps"][key]
+            inside = [a for v, a in zip(sweep["values"], sweep["devices"][name])
+                      if abs(v - sweep["centre"]) <= sweep["require"] + 1e-9]
+            worst = None if any(a is None for a in inside) else min(inside)
+            tol = doc["tolerance"][key][name]
+            units = "" if sweep["units"] == "1" else f" {sweep['units']}"
+            row.append(f"{pct(worst)} ({'fails unperturbed' if tol is None else f'{tol[0]:g} … {tol[1]:g}{units}'})")
+        rows.append(row)
+    return rows
+
+
 def _audit_headers(doc: dict[str, Any]) -> list[str]:
     req = doc["require"]["temperature_K"]
     comp = [f"compensated −{req:g} / +{req:g} K", "tolerance, compensated"] \
@@ -234,6 +273,13 @@ def render_audit(doc: dict[str, Any]) -> None:
     for row in audit_rows(doc):
         table.add_row(*row)
     console.print(table)
+    if misalignment_axes(doc):
+        table = Table(title="misalignment after calibration (each axis alone, every setup moved alike)")
+        for column in misalignment_headers(doc):
+            table.add_column(column, justify="right")
+        for row in misalignment_rows(doc):
+            table.add_row(*row)
+        console.print(table)
     rec = doc["recommended_recalibration_days"]
     unchecked = doc.get("not_checked", {})
     aged = doc["sweeps"]["days"]["devices"]
@@ -257,6 +303,7 @@ def render_audit(doc: dict[str, Any]) -> None:
         unchecked = doc.get("not_checked", {})
         console.print(f"[bold green]PASSED[/]: every device stays ≥ {pct(doc['threshold'])} within "
                       f"±{req['temperature_K']:g} K and for {req['days']:g} days"
+                      + "".join(f", within ±{req[k]:g} of {doc['sweeps'][k]['label']}" for k in misalignment_axes(doc))
                       + (f" (the ageing requirement was not checked for {', '.join(unchecked)})" if unchecked else ""))
     else:
         console.print(f"[bold red]FAILED[/]: {len(doc['failures'])} problem(s): " + "; ".join(doc["failures"][:6])
@@ -288,6 +335,9 @@ def audit_markdown(doc: dict[str, Any], plot: str | None = None, report_dir: str
         "",
         markdown_table(_audit_headers(doc), audit_rows(doc)),
     ]
+    if misalignment_axes(doc):
+        parts += ["", "Misalignment after calibration (each axis alone):", "",
+                  markdown_table(misalignment_headers(doc), misalignment_rows(doc))]
     if doc["failures"]:
         parts += ["", "Failures:", ""] + [f"- {f}" for f in doc["failures"]]
     if plot:
