@@ -55,6 +55,9 @@ METHODS = {
     "noise-aware": {"method": "noise-aware"},
     "sat": {"method": "sat"},                     # SAM on the masks + FD-SAT over the default box (2°, 2 px, 0.1)
     "spec-sat": {"method": "spec-sat"},
+    # ablation: the random state of the box only, no finite-difference ascent (what the ascent adds)
+    "sat-draw-only": {"method": "sat", "misalignment_rho": 0.0},
+    "sat-rho1": {"method": "sat", "misalignment_rho": 1.0},
 }
 
 
@@ -98,7 +101,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--dataset", default="digits28")
     parser.add_argument("--hidden", type=int, default=144)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default="standard,noise-aware,sat,spec-sat",
+                        help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--quick", action="store_true", help="digits (8x8), 2 epochs, 1 seed, standard and sat")
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()

@@ -81,3 +81,25 @@ def test_demo_quick_on_the_mzi_fleet(cli, tmp_path, monkeypatch) -> None:
     report = (out / "report.md").read_text()
     assert "Mach-Zehnder" in report and "1/rad²" in report
     assert json.loads(result.stdout)["out"] == "reports/demo-mzi"
+
+
+def test_demo_on_free_space_setups_reports_the_misalignment(cli, tmp_path, monkeypatch) -> None:
+    """`demo --platform freespace` on its default setups: the table gains the worst setup within each misalignment
+    requirement, the report says so.  (Made small here: 8x8 digits and width 16; the real demo runs on digits28.)"""
+    import pnndeploy.experiments.demo as demo
+    from pnndeploy.platforms import get_platform
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "DEMO_HIDDEN", [16])
+    monkeypatch.setattr(type(get_platform("freespace")), "demo_dataset", "digits")
+    result = cli("demo", "--platform", "freespace", "--quick", "--json",
+                 "--profiles", Path(__file__).resolve().parents[1] / "device_profiles" / "freespace")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "reports" / "demo-freespace"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["platform"] == "freespace" and [row["method"] for row in summary["table"]] == METHODS
+    for row in summary["table"]:
+        assert set(row["misalignment_min"]) == {"rotation_deg", "shift_x_px", "shift_y_px", "scale"}
+        assert row["misalignment_require"]["shift_x_px"] == 2.0
+        assert all(0.0 <= v <= row["fleet_min"] + 1e-9 for v in row["misalignment_min"].values())
+    assert "fleet min, shift_y_px ±2" in (out / "report.md").read_text()

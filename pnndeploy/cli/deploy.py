@@ -131,17 +131,17 @@ class _measuring:
 @click.option("--require-days", type=float, default=30.0, show_default=True, metavar="D",
               help="Pass only if every chip stays above the threshold for D days after calibration.")
 @click.option("--rotation", default=None, metavar="LO:HI:STEP",
-              help="freespace: rotation sweep, degrees from the calibrated setup (default -4:4:0.5).")
+              help="Free-space setups: rotation sweep, degrees from the calibrated setup (default -4:4:0.5).")
 @click.option("--shift", default=None, metavar="LO:HI:STEP",
-              help="freespace: shift sweep, mask pixels along x and, separately, along y (default -4:4:0.5).")
+              help="Free-space setups: shift sweep, mask pixels along x and, separately, along y (default -4:4:0.5).")
 @click.option("--scale", default=None, metavar="LO:HI:STEP",
-              help="freespace: magnification sweep, relative to the calibrated setup (default 0.8:1.2:0.025).")
+              help="Free-space setups: magnification sweep, relative to the calibrated setup (default 0.8:1.2:0.025).")
 @click.option("--require-rotation", type=float, default=None, metavar="DEG",
-              help="freespace: pass only if every setup stays above the threshold within ±DEG (default 2).")
+              help="Free-space setups: pass only if every setup stays above the threshold within ±DEG (default 2).")
 @click.option("--require-shift", type=float, default=None, metavar="PX",
-              help="freespace: ... within ±PX along x and along y (default 2).")
+              help="Free-space setups: ... within ±PX along x and along y (default 2).")
 @click.option("--require-scale", type=float, default=None, metavar="FRAC",
-              help="freespace: ... within a magnification of 1 ± FRAC (default 0.1).")
+              help="Free-space setups: ... within a magnification of 1 ± FRAC (default 0.1).")
 @click.option("--drift-compensation/--no-drift-compensation", default=None,
               help="Judge the temperature sweep with drift compensation: at each temperature every chip re-fits "
                    "one common control bias from a 32-input reference measurement (no labels). Both sweeps are "
@@ -166,7 +166,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
       pnndeploy audit --device chipB --temperature -1:1:0.1 --require-temperature 0.5 --plot audit.png
       pnndeploy audit --fleet --threshold 0.9 --report audit.md --plot audit.png --json
       pnndeploy audit --fleet --drift-compensation --require-temperature 1
-      pnndeploy audit --model models/fs.onnx --fleet --profiles device_profiles/freespace --require-shift 1
+      pnndeploy audit --model models/fs.onnx --fleet --require-shift 1     (a free-space model: its setups)
     """
     from pnndeploy.deploy.audit import SweepRange, audit_passes, axis_sweeps, run_audit
     from pnndeploy.formats.onnx_io import load_model

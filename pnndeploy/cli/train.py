@@ -84,13 +84,13 @@ def _per_platform(value: Any) -> str:
                    "(default on; --no-drift-compensation trains for chips run as programmed, against the worst "
                    "of -K, 0, +K).")
 @click.option("--robust-rotation", type=float, default=None, metavar="DEG",
-              help="freespace, sat and spec-sat: FD-SAT trains for setups rotated by up to ±DEG (default 2).")
+              help="Free-space setups, sat and spec-sat: FD-SAT trains for setups rotated by up to ±DEG (default 2).")
 @click.option("--robust-shift", type=float, default=None, metavar="PX",
-              help="freespace, sat and spec-sat: ... shifted by up to ±PX mask pixels along x and y (default 2).")
+              help="Free-space setups, sat and spec-sat: ... shifted by up to ±PX mask pixels along x and y (default 2).")
 @click.option("--robust-scale", type=float, default=None, metavar="FRAC",
-              help="freespace, sat and spec-sat: ... magnified by 1 ± FRAC (default 0.1).")
+              help="Free-space setups, sat and spec-sat: ... magnified by 1 ± FRAC (default 0.1).")
 @click.option("--misalignment-rho", type=float, default=None, metavar="R",
-              help="freespace: FD-SAT's finite-difference ascent from a random misalignment of that box, in box "
+              help="Free-space setups: FD-SAT's finite-difference ascent from a random misalignment of that box, in box "
                    "half-widths (default 0.5; 0: the random draw only).")
 @click.option("--in-situ", "in_situ", default=None, metavar="DEVICE",
               help="Train on a chip: every forward pass of the on-chip layers is measured on DEVICE (through its "
@@ -117,7 +117,6 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
       pnndeploy train --no-drift-compensation --require-temperature 1 --robust-to device_profiles/process.yaml
       pnndeploy train --dataset digits28 --conv 8,16 --hidden 64 --onchip 2     (the paper's on-chip FC layers)
       pnndeploy train --method sat --in-situ chipA-remote --out models/sat-pat.onnx   (SAT + PAT on a chip)
-      pnndeploy train --platform freespace --method sat --dataset digits28 --hidden 144   (FD-SAT, misalignment)
     """
     from pnndeploy.training.config import TrainConfig, load_config
 

@@ -135,6 +135,8 @@ class Platform(ABC):
     #: Whole-setup perturbations `audit` sweeps beside temperature and ageing (a free-space setup's
     #: misalignment); :meth:`fleet_weights` then takes ``perturbation={axis name: value}``.
     perturbation_axes: tuple[PerturbationAxis, ...] = ()
+    #: The dataset `pnndeploy demo` tells the story on (every platform: the embedded digits, or a view of them).
+    demo_dataset: str = "digits"
 
     # ------------------------------------------------------------------------------------------ a layer
     @abstractmethod

@@ -371,6 +371,15 @@ def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:
                   f"{r['audits_passed']}/{r['seeds']}" + ("c" if r["audited_compensated"] else ""),
                   f">{r['horizon_days']:g}" if days is None else f"{days:g}")
     _console().print(t)
+    axes = list(table[0].get("misalignment_min", {})) if table else []
+    if axes:            # free-space setups: the worst setup within each misalignment requirement
+        m = Table(title="worst setup in % within each misalignment requirement (each axis alone)", padding=(0, 1))
+        m.add_column("method", justify="right", no_wrap=True)
+        for k in axes:
+            m.add_column(f"{k} ±{table[0]['misalignment_require'][k]:g}", justify="right", no_wrap=True)
+        for r in table:
+            m.add_row(r["method"], *(f"{100 * r['misalignment_min'][k]:.1f}" for k in axes))
+        _console().print(m)
 
 
 def render_sweep(doc: dict[str, Any]) -> None:

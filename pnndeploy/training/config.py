@@ -155,8 +155,9 @@ class TrainConfig:
         given = [n for n in MISALIGNMENT_SETTINGS if getattr(self, n) != getattr(defaults, n)]
         known = PLATFORMS.get(self.platform)
         if given and (known is None or not known.perturbation_axes):
+            imaging = ", ".join(n for n, p in sorted(PLATFORMS.items()) if p.perturbation_axes)
             raise ConfigError(f"--{given[0].replace('_', '-')} sets the misalignment box of a free-space setup; "
-                              f"--platform {self.platform} has no misalignment; drop it or use --platform freespace")
+                              f"--platform {self.platform} has no misalignment; drop it or use --platform {imaging}")
         if given and self.method not in ("sat", "spec-sat"):
             raise ConfigError(f"--{given[0].replace('_', '-')} is a setting of FD-SAT's misalignment ascent and "
                               f"--method {self.method} would ignore it; use it with --method sat or spec-sat")
