@@ -11,7 +11,8 @@ with ReLU, each method over seeds, evaluated
 at the calibrated state and after each misalignment alone (rotation, shift along y as in the paper,
 shift along x, magnification).  Every misalignment moves the setup away from its calibrated state.
 
-    python benchmarks/freespace.py                        # the full table (about 10 min on two cores)
+    python benchmarks/freespace.py                        # the full table (about 4 min on two cores)
+    python benchmarks/freespace.py --methods sat-draw-only,sat-rho1     # the ablation of the FD ascent
     python benchmarks/freespace.py --quick                # a smoke run (digits 8x8, 2 epochs)
     python benchmarks/freespace.py --json out.json
 """

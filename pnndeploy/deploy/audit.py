@@ -129,7 +129,8 @@ def axis_sweeps(platform: Any, ranges: Mapping[str, str | None], requires: Mappi
     out = []
     for axis in platform.perturbation_axes:
         flag, require_flag = flags.get(axis.name, axis.name), flags.get("require-" + axis.name, axis.name)
-        grid = SweepRange.parse(ranges.get(axis.name) or axis.sweep, flag)
+        text = ranges.get(axis.name)
+        grid = SweepRange.parse(axis.sweep if text is None else text, flag)
         require = requires.get(axis.name)
         require = axis.require if require is None else require
         if not math.isfinite(require) or require < 0:

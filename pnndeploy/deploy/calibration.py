@@ -62,8 +62,8 @@ def measure_calibration(profile: DeviceProfile, backend: ChipBackend, points: in
     """Sweep every device of ``profile``'s chip through ``backend`` and fit its transfer function."""
     platform = get_platform(profile.platform)
     if not platform.sweep_calibration:
-        raise PnnError(f"calibration by measurement is not implemented for {profile.platform} chips (a mesh's "
-                       f"phases are not reachable one device at a time); calibrate {profile.device_id} with the "
+        raise PnnError(f"calibration by measurement is not implemented for {profile.platform} chips (their "
+                       f"devices cannot be swept one at a time here); calibrate {profile.device_id} with the "
                        "station's own procedure and write the profile")
     info = backend.info()
     if "measure_transfer" not in info.supports:

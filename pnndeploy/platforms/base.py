@@ -164,6 +164,10 @@ class Platform(ABC):
         by the caller, and ``clipped`` counts the weights it could not reach.
         """
 
+    def misalign_inputs(self, x: Any, misalignment: Any) -> Any:
+        """Torch: a layer's inputs as a misaligned setup shows them (platforms with :attr:`perturbation_axes`)."""
+        raise NotImplementedError(f"{self.name} layers have no misalignment")
+
     def params_dict(self) -> dict[str, float]:
         """Nominal parameters as a plain dict (for metadata)."""
         return {k: float(v) for k, v in self.nominal.items()}

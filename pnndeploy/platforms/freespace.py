@@ -17,7 +17,7 @@ Output o therefore computes ``sum_p W[o, p] x_mask[p]``.
 * **Per setup (fabrication truth)**: every mask pixel's transmission offset and gain, the
   misalignment (rotation, shift_x, shift_y, scale: one value each, fields of shape (1,)), the
   thermal drift of each pixel; **calibration** holds the measured ones.  Mapping pre-compensates the
-  measured misalignment and blur (a ridge-regularised inverse of the imaging), so what remains on a
+  measured misalignment and blur (a box-constrained least-squares inverse of the imaging), so what remains on a
   setup is the error of that measurement and what moves after it: :data:`MISALIGNMENT_AXES` are what
   `pnndeploy audit` sweeps beside temperature.
 
@@ -96,7 +96,8 @@ class FreeSpacePlatform(Platform):
     nominal_drift = 0.002
     #: noise-aware's default transmission noise: the default setups' calibration error of a pixel.
     default_noise = 0.01
-    #: Pixel pitch of the default masks (µm): converts the audit's pixel shifts to the bench's µm.
+    #: Pixel pitch of the default masks (µm), recorded in the model's platform parameters: a shift of k px is
+    #: k times this on the bench (:meth:`Misalignment.from_um` converts back).
     pixel_pitch_um = 8.0
     perturbation_axes = MISALIGNMENT_AXES
     #: The demo shows the embedded digits at 28 x 28 (``digits28``): the frame size of the paper's experiment, on
@@ -175,7 +176,7 @@ class FreeSpacePlatform(Platform):
                   environment: Any, layout: tuple[int, int],
                   params: Mapping[str, Any] | None = None) -> LayerMapping:
         """Pre-compensate the *measured* imaging, then set each pixel of the pair through its measured gain and
-        offset: ``W_set = argmin ||W_set M - W||^2 + ridge ||W_set||^2`` with M the calibrated K B, then
+        offset: ``W_set = argmin ||W_set M - W||^2`` over |W_set| <= 0.9, M the calibrated K B, then
         ``t+- = (0.5 +- W_set/2) / g+- - offset+-``, quantised; transmissions outside [0, 1] are clipped and
         counted.  The residual is the calibrated model's ``||W_realised M - W||_F``."""
         target = weight.astype(np.float64)
@@ -248,7 +249,11 @@ def _inverse_imaging(target: np.ndarray, M: Any, reach: float) -> np.ndarray:
     def times_m(w: np.ndarray) -> np.ndarray:          # w @ M with M sparse
         return (MT @ w.T).T
 
+    def misfit(w: np.ndarray) -> float:
+        return float(np.sum((times_m(w) - target) ** 2))
+
     x = np.clip(target, -reach, reach)
+    best, best_misfit = x, misfit(x)                    # FISTA is not monotone: keep the best iterate seen
     y, t = x.copy(), 1.0
     for _ in range(INVERSE_ITERATIONS):
         grad = (M @ (times_m(y) - target).T).T          # (y M - target) M^T
@@ -256,7 +261,10 @@ def _inverse_imaging(target: np.ndarray, M: Any, reach: float) -> np.ndarray:
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         y = x_next + ((t - 1.0) / t_next) * (x_next - x)
         x, t = x_next, t_next
-    return x
+        value = misfit(x)
+        if value < best_misfit:
+            best, best_misfit = x, value
+    return best
 
 
 __all__ = ["FreeSpacePlatform", "MISALIGNMENT_AXES", "MISALIGNMENT_FIELDS", "misalignment_of", "perturbed"]

@@ -47,7 +47,7 @@ def fd_ascent(loss: Callable[[np.ndarray], float], phi: np.ndarray, scale: np.nd
     """The adversarial state: ``rho`` tolerance units from ``phi`` along the estimated ascent direction."""
     g = fd_gradient(loss, phi, scale, probes, h, rng)
     norm = float(np.linalg.norm(g))
-    if norm == 0.0:
+    if norm == 0.0 or not np.isfinite(norm):            # flat, or a probe's loss was not finite: no ascent
         return np.asarray(phi, np.float64).copy()
     return np.asarray(phi, np.float64) + rho * np.asarray(scale, np.float64) * g / norm
 

@@ -119,6 +119,10 @@ def _train(dataset: Dataset, config: TrainConfig,
     y_test = torch.from_numpy(dataset.y_test)
 
     model = build_model(config, dataset.n_features, dataset.n_classes, dataset.image_shape)
+    if chip is not None and config.misalignment_box is not None:
+        raise ConfigError(f"--in-situ with --method {config.method} on {config.platform}: FD-SAT's misalignment "
+                          "probes would each be a measurement of the setup, and the station cannot misalign it on "
+                          "demand; train in silico (drop --in-situ) or use --method standard for PAT")
     if chip is not None:
         chip.attach(model)
         try:
@@ -128,7 +132,15 @@ def _train(dataset: Dataset, config: TrainConfig,
     return _loop(model, X, y, X_test, y_test, config, on_epoch, None)
 
 
-def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
+def _loop(model: PNN, *args: object) -> TrainResult:
+    """:func:`_run_loop`, the model's inputs never left misaligned (FD-SAT), whatever happens."""
+    try:
+        return _run_loop(model, *args)      # type: ignore[arg-type]
+    finally:
+        model.set_misalignment(None)
+
+
+def _run_loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
           config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None,
           chip: InSituChip | None) -> TrainResult:
     if config.method != "standard":
@@ -217,10 +229,10 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
             correct += int((logits.argmax(1) == yb).sum())
         record = EpochRecord(epoch, total / n, correct / n, time.perf_counter() - t0)
         history.append(record)
+        model.set_misalignment(None)          # between epochs the model is the nominal one
         if on_epoch is not None:
             on_epoch(record)
     seconds = time.perf_counter() - start
-    model.set_misalignment(None)
     if chip is not None:
         chip.detach(model)        # the figures below are the model's on the nominal chip, as for any training
     model.eval()
@@ -231,10 +243,18 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
 
 
 def _loss_at(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor, misalignment: np.ndarray) -> float:
-    """The batch loss with the setup misaligned by ``misalignment`` (no gradient: FD-SAT's probe)."""
-    with torch.no_grad():
-        model.set_misalignment(torch.from_numpy(misalignment.astype(np.float32)))
-        return float(loss_fn(model(xb), yb))
+    """The batch loss with the setup misaligned by ``misalignment`` (no gradient: FD-SAT's probe).
+
+    Evaluation mode, so control noise (noise-aware or ``--noise``) draws nothing: the probes of one step
+    must differ only in the misalignment, or their differences would measure the noise."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model.set_misalignment(torch.from_numpy(misalignment.astype(np.float32)))
+            return float(loss_fn(model(xb), yb))
+    finally:
+        model.train(was_training)
 
 
 def _backward_then_restore(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
