@@ -132,7 +132,10 @@ def test_mrr_results_bit_for_bit(tmp_path: Path) -> None:
         if exact:
             assert got == want, f"{name}: MRR results moved (was {want}, now {got})"
             continue
-        assert got["losses"] == pytest.approx(want["losses"], rel=1e-4), name
+        # across machines the last bits differ and training amplifies them: an AVX2 EPYC without a record of its
+        # own was 6.7e-4 off the AVX512 record in one epoch's loss (noise-aware, epoch 3) while reproducing
+        # the reference commit exactly once recorded; the accuracies below carry the approximate check
+        assert got["losses"] == pytest.approx(want["losses"], rel=2e-3), name
         for key in ("train_accuracy", "test_accuracy", "trained_test_accuracy"):
             assert got[key] == pytest.approx(want[key], abs=2.5 / 360), (name, key)
         assert got["clipped_weights"] == want["clipped_weights"], name
