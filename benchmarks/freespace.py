@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from pnndeploy.deploy.mapping import map_model  # noqa: E402
 from pnndeploy.deploy.transfer import prepare_fleet  # noqa: E402
 from pnndeploy.formats.profiles import read_profile  # noqa: E402
+from pnndeploy.platforms import get_platform  # noqa: E402
 from pnndeploy.platforms.freespace import MISALIGNMENT_FIELDS  # noqa: E402
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet  # noqa: E402
 from pnndeploy.training.config import TrainConfig  # noqa: E402
@@ -65,7 +66,7 @@ METHODS = {
 def perfect(profile):
     """``profile`` as a perfect setup: no pixel errors, misalignment, blur, drift or detector noise."""
     fab = {k: v.copy() for k, v in profile.fabrication.items()}
-    fab[profile_platform_offset(profile)][:] = 0.0
+    fab[get_platform(profile.platform).offset_name][:] = 0.0
     fab["pixel_gain"][:] = 1.0
     for key, value in zip(MISALIGNMENT_FIELDS, (0.0, 0.0, 0.0, 1.0)):
         fab[key] = np.array([value])
@@ -73,12 +74,6 @@ def perfect(profile):
                   drift_coefficient=np.zeros_like(profile.environment.drift_coefficient))
     return replace(profile, device_id="perfect", fabrication=fab, calibration={k: v.copy() for k, v in fab.items()},
                    environment=env)
-
-
-def profile_platform_offset(profile) -> str:
-    from pnndeploy.platforms import get_platform
-
-    return get_platform(profile.platform).offset_name
 
 
 def evaluate(model_path: Path) -> dict:

@@ -191,7 +191,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
                         "require-shift_x_px": "--require-shift", "require-shift_y_px": "--require-shift",
                         "require-scale": "--require-scale"})
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None, timeout)
-    total = audit_passes(t_range, d_range, require_temperature, require_days, draws, axes, platform)
+    total = audit_passes(t_range, d_range, require_temperature, require_days, draws, axes)
     what = "temperature, ageing and misalignment" if axes else "temperature and ageing"
     with prepared, progress_bar() as progress:
         task = progress.add_task(f"sweeping {what}", total=total)

@@ -108,9 +108,18 @@ def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: i
 class AxisSweep:
     """One misalignment axis of an audit: its grid and requirement (centre +- require)."""
 
-    name: str
+    axis: Any               # the platform's PerturbationAxis (name, label, units, centre)
     values: SweepRange
     require: float
+
+    @property
+    def name(self) -> str:
+        return self.axis.name
+
+    def points(self) -> list[float]:
+        """The grid, with the unperturbed value and the requirement's ends on it."""
+        c = self.axis.centre
+        return self.values.values(extra=(c, c - self.require, c + self.require))
 
 
 def axis_sweeps(platform: Any, ranges: Mapping[str, str | None], requires: Mapping[str, float | None],
@@ -142,20 +151,15 @@ def axis_sweeps(platform: Any, ranges: Mapping[str, str | None], requires: Mappi
         if axis.name == "scale" and require >= axis.centre:
             raise ConfigError(f"{require_flag} {require:g}: a magnification of 1 ± {require:g} reaches 0; "
                               "require less than 1 (0.1 is x0.9 to x1.1)")
-        out.append(AxisSweep(axis.name, grid, float(require)))
+        out.append(AxisSweep(axis, grid, float(require)))
     return out
 
 
 def audit_passes(temperatures: SweepRange, days: SweepRange, require_temperature: float, require_days: float,
-                 draws: int, axes: Sequence[AxisSweep] = (), platform: Any = None) -> int:
+                 draws: int, axes: Sequence[AxisSweep] = ()) -> int:
     """Evaluation passes of an audit (its progress bar's total)."""
-    centre = {a.name: a.centre for a in platform.perturbation_axes} if platform is not None else {}
-    total = len(temperatures.values((0.0, -require_temperature, require_temperature))) \
-        + draws * len(days.values((0.0, require_days)))
-    for a in axes:
-        c = centre.get(a.name, 0.0)
-        total += len(a.values.values((c, c - a.require, c + a.require)))
-    return total
+    return len(temperatures.values((0.0, -require_temperature, require_temperature))) \
+        + draws * len(days.values((0.0, require_days))) + sum(len(a.points()) for a in axes)
 
 
 def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRange,
@@ -236,11 +240,9 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
     # misalignment: each axis alone, every simulated setup moved from its calibrated state by the same amount
     if axes is None:
         axes = axis_sweeps(platform, {}, {}, {})
-    about = {a.name: a for a in platform.perturbation_axes}
     axis_docs, axis_tolerance = {}, {}
     for sweep in axes:
-        axis = about[sweep.name]
-        values = sweep.values.values(extra=(axis.centre, axis.centre - sweep.require, axis.centre + sweep.require))
+        axis, values = sweep.axis, sweep.points()
         acc = np.empty((len(aged), len(values)))
         for k, v in enumerate(values):
             if fleet is not None:

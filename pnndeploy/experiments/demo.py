@@ -27,6 +27,7 @@ from pnndeploy.errors import PnnError
 from pnndeploy.formats.profile_folder import list_profiles
 from pnndeploy.formats.profiles import read_profile
 from pnndeploy.platforms import DEFAULT_PLATFORM, get_platform
+from pnndeploy.report.tables import misalignment_axes
 from pnndeploy.simulation.fleet import SimulatedFleet
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.pipeline import train_and_export
@@ -157,11 +158,6 @@ def _min_within(sweep: dict[str, Any], limit: float) -> float:
     return min(m for v, m in zip(sweep["values"], sweep["fleet_min"]) if abs(v) <= limit + 1e-9)
 
 
-def _axes(audit: dict[str, Any]) -> list[str]:
-    """The misalignment sweeps of an audit (free-space setups), in order."""
-    return [k for k in audit["sweeps"] if k not in ("temperature_K", "temperature_K_compensated", "days")]
-
-
 def _min_around(sweep: dict[str, Any]) -> float:
     """The worst setup's accuracy anywhere on a misalignment sweep within its requirement."""
     return min(m for v, m in zip(sweep["values"], sweep["fleet_min"])
@@ -241,7 +237,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "horizon_days": group[0]["audit"]["horizon_days"],
             "train_seconds": mean(lambda r: r["train"]["seconds"]),
         })
-        axes = _axes(group[0]["audit"])
+        axes = misalignment_axes(group[0]["audit"])
         if axes:            # a free-space setup: the worst setup within each misalignment requirement
             table[-1]["misalignment_min"] = {k: mean(lambda r, k=k: _min_around(r["audit"]["sweeps"][k])) for k in axes}
             table[-1]["misalignment_require"] = {k: group[0]["audit"]["sweeps"][k]["require"] for k in axes}

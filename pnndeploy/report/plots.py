@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pnndeploy.atomic import atomic_path
+from pnndeploy.report.tables import misalignment_axes
 
 
 def _pyplot():
@@ -25,7 +26,7 @@ def _percent(values: list[float | None]) -> list[float]:
 def plot_audit(doc: dict[str, Any], path: str | Path) -> Path:
     """Accuracy vs ΔT and vs days since calibration: a thin line per chip, the fleet mean bold, the threshold dashed."""
     plt = _pyplot()
-    extra = [k for k in doc["sweeps"] if k not in ("temperature_K", "temperature_K_compensated", "days")]
+    extra = misalignment_axes(doc)
     if extra:                                    # a free-space setup: a second row, one panel per misalignment axis
         fig, grid = plt.subplots(2, max(2, len(extra)), figsize=(4.2 * max(2, len(extra)), 8.4),
                                  constrained_layout=True)

@@ -114,14 +114,13 @@ class SimulatedFleet:
 
     def realised_weights(self, k: int, chips: slice, conditions: Conditions) -> np.ndarray:
         """Weights of layer ``k`` as the chips in ``chips`` realise them, (chips, out, in)."""
-        if conditions.perturbation:
+        extra = {}
+        if conditions.perturbation:     # only platforms with perturbation axes take the keyword
             if not self.platform.perturbation_axes:
                 raise PnnError(f"{self.platform.name} chips have no whole-setup perturbation "
                                f"({', '.join(sorted(conditions.perturbation))}); leave Conditions.perturbation empty")
-            W = self.platform.fleet_weights(self.layers[k], chips, conditions.delta_T, conditions.control_shift,
-                                            perturbation=conditions.perturbation)
-        else:
-            W = self.platform.fleet_weights(self.layers[k], chips, conditions.delta_T, conditions.control_shift)
+            extra["perturbation"] = conditions.perturbation
+        W = self.platform.fleet_weights(self.layers[k], chips, conditions.delta_T, conditions.control_shift, **extra)
         noise = self._noise(conditions.eval_seed)
         if noise is not None:
             W += noise[k][chips]

@@ -123,24 +123,19 @@ def _train(dataset: Dataset, config: TrainConfig,
         raise ConfigError(f"--in-situ with --method {config.method} on {config.platform}: FD-SAT's misalignment "
                           "probes would each be a measurement of the setup, and the station cannot misalign it on "
                           "demand; train in silico (drop --in-situ) or use --method standard for PAT")
-    if chip is not None:
-        chip.attach(model)
-        try:
-            return _loop(model, X, y, X_test, y_test, config, on_epoch, chip)
-        finally:
-            chip.detach(model)
-    return _loop(model, X, y, X_test, y_test, config, on_epoch, None)
-
-
-def _loop(model: PNN, *args: object) -> TrainResult:
-    """:func:`_run_loop`, the model's inputs never left misaligned (FD-SAT), whatever happens."""
     try:
-        return _run_loop(model, *args)      # type: ignore[arg-type]
+        if chip is not None:
+            chip.attach(model)
+            try:
+                return _loop(model, X, y, X_test, y_test, config, on_epoch, chip)
+            finally:
+                chip.detach(model)
+        return _loop(model, X, y, X_test, y_test, config, on_epoch, None)
     finally:
-        model.set_misalignment(None)
+        model.set_misalignment(None)        # FD-SAT: the model's inputs never left misaligned, whatever happens
 
 
-def _run_loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
+def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
           config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None,
           chip: InSituChip | None) -> TrainResult:
     if config.method != "standard":
