@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from pnndeploy.deploy.mapping import map_model
 from pnndeploy.deploy.stats import fleet_summary, wilson_interval
@@ -278,38 +279,44 @@ def _argmax_accuracy(scores, y):
     return (scores.argmax(axis=1) == y).mean(axis=1)
 
 
+def _on_torch(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """correct_fraction as fleets compute it: torch tensors."""
+    return correct_fraction(torch.from_numpy(scores), torch.from_numpy(np.asarray(y))).numpy()
+
+
 def test_correct_fraction_equals_argmax_on_random_scores():
     rng = np.random.default_rng(3)
     scores = rng.standard_normal((7, 10, 200)).astype(np.float32)
     y = rng.integers(0, 10, 200)
     y[:40] = scores[0, :, :40].argmax(axis=0)          # chip 0 gets some right, so the check is not all zeros
-    got = correct_fraction(scores, y)
+    got = _on_torch(scores, y)
     np.testing.assert_array_equal(got, _argmax_accuracy(scores, y))
     assert got[0] >= 0.2
 
 
 @pytest.mark.parametrize("poison", ["tie", "nan"])
 def test_correct_fraction_follows_argmax_on_ties_and_nan(poison):
-    """Ties go to the first class, NaN wins: exactly numpy's argmax, which a label-only shortcut would miss."""
+    """Ties go to the first class, NaN wins: torch's argmax on the fleet's tensors is exactly numpy's."""
     scores = np.zeros((2, 3, 4), dtype=np.float32)
     scores[:, 2, :] = -1.0
     if poison == "nan":
         scores[1, 1, 0] = np.nan
     y = np.array([1, 0, 1, 0])          # class 1 ties with class 0 everywhere: argmax says 0
     expected = _argmax_accuracy(scores, y)
-    np.testing.assert_array_equal(correct_fraction(scores, y), expected)
+    np.testing.assert_array_equal(_on_torch(scores, y), expected)
     assert expected[0] == 0.5
 
 
-@pytest.mark.parametrize("labels", [[0, 1, 2, 7], [-1, 0, 1, 2], [0.0, 1.0, 2.0, 0.0], [True, False, True, False],
-                                    [[0, 1, 2, 0]]], ids=["beyond", "negative", "float", "bool", "2-d"])
+@pytest.mark.parametrize("labels", [[0, 1, 2, 7], [-1, 0, 1, 2], [0.0, 1.0, 2.0, 0.0], [True, False, True, False]],
+                         ids=["beyond", "negative", "float", "bool"])
 def test_correct_fraction_follows_the_definition_for_labels_that_are_not_class_indices(labels):
     scores = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
     y = np.asarray(labels)
-    np.testing.assert_array_equal(correct_fraction(scores, y), _argmax_accuracy(scores, y))
+    np.testing.assert_array_equal(_on_torch(scores, y), _argmax_accuracy(scores, y))
 
 
-def test_correct_fraction_refuses_labels_of_another_length_like_the_definition():
-    scores = np.zeros((2, 3, 5), dtype=np.float32)
-    with pytest.raises(ValueError):
-        correct_fraction(scores, np.array([0, 1, 2]))
+def test_correct_fraction_refuses_labels_of_another_length_or_shape():
+    scores = torch.zeros((2, 3, 5))
+    for y in (torch.tensor([0, 1, 2]), torch.zeros((1, 5), dtype=torch.long)):
+        with pytest.raises(ValueError):
+            correct_fraction(scores, y)

@@ -35,6 +35,7 @@ LAYERS = {
     "platforms": 1,
     "errors": 0,
     "atomic": 0,
+    "compute": 1,
     "": 0,            # pnndeploy itself: only __version__ (any other name counts as its module's)
 }
 

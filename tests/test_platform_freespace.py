@@ -24,7 +24,6 @@ from pnndeploy.platforms.imaging import (
     frame_shape,
     imaging_operator,
     resample,
-    resampling_matrix,
 )
 from pnndeploy.simulation.fabrication import make_fleet
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
@@ -57,9 +56,11 @@ def test_frame_shape_is_the_squarest_factorisation() -> None:
 def test_the_sparse_imaging_operator_is_the_resampling_then_the_blur() -> None:
     shape = (6, 7)
     m = Misalignment(3.0, 0.4, -0.7, 1.05)
-    np.testing.assert_allclose(imaging_operator(shape, m).toarray(), resampling_matrix(shape, m), atol=1e-15)
-    assert imaging_operator(shape, Misalignment()).toarray().tolist() == np.eye(42).tolist()
-    K = imaging_operator(shape, Misalignment(), crosstalk=0.2).toarray()
+    # the fleets' and the mapping's sparse operator is what training's resampling does to every input pixel
+    seen = resample(torch.eye(42, dtype=torch.float64), shape, torch.tensor(m.as_array())).T.numpy()
+    np.testing.assert_allclose(imaging_operator(shape, m).to_dense().numpy(), seen, atol=1e-15)
+    assert imaging_operator(shape, Misalignment()).to_dense().tolist() == np.eye(42).tolist()
+    K = imaging_operator(shape, Misalignment(), crosstalk=0.2).to_dense().numpy()
     # light is conserved except what spills off the frame: an interior pixel's column sums to 1
     assert K[:, 3 * 7 + 3].sum() == pytest.approx(1.0) and K[:, 0].sum() == pytest.approx(1.0 - 0.1)
     assert K[3 * 7 + 3, 3 * 7 + 3] == pytest.approx(0.8) and K[3 * 7 + 4, 3 * 7 + 3] == pytest.approx(0.05)
@@ -155,7 +156,7 @@ def test_mapping_pre_compensates_the_measured_misalignment() -> None:
     controls = FS.weights_to_controls(W)[0]
     compensated = FS.map_layer(W, controls, setup.calibration, setup.environment, setup.shape)
     blind = FS.map_layer(W, controls, uncalibrated(setup).calibration, setup.environment, setup.shape)
-    M = imaging_operator((8, 8), misalignment_of(setup.fabrication)).toarray()
+    M = imaging_operator((8, 8), misalignment_of(setup.fabrication)).to_dense().numpy()
 
     def realised(settings):
         return (np.clip(settings, 0, 1)[0] - np.clip(settings, 0, 1)[1]) @ M

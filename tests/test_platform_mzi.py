@@ -18,22 +18,21 @@ from pnndeploy.formats.onnx_io import load_model, onnx_logits
 from pnndeploy.formats.process_spec import load_process
 from pnndeploy.formats.profiles import read_profile
 from pnndeploy.platforms import get_platform
-from pnndeploy.platforms.mesh import (
-    TWO_PI,
-    decompose,
-    mesh_layout,
-    mesh_unitary,
-    mesh_unitary_torch,
-    mzi_count,
-    phase_count,
-    unitary_with_real_part,
-)
+from pnndeploy.platforms.base import ChipState
+from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mzi_count, phase_count, unitary_with_real_part
+from pnndeploy.platforms.mesh import mesh_unitary as mesh_unitary_torch
 from pnndeploy.simulation.fabrication import generate_chip, make_fleet
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
 
 MZI = get_platform("mzi")
 REPO = Path(__file__).resolve().parents[1]
 MZI_PROFILES = REPO / "device_profiles" / "mzi"
+
+
+def mesh_unitary(phases, n: int, ratios=None) -> np.ndarray:
+    """The (torch) mesh unitary of numpy phases and ratios, in float64, as numpy."""
+    r = None if ratios is None else torch.from_numpy(np.asarray(ratios, np.float64))
+    return mesh_unitary_torch(torch.from_numpy(np.asarray(phases, np.float64)), n, r).numpy()
 
 
 def haar(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,12 +77,30 @@ def test_one_ideal_mzi_is_the_textbook_interferometer() -> None:
     np.testing.assert_allclose(np.abs(half) ** 2, 0.5, atol=1e-15)
 
 
-def test_torch_mesh_equals_numpy_mesh() -> None:
+def test_the_mesh_is_the_product_of_its_mzis_column_by_column() -> None:
+    """U from the definition: each MZI's 2x2 matrix B(r2) diag(e^{i theta}, 1) B(r1) diag(e^{i phi}, 1) embedded
+    on its mode pair, multiplied in physical order, then the output phases; batched meshes equal it one by one."""
+    n = 6
     rng = np.random.default_rng(1)
-    phases = rng.uniform(0, TWO_PI, (2, 3, phase_count(6)))
-    ratios = np.clip((1 + 0.15 * rng.standard_normal((mzi_count(6), 2))) / 2, 1e-3, 1 - 1e-3)
-    got = mesh_unitary_torch(torch.from_numpy(phases), 6, torch.from_numpy(ratios)).numpy()
-    np.testing.assert_allclose(got, mesh_unitary(phases, 6, ratios), atol=1e-13)
+    phases = rng.uniform(0, TWO_PI, (2, 3, phase_count(n)))
+    ratios = np.clip((1 + 0.15 * rng.standard_normal((mzi_count(n), 2))) / 2, 1e-3, 1 - 1e-3)
+    got = mesh_unitary(phases, n, ratios)
+    m = mzi_count(n)
+    col, top = mesh_layout(n)
+
+    def coupler(r: float) -> np.ndarray:
+        return np.array([[np.sqrt(r), 1j * np.sqrt(1 - r)], [1j * np.sqrt(1 - r), np.sqrt(r)]])
+
+    for b, t in np.ndindex(2, 3):
+        p = phases[b, t]
+        U = np.eye(n, dtype=complex)
+        for i in np.argsort(col, kind="stable"):
+            T = coupler(ratios[i, 1]) @ np.diag([np.exp(1j * p[i]), 1]) @ coupler(ratios[i, 0]) \
+                @ np.diag([np.exp(1j * p[m + i]), 1])
+            E = np.eye(n, dtype=complex)
+            E[top[i]:top[i] + 2, top[i]:top[i] + 2] = T
+            U = E @ U
+        np.testing.assert_allclose(got[b, t], np.diag(np.exp(1j * p[2 * m:])) @ U, atol=1e-13)
 
 
 @pytest.mark.parametrize("n", [2, 3, 8, 16])
@@ -152,10 +169,15 @@ def _perfect(profile, **env):
     return out
 
 
+def _weights(state, delta_T=0.0, shift=None):
+    """W of the one chip of a fleet layer ``state`` at ``delta_T`` and control ``shift`` (no detector noise)."""
+    shift = None if shift is None else torch.as_tensor(shift, dtype=torch.float32)
+    return MZI.fleet_weights(state, slice(0, 1), ChipState(torch.tensor(delta_T), shift))[0].numpy()
+
+
 def _realise(profile, settings, shape, delta_T=0.0):
     """W the simulated chip realises at ``settings`` (no detector noise)."""
-    state = MZI.fleet_layer(shape, [settings], [profile], profile.shape)
-    return MZI.fleet_weights(state, slice(0, 1), delta_T, None)[0]
+    return _weights(MZI.fleet_layer(shape, [settings], [profile], profile.shape), delta_T)
 
 
 def test_ideal_chip_realises_the_trained_weights(chip) -> None:
@@ -218,11 +240,10 @@ def test_drift_shifts_every_phase_by_its_own_coefficient(chip) -> None:
     profile = _perfect(chip, crosstalk=0.0)
     settings = np.random.default_rng(5).uniform(0, TWO_PI, MZI.control_shape((16, 16)))
     state = MZI.fleet_layer((16, 16), [settings], [profile], profile.shape)
-    warm = MZI.fleet_weights(state, slice(0, 1), 0.5, None)[0]
-    shifted = MZI.fleet_weights(state, slice(0, 1), 0.0,
-                                (0.5 * profile.environment.drift_coefficient)[None])[0]
+    warm = _weights(state, 0.5)
+    shifted = _weights(state, 0.0, (0.5 * profile.environment.drift_coefficient)[None])
     np.testing.assert_allclose(warm, shifted, atol=1e-5)
-    assert np.abs(warm - MZI.fleet_weights(state, slice(0, 1), 0.0, None)[0]).max() > 1e-3
+    assert np.abs(warm - _weights(state)).max() > 1e-3
 
 
 def test_a_chip_gives_the_same_bits_alone_or_in_a_fleet(mzi_model, tmp_path) -> None:

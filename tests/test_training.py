@@ -14,7 +14,7 @@ from pnndeploy.platforms import get_platform
 from pnndeploy.training import methods as training
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.methods import train
-from pnndeploy.training.model import PNN, OnChipLinear, WeightLinear, accuracy
+from pnndeploy.training.model import PNN, OnChipLayer, WeightLinear, accuracy
 from pnndeploy.training.sat import SharpnessAwareStep
 
 MRR = get_platform("mrr")
@@ -288,7 +288,7 @@ def test_control_methods_keep_controls_in_range(tiny_digits, method):
     result = train(tiny_digits, tiny_config(method=method, lr=0.3, noise=0.1, **sat_only))
     lo, hi = MRR.control_range
     for layer in result.model.layers:
-        assert isinstance(layer, OnChipLinear)
+        assert isinstance(layer, OnChipLayer)
         assert float(layer.controls.detach().min()) >= lo and float(layer.controls.detach().max()) <= hi
         assert layer.control_noise == 0.0  # noise is a training-time thing only
     W = torch.cat([layer.weight().detach().flatten() for layer in result.model.layers])

@@ -1,10 +1,11 @@
 """A chip played from a simulated profile's fabrication truth: what `pnndeploy chip serve` puts on the network.
 
-It measures what the fleet simulator computes (the platform's realised weights
-at the programmed settings, the truth's offsets and drift at the station's
-temperature, the profile's detector noise on every weight) plus a measurement
+It measures what the fleet simulator computes, through the same torch physics
+(the platform's :meth:`~pnndeploy.platforms.base.Platform.fleet_forward` at the
+programmed settings, the truth's offsets and drift at the station's
+temperature, the profile's detector noise), in float64, plus a measurement
 noise on every output, drawn afresh at every measurement, as a detector would.
-The weight noise is drawn again whenever a layer is programmed or the
+The detector noise is drawn again whenever a layer is programmed or the
 temperature changes.  In-process it is the ``simulated`` backend (calibration and
 in-situ training of a simulated chip without a server); behind
 :mod:`pnndeploy.backends.server` it is a networked chip whose truth the client
@@ -16,11 +17,13 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from pnndeploy import __version__
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
 from pnndeploy.formats.profiles import DeviceProfile, read_profile
 from pnndeploy.platforms import get_platform
+from pnndeploy.platforms.base import ChipState
 
 #: Default std of the noise on every measured output (weight units), on top of the weight noise.
 MEASUREMENT_NOISE = 0.002
@@ -54,8 +57,8 @@ class SimulatedChip(ChipBackend):
         self.reference_C = float(profile.calibration_temperature_C)   # the truth's offsets hold at this temperature
         self.temperature_C = self.reference_C
         self.rng = np.random.default_rng(seed)
-        self.slots: dict[int, tuple[tuple[int, int], dict[str, np.ndarray]]] = {}
-        self._weights: dict[int, np.ndarray] = {}
+        self.slots: dict[int, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._noise: dict[int, Any] = {}
 
     # ------------------------------------------------------------------------------------------ session
     def open(self) -> ChipInfo:
@@ -87,39 +90,44 @@ class SimulatedChip(ChipBackend):
                 raise BackendError(f"layer {layer.index}: settings hold NaN or inf")
             lo, hi = self.profile.environment.heater_range
             settings = np.clip(settings, lo, hi)      # the DAC cannot drive beyond its range
-            state = self.platform.fleet_layer((out_f, in_f), [settings], [self.profile], self.profile.shape)
+            state = self.platform.fleet_layer((out_f, in_f), [settings], [self.profile], self.profile.shape,
+                                              "cpu", torch.float64)
             self.slots[layer.index] = ((out_f, in_f), state)
-            self._weights.pop(layer.index, None)
+            self._noise.pop(layer.index, None)
 
     def set_temperature(self, celsius: float) -> None:
         if not np.isfinite(celsius) or not -40.0 <= celsius <= 125.0:
             raise BackendError(f"temperature {celsius} degC is outside what the station's TEC can reach (-40..125)")
         if celsius != self.temperature_C:
             self.temperature_C = float(celsius)
-            self._weights.clear()
+            self._noise.clear()
 
     # -------------------------------------------------------------------------------------- measurement
-    def _realised(self, layer: int) -> np.ndarray:
-        if layer not in self._weights:
-            shape, state = self.slots[layer]
-            W = self.platform.fleet_weights(state, slice(0, 1), self.temperature_C - self.reference_C, None)[0]
-            W = W.astype(np.float64)
-            noise = self.profile.environment.detector_noise
-            if noise > 0:
-                W = W + noise * self.rng.standard_normal(W.shape)
-            self._weights[layer] = W
-        return self._weights[layer]
+    def _detector_noise(self, layer: int) -> Any:
+        """This layer's detector-noise draw (the platform's noise shape), kept until it is re-programmed or the
+        temperature changes; None for a noiseless chip."""
+        noise = self.profile.environment.detector_noise
+        if noise <= 0:
+            return None
+        if layer not in self._noise:
+            shape, _ = self.slots[layer]
+            draw = noise * self.rng.standard_normal((1, *self.platform.noise_shape(shape)))
+            self._noise[layer] = torch.from_numpy(draw)
+        return self._noise[layer]
 
     def infer(self, layer: int, x: np.ndarray) -> np.ndarray:
         if layer not in self.slots:
             raise BackendError(f"layer slot {layer} is not programmed; program it first")
-        W = self._realised(layer)
+        (out_f, in_f), state = self.slots[layer]
         x = np.asarray(x, np.float64)
-        if x.ndim != 2 or x.shape[1] != W.shape[1]:
-            raise BackendError(f"layer {layer} takes inputs of {W.shape[1]} values, got shape {x.shape}")
-        y = x @ W.T
+        if x.ndim != 2 or x.shape[1] != in_f:
+            raise BackendError(f"layer {layer} takes inputs of {in_f} values, got shape {x.shape}")
+        conditions = ChipState(torch.tensor(self.temperature_C - self.reference_C, dtype=torch.float64))
+        with torch.inference_mode():
+            y = self.platform.fleet_forward(state, slice(0, 1), torch.from_numpy(np.ascontiguousarray(x.T)),
+                                            conditions, self._detector_noise(layer))[0].T.numpy()
         if self.measurement_noise > 0:
-            y += self.measurement_noise * self.rng.standard_normal(y.shape)
+            y = y + self.measurement_noise * self.rng.standard_normal(y.shape)
         return y
 
     def measure_transfer(self, rows: np.ndarray, cols: np.ndarray, controls: np.ndarray) -> np.ndarray:

@@ -101,7 +101,7 @@ class HardwareChip:
                                    "temperature sweep for it, or add a TEC to the station's backend")
             self._delta_T = delta_T
         if bias != self._bias:
-            self.backend.program([LayerProgram(k, layer.weight.shape, self.deployment.layers[k].settings + bias)
+            self.backend.program([LayerProgram(k, layer.shape, self.deployment.layers[k].settings + bias)
                                   for k, layer in enumerate(self.model.layers)])
             self._bias = bias
 
@@ -123,9 +123,9 @@ class HardwareChip:
             h = features[start:start + self.batch]
             for k, layer in enumerate(self.model.layers):
                 h = self.backend.infer(k, h)
-                if h.shape != (min(self.batch, len(features) - start), layer.weight.shape[0]):
+                if h.shape != (min(self.batch, len(features) - start), layer.shape[0]):
                     raise BackendError(f"device {self.profile.device_id}: layer {k} returned shape {h.shape}, "
-                                       f"expected {(len(h), layer.weight.shape[0])}")
+                                       f"expected {(len(h), layer.shape[0])}")
                 h = h * layer.gain + layer.bias
                 if k < len(self.model.layers) - 1:
                     h = np.maximum(h, 0.0)

@@ -1,10 +1,13 @@
 """Export a trained PNN as one self-contained ONNX file, and read it back safely.
 
 The graph computes the model's nominal (ideal-chip) logits from raw inputs:
-``clip((raw - offset) * scale, 0, 1)``, then per layer
-``Gemm(h, W, transB=1) * gain + bias`` with ReLU between layers.  The logical
-on-chip weights ``W`` are initializers, so any ONNX runtime can run the model
-and any platform can map it.  The controls training chose (ring detunings)
+``clip((raw - offset) * scale, 0, 1)``, then per layer the platform's own
+on-chip operator (:meth:`~pnndeploy.platforms.base.Platform.onnx_layer`) times
+a digital gain plus a bias, with ReLU between layers.  For a linear platform
+the operator is ``Gemm(h, W, transB=1)`` and the logical on-chip weights ``W``
+are initializers, so any ONNX runtime can run the model and any platform can
+map it; a non-linear one (an intensity readout, a propagation by DFT) writes
+its own standard operators.  The controls training chose (ring detunings)
 travel in the metadata (``pnndeploy.controls``, exact float32 values), so
 mapping a chip starts from them; they are not initializers because an unused
 initializer makes onnxruntime warn.
@@ -44,10 +47,24 @@ class ModelLayer:
     """One on-chip layer of an exported model."""
 
     name: str
-    weight: np.ndarray    # (out, in) float32 logical weights
-    controls: np.ndarray  # (out, in) float32, what training chose (control units)
-    gain: np.ndarray      # (out,) float32
-    bias: np.ndarray      # (out,) float32
+    weight: np.ndarray | None   # (out, in) float32 logical weights (linear platforms; None otherwise)
+    controls: np.ndarray        # float32, what training chose (control units), the platform's control shape
+    gain: np.ndarray            # (out,) float32
+    bias: np.ndarray            # (out,) float32
+    #: (out, in) of the layer; taken from ``weight`` when not given.
+    shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shape is None:
+            if self.weight is None:
+                raise ValueError(f"layer {self.name}: give its shape when it has no weight matrix")
+            self.shape = (int(self.weight.shape[0]), int(self.weight.shape[1]))
+        self.shape = (int(self.shape[0]), int(self.shape[1]))
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        """(out, in): the layer's outputs and inputs, whatever the platform (the backend interface's name)."""
+        return self.shape
 
 
 @dataclass
@@ -70,7 +87,7 @@ class ExportedModel:
     @property
     def n_features(self) -> int:
         """Inputs the model takes (the front end's, when it has one)."""
-        return self.digital.input_size() if self.digital else int(self.layers[0].weight.shape[1])
+        return self.digital.input_size() if self.digital else self.layers[0].shape[1]
 
     def features(self, X_scaled: np.ndarray) -> np.ndarray:
         """What the first on-chip layer receives: the scaled inputs, through the digital front end if any."""
@@ -78,13 +95,17 @@ class ExportedModel:
 
     @property
     def n_classes(self) -> int:
-        return int(self.layers[-1].weight.shape[0])
+        return self.layers[-1].shape[0]
 
     def logits(self, X_scaled: np.ndarray) -> np.ndarray:
-        """Nominal logits in numpy (float64), for checks without a runtime."""
+        """Nominal logits in numpy (float64), for checks without a runtime (the platform's nominal outputs)."""
+        from pnndeploy.platforms import get_platform
+
+        platform = get_platform(self.platform)
         h = np.asarray(self.features(X_scaled), dtype=np.float64)
         for k, layer in enumerate(self.layers):
-            h = (h @ layer.weight.T.astype(np.float64)) * layer.gain + layer.bias
+            h = platform.nominal_outputs(layer.weight, layer.controls, h, self.platform_params) * layer.gain \
+                + layer.bias
             if k < len(self.layers) - 1:
                 h = np.maximum(h, 0.0)
         return h
@@ -97,12 +118,18 @@ def _floats(a: np.ndarray) -> list:
 
 def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[str, Any],
                digital: DigitalFrontEnd | None = None):
-    """The ONNX ModelProto for these layers, front end, scaling and (already JSON-able) metadata."""
+    """The ONNX ModelProto for these layers, front end, scaling and (already JSON-able) metadata (whose
+    ``platform`` and ``platform_params`` say how each on-chip layer is written)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    n_in = digital.input_size() if digital else layers[0].weight.shape[1]
-    n_out = layers[-1].weight.shape[0]
+    from pnndeploy.platforms import get_platform
+
+    platform = get_platform(metadata["platform"])
+    params = metadata["platform_params"]
+    params = json.loads(params) if isinstance(params, str) else params
+    n_in = digital.input_size() if digital else layers[0].shape[1]
+    n_out = layers[-1].shape[0]
     init = [
         numpy_helper.from_array(np.asarray(scaling.offset, dtype=np.float32), "input_offset"),
         numpy_helper.from_array(np.asarray(scaling.scale, dtype=np.float32), "input_scale"),
@@ -122,12 +149,12 @@ def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[s
         init += front_inits
     for k, layer in enumerate(layers):
         last = k == len(layers) - 1
-        init += [numpy_helper.from_array(layer.weight.astype(np.float32), f"{layer.name}.weight"),
-                 numpy_helper.from_array(layer.gain.astype(np.float32), f"{layer.name}.gain"),
+        onchip_nodes, onchip_inits = platform.onnx_layer(layer.name, layer.weight, layer.controls, h,
+                                                         f"{layer.name}.onchip", params)
+        init += [*onchip_inits, numpy_helper.from_array(layer.gain.astype(np.float32), f"{layer.name}.gain"),
                  numpy_helper.from_array(layer.bias.astype(np.float32), f"{layer.name}.bias")]
         nodes += [
-            helper.make_node("Gemm", [h, f"{layer.name}.weight"], [f"{layer.name}.onchip"],
-                             transB=1, name=f"{layer.name}.onchip"),
+            *onchip_nodes,
             helper.make_node("Mul", [f"{layer.name}.onchip", f"{layer.name}.gain"],
                              [f"{layer.name}.gained"], name=f"{layer.name}.gain"),
             helper.make_node("Add", [f"{layer.name}.gained", f"{layer.name}.bias"],
@@ -147,7 +174,8 @@ def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[s
                               producer_name="pnndeploy", producer_version=__version__)
     model.ir_version = IR_VERSION
     model.doc_string = ("Physical neural network exported by pnndeploy: nominal logits from raw inputs; "
-                        "on-chip layers are the *.weight initializers listed in pnndeploy.onchip.")
+                        "on-chip layers are the initializers listed in pnndeploy.onchip (a linear platform's "
+                        "*.weight matrices).")
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key = PREFIX + key
@@ -169,10 +197,11 @@ def save_model(path: str | Path, layers: list[ModelLayer], scaling: InputScaling
         "rho": rho,
         "dataset": dataset,
         "input_scaling": scaling.to_json(),
-        "onchip": [f"{layer.name}.weight" for layer in layers],
-        "controls": {f"{layer.name}.weight": {"shape": list(layer.controls.shape),
-                                              "values": _floats(layer.controls)} for layer in layers},
-        "layers": [{"name": layer.name, "in": int(layer.weight.shape[1]), "out": int(layer.weight.shape[0]),
+        "onchip": [onchip_key(layer.name, layer.weight is not None) for layer in layers],
+        "controls": {onchip_key(layer.name, layer.weight is not None): {"shape": list(layer.controls.shape),
+                                                                        "values": _floats(layer.controls)}
+                     for layer in layers},
+        "layers": [{"name": layer.name, "in": layer.shape[1], "out": layer.shape[0],
                     "activation": "relu" if k < len(layers) - 1 else "none"}
                    for k, layer in enumerate(layers)],
         "metrics": metrics,
@@ -188,7 +217,7 @@ def save_model(path: str | Path, layers: list[ModelLayer], scaling: InputScaling
                                      "nothing was written (lower --lr and train again)")
     for layer in layers:
         for part in (layer.weight, layer.controls, layer.gain, layer.bias):
-            if not np.all(np.isfinite(part)):
+            if part is not None and not np.all(np.isfinite(part)):
                 raise ModelFileError(f"model {path}: layer {layer.name} holds non-finite values; "
                                      "nothing was written (lower --lr and train again)")
     metadata = {k: (v if isinstance(v, str) else json.dumps(v, allow_nan=False)) for k, v in metadata.items()}
@@ -275,15 +304,15 @@ def load_model(path: str | Path) -> ExportedModel:
                                  f"({type(exc).__name__}); the file is corrupted, re-export it") from None
     layers = _layers_from(where, parsed, inits)
     digital = front_end_from(where, parsed.get("digital"), inits)
-    if digital is not None and digital.output_size() != layers[0].weight.shape[1]:
+    if digital is not None and digital.output_size() != layers[0].shape[1]:
         raise ModelFileError(f"{where}: the digital front end gives {digital.output_size()} features but layer "
-                             f"{layers[0].name!r} takes {layers[0].weight.shape[1]}; the file was edited or "
+                             f"{layers[0].name!r} takes {layers[0].shape[1]}; the file was edited or "
                              "corrupted, re-export it")
     try:
         scaling = InputScaling.from_json(parsed["input_scaling"])
     except ModelFileError as exc:
         raise ModelFileError(f"{where}: {exc}") from None
-    n_in = digital.input_size() if digital else layers[0].weight.shape[1]
+    n_in = digital.input_size() if digital else layers[0].shape[1]
     if scaling.n_features is not None and scaling.n_features != n_in:
         raise ModelFileError(f"{where}: input_scaling has {scaling.n_features} features but the model "
                              f"takes {n_in} inputs; the file was edited or corrupted, re-export it")
@@ -358,52 +387,90 @@ def _check_metadata_types(where: str, meta: dict[str, Any]) -> None:
         raise bad("controls", "a JSON object of control arrays")
 
 
+def onchip_key(name: str, linear: bool) -> str:
+    """The key of a layer in ``pnndeploy.onchip`` and ``pnndeploy.controls``: its weight initializer for a linear
+    platform, ``NAME.controls`` for one whose layer is not a weight matrix."""
+    return f"{name}.weight" if linear else f"{name}.controls"
+
+
+def _numbers(where: str, inits: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """Initializer ``key`` as float32, refused when missing or not numbers."""
+    if key not in inits:
+        raise ModelFileError(f"{where}: initializer {key!r} named by the metadata is missing; re-export the model")
+    if inits[key].dtype.kind not in "fiu":
+        raise ModelFileError(f"{where}: initializer {key!r} has dtype {inits[key].dtype}, expected "
+                             "numbers; the file was edited or corrupted, re-export it")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return inits[key].astype(np.float32)
+
+
 def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray]) -> list[ModelLayer]:
     """Check the initializers against the metadata and assemble the layers."""
+    from pnndeploy.platforms import PLATFORMS
+
     onchip, controls, layer_meta = meta["onchip"], meta["controls"], meta["layers"]
     if not isinstance(onchip, list) or not isinstance(controls, dict) or not isinstance(layer_meta, list) \
             or len(onchip) != len(layer_meta) or not onchip:
         raise ModelFileError(f"{where}: metadata onchip/layers/controls disagree; re-export the model")
+    platform = PLATFORMS.get(meta.get("platform"))
+    linear = platform is None or platform.linear
     layers = []
     previous_out = None
-    for weight_name, info in zip(onchip, layer_meta):
+    for key, info in zip(onchip, layer_meta):
         name = str(info.get("name", "")) if isinstance(info, dict) else ""
-        arrays = {}
-        for part in ("weight", "gain", "bias"):
-            key = f"{name}.{part}"
-            if key not in inits:
-                raise ModelFileError(f"{where}: initializer {key!r} named by the metadata is missing; "
-                                     "re-export the model")
-            if inits[key].dtype.kind not in "fiu":
-                raise ModelFileError(f"{where}: initializer {key!r} has dtype {inits[key].dtype}, expected "
-                                     "numbers; the file was edited or corrupted, re-export it")
-            with np.errstate(over="ignore", invalid="ignore"):
-                arrays[part] = inits[key].astype(np.float32)
-        out_f, in_f = int(info.get("out", -1)), int(info.get("in", -1))
-        w = arrays["weight"]
-        if weight_name != f"{name}.weight" or w.shape != (out_f, in_f) \
-                or arrays["gain"].shape != (out_f,) or arrays["bias"].shape != (out_f,) \
-                or (previous_out is not None and in_f != previous_out):
-            raise ModelFileError(f"{where}: initializer shapes of layer {name!r} {w.shape} contradict the "
-                                 f"metadata ({out_f}x{in_f}); the file was edited or corrupted, re-export it")
-        entry = controls.get(weight_name)
-        try:
-            c = np.asarray(entry["values"], dtype=np.float32)
-        except (TypeError, KeyError, ValueError, OverflowError, IndexError):
-            raise ModelFileError(f"{where}: controls of {weight_name!r} missing or malformed in "
-                                 f"{PREFIX}controls; re-export the model") from None
-        expected = _control_shape(where, meta, w.shape)
-        if expected is not None and c.shape != expected:
-            need = "" if expected == w.shape else f" need {expected}"
-            raise ModelFileError(f"{where}: controls of {weight_name!r} have shape {c.shape} but the weights "
-                                 f"{w.shape}{need}; the file was edited or corrupted, re-export it")
-        for part, values in (("controls", c), ("weight", w), ("gain", arrays["gain"]), ("bias", arrays["bias"])):
-            if not np.all(np.isfinite(values)):
+        shape = (int(info.get("out", -1)), int(info.get("in", -1)))
+        gain, bias = _numbers(where, inits, f"{name}.gain"), _numbers(where, inits, f"{name}.bias")
+        w = _numbers(where, inits, f"{name}.weight") if linear else None
+        if key != onchip_key(name, linear) or (w is not None and w.shape != shape) \
+                or gain.shape != (shape[0],) or bias.shape != (shape[0],) \
+                or (previous_out is not None and shape[1] != previous_out):
+            raise ModelFileError(f"{where}: initializer shapes of layer {name!r} "
+                                 f"{w.shape if w is not None else gain.shape} contradict the metadata "
+                                 f"({shape[0]}x{shape[1]}); the file was edited or corrupted, re-export it")
+        c = _layer_controls(where, meta, controls, key, shape)
+        for part, values in (("controls", c), ("weight", w), ("gain", gain), ("bias", bias)):
+            if values is not None and not np.all(np.isfinite(values)):
                 raise ModelFileError(f"{where}: the {part} of layer {name!r} holds NaN or infinite values; "
                                      "the file was edited or corrupted, re-export it")
-        layers.append(ModelLayer(name=name, weight=w, controls=c, gain=arrays["gain"], bias=arrays["bias"]))
-        previous_out = out_f
+        layer = ModelLayer(name=name, weight=w, controls=c, gain=gain, bias=bias, shape=shape)
+        if not linear:
+            _check_operator(where, platform, layer, meta, inits)
+        layers.append(layer)
+        previous_out = shape[0]
     return layers
+
+
+def _layer_controls(where: str, meta: dict[str, Any], controls: dict[str, Any], key: str,
+                    shape: tuple[int, int]) -> np.ndarray:
+    """The controls of the layer keyed ``key``, checked against the shape its platform gives them."""
+    entry = controls.get(key)
+    try:
+        c = np.asarray(entry["values"], dtype=np.float32)
+    except (TypeError, KeyError, ValueError, OverflowError, IndexError):
+        raise ModelFileError(f"{where}: controls of {key!r} missing or malformed in "
+                             f"{PREFIX}controls; re-export the model") from None
+    expected = _control_shape(where, meta, shape)
+    if expected is not None and c.shape != expected:
+        need = "" if expected == shape else f" need {expected}"
+        raise ModelFileError(f"{where}: controls of {key!r} have shape {c.shape} but the layer is "
+                             f"{shape[0]}x{shape[1]}{need}; the file was edited or corrupted, re-export it")
+    return c
+
+
+def _check_operator(where: str, platform: Any, layer: ModelLayer, meta: dict[str, Any],
+                    inits: dict[str, np.ndarray]) -> None:
+    """A non-linear layer's initializers must be what its controls give: the ONNX graph and pnndeploy's own
+    evaluation of the file then agree (an edited initializer is refused, not silently run)."""
+    from onnx import numpy_helper
+
+    params = meta.get("platform_params") if isinstance(meta.get("platform_params"), dict) else {}
+    _, expected = platform.onnx_layer(layer.name, None, layer.controls, "x", "y", params)
+    for tensor in expected:
+        want = numpy_helper.to_array(tensor)
+        got = inits.get(tensor.name)
+        if got is None or got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+            raise ModelFileError(f"{where}: initializer {tensor.name!r} of layer {layer.name!r} is not what its "
+                                 "controls give; the file was edited or corrupted, re-export it")
 
 
 def _control_shape(where: str, meta: dict[str, Any], weight_shape: tuple[int, ...]) -> tuple[int, ...] | None:

@@ -1,29 +1,40 @@
-"""What every on-chip weight technology must provide, one whole layer at a time.
+"""What every on-chip technology must provide, one whole layer at a time: an optical operator.
 
-Training, mapping, fleet evaluation, profiles and audits work through this
-interface only, so a platform plugs in without touching them.  A platform owns
-an on-chip layer:
+Training, mapping, fleet evaluation, in-situ training, compensation, profiles and
+audits work through this interface only, so a platform plugs in without
+touching them.  A platform owns an on-chip layer, which maps (controls, inputs)
+to outputs; the physics is written once, in torch:
 
-* its **controls**: the trainable physical parameters of a layer (a detuning
-  per ring, the phases of a mesh per tile), :meth:`Platform.control_shape`;
-* :meth:`Platform.nominal_weights`: the logical weights W the nominal (ideal)
-  device realises at those controls, differentiable in torch (training);
-* :meth:`Platform.weights_to_controls`: controls that realise a given W on the
-  nominal device (exporting the baseline, which trains W itself);
-* :meth:`Platform.map_layer`: the settings that realise a target W on one chip,
-  through that chip's *calibration* (never its fabrication truth);
-* :meth:`Platform.fleet_layer` / :meth:`Platform.fleet_weights`: the weights
-  many simulated chips realise from their settings and fabrication truth under
-  drift, vectorised over chips in numpy;
+* its **controls**: the trainable physical parameters of a layer (a detuning per
+  ring, the phases of a mesh per tile, the transmissions of a mask pair),
+  :meth:`Platform.control_shape`, :meth:`Platform.init_controls`, :meth:`Platform.project`;
+* :meth:`Platform.forward`: the outputs the *nominal* device gives for inputs x
+  at those controls, differentiable (training), optionally under a whole-setup
+  perturbation (a free-space setup's misalignment);
+* :meth:`Platform.fleet_layer` / :meth:`Platform.fleet_forward`: the same physics
+  for a stack of *real* chips, with a leading chip axis: their programmed
+  settings, fabrication truth, drift, ageing, whole-setup perturbations and
+  detector noise, on any torch device (CPU threads or CUDA);
+* :meth:`Platform.map_layer`: the settings that realise a trained layer on one
+  chip, through that chip's *calibration* (never its fabrication truth);
+* :meth:`Platform.onnx_layer` / :meth:`Platform.nominal_outputs`: the layer in
+  the exported ONNX graph (standard operators only) and the same outputs
+  without a runtime;
 * its fabrication and drift model (:meth:`Platform.sample_fabrication`), the
   per-device fields of its profiles with units and shapes, and its ONNX
   parameters (:meth:`Platform.metadata`).
 
+:class:`LinearPlatform` is the common case: a layer that is ``x -> W(controls) x``
+(rings, the coherent mesh, free-space masks) implements the operator through its
+weights, exports as a Gemm, and lets the paper's baseline train W itself.  A
+non-linear readout (intensity detection, |Ux|^2) or an operator never
+materialised as a matrix (propagation by FFT) implements :class:`Platform`
+directly (``tests/test_platform_conformance.py`` holds one of each kind).
+
 A chip realises ``control = setting + offset + drift_coefficient * dT (+ ageing
 shift) (+ crosstalk)`` for every control device, where ``offset`` is the
-fabrication error the setting must cancel; how the controls make W is the
-platform's business (one weight per control for rings, every weight from many
-phases for a mesh).
+fabrication error the setting must cancel; how the controls act on the light is
+the platform's business.
 """
 
 from __future__ import annotations
@@ -88,7 +99,26 @@ class LayerMapping:
 
     settings: np.ndarray   # what is programmed (control units), shape platform.control_shape(...)
     clipped: int           # weights (or controls) the chip cannot realise or the DAC cannot set
-    residual: float        # ||W realised by the calibrated model - W target||_F at these settings
+    residual: float        # how far the calibrated model of the chip is from the target at these settings
+
+
+@dataclass(frozen=True)
+class ChipState:
+    """What a stack of chips experiences beyond its programmed settings, for one evaluation.
+
+    ``delta_T`` (K since calibration) is a torch scalar or one value per chip of the stack, ``control_shift``
+    an extra shift of every control device (ageing, a compensation bias; control units), a torch tensor
+    (chips, *device_shape) or None, and ``perturbation`` a whole-setup perturbation {axis name: value} of the
+    platform's :attr:`Platform.perturbation_axes` (the same for every chip) or None.
+    """
+
+    delta_T: Any
+    control_shift: Any = None
+    perturbation: Mapping[str, float] | None = None
+
+    def temperature(self, dims: int) -> Any:
+        """``delta_T`` shaped to broadcast against (chips, ``dims`` more axes)."""
+        return self.delta_T if self.delta_T.ndim == 0 else self.delta_T.reshape(-1, *([1] * dims))
 
 
 def quantise(settings: np.ndarray, heater_range: tuple[float, float], bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +130,19 @@ def quantise(settings: np.ndarray, heater_range: tuple[float, float], bits: int)
     return lo + codes * step, inside
 
 
+def stacked(arrays: Sequence[np.ndarray], device: Any, dtype: Any) -> Any:
+    """Per-chip numpy arrays as one torch tensor with a leading chip axis on ``device``."""
+    import torch
+
+    return torch.from_numpy(np.stack([np.asarray(a) for a in arrays])).to(device=device, dtype=dtype)
+
+
 class Platform(ABC):
-    """A weight-device technology: how controls make a layer's weights, and how chips of it are made."""
+    """An on-chip technology: how controls act on a layer's inputs, and how chips of it are made."""
+
+    #: True when a layer is ``x -> W(controls) x`` (:class:`LinearPlatform`): it is then described by its
+    #: weights, exported as a Gemm, and the paper's baseline may train W itself.
+    linear: bool = False
 
     name: str
     #: What the chip is, for reports ("a microring weight bank").
@@ -133,7 +174,7 @@ class Platform(ABC):
     #: True when the controls are periodic (phases): |control| then means nothing (no adaptive SAT).
     periodic: bool = False
     #: Whole-setup perturbations `audit` sweeps beside temperature and ageing (a free-space setup's
-    #: misalignment); :meth:`fleet_weights` then takes ``perturbation={axis name: value}``.
+    #: misalignment); :class:`ChipState` then carries ``perturbation={axis name: value}``.
     perturbation_axes: tuple[PerturbationAxis, ...] = ()
     #: The dataset `pnndeploy demo` tells the story on (every platform: the embedded digits, or a view of them).
     demo_dataset: str = "digits"
@@ -148,25 +189,26 @@ class Platform(ABC):
         """Initial trainable controls (a torch tensor) of an (out, in) layer."""
 
     @abstractmethod
-    def nominal_weights(self, controls: Any, weight_shape: tuple[int, int]) -> Any:
-        """(out, in) weights the nominal device realises at ``controls``; differentiable (torch)."""
-
-    @abstractmethod
     def project(self, controls: Any) -> None:
         """Bring trainable controls (a torch parameter) back to what the hardware can set, in place."""
 
     @abstractmethod
-    def weights_to_controls(self, weight: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-        """Controls that realise ``weight`` on the nominal device: (controls, clipped, row_scale).
+    def forward(self, controls: Any, x: Any, weight_shape: tuple[int, int], perturbation: Any = None) -> Any:
+        """(batch, out) outputs of the nominal device at ``controls`` for inputs ``x`` (batch, in); torch,
+        differentiable in both.  ``perturbation``: a tensor of the platform's whole-setup perturbation (the
+        free-space misalignment: rotation, shift x, shift y, scale), or None for the aligned setup."""
 
-        The nominal device realises ``row_scale[:, None] * nominal_weights(controls)``, the
-        closest it can get to ``weight``; ``row_scale`` (>= 1) is folded into the digital gain
-        by the caller, and ``clipped`` counts the weights it could not reach.
-        """
+    # ------------------------------------------------------------------------------------------ export
+    @abstractmethod
+    def onnx_layer(self, name: str, weight: np.ndarray | None, controls: np.ndarray, x_name: str, out_name: str,
+                   params: Mapping[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
+        """(ONNX nodes, initializers) computing ``out_name`` (batch, out) from ``x_name`` (batch, in) as the
+        nominal device does: standard operators only (opset 17), names prefixed by ``name``."""
 
-    def misalign_inputs(self, x: Any, misalignment: Any) -> Any:
-        """Torch: a layer's inputs as a misaligned setup shows them (platforms with :attr:`perturbation_axes`)."""
-        raise NotImplementedError(f"{self.name} layers have no misalignment")
+    @abstractmethod
+    def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, x: np.ndarray,
+                        params: Mapping[str, Any] | None = None) -> np.ndarray:
+        """(batch, out) float64 outputs of an exported layer on the nominal device (checks without a runtime)."""
 
     def params_dict(self) -> dict[str, float]:
         """Nominal parameters as a plain dict (for metadata)."""
@@ -207,19 +249,36 @@ class Platform(ABC):
 
     # ---------------------------------------------------------------------------------------- mapping
     @abstractmethod
-    def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
+    def map_layer(self, weight: np.ndarray | None, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
                   environment: Any, layout: tuple[int, int],
                   params: Mapping[str, Any] | None = None) -> LayerMapping:
-        """Settings realising ``weight`` (with the trained ``controls`` as a guide) on one chip.
+        """Settings realising a trained layer on one chip: its logical ``weight`` (linear platforms; None
+        otherwise) and the ``controls`` training chose (the target of a non-linear layer, a guide otherwise).
 
         Only the chip's ``calibration`` and ``environment`` (heater range, DAC) are used.
         """
 
     # ------------------------------------------------------------------------------------- simulation
     @abstractmethod
-    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray],
-                    profiles: Sequence[Any], layout: tuple[int, int]) -> dict[str, np.ndarray]:
-        """What does not change between evaluations of one layer on these chips (stacked over chips)."""
+    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],
+                    layout: tuple[int, int], device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
+        """What does not change between evaluations of one layer on these chips: torch tensors (float32 unless
+        ``dtype`` says otherwise) with a leading chip axis, on the torch ``device``."""
+
+    @abstractmethod
+    def fleet_forward(self, state: dict[str, Any], chips: slice, h: Any, conditions: ChipState,
+                      noise: Any = None, gain: Any = None) -> Any:
+        """(chips, out, samples) outputs of the chips in ``chips`` for inputs ``h``, (in, samples) shared by
+        every chip or (chips, in, samples), times the digital ``gain`` (out,) when given.
+
+        Samples are on the fast axis so that every product is one contiguous GEMM per chip, of the same shape
+        whatever the chips around it (a chip gives the same outputs, bit for bit, alone or in a fleet).
+        ``noise`` is the chips' detector-noise draw, (chips, *:meth:`noise_shape`), already scaled.
+        """
+
+    def noise_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+        """Shape of one chip's detector-noise draw for one layer and evaluation (default: the output vector)."""
+        return (weight_shape[0],)
 
     # ----------------------------------------------------------------------------------- calibration
     #: True when a chip of this platform can be calibrated by sweeping its devices one at a time
@@ -237,12 +296,69 @@ class Platform(ABC):
         (offset and parameters, each (devices,)) and the rms fit residual (devices,)."""
         raise NotImplementedError(f"calibration by measurement is not implemented for {self.name}")
 
-    @abstractmethod
-    def fleet_weights(self, state: dict[str, np.ndarray], chips: slice, delta_T: Any,
-                      control_shift: np.ndarray | None) -> np.ndarray:
-        """(chips, out, in) float32 weights the chips realise, before detector noise.
 
-        ``delta_T`` is a scalar or one value per chip (K); ``control_shift`` is an extra shift
-        of every control device, (chips, *device_shape), e.g. ageing.  A platform with
-        :attr:`perturbation_axes` also takes ``perturbation``, a mapping of axis name to value.
+class LinearPlatform(Platform):
+    """A platform whose layer is linear in its inputs, ``y = W(controls) x``: rings, the coherent mesh, masks.
+
+    It implements the operator through its weights: the nominal ``W`` (:meth:`nominal_weights`, training), the
+    weights each real chip realises (:meth:`fleet_weights`, a stack of chips), and a Gemm in the ONNX graph with
+    ``W`` as its initializer.  Detector noise is a perturbation of each realised weight (balanced detection of
+    each weight's product, drawn once per chip and evaluation).
+    """
+
+    linear = True
+
+    @abstractmethod
+    def nominal_weights(self, controls: Any, weight_shape: tuple[int, int]) -> Any:
+        """(out, in) weights the nominal device realises at ``controls``; differentiable (torch)."""
+
+    @abstractmethod
+    def weights_to_controls(self, weight: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+        """Controls that realise ``weight`` on the nominal device: (controls, clipped, row_scale).
+
+        The nominal device realises ``row_scale[:, None] * nominal_weights(controls)``, the
+        closest it can get to ``weight``; ``row_scale`` (>= 1) is folded into the digital gain
+        by the caller, and ``clipped`` counts the weights it could not reach.
         """
+
+    @abstractmethod
+    def fleet_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
+        """(chips, out, in) weights the chips in ``chips`` realise under ``conditions``, before detector noise."""
+
+    def perturb_inputs(self, x: Any, perturbation: Any) -> Any:
+        """Torch: a layer's inputs as a perturbed setup shows them to the devices (free-space misalignment)."""
+        raise NotImplementedError(f"{self.name} layers have no whole-setup perturbation")
+
+    def forward(self, controls: Any, x: Any, weight_shape: tuple[int, int], perturbation: Any = None) -> Any:
+        if perturbation is not None:
+            x = self.perturb_inputs(x, perturbation)
+        return x @ self.nominal_weights(controls, weight_shape).T
+
+    def noise_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+        return tuple(weight_shape)
+
+    def fleet_forward(self, state: dict[str, Any], chips: slice, h: Any, conditions: ChipState,
+                      noise: Any = None, gain: Any = None) -> Any:
+        """``(W + noise) * gain`` times the inputs, one GEMM per chip; the gain is folded into the weights, which
+        are smaller than the outputs whenever a batch has more samples than the layer has inputs."""
+        import torch
+
+        W = self.fleet_weights(state, chips, conditions)
+        if noise is not None:
+            W += noise
+        if gain is not None:
+            W *= gain[:, None]
+        return torch.matmul(W, h)
+
+    def onnx_layer(self, name: str, weight: np.ndarray | None, controls: np.ndarray, x_name: str, out_name: str,
+                   params: Mapping[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
+        """``Gemm(x, W, transB=1)`` with the logical weights ``{name}.weight`` as the initializer."""
+        from onnx import helper, numpy_helper
+
+        weight_name = f"{name}.weight"
+        return ([helper.make_node("Gemm", [x_name, weight_name], [out_name], transB=1, name=f"{name}.onchip")],
+                [numpy_helper.from_array(np.asarray(weight, dtype=np.float32), weight_name)])
+
+    def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, x: np.ndarray,
+                        params: Mapping[str, Any] | None = None) -> np.ndarray:
+        return np.asarray(x, np.float64) @ np.asarray(weight).T.astype(np.float64)

@@ -32,8 +32,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pnndeploy.platforms.base import LayerMapping, PerturbationAxis, Platform, Range, quantise
-from pnndeploy.platforms.imaging import Misalignment, frame_shape, imaging_operator, resample
+from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, PerturbationAxis, Range, quantise, \
+    stacked
+from pnndeploy.platforms.imaging import Misalignment, frame_shape, imaging_operator, is_identity, resample
 from pnndeploy.platforms.tiling import ring_index
 
 #: The setup's misalignment as profile fields (each of shape (1,)), in the order of :class:`Misalignment`.
@@ -67,7 +68,7 @@ def perturbed(base: Misalignment, perturbation: Mapping[str, float] | None) -> M
                         base.shift_y_px + p.get("shift_y_px", 0.0), base.scale * p.get("scale", 1.0))
 
 
-class FreeSpacePlatform(Platform):
+class FreeSpacePlatform(LinearPlatform):
     """Differential-pair transmission masks behind a relay; controls are transmissions (T), 2 per weight."""
 
     name = "freespace"
@@ -139,7 +140,7 @@ class FreeSpacePlatform(Platform):
         w = np.clip(w / scale[:, None], -reach, reach)
         return np.stack([0.5 + w / 2, 0.5 - w / 2]), 0, scale
 
-    def misalign_inputs(self, x: Any, misalignment: Any) -> Any:
+    def perturb_inputs(self, x: Any, misalignment: Any) -> Any:
         """Torch: a batch of a layer's inputs (batch, n) as a relay with ``misalignment`` (rotation_deg,
         shift_x_px, shift_y_px, scale: a tensor) shows them on the masks; what training perturbs."""
         return resample(x, frame_shape(x.shape[1]), misalignment)
@@ -181,60 +182,70 @@ class FreeSpacePlatform(Platform):
         counted.  The residual is the calibrated model's ``||W_realised M - W||_F``."""
         target = weight.astype(np.float64)
         M = imaging_operator(frame_shape(weight.shape[1]), misalignment_of(calibration), float(environment.crosstalk))
-        identity = M.nnz == M.shape[0] and np.all(M.diagonal() == 1.0)
-        w_set = target if identity else _inverse_imaging(target, M, self.reach)
+        w_set = target if is_identity(M) else _inverse_imaging(target, M, self.reach)
         ri, ci = ring_index(weight.shape, layout)
         gain = calibration["pixel_gain"][:, ri, ci]
         offset = calibration[self.offset_name][:, ri, ci]
         pair = np.stack([0.5 + w_set / 2, 0.5 - w_set / 2])
         settings, inside = quantise(pair / gain - offset, environment.heater_range, environment.dac_bits)
         t = gain * np.clip(settings + offset, 0.0, 1.0)
-        residual = float(np.linalg.norm((M.T @ (t[0] - t[1]).T).T - target))
+        residual = float(np.linalg.norm(_times(t[0] - t[1], M) - target))
         return LayerMapping(settings, int((~inside).sum()), residual)
 
     # ------------------------------------------------------------------------------------- simulation
-    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray],
-                    profiles: Sequence[Any], layout: tuple[int, int]) -> dict[str, np.ndarray]:
+    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],
+                    layout: tuple[int, int], device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
         """Static transmission control (setting + offset) of every pixel, the gathered gains and drifts, and each
         setup's true misalignment and crosstalk."""
-        f32 = np.float32
+        import torch
+
+        dtype = dtype or torch.float32
         ri, ci = ring_index(weight_shape, layout)
-        h = np.stack(list(settings)).astype(np.float64)                   # (chips, 2, out, in)
-        offset = np.stack([p.fabrication[self.offset_name][:, ri, ci] for p in profiles])
+        # setting + offset in float64 before the cast, as the setup adds them in the light, not in float32
+        static = np.stack([np.asarray(h, np.float64) + p.fabrication[self.offset_name][:, ri, ci]
+                           for h, p in zip(settings, profiles)])
         return {
-            "ri": ri, "ci": ci,
-            "static": (h + offset).astype(f32),
-            "gain": np.stack([p.fabrication["pixel_gain"][:, ri, ci] for p in profiles]).astype(f32),
-            "drift": np.stack([p.environment.drift_coefficient[:, ri, ci] for p in profiles]).astype(f32),
-            "misalignment": np.stack([misalignment_of(p.fabrication).as_array() for p in profiles]),
-            "crosstalk": np.array([p.environment.crosstalk for p in profiles], np.float64),
+            "ri": torch.from_numpy(ri).to(device), "ci": torch.from_numpy(ci).to(device),
+            "static": torch.from_numpy(static).to(device=device, dtype=dtype),
+            "gain": stacked([p.fabrication["pixel_gain"][:, ri, ci] for p in profiles], device, dtype),
+            "drift": stacked([p.environment.drift_coefficient[:, ri, ci] for p in profiles], device, dtype),
+            "misalignment": [misalignment_of(p.fabrication) for p in profiles],
+            "crosstalk": [float(p.environment.crosstalk) for p in profiles],
+            "imaging": {},        # each setup's own M^T, built on first use (no perturbation)
         }
 
-    def fleet_weights(self, state: dict[str, np.ndarray], chips: slice, delta_T: Any,
-                      control_shift: np.ndarray | None, perturbation: Mapping[str, float] | None = None) -> np.ndarray:
+    def fleet_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
         """t = g clip(static + k dT (+ shift), 0, 1); W = t+ - t-; W_eff = W @ K @ B(true misalignment, moved by
-        ``perturbation``), one setup at a time."""
-        dT = np.asarray(delta_T, dtype=np.float32)
-        x = state["drift"][chips] * (dT if dT.ndim == 0 else dT[chips, None, None, None])
+        the perturbation), one setup at a time (each has its own sparse imaging)."""
+        import torch
+
+        x = state["drift"][chips] * conditions.temperature(3)
         x += state["static"][chips]
-        if control_shift is not None:
-            x += control_shift[chips][:, :, state["ri"], state["ci"]].astype(np.float32)
-        np.clip(x, 0.0, 1.0, out=x)
+        if conditions.control_shift is not None:
+            x += conditions.control_shift[:, :, state["ri"], state["ci"]]
+        x.clamp_(0.0, 1.0)
         x *= state["gain"][chips]
-        W = x[:, 0] - x[:, 1]                                   # (chips, out, in) float32
+        W = x[:, 0] - x[:, 1]                                   # (chips, out, in)
         frame = frame_shape(W.shape[2])
-        out = np.empty(W.shape, dtype=np.float32)
-        cache = state.setdefault("imaging", {})           # each setup's own M^T, built once (no perturbation)
+        out = torch.empty_like(W)
+        perturbation = conditions.perturbation
         for c, chip in enumerate(range(len(state["crosstalk"]))[chips]):
-            MT = cache.get(chip) if not perturbation else None
+            MT = state["imaging"].get(chip) if not perturbation else None
             if MT is None:
-                M = imaging_operator(frame, perturbed(Misalignment(*state["misalignment"][chip]), perturbation),
-                                     float(state["crosstalk"][chip]))
-                MT = M.T.tocsr().astype(np.float32)
+                M = imaging_operator(frame, perturbed(state["misalignment"][chip], perturbation),
+                                     state["crosstalk"][chip], dtype=W.dtype, device=W.device)
+                MT = M.t().coalesce()
                 if not perturbation:
-                    cache[chip] = MT
-            out[c] = (MT @ W[c].T).T                        # W @ M with M sparse
+                    state["imaging"][chip] = MT
+            out[c] = torch.sparse.mm(MT, W[c].T).T              # W @ M with M sparse
         return out
+
+
+def _times(w: np.ndarray, M: Any) -> np.ndarray:
+    """``w @ M`` for a dense float64 numpy ``w`` and a sparse torch ``M``."""
+    import torch
+
+    return torch.sparse.mm(M.t(), torch.from_numpy(np.ascontiguousarray(w.T))).T.numpy()
 
 
 def _inverse_imaging(target: np.ndarray, M: Any, reach: float) -> np.ndarray:
@@ -242,29 +253,34 @@ def _inverse_imaging(target: np.ndarray, M: Any, reach: float) -> np.ndarray:
     accelerated projected gradient (FISTA), from the target itself, so it never does worse than no
     pre-compensation.  A fractional shift or a blur is a low-pass filter: an exact inverse would ask more
     of a transmission than it can give at the mask's finest detail, so the box, not a ridge, keeps it real."""
-    MT = M.T.tocsr()
+    import torch
+
+    values = M.values().abs()
+    rows, cols = M.indices()
+    n = M.shape[0]
     # ||M||_2^2 <= ||M||_1 ||M||_inf bounds the gradient's Lipschitz constant
-    lipschitz = float(abs(M).sum(axis=0).max() * abs(M).sum(axis=1).max()) or 1.0
+    col_sums = torch.zeros(n, dtype=values.dtype).index_add_(0, cols, values)
+    row_sums = torch.zeros(n, dtype=values.dtype).index_add_(0, rows, values)
+    lipschitz = float(col_sums.max() * row_sums.max()) or 1.0
+    MT = M.t().coalesce()
+    goal = torch.from_numpy(np.ascontiguousarray(target.T))             # work on transposes: (n, out)
 
-    def times_m(w: np.ndarray) -> np.ndarray:          # w @ M with M sparse
-        return (MT @ w.T).T
+    def misfit(w: Any) -> float:
+        return float(torch.sum((torch.sparse.mm(MT, w) - goal) ** 2))
 
-    def misfit(w: np.ndarray) -> float:
-        return float(np.sum((times_m(w) - target) ** 2))
-
-    x = np.clip(target, -reach, reach)
+    x = goal.clamp(-reach, reach)
     best, best_misfit = x, misfit(x)                    # FISTA is not monotone: keep the best iterate seen
-    y, t = x.copy(), 1.0
+    y, t = x.clone(), 1.0
     for _ in range(INVERSE_ITERATIONS):
-        grad = (M @ (times_m(y) - target).T).T          # (y M - target) M^T
-        x_next = np.clip(y - grad / lipschitz, -reach, reach)
+        grad = torch.sparse.mm(M, torch.sparse.mm(MT, y) - goal)        # ((y M - target) M^T)^T
+        x_next = (y - grad / lipschitz).clamp(-reach, reach)
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         y = x_next + ((t - 1.0) / t_next) * (x_next - x)
         x, t = x_next, t_next
         value = misfit(x)
         if value < best_misfit:
             best, best_misfit = x, value
-    return best
+    return best.T.numpy()
 
 
 __all__ = ["FreeSpacePlatform", "MISALIGNMENT_AXES", "MISALIGNMENT_FIELDS", "misalignment_of", "perturbed"]

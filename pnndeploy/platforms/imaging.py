@@ -1,13 +1,19 @@
 """Imaging a mask onto its inputs through a misaligned setup: rotation, shift and magnification by bilinear resampling.
 
-Groundwork of the free-space platform (issue 14).  In a free-space setup each
+In a free-space setup each
 output's weights are a 2-D mask that the input image is projected onto; a
 misaligned setup sees, at mask pixel p, the input at ``q = A⁻¹ (p − c − t) + c``
 with ``A = s · Rot(θ)`` about the image centre c, a shift t (pixels; µm divided by
 the mask's pixel pitch) and a magnification s.  The input there is read by
 bilinear interpolation, and light that falls outside the input frame is lost (zero).
 The map is linear in the input, so a setup realises ``W_eff = W · B(θ, t, s)`` with
-B the (n × n) resampling matrix: the form the fleet simulator needs.
+B the (n × n) resampling matrix.
+
+One physics, in torch: :func:`imaging_taps` computes the four bilinear taps of every mask
+pixel once; :func:`resample` applies them to a batch of images (training, differentiable in
+the images and the misalignment) and :func:`imaging_operator` assembles them, with the
+optical crosstalk, into a sparse matrix (fleets, mapping).  Tap positions are computed in
+float64 whatever the images' dtype.
 
 Coordinates: x along columns, y along rows (downwards), θ in degrees from x towards
 y, which turns the image clockwise as it is displayed.  Sample positions within 1e-9 px of a pixel centre are snapped to
@@ -78,69 +84,95 @@ def source_positions(shape: tuple[int, int], rotation_deg: Any, shift_x: Any, sh
     return qy, qx
 
 
-def _bilinear_taps(shape: tuple[int, int], misalignment: Misalignment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mask pixel, input pixel, weight) of every bilinear tap that lands inside the input frame."""
+def imaging_taps(shape: tuple[int, int], params: Any) -> tuple[Any, Any]:
+    """The bilinear taps of a misaligned relay: (source pixel, weight), each (4, rows*cols), torch.
+
+    Mask pixel p (row-major) sees ``sum_k weight[k, p] * input[source[k, p]]``; a tap that falls outside
+    the input frame has weight 0 (its light is lost).  ``params`` is a tensor (rotation_deg, shift_x_px,
+    shift_y_px, scale); the weights are float64 and differentiable in it almost everywhere.  Positions within
+    :data:`SNAP` px of a pixel centre are moved onto it with the gradient passed straight through.
+    """
+    import torch
+
+    params = params.to(torch.float64)
+    rows, cols = shape
+    theta = params[0] * (math.pi / 180.0)
+    qy, qx = source_positions(shape, None, params[1], params[2], params[3], torch.cos(theta), torch.sin(theta))
+    qy = qy + ((torch.round(qy) - qy) * (torch.abs(qy - torch.round(qy)) < SNAP)).detach()
+    qx = qx + ((torch.round(qx) - qx) * (torch.abs(qx - torch.round(qx)) < SNAP)).detach()
+    y0, x0 = torch.floor(qy).detach(), torch.floor(qx).detach()
+    fy, fx = qy - y0, qx - x0
+    sources, weights = [], []
+    for oy, ox, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        yy, xx = (y0 + oy).long(), (x0 + ox).long()
+        inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
+        sources.append(torch.where(inside, yy * cols + xx, torch.zeros_like(yy)))
+        weights.append(w * inside)
+    return torch.stack(sources), torch.stack(weights)
+
+
+def _checked(misalignment: Misalignment) -> Any:
+    """The misalignment as a float64 tensor, refused when it is not physical."""
+    import torch
+
     problem = misalignment.problem()
     if problem:
         raise ValueError(problem)
-    rows, cols = shape
-    qy, qx = source_positions(shape, misalignment.rotation_deg, misalignment.shift_x_px, misalignment.shift_y_px,
-                              misalignment.scale)
-    qy = np.where(np.abs(qy - np.round(qy)) < SNAP, np.round(qy), qy)
-    qx = np.where(np.abs(qx - np.round(qx)) < SNAP, np.round(qx), qx)
-    y0, x0 = np.floor(qy).astype(np.int64), np.floor(qx).astype(np.int64)
-    fy, fx = qy - y0, qx - x0
-    target = np.arange(rows * cols)
-    out_t, out_s, out_w = [], [], []
-    for oy, ox, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        yy, xx = y0 + oy, x0 + ox
-        inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols) & (w != 0)
-        out_t.append(target[inside])
-        out_s.append((yy * cols + xx)[inside])
-        out_w.append(w[inside])
-    return np.concatenate(out_t), np.concatenate(out_s), np.concatenate(out_w)
+    return torch.tensor(misalignment.as_array(), dtype=torch.float64)
 
 
 def resampling_matrix(shape: tuple[int, int], misalignment: Misalignment) -> np.ndarray:
-    """B (n × n), n = rows*cols: the misaligned image of input x on the mask is B @ x (row-major pixels)."""
-    n = shape[0] * shape[1]
-    target, source, weight = _bilinear_taps(shape, misalignment)
-    B = np.zeros((n, n))
-    np.add.at(B, (target, source), weight)
-    return B
+    """B (n × n), n = rows*cols, dense numpy: the misaligned image of input x on the mask is B @ x (row-major)."""
+    return imaging_operator(shape, misalignment).to_dense().numpy()
 
 
-def blur_taps(shape: tuple[int, int], crosstalk: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mask pixel, image pixel, weight) of the optical crosstalk: each pixel keeps 1 − c of its light and
-    spills c/4 into each of its four neighbours (what falls off the frame is lost)."""
+def _blur_taps(shape: tuple[int, int], crosstalk: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image pixel, mask pixel, weight) of the optical crosstalk: each pixel keeps 1 − c of its light and spills
+    c/4 into each of its four neighbours (what falls off the frame is lost)."""
     rows, cols = shape
     n = rows * cols
     py, px = np.divmod(np.arange(n), cols)
     targets, sources, weights = [np.arange(n)], [np.arange(n)], [np.full(n, 1.0 - crosstalk)]
-    if crosstalk:
-        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-            yy, xx = py + dy, px + dx
-            inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
-            targets.append((yy * cols + xx)[inside])
-            sources.append(np.arange(n)[inside])
-            weights.append(np.full(int(inside.sum()), crosstalk / 4.0))
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        yy, xx = py + dy, px + dx
+        inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
+        targets.append((yy * cols + xx)[inside])
+        sources.append(np.arange(n)[inside])
+        weights.append(np.full(int(inside.sum()), crosstalk / 4.0))
     return np.concatenate(targets), np.concatenate(sources), np.concatenate(weights)
 
 
-def imaging_operator(shape: tuple[int, int], misalignment: Misalignment, crosstalk: float = 0.0) -> Any:
-    """The setup's imaging as a sparse (n × n) matrix M = K · B: misaligned (B), then blurred (K) on the mask.
+def imaging_operator(shape: tuple[int, int], misalignment: Misalignment, crosstalk: float = 0.0,
+                     dtype: Any = None, device: Any = "cpu") -> Any:
+    """The setup's imaging as a sparse (n × n) torch matrix M = K · B (COO, coalesced, float64 unless ``dtype``):
+    misaligned (B: the taps of :func:`imaging_taps`), then blurred (K) on the mask.
 
-    A layer of mask weights W then computes ``W @ M @ x``: it realises ``W_eff = W @ M``.
+    A layer of mask weights W then computes ``W @ M @ x``: it realises ``W_eff = W @ M``.  Entry (p, q) of M
+    sums, over the blur's taps p <- r and the relay's taps r <- q, the product of their weights.
     """
-    from scipy import sparse
+    import torch
 
     n = shape[0] * shape[1]
-    target, source, weight = _bilinear_taps(shape, misalignment)
-    B = sparse.csr_matrix((weight, (target, source)), shape=(n, n))      # duplicate taps are summed
-    if not crosstalk:
-        return B
-    target, source, weight = blur_taps(shape, crosstalk)
-    return (sparse.csr_matrix((weight, (target, source)), shape=(n, n)) @ B).tocsr()
+    source, weight = imaging_taps(shape, _checked(misalignment))
+    source, weight = source.numpy(), weight.detach().numpy()                    # (4, n): taps of each pixel r
+    if crosstalk:
+        target_k, r, weight_k = _blur_taps(shape, crosstalk)                    # p <- r
+        rows = np.repeat(target_k[None], 4, axis=0)
+        cols, values = source[:, r], weight[:, r] * weight_k[None]
+    else:
+        rows, cols, values = np.broadcast_to(np.arange(n), (4, n)), source, weight
+    keep = values != 0
+    index = torch.from_numpy(np.stack([rows[keep], cols[keep]]))
+    M = torch.sparse_coo_tensor(index, torch.from_numpy(values[keep]), (n, n), check_invariants=True).coalesce()
+    return M.to(device=device, dtype=dtype or torch.float64)
+
+
+def is_identity(M: Any) -> bool:
+    """True when a sparse operator is exactly the identity (an aligned setup without blur)."""
+    import torch
+
+    index, values = M.indices(), M.values()
+    return bool(values.numel() == M.shape[0] and torch.equal(index[0], index[1]) and torch.all(values == 1))
 
 
 def frame_shape(n: int) -> tuple[int, int]:
@@ -158,17 +190,9 @@ def resample(images: Any, shape: tuple[int, int], params: Any) -> Any:
     ``params`` is a tensor (rotation_deg, shift_x_px, shift_y_px, scale).  Bilinear interpolation is
     piecewise linear in the sample positions, so the gradient in ``params`` exists almost everywhere.
     """
-    import torch
-
-    rows, cols = shape
-    theta = params[0] * (math.pi / 180.0)
-    qy, qx = source_positions(shape, None, params[1], params[2], params[3], torch.cos(theta), torch.sin(theta))
-    y0, x0 = torch.floor(qy).detach(), torch.floor(qx).detach()
-    fy, fx = qy - y0, qx - x0
-    out = torch.zeros_like(images)
-    for oy, ox, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        yy, xx = (y0 + oy).long(), (x0 + ox).long()
-        inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
-        index = torch.where(inside, yy * cols + xx, torch.zeros_like(yy))
-        out = out + images[:, index] * (w * inside)
+    source, weight = imaging_taps(shape, params)
+    weight = weight.to(images.dtype)
+    out = images[:, source[0]] * weight[0]
+    for k in range(1, 4):
+        out = out + images[:, source[k]] * weight[k]
     return out

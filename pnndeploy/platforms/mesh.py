@@ -11,9 +11,10 @@ after an external phase phi on the top input::
 
 and a screen of N output phases psi follows the last column.  The controls of
 one mesh are the flat vector ``[theta (M), phi (M), psi (N)]``, N^2 phases in
-rad.  :func:`mesh_unitary` builds U in numpy (many meshes at once, any
-splitting ratios) and :func:`mesh_unitary_torch` in torch (differentiable, for
-training and for fitting through a calibrated model); :func:`decompose` finds
+rad.  :func:`mesh_unitary` builds U in torch, once for everything: many meshes
+at once (chips x blocks), any splitting ratios, differentiable in the phases
+(training, fitting through a calibrated model) and on any torch device (fleets);
+:func:`decompose` finds
 the phases of an ideal mesh that realise a given unitary (Clements et al.,
 Optica 3, 1460 (2016): null the lower triangle diagonal by diagonal, then move
 the diagonal to the output screen).
@@ -52,19 +53,26 @@ def phase_count(n: int) -> int:
 
 
 @lru_cache(maxsize=None)
-def _columns(n: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]:
-    """Per column: the MZI indices, their top modes, the row permutation swapping each pair, pass-through mask."""
+def _column_gathers(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index arrays that assemble every column's two diagonals from the MZIs' entries in one gather.
+
+    Column c multiplies U by a matrix with ``d0`` on the diagonal and ``d1`` on the pair-swapped diagonal:
+    rows p, p+1 of an MZI on (p, p+1) get (t00, t11) and (t01, t10), a mode without an MZI keeps 1 and 0.
+    Returns (index of d0 in [t00 | t11 | 1], index of d1 in [t01 | t10 | 0], each (n, n): column x row;
+    the row permutation swapping each pair, (n, n)).
+    """
     col_of, top = mesh_layout(n)
-    out = []
+    m = len(col_of)
+    g0 = np.full((n, n), 2 * m, dtype=np.int64)
+    g1 = np.full((n, n), 2 * m, dtype=np.int64)
+    perm = np.tile(np.arange(n), (n, 1))
     for c in range(n):
         idx = np.flatnonzero(col_of == c)
         tops = top[idx]
-        perm = np.arange(n)
-        perm[tops], perm[tops + 1] = tops + 1, tops
-        through = np.ones(n, dtype=bool)
-        through[tops] = through[tops + 1] = False
-        out.append((idx, tops, perm, through))
-    return tuple(out)
+        g0[c, tops], g0[c, tops + 1] = idx, m + idx
+        g1[c, tops], g1[c, tops + 1] = idx, m + idx
+        perm[c, tops], perm[c, tops + 1] = tops + 1, tops
+    return g0, g1, perm
 
 
 def _mzi_entries(xp: Any, theta: Any, phi: Any, r1: Any, r2: Any) -> tuple[Any, Any, Any, Any]:
@@ -80,61 +88,29 @@ def _mzi_entries(xp: Any, theta: Any, phi: Any, r1: Any, r2: Any) -> tuple[Any, 
     return t00, t01, t10, t11
 
 
-def mesh_unitary(phases: np.ndarray, n: int, ratios: np.ndarray | None = None,
-                 dtype: Any = np.complex128) -> np.ndarray:
-    """U of meshes, (..., n, n), from phases (..., n^2) and splitting ratios (..., M, 2) (None: ideal 0.5).
+def mesh_unitary(phases: Any, n: int, ratios: Any = None) -> Any:
+    """U of meshes (torch), (..., n, n), from phases (..., n^2) and splitting ratios (..., M, 2) (None: ideal 0.5).
 
-    Leading axes broadcast (e.g. chips x tiles of phases with chips x 1 x M x 2 ratios).
+    Leading axes broadcast (chips x blocks of phases with chips x 1 x 1 x M x 2 ratios); the complex dtype
+    follows the phases' (complex64 for float32), the device too; differentiable in phases and ratios.
     """
-    phases = np.asarray(phases)
-    m = mzi_count(n)
-    theta, phi, psi = phases[..., :m], phases[..., m:2 * m], phases[..., 2 * m:]
-    real = np.float32 if dtype == np.complex64 else np.float64
-    if ratios is None:
-        r1 = r2 = np.full((1,) * (phases.ndim - 1) + (m,), 0.5, dtype=real)
-    else:
-        ratios = np.asarray(ratios, dtype=real)
-        r1, r2 = ratios[..., 0], ratios[..., 1]
-    t00, t01, t10, t11 = _mzi_entries(np, theta.astype(real), phi.astype(real), r1, r2)
-    batch = np.broadcast_shapes(phases.shape[:-1], r1.shape[:-1])
-    U = np.broadcast_to(np.eye(n, dtype=dtype), (*batch, n, n)).copy()
-    for idx, tops, perm, through in _columns(n):
-        d0 = np.ones((*batch, n), dtype=dtype)
-        d1 = np.zeros((*batch, n), dtype=dtype)
-        d0[..., tops] = t00[..., idx]
-        d0[..., tops + 1] = t11[..., idx]
-        d1[..., tops] = t01[..., idx]
-        d1[..., tops + 1] = t10[..., idx]
-        U = d0[..., :, None] * U + d1[..., :, None] * U[..., perm, :]
-    return np.exp(1j * psi.astype(real)).astype(dtype)[..., :, None] * U
-
-
-def mesh_unitary_torch(phases: Any, n: int, ratios: Any = None) -> Any:
-    """:func:`mesh_unitary` in torch, differentiable in the phases (complex dtype follows the phases')."""
     import torch
 
     m = mzi_count(n)
     theta, phi, psi = phases[..., :m], phases[..., m:2 * m], phases[..., 2 * m:]
     if ratios is None:
-        r1 = r2 = torch.full((m,), 0.5, dtype=phases.dtype)
+        r1 = r2 = torch.full((m,), 0.5, dtype=phases.dtype, device=phases.device)
     else:
         r1, r2 = ratios[..., 0], ratios[..., 1]
     t00, t01, t10, t11 = _mzi_entries(torch, theta, phi, r1, r2)
-    cdtype = t00.dtype
-    batch = torch.broadcast_shapes(phases.shape[:-1], r1.shape[:-1])
-    U = torch.eye(n, dtype=cdtype).expand(*batch, n, n)
-    one = torch.ones((), dtype=cdtype)
-    for idx, tops, perm, through in _columns(n):
-        idx_t = torch.from_numpy(idx)
-        # d0/d1 per row: the pair's diagonal and off-diagonal entries, 1/0 on pass-through modes
-        order = np.empty(n, dtype=np.int64)
-        order[tops], order[tops + 1] = np.arange(len(tops)), len(tops) + np.arange(len(tops))
-        order[through] = 2 * len(tops)
-        order_t = torch.from_numpy(order)
-        pad_one = one.expand(*t00.shape[:-1], 1)
-        d0 = torch.cat([t00[..., idx_t], t11[..., idx_t], pad_one], dim=-1)[..., order_t]
-        d1 = torch.cat([t01[..., idx_t], t10[..., idx_t], 0 * pad_one], dim=-1)[..., order_t]
-        U = d0[..., :, None] * U + d1[..., :, None] * U[..., torch.from_numpy(perm), :]
+    batch = torch.broadcast_shapes(t00.shape[:-1], psi.shape[:-1])
+    g0, g1, perm = (torch.from_numpy(a).to(phases.device) for a in _column_gathers(n))
+    one = torch.ones((*t00.shape[:-1], 1), dtype=t00.dtype, device=phases.device)
+    d0 = torch.cat([t00, t11, one], dim=-1)[..., g0]                 # (..., column, row)
+    d1 = torch.cat([t01, t10, 0 * one], dim=-1)[..., g1]
+    U = torch.eye(n, dtype=t00.dtype, device=phases.device).expand(*batch, n, n)
+    for c in range(n):
+        U = d0[..., c, :, None] * U + d1[..., c, :, None] * U[..., perm[c], :]
     return torch.exp(1j * psi)[..., :, None] * U
 
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pnndeploy.platforms.base import LayerMapping, Platform, Range, quantise
+from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, Range, quantise, stacked
 from pnndeploy.platforms.tiling import ring_index
 
 
@@ -27,7 +27,7 @@ from pnndeploy.platforms.tiling import ring_index
 MIN_EXTINCTION = 0.05
 
 
-class MRRPlatform(Platform):
+class MRRPlatform(LinearPlatform):
     """Lorentzian microring weight bank with heater-tuned detuning (nm): one ring, one control, one weight.
 
     The elementwise special case of the layer interface: a layer's controls have
@@ -154,38 +154,35 @@ class MRRPlatform(Platform):
                             float(np.linalg.norm(realised - weight.astype(np.float64))))
 
     # ------------------------------------------------------------------------------------- simulation
-    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray],
-                    profiles: Sequence[Any], layout: tuple[int, int]) -> dict[str, np.ndarray]:
+    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],
+                    layout: tuple[int, int], device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
         """The static detuning of every weight (setting + offset + crosstalk) and the gathered ring truth.
 
         Crosstalk reaches only the neighbours in the same bank row of the same tile.
         """
-        f32 = np.float32
+        import torch
+
+        dtype = dtype or torch.float32
         ri, ci = ring_index(weight_shape, layout)
-        crosstalk = np.array([p.environment.crosstalk for p in profiles], f32)[:, None, None]
-        h = np.stack(list(settings)).astype(f32)
-        neighbours = _neighbour_settings(h, ci, layout)
-        offset = np.stack([p.fabrication[self.offset_name][ri, ci] for p in profiles]).astype(f32)
+        crosstalk = stacked([p.environment.crosstalk for p in profiles], device, dtype)[:, None, None]
+        h = stacked(settings, device, dtype)
+        offset = stacked([p.fabrication[self.offset_name][ri, ci] for p in profiles], device, dtype)
         state = {
-            "ri": ri, "ci": ci,
-            "static": (h + offset + crosstalk * neighbours).astype(f32),
-            "drift": np.stack([p.environment.drift_coefficient[ri, ci] for p in profiles]).astype(f32),
+            "ri": torch.from_numpy(ri).to(device), "ci": torch.from_numpy(ci).to(device),
+            "static": h + offset + crosstalk * _neighbour_settings(h, ci, layout),
+            "drift": stacked([p.environment.drift_coefficient[ri, ci] for p in profiles], device, dtype),
         }
         for name in self.param_units:
-            state[name] = np.stack([p.fabrication[name][ri, ci] for p in profiles]).astype(f32)
+            state[name] = stacked([p.fabrication[name][ri, ci] for p in profiles], device, dtype)
         return state
 
-    def fleet_weights(self, state: dict[str, np.ndarray], chips: slice, delta_T: Any,
-                      control_shift: np.ndarray | None) -> np.ndarray:
+    def fleet_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
         """x = static + k * dT (+ shift of the weight's ring); W = Lorentzian(x; true gamma, a)."""
-        dT = np.asarray(delta_T, dtype=np.float32)
-        x = state["drift"][chips] * (dT if dT.ndim == 0 else dT[chips, None, None])
+        x = state["drift"][chips] * conditions.temperature(2)
         x += state["static"][chips]
-        if control_shift is not None:
-            x += control_shift[chips][:, state["ri"], state["ci"]].astype(np.float32)
-        W = self.transfer(x, **{name: state[name][chips] for name in self.param_units})
-        return W.astype(np.float32, copy=False)
-
+        if conditions.control_shift is not None:
+            x += conditions.control_shift[:, state["ri"], state["ci"]]
+        return self.transfer(x, **{name: state[name][chips] for name in self.param_units})
 
     # ------------------------------------------------------------------------------------ calibration
     sweep_calibration = True
@@ -254,15 +251,21 @@ class MRRPlatform(Platform):
         return fields, np.where(plausible, residual, np.inf)
 
 
-def _neighbour_settings(h: np.ndarray, ci: np.ndarray, layout: tuple[int, int]) -> np.ndarray:
+def _neighbour_settings(h: Any, ci: np.ndarray, layout: tuple[int, int]) -> Any:
     """Per weight, the sum of its left and right neighbours' settings in the same bank row of the same tile.
 
-    ``h`` is (..., out, in); ``ci`` the ring column of every weight (:func:`ring_index`).
+    ``h`` is (..., out, in), numpy or torch; ``ci`` the ring column of every weight (:func:`ring_index`).
     """
     in_f = h.shape[-1]
-    has_left = ci > 0
-    has_right = (ci < layout[1] - 1) & (np.arange(in_f) < in_f - 1)[None, :]
-    neighbours = np.zeros_like(h)
-    neighbours[..., 1:] += np.where(has_left[..., 1:], h[..., :-1], 0.0)
-    neighbours[..., :-1] += np.where(has_right[..., :-1], h[..., 1:], 0.0)
+    has_left = ci[:, 1:] > 0
+    has_right = ((ci < layout[1] - 1) & (np.arange(in_f) < in_f - 1)[None, :])[:, :-1]
+    if isinstance(h, np.ndarray):
+        where, zero, neighbours = np.where, 0.0, np.zeros_like(h)
+    else:
+        import torch
+
+        has_left, has_right = torch.from_numpy(has_left).to(h.device), torch.from_numpy(has_right).to(h.device)
+        where, zero, neighbours = torch.where, h.new_zeros(()), torch.zeros_like(h)
+    neighbours[..., 1:] += where(has_left, h[..., :-1], zero)
+    neighbours[..., :-1] += where(has_right, h[..., 1:], zero)
     return neighbours

@@ -42,23 +42,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pnndeploy.errors import ModelFileError
-from pnndeploy.platforms.base import LayerMapping, Platform, Range, quantise
-from pnndeploy.platforms.mesh import (
-    TWO_PI,
-    decompose,
-    mesh_layout,
-    mesh_unitary,
-    mesh_unitary_torch,
-    mzi_count,
-    phase_count,
-    unitary_with_real_part,
-)
+from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, Range, quantise, stacked
+from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mesh_unitary, mzi_count, phase_count, \
+    unitary_with_real_part
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model.
 FIT_ITERATIONS = 120
 
 
-class MZIPlatform(Platform):
+class MZIPlatform(LinearPlatform):
     """Rectangular MZI mesh with coherent detection; controls are phases (rad), N^2 per N x N block."""
 
     name = "mzi"
@@ -112,7 +104,7 @@ class MZIPlatform(Platform):
     def nominal_weights(self, controls: Any, weight_shape: tuple[int, int]) -> Any:
         n = self.modes
         to, ti, _ = controls.shape
-        U = mesh_unitary_torch(controls, n)                         # (to, ti, n, n)
+        U = mesh_unitary(controls, n)                               # (to, ti, n, n)
         W = U.real.permute(0, 2, 1, 3).reshape(to * n, ti * n)
         return W[:weight_shape[0], :weight_shape[1]]
 
@@ -184,6 +176,8 @@ class MZIPlatform(Platform):
         The fit starts from the trained phases when the chip's mesh is the model's (so SAT's flat
         region is kept) and from the ideal decomposition of W otherwise.
         """
+        import torch
+
         n = layout[0]
         target = weight.astype(np.float64)
         blocks = _blocks(target, n)
@@ -201,39 +195,39 @@ class MZIPlatform(Platform):
         wanted, unmet = _precompensate(realised - offset, float(environment.crosstalk), n, lo, hi)
         settings, inside = quantise(wanted, (lo, hi), environment.dac_bits)
         clipped += int((unmet | ~inside).sum())
-        got = mesh_unitary(settings + offset + float(environment.crosstalk) * _spill(settings, n), n, ratios).real
+        realised = torch.from_numpy(settings + offset + float(environment.crosstalk) * _spill(settings, n))
+        got = mesh_unitary(realised, n, torch.from_numpy(np.asarray(ratios, np.float64))).real.numpy()
         residual = float(np.sqrt(np.sum(np.where(mask, got - blocks, 0.0) ** 2)))
         return LayerMapping(settings, clipped, residual)
 
     # ------------------------------------------------------------------------------------- simulation
-    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray],
-                    profiles: Sequence[Any], layout: tuple[int, int]) -> dict[str, np.ndarray]:
+    def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],
+                    layout: tuple[int, int], device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
         """Static phase of every shifter of every block (setting + offset + crosstalk), the true ratios."""
-        f32 = np.float32
+        import torch
+
+        dtype = dtype or torch.float32
         n = layout[0]
-        h = np.stack(list(settings)).astype(f32)                          # (chips, to, ti, n^2)
-        neighbours = _spill(h, n)
-        crosstalk = np.array([p.environment.crosstalk for p in profiles], f32)[:, None, None, None]
-        offset = np.stack([p.fabrication[self.offset_name] for p in profiles]).astype(f32)[:, None, None, :]
+        h = stacked(settings, device, dtype)                                # (chips, to, ti, n^2)
+        crosstalk = stacked([p.environment.crosstalk for p in profiles], device, dtype)[:, None, None, None]
+        offset = stacked([p.fabrication[self.offset_name] for p in profiles], device, dtype)[:, None, None, :]
         return {
-            "static": (h + offset + crosstalk * neighbours).astype(f32),
-            "drift": np.stack([p.environment.drift_coefficient for p in profiles]).astype(f32)[:, None, None, :],
-            "ratios": np.stack([p.fabrication["splitter_ratio"] for p in profiles]).astype(f32)[:, None, None],
-            "shape": np.array([*weight_shape, n]),
+            "static": h + offset + crosstalk * _spill(h, n),
+            "drift": stacked([p.environment.drift_coefficient for p in profiles], device, dtype)[:, None, None, :],
+            "ratios": stacked([p.fabrication["splitter_ratio"] for p in profiles], device, dtype)[:, None, None],
+            "shape": (*weight_shape, n),
         }
 
-    def fleet_weights(self, state: dict[str, np.ndarray], chips: slice, delta_T: Any,
-                      control_shift: np.ndarray | None) -> np.ndarray:
+    def fleet_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
         """phases = static + k dT (+ shift); W = Re(U(phases; true ratios)), blocks reassembled."""
-        out_f, in_f, n = (int(v) for v in state["shape"])
-        dT = np.asarray(delta_T, dtype=np.float32)
-        phases = state["static"][chips] + state["drift"][chips] * (dT if dT.ndim == 0 else dT[chips, None, None, None])
-        if control_shift is not None:
-            phases += control_shift[chips][:, None, None, :].astype(np.float32)
-        U = mesh_unitary(phases, n, state["ratios"][chips], dtype=np.complex64)   # (chips, to, ti, n, n)
+        out_f, in_f, n = state["shape"]
+        phases = state["static"][chips] + state["drift"][chips] * conditions.temperature(3)
+        if conditions.control_shift is not None:
+            phases += conditions.control_shift[:, None, None, :]
+        U = mesh_unitary(phases, n, state["ratios"][chips])                # (chips, to, ti, n, n)
         chips_n, to, ti = U.shape[:3]
-        W = U.real.transpose(0, 1, 3, 2, 4).reshape(chips_n, to * n, ti * n)
-        return np.ascontiguousarray(W[:, :out_f, :in_f], dtype=np.float32)
+        W = U.real.permute(0, 1, 3, 2, 4).reshape(chips_n, to * n, ti * n)
+        return W[:, :out_f, :in_f].contiguous()
 
 
 def _decompose_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -308,10 +302,17 @@ def _precompensate(target: np.ndarray, crosstalk: float, n: int, lo: float, hi: 
     return np.clip(h, lo, hi), outside
 
 
-def _spill(settings: np.ndarray, n: int) -> np.ndarray:
-    """Sum of each shifter's neighbours' settings (what its thermal crosstalk sees), same shape."""
+def _spill(settings: Any, n: int) -> Any:
+    """Sum of each shifter's neighbours' settings (what its thermal crosstalk sees), same shape; numpy or torch."""
     left, right = _neighbours(n)
-    return np.where(left >= 0, settings[..., left], 0.0) + np.where(right >= 0, settings[..., right], 0.0)
+    if isinstance(settings, np.ndarray):
+        return np.where(left >= 0, settings[..., left], 0.0) + np.where(right >= 0, settings[..., right], 0.0)
+    import torch
+
+    has_left, has_right = (torch.from_numpy(v >= 0).to(settings.device) for v in (left, right))
+    zero = settings.new_zeros(())
+    return torch.where(has_left, settings[..., torch.from_numpy(left).to(settings.device)], zero) \
+        + torch.where(has_right, settings[..., torch.from_numpy(right).to(settings.device)], zero)
 
 
 def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios: np.ndarray, n: int) -> np.ndarray:
@@ -330,7 +331,7 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
 
         def loss() -> Any:
             optimiser.zero_grad()
-            value = torch.sum(weight * (mesh_unitary_torch(phases, n, r).real - target) ** 2)
+            value = torch.sum(weight * (mesh_unitary(phases, n, r).real - target) ** 2)
             value.backward()
             return value
 

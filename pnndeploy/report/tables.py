@@ -46,9 +46,11 @@ def inspect_document(model: Any) -> dict[str, Any]:
     for layer in model.layers:
         layers.append({
             "name": layer.name,
-            "shape": list(layer.weight.shape),
+            "shape": list(layer.shape),
             "onchip": True,
-            "weight_range": [float(layer.weight.min()), float(layer.weight.max())],
+            # a layer that is not a weight matrix (an intensity readout, a propagation) has no W range
+            "weight_range": [float(layer.weight.min()), float(layer.weight.max())] if layer.weight is not None
+            else None,
             "controls_range": [float(layer.controls.min()), float(layer.controls.max())],
             "controls_units": units,
             "gain_mean": float(np.mean(layer.gain)),
@@ -87,7 +89,8 @@ def render_inspect(doc: dict[str, Any]) -> None:
         layers.add_column(column)
     for layer in doc["layers"]:
         w, c = layer["weight_range"], layer["controls_range"]
-        layers.add_row(layer["name"], "×".join(map(str, layer["shape"])), f"[{w[0]:.3f}, {w[1]:.3f}]",
+        layers.add_row(layer["name"], "×".join(map(str, layer["shape"])),
+                       f"[{w[0]:.3f}, {w[1]:.3f}]" if w is not None else "– (not a matrix)",
                        f"[{c[0]:.3f}, {c[1]:.3f}] {layer['controls_units']}")
     console.print(layers)
 

@@ -1,29 +1,33 @@
-"""Simulated chips: one model, many chips, evaluated in one batched computation over the chip axis.
+"""Simulated chips: one model, many chips, evaluated in one batched torch computation over a leading chip axis.
 
-The platform says how a chip's settings, fabrication truth and drift make the
-weights (:meth:`~pnndeploy.platforms.base.Platform.fleet_weights`; for a ring
-bank ``x = h + offset + k * dT + shift + crosstalk * (h_left + h_right)`` and
-``W = transfer(x; true device parameters)``), computed once per layer for what
-does not change between evaluations.  Detector noise is added here, from a
-stream per device and per evaluation, and every chip's products have the same
-shape in any batch, so a chip gives the same outputs, bit for bit, alone or in
-a fleet.
+The platform says how a chip's settings, fabrication truth and drift act on a
+layer's inputs (:meth:`~pnndeploy.platforms.base.Platform.fleet_forward`; for a
+ring bank ``x = h + offset + k * dT + shift + crosstalk * (h_left + h_right)``,
+``W = transfer(x; true device parameters)`` and one product per chip), with what
+does not change between evaluations computed once per layer.  It is the same
+torch physics that training differentiates, on the fleet's compute device (CPU
+threads or a CUDA GPU).  Detector noise is drawn here, from a stream per device
+and per evaluation, and every chip's products have the same shape in any batch,
+so on the CPU a chip gives the same outputs, bit for bit, alone or in a fleet.
 
-Everything is float32 numpy; chips are processed in chunks to bound memory.
+Chips are processed in chunks (:data:`CHIPS_PER_BATCH`) to bound memory; a lot
+too large to hold at once is streamed through :func:`stream_accuracy`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from pnndeploy.compute import CPU, Compute
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.deployments import Deployment
 from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
 from pnndeploy.platforms import get_platform
+from pnndeploy.platforms.base import ChipState
 from pnndeploy.simulation.streams import device_rng
 
 
@@ -53,17 +57,19 @@ def device_stream(device_id: str, eval_seed: int, layer: int) -> np.random.Gener
 
 
 class SimulatedFleet:
-    """Chips holding one deployed model, stacked along a leading chip axis.
+    """Chips holding one deployed model, stacked along a leading chip axis, on one compute device.
 
     What does not change between evaluations is computed once: per layer, the
     platform's static part (for rings: setting + offset + crosstalk of every
     weight and the gathered device parameters), and the detector-noise draws of
     each evaluation seed.  An evaluation then costs the platform's drift and
-    transfer step and one matrix product per chip and layer, batched over chips.
+    physics and one product per chip and layer, batched over chips.
     """
 
     def __init__(self, model: ExportedModel, profiles: Sequence[DeviceProfile],
-                 deployments: Sequence[Deployment]) -> None:
+                 deployments: Sequence[Deployment], compute: Compute = CPU) -> None:
+        import torch
+
         if not profiles:
             raise PnnError("no devices to evaluate; name one with --device or use --fleet")
         for profile in profiles:
@@ -76,76 +82,111 @@ class SimulatedFleet:
             raise PnnError(f"devices have different array shapes {sorted(shapes)}; evaluate them in "
                            "separate runs")
         self.model = model
+        self.compute = compute
+        self.device = compute.torch_device()
         self.platform = get_platform(model.platform)
         self.device_ids = [p.device_id for p in profiles]
         self.array = profiles[0].shape
-        self.noise_std = np.array([p.environment.detector_noise for p in profiles], np.float32)[:, None, None]
-        self._noise_cache: dict[int, list[np.ndarray]] = {}
-        self._front_cache: tuple[np.ndarray, np.ndarray] | None = None
-        self.layers: list[dict[str, np.ndarray]] = [
-            self.platform.fleet_layer(layer.weight.shape, [d.layers[k].settings for d in deployments], profiles,
-                                      self.array)
-            for k, layer in enumerate(model.layers)]
+        self.noise_std = np.array([p.environment.detector_noise for p in profiles], np.float32)
+        self._noise_cache: dict[int, list[Any]] = {}
+        self._front_cache: tuple[np.ndarray, Any] | None = None
+        self.shapes = [tuple(layer.weight_shape) for layer in model.layers]
+        to_device = lambda a: torch.from_numpy(np.asarray(a, np.float32)).to(self.device)   # noqa: E731
+        self.gains = [to_device(layer.gain) for layer in model.layers]
+        self.biases = [to_device(layer.bias)[:, None] for layer in model.layers]
+        with compute.running():
+            self.layers: list[dict[str, Any]] = [
+                self.platform.fleet_layer(shape, [d.layers[k].settings for d in deployments], profiles, self.array,
+                                          self.device)
+                for k, shape in enumerate(self.shapes)]
 
     def __len__(self) -> int:
         return len(self.device_ids)
 
-    def _noise(self, eval_seed: int) -> list[np.ndarray] | None:
+    def _noise(self, eval_seed: int) -> list[Any] | None:
         """Detector noise of every chip and layer for one evaluation seed (drawn once, then reused)."""
+        import torch
+
         if not np.any(self.noise_std > 0):
             return None
         if eval_seed not in self._noise_cache:
             if len(self._noise_cache) >= 16:
                 self._noise_cache.pop(next(iter(self._noise_cache)))
-            self._noise_cache[eval_seed] = [
-                self.noise_std * np.stack([
-                    device_stream(name, eval_seed, k).standard_normal(layer.weight.shape, dtype=np.float32)
-                    for name in self.device_ids])
-                for k, layer in enumerate(self.model.layers)]
+            params = self.model.platform_params
+            draws = []
+            for k, shape in enumerate(self.shapes):
+                noise_shape = self.platform.noise_shape(shape, params)
+                std = self.noise_std.reshape(-1, *([1] * len(noise_shape)))
+                draw = std * np.stack([device_stream(name, eval_seed, k).standard_normal(noise_shape, dtype=np.float32)
+                                       for name in self.device_ids])
+                draws.append(torch.from_numpy(draw).to(self.device))
+            self._noise_cache[eval_seed] = draws
         return self._noise_cache[eval_seed]
 
-    def _features(self, X_scaled: np.ndarray) -> np.ndarray:
-        """The digital front end's output (the same on every chip), kept for the last input array seen."""
-        if self.model.digital is None:
-            return X_scaled
+    def _features(self, X_scaled: np.ndarray) -> Any:
+        """The first on-chip layer's inputs (in, samples) on the compute device: the scaled inputs through the
+        digital front end if any (the same on every chip), kept for the last input array seen."""
+        import torch
+
         if self._front_cache is None or self._front_cache[0] is not X_scaled:
-            self._front_cache = (X_scaled, self.model.features(X_scaled))
+            features = self.model.features(X_scaled) if self.model.digital is not None else X_scaled
+            XT = np.ascontiguousarray(np.asarray(features, dtype=np.float32).T)
+            self._front_cache = (X_scaled, torch.from_numpy(XT).to(self.device))
         return self._front_cache[1]
 
+    def chip_state(self, chips: slice, conditions: Conditions) -> ChipState:
+        """``conditions`` for the chips in ``chips`` as tensors on the compute device."""
+        import torch
+
+        if conditions.perturbation and not self.platform.perturbation_axes:
+            raise PnnError(f"{self.platform.name} chips have no whole-setup perturbation "
+                           f"({', '.join(sorted(conditions.perturbation))}); leave Conditions.perturbation empty")
+        dT = np.asarray(conditions.delta_T, dtype=np.float32)
+        delta_T = torch.from_numpy(dT if dT.ndim == 0 else np.ascontiguousarray(dT[chips])).to(self.device)
+        shift = conditions.control_shift
+        if shift is not None:
+            shift = torch.as_tensor(shift[chips]).to(device=self.device, dtype=torch.float32)
+        return ChipState(delta_T, shift, conditions.perturbation or None)
+
     def realised_weights(self, k: int, chips: slice, conditions: Conditions) -> np.ndarray:
-        """Weights of layer ``k`` as the chips in ``chips`` realise them, (chips, out, in)."""
-        extra = {}
-        if conditions.perturbation:     # only platforms with perturbation axes take the keyword
-            if not self.platform.perturbation_axes:
-                raise PnnError(f"{self.platform.name} chips have no whole-setup perturbation "
-                               f"({', '.join(sorted(conditions.perturbation))}); leave Conditions.perturbation empty")
-            extra["perturbation"] = conditions.perturbation
-        W = self.platform.fleet_weights(self.layers[k], chips, conditions.delta_T, conditions.control_shift, **extra)
-        noise = self._noise(conditions.eval_seed)
-        if noise is not None:
-            W += noise[k][chips]
-        return W
+        """Weights of layer ``k`` as the chips in ``chips`` realise them, (chips, out, in), detector noise included
+        (linear platforms only: a non-linear layer has no weight matrix)."""
+        import torch
+
+        if not self.platform.linear:
+            raise PnnError(f"{self.platform.name} layers are not a weight matrix; use scores()")
+        with torch.inference_mode(), self.compute.running():
+            W = self.platform.fleet_weights(self.layers[k], chips, self.chip_state(chips, conditions))
+            noise = self._noise(conditions.eval_seed)
+            if noise is not None:
+                W += noise[k][chips]
+            return W.cpu().numpy()
+
+    def scores_tensor(self, X_scaled: np.ndarray, conditions: Conditions, chips: slice) -> Any:
+        """(chips, classes, samples) outputs of the chips in ``chips`` as a torch tensor on the compute device.
+
+        Samples are on the fast axis so that every product is a plain contiguous GEMM per chip, of the same
+        shape however many chips are evaluated with it: one (chips*out, in) product for the shared first layer
+        was faster, but the kernel is picked by size, so a chip's outputs then changed in the last bits with the
+        size of the fleet around it.
+        """
+        import torch
+
+        with torch.inference_mode(), self.compute.running():
+            state = self.chip_state(chips, conditions)
+            noise = self._noise(conditions.eval_seed)
+            h = self._features(X_scaled)
+            for k in range(len(self.shapes)):
+                h = self.platform.fleet_forward(self.layers[k], chips, h, state,
+                                                None if noise is None else noise[k][chips], self.gains[k])
+                h += self.biases[k]
+                if k < len(self.shapes) - 1:
+                    h.clamp_(min=0.0)
+            return h
 
     def scores(self, X_scaled: np.ndarray, conditions: Conditions, chips: slice) -> np.ndarray:
-        """(chips, classes, samples) outputs of the chips in ``chips``, samples on the fast axis.
-
-        This layout keeps every product a plain contiguous GEMM, (out, in) @
-        (in, samples) per chip.  Each chip gets its own product of the same
-        shape however many chips are evaluated with it: one (chips*out, in)
-        product for the shared first layer was faster, but BLAS picks its
-        kernel by size, so a chip's outputs then changed in the last bits
-        with the size of the fleet around it.
-        """
-        XT = np.ascontiguousarray(np.asarray(self._features(X_scaled), dtype=np.float32).T)
-        h = None
-        for k, layer in enumerate(self.model.layers):
-            W = self.realised_weights(k, chips, conditions)
-            W *= layer.gain[:, None]            # the digital gain folded into the (smaller) weights
-            h = np.matmul(W, XT if h is None else h)
-            h += layer.bias[:, None]
-            if k < len(self.model.layers) - 1:
-                np.maximum(h, 0.0, out=h)
-        return h
+        """(chips, classes, samples) float32 outputs of the chips in ``chips`` (numpy)."""
+        return self.scores_tensor(X_scaled, conditions, chips).cpu().numpy()
 
     def logits(self, X_scaled: np.ndarray, conditions: Conditions, chips: slice) -> np.ndarray:
         """(chips, samples, classes) logits of the chips in ``chips`` (a view of :meth:`scores`)."""
@@ -154,37 +195,71 @@ class SimulatedFleet:
     def accuracy(self, X_scaled: np.ndarray, y: np.ndarray, conditions: Conditions | None = None,
                  chunk: int = CHIPS_PER_BATCH, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Accuracy of every chip, (chips,) float64; ``progress(n)`` after each chunk of n chips."""
+        import torch
+
         conditions = conditions or Conditions()
         out = np.empty(len(self), dtype=np.float64)
-        y = np.asarray(y)
+        labels = torch.from_numpy(np.asarray(y)).to(self.device)
         for start in range(0, len(self), chunk):
             chips = slice(start, min(start + chunk, len(self)))
-            out[chips] = correct_fraction(self.scores(X_scaled, conditions, chips), y)
+            scores = self.scores_tensor(X_scaled, conditions, chips)
+            out[chips] = correct_fraction(scores, labels).cpu().numpy()
             if progress is not None:
                 progress(chips.stop - chips.start)
         return out
 
 
-def correct_fraction(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per chip, the fraction of samples whose top class is ``y``: ``(scores.argmax(1) == y).mean(1)``.
+def correct_fraction(scores: Any, y: Any) -> Any:
+    """Per chip, the fraction of samples whose top class is ``y``: ``(scores.argmax(1) == y).mean(1)``, float64.
 
-    ``scores`` is (chips, classes, samples).  numpy's argmax over the short
-    class axis loops per (chip, sample) and cost as much as the matrix
-    products; a max over classes with samples on the fast axis is a few
-    vector passes.  Ties, NaN and labels that are not class indices go to
-    numpy's argmax, so the result is exactly the definition's in every case.
+    ``scores`` is (chips, classes, samples) and ``y`` (samples,): numpy arrays (numpy's definition, exactly:
+    ties go to the first class, NaN wins) or torch tensors on the compute device (torch's argmax, which breaks
+    ties and treats NaN the same way; labels that are not class indices of the right length are refused).
     """
-    y = np.asarray(y)
-    chips, classes, samples = scores.shape
+    if isinstance(scores, np.ndarray):
+        return (scores.argmax(axis=1) == np.asarray(y)).mean(axis=1)
+    if y.ndim != 1 or len(y) != scores.shape[2]:
+        raise ValueError(f"labels of shape {tuple(y.shape)} for {scores.shape[2]} samples")
+    return (scores.argmax(dim=1) == y).sum(dim=1).double() / max(1, scores.shape[2])
 
-    def by_definition() -> np.ndarray:
-        return (scores.argmax(axis=1) == y).mean(axis=1)
 
-    if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != samples or samples == 0 \
-            or y.min() < 0 or y.max() >= classes:
-        return by_definition()
-    top = scores.max(axis=1)
-    hit = scores == top[:, None, :]
-    if not np.isfinite(top).all() or (hit.sum(axis=1) > 1).any():
-        return by_definition()
-    return hit[:, y, np.arange(samples)].mean(axis=1)
+def stream_accuracy(model: ExportedModel, chips: Iterable[tuple[DeviceProfile, Deployment]], X_scaled: np.ndarray,
+                    y: np.ndarray, conditions: Conditions | None = None, compute: Compute = CPU,
+                    chunk: int = CHIPS_PER_BATCH, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Accuracy of every chip of a lot too large to hold at once: chips are taken from ``chips`` (an iterator
+    of (profile, deployment), e.g. generated and mapped on the fly) ``chunk`` at a time, evaluated, and dropped.
+
+    Memory stays that of one chunk whatever the lot's size; the result is the one a single
+    :class:`SimulatedFleet` of every chip would give (a chip's outputs do not depend on the chips around it).
+    ``conditions.delta_T`` and ``control_shift``, when per chip, are for the whole lot.
+    """
+    conditions = conditions or Conditions()
+    parts: list[np.ndarray] = []
+    batch: list[tuple[DeviceProfile, Deployment]] = []
+    done = 0
+
+    def flush() -> None:
+        nonlocal done
+        fleet = SimulatedFleet(model, [p for p, _ in batch], [d for _, d in batch], compute)
+        parts.append(fleet.accuracy(X_scaled, y, _slice_conditions(conditions, done, len(batch)), chunk=chunk))
+        done += len(batch)
+        if progress is not None:
+            progress(len(batch))
+        batch.clear()
+
+    for pair in chips:
+        batch.append(pair)
+        if len(batch) == chunk:
+            flush()
+    if batch:
+        flush()
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _slice_conditions(conditions: Conditions, start: int, count: int) -> Conditions:
+    """The per-chip parts of ``conditions`` for chips ``start .. start + count`` of a streamed lot."""
+    dT = np.asarray(conditions.delta_T)
+    shift = conditions.control_shift
+    return Conditions(delta_T=dT if dT.ndim == 0 else dT[start:start + count],
+                      control_shift=None if shift is None else shift[start:start + count],
+                      eval_seed=conditions.eval_seed, perturbation=conditions.perturbation)

@@ -57,14 +57,17 @@ class InSituChip:
         for layer in model.layers:
             layer.measure = None
 
-    def _target(self, layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(weights the chip must realise, the controls that guide the mapping, output scale) of a layer now."""
+    def _target(self, layer: Any) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(weights the chip must realise (None for a layer that is not a weight matrix), the controls that guide
+        the mapping, output scale) of a layer now."""
         with torch.no_grad():
             if hasattr(layer, "controls"):
-                controls = layer.controls.detach()
+                controls = layer.controls.detach().cpu()
+                if not self.platform.linear:
+                    return None, controls.double().numpy(), np.ones(layer.shape[0])
                 W = self.platform.nominal_weights(controls, layer.shape)
                 return W.double().numpy(), controls.double().numpy(), np.ones(W.shape[0])
-            controls, _, row_scale = self.platform.weights_to_controls(layer.W.detach().double().numpy())
+            controls, _, row_scale = self.platform.weights_to_controls(layer.W.detach().cpu().double().numpy())
             W = self.platform.nominal_weights(torch.from_numpy(controls), tuple(layer.W.shape))
             return np.asarray(W, np.float64), controls, np.asarray(row_scale, np.float64)
 
@@ -77,14 +80,15 @@ class InSituChip:
         t1 = time.perf_counter()
         self.map_seconds += t1 - t0
         previous = self._settings.get(index)
+        shape = tuple(z.shape[-1:]) + (x.shape[-1],)
         if previous is None or not np.array_equal(previous, mapped.settings):
-            self.backend.program([LayerProgram(index, target.shape, mapped.settings)])
+            self.backend.program([LayerProgram(index, shape, mapped.settings)])
             self._settings[index] = mapped.settings
             self.programs += 1
-        inputs = x.detach().double().numpy()
+        inputs = x.detach().cpu().double().numpy()
         y = np.concatenate([self.backend.infer(index, inputs[s:s + self.max_batch])
                             for s in range(0, len(inputs), self.max_batch)]) if len(inputs) else \
-            np.zeros((0, target.shape[0]))
+            np.zeros((0, shape[0]))
         self.measurements += 1
         self.chip_seconds += time.perf_counter() - t1
         if y.shape != tuple(z.shape):
@@ -93,7 +97,7 @@ class InSituChip:
         if not np.all(np.isfinite(y)):
             raise BackendError(f"in-situ chip {self.profile.device_id}: layer {index} returned NaN or inf outputs; "
                                "check the station's detectors (no model was written)")
-        measured = torch.from_numpy(y * scale[None, :]).to(z.dtype)
+        measured = torch.from_numpy(y * scale[None, :]).to(dtype=z.dtype, device=z.device)
         return z + (measured - z).detach()
 
     def summary(self) -> dict[str, Any]:

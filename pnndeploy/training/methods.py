@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import Dataset
 from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.platforms import get_platform
@@ -75,7 +76,8 @@ def build_model(config: TrainConfig, n_features: int, n_classes: int,
         front = FrontEnd(image_shape, config.conv, dense, n_features)
         n_features = front.out_features
     sizes = [n_features, *onchip_hidden, n_classes]
-    parameterisation = "weights" if config.method == "standard" else "controls"
+    # the baseline trains W itself where a layer is a weight matrix, the ideal device's controls elsewhere
+    parameterisation = "weights" if config.method == "standard" and platform.linear else "controls"
     return PNN(sizes, platform, seed=config.seed, parameterisation=parameterisation, front=front)
 
 
@@ -90,35 +92,34 @@ def _perturbed_params(model: PNN, perturb: str) -> list[nn.Parameter]:
     return [p for p in params if p.requires_grad]
 
 
-def train(dataset: Dataset, config: TrainConfig,
-          on_epoch: Callable[[EpochRecord], None] | None = None, chip: InSituChip | None = None) -> TrainResult:
-    """Train one model on ``dataset`` with ``config``; deterministic for a given seed (unless in situ).
+def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = None,
+          chip: InSituChip | None = None, compute: Compute = CPU) -> TrainResult:
+    """Train one model on ``dataset`` with ``config``; deterministic for a given seed, compute device and thread
+    count (unless in situ).  The model comes back on the CPU, whatever ``compute`` trained it on.
 
     With ``chip``, every forward pass of the on-chip layers is measured on that chip (in-situ
     training: PAT for standard, SAT + PAT for sat; :mod:`~pnndeploy.training.in_situ`).
 
-    Runs on one intra-op thread: the layers are small, so extra threads only
-    add synchronisation, and on a busy machine their spin-waiting made a
-    1 s training take tens of seconds.
+    Threads (``compute.threads``, or by the size of the step): the default ring and mesh models are small, so
+    they train on one intra-op thread, where extra threads only add synchronisation (and on a busy machine
+    their spin-waiting made a 1 s training take tens of seconds); a conv front end on MNIST-sized images is
+    split over every core.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train(dataset, config, on_epoch, chip)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(dataset: Dataset, config: TrainConfig,
-           on_epoch: Callable[[EpochRecord], None] | None, chip: InSituChip | None = None) -> TrainResult:
     config.validate()
-    torch.manual_seed(config.seed)
-    X = torch.from_numpy(dataset.scaling.apply(dataset.X_train))
-    y = torch.from_numpy(dataset.y_train)
-    X_test = torch.from_numpy(dataset.scaling.apply(dataset.X_test))
-    y_test = torch.from_numpy(dataset.y_test)
-
+    torch.manual_seed(config.seed)         # before the model: a digital front end draws its init from it
     model = build_model(config, dataset.n_features, dataset.n_classes, dataset.image_shape)
+    with compute.running(model.step_macs(config.batch_size)):
+        return _train(dataset, config, model, on_epoch, chip, compute)
+
+
+def _train(dataset: Dataset, config: TrainConfig, model: PNN, on_epoch: Callable[[EpochRecord], None] | None,
+           chip: InSituChip | None, compute: Compute) -> TrainResult:
+    device = compute.torch_device()
+    X = torch.from_numpy(dataset.scaling.apply(dataset.X_train)).to(device)
+    y = torch.from_numpy(dataset.y_train).to(device)
+    X_test = torch.from_numpy(dataset.scaling.apply(dataset.X_test)).to(device)
+    y_test = torch.from_numpy(dataset.y_test).to(device)
+    model.to(device)
     if chip is not None and config.misalignment_box is not None:
         raise ConfigError(f"--in-situ with --method {config.method} on {config.platform}: FD-SAT's misalignment "
                           "probes would each be a measurement of the setup, and the station cannot misalign it on "
@@ -133,6 +134,7 @@ def _train(dataset: Dataset, config: TrainConfig,
         return _loop(model, X, y, X_test, y_test, config, on_epoch, None)
     finally:
         model.set_misalignment(None)        # FD-SAT: the model's inputs never left misaligned, whatever happens
+        model.cpu()
 
 
 def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
@@ -166,7 +168,7 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
     step = 0
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=shuffle)
+        order = torch.randperm(n, generator=shuffle).to(X.device)
         total, correct = 0.0, 0
         for begin in range(0, n, config.batch_size):
             idx = order[begin:begin + config.batch_size]
@@ -177,7 +179,7 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
             step += 1
             if misalign is not None:        # FD-SAT: the setup's worst misalignment near a random one
                 model.set_misalignment(torch.from_numpy(
-                    misalign.state(lambda phi: _loss_at(model, loss_fn, xb, yb, phi)).astype(np.float32)))
+                    misalign.state(lambda phi: _loss_at(model, loss_fn, xb, yb, phi)).astype(np.float32)).to(X.device))
             if spec is not None and config.ascent == "momentum":
                 spec.begin()
                 spec.worst_shift(lambda: loss_fn(model(xb), yb).item())
@@ -232,9 +234,9 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
         chip.detach(model)        # the figures below are the model's on the nominal chip, as for any training
     model.eval()
     model.set_control_noise(0.0)
-    return TrainResult(model, config, history, accuracy(model, X, y), accuracy(model, X_test, y_test),
-                       seconds, spec.pset if spec is not None else None,
-                       chip.summary() if chip is not None else None)
+    train_acc, test_acc = accuracy(model, X, y), accuracy(model, X_test, y_test)
+    return TrainResult(model.cpu(), config, history, train_acc, test_acc, seconds,
+                       spec.pset if spec is not None else None, chip.summary() if chip is not None else None)
 
 
 def _loss_at(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor, misalignment: np.ndarray) -> float:
@@ -246,7 +248,7 @@ def _loss_at(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
     model.eval()
     try:
         with torch.no_grad():
-            model.set_misalignment(torch.from_numpy(misalignment.astype(np.float32)))
+            model.set_misalignment(torch.from_numpy(misalignment.astype(np.float32)).to(xb.device))
             return float(loss_fn(model(xb), yb))
     finally:
         model.train(was_training)

@@ -1,13 +1,16 @@
-"""The physical neural network: on-chip linear layers set by physical controls, digital gains and biases.
+"""The physical neural network: on-chip layers set by physical controls, digital gains and biases.
 
 Each on-chip layer holds the controls of its devices (ring detunings in nm,
-mesh phases in rad), and its weights are ``W = platform.nominal_weights(controls)``
-on the nominal device, so ``W`` lies in the device's range by construction.
-Around the chip, electronics apply a per-output gain and bias and a ReLU.
+mesh phases in rad) and computes what the nominal device does to its inputs,
+``platform.forward(controls, x)`` (for a linear platform ``x @ W(controls)^T``,
+so ``W`` lies in the device's range by construction).  Around the chip,
+electronics apply a per-output gain and bias and a ReLU.
 
-The paper's baseline (``standard``) trains ``W`` itself, clamped to [-1, 1];
-:meth:`PNN.to_controls` maps such a model onto controls through the platform
-(``weights_to_controls``), which is what deploying it to a chip does.
+The paper's baseline (``standard``) on a linear platform trains ``W`` itself,
+clamped to [-1, 1]; :meth:`PNN.to_controls` maps such a model onto controls
+through the platform (``weights_to_controls``), which is what deploying it to a
+chip does.  On a platform whose layer is not a weight matrix the baseline
+trains the controls of the ideal device, without noise or an adversary.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from pnndeploy.formats.onnx_io import ModelLayer
 from pnndeploy.platforms import Platform
 
 
-class OnChipLinear(nn.Module):
-    """y = gain * (x @ T(controls)^T) + bias, with the controls the trainable physical parameters."""
+class OnChipLayer(nn.Module):
+    """y = gain * platform.forward(controls, x) + bias, with the controls the trainable physical parameters."""
 
     def __init__(self, in_features: int, out_features: int, platform: Platform,
                  generator: torch.Generator) -> None:
@@ -39,20 +42,21 @@ class OnChipLinear(nn.Module):
         self.control_noise = 0.0
         #: In-situ training: ``measure(layer, x, z)`` returns the chip's value of ``z = x W^T`` (None: digital).
         self.measure = None
-        #: A setup's misalignment the inputs pass through (a tensor, :meth:`PNN.set_misalignment`; None: none).
+        #: A setup's misalignment the layer sees (a tensor, :meth:`PNN.set_misalignment`; None: none).
         self.misalignment = None
 
-    def weight(self) -> torch.Tensor:
-        """Weights realised by the nominal device at the current controls."""
-        controls = self.controls
+    def current_controls(self) -> torch.Tensor:
+        """The controls of this forward pass: with control noise drawn afresh in training (noise-aware)."""
         if self.control_noise > 0 and self.training:
-            controls = controls + self.control_noise * torch.randn_like(controls)
-        return self.platform.nominal_weights(controls, self.shape)
+            return self.controls + self.control_noise * torch.randn_like(self.controls)
+        return self.controls
+
+    def weight(self) -> torch.Tensor:
+        """Weights realised by the nominal device at the current controls (linear platforms)."""
+        return self.platform.nominal_weights(self.current_controls(), self.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.misalignment is not None:
-            x = self.platform.misalign_inputs(x, self.misalignment)
-        z = x @ self.weight().T
+        z = self.platform.forward(self.current_controls(), x, self.shape, self.misalignment)
         if self.measure is not None:
             z = self.measure(self, x, z)
         return z * self.gain + self.bias
@@ -74,7 +78,7 @@ class WeightLinear(nn.Module):
         self.W = nn.Parameter(init.clone())
         self.gain = nn.Parameter(torch.full((out_features,), _init_gain(in_features)))
         self.bias = nn.Parameter(torch.zeros(out_features))
-        #: In-situ training, as :attr:`OnChipLinear.measure`.
+        #: In-situ training, as :attr:`OnChipLayer.measure`.
         self.measure = None
 
     def weight(self) -> torch.Tensor:
@@ -129,6 +133,14 @@ class FrontEnd(nn.Module):
             x = torch.relu(dense(x))
         return x
 
+    def macs(self) -> int:
+        """Multiply-accumulates of one sample's forward pass (what decides whether threads pay)."""
+        total, rows, cols = 0, *(self.image_shape[1:] if self.image_shape else (0, 0))
+        for conv in self.convs:
+            total += conv.weight.numel() * rows * cols
+            rows, cols = rows // POOL, cols // POOL
+        return total + sum(dense.weight.numel() for dense in self.denses)
+
     def export(self) -> DigitalFrontEnd:
         layers = [DigitalLayer(f"digital{k}", "conv", c.weight.detach().numpy().astype(np.float32),
                                c.bias.detach().numpy().astype(np.float32)) for k, c in enumerate(self.convs)]
@@ -138,7 +150,7 @@ class FrontEnd(nn.Module):
 
 
 class PNN(nn.Module):
-    """An MLP whose linear layers are on-chip weight banks; ReLU in electronics between them.
+    """An MLP whose layers are on-chip optical layers (weight banks, meshes, masks); ReLU in electronics between.
 
     An optional digital ``front`` (:class:`FrontEnd`) runs before the first on-chip layer: the
     paper's setting, with only the last layers on the chip.  ``sizes`` are the on-chip layers' sizes.
@@ -154,7 +166,9 @@ class PNN(nn.Module):
         self.platform = platform
         self.parameterisation = parameterisation
         generator = torch.Generator().manual_seed(seed)
-        layer_cls = OnChipLinear if parameterisation == "controls" else WeightLinear
+        if parameterisation == "weights" and not platform.linear:
+            raise ValueError(f"{platform.name} layers are not a weight matrix: train their controls")
+        layer_cls = OnChipLayer if parameterisation == "controls" else WeightLinear
         self.layers = nn.ModuleList(
             layer_cls(i, o, platform, generator) for i, o in zip(sizes[:-1], sizes[1:])
         )
@@ -174,9 +188,14 @@ class PNN(nn.Module):
         for layer in self.layers:
             layer.project()
 
+    def step_macs(self, batch: int) -> int:
+        """Multiply-accumulates of one forward pass over a batch: the size of a training step."""
+        onchip = sum(i * o for i, o in zip(self.sizes[:-1], self.sizes[1:]))
+        return batch * (onchip + (self.front.macs() if self.front is not None else 0))
+
     def onchip_parameters(self) -> list[nn.Parameter]:
         """The trainable on-chip parameters: controls, or W for the baseline."""
-        return [layer.controls if isinstance(layer, OnChipLinear) else layer.W for layer in self.layers]
+        return [layer.controls if isinstance(layer, OnChipLayer) else layer.W for layer in self.layers]
 
     def set_misalignment(self, misalignment: torch.Tensor | None) -> None:
         """Let every on-chip layer's inputs pass a setup misaligned by (rotation_deg, shift_x_px, shift_y_px,
@@ -186,11 +205,11 @@ class PNN(nn.Module):
 
     def set_control_noise(self, std: float) -> None:
         for layer in self.layers:
-            if isinstance(layer, OnChipLinear):
+            if isinstance(layer, OnChipLayer):
                 layer.control_noise = std
 
     def to_controls(self) -> "PNN":
-        """This model on the nominal chip, parameterised by controls.
+        """This model on the nominal chip, parameterised by controls (on the CPU).
 
         For a control-trained model this is a copy.  For the baseline, each W is
         mapped onto controls by the platform (``weights_to_controls``); weights
@@ -199,16 +218,16 @@ class PNN(nn.Module):
         device needs is folded into the digital gain, so the outputs stay.
         """
         out = PNN(self.sizes, self.platform, seed=0, parameterisation="controls",
-                  front=copy.deepcopy(self.front))
+                  front=copy.deepcopy(self.front).cpu() if self.front is not None else None)
         out.clipped = list(self.clipped)
         with torch.no_grad():
             for k, (src, dst) in enumerate(zip(self.layers, out.layers)):
                 dst.gain.copy_(src.gain)
                 dst.bias.copy_(src.bias)
-                if isinstance(src, OnChipLinear):
+                if isinstance(src, OnChipLayer):
                     dst.controls.copy_(src.controls)
                 else:
-                    x, clipped, row_scale = self.platform.weights_to_controls(src.W.detach().double().numpy())
+                    x, clipped, row_scale = self.platform.weights_to_controls(src.W.detach().cpu().double().numpy())
                     dst.controls.copy_(torch.from_numpy(x).float())
                     if np.any(row_scale != 1.0):
                         dst.gain.mul_(torch.from_numpy(row_scale).float())
@@ -221,10 +240,11 @@ class PNN(nn.Module):
         nominal = self.to_controls()
         with torch.no_grad():
             return [ModelLayer(name=f"layer{k}",
-                               weight=layer.weight().numpy().astype(np.float32),
-                               controls=layer.controls.numpy().astype(np.float32),
-                               gain=layer.gain.numpy().astype(np.float32),
-                               bias=layer.bias.numpy().astype(np.float32))
+                               weight=layer.weight().cpu().numpy().astype(np.float32) if self.platform.linear
+                               else None,
+                               controls=layer.controls.cpu().numpy().astype(np.float32),
+                               gain=layer.gain.cpu().numpy().astype(np.float32),
+                               bias=layer.bias.cpu().numpy().astype(np.float32), shape=layer.shape)
                     for k, layer in enumerate(nominal.layers)]
 
 

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch
 
+from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import Dataset, load_dataset
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.onnx_io import save_model
@@ -44,8 +45,8 @@ class TrainSummary:
 
 def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Path,
                      on_epoch: Callable[[EpochRecord], None] | None = None,
-                     chip: InSituChip | None = None) -> tuple[TrainSummary, TrainResult]:
-    """Train with ``config``, measure the sharpness, write the ONNX file atomically.
+                     chip: InSituChip | None = None, compute: Compute = CPU) -> tuple[TrainSummary, TrainResult]:
+    """Train with ``config`` on ``compute``, measure the sharpness, write the ONNX file atomically.
 
     ``dataset`` is a :class:`Dataset` or a spec such as ``"digits"`` (loaded with the
     config's seed).  Returns the `train --json` summary and the trained model.
@@ -54,8 +55,8 @@ def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Pat
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, seed=config.seed)
     _check_split_seed(dataset, config)
-    result = train(dataset, config, on_epoch=on_epoch, chip=chip)
-    return export_trained(result, dataset, out), result
+    result = train(dataset, config, on_epoch=on_epoch, chip=chip, compute=compute)
+    return export_trained(result, dataset, out, compute), result
 
 
 def _check_split_seed(dataset: Dataset, config: TrainConfig) -> None:
@@ -66,24 +67,21 @@ def _check_split_seed(dataset: Dataset, config: TrainConfig) -> None:
                        f"with seed {config.seed}; load the dataset with seed={config.seed}")
 
 
-def export_trained(result: TrainResult, dataset: Dataset, out: str | Path) -> TrainSummary:
+def export_trained(result: TrainResult, dataset: Dataset, out: str | Path, compute: Compute = CPU) -> TrainSummary:
     """Export a trained model as ONNX (atomically), with the figures measured on the nominal chip.
 
     What the file holds and every figure is measured on: the model on the nominal chip (for the
     baseline, W mapped through the inverse, weights beyond the control range clipped), which
-    onnxruntime reproduces.  ``dataset`` must be the one ``result`` was trained on.
+    onnxruntime reproduces.  ``dataset`` must be the one ``result`` was trained on.  The figures are measured
+    on the CPU, with the threads ``compute`` gave training (the same last bits in a CLI and a Ray worker).
     """
     config = result.config
     _check_split_seed(dataset, config)
     nominal = result.model.to_controls()
     X, y = evaluation_tensors(dataset)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)        # as training runs: the same last bits in any process (a CLI, a Ray worker)
-    try:
+    with Compute("cpu", compute.threads).running(nominal.step_macs(config.batch_size)):
         sharpness = model_sharpness(nominal, X, y)
         trace = model_hessian_trace(nominal, X, y)
-    finally:
-        torch.set_num_threads(threads)
     layers = nominal.export_layers()
     clipped = sum(nominal.clipped)
     platform = result.model.platform
