@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from pnndeploy.cli.common import check_output_file, print_json, profiles_option, progress_bar
+from pnndeploy.cli.common import (check_output_file, compute_options, print_json, profiles_option, progress_bar,
+                                  resolve_compute_options)
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
@@ -197,9 +198,11 @@ def info(device: str, profiles: str | None, timeout: float, as_json: bool) -> No
               help="Write the recalibrated profile here instead of replacing DEVICE's.")
 @click.option("--dry-run", is_flag=True, help="Measure and report; write nothing.")
 @timeout_option
+@compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration document on stdout.")
 def calibrate(device: str, profiles: str | None, points: int, temperature: float | None, max_residual: float,
-              out: str | None, dry_run: bool, timeout: float, as_json: bool) -> None:
+              out: str | None, dry_run: bool, timeout: float, compute: str | None, threads: str | None,
+              as_json: bool) -> None:
     """Recalibrate DEVICE by measurement: sweep every device, fit its transfer function, write the profile.
 
     The chip is reached through its profile's backend; a simulated profile without one is
@@ -227,6 +230,7 @@ def calibrate(device: str, profiles: str | None, points: int, temperature: float
         check_output_file(out, "--out", "chipB.h5")
     if temperature is not None and not math.isfinite(temperature):
         raise PnnError(f"--temperature {temperature} is not a finite number of degrees Celsius")
+    where = resolve_compute_options(compute, threads)           # before anything is measured
     record = read_profile(path)
     if record.backend is None and temperature is not None and temperature != record.calibration_temperature_C:
         # the simulated truth holds at the profile's calibration temperature: a calibration at another one
@@ -240,7 +244,8 @@ def calibrate(device: str, profiles: str | None, points: int, temperature: float
             backend.set_temperature(temperature)       # the backend reports the temperature it reached
         with progress_bar() as progress:
             task = progress.add_task(f"sweeping {record.devices} devices of {record.device_id}", total=record.devices)
-            result = measure_calibration(record, backend, points, progress=lambda n: progress.advance(task, n))
+            result = measure_calibration(record, backend, points, progress=lambda n: progress.advance(task, n),
+                                         compute=where)
     finally:
         backend.close()
     check_fit(result, max_residual)

@@ -105,3 +105,23 @@ def check_executor(executor: str, address: str | None) -> None:
             except ImportError:
                 raise PnnError(f"--address {address} is a Ray Client address, which needs pip install "
                                "'ray[client]'; or use --address auto on a node of the cluster") from None
+
+
+def compute_options(func: Any) -> Any:
+    """--compute auto|cpu|cuda[:N] and --threads N: where torch computes (never which chip: that is --device)."""
+    func = click.option("--threads", default=None, metavar="N|auto",
+                        help="CPU threads torch may use (default auto, or $PNNDEPLOY_THREADS: one thread for small "
+                             "models, every core once a training step or a fleet is big enough to split). "
+                             "Training's last bits depend on it: --threads 1 reproduces a run bit for bit on any "
+                             "machine.")(func)
+    func = click.option("--compute", default=None, metavar="auto|cpu|cuda[:N]",
+                        help="Where training and the chip physics compute (default auto, or $PNNDEPLOY_COMPUTE): a "
+                             "CUDA GPU when there is one, else the CPU. Not a chip: --device names chips.")(func)
+    return func
+
+
+def resolve_compute_options(compute: str | None, threads: str | None) -> Any:
+    """The :class:`~pnndeploy.compute.Compute` of ``--compute`` and ``--threads`` (one line, exit 2, when absent)."""
+    from pnndeploy.compute import resolve_compute
+
+    return resolve_compute(compute, threads)

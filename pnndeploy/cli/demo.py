@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from pnndeploy.cli.common import platform_option, print_json, profiles_option, progress_bar
+from pnndeploy.cli.common import (compute_options, platform_option, print_json, profiles_option, progress_bar,
+                                  resolve_compute_options)
 from pnndeploy.cli.group import main
 
 
@@ -18,9 +19,10 @@ from pnndeploy.cli.group import main
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="First training seed.")
 @click.option("--seeds", type=click.IntRange(1, 20), default=None,
               help="Seeds per method, averaged in the table (default 3; 1 with --quick).")
+@compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison table as JSON.")
 def demo(platform: str | None, out_dir: str | None, profiles: str | None, quick: bool, seed: int, seeds: int | None,
-         as_json: bool) -> None:
+         compute: str | None, threads: str | None, as_json: bool) -> None:
     """The whole story: standard vs noise-aware vs SAT vs spec-SAT (as programmed, drift-compensated).
 
     Trains each on the embedded digits (every method at width 128), maps it onto every chip of the
@@ -39,6 +41,7 @@ def demo(platform: str | None, out_dir: str | None, profiles: str | None, quick:
     from pnndeploy.training.config import TrainConfig
 
     platform = platform or DEFAULT_PLATFORM
+    where = resolve_compute_options(compute, threads)
     out_dir = out_dir or ("reports/demo" if platform == DEFAULT_PLATFORM else f"reports/demo-{platform}")
     epochs = 6 if quick else TrainConfig().epochs
     runs = len(demo_entries(platform)) * (seeds or (1 if quick else 3))
@@ -48,7 +51,7 @@ def demo(platform: str | None, out_dir: str | None, profiles: str | None, quick:
         doc = run_demo(out_dir, profiles_dir(profiles, platform), quick=quick, seed=seed, seeds=seeds, platform=platform,
                        status=lambda text: progress.update(task, description=text,
                                                            advance=0 if text.startswith("training") else 1),
-                       on_epoch=lambda name, record: progress.advance(task, 1))
+                       on_epoch=lambda name, record: progress.advance(task, 1), compute=where)
     if as_json:
         print_json({"out": out_dir, "threshold": doc["threshold"], "table": doc["table"]})
         return

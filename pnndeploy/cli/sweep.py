@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from pnndeploy.cli.common import check_executor, executor_options, print_json, progress_bar
+from pnndeploy.cli.common import (check_executor, compute_options, executor_options, print_json, progress_bar,
+                                  resolve_compute_options)
 from pnndeploy.cli.group import main
 
 
@@ -20,8 +21,10 @@ from pnndeploy.cli.group import main
 @click.option("--cpus", type=click.IntRange(1, None), default=None,
               help="With --executor ray and no --address: CPUs of the local cluster (default: this machine's "
                    "cores; each cell takes one).")
+@compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the results document on stdout.")
-def sweep(grid: str, out: str | None, executor: str, address: str | None, cpus: int | None, as_json: bool) -> None:
+def sweep(grid: str, out: str | None, executor: str, address: str | None, cpus: int | None, compute: str | None,
+          threads: str | None, as_json: bool) -> None:
     """Run a grid of trainings × fleets × drift sweeps; one table, a CSV, a Pareto plot and the models.
 
     Each cell (one training setting with one seed) trains, exports, maps onto every fleet and audits
@@ -32,10 +35,12 @@ def sweep(grid: str, out: str | None, executor: str, address: str | None, cpus: 
       pnndeploy sweep examples/sweep.yaml
       pnndeploy sweep examples/sweep.yaml --executor ray            (a local Ray cluster of this machine)
       pnndeploy sweep big.yaml --executor ray --address auto --json
+      pnndeploy sweep big.yaml --executor ray --compute cuda       (one GPU of the cluster per cell)
     """
     from pnndeploy.experiments.sweep import load_sweep, run_sweep
 
     check_executor(executor, address)
+    where = resolve_compute_options(compute, threads)
     spec = load_sweep(grid)
     target = Path(out) if out else Path("sweeps") / spec.name
     total = len(spec.cells())
@@ -45,7 +50,8 @@ def sweep(grid: str, out: str | None, executor: str, address: str | None, cpus: 
         def on_cell(index: int, status: str) -> None:
             progress.update(task, advance=1, description=f"cell {index + 1}/{total}: {status}")
 
-        doc = run_sweep(spec, target, executor=executor, address=address, num_cpus=cpus, on_cell=on_cell)
+        doc = run_sweep(spec, target, executor=executor, address=address, num_cpus=cpus, on_cell=on_cell,
+                        compute=where)
     if as_json:
         print_json(doc)
     else:

@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from pnndeploy.cli.common import check_output_file, platform_option, print_json, progress_bar
+from pnndeploy.cli.common import (check_output_file, compute_options, platform_option, print_json, progress_bar,
+                                  resolve_compute_options)
 from pnndeploy.cli.group import main
 from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.platforms import PLATFORMS
@@ -100,6 +101,7 @@ def _per_platform(value: Any) -> str:
               help="Folder of the --in-situ device's profile (default: the platform's profiles folder).")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
               help="--in-situ: seconds one exchange with the chip's station may take.")
+@compute_options
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML file of defaults for any of these options; flags given on the command line win.")
 @click.option("--out", default=None, metavar="FILE.onnx", help="Where to write the model (default models/model.onnx).")
@@ -117,6 +119,7 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
       pnndeploy train --no-drift-compensation --require-temperature 1 --robust-to device_profiles/process.yaml
       pnndeploy train --dataset digits28 --conv 8,16 --hidden 64 --onchip 2     (the paper's on-chip FC layers)
       pnndeploy train --method sat --in-situ chipA-remote --out models/sat-pat.onnx   (SAT + PAT on a chip)
+      pnndeploy train --dataset mnist:data/mnist --conv 6,16 --hidden 120,84 --onchip 2 --compute cuda
     """
     from pnndeploy.training.config import TrainConfig, load_config
 
@@ -131,6 +134,7 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
             settings[key] = _parse_widths(settings[key], f"--{key}")
     dataset_spec = settings.pop("dataset", "digits")
     out = settings.pop("out", "models/model.onnx")
+    compute_spec, threads = settings.pop("compute", None), settings.pop("threads", None)
     config = TrainConfig(**settings)
     try:
         config.validate()
@@ -143,9 +147,10 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
         raise ConfigError(f"config {config_path}: key '{key}': {text}; fix it in the file or override "
                           f"it with --{key.replace('_', '-')}") from None
     check_output_file(out, "--out")
+    compute = resolve_compute_options(compute_spec, threads)
     chip = _open_in_situ(in_situ, in_situ_profiles, config.platform, timeout) if in_situ else None
     try:
-        summary = _run_training(dataset_spec, config, out, chip)
+        summary = _run_training(dataset_spec, config, out, chip, compute)
     finally:
         if chip is not None:
             chip.backend.close()
@@ -186,7 +191,7 @@ def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: flo
     return InSituChip(backend, profile)
 
 
-def _run_training(dataset_spec: str, config: Any, out: str, chip: Any = None) -> Any:
+def _run_training(dataset_spec: str, config: Any, out: str, chip: Any = None, compute: Any = None) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from pnndeploy.data.datasets import load_dataset
@@ -196,13 +201,14 @@ def _run_training(dataset_spec: str, config: Any, out: str, chip: Any = None) ->
     with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False) as progress:
         where = f" on chip {chip.profile.device_id}" if chip is not None else ""
-        task = progress.add_task(f"train {config.method}{where}", total=config.epochs, status="")
+        task = progress.add_task(f"train {config.method}{where} on {compute.device}", total=config.epochs,
+                                 status="")
 
         def on_epoch(record: Any) -> None:
             progress.update(task, advance=1,
                             status=f"loss {record.loss:.3f}  train acc {record.train_accuracy:.3f}")
 
-        summary, _ = train_and_export(dataset, config, out, on_epoch=on_epoch, chip=chip)
+        summary, _ = train_and_export(dataset, config, out, on_epoch=on_epoch, chip=chip, compute=compute)
     return summary
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from pnndeploy.backends import ChipBackend
+from pnndeploy.compute import CPU, Compute
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.profiles import CalibrationRecord, DeviceProfile
 from pnndeploy.platforms import get_platform
@@ -58,8 +59,8 @@ def sweep_controls(profile: DeviceProfile, points: int = DEFAULT_POINTS) -> np.n
 
 
 def measure_calibration(profile: DeviceProfile, backend: ChipBackend, points: int = DEFAULT_POINTS,
-                        progress: Callable[[int], None] | None = None) -> CalibrationResult:
-    """Sweep every device of ``profile``'s chip through ``backend`` and fit its transfer function."""
+                        progress: Callable[[int], None] | None = None, compute: Compute = CPU) -> CalibrationResult:
+    """Sweep every device of ``profile``'s chip through ``backend`` and fit its transfer function (on ``compute``)."""
     platform = get_platform(profile.platform)
     if not platform.sweep_calibration:
         raise PnnError(f"calibration by measurement is not implemented for {profile.platform} chips (their "
@@ -82,7 +83,8 @@ def measure_calibration(profile: DeviceProfile, backend: ChipBackend, points: in
         bad = int((~np.isfinite(measured).all(axis=1)).sum())
         raise PnnError(f"{profile.device_id}: the sweep of {bad} device(s) returned NaN or inf; check the "
                        "station's detectors and sweep again (nothing was written)")
-    fitted, residual = platform.fit_response(controls, measured)
+    with compute.running():
+        fitted, residual = platform.fit_response(controls, measured, device=compute.torch_device())
     fields = {k: v.reshape(profile.shape) for k, v in fitted.items()}
     temperature, source = info.temperature_C, "station"
     if temperature is None:

@@ -84,8 +84,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 
 def run_tasks(fn: Callable[..., Any], args: Sequence[tuple], executor: str = "local", address: str | None = None,
-              num_cpus: int | None = None, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+              num_cpus: int | None = None, on_result: Callable[[int, Any], None] | None = None,
+              gpus_per_task: int = 0) -> list[Any]:
     """``[fn(*a) for a in args]`` on the chosen executor; a raising call gives a :class:`TaskFailure`.
+
+    On Ray each task asks for one CPU and ``gpus_per_task`` GPUs (Ray then shows the task only its own GPU).
 
     ``on_result(index, result)`` is called as each result arrives (in order locally, as they finish on Ray),
     so a caller can write each result at once and lose nothing to a later interruption.
@@ -100,7 +103,7 @@ def run_tasks(fn: Callable[..., Any], args: Sequence[tuple], executor: str = "lo
                 on_result(i, results[i])
         return results
     with ray_session(address, num_cpus) as ray:
-        remote = ray.remote(num_cpus=1, max_retries=0)(_guarded)
+        remote = ray.remote(num_cpus=1, num_gpus=gpus_per_task, max_retries=0)(_guarded)
         pending = {remote.remote(fn, a): i for i, a in enumerate(args)}
         try:
             while pending:
@@ -136,10 +139,11 @@ def _one_line(exc: BaseException) -> str:
 # ------------------------------------------------------------------------------- fleets on Ray
 def _chip_batch_accuracy(model: Any, profiles: list[Any], deployments: list[Any], X: np.ndarray, y: np.ndarray,
                          conditions: Any) -> np.ndarray:
-    """Accuracy of one batch of chips (what one Ray task computes)."""
+    """Accuracy of one batch of chips (what one Ray task computes: on the CPU it was given, one thread)."""
+    from pnndeploy.compute import Compute
     from pnndeploy.simulation.fleet import SimulatedFleet
 
-    return SimulatedFleet(model, profiles, deployments).accuracy(X, y, conditions)
+    return SimulatedFleet(model, profiles, deployments, Compute("cpu", 1)).accuracy(X, y, conditions)
 
 
 def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", address: str | None = None,

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import load_dataset
 from pnndeploy.deploy.mapping import map_model
 from pnndeploy.deploy.stats import fleet_summary, wilson_interval
@@ -135,7 +136,7 @@ def resolve_devices(devices: Sequence[str], use_fleet: bool, directory: Path) ->
 def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: bool, profiles: Path | str | None,
                   dataset_spec: str | None = None, save_dir: Path | None = Path("deployments"),
                   on_device: Callable[[str], None] | None = None,
-                  timeout: float = DEFAULT_TIMEOUT, stations: bool = True) -> PreparedFleet:
+                  timeout: float = DEFAULT_TIMEOUT, stations: bool = True, compute: Compute = CPU) -> PreparedFleet:
     """Load the model and profiles, map the model onto each chip, optionally write the deployments.
 
     ``profiles`` is the profiles folder; None: $PNNDEPLOY_PROFILES, else the default fleet of the model's
@@ -143,7 +144,8 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     backend is opened (``timeout`` s per exchange), checked and programmed here; its deployment (and
     every other one) is then written only by :meth:`PreparedFleet.write_deployments`, after the
     measurement, so a station failing half-way leaves no deployment behind.  Close the result.
-    ``stations=False`` leaves such chips out (the demo and sweeps work on simulated fleets only).
+    ``stations=False`` leaves such chips out (the demo and sweeps work on simulated fleets only).  The
+    simulated chips compute on ``compute`` (CPU threads or a CUDA device).
     """
     model = load_model(model_path)
     profiles = profiles_dir(profiles, model.platform)
@@ -165,7 +167,7 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     deployments = [map_model(model, profile) for profile in profile_list]
     # chips without truth or backend are mapped and written too (that is what a lab programs)
     simulated = [(p, d) for p, d in zip(profile_list, deployments) if p.simulated and p.backend is None]
-    fleet = (SimulatedFleet(model, [p for p, _ in simulated], [d for _, d in simulated])   # refuses mixed arrays
+    fleet = (SimulatedFleet(model, [p for p, _ in simulated], [d for _, d in simulated], compute)   # one array
              if simulated else None)
     prepared = PreparedFleet(model, data, profile_list, deployments, [None] * len(profile_list), fleet,
                              save_dir=None if save_dir is None else Path(save_dir))

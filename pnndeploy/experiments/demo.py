@@ -22,6 +22,7 @@ from pnndeploy.atomic import write_bytes_atomic
 from pnndeploy.data.datasets import load_dataset
 from pnndeploy.deploy.audit import SweepRange, run_audit
 from pnndeploy.deploy.mapping import map_model, uncalibrated
+from pnndeploy.compute import CPU, Compute
 from pnndeploy.deploy.transfer import PreparedFleet, prepare_fleet, transfer_report
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.profile_folder import list_profiles
@@ -72,7 +73,8 @@ def uncalibrated_accuracy(prepared: PreparedFleet) -> list[float]:
     """Accuracy of each simulated chip when the model is mapped through the nominal device, not the calibration."""
     fleet = prepared.require_simulated("an uncalibrated transfer")
     profiles = [p for p in prepared.profiles if p.simulated]
-    blind = SimulatedFleet(prepared.model, profiles, [map_model(prepared.model, uncalibrated(p)) for p in profiles])
+    blind = SimulatedFleet(prepared.model, profiles, [map_model(prepared.model, uncalibrated(p)) for p in profiles],
+                           fleet.compute)
     assert blind.device_ids == fleet.device_ids
     return [float(a) for a in blind.accuracy(prepared.data.X, prepared.data.y)]
 
@@ -91,8 +93,9 @@ def _check_fleet_platform(profiles: Path, platform: str) -> None:
 
 def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int = 0, seeds: int | None = None,
              status: Callable[[str], None] | None = None,
-             on_epoch: Callable[[str, Any], None] | None = None, platform: str = DEFAULT_PLATFORM) -> dict[str, Any]:
-    """Run the comparison and write report.md, summary.json and the plots into ``out_dir``.
+             on_epoch: Callable[[str, Any], None] | None = None, platform: str = DEFAULT_PLATFORM,
+             compute: Compute = CPU) -> dict[str, Any]:
+    """Run the comparison and write report.md, summary.json and the plots into ``out_dir`` (computing on ``compute``).
 
     Each method is trained with ``seeds`` seeds (default 3, 1 with ``quick``): one seed's
     ranking can flip on a 360-image test set, an average over seeds is what a lab can rely on.
@@ -121,10 +124,11 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
             model_path = out / "models" / f"{tag}.onnx"
             say(f"training {entry.name} (seed {s})")
             summary, _ = train_and_export(dataset, config, model_path,
-                                          on_epoch=(lambda r, n=entry.name: on_epoch(n, r)) if on_epoch else None)
+                                          on_epoch=(lambda r, n=entry.name: on_epoch(n, r)) if on_epoch else None,
+                                          compute=compute)
             say(f"mapping {entry.name} onto the fleet")
             prepared = prepare_fleet(model_path, [], True, profiles, save_dir=out / "deployments",
-                                     stations=False)
+                                     stations=False, compute=compute)
             transfer = transfer_report(prepared, threshold=DEMO_THRESHOLD)
             blind = uncalibrated_accuracy(prepared)
             say(f"auditing {entry.name}")

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from pnndeploy import __version__
 from pnndeploy.atomic import write_bytes_atomic
+from pnndeploy.compute import CPU, Compute
 from pnndeploy.deploy.executors import TaskFailure, run_tasks
 from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.formats.profile_folder import list_profiles
@@ -229,11 +230,14 @@ def cell_keys(spec: SweepSpec, fleets: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------- one cell
 def run_cell(settings: dict[str, Any], seed: int, dataset_spec: str, fleets: list[str], temperature: str, days: str,
-             draws: int, threshold: float, require_temperature: float, require_days: float) -> dict[str, Any]:
+             draws: int, threshold: float, require_temperature: float, require_days: float,
+             compute: tuple[str | None, int | None] = ("cpu", None)) -> dict[str, Any]:
     """Train one cell, map it onto every fleet and audit it there; returns the result and the model's bytes.
 
-    Runs in a worker process under Ray: it takes and returns plain data only.
+    Runs in a worker process under Ray: it takes and returns plain data only (``compute`` is the
+    ``--compute`` spec and ``--threads``, resolved where the cell runs).
     """
+    from pnndeploy.compute import resolve_compute
     from pnndeploy.data.datasets import load_dataset
     from pnndeploy.deploy.audit import SweepRange, run_audit
     from pnndeploy.deploy.transfer import prepare_fleet
@@ -241,13 +245,15 @@ def run_cell(settings: dict[str, Any], seed: int, dataset_spec: str, fleets: lis
 
     config = TrainConfig(**settings, seed=seed)
     dataset = load_dataset(dataset_spec, seed=seed)
+    where = resolve_compute(*compute)
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "model.onnx"
         try:
-            summary, _ = train_and_export(dataset, config, model_path)
+            summary, _ = train_and_export(dataset, config, model_path, compute=where)
             per_fleet = {}
             for folder in fleets:
-                prepared = prepare_fleet(model_path, [], True, folder or None, save_dir=None, stations=False)
+                prepared = prepare_fleet(model_path, [], True, folder or None, save_dir=None, stations=False,
+                                         compute=where)
                 audit = run_audit(prepared, SweepRange.parse(temperature, "temperature"),
                                   SweepRange.parse(days, "days"), threshold=threshold,
                                   require_temperature=require_temperature, require_days=require_days, draws=draws)
@@ -258,7 +264,8 @@ def run_cell(settings: dict[str, Any], seed: int, dataset_spec: str, fleets: lis
         model_bytes = model_path.read_bytes()
     return {"settings": settings, "seed": seed, "config": config.to_dict(), "method": config.method,
             "ideal": summary.test_accuracy, "sharpness": summary.sharpness, "hessian_trace": summary.hessian_trace,
-            "train_seconds": summary.seconds, "fleets": per_fleet, "model_bytes": model_bytes}
+            "train_seconds": summary.seconds, "compute": summary.compute, "fleets": per_fleet,
+            "model_bytes": model_bytes}
 
 
 def _fleet_figures(audit: dict[str, Any], limit: float) -> dict[str, Any]:
@@ -276,11 +283,13 @@ def _fleet_figures(audit: dict[str, Any], limit: float) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- the sweep
 def run_sweep(spec: SweepSpec, out_dir: str | Path, executor: str = "local", address: str | None = None,
-              num_cpus: int | None = None, on_cell: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+              num_cpus: int | None = None, on_cell: Callable[[int, str], None] | None = None,
+              compute: Compute = CPU) -> dict[str, Any]:
     """Run every cell not already in ``out_dir`` and write the table (results.json, results.csv, pareto.png).
 
     Fleet folders are paths as a shell would take them (relative to the working directory); "" is the
-    default fleet of the model's platform.
+    default fleet of the model's platform.  Cells compute on ``compute``; on Ray each cell is a task of one CPU
+    (one thread unless ``compute.threads`` says otherwise) and, for a CUDA compute, one GPU of the cluster.
     """
     out = Path(out_dir)
     fleets = spec.fleets or [""]
@@ -320,13 +329,16 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, executor: str = "local", add
                                json.dumps({k: v for k, v in results[i].items() if k != "status"},
                                           indent=1, allow_nan=False).encode())
 
+    on_ray = executor == "ray"
+    where = ("cuda" if compute.is_cuda and on_ray else compute.device,
+             compute.threads if compute.threads is not None or not on_ray else 1)
     args = [(cells[i]["settings"], cells[i]["seed"], spec.dataset, fleets, spec.temperature, spec.days, spec.draws,
-             spec.threshold, spec.require_temperature, spec.require_days) for i in todo]
+             spec.threshold, spec.require_temperature, spec.require_days, where) for i in todo]
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "results.csv", "pareto.png"):    # a run stopped half-way leaves no old table
         (out / stale).unlink(missing_ok=True)
-    run_tasks(run_cell, args, executor, address, num_cpus, on_result=arrived)
+    run_tasks(run_cell, args, executor, address, num_cpus, on_result=arrived, gpus_per_task=int(compute.is_cuda))
     rows = [r for r in results if r is not None]
     doc = {"sweep": spec.name, "grid": str(spec.path), "dataset": spec.dataset, "fleets": [f or "default" for f in fleets],
            "require_temperature_K": spec.require_temperature, "threshold": spec.threshold, "executor": executor,

@@ -291,9 +291,10 @@ class Platform(ABC):
         at 0 (no crosstalk): what a calibration sweep measures, before measurement noise."""
         raise NotImplementedError(f"calibration by measurement is not implemented for {self.name}")
 
-    def fit_response(self, controls: np.ndarray, measured: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def fit_response(self, controls: np.ndarray, measured: np.ndarray, iterations: int = 40,
+                     device: Any = "cpu") -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Fit the transfer function to a sweep, (devices, points): per device the calibration fields
-        (offset and parameters, each (devices,)) and the rms fit residual (devices,)."""
+        (offset and parameters, each (devices,)) and the rms fit residual (devices,); on the torch ``device``."""
         raise NotImplementedError(f"calibration by measurement is not implemented for {self.name}")
 
 
@@ -348,7 +349,9 @@ class LinearPlatform(Platform):
             W += noise
         if gain is not None:
             W *= gain[:, None]
-        return torch.matmul(W, h)
+        # one GEMM per chip, also when the inputs are shared (matmul would fold the chips into one product,
+        # whose kernel, and so the last bits, could depend on how many chips are evaluated together)
+        return torch.bmm(W, h.expand(W.shape[0], *h.shape) if h.dim() == 2 else h)
 
     def onnx_layer(self, name: str, weight: np.ndarray | None, controls: np.ndarray, x_name: str, out_name: str,
                    params: Mapping[str, Any] | None = None) -> tuple[list[Any], list[Any]]:

@@ -195,59 +195,61 @@ class MRRPlatform(LinearPlatform):
                                                          + drift[rows, cols] * float(delta_T))[:, None]
         return self.transfer(x, truth["gamma"][rows, cols][:, None], truth["a"][rows, cols][:, None])
 
-    def fit_response(self, controls: np.ndarray, measured: np.ndarray,
-                     iterations: int = 40) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def fit_response(self, controls: np.ndarray, measured: np.ndarray, iterations: int = 40,
+                     device: Any = "cpu") -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Least squares of W(h) = 1 - 2a / (1 + ((h + x0)/gamma)^2) per ring: x0 (the offset), gamma, a.
 
-        Levenberg-Marquardt on all rings at once (3 x 3 normal equations each), started at the sweep's
-        minimum (x0 = -h_min, a = (1 - W_min)/2) and its half-depth width; a stays in (0, 1].
+        Levenberg-Marquardt on all rings at once (3 x 3 normal equations each, float64 on the torch ``device``),
+        started at the sweep's minimum (x0 = -h_min, a = (1 - W_min)/2) and its half-depth width; a stays in
+        (0, 1].  The model is :meth:`transfer`, the physics the simulator uses.
         """
-        h = np.asarray(controls, np.float64)[None, :]
-        W = np.asarray(measured, np.float64)
-        at = np.argmin(W, axis=1)
-        x0 = -h[0, at]
-        a = np.clip((1.0 - W[np.arange(len(W)), at]) / 2.0, 1e-3, 1.0)
-        step = float(np.median(np.diff(h[0]))) if h.shape[1] > 1 else 1.0
-        deep = W < (1.0 - a)[:, None]                 # inside the half-depth points
-        gamma = np.maximum(deep.sum(axis=1) * step / 2.0, step)
-        params = np.stack([x0, gamma, a], axis=1)
-        damping = np.full(len(W), 1e-3)
+        import torch
 
-        def residual_and_jacobian(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h = torch.as_tensor(np.asarray(controls, np.float64), device=device)[None, :]
+        W = torch.as_tensor(np.asarray(measured, np.float64), device=device)
+        at = torch.argmin(W, dim=1)
+        x0 = -h[0, at]
+        a = ((1.0 - W[torch.arange(len(W), device=device), at]) / 2.0).clamp(1e-3, 1.0)
+        step = float(np.median(np.diff(np.asarray(controls, np.float64)))) if h.shape[1] > 1 else 1.0
+        deep = W < (1.0 - a)[:, None]                 # inside the half-depth points
+        gamma = (deep.sum(dim=1) * step / 2.0).clamp(min=step)
+        params = torch.stack([x0, gamma, a], dim=1)
+        damping = torch.full((len(W),), 1e-3, dtype=torch.float64, device=device)
+        eye = torch.eye(3, dtype=torch.float64, device=device)[None]
+
+        def residual_and_jacobian(p: Any) -> tuple[Any, Any]:
             x0_, g_, a_ = p[:, 0:1], p[:, 1:2], p[:, 2:3]
             u = (h + x0_) / g_
             L = 1.0 / (1.0 + u * u)
-            r = W - (1.0 - 2.0 * a_ * L)
+            r = W - self.transfer(h + x0_, g_, a_)
             dL = 4.0 * a_ * u * L * L / g_             # d(model)/d(x0); d/dgamma = -u * that; d/da = -2L
-            J = np.stack([dL, -u * dL, -2.0 * L], axis=2)
-            return r, J
+            return r, torch.stack([dL, -u * dL, -2.0 * L], dim=2)
 
         r, J = residual_and_jacobian(params)
-        cost = (r * r).sum(axis=1)
+        cost = (r * r).sum(dim=1)
         for _ in range(iterations):
-            JTJ = np.einsum("dpi,dpj->dij", J, J)
-            JTr = np.einsum("dpi,dp->di", J, r)
-            A = JTJ + damping[:, None, None] * (np.eye(3)[None] * np.diagonal(JTJ, axis1=1, axis2=2)[:, :, None]
-                                                + 1e-12 * np.eye(3)[None])
-            delta = np.linalg.solve(A, JTr[:, :, None])[:, :, 0]
-            trial = params + delta
-            trial[:, 1] = np.maximum(trial[:, 1], 1e-4)
-            trial[:, 2] = np.clip(trial[:, 2], 1e-3, 1.0)
+            JTJ = torch.einsum("dpi,dpj->dij", J, J)
+            JTr = torch.einsum("dpi,dp->di", J, r)
+            A = JTJ + damping[:, None, None] * (eye * torch.diagonal(JTJ, dim1=1, dim2=2)[:, :, None] + 1e-12 * eye)
+            trial = params + torch.linalg.solve(A, JTr[:, :, None])[:, :, 0]
+            trial[:, 1] = trial[:, 1].clamp(min=1e-4)
+            trial[:, 2] = trial[:, 2].clamp(1e-3, 1.0)
             r_t, J_t = residual_and_jacobian(trial)
-            cost_t = (r_t * r_t).sum(axis=1)
+            cost_t = (r_t * r_t).sum(dim=1)
             better = cost_t < cost
-            params = np.where(better[:, None], trial, params)
-            r = np.where(better[:, None], r_t, r)
-            J = np.where(better[:, None, None], J_t, J)
-            cost = np.where(better, cost_t, cost)
-            damping = np.where(better, damping / 3.0, damping * 4.0)
-        fields = {self.offset_name: params[:, 0], "gamma": params[:, 1], "a": params[:, 2]}
-        residual = np.sqrt(cost / W.shape[1])
+            params = torch.where(better[:, None], trial, params)
+            r = torch.where(better[:, None], r_t, r)
+            J = torch.where(better[:, None, None], J_t, J)
+            cost = torch.where(better, cost_t, cost)
+            damping = torch.where(better, damping / 3.0, damping * 4.0)
+        p = params.cpu().numpy()
+        fields = {self.offset_name: p[:, 0], "gamma": p[:, 1], "a": p[:, 2]}
+        residual = np.sqrt(cost.cpu().numpy() / W.shape[1])
         # a fit that explains a flat trace (dead ring, resonance outside the sweep) is no calibration:
         # its residual is made infinite so that it is refused
-        inside = (-params[:, 0] > h[0, 0] + params[:, 1]) & (-params[:, 0] < h[0, -1] - params[:, 1])
-        plausible = np.isfinite(params).all(axis=1) & inside & (params[:, 2] >= MIN_EXTINCTION) \
-            & (params[:, 1] >= step)
+        lo, hi = float(controls[0]), float(controls[-1])
+        inside = (-p[:, 0] > lo + p[:, 1]) & (-p[:, 0] < hi - p[:, 1])
+        plausible = np.isfinite(p).all(axis=1) & inside & (p[:, 2] >= MIN_EXTINCTION) & (p[:, 1] >= step)
         return fields, np.where(plausible, residual, np.inf)
 
 

@@ -142,7 +142,8 @@ class SimulatedFleet:
             raise PnnError(f"{self.platform.name} chips have no whole-setup perturbation "
                            f"({', '.join(sorted(conditions.perturbation))}); leave Conditions.perturbation empty")
         dT = np.asarray(conditions.delta_T, dtype=np.float32)
-        delta_T = torch.from_numpy(dT if dT.ndim == 0 else np.ascontiguousarray(dT[chips])).to(self.device)
+        delta_T = torch.tensor(float(dT), device=self.device) if dT.ndim == 0 else \
+            torch.from_numpy(np.ascontiguousarray(dT[chips])).to(self.device)
         shift = conditions.control_shift
         if shift is not None:
             shift = torch.as_tensor(shift[chips]).to(device=self.device, dtype=torch.float32)
@@ -200,27 +201,50 @@ class SimulatedFleet:
         conditions = conditions or Conditions()
         out = np.empty(len(self), dtype=np.float64)
         labels = torch.from_numpy(np.asarray(y)).to(self.device)
+        classes = are_class_indices(labels, self.shapes[-1][0]) if labels.ndim == 1 else False
         for start in range(0, len(self), chunk):
             chips = slice(start, min(start + chunk, len(self)))
             scores = self.scores_tensor(X_scaled, conditions, chips)
-            out[chips] = correct_fraction(scores, labels).cpu().numpy()
+            out[chips] = correct_fraction(scores, labels, classes).cpu().numpy()
             if progress is not None:
                 progress(chips.stop - chips.start)
         return out
 
 
-def correct_fraction(scores: Any, y: Any) -> Any:
+def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None) -> Any:
     """Per chip, the fraction of samples whose top class is ``y``: ``(scores.argmax(1) == y).mean(1)``, float64.
 
-    ``scores`` is (chips, classes, samples) and ``y`` (samples,): numpy arrays (numpy's definition, exactly:
-    ties go to the first class, NaN wins) or torch tensors on the compute device (torch's argmax, which breaks
-    ties and treats NaN the same way; labels that are not class indices of the right length are refused).
+    ``scores`` is (chips, classes, samples) and ``y`` (samples,): numpy arrays (numpy's definition) or torch
+    tensors on the compute device.  torch's argmax over the short, strided class axis cost more than every
+    product of the evaluation; the label's score against the maximum over classes is a few vector passes, and
+    where "the first maximum" matters (ties, NaN, which make the count of maxima other than 1) or the labels
+    are not class indices, argmax decides, so the result is the definition's in every case.  Labels that are
+    not one per sample are refused.  ``labels_are_classes``: whether ``y`` holds integer class indices (checked
+    here when None; a caller scoring many chunks checks once).
     """
     if isinstance(scores, np.ndarray):
         return (scores.argmax(axis=1) == np.asarray(y)).mean(axis=1)
-    if y.ndim != 1 or len(y) != scores.shape[2]:
-        raise ValueError(f"labels of shape {tuple(y.shape)} for {scores.shape[2]} samples")
-    return (scores.argmax(dim=1) == y).sum(dim=1).double() / max(1, scores.shape[2])
+    chips, classes, samples = scores.shape
+    if y.ndim != 1 or len(y) != samples:
+        raise ValueError(f"labels of shape {tuple(y.shape)} for {samples} samples")
+    if labels_are_classes is None:
+        labels_are_classes = are_class_indices(y, classes)
+    hit = None
+    if labels_are_classes:
+        top = scores.amax(dim=1)
+        if not bool(((scores == top[:, None]).sum(dim=1) != 1).any()):
+            hit = scores.gather(1, y.expand(chips, 1, samples))[:, 0] == top
+    if hit is None:
+        hit = scores.argmax(dim=1) == y
+    return hit.sum(dim=1).double() / max(1, samples)
+
+
+def are_class_indices(y: Any, classes: int) -> bool:
+    """True when the torch labels ``y`` are integers in 0 .. classes - 1 (and there is at least one)."""
+    import torch
+
+    return bool(len(y) > 0 and not y.dtype.is_floating_point and y.dtype != torch.bool and int(y.min()) >= 0
+                and int(y.max()) < classes)
 
 
 def stream_accuracy(model: ExportedModel, chips: Iterable[tuple[DeviceProfile, Deployment]], X_scaled: np.ndarray,

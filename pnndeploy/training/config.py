@@ -218,8 +218,9 @@ class TrainConfig:
         return list(self.hidden[:digital]), list(self.hidden[digital:])
 
 
-#: Keys a train config may hold beyond TrainConfig's fields.
-EXTRA_KEYS = {"dataset": str, "out": str}
+#: Keys a train config may hold beyond TrainConfig's fields: what to train on, where to write, where to compute
+#: (the run's, not the model's: a model trained on a GPU is the same model).
+EXTRA_KEYS = {"dataset": str, "out": str, "compute": str, "threads": int}
 
 
 def _field_types() -> dict[str, Any]:

@@ -54,6 +54,8 @@ class TrainResult:
     perturbation_set: PerturbationSet | None = None
     #: In-situ training: the chip it was trained on and what that cost (what the model file records).
     in_situ: dict | None = None
+    #: Where it was trained: {"device": "cpu" | "cuda:N", "threads": intra-op CPU threads}.
+    compute: dict | None = None
 
 
 def build_model(config: TrainConfig, n_features: int, n_classes: int,
@@ -108,8 +110,11 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[EpochRecord
     config.validate()
     torch.manual_seed(config.seed)         # before the model: a digital front end draws its init from it
     model = build_model(config, dataset.n_features, dataset.n_classes, dataset.image_shape)
-    with compute.running(model.step_macs(config.batch_size)):
-        return _train(dataset, config, model, on_epoch, chip, compute)
+    work = model.step_macs(config.batch_size)
+    with compute.running(work):
+        result = _train(dataset, config, model, on_epoch, chip, compute)
+    result.compute = {"device": compute.device, "threads": compute.cpu_threads(work)}
+    return result
 
 
 def _train(dataset: Dataset, config: TrainConfig, model: PNN, on_epoch: Callable[[EpochRecord], None] | None,

@@ -38,9 +38,11 @@ class TrainSummary:
     config: dict[str, Any]
     #: In-situ training only: the chip, and the time spent on it.
     in_situ: dict[str, Any] | None = None
+    #: Where training computed: {"device": "cpu" | "cuda:N", "threads": N}.
+    compute: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "in_situ" or v is not None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("in_situ", "compute") or v is not None}
 
 
 def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Path,
@@ -110,4 +112,4 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path, compu
                         dataset=dataset.name, train_accuracy=train_acc, test_accuracy=test_acc,
                         trained_test_accuracy=result.test_accuracy, sharpness=sharpness,
                         hessian_trace=trace, seconds=result.seconds, clipped_weights=clipped,
-                        config=config.to_dict(), in_situ=result.in_situ)
+                        config=config.to_dict(), in_situ=result.in_situ, compute=result.compute)
