@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pnndeploy.backends.credentials import FILE_OPTIONS, name_problem
 from pnndeploy.errors import PnnError, ProfileError
 from pnndeploy.formats.hdf5 import attr_float, attr_int, attr_str, parse_time
 from pnndeploy.formats.profile_folder import check_device_name
@@ -261,6 +262,11 @@ def _validate_open(f: h5py.File) -> list[str]:
             bad = [k for k in backend.attrs if attr_str(backend, k) is None]
             if bad:
                 c.add(f"'backend' attributes {', '.join(sorted(bad))} are not text")
+            for key in FILE_OPTIONS:           # files a profile names: plain names in its tokens/ folder
+                value = attr_str(backend, key)
+                problem = name_problem(key, value) if value else None
+                if problem:
+                    c.add(problem)
     if "calibration_history" in f:
         history = f["calibration_history"]
         if not isinstance(history, h5py.Group):
