@@ -83,8 +83,10 @@ class _Stream(httpcore.NetworkStream):
                 self._sock.settimeout(self._deadline.left(timeout))
                 try:
                     sock = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname)
+                except ssl.SSLCertVerificationError as exc:
+                    raise TlsFailure(f"certificate verify failed: {exc.verify_message}") from None
                 except ssl.SSLError as exc:
-                    raise TlsFailure(" ".join(str(getattr(exc, "verify_message", "") or exc).split())) from None
+                    raise TlsFailure(" ".join(str(exc).split())) from None
         except BaseException:
             self._sock.close()
             raise
