@@ -53,6 +53,17 @@ def _no_traceback(server: ChipServer, expect: str = "") -> str:
     return text
 
 
+def _closed(sock: socket.socket) -> bool:
+    """True when the server has closed ``sock`` (a read returns end of file at once)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def _closed_by_server(sock: socket.socket, trickle: bytes, every: float, limit: float) -> tuple[float, bytes]:
     """Send ``trickle`` every ``every`` s until the server closes the connection; (seconds it took, bytes read)."""
     start, got = time.monotonic(), b""
@@ -93,6 +104,7 @@ def test_half_requests_cannot_lock_out_the_token_holder(station):
         reply = httpx.get(f"{station.url}/v1/info", headers=_auth(station), timeout=3)
         assert reply.status_code == 200 and reply.json()["device_id"] == "chipB"
         assert time.monotonic() - start < 1.0
+        assert 40 - 12 <= sum(map(_closed, socks)) <= 40 - 12 + 1       # 12 a client (+ the holder's own)
     finally:
         for sock in socks:
             sock.close()
@@ -332,7 +344,8 @@ def test_the_station_is_reached_with_the_copied_token_or_the_environment(cli, co
     shutil.copytree(connected, plain)
     made = cli("chip", "connect", "chipB", "--profiles", plain, "--address", station.url, "--name", "envchip")
     assert made.exit_code == 0, made.output
-    result = cli("chip", "info", "envchip", "--profiles", plain, "--json", env={"PNNDEPLOY_CHIP_TOKEN": _token(station)})
+    result = cli("chip", "info", "envchip", "--profiles", plain, "--json",
+                 env={"PNNDEPLOY_CHIP_TOKEN": _token(station)})
     assert result.exit_code == 0, result.output
 
 
@@ -413,10 +426,12 @@ def _pki(folder: Path, name: str) -> dict[str, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
 
     def cert(subject: str, key, issuer: str, signer, ca: bool):
-        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
                    .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
                    .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
         if not ca:
             builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(

@@ -134,7 +134,8 @@ def deadline_transport(ssl_context: ssl.SSLContext | None, deadline: Deadline) -
     if not isinstance(getattr(transport, "_pool", None), httpcore.ConnectionPool):
         # the one private name relied on: refuse rather than run with unbounded exchanges
         raise BackendError(f"httpx {httpx.__version__} no longer keeps its connection pool in HTTPTransport._pool; "
-                           "pnndeploy cannot bound its exchanges with it; install an httpx it was tested with (0.27-0.29)")
+                           "pnndeploy cannot bound its exchanges with it; install an httpx it was tested with "
+                           "(0.27-0.29)")
     transport._pool.close()
     transport._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=DeadlineBackend(deadline),
                                               max_connections=4, keepalive_expiry=KEEPALIVE_S)

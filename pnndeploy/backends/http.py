@@ -233,7 +233,8 @@ class HttpBackend(ChipBackend):
                                f"with (the profile's backend token_file in its tokens/ folder, or ${TOKEN_ENV})")
         if status >= 400:
             message = (doc.get("error") or doc.get("detail")) if isinstance(doc, dict) else None
-            raise BackendError(f"{where}: HTTP {status}: {str(message)[:300] if message else 'the server gave no reason'}")
+            reason = str(message)[:300] if message else "the server gave no reason"
+            raise BackendError(f"{where}: HTTP {status}: {reason}")
         if doc is None:
             raise BackendError(f"{where}: malformed reply ({problem}); is this a pnndeploy chip server?")
         return doc

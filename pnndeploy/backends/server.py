@@ -135,32 +135,29 @@ def _guard(app: Any, settings: ServerSettings, name: str, on_request: Callable[[
     return guarded
 
 
-def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None:
-    """The protocol's routes on ``app``."""
+async def _read_object(request: Request, settings: ServerSettings) -> dict:
+    """The request's JSON object, its body counted as it arrives (a chunked body has no length) and complete
+    within ``body_timeout``: :class:`Refused` (413, 408, 400) or WireError (400) otherwise."""
     from starlette.requests import ClientDisconnect
 
-    lock = threading.Lock()
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_body_bytes:
+                    raise Refused(413, f"request larger than {settings.max_body_bytes} bytes; send smaller batches")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refused(408, f"the request body was not complete within {settings.body_timeout:g} s "
+                           "(the server's --body-timeout); send it at once") from None
+    except ClientDisconnect:
+        raise Refused(400, "the connection closed before the request body was complete") from None
+    return loads_object(b"".join(chunks), "the request body")
 
-    async def body(request: Request) -> dict:
-        chunks, size = [], 0
-        try:
-            async with asyncio.timeout(settings.body_timeout):
-                async for chunk in request.stream():      # counted as it arrives: a chunked body has no length
-                    size += len(chunk)
-                    if size > settings.max_body_bytes:
-                        raise Refused(413, f"request larger than {settings.max_body_bytes} bytes; "
-                                           "send smaller batches")
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise Refused(408, f"the request body was not complete within {settings.body_timeout:g} s "
-                               "(the server's --body-timeout); send it at once") from None
-        except ClientDisconnect:
-            raise Refused(400, "the connection closed before the request body was complete") from None
-        return loads_object(b"".join(chunks), "the request body")
 
-    def run(fn: Callable[[], Any]) -> Any:
-        with lock:
-            return fn()
+def _error_handlers(app: FastAPI) -> None:
+    """Refusals as JSON errors: 400 for what the chip or the decoder refuses, the status of a :class:`Refused`."""
 
     @app.exception_handler(BackendError)
     async def refused(request: Request, exc: BackendError) -> Any:
@@ -174,6 +171,19 @@ def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None
     @app.exception_handler(ValueError)
     async def out_of_range(request: Request, exc: Exception) -> Any:
         return JSONResponse({"error": f"a number in the request is out of range ({exc})"}, status_code=400)
+
+
+def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None:
+    """The protocol's routes on ``app``."""
+    lock = threading.Lock()
+    _error_handlers(app)
+
+    async def body(request: Request) -> dict:
+        return await _read_object(request, settings)
+
+    def run(fn: Callable[[], Any]) -> Any:
+        with lock:
+            return fn()
 
     @app.get(f"/{PROTOCOL}/info")
     async def info() -> Any:

@@ -141,8 +141,8 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     ``profiles`` is the profiles folder; None: $PNNDEPLOY_PROFILES, else the default fleet of the model's
     platform (:func:`~pnndeploy.formats.profile_folder.profiles_dir`).  A chip whose profile names a
     backend is opened (``timeout`` s per exchange, ``insecure`` as in :func:`open_chip`), checked and programmed
-    here; its deployment (and every other one) is then written only by :meth:`PreparedFleet.write_deployments`, after the
-    measurement, so a station failing half-way leaves no deployment behind.  Close the result.
+    here; its deployment (and every other one) is then written only by :meth:`PreparedFleet.write_deployments`,
+    after the measurement, so a station failing half-way leaves no deployment behind.  Close the result.
     ``stations=False`` leaves such chips out (the demo and sweeps work on simulated fleets only).
     """
     model = load_model(model_path)
