@@ -119,6 +119,14 @@ def test_a_request_header_trickled_in_is_dropped_at_the_header_timeout(station):
     _no_traceback(station, "(--header-timeout)")
 
 
+def test_oversized_request_headers_are_a_400(station):
+    with socket.create_connection(("127.0.0.1", station.port), timeout=2) as sock:
+        sock.sendall(b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)     # and more to come
+        took, got = _closed_by_server(sock, b"a", 0.1, ATTACK_S)
+    assert took < 2.0 and got.startswith(b"HTTP/1.1 400 ")
+    _no_traceback(station, "malformed request: 400")
+
+
 def test_control_characters_in_a_request_are_escaped_in_the_log(station):
     path = "/v1/%1b]0;owned%07%1b[2J%e2%80%aeevil%0a%0dchip%20chipB:%20fake"
     reply = httpx.get(f"{station.url}{path}", headers=_auth(station), timeout=3)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +20,16 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from pnndeploy.errors import PnnError
+# the naming rule lives with the profiles folder (formats), which validates profiles without this layer
+from pnndeploy.formats.profile_folder import CREDENTIALS_DIR, FILE_OPTIONS, credential_name_problem
+
+__all__ = ["TOKEN_ENV", "CREDENTIALS_DIR", "FILE_OPTIONS", "CredentialError", "Trust", "credential_path",
+           "read_secret", "token_from", "is_loopback", "plain_http_problem"]
 
 #: Environment variable holding a chip server's bearer token (client, and `chip serve` without --token-file).
 TOKEN_ENV = "PNNDEPLOY_CHIP_TOKEN"
-#: The folder, beside a profile, where the files its backend names live.
-CREDENTIALS_DIR = "tokens"
-#: Backend options that name a file in :data:`CREDENTIALS_DIR` (and whether it holds a secret).
-FILE_OPTIONS = {"token_file": True, "ca_file": False}
 #: Largest token or CA file read, bytes (a token is a line; a CA bundle a few certificates).
 MAX_FILE_BYTES = 256 * 1024
-
-_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-
 
 class CredentialError(PnnError):
     """A token or CA file that may not be used: one line, exit 2."""
@@ -48,19 +45,9 @@ class Trust:
     insecure: bool = False
 
 
-def name_problem(key: str, name: str) -> str | None:
-    """Why ``name`` cannot be the value of backend option ``key`` (None: a plain file name, fine)."""
-    if _NAME_RE.fullmatch(name) and ".." not in name:
-        return None
-    shown = name if len(name) <= 60 else name[:60] + "..."
-    return (f"'backend' {key} {shown!r} is not a plain file name: a profile names its {key} by name in the "
-            f"{CREDENTIALS_DIR}/ folder beside it (letters, digits, _ . -; no path, no '..'); move the file there "
-            f"and write its name, e.g. with `pnndeploy chip connect --{key.replace('_', '-')} FILE`")
-
-
 def credential_path(trust: Trust, key: str, name: str, where: str) -> Path:
     """The file backend option ``key`` names, checked to lie inside the profile's tokens folder."""
-    problem = name_problem(key, name)
+    problem = credential_name_problem(key, name)
     if problem:
         raise CredentialError(f"{where}: {problem}")
     if trust.folder is None:

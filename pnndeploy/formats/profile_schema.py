@@ -13,10 +13,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pnndeploy.backends.credentials import FILE_OPTIONS, name_problem
 from pnndeploy.errors import PnnError, ProfileError
 from pnndeploy.formats.hdf5 import attr_float, attr_int, attr_str, parse_time
-from pnndeploy.formats.profile_folder import check_device_name
+from pnndeploy.formats.profile_folder import FILE_OPTIONS, check_device_name, credential_name_problem
 from pnndeploy.platforms import Platform, get_platform
 from pnndeploy.platforms.base import POSITIVE, Range
 
@@ -264,7 +263,7 @@ def _validate_open(f: h5py.File) -> list[str]:
                 c.add(f"'backend' attributes {', '.join(sorted(bad))} are not text")
             for key in FILE_OPTIONS:           # files a profile names: plain names in its tokens/ folder
                 value = attr_str(backend, key)
-                problem = name_problem(key, value) if value else None
+                problem = credential_name_problem(key, value) if value else None
                 if problem:
                     c.add(problem)
     if "calibration_history" in f:
