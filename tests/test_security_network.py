@@ -348,6 +348,12 @@ def connected(cli, tiny_fleet_dir, station, tmp_path):
 def test_the_station_is_reached_with_the_copied_token_or_the_environment(cli, connected, station, tmp_path):
     assert json.loads(cli("chip", "info", "chipB-remote", "--profiles", connected, "--json").stdout)[
         "device_id"] == "chipB"
+    shared = connected / "tokens" / "chipB-remote.token"       # a token already in the folder is named, not copied
+    again = cli("chip", "connect", "chipB", "--profiles", connected, "--address", station.url, "--token-file",
+                shared, "--name", "again")
+    assert again.exit_code == 0, again.output
+    assert not (connected / "tokens" / "again.token").exists()
+    assert cli("chip", "info", "again", "--profiles", connected).exit_code == 0
     plain = tmp_path / "plain"
     shutil.copytree(connected, plain)
     made = cli("chip", "connect", "chipB", "--profiles", plain, "--address", station.url, "--name", "envchip")

@@ -218,12 +218,12 @@ def _install_credential(source: str, folder: Any, name: str, flag: str, secret: 
         except (ssl.SSLError, ValueError) as exc:
             raise PnnError(f"{flag} {source} holds no usable PEM certificate ({exc}); give the station's CA "
                            "certificate") from None
+    if folder.is_dir() and given.resolve().parent == folder.resolve():
+        return given.resolve().name               # already in the tokens folder: named as it is, not copied
     folder.mkdir(mode=0o700, exist_ok=True)
-    target = folder / name
-    if not (target.exists() and target.resolve() == given.resolve()):
-        with atomic_path(target) as tmp:
-            os.chmod(tmp, 0o600)
-            tmp.write_text(text)
+    with atomic_path(folder / name) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_text(text)
     return name
 
 
