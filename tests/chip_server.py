@@ -46,7 +46,8 @@ class ChipServer:
                 self.stop()
                 raise RuntimeError(f"chip server did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{int(self.port_file.read_text())}"
+        self.port = int(self.port_file.read_text())
+        self.url = f"{'https' if '--tls-cert' in self.extra else 'http'}://127.0.0.1:{self.port}"
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -169,6 +169,7 @@ def test_a_wrong_token_is_refused(cli, lab, model_file, tmp_path, one_line_error
     shutil.copytree(folder, mine)
     wrong = tmp_path / "wrong.token"
     wrong.write_text("not-the-token-of-this-server\n")
+    wrong.chmod(0o600)                              # a token file is the user's alone (README, Security)
     _connect(cli, mine, "chipB", server.url, wrong)
     one_line_error(_transfer(cli, model_file, mine, "--device", "chipB-remote", "--no-save"), "401", "token")
     assert " 401 " in server.log.read_text()

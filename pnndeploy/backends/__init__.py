@@ -19,6 +19,7 @@ from importlib import metadata
 from typing import Any, Mapping
 
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram, check_chip
+from pnndeploy.backends.credentials import Trust
 
 #: The entry point group third-party backends register under.
 ENTRY_POINT_GROUP = "pnndeploy.backends"
@@ -55,9 +56,11 @@ def backend_class(kind: str) -> type[ChipBackend]:
 
 
 def open_backend(kind: str, address: str, options: Mapping[str, Any] | None = None,
-                 timeout: float = 10.0) -> ChipBackend:
-    """An opened backend of ``kind`` at ``address`` (its ``open()`` has answered)."""
+                 timeout: float = 10.0, trust: Trust | None = None) -> ChipBackend:
+    """An opened backend of ``kind`` at ``address`` (its ``open()`` has answered); ``trust``: where the profile's
+    named files live and whether the user allowed plain HTTP off loopback (default: neither)."""
     backend = backend_class(kind)(address, options, timeout)
+    backend.trust = trust or Trust()
     try:
         backend.open()
     except BaseException:
@@ -66,5 +69,5 @@ def open_backend(kind: str, address: str, options: Mapping[str, Any] | None = No
     return backend
 
 
-__all__ = ["BackendError", "ChipBackend", "ChipInfo", "LayerProgram", "check_chip", "ENTRY_POINT_GROUP",
+__all__ = ["BackendError", "ChipBackend", "ChipInfo", "LayerProgram", "Trust", "check_chip", "ENTRY_POINT_GROUP",
            "backend_kinds", "backend_class", "open_backend"]

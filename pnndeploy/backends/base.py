@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from pnndeploy.backends.credentials import Trust
 from pnndeploy.errors import PnnError
 
 
@@ -68,11 +69,16 @@ class ChipBackend(ABC):
     """One chip on one station.  Open it (or use ``with``), then program, measure, close.
 
     ``address`` and ``options`` come from the profile's ``backend`` group; ``timeout`` (s) bounds
-    every single exchange with the station, so no call can hang.
+    every single exchange with the station, so no call can hang.  A profile may come from someone
+    else: a backend reads the files its options name only through
+    :func:`~pnndeploy.backends.credentials.credential_path` (inside the profile's ``tokens/``
+    folder, :attr:`trust`) and its token through :func:`~pnndeploy.backends.credentials.token_from`.
     """
 
     #: The name profiles use in ``backend/kind``.
     kind: str = ""
+    #: What the user decided for this run (set by :func:`pnndeploy.backends.open_backend` before ``open``).
+    trust: Trust = Trust()
 
     def __init__(self, address: str = "", options: Mapping[str, Any] | None = None, timeout: float = 10.0) -> None:
         self.address = address

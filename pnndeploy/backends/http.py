@@ -1,12 +1,17 @@
 """The ``http`` backend: a chip behind a chip server (`pnndeploy chip serve`, or a lab's own) on the network.
 
-Every exchange is bounded: a timeout per request (``--timeout``), at most
-:data:`RETRIES` retries with exponential backoff for transient failures (refused or
-dropped connections, timeouts, 502/503/504), a reply size limit, and a strict
-decoder.  Whatever goes wrong ends as one :class:`BackendError` line naming the
-server and what to do.  The token is read from the profile's ``token_file`` or
-``$PNNDEPLOY_CHIP_TOKEN`` and sent as ``Authorization: Bearer``.  Protocol:
-README, section "Connecting a lab's station".
+Every exchange is bounded: one deadline (``--timeout``) over the whole exchange,
+connect and TLS handshake to the last byte of the reply (:mod:`pnndeploy.backends.deadline`),
+at most :data:`RETRIES` retries with exponential backoff for transient failures
+(refused or dropped connections, timeouts, 502/503/504), replies in identity
+encoding only (a compressed reply is refused, never inflated), a reply size limit,
+and a strict decoder (JSON nested at most 32 deep).  Whatever goes wrong ends as one
+:class:`BackendError` line naming the server and what to do.  The token comes from
+the profile's ``token_file`` (a name in its ``tokens/`` folder, owner-only) or
+``$PNNDEPLOY_CHIP_TOKEN`` (:mod:`pnndeploy.backends.credentials`) and is sent as
+``Authorization: Bearer``; over ``https://`` the station's certificate is verified
+against the profile's ``ca_file`` or the system's store; plain ``http://`` to a
+non-loopback host needs ``--insecure``.  Protocol: README, section "Connecting a lab's station".
 """
 
 from __future__ import annotations
@@ -14,39 +19,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
+import ssl
 import time
 from urllib.parse import urlsplit
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
-from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, decode_array, encode_array
+from pnndeploy.backends.credentials import TOKEN_ENV, credential_path, plain_http_problem, read_secret, token_from
+from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, decode_array, encode_array, loads_object
 
 #: Retries after the first try of a request that failed transiently, and the first backoff (doubles each time).
 RETRIES, BACKOFF_S = 3, 0.2
-TOKEN_ENV = "PNNDEPLOY_CHIP_TOKEN"
 _TRANSIENT_STATUS = {502, 503, 504}
-
-
-def read_token(options: Mapping[str, Any], where: str) -> str:
-    """The bearer token: the file the profile names, else $PNNDEPLOY_CHIP_TOKEN."""
-    path = options.get("token_file")
-    if path:
-        try:
-            token = Path(os.path.expanduser(str(path))).read_text().strip()
-        except OSError as exc:
-            raise BackendError(f"{where}: cannot read the token file {path} ({exc.strerror or exc}); "
-                               "give the file `pnndeploy chip serve --token-file` wrote") from None
-        if not token:
-            raise BackendError(f"{where}: token file {path} is empty")
-        return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise BackendError(f"{where}: no token; the profile's backend has no token_file and ${TOKEN_ENV} is unset")
-    return token
 
 
 class HttpBackend(ChipBackend):
@@ -64,22 +50,45 @@ class HttpBackend(ChipBackend):
         if not 0 <= self.retries <= 10:
             raise BackendError(f"backend option retries={self.retries}: use 0..10")
         self._client: Any = None
+        self._deadline: Any = None
         self._info: ChipInfo | None = None
 
     # ------------------------------------------------------------------------------------------ session
     def open(self) -> ChipInfo:
         import httpx
 
-        token = read_token(self.options, f"chip server {self.address}")
+        from pnndeploy.backends.deadline import Deadline, deadline_transport
+
+        where = f"chip server {self.address}"
+        problem = plain_http_problem(self.kind, self.address, self.options)
+        if problem and not self.trust.insecure:
+            raise BackendError(f"{where}: {problem}")
+        token = token_from(self.trust, self.options, where)
+        context = self._tls_context(where) if urlsplit(self.address).scheme == "https" else None
         self.close()
+        self._deadline = Deadline()
         self._client = httpx.Client(base_url=f"{self.address}/{PROTOCOL}", timeout=httpx.Timeout(self.timeout),
-                                    headers={"Authorization": f"Bearer {token}"}, follow_redirects=False)
+                                    transport=deadline_transport(context, self._deadline), trust_env=False,
+                                    headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"},
+                                    follow_redirects=False)
         try:
             self._info = self._parse_info(self._request("GET", "/info"))
         except BaseException:
             self.close()
             raise
         return self._info
+
+    def _tls_context(self, where: str) -> ssl.SSLContext:
+        """Verification against the profile's ca_file (a name in its tokens folder), else the system's store."""
+        name = self.options.get("ca_file")
+        if not name:
+            return ssl.create_default_context()
+        path = credential_path(self.trust, "ca_file", str(name), where)
+        try:
+            return ssl.create_default_context(cadata=read_secret(path, f"{where}: CA file", secret=False))
+        except (ssl.SSLError, ValueError) as exc:
+            raise BackendError(f"{where}: CA file {path} holds no usable PEM certificate ({exc}); give the "
+                               "station's CA certificate (`chip connect --ca-file`)") from None
 
     def _parse_info(self, reply: dict) -> ChipInfo:
         try:
@@ -150,8 +159,10 @@ class HttpBackend(ChipBackend):
 
     # ------------------------------------------------------------------------------------------ transport
     def _request(self, method: str, path: str, body: Any = None) -> dict:
-        """One request with bounded retries; the decoded JSON object of the reply."""
+        """One request with bounded retries, each try within one ``timeout`` deadline; the reply's JSON object."""
         import httpx
+
+        from pnndeploy.backends.deadline import TlsFailure
 
         if self._client is None:
             raise BackendError(f"chip server {self.address}: not open")
@@ -165,35 +176,45 @@ class HttpBackend(ChipBackend):
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+            self._deadline.at = time.monotonic() + self.timeout
             try:
                 with self._client.stream(method, path, content=content, headers=headers) as response:
                     if response.status_code in _TRANSIENT_STATUS:
                         last = f"HTTP {response.status_code}"
                         continue
-                    raw = self._read_limited(response, where, time.monotonic() + self.timeout)
-            except (httpx.TimeoutException, _Deadline):
+                    raw = self._read_limited(response, where)
+            except httpx.TimeoutException:
                 last = f"no reply within --timeout {self.timeout:g} s"
                 continue
+            except TlsFailure as exc:
+                raise BackendError(f"{where}: TLS handshake failed ({exc}); check that the station serves https "
+                                   "(`chip serve --tls-cert`) and that the profile's backend ca_file names its CA "
+                                   "certificate") from None
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
                 last = _connection_problem(exc)
                 continue
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise BackendError(f"{where}: {type(exc).__name__}: {exc}") from None
+            finally:
+                self._deadline.at = None
             return self._decode(response.status_code, raw, where)
         hint = ("start it with `pnndeploy chip serve PROFILE` or check the profile's backend address"
                 if "refused" in last else "check the server and the network, or raise --timeout")
         raise BackendError(f"{where}: {last} after {self.retries + 1} tries; {hint}")
 
     @staticmethod
-    def _read_limited(response: Any, where: str, deadline: float) -> bytes:
+    def _read_limited(response: Any, where: str) -> bytes:
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise BackendError(f"{where}: the server sent a {encoding[:40]!r}-encoded reply though the client asked "
+                               "for identity; a compressed reply is never inflated (it could expand without bound): "
+                               "the server is misbehaving")
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise BackendError(f"{where}: reply of {int(declared)} bytes is larger than the limit "
                                f"{MAX_BODY_BYTES}; the server is misbehaving")
         chunks, size = [], 0
-        for chunk in response.iter_bytes():
-            if time.monotonic() > deadline:          # a trickling reply: each read in time, the whole too slow
-                raise _Deadline()
+        for chunk in response.iter_raw():
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise BackendError(f"{where}: reply larger than the limit {MAX_BODY_BYTES} bytes; "
@@ -203,22 +224,20 @@ class HttpBackend(ChipBackend):
 
     def _decode(self, status: int, raw: bytes, where: str) -> dict:
         try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            doc = None
+            doc: Any = loads_object(raw, "the reply")
+            problem = ""
+        except WireError as exc:
+            doc, problem = None, str(exc)
         if status == 401:
-            raise BackendError(f"{where}: the server refused the token (401); use the token file the server "
-                               "was started with (profile backend/token_file or $PNNDEPLOY_CHIP_TOKEN)")
+            raise BackendError(f"{where}: the server refused the token (401); use the token the server was started "
+                               f"with (the profile's backend token_file in its tokens/ folder, or ${TOKEN_ENV})")
         if status >= 400:
             message = (doc.get("error") or doc.get("detail")) if isinstance(doc, dict) else None
-            raise BackendError(f"{where}: HTTP {status}: {message or 'the server gave no reason'}")
-        if not isinstance(doc, dict):
-            raise BackendError(f"{where}: malformed reply (not a JSON object); is this a pnndeploy chip server?")
+            reason = str(message)[:300] if message else "the server gave no reason"
+            raise BackendError(f"{where}: HTTP {status}: {reason}")
+        if doc is None:
+            raise BackendError(f"{where}: malformed reply ({problem}); is this a pnndeploy chip server?")
         return doc
-
-
-class _Deadline(Exception):
-    """The whole reply did not arrive within the timeout."""
 
 
 def check_url(address: str) -> None:

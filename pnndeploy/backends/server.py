@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import logging
 import socket
 import sys
 import threading
@@ -33,13 +33,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from pnndeploy.backends.base import BackendError, LayerProgram
+from pnndeploy.backends.guard import ConnectionGuard, guarded_protocol, printable
 from pnndeploy.backends.simulated import SimulatedChip
-from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, decode_array, encode_array
+from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, decode_array, encode_array, loads_object
 
 #: Misbehaviours the server can be told to show on /infer (tests of the client's fault handling).
 FAULTS = ("malformed", "oversized", "stall", "nan")
 #: How long a stalled reply waits, s (longer than any sane client timeout; bounded so the process still ends).
 STALL_S = 30.0
+#: Largest request line plus headers, bytes (h11 answers 400 beyond it).
+MAX_HEADER_BYTES = 16 * 1024
 
 
 @dataclass
@@ -50,14 +53,24 @@ class ServerSettings:
     port: int = 0                          # 0: any free port (logged and written to port_file)
     token: str = ""
     latency_s: float = 0.002               # added to every measurement request, as a station's readout takes
-    max_requests: int | None = None        # stop after this many requests (None: never)
+    max_requests: int | None = None        # stop after this many requests, refused ones included (None: never)
     idle_timeout: float | None = None      # stop after this many seconds without a request (None: never)
     fault: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    header_timeout: float = 10.0           # a connection's request headers must be complete within this, s
+    body_timeout: float = 30.0             # a request's body must be complete within this after its headers, s
+    max_connections: int = 64              # open connections at most; beyond, the one waiting longest is dropped
+    max_client_connections: int = 16       # the same, per client address
+    tls_cert: str | None = None            # PEM certificate chain and key: serve https
+    tls_key: str | None = None
 
 
-class TooLarge(Exception):
-    """A request body beyond the size limit."""
+class Refused(Exception):
+    """A request refused while its body was read: answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _log(line: str) -> None:
@@ -65,68 +78,112 @@ def _log(line: str) -> None:
     sys.stderr.flush()
 
 
+def _error(status: int, message: str) -> JSONResponse:
+    """An error reply that also closes the connection (a refused peer gets no second try on it)."""
+    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})
+
+
 def create_app(chip: SimulatedChip, settings: ServerSettings, on_request: Callable[[], None] | None = None) -> Any:
-    """The FastAPI application serving ``chip`` (protocol v1)."""
+    """The chip server as an ASGI application: the FastAPI routes (protocol v1) inside :func:`_guard`."""
     app = FastAPI(title="pnndeploy chip server", version=PROTOCOL,
                   description=f"One {chip.profile.platform} chip ({chip.profile.device_id}); protocol {PROTOCOL}.")
-    lock = threading.Lock()
     if len(settings.token) < 16:
         raise BackendError("the chip server needs a token of at least 16 characters")
+    _routes(app, chip, settings)
+    return _guard(app, settings, printable(chip.profile.device_id, 64), on_request)
+
+
+def _guard(app: Any, settings: ServerSettings, name: str, on_request: Callable[[], None] | None) -> Any:
+    """Every request: the token (401) and declared size (413) checked before the app sees it, one escaped log
+    line, counted (refused and failed ones too), and never a traceback: an unexpected error is a one-line 500."""
     token = settings.token.encode()
-    name = chip.profile.device_id
 
-    def error(status: int, message: str) -> Any:
-        return JSONResponse({"error": message}, status_code=status)
+    async def guarded(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        start, status = time.perf_counter(), [0]
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        start = time.perf_counter()
-        given = request.headers.get("authorization", "")
-        size = request.headers.get("content-length")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token)):
-            response = error(401, "missing or wrong token; send 'Authorization: Bearer TOKEN'")
-        elif size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
-            response = error(413, f"request larger than {settings.max_body_bytes} bytes; send smaller batches")
-        else:
-            response = await call_next(request)
-        _log(f"chip {name}: {request.client.host if request.client else '-'} {request.method} {request.url.path} "
-             f"{response.status_code} {size or 0} B {1000 * (time.perf_counter() - start):.1f} ms")
-        if on_request is not None:
-            on_request()
-        return response
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
 
-    async def body(request: Request) -> dict:
-        chunks, size = [], 0
-        async for chunk in request.stream():          # counted as it arrives: a chunked body has no length
-            size += len(chunk)
-            if size > settings.max_body_bytes:
-                raise TooLarge()
-            chunks.append(chunk)
-        raw = b"".join(chunks)
+        headers = {k.decode("latin-1"): v for k, v in scope["headers"]}
+        given, size = headers.get("authorization", b""), headers.get("content-length", b"").decode("latin-1")
+        failure = ""
         try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BackendError("the request body is not JSON") from None
-        if not isinstance(doc, dict):
-            raise BackendError("the request body is not a JSON object")
-        return doc
+            if not (given.startswith(b"Bearer ") and hmac.compare_digest(given[7:], token)):
+                await _error(401, "missing or wrong token; send 'Authorization: Bearer TOKEN'")(scope, receive,
+                                                                                              send_status)
+            elif size and (not size.isdigit() or int(size) > settings.max_body_bytes):
+                await _error(413, f"request larger than {settings.max_body_bytes} bytes; send smaller batches")(
+                    scope, receive, send_status)
+            else:
+                await app(scope, receive, send_status)
+        except Exception as exc:                      # noqa: BLE001 - the one place that turns any bug into a 500
+            failure = f" ({type(exc).__name__}: {printable(str(exc), 120)})"
+            if not status[0]:
+                await _error(500, "the server failed on this request; see its log")(scope, receive, send_status)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            _log(f"chip {name}: {printable(str(client[0]), 64)} {printable(scope['method'], 16)} "
+                 f"{printable(scope['path'])} {status[0] or '-'} {printable(size, 24) or 0} B "
+                 f"{1000 * (time.perf_counter() - start):.1f} ms{failure}")
+            if on_request is not None:
+                on_request()
 
-    def run(fn: Callable[[], Any]) -> Any:
-        with lock:
-            return fn()
+    return guarded
+
+
+async def _read_object(request: Request, settings: ServerSettings) -> dict:
+    """The request's JSON object, its body counted as it arrives (a chunked body has no length) and complete
+    within ``body_timeout``: :class:`Refused` (413, 408, 400) or WireError (400) otherwise."""
+    from starlette.requests import ClientDisconnect
+
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_body_bytes:
+                    raise Refused(413, f"request larger than {settings.max_body_bytes} bytes; send smaller batches")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refused(408, f"the request body was not complete within {settings.body_timeout:g} s "
+                           "(the server's --body-timeout); send it at once") from None
+    except ClientDisconnect:
+        raise Refused(400, "the connection closed before the request body was complete") from None
+    return loads_object(b"".join(chunks), "the request body")
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Refusals as JSON errors: 400 for what the chip or the decoder refuses, the status of a :class:`Refused`."""
 
     @app.exception_handler(BackendError)
     async def refused(request: Request, exc: BackendError) -> Any:
-        return error(400, str(exc))
+        return JSONResponse({"error": str(exc)}, status_code=400)
 
-    @app.exception_handler(TooLarge)
-    async def too_large(request: Request, exc: TooLarge) -> Any:
-        return error(413, f"request larger than {settings.max_body_bytes} bytes; send smaller batches")
+    @app.exception_handler(Refused)
+    async def refused_body(request: Request, exc: Refused) -> Any:
+        return _error(exc.status, str(exc))
 
     @app.exception_handler(OverflowError)
     @app.exception_handler(ValueError)
     async def out_of_range(request: Request, exc: Exception) -> Any:
-        return error(400, f"a number in the request is out of range ({exc})")
+        return JSONResponse({"error": f"a number in the request is out of range ({exc})"}, status_code=400)
+
+
+def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None:
+    """The protocol's routes on ``app``."""
+    lock = threading.Lock()
+    _error_handlers(app)
+
+    async def body(request: Request) -> dict:
+        return await _read_object(request, settings)
+
+    def run(fn: Callable[[], Any]) -> Any:
+        with lock:
+            return fn()
 
     @app.get(f"/{PROTOCOL}/info")
     async def info() -> Any:
@@ -196,8 +253,6 @@ def create_app(chip: SimulatedChip, settings: ServerSettings, on_request: Callab
         await asyncio.sleep(settings.latency_s)
         return {"weights": encode_array(W)}
 
-    return app
-
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on (host, port); port 0 picks a free one."""
@@ -218,31 +273,71 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(chip: SimulatedChip, settings: ServerSettings, sock: socket.socket) -> None:
-    """Serve until stopped (Ctrl-C, SIGTERM, ``max_requests`` or ``idle_timeout``)."""
+    """Serve until stopped (Ctrl-C, SIGTERM, ``max_requests`` or ``idle_timeout``), within a second or two of it:
+    a connection still sending a request is dropped, not waited for."""
     import uvicorn
 
-    served = [0]
-    last = [time.monotonic()]
+    name = printable(chip.profile.device_id, 64)
+    served, last = [0], [time.monotonic()]
     server: Any = None
+    guard: ConnectionGuard
+
+    def stop(why: str) -> None:
+        if not server.should_exit:
+            _log(f"chip {name}: {why}; stopping")
+            server.should_exit = True
+            guard.drop_unfinished()
 
     def on_request() -> None:
         served[0] += 1
         last[0] = time.monotonic()
         if settings.max_requests is not None and served[0] >= settings.max_requests:
-            _log(f"chip {chip.profile.device_id}: served {served[0]} requests (--max-requests); stopping")
-            server.should_exit = True
+            stop(f"served {served[0]} requests (--max-requests)")
 
-    app = create_app(chip, settings, on_request)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_keep_alive=5, limit_concurrency=32)
+    guard = ConnectionGuard(settings, lambda line: _log(f"chip {name}: {line}"), on_request)
+    _quiet_uvicorn_log(name)
+    config = uvicorn.Config(create_app(chip, settings, on_request), http=guarded_protocol(guard),
+                            log_config=None, access_log=False, lifespan="off", timeout_keep_alive=5,
+                            timeout_graceful_shutdown=2, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                            ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
+                            server_header=False)
     server = uvicorn.Server(config)
-    if settings.idle_timeout is not None:
-        def watch() -> None:
-            while not server.should_exit:
-                time.sleep(0.2)
-                if time.monotonic() - last[0] > settings.idle_timeout:
-                    _log(f"chip {chip.profile.device_id}: idle for {settings.idle_timeout:g} s (--idle-timeout); "
-                         "stopping")
-                    server.should_exit = True
-        threading.Thread(target=watch, daemon=True).start()
-    server.run(sockets=[sock])
+
+    async def watch() -> None:
+        while settings.idle_timeout is not None and not server.should_exit:
+            await asyncio.sleep(0.2)
+            if time.monotonic() - last[0] > settings.idle_timeout:
+                stop(f"idle for {settings.idle_timeout:g} s (--idle-timeout)")
+
+    async def main() -> None:
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            watcher.cancel()
+
+    asyncio.run(main())
+
+
+class _OneLine(logging.Formatter):
+    """uvicorn's own messages as one escaped line, an exception as its type and message: never a traceback."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc = record.exc_info[1] if record.exc_info else None
+        detail = f" ({type(exc).__name__}: {printable(str(exc), 120)})" if exc is not None else ""
+        return f"chip {self.name}: server: {printable(record.getMessage())}{detail}"
+
+
+def _quiet_uvicorn_log(name: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine(name))
+    for logger_name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        logger = logging.getLogger(logger_name)
+        logger.handlers, logger.propagate = [], False
+        logger.setLevel(logging.ERROR)
+    logging.getLogger("uvicorn").addHandler(handler)
+    logging.getLogger("uvicorn.error").propagate = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from typing import Any
 
@@ -25,6 +26,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 #: Largest array either side decodes, values.
 MAX_ARRAY_VALUES = 1 << 20          # a 1024 x 1024 layer; 11 MiB of base64, under MAX_BODY_BYTES
 ACCEPTED_DTYPES = {"<f8": np.dtype("<f8"), "<f4": np.dtype("<f4")}
+#: Deepest nesting of lists and objects either side accepts in a message (the protocol needs 4).
+MAX_JSON_DEPTH = 32
 
 
 class WireError(BackendError):
@@ -63,3 +66,28 @@ def decode_array(obj: Any, name: str, ndim: int | None = None, max_values: int =
         raise WireError(f"'{name}' data holds {len(raw)} bytes, but shape {shape} of {obj['dtype']} needs "
                         f"{count * dtype.itemsize}")
     return np.frombuffer(raw, dtype=dtype).astype(np.float64).reshape(shape)
+
+
+def loads_object(raw: bytes, what: str) -> dict[str, Any]:
+    """``raw`` decoded as a JSON object nested at most :data:`MAX_JSON_DEPTH` deep; WireError otherwise.
+
+    Why the depth: a message nested thousands deep is a few kilobytes, and every later
+    recursive walk over it (an encoder, a repr in an error message) would overflow the
+    stack; the protocol's messages are 4 deep.
+    """
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        raise WireError(f"{what} nests lists or objects deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError):
+        raise WireError(f"{what} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise WireError(f"{what} is not a JSON object")
+    level, depth = [doc], 1
+    while level:                                  # breadth first, without recursion
+        if depth > MAX_JSON_DEPTH:
+            raise WireError(f"{what} nests lists or objects deeper than {MAX_JSON_DEPTH} levels")
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+        depth += 1
+    return doc

@@ -10,7 +10,7 @@ import click
 
 from pnndeploy.cli.common import (check_executor, check_output_file, compute_options, executor_options, fraction,
                                   print_json, profiles_option, progress_bar, resolve_compute_options)
-from pnndeploy.cli.chip import timeout_option
+from pnndeploy.cli.chip import insecure_option, timeout_option
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
@@ -26,6 +26,7 @@ def _devices_options(func: Any) -> Any:
     func = click.option("--dataset", default=None, metavar="SPEC",
                         help="Evaluate on this dataset's test split instead of the model's own.")(func)
     func = timeout_option(func)
+    func = insecure_option(func)
     func = compute_options(func)
     return func
 
@@ -45,8 +46,8 @@ def _devices_options(func: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md transfer document on stdout.")
 def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
              delta_T: float, threshold: float, min_yield: float | None, no_save: bool, executor: str,
-             address: str | None, chips_per_task: int, timeout: float, compute: str | None, threads: str | None,
-             as_json: bool) -> None:
+             address: str | None, chips_per_task: int, timeout: float, insecure: bool, compute: str | None,
+             threads: str | None, as_json: bool) -> None:
     """Map the model onto chip(s) through their calibration and report the accuracy on each.
 
     \b
@@ -67,7 +68,7 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
         raise PnnError(f"--temperature-delta {delta_T} is not a finite number of kelvin")
     check_executor(executor, address)
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset,
-                                      None if no_save else Path("deployments"), timeout,
+                                      None if no_save else Path("deployments"), timeout, insecure,
                                       resolve_compute_options(compute, threads))
     with prepared, _measuring(prepared, 1):
         report = transfer_report(prepared, delta_T=delta_T, threshold=threshold, executor=executor,
@@ -86,7 +87,7 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
 
 
 def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory: Any, dataset: str | None,
-                           save_dir: Any, timeout: float, compute: Any) -> Any:
+                           save_dir: Any, timeout: float, insecure: bool, compute: Any) -> Any:
     from pnndeploy.deploy.transfer import prepare_fleet
 
     with progress_bar() as progress:
@@ -94,7 +95,7 @@ def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory:
         return prepare_fleet(model, devices, use_fleet, directory, dataset, save_dir,
                              on_device=lambda name: progress.update(task, advance=1,
                                                                      description=f"mapped {name}"),
-                             timeout=timeout, compute=compute)
+                             timeout=timeout, insecure=insecure, compute=compute)
 
 
 class _measuring:
@@ -159,7 +160,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
           require_days: float, rotation: str | None, shift: str | None, scale: str | None,
           require_rotation: float | None, require_shift: float | None, require_scale: float | None,
           drift_compensation: bool | None, plot: str | None, report_path: str | None,
-          timeout: float, compute: str | None, threads: str | None, as_json: bool) -> None:
+          timeout: float, insecure: bool, compute: str | None, threads: str | None, as_json: bool) -> None:
     """Check drift robustness: accuracy vs temperature and vs days since calibration (and, for free-space
     setups, vs rotation, shift and magnification). Exit 1 when it fails.
 
@@ -193,7 +194,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
                         "scale": "--scale", "require-rotation_deg": "--require-rotation",
                         "require-shift_x_px": "--require-shift", "require-shift_y_px": "--require-shift",
                         "require-scale": "--require-scale"})
-    prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None, timeout,
+    prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None, timeout, insecure,
                                       resolve_compute_options(compute, threads))
     total = audit_passes(t_range, d_range, require_temperature, require_days, draws, axes)
     what = "temperature, ageing and misalignment" if axes else "temperature and ageing"

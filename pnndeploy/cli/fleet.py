@@ -133,9 +133,15 @@ def profile_validate(path: str, as_json: bool) -> None:
     Example:
       pnndeploy profile validate device_profiles/chipA.h5
     """
+    from pnndeploy.backends.credentials import plain_http_problem
     from pnndeploy.formats.profile_schema import validate_profile
+    from pnndeploy.formats.profiles import read_profile
 
     problems = validate_profile(path)
+    backend = None if problems else read_profile(path).backend
+    if backend is not None:      # valid, but it would send a credential in clear text: a problem to report here
+        problem = plain_http_problem(backend.kind, backend.address, backend.options)
+        problems += [f"'backend' {problem}"] if problem else []
     if as_json:
         print_json({"path": path, "valid": not problems, "problems": problems})
     elif not problems:

@@ -101,6 +101,8 @@ def _per_platform(value: Any) -> str:
               help="Folder of the --in-situ device's profile (default: the platform's profiles folder).")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
               help="--in-situ: seconds one exchange with the chip's station may take.")
+@click.option("--insecure", is_flag=True,
+              help="--in-situ: allow plain http:// to a station off this machine (README, Security).")
 @compute_options
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML file of defaults for any of these options; flags given on the command line win.")
@@ -108,7 +110,7 @@ def _per_platform(value: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else there.")
 @click.pass_context
 def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: str | None,
-          in_situ_profiles: str | None, timeout: float, **flags: Any) -> None:
+          in_situ_profiles: str | None, timeout: float, insecure: bool, **flags: Any) -> None:
     """Train one model against the nominal chip and export it as ONNX.
 
     \b
@@ -148,7 +150,7 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
                           f"it with --{key.replace('_', '-')}") from None
     check_output_file(out, "--out")
     compute = resolve_compute_options(compute_spec, threads)
-    chip = _open_in_situ(in_situ, in_situ_profiles, config.platform, timeout) if in_situ else None
+    chip = _open_in_situ(in_situ, in_situ_profiles, config.platform, timeout, insecure) if in_situ else None
     try:
         summary = _run_training(dataset_spec, config, out, chip, compute)
     finally:
@@ -172,7 +174,7 @@ def _parse_widths(text: str, flag: str = "--hidden") -> list[int]:
     return widths
 
 
-def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: float) -> Any:
+def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: float, insecure: bool = False) -> Any:
     """The chip of ``--in-situ``: its backend opened and checked (or the simulated profile played in-process)."""
     from pnndeploy.backends.simulated import SimulatedChip
     from pnndeploy.deploy.hardware import open_chip
@@ -187,7 +189,7 @@ def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: flo
     if profile.backend is None and not profile.simulated:
         raise PnnError(f"--in-situ {device}: the profile names no backend and has no fabrication truth, so there "
                        "is no chip to measure; connect it with `pnndeploy chip connect`")
-    backend = open_chip(profile, timeout) if profile.backend is not None else SimulatedChip(profile=profile)
+    backend = open_chip(profile, timeout, insecure) if profile.backend is not None else SimulatedChip(profile=profile)
     return InSituChip(backend, profile)
 
 

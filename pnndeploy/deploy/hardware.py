@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from pnndeploy.backends import BackendError, ChipBackend, LayerProgram, check_chip, open_backend
+from pnndeploy.backends import BackendError, ChipBackend, LayerProgram, Trust, check_chip, open_backend
+from pnndeploy.backends.credentials import CREDENTIALS_DIR
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.deployments import Deployment
 from pnndeploy.formats.onnx_io import ExportedModel
@@ -37,13 +38,18 @@ DEFAULT_TIMEOUT = 10.0
 BATCH = 128
 
 
-def open_chip(profile: DeviceProfile, timeout: float = DEFAULT_TIMEOUT) -> ChipBackend:
-    """The opened backend of ``profile``, checked to be the chip the profile describes."""
+def open_chip(profile: DeviceProfile, timeout: float = DEFAULT_TIMEOUT, insecure: bool = False) -> ChipBackend:
+    """The opened backend of ``profile``, checked to be the chip the profile describes.
+
+    The files its backend names are looked up in the ``tokens/`` folder beside the profile file;
+    ``insecure`` (the user's ``--insecure``) lets a token go to a non-loopback station in plain HTTP.
+    """
     spec = profile.backend
     if spec is None:
         raise PnnError(f"device {profile.device_id!r} names no backend; add one with `pnndeploy chip connect`")
     where = f"device {profile.device_id} ({spec.kind} {spec.address})"
-    backend = open_backend(spec.kind, spec.address, spec.options, timeout)
+    trust = Trust(None if spec.folder is None else spec.folder / CREDENTIALS_DIR, insecure)
+    backend = open_backend(spec.kind, spec.address, spec.options, timeout, trust)
     try:
         check_chip(backend.info(), profile.platform, profile.shape, spec.options.get("device"), where)
     except BaseException:

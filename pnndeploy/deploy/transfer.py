@@ -136,14 +136,15 @@ def resolve_devices(devices: Sequence[str], use_fleet: bool, directory: Path) ->
 def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: bool, profiles: Path | str | None,
                   dataset_spec: str | None = None, save_dir: Path | None = Path("deployments"),
                   on_device: Callable[[str], None] | None = None,
-                  timeout: float = DEFAULT_TIMEOUT, stations: bool = True, compute: Compute = CPU) -> PreparedFleet:
+                  timeout: float = DEFAULT_TIMEOUT, stations: bool = True, insecure: bool = False,
+                  compute: Compute = CPU) -> PreparedFleet:
     """Load the model and profiles, map the model onto each chip, optionally write the deployments.
 
     ``profiles`` is the profiles folder; None: $PNNDEPLOY_PROFILES, else the default fleet of the model's
     platform (:func:`~pnndeploy.formats.profile_folder.profiles_dir`).  A chip whose profile names a
-    backend is opened (``timeout`` s per exchange), checked and programmed here; its deployment (and
-    every other one) is then written only by :meth:`PreparedFleet.write_deployments`, after the
-    measurement, so a station failing half-way leaves no deployment behind.  Close the result.
+    backend is opened (``timeout`` s per exchange, ``insecure`` as in :func:`open_chip`), checked and programmed
+    here; its deployment (and every other one) is then written only by :meth:`PreparedFleet.write_deployments`,
+    after the measurement, so a station failing half-way leaves no deployment behind.  Close the result.
     ``stations=False`` leaves such chips out (the demo and sweeps work on simulated fleets only).  The
     simulated chips compute on ``compute`` (CPU threads or a CUDA device).
     """
@@ -174,7 +175,7 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     try:
         for profile, deployment in zip(profile_list, deployments):
             if profile.backend is not None:
-                backend = open_chip(profile, timeout)
+                backend = open_chip(profile, timeout, insecure)
                 try:
                     prepared.hardware[profile.device_id] = HardwareChip(model, profile, deployment, backend)
                 except BaseException:

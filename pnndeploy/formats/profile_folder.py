@@ -104,3 +104,26 @@ def resolve_device(name: str, directory: str | os.PathLike[str]) -> Path:
     raise ProfileError(
         f"no profile for device {name!r} in {directory} ({have}){extra}; see "
         f"`pnndeploy fleet list` or pass --profiles DIR")
+
+
+# ------------------------------------------------------------------ files a profile's backend names
+
+#: The folder, beside the profiles, holding the files their ``backend`` groups name (tokens, CA certificates).
+CREDENTIALS_DIR = "tokens"
+#: Backend options that name a file in :data:`CREDENTIALS_DIR`, and whether the file is a secret.
+FILE_OPTIONS = {"token_file": True, "ca_file": False}
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def credential_name_problem(key: str, name: str) -> str | None:
+    """Why ``name`` cannot be the value of backend option ``key`` (None: a plain file name, fine).
+
+    Why names only: a profile may come from someone else, and a path in it would make pnndeploy
+    read (and send as a token) any file the user can read.
+    """
+    if _FILE_NAME_RE.fullmatch(name) and ".." not in name:
+        return None
+    shown = name if len(name) <= 60 else name[:60] + "..."
+    return (f"'backend' {key} {shown!r} is not a plain file name: a profile names its {key} by name in the "
+            f"{CREDENTIALS_DIR}/ folder beside it (letters, digits, _ . -; no path, no '..'); move the file there "
+            f"and write its name, e.g. with `pnndeploy chip connect --{key.replace('_', '-')} FILE`")

@@ -15,7 +15,7 @@ import numpy as np
 
 from pnndeploy.errors import PnnError, ProfileError
 from pnndeploy.formats.hdf5 import attr_float, attr_int, attr_str, parse_time
-from pnndeploy.formats.profile_folder import check_device_name
+from pnndeploy.formats.profile_folder import FILE_OPTIONS, check_device_name, credential_name_problem
 from pnndeploy.platforms import Platform, get_platform
 from pnndeploy.platforms.base import POSITIVE, Range
 
@@ -261,6 +261,11 @@ def _validate_open(f: h5py.File) -> list[str]:
             bad = [k for k in backend.attrs if attr_str(backend, k) is None]
             if bad:
                 c.add(f"'backend' attributes {', '.join(sorted(bad))} are not text")
+            for key in FILE_OPTIONS:           # files a profile names: plain names in its tokens/ folder
+                value = attr_str(backend, key)
+                problem = credential_name_problem(key, value) if value else None
+                if problem:
+                    c.add(problem)
     if "calibration_history" in f:
         history = f["calibration_history"]
         if not isinstance(history, h5py.Group):

@@ -63,8 +63,11 @@ class BackendSpec:
 
     kind: str
     address: str
-    #: Text options for the backend (``device``: the chip id the station must report; ``token_file``: ...).
+    #: Text options for the backend (``device``: the chip id the station must report; ``token_file`` and
+    #: ``ca_file``: names of files in the ``tokens/`` folder beside the profile, never paths).
     options: dict[str, str] = field(default_factory=dict)
+    #: The folder of the profile file this was read from (not stored): its ``tokens/`` folder lies there.
+    folder: Path | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -231,7 +234,7 @@ def read_profile(path: str | os.PathLike[str]) -> DeviceProfile:
             backend = None
             if "backend" in f:
                 attrs = {k: attr_str(f["backend"], k) or "" for k in f["backend"].attrs}
-                backend = BackendSpec(attrs.pop("kind", ""), attrs.pop("address", ""), attrs)
+                backend = BackendSpec(attrs.pop("kind", ""), attrs.pop("address", ""), attrs, folder=path.parent)
             history = []
             for key in sorted(f["calibration_history"]) if "calibration_history" in f else []:
                 grp = f["calibration_history"][key]

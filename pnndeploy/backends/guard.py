@@ -1,0 +1,166 @@
+"""What a connection to the chip server may hold, whoever opened it: deadlines and connection limits.
+
+Why a layer under the application: uvicorn bounds neither how long a peer may take
+to send its request headers (a connection that sends half a request and waits is
+kept for ever) nor which connections go when many are open (``limit_concurrency``
+answers 503 to the *next* request, so a few dozen such connections lock the token's
+holder out).  Nothing above the HTTP parser sees a request before its headers are
+complete, so this is done where the bytes arrive: a subclass of uvicorn's h11
+protocol, which reads the peer's state from h11's own state machine.
+
+* headers: a connection waiting for a request (new, or idle between requests) is
+  dropped after ``header_timeout`` seconds, however slowly bytes trickle in;
+* body: a request's body must be complete within ``body_timeout`` (+ a grace
+  second, the application answers 408 first) after its headers;
+* limits: at most ``max_connections`` open connections and ``max_client_connections``
+  per client address; a new connection beyond either limit drops the one of that
+  scope that has waited longest without sending a complete request (connections that
+  never sent one go first), so a connection that sends its request at once is served.
+  When none is waiting, the new one is refused (closed).
+
+Drops are logged as one escaped line each; they are not requests and do not count
+toward ``--max-requests``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import h11
+
+#: Extra seconds the protocol gives a body over ``body_timeout`` (the application's 408 comes first).
+BODY_GRACE_S = 1.0
+
+
+class ConnectionGuard:
+    """The open connections of one server and their deadlines (used on the event loop's thread only)."""
+
+    def __init__(self, settings: Any, log: Callable[[str], None],
+                 on_malformed: Callable[[], None] | None = None) -> None:
+        self.settings, self.log, self.on_malformed = settings, log, on_malformed
+        self.live: dict[Any, None] = {}            # open connections, oldest first
+
+    # ------------------------------------------------------------------ events from the protocol
+    def opened(self, conn: Any) -> None:
+        """A new connection: admit it (dropping a waiting one if a limit is reached) and start its clock."""
+        conn.guard = {"host": conn.client[0] if conn.client else "-", "phase": "", "since": 0.0, "served": 0,
+                      "timer": None}
+        host = conn.guard["host"]
+        same = [c for c in self.live if c.guard["host"] == host]
+        limits = ((same, self.settings.max_client_connections, f"{len(same)} connections from {host} "
+                   "(--max-client-connections)"),
+                  (list(self.live), self.settings.max_connections, f"{len(self.live)} open connections "
+                   "(--max-connections)"))
+        for scope, limit, why in limits:
+            if len(scope) >= limit and not self._drop_longest_waiting(scope, why):
+                self.log(f"{_peer(conn)} refused: {why}, every one busy with a request")
+                conn.transport.close()
+                return
+        self.live[conn] = None
+        self.update(conn)
+
+    def update(self, conn: Any, served: bool = False) -> None:
+        """After bytes arrived or a response went out: restart the clock when the peer's phase changed."""
+        if conn not in self.live:
+            return
+        state = conn.guard
+        state["served"] += served
+        their = conn.conn.their_state
+        phase = "wait" if their is h11.IDLE else "body" if their is h11.SEND_BODY else "busy"
+        if phase == state["phase"]:
+            return
+        state["phase"], state["since"] = phase, time.monotonic()
+        if state["timer"] is not None:
+            state["timer"].cancel()
+            state["timer"] = None
+        if phase == "wait":
+            state["timer"] = conn.loop.call_later(self.settings.header_timeout, self._expire, conn,
+                                                  f"no complete request within {self.settings.header_timeout:g} s "
+                                                  "(--header-timeout)")
+        elif phase == "body":
+            state["timer"] = conn.loop.call_later(self.settings.body_timeout + BODY_GRACE_S, self._expire, conn,
+                                                  f"request body not complete within "
+                                                  f"{self.settings.body_timeout:g} s (--body-timeout)")
+
+    def closed(self, conn: Any) -> None:
+        self._forget(conn)
+
+    def malformed(self, conn: Any) -> None:
+        """h11 could not parse the request (uvicorn answers 400 and closes): one line, counted as a request."""
+        self.log(f"{_peer(conn)} malformed request: 400")
+        self._forget(conn)
+        if self.on_malformed is not None:
+            self.on_malformed()
+
+    def drop_unfinished(self) -> None:
+        """At shutdown: close every connection still waiting for (the rest of) a request."""
+        for conn in [c for c in self.live if c.guard["phase"] in ("wait", "body")]:
+            self._forget(conn)
+            conn.transport.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _drop_longest_waiting(self, scope: list[Any], why: str) -> bool:
+        waiting = [c for c in scope if c.guard["phase"] == "wait"]
+        if not waiting:
+            return False
+        victim = min(waiting, key=lambda c: (c.guard["served"] > 0, c.guard["since"]))
+        idle = time.monotonic() - victim.guard["since"]
+        self.log(f"{_peer(victim)} dropped: {why}; it waited longest ({idle:.1f} s) without a complete request")
+        self._forget(victim)
+        victim.transport.close()
+        return True
+
+    def _expire(self, conn: Any, why: str) -> None:
+        if conn in self.live:
+            self.log(f"{_peer(conn)} dropped: {why}")
+            self._forget(conn)
+            conn.transport.close()
+
+    def _forget(self, conn: Any) -> None:
+        self.live.pop(conn, None)
+        timer = getattr(conn, "guard", {}).get("timer")
+        if timer is not None:
+            timer.cancel()
+            conn.guard["timer"] = None
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe for a terminal: control, format and other non-printable characters (and backslashes)
+    escaped as \\x1b, \\u202e..., cut at ``limit`` characters.  Everything a peer sends is logged through it."""
+    out = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+                  for c in text[:limit])
+    return out + "..." if len(text) > limit else out
+
+
+def _peer(conn: Any) -> str:
+    host, port = conn.client if conn.client else ("-", 0)
+    return f"{printable(str(host), 64)}:{port}"
+
+
+def guarded_protocol(guard: ConnectionGuard) -> type:
+    """uvicorn's h11 protocol class reporting to ``guard`` (pass it as ``uvicorn.Config(http=...)``)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            guard.opened(self)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            guard.update(self)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            guard.update(self, served=True)
+
+        def send_400_response(self, msg: str) -> None:
+            guard.malformed(self)
+            super().send_400_response(msg)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            guard.closed(self)
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
