@@ -14,10 +14,12 @@ import h5py
 import numpy as np
 
 from pnndeploy.errors import PnnError, ProfileError
-from pnndeploy.formats.hdf5 import attr_float, attr_int, attr_str, parse_time
+from pnndeploy.formats.hdf5 import (attr_float, attr_int, attr_str, hdf5_path_problem, parse_time,
+                                    structure_problems)
 from pnndeploy.formats.profile_folder import check_device_name
 from pnndeploy.platforms import Platform, get_platform
 from pnndeploy.platforms.base import POSITIVE, Range
+from pnndeploy.untrusted import brief
 
 SCHEMA_VERSION = 1
 
@@ -97,7 +99,8 @@ class _Checker:
         elif units is not None and unit_attr != units:
             self.add(f"'{where}' has units {unit_attr!r}, expected {units!r}")
         if shape is not None and obj.shape != shape:
-            self.add(f"'{where}' has shape {obj.shape}, expected {shape}")
+            self.add(f"'{where}' has shape {brief(obj.shape, 60)}, expected {shape}")
+            return None                 # never read: a declared shape may be a bomb (structure_problems caps it)
         dt = obj.dtype
         if kind == "float" and dt.kind != "f":
             self.add(f"'{where}' has dtype {dt}, expected a float")
@@ -135,16 +138,18 @@ def validate_profile(path: str | os.PathLike[str]) -> list[str]:
     path = Path(path)
     if not path.exists():
         return [f"file not found ({REGENERATE_HINT} or check the path)"]
-    if not path.is_file():
-        return ["not a file (a folder?); give the path of a .h5 profile"]
     try:
+        problem = hdf5_path_problem(path)      # before anything opens it: a FIFO would block
+        if problem is not None:
+            return [f"the path {problem}; give the path of a .h5 profile"]
         size = path.stat().st_size
         if size == 0:
             return [f"the file is empty (0 bytes), e.g. an interrupted copy; {REGENERATE_HINT} or copy it again"]
         if not h5py.is_hdf5(path):
             return ["not an HDF5 file (a profile is written by `pnndeploy fleet make`)"]
         with h5py.File(path, "r") as f:
-            return _validate_open(f)
+            unsafe = structure_problems(f)     # nothing is read (or followed) before this passes
+            return unsafe if unsafe else _validate_open(f)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError,
             IndexError, OverflowError, UnicodeError) as exc:
         msg = " ".join(str(exc).split())
