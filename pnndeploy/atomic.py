@@ -42,7 +42,12 @@ def _create_temporary(target: Path) -> Path:
         except FileExistsError:
             _ACTIVE.discard(tmp)
             continue
-        except BaseException:
+        except OSError:
+            _ACTIVE.discard(tmp)
+            raise
+        except BaseException:         # Ctrl-C around the call: the file may already exist, and is ours
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             _ACTIVE.discard(tmp)
             raise
         os.close(fd)

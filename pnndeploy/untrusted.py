@@ -137,12 +137,16 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = ECHO_CHARS, ECHO_CHARS, 40
 
 
-def brief(value: Any, limit: int = ECHO_CHARS, quote: bool = True) -> str:
+def brief(value: Any, limit: int = ECHO_CHARS, quote: bool = True, tail: bool = False) -> str:
     """A value for a message: ``repr`` (or the text itself, ``quote=False``) cut to ``limit`` characters.
 
     Bounded whatever the value: a YAML alias bomb or a megabyte string costs a few hundred characters
-    (reprlib stops at a few levels and items), never its full expansion.
+    (reprlib stops at a few levels and items), never its full expansion.  ``tail`` keeps the end of a
+    text instead of its start (a path's file name).
     """
+    if tail and isinstance(value, str) and len(value) > limit:
+        text = "..." + " ".join(value[-limit * 2:].split())[-(limit - 3):]
+        return repr(text) if quote else text
     if quote:
         text = _REPR.repr(value)
     else:
