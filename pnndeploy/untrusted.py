@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import reprlib
 import stat
 from pathlib import Path
@@ -132,6 +133,31 @@ def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH, max_bytes: in
     return value
 
 
+#: Control characters a terminal acts on (ESC, CSI, carriage return, ...); tab and newline are plain text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def control_text(value: Any, limit: int = 1_000_000) -> str | None:
+    """The first text in ``value`` (a str, or any JSON value: keys and items) holding a control character.
+
+    Printed, such text rewrites the user's terminal (escape sequences, a carriage return over a
+    line), so text from a file is refused rather than shown.  Walks at most ``limit`` items.
+    """
+    stack = [value]
+    while stack and limit > 0:
+        limit -= 1
+        item = stack.pop()
+        if isinstance(item, str):
+            if _CONTROL.search(item):
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 6, 6, 4, 4
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = ECHO_CHARS, ECHO_CHARS, 40
@@ -146,14 +172,19 @@ def brief(value: Any, limit: int = ECHO_CHARS, quote: bool = True, tail: bool = 
     """
     if tail and isinstance(value, str) and len(value) > limit:
         text = "..." + " ".join(value[-limit * 2:].split())[-(limit - 3):]
-        return repr(text) if quote else text
+        return repr(text) if quote else escape_controls(text)
     if quote:
         text = _REPR.repr(value)
     else:
-        text = str(value)[: limit * 4]
+        text = escape_controls(str(value)[: limit * 4])
     text = " ".join(text.split())  # one line
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["FileProblem", "MAX_JSON_DEPTH", "brief", "json_depth", "kind_problem", "loads_json", "read_bounded",
+def escape_controls(text: str) -> str:
+    """``text`` with every control character a terminal acts on written as an escape (``\\x1b``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+__all__ = ["FileProblem", "MAX_JSON_DEPTH", "brief", "control_text", "escape_controls", "json_depth", "kind_problem", "loads_json", "read_bounded",
            "regular_file_problem", "size_text"]

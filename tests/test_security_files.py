@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -507,6 +508,26 @@ def test_onnx_metadata_within_the_depth_still_loads(tmp_path, model_path, cli):
     path = _deep_metadata_model(tmp_path, model_path, "pnndeploy.extra", 20)
     result = cli("inspect", "--json", path)
     assert result.exit_code == 0, result.output
+
+
+def test_terminal_escapes_in_printed_text_are_refused(tmp_path, model_path, cli, one_line_error):
+    """Text that `profile show` / `inspect` would print must not drive the terminal (issue 25's log injection)."""
+    escape = "gen\x1b]0;owned\x07\x1b[2J"
+    hostile_profile(tmp_path, lambda f: f.attrs.__setitem__("process", escape))
+    line = one_line_error(cli("profile", "show", "chipA", "--profiles", "profiles"), "'process'", "control characters")
+    assert "\x1b" not in line
+    proto = onnx.load_from_string(model_path.read_bytes())
+    for prop in proto.metadata_props:
+        if prop.key == "pnndeploy.metrics":
+            prop.value = json.dumps({"test_accuracy": 0.1, "note": escape})
+    (tmp_path / "esc.onnx").write_bytes(proto.SerializeToString())
+    line = one_line_error(cli("inspect", "esc.onnx"), "pnndeploy.metrics", "control characters")
+    assert "\x1b" not in line
+    spec = re.sub(r"(?m)^name: (\S+)", r'name: "\\e[31m\1"', (SHIPPED / "process.yaml").read_text())
+    assert 'name: "\\e[31m' in spec
+    (tmp_path / "p.yaml").write_text(spec)
+    line = one_line_error(cli("fleet", "make", "--process", "p.yaml", "--out", "fleet"), "key 'name'", "plain text")
+    assert "\x1b" not in line and not (tmp_path / "fleet").exists()
 
 
 def test_model_path_that_is_a_fifo_is_refused_without_blocking(tmp_path):

@@ -23,7 +23,10 @@ MAX_MESSAGE_CHARS = 2000
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(str(text)[: MAX_MESSAGE_CHARS * 2].split())
+    from pnndeploy.untrusted import escape_controls
+
+    # one line, and nothing in it a terminal would act on: a message may quote a file's text
+    line = escape_controls(" ".join(str(text)[: MAX_MESSAGE_CHARS * 2].split()))
     return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 3] + "..."
 
 

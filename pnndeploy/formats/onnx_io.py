@@ -28,7 +28,7 @@ from pnndeploy.atomic import write_bytes_atomic
 from pnndeploy.data.scaling import InputScaling
 from pnndeploy.errors import ModelFileError
 from pnndeploy.formats.digital import DigitalFrontEnd, front_end_from, onnx_nodes
-from pnndeploy.untrusted import MAX_JSON_DEPTH, FileProblem, brief, loads_json, read_bounded
+from pnndeploy.untrusted import MAX_JSON_DEPTH, FileProblem, brief, control_text, loads_json, read_bounded
 
 FORMAT_VERSION = 1
 OPSET = 17
@@ -296,7 +296,8 @@ def _parse_metadata(where: str, meta: dict[str, str]) -> dict[str, Any]:
 
     A value nested near Python's recursion limit would parse and then crash whatever walks it
     (``inspect --json``), so JSON deeper than MAX_JSON_DEPTH is refused, also where a value that
-    is not JSON would be kept as text.
+    is not JSON would be kept as text; text with control characters (which `inspect` would print
+    into the terminal) is refused too.
     """
     parsed: dict[str, Any] = {}
     for key, value in meta.items():
@@ -309,6 +310,11 @@ def _parse_metadata(where: str, meta: dict[str, str]) -> dict[str, Any]:
                 raise ModelFileError(f"{where}: metadata {PREFIX}{brief(key, 60, quote=False)} {what}; "
                                      "re-export the model with `pnndeploy train`") from None
             parsed[key] = value
+    bad = next((key for key, value in parsed.items() if control_text([key, value]) is not None), None)
+    if bad is not None:
+        raise ModelFileError(f"{where}: metadata {PREFIX}{brief(bad, 60, quote=False)} holds control characters (terminal escape "
+                             "sequences?); pnndeploy never writes them and does not print them: re-export the model "
+                             "with `pnndeploy train`")
     return parsed
 
 

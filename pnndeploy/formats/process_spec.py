@@ -18,7 +18,7 @@ import numpy as np
 from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.formats.yamlio import read_yaml_file
 from pnndeploy.platforms import Platform, get_platform
-from pnndeploy.untrusted import brief
+from pnndeploy.untrusted import brief, control_text
 
 PROCESS_SCHEMA_VERSION = 1
 #: Top-level keys; "ring" stands for the platform's ``device_section`` (the fabricated devices' spreads).
@@ -132,6 +132,9 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
                    + ("; upgrade pnndeploy or" if version > PROCESS_SCHEMA_VERSION else ";"))
     if not isinstance(process["name"], str) or not process["name"].strip():
         raise fail("name", f"must be a non-empty string, got {brief(process['name'])}")
+    if len(process["name"]) > 256 or control_text(process["name"]) is not None:
+        raise fail("name", f"must be plain text of at most 256 characters (it is printed), got "
+                           f"{brief(process['name'])}")
     if not isinstance(process["platform"], str):
         raise fail("platform", f"must be a string, got {brief(process['platform'])}")
     try:

@@ -19,11 +19,13 @@ from pnndeploy.formats.hdf5 import (attr_float, attr_int, attr_str, hdf5_path_pr
 from pnndeploy.formats.profile_folder import check_device_name
 from pnndeploy.platforms import Platform, get_platform
 from pnndeploy.platforms.base import POSITIVE, Range
-from pnndeploy.untrusted import brief
+from pnndeploy.untrusted import brief, control_text
 
 SCHEMA_VERSION = 1
 
 REGENERATE_HINT = "regenerate it with `pnndeploy fleet make`"
+#: Longest free text attribute (the process name) a profile may hold; `profile show` prints it.
+MAX_TEXT_CHARS = 256
 
 
 def param_ranges(platform: Platform) -> dict[str, Range]:
@@ -179,6 +181,12 @@ def _validate_open(f: h5py.File) -> list[str]:
     for name in ("device_id", "process", "created"):
         if attr_str(f, name) is None:
             c.add(f"missing or non-text root attribute '{name}'")
+    process = attr_str(f, "process")
+    if process is not None and len(process) > MAX_TEXT_CHARS:
+        c.add(f"root attribute 'process' ({brief(process, 40)}) is longer than {MAX_TEXT_CHARS} characters")
+    elif process is not None and control_text(process) is not None:
+        c.add(f"root attribute 'process' ({brief(process, 40)}) holds control characters (terminal escape "
+              "sequences?); name the process in plain text")
     device_id = attr_str(f, "device_id")
     if device_id is not None:
         try:

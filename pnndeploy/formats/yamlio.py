@@ -106,8 +106,9 @@ def load_yaml(text: str, where: str, fix: str = "fix the YAML") -> Any:
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{where}: {len(text)} characters, more than the {size_text(MAX_YAML_BYTES)} a YAML "
                           f"file may hold; {fix}")
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)    # its reader already refuses unprintable characters
         node = loader.get_single_node()
         _check_duplicates(node, where, set())
         return None if node is None else loader.construct_document(node)
@@ -132,7 +133,8 @@ def load_yaml(text: str, where: str, fix: str = "fix the YAML") -> Any:
         raise ConfigError(f"{where}: a value cannot be read ({detail}), e.g. an impossible date or a "
                           f"mistyped !!tag; {fix}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_file(path: Any, where: str, missing_hint: str, fix: str = "fix the YAML") -> Any:
