@@ -186,5 +186,5 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
-__all__ = ["FileProblem", "MAX_JSON_DEPTH", "brief", "control_text", "escape_controls", "json_depth", "kind_problem", "loads_json", "read_bounded",
-           "regular_file_problem", "size_text"]
+__all__ = ["FileProblem", "MAX_JSON_DEPTH", "brief", "control_text", "escape_controls", "json_depth", "kind_problem",
+           "loads_json", "read_bounded", "regular_file_problem", "size_text"]

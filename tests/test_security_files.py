@@ -321,8 +321,8 @@ def test_symlink_out_of_the_profiles_folder_is_refused(tmp_path, cli, one_line_e
     folder.mkdir()
     shutil.copyfile(SHIPPED / "chipA.h5", folder / "chipA.h5")
     (folder / "chipB.h5").symlink_to(elsewhere / "chipB.h5")
-    one_line_error(cli("profile", "show", "chipB", "--profiles", folder), "symbolic link", "outside the profiles folder",
-                   "copy the file into it")
+    one_line_error(cli("profile", "show", "chipB", "--profiles", folder), "symbolic link",
+                   "outside the profiles folder", "copy the file into it")
     one_line_error(cli("fleet", "list", "--profiles", folder), "profiles/chipB.h5 is a symbolic link")
     from test_errors import write_synthetic_model
 

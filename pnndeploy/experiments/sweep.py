@@ -83,12 +83,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if key in SETTING_KEYS:
             base[key] = _coerce(where, key, value, types[key])
             continue
-        raise ConfigError(f"{where}: unknown key {brief(key)}; grid-file keys: {', '.join(GRID_KEYS)}, and any training "
-                          f"setting ({', '.join(SETTING_KEYS)})")
+        raise ConfigError(f"{where}: unknown key {brief(key)}; grid-file keys: {', '.join(GRID_KEYS)}, and any "
+                          f"training setting ({', '.join(SETTING_KEYS)})")
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", name):
-        raise ConfigError(f"{where}: name {brief(name)} must be a plain folder name (letters, digits, . _ -, at most 64), "
-                          "it becomes sweeps/<name>")
+        raise ConfigError(f"{where}: name {brief(name)} must be a plain folder name (letters, digits, . _ -, at most "
+                          "64), it becomes sweeps/<name>")
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -102,7 +102,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(f"{where}: grid must map training settings to lists of values, got {type(grid).__name__}")
     for key, values in grid.items():
         if key not in SETTING_KEYS:
-            raise ConfigError(f"{where}: grid key {brief(key)} is not a training setting ({', '.join(SETTING_KEYS)})")
+            raise ConfigError(f"{where}: grid key {brief(key)} is not a training setting "
+                              f"({', '.join(SETTING_KEYS)})")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}: grid.{key} must be a non-empty list of values, got {brief(values)}")
     if grid and math.prod(len(v) for v in grid.values()) > 10_000:
@@ -140,12 +141,13 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if isinstance(fleets, str):
         fleets = [fleets]
     if not isinstance(fleets, list) or any(not isinstance(f, str) or not f.strip() for f in fleets):
-        raise ConfigError(f"{where}: fleets must be a list of profile folders, got {brief(fleets)} (leave it out for "
-                          "the default fleet)")
+        raise ConfigError(f"{where}: fleets must be a list of profile folders, got {brief(fleets)} (leave it out "
+                          "for the default fleet)")
     for folder in fleets:
         if not list_profiles(Path(folder)):
-            raise ConfigError(f"{where}: fleet {brief(folder)} holds no profiles (looked in {brief(str(Path(folder)), quote=False)}); "
-                              "make one with `pnndeploy fleet make`")
+            looked = brief(str(Path(folder)), quote=False, tail=True)
+            raise ConfigError(f"{where}: fleet {brief(folder)} holds no profiles (looked in {looked}); make one with "
+                              "`pnndeploy fleet make`")
     spec = SweepSpec(path=path, name=name, dataset=str(data.get("dataset", "digits")),
                      seeds=list(seeds), settings=settings, fleets=[str(f) for f in fleets], base=base)
     for key in ("temperature", "days"):

@@ -161,8 +161,8 @@ def structure_problems(f: h5py.File) -> list[str]:
             where = _where(f"{group.name.rstrip('/')}/{name}")
             link = group.get(name, getlink=True)
             if isinstance(link, h5py.ExternalLink):
-                problems.append(f"'{where}' is an external link to {brief(link.filename, 80, tail=True)}; pnndeploy never "
-                                f"follows a link out of the file: {REWRITE_HINT}")
+                problems.append(f"'{where}' is an external link to {brief(link.filename, 80, tail=True)}; pnndeploy "
+                                f"never follows a link out of the file: {REWRITE_HINT}")
                 continue
             if isinstance(link, h5py.SoftLink):
                 problems.append(f"'{where}' is a soft link (to {brief(link.path, 80, tail=True)}); {REWRITE_HINT}")
@@ -196,8 +196,8 @@ def dataset_storage_problem(ds: h5py.Dataset, where: str) -> tuple[str | None, i
     if plist.get_external_count() > 0:
         name = plist.get_external(0)[0]
         name = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
-        return (f"'{where}' keeps its values in another file ({brief(name, 80, tail=True)}); pnndeploy never reads a file "
-                f"that a profile or deployment names: {REWRITE_HINT}"), nbytes
+        return (f"'{where}' keeps its values in another file ({brief(name, 80, tail=True)}); pnndeploy never reads "
+                f"a file that a profile or deployment names: {REWRITE_HINT}"), nbytes
     layout = plist.get_layout()
     if layout == h5py.h5d.VIRTUAL:
         return (f"'{where}' is a virtual dataset (its values come from other files); pnndeploy never reads a "

@@ -312,9 +312,9 @@ def _parse_metadata(where: str, meta: dict[str, str]) -> dict[str, Any]:
             parsed[key] = value
     bad = next((key for key, value in parsed.items() if control_text([key, value]) is not None), None)
     if bad is not None:
-        raise ModelFileError(f"{where}: metadata {PREFIX}{brief(bad, 60, quote=False)} holds control characters (terminal escape "
-                             "sequences?); pnndeploy never writes them and does not print them: re-export the model "
-                             "with `pnndeploy train`")
+        raise ModelFileError(f"{where}: metadata {PREFIX}{brief(bad, 60, quote=False)} holds control characters "
+                             "(terminal escape sequences?); pnndeploy never writes them and does not print them: "
+                             "re-export the model with `pnndeploy train`")
     return parsed
 
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from pnndeploy.errors import ProfileError
+from pnndeploy.untrusted import brief
 
 #: Environment variable naming the profiles folder when ``--profiles`` is not given.
 PROFILES_ENV = "PNNDEPLOY_PROFILES"
@@ -66,7 +67,7 @@ def _check_inside(path: Path, directory: Path) -> Path:
     if path.is_symlink():
         target = Path(os.path.realpath(path))
         if not target.is_relative_to(Path(os.path.realpath(directory))):
-            shown = str(target) if len(str(target)) <= 80 else str(target)[:77] + "..."
+            shown = brief(str(target), 80, quote=False, tail=True)
             raise ProfileError(
                 f"profile {path} is a symbolic link to {shown}, outside the profiles folder {directory}; "
                 "pnndeploy reads only profiles inside the folder: copy the file into it instead of linking")
