@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pnndeploy.data.scaling import InputScaling, _data_error, _one_line
-from pnndeploy.untrusted import FileProblem, read_bounded, regular_file_problem
+from pnndeploy.untrusted import FileProblem, brief, read_bounded, regular_file_problem
 
 __all__ = ["Dataset", "load_dataset", "load_idx"]
 
@@ -494,7 +494,7 @@ def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
     npz without test arrays; MNIST and npz with test arrays keep their own split.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise _data_error(f"dataset {spec!r} is not valid; use one of: {ACCEPTED_SPECS}")
+        raise _data_error(f"dataset {brief(spec)} is not valid; use one of: {ACCEPTED_SPECS}")
     _check_seed_fraction(seed, test_fraction)
     spec = spec.strip()
     kind, sep, rest = spec.partition(":")
@@ -513,4 +513,4 @@ def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
         if kind_l == "mnist":
             return _load_mnist(rest, spec)
         return _load_npz(rest, spec, seed, test_fraction)
-    raise _data_error(f"unknown dataset {spec!r}; use one of: {ACCEPTED_SPECS}")
+    raise _data_error(f"unknown dataset {brief(spec)}; use one of: {ACCEPTED_SPECS}")

@@ -96,10 +96,10 @@ class _Checker:
             return None
         unit_attr = attr_str(obj, "units")
         if unit_attr is None:
-            self.add(f"'{where}' has no 'units' attribute (expected {units!r})"
+            self.add(f"'{where}' has no 'units' attribute (expected {brief(units)})"
                      if units is not None else f"'{where}' has no 'units' attribute")
         elif units is not None and unit_attr != units:
-            self.add(f"'{where}' has units {unit_attr!r}, expected {units!r}")
+            self.add(f"'{where}' has units {brief(unit_attr)}, expected {brief(units)}")
         if shape is not None and obj.shape != shape:
             self.add(f"'{where}' has shape {brief(obj.shape, 60)}, expected {shape}")
             return None                 # never read: a declared shape may be a bomb (structure_problems caps it)
@@ -196,7 +196,7 @@ def _validate_open(f: h5py.File) -> list[str]:
             c.add(f"root attribute 'device_id' is not a valid name ({str(exc).split(';')[0]})")
     created = attr_str(f, "created")
     if created is not None and parse_time(created) is None:
-        c.add(f"root attribute 'created' ({created!r}) is not an ISO-8601 time with a UTC offset")
+        c.add(f"root attribute 'created' ({brief(created)}) is not an ISO-8601 time with a UTC offset")
     sim_attr = f.attrs.get("simulated")
     if sim_attr is None or not isinstance(sim_attr, (bool, np.bool_)):
         c.add("missing or non-boolean root attribute 'simulated'")
@@ -248,7 +248,7 @@ def _validate_open(f: h5py.File) -> list[str]:
             if measured is None:
                 c.add("'calibration' has no text attribute 'measured_at'")
             elif parse_time(measured) is None:
-                c.add(f"'calibration' measured_at ({measured!r}) is not an ISO-8601 time "
+                c.add(f"'calibration' measured_at ({brief(measured)}) is not an ISO-8601 time "
                       "with a UTC offset")
             temp = attr_float(grp, "temperature_C")
             if temp is None or not math.isfinite(temp):
