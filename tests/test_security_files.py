@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -352,12 +351,12 @@ def test_symlink_to_a_device_is_never_opened(tmp_path, cli, one_line_error):
 
 def _deployment(tmp_path: Path) -> Path:
     """A real deployment file (the tiny synthetic model mapped onto the shipped chipA)."""
-    from pnndeploy.deploy.mapping import map_model
-    from pnndeploy.formats.deployments import write_deployment
-    from pnndeploy.formats.profiles import read_profile
     from test_errors import write_synthetic_model
 
+    from pnndeploy.deploy.mapping import map_model
+    from pnndeploy.formats.deployments import write_deployment
     from pnndeploy.formats.onnx_io import load_model
+    from pnndeploy.formats.profiles import read_profile
 
     model = load_model(write_synthetic_model(tmp_path / "M.onnx"))
     return write_deployment(map_model(model, read_profile(SHIPPED / "chipA.h5")), tmp_path / "M@chipA.h5")
