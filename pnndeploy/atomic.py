@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,39 @@ def remove_active_temporaries() -> None:
             pass
 
 
+def _create_temporary(target: Path) -> Path:
+    """Create the hidden temporary file beside ``target``, registered for cleanup *before* it exists.
+
+    A SIGTERM handler (or Ctrl-C) landing anywhere in here finds the path already registered, so
+    it never leaves an unregistered file behind (``mkstemp`` then register had a window between the
+    two; masking signals around it would not cover a write from another thread, since a process's
+    SIGTERM is handled in the main thread whatever another thread masks).  ``O_EXCL`` makes the
+    name ours; the mode is the ordinary 0666 less the umask, as for any file the user writes.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        # hidden (leading '.') and ending in .tmp: readers and `fleet list` skip it, also when a killed
+        # process could not remove it
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        _ACTIVE.add(tmp)
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            _ACTIVE.discard(tmp)
+            continue
+        except OSError:
+            _ACTIVE.discard(tmp)
+            raise
+        except BaseException:         # Ctrl-C around the call: the file may already exist, and is ours
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            _ACTIVE.discard(tmp)
+            raise
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(target.parent))
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` on success.
@@ -33,15 +67,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_path: Path | None = None
     try:
-        # hidden (leading '.') and ending in .tmp: readers and `fleet list` skip it, also when a killed
-        # process could not remove it
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        tmp_path = Path(tmp)
-        _ACTIVE.add(tmp_path)
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+        tmp_path = _create_temporary(target)
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())

@@ -18,8 +18,16 @@ from pnndeploy import __version__
 from pnndeploy.errors import PnnError
 
 
+#: A message longer than this is cut (an echoed value that escaped its own bound must not flood the terminal).
+MAX_MESSAGE_CHARS = 2000
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    from pnndeploy.untrusted import escape_controls
+
+    # one line, and nothing in it a terminal would act on: a message may quote a file's text
+    line = escape_controls(" ".join(str(text)[: MAX_MESSAGE_CHARS * 2].split()))
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
 def _usage_line(exc: click.ClickException) -> str:
@@ -80,6 +88,9 @@ class PnnGroup(click.Group):
             click.echo(_os_error_line(exc), err=True)
             sys.exit(2)
         except KeyboardInterrupt:
+            from pnndeploy.atomic import remove_active_temporaries
+
+            remove_active_temporaries()   # one the interrupt left registered but not yet unwound
             click.echo("pnndeploy: interrupted; no partial output files were left", err=True)
             sys.exit(130)
         finally:

@@ -12,7 +12,6 @@ sets and the split), nothing is downloaded, and ``.npz`` files are read with
 
 from __future__ import annotations
 
-import gzip
 import math
 import numbers
 import zipfile
@@ -23,10 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from pnndeploy.data.scaling import InputScaling, _data_error, _one_line
+from pnndeploy.untrusted import FileProblem, brief, read_bounded, regular_file_problem
 
 __all__ = ["Dataset", "load_dataset", "load_idx"]
 
 ACCEPTED_SPECS = "digits, digits28 (digits resampled to 28x28), iris, mnist:DIR (folder with the four MNIST IDX files), npz:PATH (arrays X, y[, X_test, y_test])"
+
+#: Largest data file read, and most bytes an IDX or .npz file may inflate to (MNIST's training images: 45 MiB).
+MAX_DATASET_BYTES = 1 << 30
 
 # Labels are class indices; a larger label is almost surely not an index (and
 # would build an absurdly wide output layer), so refuse it with a clear message.
@@ -196,22 +199,59 @@ def _upsample_digits(X: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
+def _idx_declared_bytes(head: bytes) -> int | None:
+    """Bytes an IDX file declares (header included), from its first 4 + 4*ndim bytes; None if not IDX."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 4 \
+            or len(head) < 4 + 4 * head[3]:
+        return None
+    dims = np.frombuffer(head, dtype=">u4", count=head[3], offset=4)
+    return 4 + 4 * head[3] + math.prod(int(d) for d in dims) * _IDX_DTYPES[head[2]].itemsize
+
+
+def _gunzip_idx(raw: bytes) -> bytes:
+    """Inflate a gzip'd IDX file, never past what its header declares (one byte more, to notice a longer one).
+
+    A few KiB of gzip inflate to gigabytes: the header is inflated first and a size beyond
+    MAX_DATASET_BYTES refused (ValueError) before the rest is; the body is inflated at most to the
+    declared size + 1, so a file inflating past its header costs that and is refused as too long.
+    """
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    head = inflate.decompress(raw, 4)
+    if len(head) == 4 and 1 <= head[3] <= 4:
+        head += inflate.decompress(inflate.unconsumed_tail, 4 * head[3])
+    declared = _idx_declared_bytes(head)
+    if declared is None:
+        return head                 # not IDX: the caller refuses it from these bytes alone
+    if declared > MAX_DATASET_BYTES:
+        raise ValueError(f"declares {declared} bytes once inflated, more than the {MAX_DATASET_BYTES >> 20} MiB "
+                         "a data file may hold")
+    limit = declared + 1
+    body = inflate.decompress(inflate.unconsumed_tail, max(limit - len(head), 1))
+    if not inflate.eof and len(head) + len(body) < limit:
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+    return head + body
+
+
 def _read_idx(path: Path, where: str) -> np.ndarray:
     """Parse one IDX file; ``where`` prefixes messages so they name the dataset spec."""
     fix = "re-download or re-extract the MNIST IDX files"
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_DATASET_BYTES)
     except FileNotFoundError:
         raise _data_error(f"{where}file {path} not found; check the path") from None
     except IsADirectoryError:
         raise _data_error(f"{where}{path} is a folder, not an IDX file; point at the file itself") from None
+    except FileProblem as exc:
+        raise _data_error(f"{where}{path} {exc.text}; point at the IDX file itself") from None
     except OSError as exc:
         raise _data_error(f"{where}cannot read {path} ({exc.strerror or exc}); check the file's permissions") from None
     if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
         try:
-            raw = gzip.decompress(raw)
+            raw = _gunzip_idx(raw)
         except (OSError, EOFError, zlib.error) as exc:
             raise _data_error(f"{where}{path} is not a valid gzip file ({exc}); {fix}") from None
+        except ValueError as exc:
+            raise _data_error(f"{where}{path} {exc}; {fix}") from None
     if len(raw) < 4:
         raise _data_error(f"{where}{path} is {len(raw)} bytes, too short for an IDX header (4 bytes); {fix}")
     if raw[0] != 0 or raw[1] != 0:
@@ -353,6 +393,17 @@ def _npz_labels(arr: np.ndarray, key: str, where: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def _check_npz_sizes(loaded: np.lib.npyio.NpzFile, path: Path, where: str) -> None:
+    """Refuse an archive whose arrays inflate past MAX_DATASET_BYTES, from the sizes its zip directory declares.
+
+    zipfile never inflates a member past its declared size, so this bounds what reading the arrays costs.
+    """
+    declared = sum(info.file_size for info in loaded.zip.infolist())
+    if declared > MAX_DATASET_BYTES:
+        raise _data_error(f"{where}{path} declares {declared} bytes of arrays once inflated, more than the "
+                          f"{MAX_DATASET_BYTES >> 20} MiB a data file may hold; split the data set")
+
+
 def _load_npz(path_text: str, spec: str, seed: int, test_fraction: float) -> Dataset:
     where = f"dataset {spec}: "
     path = Path(path_text).expanduser()
@@ -361,6 +412,9 @@ def _load_npz(path_text: str, spec: str, seed: int, test_fraction: float) -> Dat
         raise _data_error(f"{where}file {path} not found; check the path")
     if path.is_dir():
         raise _data_error(f"{where}{path} is a folder; point npz: at a .npz file")
+    problem = regular_file_problem(path, MAX_DATASET_BYTES)   # before np.load opens it: a FIFO would block
+    if problem is not None:
+        raise _data_error(f"{where}{path} {problem}; point npz: at a .npz file")
     try:
         loaded = np.load(path, allow_pickle=False)
     except OSError as exc:
@@ -380,6 +434,7 @@ def _load_npz(path_text: str, spec: str, seed: int, test_fraction: float) -> Dat
         if has_xt != has_yt:
             missing = "y_test" if has_xt else "X_test"
             raise _data_error(f"{where}{path} has {'X_test' if has_xt else 'y_test'} but no {missing}; provide both or neither")
+        _check_npz_sizes(loaded, path, where)
         for key in ("X", "y", "X_test", "y_test"):
             if key not in names:
                 continue
@@ -439,7 +494,7 @@ def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
     npz without test arrays; MNIST and npz with test arrays keep their own split.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise _data_error(f"dataset {spec!r} is not valid; use one of: {ACCEPTED_SPECS}")
+        raise _data_error(f"dataset {brief(spec)} is not valid; use one of: {ACCEPTED_SPECS}")
     _check_seed_fraction(seed, test_fraction)
     spec = spec.strip()
     kind, sep, rest = spec.partition(":")
@@ -458,4 +513,4 @@ def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
         if kind_l == "mnist":
             return _load_mnist(rest, spec)
         return _load_npz(rest, spec, seed, test_fraction)
-    raise _data_error(f"unknown dataset {spec!r}; use one of: {ACCEPTED_SPECS}")
+    raise _data_error(f"unknown dataset {brief(spec)}; use one of: {ACCEPTED_SPECS}")

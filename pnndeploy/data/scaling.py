@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pnndeploy.errors import DatasetError, ModelFileError
+from pnndeploy.untrusted import brief
 
 __all__ = ["InputScaling"]
 
@@ -154,18 +155,18 @@ class InputScaling:
                 and float(clip[1]) == 1.0
             )
             if not ok:
-                raise _model_error(f"{where} clip is {clip!r}, expected [0.0, 1.0]; {fix}")
+                raise _model_error(f"{where} clip is {brief(clip)}, expected [0.0, 1.0]; {fix}")
 
         def number(key: str, v: object, i: int | None) -> float:
             label = key if i is None else f"{key}[{i}]"
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
-                raise _model_error(f"{where} {label} is {v!r}, expected a number; {fix}")
+                raise _model_error(f"{where} {label} is {brief(v)}, expected a number; {fix}")
             f = float(v)
             f32 = np.float32(f) if math.isfinite(f) and abs(f) <= float(np.finfo(np.float32).max) else np.float32("inf")
             if not np.isfinite(f32):
-                raise _model_error(f"{where} {label} is {v!r}, expected a finite float32 number; {fix}")
+                raise _model_error(f"{where} {label} is {brief(v)}, expected a finite float32 number; {fix}")
             if key == "scale" and not f32 > 0:
-                raise _model_error(f"{where} {label} is {v!r}, expected a number > 0 (and above float32 underflow); {fix}")
+                raise _model_error(f"{where} {label} is {brief(v)}, expected a number > 0 (and above float32 underflow); {fix}")
             return f
 
         params: dict[str, float | np.ndarray] = {}

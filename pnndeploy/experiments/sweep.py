@@ -35,10 +35,13 @@ from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.formats.profile_folder import list_profiles
 from pnndeploy.formats.yamlio import read_yaml_file
 from pnndeploy.training.config import TrainConfig, _coerce, _field_types
+from pnndeploy.untrusted import brief, loads_json, read_bounded
 
 #: Keys of a grid file besides the training settings.
 GRID_KEYS = ("name", "dataset", "seeds", "grid", "cells", "fleets", "temperature", "days", "draws", "threshold",
              "audit_require_temperature", "audit_require_days")
+#: Largest cell result read back when resuming (a result is a few KiB).
+MAX_CELL_BYTES = 16 << 20
 #: Settings the grid may vary: every TrainConfig field but the seed (``seeds`` gives those).
 SETTING_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "seed")
 
@@ -81,28 +84,29 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if key in SETTING_KEYS:
             base[key] = _coerce(where, key, value, types[key])
             continue
-        raise ConfigError(f"{where}: unknown key {key!r}; grid-file keys: {', '.join(GRID_KEYS)}, and any training "
-                          f"setting ({', '.join(SETTING_KEYS)})")
+        raise ConfigError(f"{where}: unknown key {brief(key)}; grid-file keys: {', '.join(GRID_KEYS)}, and any "
+                          f"training setting ({', '.join(SETTING_KEYS)})")
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name):
-        raise ConfigError(f"{where}: name {name!r} must be a plain folder name (letters, digits, . _ -), "
-                          "it becomes sweeps/<name>")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", name):
+        raise ConfigError(f"{where}: name {brief(name)} must be a plain folder name (letters, digits, . _ -, at most "
+                          "64), it becomes sweeps/<name>")
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
                                                        for s in seeds):
-        raise ConfigError(f"{where}: seeds must be a non-negative integer or a list of them, got {seeds!r}")
+        raise ConfigError(f"{where}: seeds must be a non-negative integer or a list of them, got {brief(seeds)}")
     if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{where}: seeds {seeds} repeat a seed; each cell would run twice")
+        raise ConfigError(f"{where}: seeds {brief(seeds)} repeat a seed; each cell would run twice")
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
         raise ConfigError(f"{where}: grid must map training settings to lists of values, got {type(grid).__name__}")
     for key, values in grid.items():
         if key not in SETTING_KEYS:
-            raise ConfigError(f"{where}: grid key {key!r} is not a training setting ({', '.join(SETTING_KEYS)})")
+            raise ConfigError(f"{where}: grid key {brief(key)} is not a training setting "
+                              f"({', '.join(SETTING_KEYS)})")
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: grid.{key} must be a non-empty list of values, got {values!r}")
+            raise ConfigError(f"{where}: grid.{key} must be a non-empty list of values, got {brief(values)}")
     if grid and math.prod(len(v) for v in grid.values()) > 10_000:
         raise ConfigError(f"{where}: the grid has {math.prod(len(v) for v in grid.values())} combinations; split "
                           "the sweep (at most 10000 cells)")
@@ -112,11 +116,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(f"{where}: cells must be a list of mappings of training settings")
     settings: list[dict[str, Any]] = []
     for k, raw in enumerate(combos + explicit or [{}]):
-        label = f"cell {k + 1} ({_describe(raw)})"
+        label = f"cell {k + 1} ({brief(_describe(raw), quote=False)})"
         cell = dict(base)
         for key, value in raw.items():
             if key not in SETTING_KEYS:
-                raise ConfigError(f"{where}: {label}: {key!r} is not a training setting")
+                raise ConfigError(f"{where}: {label}: {brief(key)} is not a training setting")
             cell[key] = _coerce(f"{where}: {label}", key, value, types[key])
         try:
             config = TrainConfig(**cell)
@@ -138,12 +142,13 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if isinstance(fleets, str):
         fleets = [fleets]
     if not isinstance(fleets, list) or any(not isinstance(f, str) or not f.strip() for f in fleets):
-        raise ConfigError(f"{where}: fleets must be a list of profile folders, got {fleets!r} (leave it out for "
-                          "the default fleet)")
+        raise ConfigError(f"{where}: fleets must be a list of profile folders, got {brief(fleets)} (leave it out "
+                          "for the default fleet)")
     for folder in fleets:
         if not list_profiles(Path(folder)):
-            raise ConfigError(f"{where}: fleet {folder!r} holds no profiles (looked in {Path(folder)}); "
-                              "make one with `pnndeploy fleet make`")
+            looked = brief(str(Path(folder)), quote=False, tail=True)
+            raise ConfigError(f"{where}: fleet {brief(folder)} holds no profiles (looked in {looked}); make one with "
+                              "`pnndeploy fleet make`")
     spec = SweepSpec(path=path, name=name, dataset=str(data.get("dataset", "digits")),
                      seeds=list(seeds), settings=settings, fleets=[str(f) for f in fleets], base=base)
     for key in ("temperature", "days"):
@@ -360,9 +365,9 @@ def _load_cell(out: Path, key: str) -> dict[str, Any] | None:
     path = out / "cells" / f"{key}.json"
     if not path.is_file() or not (out / "models" / f"{key}.onnx").is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+    try:    # a file of someone else's (a copied sweep folder): bounded, and not trusted to be this cell's
+        doc = loads_json(read_bounded(path, MAX_CELL_BYTES))
+    except (OSError, ValueError):   # FileProblem is a ValueError: a FIFO, a huge or deep file is recomputed
         return None
     return doc if isinstance(doc, dict) and doc.get("key") == key else None
 

@@ -16,8 +16,9 @@ import numpy as np
 from pnndeploy import __version__
 from pnndeploy.atomic import atomic_path
 from pnndeploy.errors import PnnError
-from pnndeploy.formats.hdf5 import HDF5_LIBVER, h5_array_options
+from pnndeploy.formats.hdf5 import HDF5_LIBVER, h5_array_options, open_hdf5
 from pnndeploy.formats.profile_folder import check_device_name
+from pnndeploy.untrusted import FileProblem, brief
 
 DEPLOYMENT_FORMAT = 1
 
@@ -87,15 +88,26 @@ def write_deployment(deployment: Deployment, path: str | Path) -> Path:
 
 
 def read_deployment(path: str | Path) -> Deployment:
-    """Read a deployment file written by :func:`write_deployment`."""
+    """Read a deployment file written by :func:`write_deployment`.
+
+    The file may come from elsewhere: it is opened only if it is a regular file whose structure passes
+    :func:`~pnndeploy.formats.hdf5.structure_problems` (values inside the file, bounded sizes, no links
+    out), and a settings array is read only once its declared type is a number.
+    """
     path = Path(path)
+    fix = "regenerate it with `pnndeploy transfer`"
     try:
-        with h5py.File(path, "r") as f:
-            ordered = sorted(f["settings"].items(), key=lambda item: int(item[1].attrs["index"]))
+        with open_hdf5(path) as f:
+            settings = f["settings"]
+            for name, ds in settings.items():
+                if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiu":
+                    raise PnnError(f"deployment {path}: 'settings/{brief(name, 40, quote=False)}' is not an array "
+                                   f"of numbers; {fix}")
+            ordered = sorted(settings.items(), key=lambda item: int(item[1].attrs["index"]))
             layers = [LayerDeployment(name, np.asarray(ds[()], dtype=np.float64), int(ds.attrs["clipped"]),
                                       float(ds.attrs.get("residual", np.nan)))
                       for name, ds in ordered]
-            units = {str(ds.attrs["units"]) for ds in f["settings"].values()}
+            units = {str(ds.attrs["units"]) for ds in settings.values()}
             return Deployment(
                 device_id=str(f.attrs["device_id"]), model_sha256=str(f.attrs["model_sha256"]),
                 model_path=str(f.attrs["model_path"]),
@@ -103,6 +115,10 @@ def read_deployment(path: str | Path) -> Deployment:
                 array=tuple(int(v) for v in f.attrs["array"]), layers=layers,
                 tool_version=str(f.attrs["tool_version"]), control_units=units.pop() if units else "",
                 created=str(f.attrs["created"]))
+    except FileNotFoundError:
+        raise PnnError(f"deployment {path}: file not found; check the path or {fix}") from None
+    except FileProblem as exc:
+        raise PnnError(f"deployment {path}: {exc.text}; {fix}") from None
     except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
-        raise PnnError(f"deployment {path}: cannot read it ({' '.join(str(exc).split())}); regenerate it with "
-                       "`pnndeploy transfer`") from None
+        raise PnnError(f"deployment {path}: cannot read it ({brief(' '.join(str(exc).split()), 200, quote=False)}); "
+                       f"{fix}") from None

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pnndeploy.errors import ModelFileError
+from pnndeploy.untrusted import brief
 
 KINDS = ("conv", "dense")
 KERNEL, PADDING, POOL = 3, 1, 2
@@ -166,17 +167,17 @@ def front_end_from(where: str, meta: Any, inits: dict[str, np.ndarray]) -> Digit
     shape = meta.get("input_shape")
     if shape is not None and (not isinstance(shape, list) or len(shape) != 3
                               or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape)):
-        raise bad(f"has input_shape {shape!r}, expected [channels, rows, cols]")
+        raise bad(f"has input_shape {brief(shape)}, expected [channels, rows, cols]")
     layers: list[DigitalLayer] = []
     channels = shape[0] if shape else None
     for info in meta["layers"]:
         if not isinstance(info, dict) or info.get("kind") not in KINDS or not isinstance(info.get("name"), str):
-            raise bad(f"has a layer {info!r}, expected {{'name': ..., 'kind': 'conv' or 'dense', ...}}")
+            raise bad(f"has a layer {brief(info)}, expected {{'name': ..., 'kind': 'conv' or 'dense', ...}}")
         arrays = {}
         for part in ("weight", "bias"):
             key = f"{info['name']}.{part}"
             if key not in inits or inits[key].dtype.kind != "f" or not np.all(np.isfinite(inits[key])):
-                raise bad(f"names {key!r}, which is missing or not finite numbers")
+                raise bad(f"names {brief(key)}, which is missing or not finite numbers")
             arrays[part] = inits[key].astype(np.float32)
         w = arrays["weight"]
         if info["kind"] == "conv":
@@ -188,7 +189,7 @@ def front_end_from(where: str, meta: Any, inits: dict[str, np.ndarray]) -> Digit
             ok = w.ndim == 2
         layer = DigitalLayer(info["name"], info["kind"], w, arrays["bias"])
         if not ok or arrays["bias"].shape != (w.shape[0],) or not _same_description(info, layer.describe()):
-            raise bad(f"layer {info['name']!r} has weights {w.shape} that contradict its description {info}")
+            raise bad(f"layer {brief(info['name'])} has weights {w.shape} that contradict its description {brief(info)}")
         layers.append(layer)
     front = DigitalFrontEnd(layers, tuple(shape) if shape else None)
     _check_chain(front, bad)

@@ -31,6 +31,7 @@ from pnndeploy.atomic import write_bytes_atomic
 from pnndeploy.data.scaling import InputScaling
 from pnndeploy.errors import ModelFileError
 from pnndeploy.formats.digital import DigitalFrontEnd, front_end_from, onnx_nodes
+from pnndeploy.untrusted import MAX_JSON_DEPTH, FileProblem, brief, control_text, loads_json, read_bounded
 
 FORMAT_VERSION = 1
 OPSET = 17
@@ -38,6 +39,8 @@ IR_VERSION = 8
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PREFIX = "pnndeploy."
+#: Largest model file read (protobuf's own limit for one message).
+MAX_MODEL_BYTES = 2**31 - 1
 REQUIRED_KEYS = ("format_version", "platform", "platform_params", "method", "rho", "dataset",
                  "input_scaling", "onchip", "controls", "layers", "metrics", "version", "seed")
 
@@ -237,11 +240,13 @@ def load_model(path: str | Path) -> ExportedModel:
 
     path = Path(path)
     where = f"model {path}"
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"{where}: file not found; train one with `pnndeploy train --out {path}` "
                              "or pass --model")
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_MODEL_BYTES)
+    except FileProblem as exc:
+        raise ModelFileError(f"{where}: {exc.text}; pass a .onnx written by `pnndeploy train`") from None
     except OSError as exc:
         raise ModelFileError(f"{where}: cannot read it ({exc.strerror or exc}); check the file's "
                              "permissions or pass --model") from None
@@ -276,15 +281,7 @@ def load_model(path: str | Path) -> ExportedModel:
     if missing:
         raise ModelFileError(f"{where}: metadata lacks {', '.join(PREFIX + k for k in missing)}; "
                              "re-export it with `pnndeploy train`")
-    parsed: dict[str, Any] = {}
-    for key, value in meta.items():
-        try:
-            parsed[key] = json.loads(value, parse_constant=_refuse_constant)
-        except (json.JSONDecodeError, RecursionError, ValueError):
-            if key in REQUIRED_KEYS and key not in ("platform", "method", "dataset", "version"):
-                raise ModelFileError(f"{where}: metadata {PREFIX}{key} is not valid JSON; "
-                                     "re-export the model with `pnndeploy train`") from None
-            parsed[key] = value
+    parsed = _parse_metadata(where, meta)
     for key in ("platform", "method", "dataset", "version"):
         parsed[key] = meta[key]
     fmt = parsed["format_version"]
@@ -323,9 +320,31 @@ def load_model(path: str | Path) -> ExportedModel:
                          sha256=hashlib.sha256(data).hexdigest(), digital=digital)
 
 
-def _refuse_constant(name: str) -> Any:
-    """NaN and Infinity are not JSON (pnndeploy never writes them): refuse them in metadata."""
-    raise ValueError(f"{name} is not a JSON number")
+def _parse_metadata(where: str, meta: dict[str, str]) -> dict[str, Any]:
+    """Each metadata value parsed as bounded JSON (NaN and Infinity refused: pnndeploy never writes them).
+
+    A value nested near Python's recursion limit would parse and then crash whatever walks it
+    (``inspect --json``), so JSON deeper than MAX_JSON_DEPTH is refused, also where a value that
+    is not JSON would be kept as text; text with control characters (which `inspect` would print
+    into the terminal) is refused too.
+    """
+    parsed: dict[str, Any] = {}
+    for key, value in meta.items():
+        try:
+            parsed[key] = loads_json(value, MAX_JSON_DEPTH)
+        except ValueError as exc:
+            deep = "levels deep" in str(exc)
+            if deep or (key in REQUIRED_KEYS and key not in ("platform", "method", "dataset", "version")):
+                what = str(exc) if deep else "is not valid JSON"
+                raise ModelFileError(f"{where}: metadata {PREFIX}{brief(key, 60, quote=False)} {what}; "
+                                     "re-export the model with `pnndeploy train`") from None
+            parsed[key] = value
+    bad = next((key for key, value in parsed.items() if control_text([key, value]) is not None), None)
+    if bad is not None:
+        raise ModelFileError(f"{where}: metadata {PREFIX}{brief(bad, 60, quote=False)} holds control characters "
+                             "(terminal escape sequences?); pnndeploy never writes them and does not print them: "
+                             "re-export the model with `pnndeploy train`")
+    return parsed
 
 
 def _all_tensors(proto: Any) -> Any:

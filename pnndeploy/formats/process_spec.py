@@ -18,6 +18,7 @@ import numpy as np
 from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.formats.yamlio import read_yaml_file
 from pnndeploy.platforms import Platform, get_platform
+from pnndeploy.untrusted import brief, control_text
 
 PROCESS_SCHEMA_VERSION = 1
 #: Top-level keys; "ring" stands for the platform's ``device_section`` (the fabricated devices' spreads).
@@ -100,17 +101,17 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
             raise fail(full, "is missing")
         v = parent[key]
         if not _is_number(v):
-            raise fail(full, f"must be a finite number, got {v!r}")
+            raise fail(full, f"must be a finite number, got {brief(v)}")
         if lo is not None and (v < lo or (v == lo and not lo_incl)):
-            raise fail(full, f"must be {'>=' if lo_incl else '>'} {lo:g}, got {v!r}")
+            raise fail(full, f"must be {'>=' if lo_incl else '>'} {lo:g}, got {brief(v)}")
         if hi is not None and (v > hi or (v == hi and not hi_incl)):
-            raise fail(full, f"must be {'<=' if hi_incl else '<'} {hi:g}, got {v!r}")
+            raise fail(full, f"must be {'<=' if hi_incl else '<'} {hi:g}, got {brief(v)}")
         return float(v)
 
     def no_unknown(parent: Mapping[str, Any], allowed: Any, prefix: str) -> None:
-        unknown = [str(k) for k in parent if k not in allowed]
+        unknown = [k for k in parent if k not in allowed]
         if unknown:
-            raise fail(f"{prefix}{unknown[0]}",
+            raise fail(f"{prefix}{brief(unknown[0], 60, quote=False)}",
                        f"is unknown (allowed here: {', '.join(allowed)})")
 
     if not isinstance(process, Mapping):
@@ -124,15 +125,18 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
 
     version = process["schema_version"]
     if not _is_int(version):
-        raise fail("schema_version", f"must be an integer, got {version!r}")
+        raise fail("schema_version", f"must be an integer, got {brief(version)}")
     if version != PROCESS_SCHEMA_VERSION:
         raise fail("schema_version",
                    f"is {version}, this pnndeploy reads {PROCESS_SCHEMA_VERSION}"
                    + ("; upgrade pnndeploy or" if version > PROCESS_SCHEMA_VERSION else ";"))
     if not isinstance(process["name"], str) or not process["name"].strip():
-        raise fail("name", f"must be a non-empty string, got {process['name']!r}")
+        raise fail("name", f"must be a non-empty string, got {brief(process['name'])}")
+    if len(process["name"]) > 256 or control_text(process["name"]) is not None:
+        raise fail("name", f"must be plain text of at most 256 characters (it is printed), got "
+                           f"{brief(process['name'])}")
     if not isinstance(process["platform"], str):
-        raise fail("platform", f"must be a string, got {process['platform']!r}")
+        raise fail("platform", f"must be a string, got {brief(process['platform'])}")
     try:
         platform = get_platform(process["platform"])
     except PnnError as exc:
@@ -145,7 +149,7 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
         if key not in array:
             raise fail(f"array.{key}", "is missing")
         if not _is_int(array[key]) or array[key] < 1:
-            raise fail(f"array.{key}", f"must be a positive integer, got {array[key]!r}")
+            raise fail(f"array.{key}", f"must be a positive integer, got {brief(array[key])}")
     problem = platform.layout_problem((array["rows"], array["cols"]))
     if problem:
         raise fail("array", f"rows={array['rows']}, cols={array['cols']}: {problem}")
@@ -155,9 +159,9 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
     devices = section(process, name)
     for key, value in devices.items():
         if not _is_number(value):
-            raise fail(f"{name}.{key}", f"must be a finite number, got {value!r}")
+            raise fail(f"{name}.{key}", f"must be a finite number, got {brief(value)}")
         if "sigma" in str(key) and value < 0:
-            raise fail(f"{name}.{key}", f"is a standard deviation and must be >= 0, got {value!r}")
+            raise fail(f"{name}.{key}", f"is a standard deviation and must be >= 0, got {brief(value)}")
     recorder = _RecordingMapping(devices)
     try:
         platform.sample_fabrication(recorder, platform.minimal_layout, np.random.default_rng(0))
@@ -187,15 +191,15 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
         except ValueError:
             raise fail("calibration.measured_at",
                        f"must be an ISO-8601 time like \"2026-11-01T09:00:00+00:00\", "
-                       f"got {measured!r}") from None
+                       f"got {brief(measured)}") from None
         if measured_dt.tzinfo is None:
             raise fail("calibration.measured_at",
-                       f"needs a UTC offset (e.g. +00:00), got {measured!r}")
+                       f"needs a UTC offset (e.g. +00:00), got {brief(measured)}")
     elif isinstance(measured, date):
         raise fail("calibration.measured_at",
                    f"needs a time and UTC offset, e.g. \"{measured.isoformat()}T09:00:00+00:00\"")
     else:
-        raise fail("calibration.measured_at", f"must be an ISO-8601 time string, got {measured!r}")
+        raise fail("calibration.measured_at", f"must be an ISO-8601 time string, got {brief(measured)}")
 
     env = section(process, "environment")
     no_unknown(env, ("crosstalk", "detector_noise", "dac_bits", names["heater_range"],
@@ -205,14 +209,14 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
     if "dac_bits" not in env:
         raise fail("environment.dac_bits", "is missing")
     if not _is_int(env["dac_bits"]) or not 1 <= env["dac_bits"] <= 32:
-        raise fail("environment.dac_bits", f"must be an integer in 1..32, got {env['dac_bits']!r}")
+        raise fail("environment.dac_bits", f"must be an integer in 1..32, got {brief(env['dac_bits'])}")
     hr_key = names["heater_range"]
     if hr_key not in env:
         raise fail(f"environment.{hr_key}", "is missing")
     hr = env[hr_key]
     if (not isinstance(hr, (list, tuple)) or len(hr) != 2 or not all(_is_number(v) for v in hr)
             or not hr[0] < hr[1]):
-        raise fail(f"environment.{hr_key}", f"must be [low, high] numbers with low < high, got {hr!r}")
+        raise fail(f"environment.{hr_key}", f"must be [low, high] numbers with low < high, got {brief(hr)}")
     number(env, names["ageing"], "environment.", lo=0.0)
 
     out = dict(process)

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from pnndeploy.errors import ProfileError
+from pnndeploy.untrusted import brief
 
 #: Environment variable naming the profiles folder when ``--profiles`` is not given.
 PROFILES_ENV = "PNNDEPLOY_PROFILES"
@@ -57,8 +58,28 @@ def check_device_name(name: str) -> str:
     return name
 
 
+def _check_inside(path: Path, directory: Path) -> Path:
+    """``path`` unless it is a symbolic link leading out of ``directory``; ProfileError then.
+
+    A folder of profiles may come from someone else (a tarball keeps its links): a name must not
+    make pnndeploy read a file elsewhere on this machine.  Links inside the folder are fine.
+    """
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(Path(os.path.realpath(directory))):
+            shown = brief(str(target), 80, quote=False, tail=True)
+            raise ProfileError(
+                f"profile {path} is a symbolic link to {shown}, outside the profiles folder {directory}; "
+                "pnndeploy reads only profiles inside the folder: copy the file into it instead of linking")
+    return path
+
+
 def list_profiles(directory: str | os.PathLike[str]) -> list[Path]:
-    """Sorted ``*.h5`` files of ``directory`` (hidden files skipped); ProfileError if it is no folder."""
+    """Sorted ``*.h5`` regular files of ``directory`` (hidden ones skipped); ProfileError if it is no folder.
+
+    Anything but a regular file (a FIFO, a device, a link to one) is skipped unopened; a link that
+    leads out of the folder is refused (:func:`_check_inside`).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         what = "is a file, not a folder" if directory.exists() else "does not exist"
@@ -66,7 +87,8 @@ def list_profiles(directory: str | os.PathLike[str]) -> list[Path]:
             f"profiles folder {directory} {what}; pass --profiles DIR, set "
             f"{PROFILES_ENV}, or create one with `pnndeploy fleet make`")
     # hidden files are skipped: a writer killed mid-write may leave its temporary .NAME.h5.XXXX.tmp
-    return sorted(p for p in directory.glob("*.h5") if p.is_file() and not p.name.startswith("."))
+    return sorted(_check_inside(p, directory) for p in directory.glob("*.h5")
+                  if p.is_file() and not p.name.startswith("."))
 
 
 def resolve_device(name: str, directory: str | os.PathLike[str]) -> Path:
@@ -76,7 +98,7 @@ def resolve_device(name: str, directory: str | os.PathLike[str]) -> Path:
     path = directory / f"{name}.h5"
     # exact names only, also on case-insensitive filesystems
     if path.is_file() and path.name in os.listdir(directory):
-        return path
+        return _check_inside(path, directory)
     if not directory.is_dir():
         what = "is a file, not a folder" if directory.exists() else "does not exist"
         raise ProfileError(

@@ -14,14 +14,18 @@ import h5py
 import numpy as np
 
 from pnndeploy.errors import PnnError, ProfileError
-from pnndeploy.formats.hdf5 import attr_float, attr_int, attr_str, parse_time
+from pnndeploy.formats.hdf5 import (attr_float, attr_int, attr_str, hdf5_path_problem, parse_time,
+                                    structure_problems)
 from pnndeploy.formats.profile_folder import FILE_OPTIONS, check_device_name, credential_name_problem
 from pnndeploy.platforms import Platform, get_platform
 from pnndeploy.platforms.base import POSITIVE, Range
+from pnndeploy.untrusted import brief, control_text
 
 SCHEMA_VERSION = 1
 
 REGENERATE_HINT = "regenerate it with `pnndeploy fleet make`"
+#: Longest free text attribute (the process name) a profile may hold; `profile show` prints it.
+MAX_TEXT_CHARS = 256
 
 
 def param_ranges(platform: Platform) -> dict[str, Range]:
@@ -92,12 +96,13 @@ class _Checker:
             return None
         unit_attr = attr_str(obj, "units")
         if unit_attr is None:
-            self.add(f"'{where}' has no 'units' attribute (expected {units!r})"
+            self.add(f"'{where}' has no 'units' attribute (expected {brief(units)})"
                      if units is not None else f"'{where}' has no 'units' attribute")
         elif units is not None and unit_attr != units:
-            self.add(f"'{where}' has units {unit_attr!r}, expected {units!r}")
+            self.add(f"'{where}' has units {brief(unit_attr)}, expected {brief(units)}")
         if shape is not None and obj.shape != shape:
-            self.add(f"'{where}' has shape {obj.shape}, expected {shape}")
+            self.add(f"'{where}' has shape {brief(obj.shape, 60)}, expected {shape}")
+            return None                 # never read: a declared shape may be a bomb (structure_problems caps it)
         dt = obj.dtype
         if kind == "float" and dt.kind != "f":
             self.add(f"'{where}' has dtype {dt}, expected a float")
@@ -135,16 +140,18 @@ def validate_profile(path: str | os.PathLike[str]) -> list[str]:
     path = Path(path)
     if not path.exists():
         return [f"file not found ({REGENERATE_HINT} or check the path)"]
-    if not path.is_file():
-        return ["not a file (a folder?); give the path of a .h5 profile"]
     try:
+        problem = hdf5_path_problem(path)      # before anything opens it: a FIFO would block
+        if problem is not None:
+            return [f"the path {problem}; give the path of a .h5 profile"]
         size = path.stat().st_size
         if size == 0:
             return [f"the file is empty (0 bytes), e.g. an interrupted copy; {REGENERATE_HINT} or copy it again"]
         if not h5py.is_hdf5(path):
             return ["not an HDF5 file (a profile is written by `pnndeploy fleet make`)"]
         with h5py.File(path, "r") as f:
-            return _validate_open(f)
+            unsafe = structure_problems(f)     # nothing is read (or followed) before this passes
+            return unsafe if unsafe else _validate_open(f)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError,
             IndexError, OverflowError, UnicodeError) as exc:
         msg = " ".join(str(exc).split())
@@ -174,6 +181,12 @@ def _validate_open(f: h5py.File) -> list[str]:
     for name in ("device_id", "process", "created"):
         if attr_str(f, name) is None:
             c.add(f"missing or non-text root attribute '{name}'")
+    process = attr_str(f, "process")
+    if process is not None and len(process) > MAX_TEXT_CHARS:
+        c.add(f"root attribute 'process' ({brief(process, 40)}) is longer than {MAX_TEXT_CHARS} characters")
+    elif process is not None and control_text(process) is not None:
+        c.add(f"root attribute 'process' ({brief(process, 40)}) holds control characters (terminal escape "
+              "sequences?); name the process in plain text")
     device_id = attr_str(f, "device_id")
     if device_id is not None:
         try:
@@ -183,7 +196,7 @@ def _validate_open(f: h5py.File) -> list[str]:
             c.add(f"root attribute 'device_id' is not a valid name ({str(exc).split(';')[0]})")
     created = attr_str(f, "created")
     if created is not None and parse_time(created) is None:
-        c.add(f"root attribute 'created' ({created!r}) is not an ISO-8601 time with a UTC offset")
+        c.add(f"root attribute 'created' ({brief(created)}) is not an ISO-8601 time with a UTC offset")
     sim_attr = f.attrs.get("simulated")
     if sim_attr is None or not isinstance(sim_attr, (bool, np.bool_)):
         c.add("missing or non-boolean root attribute 'simulated'")
@@ -235,7 +248,7 @@ def _validate_open(f: h5py.File) -> list[str]:
             if measured is None:
                 c.add("'calibration' has no text attribute 'measured_at'")
             elif parse_time(measured) is None:
-                c.add(f"'calibration' measured_at ({measured!r}) is not an ISO-8601 time "
+                c.add(f"'calibration' measured_at ({brief(measured)}) is not an ISO-8601 time "
                       "with a UTC offset")
             temp = attr_float(grp, "temperature_C")
             if temp is None or not math.isfinite(temp):

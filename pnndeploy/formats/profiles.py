@@ -32,7 +32,8 @@ import numpy as np
 
 from pnndeploy.atomic import atomic_path
 from pnndeploy.errors import PnnError, ProfileError
-from pnndeploy.formats.hdf5 import HDF5_LIBVER, attr_float, attr_int, attr_str, h5_array_options, parse_time
+from pnndeploy.formats.hdf5 import (HDF5_LIBVER, attr_float, attr_int, attr_str, h5_array_options, open_hdf5,
+                                    parse_time)
 from pnndeploy.formats.profile_schema import (
     REGENERATE_HINT,
     SCHEMA_VERSION,
@@ -212,7 +213,7 @@ def read_profile(path: str | os.PathLike[str]) -> DeviceProfile:
             text += f"; fix these or {REGENERATE_HINT}"
         raise ProfileError(f"profile {path}: {text}")
     try:
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:     # checked again: the file may have changed since it was validated
             platform = get_platform(attr_str(f, "platform") or "")
             fields = list(field_units(platform))
             cal = f["calibration"]
