@@ -34,7 +34,6 @@ sys.path.insert(0, str(REPO))
 
 from pnndeploy.deploy.mapping import map_model  # noqa: E402
 from pnndeploy.deploy.transfer import prepare_fleet  # noqa: E402
-from pnndeploy.formats.profiles import read_profile  # noqa: E402
 from pnndeploy.platforms import get_platform  # noqa: E402
 from pnndeploy.platforms.freespace import MISALIGNMENT_FIELDS  # noqa: E402
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet  # noqa: E402

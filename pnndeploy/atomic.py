@@ -22,7 +22,7 @@ def remove_active_temporaries() -> None:
             pass
 
 
-def _create_temporary(target: Path) -> Path:
+def _create_temporary(target: Path, mode: int = 0o666) -> Path:
     """Create the hidden temporary file beside ``target``, registered for cleanup *before* it exists.
 
     A SIGTERM handler (or Ctrl-C) landing anywhere in here finds the path already registered, so
@@ -38,7 +38,7 @@ def _create_temporary(target: Path) -> Path:
         tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
         _ACTIVE.add(tmp)
         try:
-            fd = os.open(tmp, flags, 0o666)
+            fd = os.open(tmp, flags, mode)
         except FileExistsError:
             _ACTIVE.discard(tmp)
             continue
@@ -87,3 +87,24 @@ def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def write_new_private(target: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a *new* owner-only (0600) file ``target``: whole or not at all, never over an existing file.
+
+    For secrets (a chip server's token): the file is written beside the target with mode 0600 from its
+    creation (never readable by others, even for a moment), then hard-linked into place, which fails when
+    another process made ``target`` meanwhile (FileExistsError) instead of overwriting it.
+    """
+    target = Path(target)
+    tmp = _create_temporary(target, 0o600)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        _ACTIVE.discard(tmp)

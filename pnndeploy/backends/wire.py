@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 from typing import Any
 
 import numpy as np
 
 from pnndeploy.backends.base import BackendError
+from pnndeploy.untrusted import loads_json
 
 #: Protocol version in every path (/v1/...); a server of another version answers 404.
 PROTOCOL = "v1"
@@ -73,21 +73,14 @@ def loads_object(raw: bytes, what: str) -> dict[str, Any]:
 
     Why the depth: a message nested thousands deep is a few kilobytes, and every later
     recursive walk over it (an encoder, a repr in an error message) would overflow the
-    stack; the protocol's messages are 4 deep.
+    stack; the protocol's messages are 4 deep.  The same bounded parser reads every JSON of a file.
     """
     try:
-        doc = json.loads(raw)
-    except RecursionError:
-        raise WireError(f"{what} nests lists or objects deeper than {MAX_JSON_DEPTH} levels") from None
-    except (ValueError, UnicodeDecodeError):
-        raise WireError(f"{what} is not JSON") from None
+        doc = loads_json(raw, MAX_JSON_DEPTH)
+    except (ValueError, UnicodeDecodeError) as exc:
+        problem = f"nests lists or objects deeper than {MAX_JSON_DEPTH} levels" if "nested" in str(exc) \
+            else "is not JSON"
+        raise WireError(f"{what} {problem}") from None
     if not isinstance(doc, dict):
         raise WireError(f"{what} is not a JSON object")
-    level, depth = [doc], 1
-    while level:                                  # breadth first, without recursion
-        if depth > MAX_JSON_DEPTH:
-            raise WireError(f"{what} nests lists or objects deeper than {MAX_JSON_DEPTH} levels")
-        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
-                 if isinstance(child, (dict, list))]
-        depth += 1
     return doc

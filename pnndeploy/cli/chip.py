@@ -45,10 +45,10 @@ def _profile_path(device: str, profiles: str | None) -> Any:
 
 def _read_or_make_token(path: str) -> str:
     """The token in ``path`` (an owner-only file), or a new one written there with mode 600."""
-    import os
     import secrets
     from pathlib import Path
 
+    from pnndeploy.atomic import write_new_private
     from pnndeploy.backends.credentials import read_secret
 
     target = Path(path)
@@ -63,9 +63,10 @@ def _read_or_make_token(path: str) -> str:
     if not target.parent.is_dir():
         raise PnnError(f"--token-file {path}: folder {target.parent} does not exist; create it or choose another path")
     token = secrets.token_urlsafe(32)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    try:        # whole or not at all (an interrupt leaves no empty token file), mode 600 from the start
+        write_new_private(target, (token + "\n").encode())
+    except FileExistsError:
+        raise PnnError(f"--token-file {path} was created meanwhile by another process; run again to use it") from None
     return token
 
 

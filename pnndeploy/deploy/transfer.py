@@ -153,7 +153,6 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     data = load_evaluation_data(model, dataset_spec)
     # read and check every input before writing anything, so a bad profile leaves no deployment behind
     profile_list: list[DeviceProfile] = []
-    files: list[str | None] = []
     seen: dict[str, Path] = {}
     for path in resolve_devices(devices, use_fleet, profiles):
         profile = read_profile(path)

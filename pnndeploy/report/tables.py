@@ -331,7 +331,7 @@ def audit_markdown(doc: dict[str, Any], plot: str | None = None, report_dir: str
         f"**{'PASSED' if doc['passed'] else 'FAILED'}**"
         + (" (judged with drift compensation)" if (doc.get("drift_compensation") or {}).get("used_for_verdict")
            else ""),
-        f"- recommended recalibration interval: "
+        "- recommended recalibration interval: "
         + ("not measured (no simulated chip to age)" if not doc["sweeps"]["days"]["devices"]
            else f"{'beyond the horizon' if rec is None else format(rec, 'g') + ' days'}"
            + (f" (ageing not checked for {', '.join(doc['not_checked'])})" if doc.get("not_checked") else "")),
