@@ -90,22 +90,6 @@ def test_batched_fleet_equals_chip_by_chip(model, data, chips, noise) -> None:
         np.testing.assert_array_equal(fleet.accuracy(X, y, cond, chunk=chunk), alone_acc)
 
 
-def test_a_chip_gives_the_same_outputs_bit_for_bit_alone_or_in_any_batch(model, shipped_process) -> None:
-    """BLAS picks kernels by size: one product over the whole batch would change a chip's outputs with the
-    fleet around it (it did, from about 16 chips at 360 samples), so each chip gets its own product."""
-    profiles = [generate_chip(shipped_process, f"bit{i}", 2) for i in range(40)]
-    fleet = _fleet(model, profiles)
-    X = load_evaluation_data(model).X
-    assert X.shape[0] >= 300                           # the full test split, not a toy batch
-    cond = Conditions(delta_T=0.4, eval_seed=3)
-    everything = fleet.scores(X, cond, slice(0, 40))
-    for i in (0, 17, 39):
-        alone = _fleet(model, [profiles[i]]).scores(X, cond, slice(0, 1))[0]
-        assert np.array_equal(everything[i], alone), f"chip {i} differs alone"
-    assert np.array_equal(fleet.scores(X, cond, slice(16, 40)), everything[16:])
-    assert np.array_equal(fleet.logits(X, cond, slice(0, 40)), everything.transpose(0, 2, 1))
-
-
 def test_detector_noise_streams(model, chips) -> None:
     noisy = _env(chips[:2], detector_noise=0.05)
     fleet = _fleet(model, noisy)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pnndeploy.deploy.mapping import map_model, uncalibrated
-from pnndeploy.formats.onnx_io import load_model, onnx_logits
+from pnndeploy.formats.onnx_io import load_model
 from pnndeploy.formats.process_spec import load_process
 from pnndeploy.formats.profiles import read_profile
 from pnndeploy.platforms import get_platform
@@ -24,7 +24,6 @@ from pnndeploy.platforms.imaging import (
     imaging_operator,
     resample,
 )
-from pnndeploy.simulation.fabrication import make_fleet
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
 from pnndeploy.training.fd_sat import MisalignmentAdversary
 
@@ -99,15 +98,10 @@ def fs_model(tmp_path_factory):
     return load_model(path)
 
 
-def test_exported_freespace_model_matches_onnxruntime_and_records_its_box(fs_model) -> None:
-    from pnndeploy.data.datasets import load_dataset
-
+def test_exported_freespace_model_holds_its_mask_pairs_and_records_its_box(fs_model) -> None:
     assert fs_model.platform == "freespace" and fs_model.layers[0].controls.shape == (2, 16, 64)
-    for layer in fs_model.layers:
+    for layer in fs_model.layers:       # (onnxruntime parity: tests/test_platform_conformance.py)
         np.testing.assert_allclose(layer.controls[0] - layer.controls[1], layer.weight, atol=1e-6)
-    raw = load_dataset("digits", seed=0).X_test
-    np.testing.assert_allclose(onnx_logits(fs_model.path, raw), fs_model.logits(fs_model.scaling.apply(raw)),
-                               atol=1e-4)
     config = fs_model.metadata["config"]
     assert (config["robust_rotation"], config["robust_shift"], config["robust_scale"]) == (2.0, 2.0, 0.1)
 
@@ -164,18 +158,6 @@ def test_mapping_pre_compensates_the_measured_misalignment() -> None:
     error_comp = np.linalg.norm(realised(compensated.settings) - W)
     assert error_comp < 0.1 * error_blind, (error_comp, error_blind)
     assert compensated.residual == pytest.approx(error_comp, rel=1e-3)      # the residual is what it says
-
-
-def test_a_setup_gives_the_same_outputs_alone_or_in_its_fleet(fs_model) -> None:
-    from pnndeploy.deploy.transfer import load_evaluation_data
-
-    profiles = [read_profile(FS_PROFILES / f"chip{c}.h5") for c in "ABC"]
-    data = load_evaluation_data(fs_model)
-    fleet = SimulatedFleet(fs_model, profiles, [map_model(fs_model, p) for p in profiles])
-    alone = SimulatedFleet(fs_model, profiles[1:2], [map_model(fs_model, profiles[1])])
-    for conditions in (Conditions(), Conditions(perturbation={"shift_y_px": 0.5}, delta_T=1.0)):
-        np.testing.assert_array_equal(fleet.scores(data.X, conditions, slice(1, 2)),
-                                      alone.scores(data.X, conditions, slice(0, 1)))
 
 
 def test_cached_imaging_is_the_same_in_any_chunking_and_after_a_perturbation(fs_model) -> None:
@@ -268,17 +250,6 @@ def test_fd_gradient_of_the_training_loss_matches_autograd(fs_model) -> None:
                            rng=np.random.default_rng(1))
     cos = estimate @ exact / np.linalg.norm(estimate) / np.linalg.norm(exact)
     assert cos > 0.99, cos
-
-
-# ------------------------------------------------------------------------------------------ the fleet and the CLI
-def test_shipped_freespace_fleet_is_the_process_spec_regenerated(tmp_path) -> None:
-    process = load_process(FS_PROFILES / "process.yaml")
-    make_fleet(process, 8, "chip", 0, tmp_path)
-    for name in "ABCDEFGH":
-        again, shipped = read_profile(tmp_path / f"chip{name}.h5"), read_profile(FS_PROFILES / f"chip{name}.h5")
-        for key in shipped.fabrication:
-            np.testing.assert_array_equal(again.fabrication[key], shipped.fabrication[key])
-            np.testing.assert_array_equal(again.calibration[key], shipped.calibration[key])
 
 
 def test_cli_freespace_end_to_end(cli, tmp_path, monkeypatch) -> None:

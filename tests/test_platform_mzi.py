@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from pnndeploy.deploy.mapping import map_model, uncalibrated
-from pnndeploy.formats.onnx_io import load_model, onnx_logits
+from pnndeploy.formats.onnx_io import load_model
 from pnndeploy.formats.process_spec import load_process
 from pnndeploy.formats.profiles import read_profile
 from pnndeploy.platforms import get_platform
 from pnndeploy.platforms.base import ChipState
 from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mzi_count, phase_count, unitary_with_real_part
 from pnndeploy.platforms.mesh import mesh_unitary as mesh_unitary_torch
-from pnndeploy.simulation.fabrication import generate_chip, make_fleet
-from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
+from pnndeploy.simulation.fabrication import generate_chip
+from pnndeploy.simulation.fleet import SimulatedFleet
 
 MZI = get_platform("mzi")
 REPO = Path(__file__).resolve().parents[1]
@@ -246,16 +246,6 @@ def test_drift_shifts_every_phase_by_its_own_coefficient(chip) -> None:
     assert np.abs(warm - _weights(state)).max() > 1e-3
 
 
-def test_a_chip_gives_the_same_bits_alone_or_in_a_fleet(mzi_model, tmp_path) -> None:
-    model, data = mzi_model
-    profiles = [read_profile(p) for p in sorted(MZI_PROFILES.glob("chip*.h5"))[:3]]
-    deployments = [map_model(model, p) for p in profiles]
-    together = SimulatedFleet(model, profiles, deployments).scores(data.X, Conditions(delta_T=0.3), slice(0, 3))
-    alone = SimulatedFleet(model, profiles[1:2], deployments[1:2]).scores(data.X, Conditions(delta_T=0.3),
-                                                                        slice(0, 1))
-    np.testing.assert_array_equal(together[1], alone[0])
-
-
 # ------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def mzi_model(tmp_path_factory):
@@ -270,17 +260,14 @@ def mzi_model(tmp_path_factory):
     return model, load_evaluation_data(model)
 
 
-def test_exported_mzi_model_reproduces_nominal_outputs_in_onnxruntime(mzi_model) -> None:
+def test_exported_mzi_weights_are_what_the_ideal_mesh_makes_of_its_phases(mzi_model) -> None:
     model, data = mzi_model
     assert model.platform == "mzi" and model.platform_params["modes"] == MZI.modes
     assert model.layers[0].controls.shape == MZI.control_shape(model.layers[0].weight.shape)
     for layer in model.layers:         # the file's W is what the ideal mesh makes of the file's phases
         realised = MZI.nominal_weights(torch.from_numpy(layer.controls).double(), layer.weight.shape).numpy()
         np.testing.assert_allclose(realised, layer.weight, atol=1e-5)
-    from pnndeploy.data.datasets import load_dataset
-
-    raw = load_dataset("digits", seed=0).X_test
-    np.testing.assert_allclose(onnx_logits(model.path, raw), model.logits(model.scaling.apply(raw)), atol=1e-4)
+    # (that onnxruntime runs the file to these outputs: tests/test_platform_conformance.py)
 
 
 def test_standard_on_mzi_decomposes_at_export_without_changing_outputs(tmp_path) -> None:
@@ -341,15 +328,10 @@ def test_default_mzi_fleet_is_found_from_the_model(cli, tmp_path, monkeypatch, m
     assert [d["device"] for d in json.loads(result.stdout)["devices"]] == [f"chip{c}" for c in "ABCDEFGH"]
 
 
-def test_shipped_mzi_fleet_is_the_process_spec_regenerated(tmp_path) -> None:
+def test_the_default_mzi_fleet_has_the_papers_fabrication_errors() -> None:
+    """(That the shipped fleet is this spec regenerated: tests/test_platform_conformance.py.)"""
     process = load_process(MZI_PROFILES / "process.yaml")
     assert process["mzi"]["splitter_error_sigma"] == 0.15 and process["mzi"]["phase_error_sigma_rad"] == 0.15
-    make_fleet(process, 8, "chip", 0, tmp_path)
-    for name in "ABCDEFGH":
-        again, shipped = read_profile(tmp_path / f"chip{name}.h5"), read_profile(MZI_PROFILES / f"chip{name}.h5")
-        for key in shipped.fabrication:
-            np.testing.assert_array_equal(again.fabrication[key], shipped.fabrication[key])
-            np.testing.assert_array_equal(again.calibration[key], shipped.calibration[key])
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -147,17 +147,12 @@ def test_regenerated_chip_equals_shipped(tmp_path: Path, process: dict) -> None:
     _assert_same(_h5_contents(path), _h5_contents(SHIPPED / "chipC.h5"))
 
 
-def test_regenerated_fleet_equals_shipped(tmp_path: Path, process: dict) -> None:
+def test_make_fleet_names_the_chips_and_reports_progress(tmp_path: Path, process: dict) -> None:
+    """(That the shipped fleet is this regenerated: tests/test_platform_conformance.py, for every platform.)"""
     seen = []
     paths = make_fleet(process, 8, "chip", 0, tmp_path, progress=lambda i, n, name: seen.append((i, n, name)))
     assert [p.name for p in paths] == [f"{n}.h5" for n in FLEET]
     assert seen == [(i + 1, 8, n) for i, n in enumerate(FLEET)]
-    for p in paths:
-        new, old = read_profile(p), read_profile(SHIPPED / p.name)
-        for section in ("calibration", "fabrication"):
-            for k, v in getattr(new, section).items():
-                assert v.tobytes() == getattr(old, section)[k].tobytes(), (p.name, section, k)
-        assert new.environment.drift_coefficient.tobytes() == old.environment.drift_coefficient.tobytes()
 
 
 def test_calibration_error_matches_process(process: dict) -> None:

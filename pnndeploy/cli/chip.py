@@ -350,12 +350,12 @@ def calibrate(device: str, profiles: str | None, points: int, temperature: float
 
     import math
 
+    where = resolve_compute_options(compute, threads)           # before anything is read or measured
     path = _profile_path(device, profiles)
     if out:
         check_output_file(out, "--out", "chipB.h5")
     if temperature is not None and not math.isfinite(temperature):
         raise PnnError(f"--temperature {temperature} is not a finite number of degrees Celsius")
-    where = resolve_compute_options(compute, threads)           # before anything is measured
     record = read_profile(path)
     if record.backend is None and temperature is not None and temperature != record.calibration_temperature_C:
         # the simulated truth holds at the profile's calibration temperature: a calibration at another one

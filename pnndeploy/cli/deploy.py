@@ -67,9 +67,9 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
     if not math.isfinite(delta_T):
         raise PnnError(f"--temperature-delta {delta_T} is not a finite number of kelvin")
     check_executor(executor, address)
+    where = resolve_compute_options(compute, threads)
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset,
-                                      None if no_save else Path("deployments"), timeout, insecure,
-                                      resolve_compute_options(compute, threads))
+                                      None if no_save else Path("deployments"), timeout, insecure, where)
     with prepared, _measuring(prepared, 1):
         report = transfer_report(prepared, delta_T=delta_T, threshold=threshold, executor=executor,
                                  address=address, chips_per_task=chips_per_task)
@@ -177,6 +177,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
     from pnndeploy.platforms import get_platform
     from pnndeploy.report.tables import render_audit
 
+    where = resolve_compute_options(compute, threads)
     if plot is not None and not plot.lower().endswith(".png"):
         raise PnnError(f"--plot {plot}: the audit plot is a PNG; give a file name ending in .png")
     t_range = SweepRange.parse(temperature, "--temperature")
@@ -194,8 +195,7 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
                         "scale": "--scale", "require-rotation_deg": "--require-rotation",
                         "require-shift_x_px": "--require-shift", "require-shift_y_px": "--require-shift",
                         "require-scale": "--require-scale"})
-    prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None, timeout, insecure,
-                                      resolve_compute_options(compute, threads))
+    prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None, timeout, insecure, where)
     total = audit_passes(t_range, d_range, require_temperature, require_days, draws, axes)
     what = "temperature, ageing and misalignment" if axes else "temperature and ageing"
     with prepared, progress_bar() as progress:

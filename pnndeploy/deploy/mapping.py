@@ -40,7 +40,7 @@ def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
     layers = []
     for layer in model.layers:
         mapped = platform.map_layer(layer.weight, layer.controls, profile.calibration, profile.environment,
-                                    profile.shape, model.platform_params)
+                                    profile.shape, model.platform_params, layer.shape)
         layers.append(LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual))
     return Deployment(device_id=profile.device_id, model_sha256=model.sha256, model_path=str(model.path),
                       calibration_measured_at=profile.calibration_measured_at, array=profile.shape,

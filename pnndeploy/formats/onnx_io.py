@@ -107,8 +107,8 @@ class ExportedModel:
         platform = get_platform(self.platform)
         h = np.asarray(self.features(X_scaled), dtype=np.float64)
         for k, layer in enumerate(self.layers):
-            h = platform.nominal_outputs(layer.weight, layer.controls, h, self.platform_params) * layer.gain \
-                + layer.bias
+            h = platform.nominal_outputs(layer.weight, layer.controls, layer.shape, h, self.platform_params) \
+                * layer.gain + layer.bias
             if k < len(self.layers) - 1:
                 h = np.maximum(h, 0.0)
         return h
@@ -152,7 +152,7 @@ def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[s
         init += front_inits
     for k, layer in enumerate(layers):
         last = k == len(layers) - 1
-        onchip_nodes, onchip_inits = platform.onnx_layer(layer.name, layer.weight, layer.controls, h,
+        onchip_nodes, onchip_inits = platform.onnx_layer(layer.name, layer.weight, layer.controls, layer.shape, h,
                                                          f"{layer.name}.onchip", params)
         init += [*onchip_inits, numpy_helper.from_array(layer.gain.astype(np.float32), f"{layer.name}.gain"),
                  numpy_helper.from_array(layer.bias.astype(np.float32), f"{layer.name}.bias")]
@@ -483,7 +483,7 @@ def _check_operator(where: str, platform: Any, layer: ModelLayer, meta: dict[str
     from onnx import numpy_helper
 
     params = meta.get("platform_params") if isinstance(meta.get("platform_params"), dict) else {}
-    _, expected = platform.onnx_layer(layer.name, None, layer.controls, "x", "y", params)
+    _, expected = platform.onnx_layer(layer.name, None, layer.controls, layer.shape, "x", "y", params)
     for tensor in expected:
         want = numpy_helper.to_array(tensor)
         got = inits.get(tensor.name)

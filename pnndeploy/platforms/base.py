@@ -200,14 +200,14 @@ class Platform(ABC):
 
     # ------------------------------------------------------------------------------------------ export
     @abstractmethod
-    def onnx_layer(self, name: str, weight: np.ndarray | None, controls: np.ndarray, x_name: str, out_name: str,
-                   params: Mapping[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
+    def onnx_layer(self, name: str, weight: np.ndarray | None, controls: np.ndarray, weight_shape: tuple[int, int],
+                   x_name: str, out_name: str, params: Mapping[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
         """(ONNX nodes, initializers) computing ``out_name`` (batch, out) from ``x_name`` (batch, in) as the
         nominal device does: standard operators only (opset 17), names prefixed by ``name``."""
 
     @abstractmethod
-    def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, x: np.ndarray,
-                        params: Mapping[str, Any] | None = None) -> np.ndarray:
+    def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, weight_shape: tuple[int, int],
+                        x: np.ndarray, params: Mapping[str, Any] | None = None) -> np.ndarray:
         """(batch, out) float64 outputs of an exported layer on the nominal device (checks without a runtime)."""
 
     def params_dict(self) -> dict[str, float]:
@@ -250,10 +250,11 @@ class Platform(ABC):
     # ---------------------------------------------------------------------------------------- mapping
     @abstractmethod
     def map_layer(self, weight: np.ndarray | None, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
-                  environment: Any, layout: tuple[int, int],
-                  params: Mapping[str, Any] | None = None) -> LayerMapping:
-        """Settings realising a trained layer on one chip: its logical ``weight`` (linear platforms; None
-        otherwise) and the ``controls`` training chose (the target of a non-linear layer, a guide otherwise).
+                  environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                  weight_shape: tuple[int, int] | None = None) -> LayerMapping:
+        """Settings realising a trained (out, in) = ``weight_shape`` layer on one chip: its logical ``weight``
+        (linear platforms, whose shape it gives; None otherwise) and the ``controls`` training chose (the target
+        of a non-linear layer, a guide otherwise).
 
         Only the chip's ``calibration`` and ``environment`` (heater range, DAC) are used.
         """
@@ -353,8 +354,8 @@ class LinearPlatform(Platform):
         # whose kernel, and so the last bits, could depend on how many chips are evaluated together)
         return torch.bmm(W, h.expand(W.shape[0], *h.shape) if h.dim() == 2 else h)
 
-    def onnx_layer(self, name: str, weight: np.ndarray | None, controls: np.ndarray, x_name: str, out_name: str,
-                   params: Mapping[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
+    def onnx_layer(self, name: str, weight: np.ndarray | None, controls: np.ndarray, weight_shape: tuple[int, int],
+                   x_name: str, out_name: str, params: Mapping[str, Any] | None = None) -> tuple[list[Any], list[Any]]:
         """``Gemm(x, W, transB=1)`` with the logical weights ``{name}.weight`` as the initializer."""
         from onnx import helper, numpy_helper
 
@@ -362,6 +363,6 @@ class LinearPlatform(Platform):
         return ([helper.make_node("Gemm", [x_name, weight_name], [out_name], transB=1, name=f"{name}.onchip")],
                 [numpy_helper.from_array(np.asarray(weight, dtype=np.float32), weight_name)])
 
-    def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, x: np.ndarray,
-                        params: Mapping[str, Any] | None = None) -> np.ndarray:
+    def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, weight_shape: tuple[int, int],
+                        x: np.ndarray, params: Mapping[str, Any] | None = None) -> np.ndarray:
         return np.asarray(x, np.float64) @ np.asarray(weight).T.astype(np.float64)

@@ -174,8 +174,8 @@ class FreeSpacePlatform(LinearPlatform):
 
     # ---------------------------------------------------------------------------------------- mapping
     def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
-                  environment: Any, layout: tuple[int, int],
-                  params: Mapping[str, Any] | None = None) -> LayerMapping:
+                  environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                  weight_shape: tuple[int, int] | None = None) -> LayerMapping:
         """Pre-compensate the *measured* imaging, then set each pixel of the pair through its measured gain and
         offset: ``W_set = argmin ||W_set M - W||^2`` over |W_set| <= 0.9, M the calibrated K B, then
         ``t+- = (0.5 +- W_set/2) / g+- - offset+-``, quantised; transmissions outside [0, 1] are clipped and

@@ -76,16 +76,23 @@ def _column_gathers(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _mzi_entries(xp: Any, theta: Any, phi: Any, r1: Any, r2: Any) -> tuple[Any, Any, Any, Any]:
-    """The 2x2 transfer matrix entries (t00, t01, t10, t11) of MZIs, elementwise (numpy or torch)."""
+    """The 2x2 transfer matrix entries (t00, t01, t10, t11) of MZIs, elementwise (numpy or torch).
+
+    Written in real arithmetic and made complex at the end: torch's vectorised complex product rounds
+    differently from its scalar one, so complex products over a batch gave a chip's mesh other last bits
+    depending on the chips evaluated with it; real products round the same way in every lane.
+    """
     s1, c1 = xp.sqrt(r1), xp.sqrt(1.0 - r1)
     s2, c2 = xp.sqrt(r2), xp.sqrt(1.0 - r2)
-    e_t = xp.exp(1j * theta)
-    e_p = xp.exp(1j * phi)
-    t00 = (s1 * s2) * e_t * e_p - (c1 * c2) * e_p
-    t01 = 1j * ((c1 * s2) * e_t + s1 * c2)
-    t10 = 1j * e_p * ((s1 * c2) * e_t + c1 * s2)
-    t11 = s1 * s2 - (c1 * c2) * e_t
-    return t00, t01, t10, t11
+    ct, st, cp, sp = xp.cos(theta), xp.sin(theta), xp.cos(phi), xp.sin(phi)
+    a, b = (s1 * s2) * ct - c1 * c2, (s1 * s2) * st            # s1 s2 e^{i theta} - c1 c2
+    c, d = (s1 * c2) * ct + c1 * s2, (s1 * c2) * st            # s1 c2 e^{i theta} + c1 s2
+    t00 = (a * cp - b * sp, a * sp + b * cp)                     # e^{i phi} (a + i b)
+    t01 = (-(c1 * s2) * st, (c1 * s2) * ct + s1 * c2)            # i (c1 s2 e^{i theta} + s1 c2)
+    t10 = (-(c * sp + d * cp), c * cp - d * sp)                  # i e^{i phi} (c + i d)
+    t11 = (s1 * s2 - (c1 * c2) * ct, -(c1 * c2) * st)            # s1 s2 - c1 c2 e^{i theta}
+    make = (lambda re, im: re + 1j * im) if xp is np else xp.complex
+    return tuple(make(*part) for part in (t00, t01, t10, t11))
 
 
 def mesh_unitary(phases: Any, n: int, ratios: Any = None) -> Any:
@@ -109,9 +116,9 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None) -> Any:
     d0 = torch.cat([t00, t11, one], dim=-1)[..., g0]                 # (..., column, row)
     d1 = torch.cat([t01, t10, 0 * one], dim=-1)[..., g1]
     U = torch.eye(n, dtype=t00.dtype, device=phases.device).expand(*batch, n, n)
-    for c in range(n):
+    for c in range(n):      # row-wise products (one factor per row): every lane of a row rounds alike
         U = d0[..., c, :, None] * U + d1[..., c, :, None] * U[..., perm[c], :]
-    return torch.exp(1j * psi)[..., :, None] * U
+    return torch.complex(torch.cos(psi), torch.sin(psi))[..., :, None] * U
 
 
 # ------------------------------------------------------------------------------------------ decomposition

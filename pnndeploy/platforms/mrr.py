@@ -136,8 +136,8 @@ class MRRPlatform(LinearPlatform):
 
     # ---------------------------------------------------------------------------------------- mapping
     def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
-                  environment: Any, layout: tuple[int, int],
-                  params: Mapping[str, Any] | None = None) -> LayerMapping:
+                  environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                  weight_shape: tuple[int, int] | None = None) -> LayerMapping:
         """Per weight: x* = inverse(W; calibrated gamma, a) on the trained branch, h = x* - measured offset,
         quantised to the DAC; weights beyond the ring's reach or the heater's range are clipped and counted."""
         ri, ci = ring_index(weight.shape, layout)

@@ -164,8 +164,8 @@ class MZIPlatform(LinearPlatform):
 
     # ---------------------------------------------------------------------------------------- mapping
     def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
-                  environment: Any, layout: tuple[int, int],
-                  params: Mapping[str, Any] | None = None) -> LayerMapping:
+                  environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                  weight_shape: tuple[int, int] | None = None) -> LayerMapping:
         """Fit each block's phases through the *calibrated* mesh (measured ratios), subtract the measured
         offsets, pre-compensate the known thermal crosstalk, wrap into the heater range and quantise.
 

@@ -76,7 +76,7 @@ class InSituChip:
         t0 = time.perf_counter()
         target, guide, scale = self._target(layer)
         mapped = self.platform.map_layer(target, guide, self.profile.calibration, self.profile.environment,
-                                         self.profile.shape, self.platform.metadata())
+                                         self.profile.shape, self.platform.metadata(), tuple(layer.shape))
         t1 = time.perf_counter()
         self.map_seconds += t1 - t0
         previous = self._settings.get(index)

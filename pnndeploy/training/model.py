@@ -73,7 +73,7 @@ class WeightLinear(nn.Module):
                  generator: torch.Generator) -> None:
         super().__init__()
         self.platform = platform
-        shape = (out_features, in_features)
+        self.shape = shape = (out_features, in_features)
         init = platform.nominal_weights(platform.init_controls(shape, generator), shape)
         self.W = nn.Parameter(init.clone())
         self.gain = nn.Parameter(torch.full((out_features,), _init_gain(in_features)))

@@ -1,0 +1,284 @@
+"""What every platform must pass: one parametrised suite (scikit-learn's ``parametrize_with_checks`` is the model).
+
+Adding a platform is its module, its process.yaml and one line in :data:`CASES`; the suite then checks, through
+the optical-layer interface only:
+
+* the nominal layer is differentiable, and its gradient is the finite-difference one (controls and inputs);
+* a chip gives the same outputs, bit for bit, alone or in a fleet (on the CPU), under drift and detector noise;
+* a chip whose calibration is its truth realises what the mapping aimed at (the nominal model's outputs);
+* the exported ONNX file runs in onnxruntime to pnndeploy's own nominal outputs and to the trained model's;
+* a profile survives write, read and validate; a damaged one is refused with one line and exit 2;
+* the process spec dry-runs, and a spec missing a key of the device section is refused naming it;
+* the shipped fleet is its process.yaml regenerated (platforms that ship one).
+
+Beside the three shipped platforms, two written for this suite (``tests/optical_test_platforms.py``) hold the
+interface to its promise for layers that are not a weight matrix: a mesh read by intensity and a diffractive
+layer propagated by FFT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from optical_test_platforms import Diffractive, IntensityMesh
+from pnndeploy.data.datasets import load_dataset
+from pnndeploy.deploy.mapping import map_model
+from pnndeploy.errors import ConfigError
+from pnndeploy.formats.onnx_io import load_model, onnx_logits
+from pnndeploy.formats.process_spec import check_process, load_process
+from pnndeploy.formats.profile_schema import validate_profile
+from pnndeploy.formats.profiles import read_profile, write_profile
+from pnndeploy.platforms import PLATFORMS, get_platform
+from pnndeploy.simulation.fabrication import generate_chip, make_fleet
+from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "device_profiles"
+TEST_PROCESSES = Path(__file__).parent / "data" / "processes"
+
+
+def _full_extinction(profile: Any) -> Any:
+    """Rings with full extinction (a = 1): with a < 1 a weight near -1 is out of a ring's reach and is clipped."""
+    return replace(profile, fabrication={**profile.fabrication, "a": np.ones_like(profile.fabrication["a"])})
+
+
+def _nominal_setup(profile: Any) -> Any:
+    """A free-space setup without misalignment (its mapping pre-compensates imaging only approximately) and with
+    pixels of full gain (one that transmits less than it should cannot reach the top of the pair's range)."""
+    fab = {k: v.copy() for k, v in profile.fabrication.items()}
+    fab["pixel_gain"][:] = 1.0
+    for key in ("rotation", "shift_x", "shift_y"):
+        fab[key][:] = 0.0
+    fab["scale"][:] = 1.0
+    return replace(profile, fabrication=fab)
+
+
+def _lossless_mask(profile: Any) -> Any:
+    """A diffractive mask without transmission loss (a phase setting cannot make up lost amplitude)."""
+    return replace(profile, fabrication={**profile.fabrication,
+                                         "transmission": np.ones_like(profile.fabrication["transmission"])})
+
+
+@dataclass(frozen=True)
+class Case:
+    """One platform under test: where its process spec is, what it ships, and a small model to train on it."""
+
+    name: str
+    process: Path
+    shipped: Path | None = None          # folder of the shipped fleet (regenerated from ``process``)
+    dataset: str = "digits"
+    hidden: tuple[int, ...] = (8,)
+    onchip: int = 0                      # only the last N layers on the chip (0: all)
+    make: Callable[[], Any] | None = None  # a platform not in pnndeploy's registry
+    #: The chip made perfect for the mapping check, beyond calibration = truth, no noise and no crosstalk.
+    perfect: Callable[[Any], Any] = lambda profile: profile
+    #: How far (relative to the largest logit) a perfectly calibrated chip may be from the nominal model: what
+    #: the mapping cannot reach on this platform and reports as its residual.
+    tolerance: float = 2e-3
+
+    def __str__(self) -> str:
+        return self.name
+
+
+CASES = [
+    Case("mrr", SHIPPED / "process.yaml", SHIPPED, perfect=_full_extinction),
+    # a mesh of imperfect couplers cannot realise every unitary: the fit leaves a residual (reported)
+    Case("mzi", SHIPPED / "mzi" / "process.yaml", SHIPPED / "mzi", tolerance=3e-2),
+    Case("freespace", SHIPPED / "freespace" / "process.yaml", SHIPPED / "freespace", perfect=_nominal_setup),
+    Case("mzi-intensity", TEST_PROCESSES / "mzi-intensity.yaml", dataset="iris", hidden=(6,), make=IntensityMesh),
+    # a digital 64 -> 16 layer first: the mask shows 16 inputs as a 4 x 4 frame
+    Case("d2nn-toy", TEST_PROCESSES / "d2nn-toy.yaml", hidden=(16,), onchip=1, make=Diffractive,
+         perfect=_lossless_mask),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    """The suite's own platforms in pnndeploy's registry for this module (one line each, as a new platform's)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for case in CASES:
+            if case.make is not None:
+                patch.setitem(PLATFORMS, case.name, case.make())
+        yield
+
+
+@pytest.fixture(scope="module", params=CASES, ids=str)
+def case(request) -> Case:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def process(case: Case) -> dict:
+    return load_process(case.process)
+
+
+@pytest.fixture(scope="module")
+def trained(case: Case, tmp_path_factory):
+    """A model trained for two epochs on the platform (spec-sat needs a default fleet: sat for the others)."""
+    from pnndeploy.training.config import TrainConfig
+    from pnndeploy.training.pipeline import train_and_export
+
+    method = "spec-sat" if case.shipped is not None else "sat"
+    path = tmp_path_factory.mktemp(f"conformance-{case.name}") / "model.onnx"
+    settings = {"robust_to": str(case.process)} if method == "spec-sat" else {}
+    summary, result = train_and_export(case.dataset, TrainConfig(platform=case.name, method=method, epochs=2,
+                                                                 hidden=list(case.hidden), onchip=case.onchip,
+                                                                 seed=0, **settings), path)
+    return load_model(path), result
+
+
+def _chips(process: dict, count: int = 3) -> list:
+    return [generate_chip(process, f"chip{'ABCDEFGH'[k]}", seed=0) for k in range(count)]
+
+
+# ------------------------------------------------------------------------------------------- the layer
+def test_the_layer_gradient_is_the_finite_difference_one(case: Case) -> None:
+    platform = get_platform(case.name)
+    shape = (5, 4) if case.name == "mzi-intensity" else (4, 16)
+    g = torch.Generator().manual_seed(0)
+    controls = platform.init_controls(shape, g).double().requires_grad_(True)
+    x = torch.rand(3, shape[1], generator=g, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c, v: platform.forward(c, v, shape), (controls, x),
+                                    eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_the_exported_file_runs_in_onnxruntime_to_pnndeploys_outputs(trained) -> None:
+    model, result = trained
+    data = load_dataset(model.dataset, seed=0)
+    raw = data.X_test[:40]
+    ours = model.logits(model.scaling.apply(raw))
+    scale = float(np.abs(ours).max())
+    np.testing.assert_allclose(onnx_logits(model.path, raw), ours, atol=2e-4 * scale)
+    with torch.no_grad():
+        trained_logits = result.model(torch.from_numpy(model.scaling.apply(raw))).double().numpy()
+    np.testing.assert_allclose(ours, trained_logits, atol=2e-4 * scale)
+
+
+# ------------------------------------------------------------------------------------------- the fleet
+def test_a_chip_gives_the_same_outputs_alone_or_in_a_fleet(trained, process) -> None:
+    """Each chip has its own product of the same shape in any batch, and its own noise stream: its outputs do
+    not depend on the chips evaluated with it, under drift, detector noise and a whole-setup perturbation."""
+    model, _ = trained
+    chips = _chips(process, 6)
+    deployments = [map_model(model, chip) for chip in chips]
+    X = model.scaling.apply(load_dataset(model.dataset, seed=0).X_test[:50])
+    platform = get_platform(model.platform)
+    perturbation = {axis.name: axis.centre + 0.3 for axis in platform.perturbation_axes} or None
+    fleet = SimulatedFleet(model, chips, deployments)
+    temperatures = np.array([0.3, -0.2, 0.7, 0.0, 1.1, -0.5])
+    together = fleet.scores(X, Conditions(delta_T=temperatures, eval_seed=3, perturbation=perturbation), slice(0, 6))
+    for k in (0, 2, 5):
+        alone = SimulatedFleet(model, chips[k:k + 1], deployments[k:k + 1]).scores(
+            X, Conditions(delta_T=float(temperatures[k]), eval_seed=3, perturbation=perturbation), slice(0, 1))
+        np.testing.assert_array_equal(together[k], alone[0])
+    middle = fleet.scores(X, Conditions(delta_T=temperatures, eval_seed=3, perturbation=perturbation), slice(1, 4))
+    np.testing.assert_array_equal(middle, together[1:4])
+    assert np.abs(together[0] - together[1]).max() > 0          # the chips differ (not a vacuous equality)
+
+
+def test_a_chip_calibrated_to_its_truth_realises_the_nominal_model(case: Case, trained, process) -> None:
+    model, _ = trained
+    chip = case.perfect(_chips(process, 1)[0])
+    chip = replace(chip, calibration={k: v.copy() for k, v in chip.fabrication.items()},
+                   environment=replace(chip.environment, detector_noise=0.0, crosstalk=0.0, dac_bits=24))
+    deployment = map_model(model, chip)
+    X = model.scaling.apply(load_dataset(model.dataset, seed=0).X_test[:50])
+    fleet = SimulatedFleet(model, [chip], [deployment])
+    realised = fleet.logits(X, Conditions(), slice(0, 1))[0]
+    nominal = model.logits(X)
+    scale = float(np.abs(nominal).max())
+    assert np.abs(realised - nominal).max() < case.tolerance * scale, case.name
+    assert (realised.argmax(1) == nominal.argmax(1)).mean() > 0.95
+    assert deployment.clipped == 0
+    if fleet.platform.linear:       # the residual the mapping reports is what the chip realises
+        for k, layer in enumerate(model.layers):
+            W = fleet.realised_weights(k, slice(0, 1), Conditions())[0].astype(np.float64)
+            assert np.linalg.norm(W - layer.weight) == pytest.approx(deployment.layers[k].residual, rel=1e-3,
+                                                                      abs=1e-4)
+
+
+def test_drift_moves_a_chip_and_the_platform_says_by_how_much(trained, process) -> None:
+    """Every control device shifts by its own k * dT: a temperature offset changes the outputs, and a control
+    shift of exactly k * dT on every device is the same thing."""
+    model, _ = trained
+    chip = _chips(process, 1)[0]
+    fleet = SimulatedFleet(model, [chip], [map_model(model, chip)])
+    X = model.scaling.apply(load_dataset(model.dataset, seed=0).X_test[:30])
+    warm = fleet.scores(X, Conditions(delta_T=0.4), slice(0, 1))
+    shift = (0.4 * chip.environment.drift_coefficient)[None]
+    shifted = fleet.scores(X, Conditions(control_shift=shift), slice(0, 1))
+    np.testing.assert_allclose(warm, shifted, atol=1e-4 * float(np.abs(warm).max()))
+    assert np.abs(warm - fleet.scores(X, Conditions(), slice(0, 1))).max() > 1e-4
+
+
+# --------------------------------------------------------------------------------------- profiles, specs
+def test_a_profile_survives_write_read_and_validate(process, tmp_path) -> None:
+    chip = _chips(process, 1)[0]
+    path = tmp_path / "chipA.h5"
+    write_profile(chip, path)
+    again = read_profile(path)
+    assert validate_profile(path) == []
+    assert again.platform == chip.platform and again.shape == chip.shape
+    for part in ("fabrication", "calibration"):
+        for key, value in getattr(chip, part).items():
+            np.testing.assert_array_equal(getattr(again, part)[key], value)
+    np.testing.assert_array_equal(again.environment.drift_coefficient, chip.environment.drift_coefficient)
+
+
+def test_a_damaged_profile_is_refused_in_one_line(case: Case, process, tmp_path, cli, one_line_error) -> None:
+    platform = get_platform(case.name)
+    path = tmp_path / "chipA.h5"
+    write_profile(_chips(process, 1)[0], path)
+    with h5py.File(path, "r+") as f:
+        field = f[f"calibration/{platform.offset_name}"]
+        field[(0,) * field.ndim] = np.nan
+    one_line_error(cli("profile", "validate", path), str(path), platform.offset_name)
+    with h5py.File(path, "r+") as f:
+        attrs = dict(f["environment/drift_coefficient"].attrs)
+        del f["environment/drift_coefficient"]
+        f["environment/drift_coefficient"] = np.zeros(3)
+        f["environment/drift_coefficient"].attrs.update(attrs)
+    one_line_error(cli("profile", "validate", path), str(path), "drift_coefficient")
+
+
+def test_the_process_spec_dry_runs_and_a_missing_key_is_named(case: Case, process) -> None:
+    platform = get_platform(case.name)
+    assert check_process(process)["platform"] == case.name
+    section = dict(process[platform.device_section])
+    missing = sorted(section)[0]
+    del section[missing]
+    with pytest.raises(ConfigError, match=missing):
+        check_process({**process, platform.device_section: section})
+
+
+def test_the_shipped_fleet_is_its_process_spec_regenerated(case: Case, process, tmp_path) -> None:
+    if case.shipped is None:
+        pytest.skip(f"{case.name} ships no fleet")
+    shipped = sorted(case.shipped.glob("chip*.h5"))
+    assert len(shipped) == 8
+    make_fleet(process, len(shipped), "chip", 0, tmp_path)
+    for path in shipped:
+        again, original = read_profile(tmp_path / path.name), read_profile(path)
+        for part in ("fabrication", "calibration"):
+            for key, value in getattr(original, part).items():
+                np.testing.assert_array_equal(getattr(again, part)[key], value)
+
+
+def test_shipped_process_spec_is_the_package_copy(case: Case) -> None:
+    """spec-sat outside a checkout reads the package's copy of the default fleet's process spec."""
+    if case.shipped is None:
+        pytest.skip(f"{case.name} ships no fleet")
+    copy = REPO / "pnndeploy" / "platforms" / "processes" / f"{case.name}.yaml"
+    assert copy.read_text() == case.process.read_text()
+
+
+def test_the_suite_holds_every_registered_platform() -> None:
+    assert {c.name for c in CASES if c.make is None} == set(PLATFORMS) - {c.name for c in CASES if c.make}
+    assert any(not get_platform(c.name).linear for c in CASES)          # the interface beyond a weight matrix
