@@ -78,24 +78,15 @@ class Compute:
 
     @contextlib.contextmanager
     def running(self, work: float | None = None) -> Iterator["Compute"]:
-        """Set torch's intra-op threads for this work (see :meth:`cpu_threads`), restore them afterwards.
-
-        A training step of at least :data:`PARALLEL_WORK` also runs with denormal floats flushed to zero on this
-        thread (see :func:`flush_denormals` for the whole process, which the command line sets).
-        """
+        """Set torch's intra-op threads for this work (see :meth:`cpu_threads`), restore them afterwards."""
         import torch
 
         previous = torch.get_num_threads()
-        flush = work is not None and work >= PARALLEL_WORK and not self.is_cuda and not _process_flushes
-        if flush:           # before the thread count: worker threads started from here inherit the mode
-            torch.set_flush_denormal(True)
         torch.set_num_threads(self.cpu_threads(work))
         try:
             yield self
         finally:
             torch.set_num_threads(previous)
-            if flush:
-                torch.set_flush_denormal(False)
 
     def describe(self, work: float | None = None) -> str:
         """What a person reads: "cpu, 2 threads" or "cuda:0 (NVIDIA H100)"."""
@@ -112,23 +103,6 @@ class Compute:
 
 #: The compute of library calls that are given none: the CPU, threads by the size of the work.
 CPU = Compute()
-_process_flushes = False
-
-
-def flush_denormals() -> None:
-    """Flush denormal floats to zero on the CPU for the rest of the process (as TensorFlow does by default).
-
-    A conv front end's gradients underflow into denormals, each of which then costs ~100 cycles: the paper's
-    LeNet split on MNIST-sized images trained 1.8x faster per epoch with them flushed.  The mode is a per-thread
-    CPU flag that torch's worker threads copy when they start, so it must be set before torch first runs work
-    in parallel: the command line sets it as it resolves ``--compute``.  The golden ring runs give the same
-    bits either way (they meet no denormal).
-    """
-    import torch
-
-    global _process_flushes
-    torch.set_flush_denormal(True)
-    _process_flushes = True
 
 
 def parse_threads(value: Any, where: str = "--threads") -> int | None:

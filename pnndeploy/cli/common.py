@@ -121,10 +121,7 @@ def compute_options(func: Any) -> Any:
 
 
 def resolve_compute_options(compute: str | None, threads: str | None) -> Any:
-    """The :class:`~pnndeploy.compute.Compute` of ``--compute`` and ``--threads`` (one line, exit 2, when absent);
-    the command's process then computes with denormals flushed to zero (:func:`~pnndeploy.compute.flush_denormals`)."""
-    from pnndeploy.compute import flush_denormals, resolve_compute
+    """The :class:`~pnndeploy.compute.Compute` of ``--compute`` and ``--threads`` (one line, exit 2, when absent)."""
+    from pnndeploy.compute import resolve_compute
 
-    where = resolve_compute(compute, threads)
-    flush_denormals()
-    return where
+    return resolve_compute(compute, threads)
