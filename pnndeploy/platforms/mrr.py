@@ -164,16 +164,21 @@ class MRRPlatform(LinearPlatform):
 
         dtype = dtype or torch.float32
         ri, ci = ring_index(weight_shape, layout)
+        index = (torch.from_numpy(ri).to(device), torch.from_numpy(ci).to(device))
+
+        def gathered(arrays: list[np.ndarray]) -> Any:      # (chips, R, C) per ring -> (chips, out, in) per weight
+            return stacked(arrays, device, dtype)[:, index[0], index[1]]
+
         crosstalk = stacked([p.environment.crosstalk for p in profiles], device, dtype)[:, None, None]
         h = stacked(settings, device, dtype)
-        offset = stacked([p.fabrication[self.offset_name][ri, ci] for p in profiles], device, dtype)
+        offset = gathered([p.fabrication[self.offset_name] for p in profiles])
         state = {
-            "ri": torch.from_numpy(ri).to(device), "ci": torch.from_numpy(ci).to(device),
+            "ri": index[0], "ci": index[1],
             "static": h + offset + crosstalk * _neighbour_settings(h, ci, layout),
-            "drift": stacked([p.environment.drift_coefficient[ri, ci] for p in profiles], device, dtype),
+            "drift": gathered([p.environment.drift_coefficient for p in profiles]),
         }
         for name in self.param_units:
-            state[name] = stacked([p.fabrication[name][ri, ci] for p in profiles], device, dtype)
+            state[name] = gathered([p.fabrication[name] for p in profiles])
         return state
 
     def fleet_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
