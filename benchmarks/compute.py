@@ -63,15 +63,17 @@ def mnist_shaped(samples: int, seed: int = 0) -> Dataset:
                    image_shape=(1, 28, 28))
 
 
-def plain_lenet(batch: int, data: Dataset, epochs: int) -> list[float]:
+def plain_lenet(batch: int, data: Dataset, epochs: int, device: str = "cpu") -> list[float]:
     """Epoch seconds of a plain PyTorch model of the same shape (Adam, the same batch): the reference."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Unflatten(1, (1, 28, 28)), torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(6, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(784, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(), torch.nn.Linear(84, 10))
+        torch.nn.Linear(784, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(),
+        torch.nn.Linear(84, 10)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    X, y = torch.from_numpy(data.scaling.apply(data.X_train)), torch.from_numpy(data.y_train)
+    X = torch.from_numpy(data.scaling.apply(data.X_train)).to(device)
+    y = torch.from_numpy(data.y_train).to(device)
     seconds = []
     for _ in range(epochs):
         t0 = time.perf_counter()
@@ -79,6 +81,8 @@ def plain_lenet(batch: int, data: Dataset, epochs: int) -> list[float]:
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(X[start:start + batch]), y[start:start + batch]).backward()
             opt.step()
+        if device != "cpu":
+            torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - t0)
     return seconds
 
@@ -104,8 +108,9 @@ def threads(samples: int, epochs: int, batch: int, methods: list[str]) -> dict:
     return {"samples": n, "epochs_timed": epochs, "batch": batch, "cores": cores, "model": LENET, "rows": rows}
 
 
-def million(count: int, pool: int, chunk: int) -> dict:
-    """Evaluate ``count`` ring chips streamed ``chunk`` at a time; peak RSS; generation + mapping rate."""
+def million(count: int, pool: int, chunk: int, compute: Compute = Compute()) -> dict:
+    """Evaluate ``count`` ring chips streamed ``chunk`` at a time on ``compute``; peak RSS; generation + mapping
+    rate."""
     process = load_process(ROOT / "device_profiles" / "process.yaml")
     path = Path("/tmp") / "pnndeploy-bench-million.onnx"
     train_and_export(load_dataset("digits", seed=0), TrainConfig(method="sat", epochs=3, hidden=[32], seed=0), path)
@@ -123,9 +128,9 @@ def million(count: int, pool: int, chunk: int) -> dict:
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    acc = stream_accuracy(model, lot(), data.X, data.y, Conditions(delta_T=0.5), chunk=chunk)
+    acc = stream_accuracy(model, lot(), data.X, data.y, Conditions(delta_T=0.5), compute=compute, chunk=chunk)
     seconds = time.perf_counter() - t0
-    return {"chips": count, "distinct_chips": pool, "chunk": chunk, "evaluate_s": seconds,
+    return {"device": compute.device, "chips": count, "distinct_chips": pool, "chunk": chunk, "evaluate_s": seconds,
             "chips_per_s": count / seconds, "generate_and_map_ms_per_chip": 1e3 * make_s,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_rss_before_mb": rss_before, "mean_accuracy": float(acc.mean()), "threads": torch.get_num_threads()}

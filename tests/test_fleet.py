@@ -268,9 +268,10 @@ def _on_torch(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
     return correct_fraction(torch.from_numpy(scores), torch.from_numpy(np.asarray(y))).numpy()
 
 
-def test_correct_fraction_equals_argmax_on_random_scores():
+@pytest.mark.parametrize("chips", [7, 40])
+def test_correct_fraction_equals_argmax_on_random_scores(chips):
     rng = np.random.default_rng(3)
-    scores = rng.standard_normal((7, 10, 200)).astype(np.float32)
+    scores = rng.standard_normal((chips, 10, 200)).astype(np.float32)
     y = rng.integers(0, 10, 200)
     y[:40] = scores[0, :, :40].argmax(axis=0)          # chip 0 gets some right, so the check is not all zeros
     got = _on_torch(scores, y)
@@ -278,10 +279,11 @@ def test_correct_fraction_equals_argmax_on_random_scores():
     assert got[0] >= 0.2
 
 
+@pytest.mark.parametrize("chips", [2, 40], ids=["few chips: max", "many: the label against the maximum"])
 @pytest.mark.parametrize("poison", ["tie", "nan"])
-def test_correct_fraction_follows_argmax_on_ties_and_nan(poison):
-    """Ties go to the first class, NaN wins: torch's argmax on the fleet's tensors is exactly numpy's."""
-    scores = np.zeros((2, 3, 4), dtype=np.float32)
+def test_correct_fraction_follows_argmax_on_ties_and_nan(poison, chips):
+    """Ties go to the first class, NaN wins: the fleet's torch path is exactly numpy's argmax, both ways."""
+    scores = np.zeros((chips, 3, 4), dtype=np.float32)
     scores[:, 2, :] = -1.0
     if poison == "nan":
         scores[1, 1, 0] = np.nan

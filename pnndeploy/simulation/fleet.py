@@ -90,6 +90,7 @@ class SimulatedFleet:
         self.noise_std = np.array([p.environment.detector_noise for p in profiles], np.float32)
         self._noise_cache: dict[int, list[Any]] = {}
         self._front_cache: tuple[np.ndarray, Any] | None = None
+        self._labels_cache: tuple[np.ndarray, Any, bool] | None = None
         self.shapes = [tuple(layer.weight_shape) for layer in model.layers]
         to_device = lambda a: torch.from_numpy(np.asarray(a, np.float32)).to(self.device)   # noqa: E731
         self.gains = [to_device(layer.gain) for layer in model.layers]
@@ -133,6 +134,17 @@ class SimulatedFleet:
             XT = np.ascontiguousarray(np.asarray(features, dtype=np.float32).T)
             self._front_cache = (X_scaled, torch.from_numpy(XT).to(self.device))
         return self._front_cache[1]
+
+    def _labels(self, y: np.ndarray) -> tuple[Any, bool]:
+        """The labels on the compute device and whether they are class indices, kept for the last array seen
+        (an audit scores the same labels at every point of its sweeps)."""
+        import torch
+
+        if self._labels_cache is None or self._labels_cache[0] is not y:
+            labels = torch.from_numpy(np.asarray(y)).to(self.device)
+            classes = are_class_indices(labels, self.shapes[-1][0]) if labels.ndim == 1 else False
+            self._labels_cache = (y, labels, classes)
+        return self._labels_cache[1], self._labels_cache[2]
 
     def chip_state(self, chips: slice, conditions: Conditions) -> ChipState:
         """``conditions`` for the chips in ``chips`` as tensors on the compute device."""
@@ -200,8 +212,7 @@ class SimulatedFleet:
 
         conditions = conditions or Conditions()
         out = np.empty(len(self), dtype=np.float64)
-        labels = torch.from_numpy(np.asarray(y)).to(self.device)
-        classes = are_class_indices(labels, self.shapes[-1][0]) if labels.ndim == 1 else False
+        labels, classes = self._labels(y)
         for start in range(0, len(self), chunk):
             chips = slice(start, min(start + chunk, len(self)))
             scores = self.scores_tensor(X_scaled, conditions, chips)
@@ -216,11 +227,11 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
 
     ``scores`` is (chips, classes, samples) and ``y`` (samples,): numpy arrays (numpy's definition) or torch
     tensors on the compute device.  torch's argmax over the short, strided class axis cost more than every
-    product of the evaluation; the label's score against the maximum over classes is a few vector passes, and
-    where "the first maximum" matters (ties, NaN, which make the count of maxima other than 1) or the labels
-    are not class indices, argmax decides, so the result is the definition's in every case.  Labels that are
-    not one per sample are refused.  ``labels_are_classes``: whether ``y`` holds integer class indices (checked
-    here when None; a caller scoring many chunks checks once).
+    product of the evaluation; ``max(dim=1)`` gives the same first-maximum index (ties and NaN alike) faster
+    for a few chips, and for many the label's score against the maximum over classes is a few vector passes,
+    with ties and NaN (where "the first maximum" matters: the count of maxima is then not 1) and labels that
+    are not class indices left to ``max``.  Labels that are not one per sample are refused.
+    ``labels_are_classes``: whether ``y`` holds integer class indices (checked here when None).
     """
     if isinstance(scores, np.ndarray):
         return (scores.argmax(axis=1) == np.asarray(y)).mean(axis=1)
@@ -230,13 +241,17 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
     if labels_are_classes is None:
         labels_are_classes = are_class_indices(y, classes)
     hit = None
-    if labels_are_classes:
+    if labels_are_classes and chips > FEW_CHIPS:
         top = scores.amax(dim=1)
         if not bool(((scores == top[:, None]).sum(dim=1) != 1).any()):
             hit = scores.gather(1, y.expand(chips, 1, samples))[:, 0] == top
     if hit is None:
-        hit = scores.argmax(dim=1) == y
+        hit = scores.max(dim=1).indices == y
     return hit.sum(dim=1).double() / max(1, samples)
+
+
+#: Up to this many chips :func:`correct_fraction` takes torch's max over classes directly (measured faster there).
+FEW_CHIPS = 32
 
 
 def are_class_indices(y: Any, classes: int) -> bool:
