@@ -64,6 +64,9 @@ _API: dict[str, str] = {
     # evaluating a fleet, transfer and audit
     "SimulatedFleet": "pnndeploy.simulation.fleet",
     "Conditions": "pnndeploy.simulation.fleet",
+    "stream_accuracy": "pnndeploy.simulation.fleet",
+    "Compute": "pnndeploy.compute",
+    "resolve_compute": "pnndeploy.compute",
     "prepare_fleet": "pnndeploy.deploy.transfer",
     "PreparedFleet": "pnndeploy.deploy.transfer",
     "transfer_report": "pnndeploy.deploy.transfer",

@@ -88,6 +88,7 @@ class SimulatedFleet:
         self.device_ids = [p.device_id for p in profiles]
         self.array = profiles[0].shape
         self.noise_std = np.array([p.environment.detector_noise for p in profiles], np.float32)
+        self._noisy = bool(np.any(self.noise_std > 0))
         self._noise_cache: dict[int, list[Any]] = {}
         self._front_cache: tuple[np.ndarray, Any] | None = None
         self._labels_cache: tuple[np.ndarray, Any, bool] | None = None
@@ -108,7 +109,7 @@ class SimulatedFleet:
         """Detector noise of every chip and layer for one evaluation seed (drawn once, then reused)."""
         import torch
 
-        if not np.any(self.noise_std > 0):
+        if not self._noisy:
             return None
         if eval_seed not in self._noise_cache:
             if len(self._noise_cache) >= 16:
@@ -213,12 +214,13 @@ class SimulatedFleet:
         conditions = conditions or Conditions()
         out = np.empty(len(self), dtype=np.float64)
         labels, classes = self._labels(y)
-        for start in range(0, len(self), chunk):
-            chips = slice(start, min(start + chunk, len(self)))
-            scores = self.scores_tensor(X_scaled, conditions, chips)
-            out[chips] = correct_fraction(scores, labels, classes).cpu().numpy()
-            if progress is not None:
-                progress(chips.stop - chips.start)
+        with torch.inference_mode(), self.compute.running():
+            for start in range(0, len(self), chunk):
+                chips = slice(start, min(start + chunk, len(self)))
+                scores = self.scores_tensor(X_scaled, conditions, chips)
+                out[chips] = correct_fraction(scores, labels, classes).cpu().numpy()
+                if progress is not None:
+                    progress(chips.stop - chips.start)
         return out
 
 
