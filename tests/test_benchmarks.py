@@ -48,3 +48,26 @@ def test_quick_benchmark_reports_every_figure_consistently():
     for name in ("momentum_sat", "spec_sat", "momentum_spec_sat"):
         key = {"momentum_sat": "sat_momentum", "spec_sat": "spec_sat", "momentum_spec_sat": "spec_sat_momentum"}[name]
         assert doc[f"{name}_epoch_ratio"] == pytest.approx(times[key] / times["standard"])
+
+
+@pytest.mark.slow
+def test_a_lot_streamed_reports_its_memory_and_rate():
+    """benchmarks/compute.py's lot (10^4 chips in --quick): every chip evaluated, memory and rates reported."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compute.py"), "--quick", "--only", "million",
+                           "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lot = json.loads(proc.stdout)["million"]
+    assert lot["chips"] == 10_000 and lot["distinct_chips"] == 1024 and lot["device"] == "cpu"
+    assert lot["chips_per_s"] == pytest.approx(lot["chips"] / lot["evaluate_s"])
+    assert 0.0 < lot["mean_accuracy"] <= 1.0 and lot["peak_rss_mb"] >= lot["peak_rss_before_mb"] > 0
+
+
+def test_the_gpu_benchmark_says_plainly_when_it_skipped():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: benchmarks/gpu.py measures it")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--json"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["skipped"].startswith("skipped: ") and "no CUDA device" in proc.stdout
