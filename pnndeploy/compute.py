@@ -31,9 +31,9 @@ COMPUTE_ENV = "PNNDEPLOY_COMPUTE"
 #: Environment variable holding the default ``--threads``.
 THREADS_ENV = "PNNDEPLOY_THREADS"
 #: Multiply-accumulates per training step above which automatic threading uses every core.  Measured on two
-#: cores (benchmarks/gpu.py --threads-scan): the paper's LeNet split (conv 6, 16 on 28 x 28 images, 120 -> 84 ->
-#: 10, batch 32: ~1e7 MACs a step) trains 1.6x faster on two threads, the default ring MLPs (64 -> 32 -> 10 and
-#: 64 -> 128 -> 10, batch 32: 0.07e6-0.3e6 MACs) no faster or slower.
+#: cores (benchmarks/compute.py): the paper's LeNet split (conv 6, 16 on 28 x 28 images, 784 -> 120 -> 84 -> 10,
+#: batch 64: ~2e7 MACs a step) trains 1.4-1.7x faster on two threads; the default ring MLPs (64 -> 32 -> 10 and
+#: 64 -> 128 -> 10, batch 32: 0.07e6-0.3e6 MACs) gain nothing, and lose much on a busy machine.
 PARALLEL_WORK = 2_000_000
 #: The largest thread count accepted (a typo such as 20000 is refused rather than spawning threads).
 MAX_THREADS = 1024

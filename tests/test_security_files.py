@@ -716,3 +716,28 @@ def test_a_profile_whose_device_id_is_a_path_is_refused(tmp_path, cli, one_line_
 def test_sweep_names_are_folder_names(tmp_path, cli, one_line_error, name):
     (tmp_path / "grid.yaml").write_text(json.dumps({"name": name}) + "\n")
     one_line_error(cli("sweep", "grid.yaml"), "must be a plain folder name")
+
+
+@pytest.mark.parametrize("address", ["/etc/hostname", "../chipA", "sub/chipA"])
+def test_a_simulated_backend_cannot_make_pnndeploy_read_another_file(tmp_path, address, cli, one_line_error,
+                                                                     tiny_fleet_dir, model_file):
+    """A profile's simulated backend names its chip by a plain profile name beside it, never a path."""
+    mine = tmp_path / "profiles"
+    shutil.copytree(tiny_fleet_dir, mine)
+    made = cli("chip", "connect", "chipC", "--profiles", mine, "--kind", "simulated", "--address", address,
+               "--name", "chipC-sim")
+    if made.exit_code == 0:
+        one_line_error(cli("transfer", "--model", model_file, "--profiles", mine, "--device", "chipC-sim",
+                           "--no-save"), "plain name of a profile")
+    else:
+        one_line_error(made)
+
+
+def test_a_simulated_backend_named_by_profile_name_plays_that_chip(tmp_path, cli, tiny_fleet_dir, model_file):
+    mine = tmp_path / "profiles"
+    shutil.copytree(tiny_fleet_dir, mine)
+    assert cli("chip", "connect", "chipC", "--profiles", mine, "--kind", "simulated", "--address", "chipC",
+               "--name", "chipC-sim").exit_code == 0
+    result = cli("transfer", "--model", model_file, "--profiles", mine, "--device", "chipC-sim", "--no-save", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["devices"][0]["evaluated_by"] == "backend:simulated"

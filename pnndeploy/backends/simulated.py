@@ -21,6 +21,7 @@ import torch
 
 from pnndeploy import __version__
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
+from pnndeploy.errors import PnnError
 from pnndeploy.formats.profiles import DeviceProfile, read_profile
 from pnndeploy.platforms import get_platform
 from pnndeploy.platforms.base import ChipState
@@ -40,8 +41,17 @@ class SimulatedChip(ChipBackend):
                  profile: DeviceProfile | None = None, measurement_noise: float = MEASUREMENT_NOISE,
                  seed: int = 0) -> None:
         super().__init__(address, options, timeout)
-        if profile is None:
-            profile = read_profile(address)
+        self._seed = seed
+        self._default_noise = measurement_noise
+        self.slots: dict[int, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._noise: dict[int, Any] = {}
+        self.profile: DeviceProfile | None = None
+        if profile is not None:
+            self._play(profile)
+
+    def _play(self, profile: DeviceProfile) -> None:
+        """Take the chip's truth from ``profile`` (a simulated one)."""
+        address, measurement_noise, seed = self.address, self._default_noise, self._seed
         if not profile.simulated:
             raise BackendError(f"profile {address or profile.device_id} has no fabrication truth: a simulated chip "
                                "can only be played from a simulated profile (`pnndeploy fleet make`)")
@@ -57,17 +67,38 @@ class SimulatedChip(ChipBackend):
         self.reference_C = float(profile.calibration_temperature_C)   # the truth's offsets hold at this temperature
         self.temperature_C = self.reference_C
         self.rng = np.random.default_rng(seed)
-        self.slots: dict[int, tuple[tuple[int, int], dict[str, Any]]] = {}
-        self._noise: dict[int, Any] = {}
 
     # ------------------------------------------------------------------------------------------ session
     def open(self) -> ChipInfo:
         return self.info()
 
+    def _ready(self) -> None:
+        """Read the chip's profile on first use when it was named by ``address``: when a profile's backend group
+        named it, by a plain device name in the folder of the profile that names it (a profile from someone else
+        cannot make pnndeploy read any other file); a path only when no profile named it (a script's own
+        choice, as ``SimulatedChip(path)``)."""
+        if self.profile is None:
+            self._play(read_profile(self._profile_path()))
+
+    def _profile_path(self) -> Any:
+        from pnndeploy.formats.profile_folder import check_device_name
+
+        folder = self.trust.folder
+        if folder is None:
+            return self.address
+        try:
+            check_device_name(self.address)
+        except PnnError:        # a path or bad characters: said for the backend group
+            raise BackendError(f"backend address {self.address!r} of a simulated chip must be the plain name of a "
+                               "profile beside the one that names it (no path); fix the profile's backend group") \
+                from None
+        return folder.parent / f"{self.address}.h5"
+
     def close(self) -> None:
         pass
 
     def info(self) -> ChipInfo:
+        self._ready()
         supports = {"temperature"} | ({"measure_transfer"} if self.platform.sweep_calibration else set())
         return ChipInfo(device_id=self.profile.device_id, platform=self.profile.platform,
                         array=tuple(self.profile.shape), firmware=f"pnndeploy-simulated-chip {__version__}",
@@ -75,6 +106,7 @@ class SimulatedChip(ChipBackend):
 
     # ------------------------------------------------------------------------------------------ control
     def program(self, layers: Sequence[LayerProgram]) -> None:
+        self._ready()
         for layer in layers:
             out_f, in_f = (int(n) for n in layer.weight_shape)
             if not 0 <= layer.index < MAX_LAYERS:
@@ -96,6 +128,7 @@ class SimulatedChip(ChipBackend):
             self._noise.pop(layer.index, None)
 
     def set_temperature(self, celsius: float) -> None:
+        self._ready()
         if not np.isfinite(celsius) or not -40.0 <= celsius <= 125.0:
             raise BackendError(f"temperature {celsius} degC is outside what the station's TEC can reach (-40..125)")
         if celsius != self.temperature_C:
@@ -116,6 +149,7 @@ class SimulatedChip(ChipBackend):
         return self._noise[layer]
 
     def infer(self, layer: int, x: np.ndarray) -> np.ndarray:
+        self._ready()
         if layer not in self.slots:
             raise BackendError(f"layer slot {layer} is not programmed; program it first")
         (out_f, in_f), state = self.slots[layer]
@@ -131,6 +165,7 @@ class SimulatedChip(ChipBackend):
         return y
 
     def measure_transfer(self, rows: np.ndarray, cols: np.ndarray, controls: np.ndarray) -> np.ndarray:
+        self._ready()
         if not self.platform.sweep_calibration:
             return super().measure_transfer(rows, cols, controls)
         rows, cols = np.asarray(rows), np.asarray(cols)

@@ -16,9 +16,8 @@ Why this and not the alternatives the literature uses:
   any scale: the baseline's W is divided by its largest singular value per row
   block and the gain multiplied by it, which changes no output.
 * one unitary with intensity detection (|U x|^2, the paper's MZI set-up) is
-  quadratic in the inputs: it is not a linear layer, so it could not share the
-  exported linear model (ONNX Gemm), the fleet simulator or the mapping with
-  the other platforms.
+  quadratic in the inputs: not a weight matrix, so not this platform (the layer
+  interface takes such a readout: see the conformance suite's intensity-read mesh).
 
 A layer larger than the mesh is tiled: its (out, in) weights are cut into
 N x N blocks, each realised by the same physical mesh with its own phases
