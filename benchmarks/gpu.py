@@ -59,6 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     try:
         compute = resolve_compute(args.compute)
+        if not compute.is_cuda:
+            raise ComputeError(f"--compute {args.compute} resolves to {compute.device}, not a CUDA device")
     except ComputeError as exc:
         reason = f"skipped: {exc}"
         print(json.dumps({"skipped": reason}) if args.json else f"benchmarks/gpu.py {reason}")

@@ -6,7 +6,7 @@ plug in as one module each, with a process spec, and nothing else in pnndeploy c
 
 * :class:`IntensityMesh`: one N-mode Clements mesh read by **intensity detection**, ``y = |U x|^2`` at the
   first ``out`` ports (the MZI as the paper's authors built it, on a small mesh).  Its chips are MZI meshes,
-  so it keeps the MZI platform's profiles, fabrication model and calibration fields.
+  so it shares the MZI platform's devices, profiles, fabrication model and calibration fields (``MeshDevices``).
 * :class:`Diffractive`: one phase mask on an N x N grid, **free-space propagation** to a detector plane by
   the angular spectrum method (FFT, zero-padded, band-limited) and **intensity** integrated over square
   detector regions: a one-mask diffractive layer (the fourth platform's physics, on a toy grid).
@@ -14,6 +14,7 @@ plug in as one module each, with a process spec, and nothing else in pnndeploy c
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -21,12 +22,12 @@ import numpy as np
 
 from pnndeploy.errors import ModelFileError
 from pnndeploy.platforms.base import ChipState, LayerMapping, Platform, Range, quantise, stacked
-from pnndeploy.platforms.mesh import TWO_PI, mesh_unitary, phase_count
-from pnndeploy.platforms.mzi import MZIPlatform, _precompensate, _spill
+from pnndeploy.platforms.mesh import TWO_PI, mesh_unitary, one_thread, phase_count
+from pnndeploy.platforms.mzi import MeshDevices, _precompensate, _spill
 from pnndeploy.platforms.optics import angular_spectrum, intensity, onnx_intensity_of_linear, onnx_propagate, propagate
 
 
-class IntensityMesh(MZIPlatform):
+class IntensityMesh(MeshDevices, Platform):
     """One N-mode mesh read by intensity: a layer (out, in) with in, out <= N computes |U[:out, :in] x|^2."""
 
     name = "mzi-intensity"
@@ -42,7 +43,7 @@ class IntensityMesh(MZIPlatform):
         return (phase_count(n),)
 
     def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), "detection": "intensity |U x|^2 at the first out ports"}
+        return {**super().metadata(), "modes": self.modes, "detection": "intensity |U x|^2 at the first out ports"}
 
     def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
         import torch
@@ -50,10 +51,11 @@ class IntensityMesh(MZIPlatform):
         shape = self.control_shape(weight_shape)
         return (torch.rand(shape, generator=generator, dtype=torch.float64) * TWO_PI).to(torch.float32)
 
-    def _field_matrix(self, controls: Any, weight_shape: tuple[int, int], ratios: Any = None) -> Any:
+    def _field_matrix(self, controls: Any, weight_shape: tuple[int, int], ratios: Any = None,
+                      aligned: bool = False) -> Any:
         """U[..., :out, :in] of the mesh at ``controls`` (complex torch)."""
         n = math.isqrt(controls.shape[-1])
-        return mesh_unitary(controls, n, ratios)[..., :weight_shape[0], :weight_shape[1]]
+        return mesh_unitary(controls, n, ratios, aligned)[..., :weight_shape[0], :weight_shape[1]]
 
     def forward(self, controls: Any, x: Any, weight_shape: tuple[int, int], perturbation: Any = None) -> Any:
         U = self._field_matrix(controls, weight_shape)
@@ -98,7 +100,8 @@ class IntensityMesh(MZIPlatform):
         phases = state["static"][chips] + state["drift"][chips] * conditions.temperature(1)
         if conditions.control_shift is not None:
             phases = phases + conditions.control_shift
-        U = self._field_matrix(phases, state["shape"], state["ratios"][chips])     # (chips, out, in)
+        with one_thread():          # a chip's mesh the same bits in any batch (see mesh_unitary)
+            U = self._field_matrix(phases, state["shape"], state["ratios"][chips], aligned=True)  # (chips, out, in)
         h = h.expand(U.shape[0], *h.shape) if h.dim() == 2 else h
         # the real inputs' field, as two real GEMMs per chip (a chip's bits then do not depend on its batch)
         y = torch.bmm(U.real.contiguous(), h) ** 2 + torch.bmm(U.imag.contiguous(), h) ** 2
@@ -170,7 +173,10 @@ class Diffractive(Platform):
         return None if layout[0] == layout[1] and layout[0] >= 4 else "a mask is square, at least 4 x 4 pixels"
 
     def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
-        n = int((params or {}).get("grid", self.grid))
+        n = (params or {}).get("grid", self.grid)
+        if isinstance(n, bool) or not isinstance(n, int) or not 4 <= n <= 256:
+            raise ModelFileError(f"model metadata platform_params.grid is {n!r}, expected the mask's side the model "
+                                 "was trained for (an integer from 4 to 256); re-export the model")
         side = math.isqrt(weight_shape[1])
         if side * side != weight_shape[1] or side > n or weight_shape[0] > self._capacity(n):
             raise ModelFileError(f"a {weight_shape[0]}x{weight_shape[1]} layer does not fit a {n}x{n} mask")
@@ -196,8 +202,9 @@ class Diffractive(Platform):
         with torch.no_grad():
             controls.remainder_(TWO_PI)
 
+    @functools.lru_cache(maxsize=8)
     def _operators(self, n: int, weight_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """(H on the 2n x 2n grid, the detector matrix R (4n^2, out): 1 where a pixel lies in a detector)."""
+        """(H on the 2n x 2n grid, the detector matrix R (4n^2, out): 1 where a pixel lies in a detector), kept."""
         H = angular_spectrum(2 * n, self.pixel_pitch_um, self.wavelength_um, self.distance_um)
         k = math.ceil(math.sqrt(weight_shape[0]))
         R = np.zeros((2 * n, 2 * n, weight_shape[0]))

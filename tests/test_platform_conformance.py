@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from optical_test_platforms import Diffractive, IntensityMesh
+from pnndeploy.compute import Compute
 from pnndeploy.data.datasets import load_dataset
 from pnndeploy.deploy.mapping import map_model
 from pnndeploy.errors import ConfigError
@@ -163,24 +164,41 @@ def test_the_exported_file_runs_in_onnxruntime_to_pnndeploys_outputs(trained) ->
 
 # ------------------------------------------------------------------------------------------- the fleet
 def test_a_chip_gives_the_same_outputs_alone_or_in_a_fleet(trained, process) -> None:
-    """Each chip has its own product of the same shape in any batch, and its own noise stream: its outputs do
-    not depend on the chips evaluated with it, under drift, detector noise and a whole-setup perturbation."""
+    """Each chip has its own product of the same shape in any batch, its own noise stream and physics that rounds
+    the same wherever it falls in a batch: its outputs do not depend on the chips evaluated with it, nor on the
+    threads sharing the work, under drift, detector noise and a whole-setup perturbation (80 chips on 3 and 5
+    threads: enough elements for torch to split the elementwise work between threads)."""
     model, _ = trained
-    chips = _chips(process, 6)
-    deployments = [map_model(model, chip) for chip in chips]
+    N = 80
+    pool = _chips(process, 6)
+    mapped = [map_model(model, chip) for chip in pool]
+    chips = [replace(pool[k % 6], device_id=f"chip{k:02d}") for k in range(N)]     # own names: own noise
+    deployments = [mapped[k % 6] for k in range(N)]
     X = model.scaling.apply(load_dataset(model.dataset, seed=0).X_test[:50])
     platform = get_platform(model.platform)
     perturbation = {axis.name: axis.centre + 0.3 for axis in platform.perturbation_axes} or None
-    fleet = SimulatedFleet(model, chips, deployments)
-    temperatures = np.array([0.3, -0.2, 0.7, 0.0, 1.1, -0.5])
-    together = fleet.scores(X, Conditions(delta_T=temperatures, eval_seed=3, perturbation=perturbation), slice(0, 6))
-    for k in (0, 2, 5):
-        alone = SimulatedFleet(model, chips[k:k + 1], deployments[k:k + 1]).scores(
-            X, Conditions(delta_T=float(temperatures[k]), eval_seed=3, perturbation=perturbation), slice(0, 1))
-        np.testing.assert_array_equal(together[k], alone[0])
-    middle = fleet.scores(X, Conditions(delta_T=temperatures, eval_seed=3, perturbation=perturbation), slice(1, 4))
-    np.testing.assert_array_equal(middle, together[1:4])
-    assert np.abs(together[0] - together[1]).max() > 0          # the chips differ (not a vacuous equality)
+    temperatures = np.linspace(-1.0, 1.3, N)
+
+    def conditions(dT: Any) -> Conditions:
+        return Conditions(delta_T=dT, eval_seed=3, perturbation=perturbation)
+
+    alone = np.stack([SimulatedFleet(model, chips[k:k + 1], deployments[k:k + 1], Compute("cpu", 1)).scores(
+        X, conditions(float(temperatures[k])), slice(0, 1))[0] for k in range(N)])
+    for threads, part in ((3, slice(0, N)), (5, slice(1, N)), (3, slice(3, N - 4))):
+        fleet = SimulatedFleet(model, chips, deployments, Compute("cpu", threads))
+        got = fleet.scores(X, conditions(temperatures), part)
+        differ = [k + part.start for k in range(len(got)) if not np.array_equal(got[k], alone[k + part.start])]
+        assert differ == [], f"on {threads} threads chips {differ} give other bits than alone"
+    if platform.linear:         # every weight, where a bit that moves is seen before any product averages it
+        for layer in range(len(model.layers)):
+            weights = SimulatedFleet(model, chips, deployments, Compute("cpu", 3)).realised_weights(
+                layer, slice(0, N), conditions(temperatures))
+            for k in range(N):
+                single = SimulatedFleet(model, chips[k:k + 1], deployments[k:k + 1], Compute("cpu", 1))
+                np.testing.assert_array_equal(
+                    weights[k], single.realised_weights(layer, slice(0, 1), conditions(float(temperatures[k])))[0])
+    together = alone
+    assert np.abs(together[0] - together[6]).max() > 0          # the chips differ (not a vacuous equality)
 
 
 def test_a_chip_calibrated_to_its_truth_realises_the_nominal_model(case: Case, trained, process) -> None:
@@ -282,3 +300,36 @@ def test_shipped_process_spec_is_the_package_copy(case: Case) -> None:
 def test_the_suite_holds_every_registered_platform() -> None:
     assert {c.name for c in CASES if c.make is None} == set(PLATFORMS) - {c.name for c in CASES if c.make}
     assert any(not get_platform(c.name).linear for c in CASES)          # the interface beyond a weight matrix
+
+
+@pytest.mark.parametrize("grid", ["x", None, [1], 600, True])
+def test_a_non_linear_model_file_with_hostile_platform_params_is_one_line(grid, tmp_path) -> None:
+    """The loader rebuilds a non-linear layer's operator from the file: bad platform parameters are a
+    ModelFileError (one line, exit 2), never a traceback or a huge allocation."""
+    import json as _json
+
+    import onnx
+
+    from pnndeploy.errors import ModelFileError
+    from pnndeploy.training.config import TrainConfig
+    from pnndeploy.training.pipeline import train_and_export
+
+    path = tmp_path / "d2nn.onnx"
+    train_and_export("digits", TrainConfig(platform="d2nn-toy", method="sat", epochs=1, hidden=[16], onchip=1), path)
+    proto = onnx.load(str(path))
+    for prop in proto.metadata_props:
+        if prop.key == "pnndeploy.platform_params":
+            prop.value = _json.dumps({**_json.loads(prop.value), "grid": grid})
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelFileError, match="grid|controls shape"):
+        load_model(path)
+
+
+def test_labels_of_any_integer_type_score_the_same() -> None:
+    from pnndeploy.simulation.fleet import correct_fraction
+
+    scores = torch.randn(40, 10, 30, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (30,), generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        assert torch.equal(correct_fraction(scores, y.to(dtype)), correct_fraction(scores, y))
+    assert torch.isnan(correct_fraction(torch.zeros(3, 10, 0), y[:0])).all()

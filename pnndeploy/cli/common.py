@@ -110,10 +110,10 @@ def check_executor(executor: str, address: str | None) -> None:
 def compute_options(func: Any) -> Any:
     """--compute auto|cpu|cuda[:N] and --threads N: where torch computes (never which chip: that is --device)."""
     func = click.option("--threads", default=None, metavar="N|auto",
-                        help="CPU threads torch may use (default auto, or $PNNDEPLOY_THREADS: one thread for small "
-                             "models, every core once a training step or a fleet is big enough to split). "
-                             "Training's last bits depend on it: --threads 1 reproduces a run bit for bit on any "
-                             "machine.")(func)
+                        help="CPU threads torch may use (default auto, or $PNNDEPLOY_THREADS: training takes one "
+                             "thread for small models and every core once a step is big enough to split; fleets take "
+                             "every core). Training's last bits depend on it: --threads 1 --compute cpu reproduces "
+                             "a run bit for bit on a machine of the same CPU kind; a fleet's bits do not.")(func)
     func = click.option("--compute", default=None, metavar="auto|cpu|cuda[:N]",
                         help="Where training and the chip physics compute (default auto, or $PNNDEPLOY_COMPUTE): a "
                              "CUDA GPU when there is one, else the CPU. Not a chip: --device names chips.")(func)

@@ -138,12 +138,13 @@ def _one_line(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------- fleets on Ray
 def _chip_batch_accuracy(model: Any, profiles: list[Any], deployments: list[Any], X: np.ndarray, y: np.ndarray,
-                         conditions: Any) -> np.ndarray:
-    """Accuracy of one batch of chips (what one Ray task computes: on the CPU it was given, one thread)."""
+                         conditions: Any, device: str = "cpu") -> np.ndarray:
+    """Accuracy of one batch of chips (what one Ray task computes): on the CPU it was given, one thread, or on the
+    GPU Ray gave it (``device`` "cuda": the task sees only its own)."""
     from pnndeploy.compute import Compute
     from pnndeploy.simulation.fleet import SimulatedFleet
 
-    return SimulatedFleet(model, profiles, deployments, Compute("cpu", 1)).accuracy(X, y, conditions)
+    return SimulatedFleet(model, profiles, deployments, Compute(device, 1)).accuracy(X, y, conditions)
 
 
 def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", address: str | None = None,
@@ -167,9 +168,11 @@ def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", addr
     with ray_session(address, num_cpus) as ray:
         model = ray.put(prepared.model)
         X, y = ray.put(prepared.data.X), ray.put(prepared.data.y)
+        cuda = fleet.compute.is_cuda
         args = [(model, [p for p, _ in pairs[i:i + chips_per_task]], [d for _, d in pairs[i:i + chips_per_task]],
-                 X, y, conditions) for i in range(0, len(pairs), chips_per_task)]
-        parts = run_tasks(_resolve_then(_chip_batch_accuracy), args, "ray", address, num_cpus)
+                 X, y, conditions, "cuda:0" if cuda else "cpu") for i in range(0, len(pairs), chips_per_task)]
+        parts = run_tasks(_resolve_then(_chip_batch_accuracy), args, "ray", address, num_cpus,
+                          gpus_per_task=int(cuda))
     failed = [p for p in parts if isinstance(p, TaskFailure)]
     if failed:
         raise ExecutorError(f"{len(failed)} of {len(parts)} Ray tasks failed; first: {failed[0].error}")

@@ -408,7 +408,8 @@ def _check_metadata_types(where: str, meta: dict[str, Any]) -> None:
 
 def onchip_key(name: str, linear: bool) -> str:
     """The key of a layer in ``pnndeploy.onchip`` and ``pnndeploy.controls``: its weight initializer for a linear
-    platform, ``NAME.controls`` for one whose layer is not a weight matrix."""
+    platform (DESIGN.md's list of on-chip weight initializers), ``NAME.controls`` for one whose layer is not a
+    weight matrix (no such initializer: its initializers are the platform's, prefixed NAME.)."""
     return f"{name}.weight" if linear else f"{name}.controls"
 
 
@@ -478,12 +479,19 @@ def _layer_controls(where: str, meta: dict[str, Any], controls: dict[str, Any], 
 
 def _check_operator(where: str, platform: Any, layer: ModelLayer, meta: dict[str, Any],
                     inits: dict[str, np.ndarray]) -> None:
-    """A non-linear layer's initializers must be what its controls give: the ONNX graph and pnndeploy's own
-    evaluation of the file then agree (an edited initializer is refused, not silently run)."""
+    """A non-linear layer's initializers must be what its controls give (an edited initializer is refused, not
+    silently run).  The graph's nodes are not compared, as a linear layer's Gemm is not: pnndeploy evaluates and
+    maps a file from its metadata and initializers, and onnxruntime runs what the graph says."""
     from onnx import numpy_helper
 
     params = meta.get("platform_params") if isinstance(meta.get("platform_params"), dict) else {}
-    _, expected = platform.onnx_layer(layer.name, None, layer.controls, layer.shape, "x", "y", params)
+    try:
+        _, expected = platform.onnx_layer(layer.name, None, layer.controls, layer.shape, "x", "y", params)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+    except (ValueError, TypeError, OverflowError, ArithmeticError, MemoryError) as exc:
+        raise ModelFileError(f"{where}: layer {layer.name!r} cannot be rebuilt from its controls "
+                             f"({type(exc).__name__}); the file was edited or corrupted, re-export it") from None
     for tensor in expected:
         want = numpy_helper.to_array(tensor)
         got = inits.get(tensor.name)
@@ -504,6 +512,9 @@ def _control_shape(where: str, meta: dict[str, Any], weight_shape: tuple[int, ..
         return tuple(platform.control_shape(tuple(weight_shape), params))
     except ModelFileError as exc:
         raise ModelFileError(f"{where}: {exc}") from None
+    except (ValueError, TypeError, OverflowError, ArithmeticError, MemoryError) as exc:
+        raise ModelFileError(f"{where}: its platform_params or layer shapes give no controls shape "
+                             f"({type(exc).__name__}); the file was edited or corrupted, re-export it") from None
 
 
 def onnx_logits(path: str | Path, X_raw: np.ndarray) -> np.ndarray:

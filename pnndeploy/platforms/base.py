@@ -273,8 +273,10 @@ class Platform(ABC):
         every chip or (chips, in, samples), times the digital ``gain`` (out,) when given.
 
         Samples are on the fast axis so that every product is one contiguous GEMM per chip, of the same shape
-        whatever the chips around it (a chip gives the same outputs, bit for bit, alone or in a fleet).
-        ``noise`` is the chips' detector-noise draw, (chips, *:meth:`noise_shape`), already scaled.
+        whatever the chips around it (a chip gives the same outputs, bit for bit, alone or in a fleet; the
+        elementwise physics must round alike wherever a chip falls in the batch and whatever the threads: see
+        ``mesh_unitary(aligned=True)``).  ``noise`` is the chips' detector-noise draw, (chips,
+        *:meth:`noise_shape`), already scaled.  The result is a new tensor, which the caller changes in place.
         """
 
     def noise_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
@@ -325,7 +327,8 @@ class LinearPlatform(Platform):
 
     @abstractmethod
     def fleet_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
-        """(chips, out, in) weights the chips in ``chips`` realise under ``conditions``, before detector noise."""
+        """(chips, out, in) weights the chips in ``chips`` realise under ``conditions``, before detector noise: a new
+        tensor (never a view of ``state``), which :meth:`fleet_forward` changes in place."""
 
     def perturb_inputs(self, x: Any, perturbation: Any) -> Any:
         """Torch: a layer's inputs as a perturbed setup shows them to the devices (free-space misalignment)."""

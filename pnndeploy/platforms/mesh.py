@@ -22,9 +22,10 @@ the diagonal to the output screen).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -95,11 +96,17 @@ def _mzi_entries(xp: Any, theta: Any, phi: Any, r1: Any, r2: Any) -> tuple[Any, 
     return tuple(make(*part) for part in (t00, t01, t10, t11))
 
 
-def mesh_unitary(phases: Any, n: int, ratios: Any = None) -> Any:
+def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False) -> Any:
     """U of meshes (torch), (..., n, n), from phases (..., n^2) and splitting ratios (..., M, 2) (None: ideal 0.5).
 
     Leading axes broadcast (chips x blocks of phases with chips x 1 x 1 x M x 2 ratios); the complex dtype
     follows the phases' (complex64 for float32), the device too; differentiable in phases and ratios.
+
+    ``aligned`` (fleets): each mesh's U the same bits whatever the meshes computed with it.  torch's vectorised
+    cos, sin and complex product round differently from its scalar ones, and which elements take the scalar
+    path depends on where a vector loop (or a thread's share of it) ends.  So each mesh's per-MZI and per-mode
+    vectors are padded to whole vector blocks (:data:`ALIGN` elements), and the caller runs this on one thread
+    (:func:`one_thread`) so no thread boundary falls inside a mesh; the column products go row by row.
     """
     import torch
 
@@ -109,7 +116,9 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None) -> Any:
         r1 = r2 = torch.full((m,), 0.5, dtype=phases.dtype, device=phases.device)
     else:
         r1, r2 = ratios[..., 0], ratios[..., 1]
-    t00, t01, t10, t11 = _mzi_entries(torch, theta, phi, r1, r2)
+    if aligned:
+        theta, phi, r1, r2 = (_padded(v, 0.5 if k > 1 else 0.0) for k, v in enumerate((theta, phi, r1, r2)))
+    t00, t01, t10, t11 = (t[..., :m] for t in _mzi_entries(torch, theta, phi, r1, r2))
     batch = torch.broadcast_shapes(t00.shape[:-1], psi.shape[:-1])
     g0, g1, perm = (torch.from_numpy(a).to(phases.device) for a in _column_gathers(n))
     one = torch.ones((*t00.shape[:-1], 1), dtype=t00.dtype, device=phases.device)
@@ -118,7 +127,39 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None) -> Any:
     U = torch.eye(n, dtype=t00.dtype, device=phases.device).expand(*batch, n, n)
     for c in range(n):      # row-wise products (one factor per row): every lane of a row rounds alike
         U = d0[..., c, :, None] * U + d1[..., c, :, None] * U[..., perm[c], :]
-    return torch.complex(torch.cos(psi), torch.sin(psi))[..., :, None] * U
+    psi_ = _padded(psi, 0.0) if aligned else psi
+    screen = torch.complex(torch.cos(psi_), torch.sin(psi_))[..., :n]
+    return screen[..., :, None] * U
+
+
+#: Elements (float32) a padded per-mesh vector is rounded up to: two AVX-512 vectors, what torch's vectorised loop
+#: handles per step, so no mesh's elements meet the loop's scalar remainder.
+ALIGN = 32
+
+
+def _padded(values: Any, fill: float) -> Any:
+    """``values`` (..., k) padded along the last axis with ``fill`` to a multiple of :data:`ALIGN`, contiguous."""
+    import torch
+
+    k = values.shape[-1]
+    extra = -k % ALIGN
+    if not extra:
+        return values.contiguous()
+    pad = torch.full((*values.shape[:-1], extra), fill, dtype=values.dtype, device=values.device)
+    return torch.cat([values, pad], dim=-1)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the duration (elementwise work whose bits must not depend on a split)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ------------------------------------------------------------------------------------------ decomposition

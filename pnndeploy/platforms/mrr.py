@@ -217,7 +217,7 @@ class MRRPlatform(LinearPlatform):
         a = ((1.0 - W[torch.arange(len(W), device=device), at]) / 2.0).clamp(1e-3, 1.0)
         step = float(np.median(np.diff(np.asarray(controls, np.float64)))) if h.shape[1] > 1 else 1.0
         deep = W < (1.0 - a)[:, None]                 # inside the half-depth points
-        gamma = (deep.sum(dim=1) * step / 2.0).clamp(min=step)
+        gamma = (deep.sum(dim=1).double() * step / 2.0).clamp(min=step)
         params = torch.stack([x0, gamma, a], dim=1)
         damping = torch.full((len(W),), 1e-3, dtype=torch.float64, device=device)
         eye = torch.eye(3, dtype=torch.float64, device=device)[None]

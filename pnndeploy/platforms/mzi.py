@@ -42,18 +42,17 @@ import numpy as np
 
 from pnndeploy.errors import ModelFileError
 from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, Range, quantise, stacked
-from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mesh_unitary, mzi_count, phase_count, \
-    unitary_with_real_part
+from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mesh_unitary, mzi_count, one_thread, \
+    phase_count, unitary_with_real_part
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model.
 FIT_ITERATIONS = 120
 
 
-class MZIPlatform(LinearPlatform):
-    """Rectangular MZI mesh with coherent detection; controls are phases (rad), N^2 per N x N block."""
+class MeshDevices:
+    """What every platform built on one MZI mesh shares, whatever reads its outputs: the devices (phase shifters,
+    couplers), their fabrication and drift model, the profile fields, the mesh size and how phases wrap."""
 
-    name = "mzi"
-    description = "a Mach-Zehnder (Clements) mesh with coherent detection"
     control_units = "rad"
     control_noun = "phase"
     device_noun = "phase_shifters"
@@ -74,7 +73,6 @@ class MZIPlatform(LinearPlatform):
     modes = 16
     minimal_layout = (2, 2)
 
-    # ---------------------------------------------------------------------------------------- a layer
     def _modes(self, params: Mapping[str, Any] | None) -> int:
         """The mesh size a model was trained for (``platform_params.modes``); the default for a new model."""
         if params is None:
@@ -85,48 +83,12 @@ class MZIPlatform(LinearPlatform):
                                  "model was trained for (an integer from 2 to 1024); re-export the model")
         return value
 
-    def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
-        n = self._modes(params)
-        out_f, in_f = weight_shape
-        return (math.ceil(out_f / n), math.ceil(in_f / n), phase_count(n))
-
-    def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), "modes": self.modes, "detection": "coherent (W = Re U)"}
-
-    def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
-        """Phases uniform in [0, 2 pi): a random mesh, whose Re(U) has entries of both signs."""
-        import torch
-
-        shape = self.control_shape(weight_shape)
-        return (torch.rand(shape, generator=generator, dtype=torch.float64) * TWO_PI).to(torch.float32)
-
-    def nominal_weights(self, controls: Any, weight_shape: tuple[int, int]) -> Any:
-        n = self.modes
-        to, ti, _ = controls.shape
-        U = mesh_unitary(controls, n)                               # (to, ti, n, n)
-        W = U.real.permute(0, 2, 1, 3).reshape(to * n, ti * n)
-        return W[:weight_shape[0], :weight_shape[1]]
-
     def project(self, controls: Any) -> None:
         """Wrap the phases into [0, 2 pi): the same physics, and what a phase DAC sets."""
         import torch
 
         with torch.no_grad():
             controls.remainder_(TWO_PI)
-
-    def weights_to_controls(self, weight: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-        """Decompose each block; a row block whose largest singular value s exceeds 1 is divided by s."""
-        n = self.modes
-        blocks = _blocks(weight, n)
-        to, ti = blocks.shape[:2]
-        scale = np.ones(to)
-        for bo in range(to):
-            s = max(float(np.linalg.norm(blocks[bo, bi], 2)) for bi in range(ti))
-            if s > 1.0:
-                scale[bo] = s
-                blocks[bo] /= s
-        controls, _ = _decompose_blocks(blocks)
-        return controls, 0, np.repeat(scale, n)[:weight.shape[0]]
 
     # --------------------------------------------------------------------------------------- profiles
     def layout_problem(self, layout: tuple[int, int]) -> str | None:
@@ -160,6 +122,50 @@ class MZIPlatform(LinearPlatform):
             "splitter_ratio": np.clip((1.0 + eps) / 2.0, 1e-3, 1.0 - 1e-3),
             "drift_coefficient": drift,
         }
+
+
+class MZIPlatform(MeshDevices, LinearPlatform):
+    """Rectangular MZI mesh with coherent detection; controls are phases (rad), N^2 per N x N block."""
+
+    name = "mzi"
+    description = "a Mach-Zehnder (Clements) mesh with coherent detection"
+
+    # ---------------------------------------------------------------------------------------- a layer
+    def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+        n = self._modes(params)
+        out_f, in_f = weight_shape
+        return (math.ceil(out_f / n), math.ceil(in_f / n), phase_count(n))
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "modes": self.modes, "detection": "coherent (W = Re U)"}
+
+    def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
+        """Phases uniform in [0, 2 pi): a random mesh, whose Re(U) has entries of both signs."""
+        import torch
+
+        shape = self.control_shape(weight_shape)
+        return (torch.rand(shape, generator=generator, dtype=torch.float64) * TWO_PI).to(torch.float32)
+
+    def nominal_weights(self, controls: Any, weight_shape: tuple[int, int]) -> Any:
+        n = self.modes
+        to, ti, _ = controls.shape
+        U = mesh_unitary(controls, n)                               # (to, ti, n, n)
+        W = U.real.permute(0, 2, 1, 3).reshape(to * n, ti * n)
+        return W[:weight_shape[0], :weight_shape[1]]
+
+    def weights_to_controls(self, weight: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+        """Decompose each block; a row block whose largest singular value s exceeds 1 is divided by s."""
+        n = self.modes
+        blocks = _blocks(weight, n)
+        to, ti = blocks.shape[:2]
+        scale = np.ones(to)
+        for bo in range(to):
+            s = max(float(np.linalg.norm(blocks[bo, bi], 2)) for bi in range(ti))
+            if s > 1.0:
+                scale[bo] = s
+                blocks[bo] /= s
+        controls, _ = _decompose_blocks(blocks)
+        return controls, 0, np.repeat(scale, n)[:weight.shape[0]]
 
     # ---------------------------------------------------------------------------------------- mapping
     def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
@@ -223,7 +229,8 @@ class MZIPlatform(LinearPlatform):
         phases = state["static"][chips] + state["drift"][chips] * conditions.temperature(3)
         if conditions.control_shift is not None:
             phases += conditions.control_shift[:, None, None, :]
-        U = mesh_unitary(phases, n, state["ratios"][chips])                # (chips, to, ti, n, n)
+        with one_thread():          # a chip's mesh the same bits in any batch (see mesh_unitary)
+            U = mesh_unitary(phases, n, state["ratios"][chips], aligned=True)    # (chips, to, ti, n, n)
         chips_n, to, ti = U.shape[:3]
         W = U.real.permute(0, 1, 3, 2, 4).reshape(chips_n, to * n, ti * n)
         return W[:, :out_f, :in_f].contiguous()

@@ -237,6 +237,8 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
     """
     if isinstance(scores, np.ndarray):
         return (scores.argmax(axis=1) == np.asarray(y)).mean(axis=1)
+    import torch
+
     chips, classes, samples = scores.shape
     if y.ndim != 1 or len(y) != samples:
         raise ValueError(f"labels of shape {tuple(y.shape)} for {samples} samples")
@@ -246,10 +248,10 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
     if labels_are_classes and chips > FEW_CHIPS:
         top = scores.amax(dim=1)
         if not bool(((scores == top[:, None]).sum(dim=1) != 1).any()):
-            hit = scores.gather(1, y.expand(chips, 1, samples))[:, 0] == top
+            hit = scores.gather(1, y.long().expand(chips, 1, samples))[:, 0] == top
     if hit is None:
         hit = scores.max(dim=1).indices == y
-    return hit.sum(dim=1).double() / max(1, samples)
+    return hit.sum(dim=1).double() / samples if samples else hit.new_full((chips,), float("nan"), dtype=torch.float64)
 
 
 #: Up to this many chips :func:`correct_fraction` takes torch's max over classes directly (measured faster there).
@@ -278,11 +280,15 @@ def stream_accuracy(model: ExportedModel, chips: Iterable[tuple[DeviceProfile, D
     parts: list[np.ndarray] = []
     batch: list[tuple[DeviceProfile, Deployment]] = []
     done = 0
+    previous: SimulatedFleet | None = None
 
     def flush() -> None:
-        nonlocal done
+        nonlocal done, previous
         fleet = SimulatedFleet(model, [p for p, _ in batch], [d for _, d in batch], compute)
+        if previous is not None:        # the front end's features and the labels, computed once for the lot
+            fleet._front_cache, fleet._labels_cache = previous._front_cache, previous._labels_cache
         parts.append(fleet.accuracy(X_scaled, y, _slice_conditions(conditions, done, len(batch)), chunk=chunk))
+        previous = fleet
         done += len(batch)
         if progress is not None:
             progress(len(batch))

@@ -220,7 +220,7 @@ class TrainConfig:
 
 #: Keys a train config may hold beyond TrainConfig's fields: what to train on, where to write, where to compute
 #: (the run's, not the model's: a model trained on a GPU is the same model).
-EXTRA_KEYS = {"dataset": str, "out": str, "compute": str, "threads": int}
+EXTRA_KEYS = {"dataset": str, "out": str, "compute": str, "threads": "int | auto"}
 
 
 def _field_types() -> dict[str, Any]:
@@ -244,6 +244,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
             close = difflib.get_close_matches(str(key), list(types), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(types))}"
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+        if key == "threads":            # a count or "auto", as the flag takes
+            from pnndeploy.compute import ComputeError, parse_threads
+
+            try:
+                result[key] = parse_threads(value, f"{where}: key 'threads'")
+            except ComputeError as exc:
+                raise ConfigError(str(exc)) from None
+            continue
         result[key] = _coerce(where, key, value, types[key])
     return result
 
