@@ -44,7 +44,7 @@ RUNS = {"standard": ("standard", None), "PAT": ("standard", "http"),
 
 def fleet_accuracy(model: Path) -> dict[str, float]:
     prepared = prepare_fleet(model, [], True, FLEET, save_dir=None)
-    return {d["device"]: d["accuracy"] for d in transfer_report(prepared)["devices"]}
+    return {d.device: d.accuracy for d in transfer_report(prepared).devices}
 
 
 def connect(folder: Path, url: str, token: Path) -> None:

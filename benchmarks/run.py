@@ -217,7 +217,7 @@ def fleet_accuracy_comparison(process_chips_path: Path, tmp: Path, epochs: int, 
             train_and_export(dataset, TrainConfig(method="sat", epochs=epochs, seed=seed, hidden=[32], **settings),
                              path)
             prepared = prepare_fleet(path, [], True, process_chips_path, save_dir=None)
-            per_seed[name].append({f"{t:+g}K": transfer_report(prepared, delta_T=t)["fleet"]["mean"]
+            per_seed[name].append({f"{t:+g}K": transfer_report(prepared, delta_T=t).fleet.mean
                                    for t in temps})
     keys = [f"{t:+g}K" for t in temps]
     out: dict = {"seeds": seeds, "epochs": epochs, "per_seed": per_seed,

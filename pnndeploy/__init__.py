@@ -10,8 +10,8 @@ a name that needs them is touched), so ``import pnndeploy`` stays cheap::
     summary, _ = train_and_export("digits", TrainConfig(method="sat"), "models/sat.onnx")
     fleet = prepare_fleet("models/sat.onnx", devices=[], use_fleet=True, profiles=Path("device_profiles"),
                           save_dir=None)
-    print(transfer_report(fleet, delta_T=1.0)["fleet"]["min"])
-    print(run_audit(fleet, SweepRange(-1, 1, 0.25), SweepRange(0, 60, 15), threshold=0.9)["passed"])
+    print(transfer_report(fleet, delta_T=1.0).fleet.min)
+    print(run_audit(fleet, SweepRange(-1, 1, 0.25), SweepRange(0, 60, 15), threshold=0.9).passed)
 
 Stages: data (datasets, input scaling), training (train, export), formats
 (model files, profiles, deployments, process specs), deploy (map, transfer,

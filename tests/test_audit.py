@@ -68,7 +68,7 @@ def prepared(tiny_export, tiny_fleet_dir):
 
 @pytest.fixture(scope="module")
 def default_doc(prepared):
-    return run_audit(prepared, T_RANGE, D_RANGE, draws=2)
+    return run_audit(prepared, T_RANGE, D_RANGE, draws=2).to_json()
 
 
 def test_audit_document(default_doc, prepared) -> None:
@@ -104,11 +104,11 @@ def test_audit_document(default_doc, prepared) -> None:
 
 
 def test_audit_threshold_decides(prepared) -> None:
-    strict = run_audit(prepared, T_RANGE, D_RANGE, threshold=1.0, draws=1)
+    strict = run_audit(prepared, T_RANGE, D_RANGE, threshold=1.0, draws=1).to_json()
     assert strict["passed"] is False and strict["threshold"] == 1.0 and strict["threshold_source"] == "given"
     assert all(v is None for v in strict["tolerance"]["temperature_K"].values())
     assert all(v == 0.0 for v in strict["time_to_threshold_days"].values())
-    lax = run_audit(prepared, T_RANGE, D_RANGE, threshold=0.0, draws=1)
+    lax = run_audit(prepared, T_RANGE, D_RANGE, threshold=0.0, draws=1).to_json()
     assert lax["passed"] is True and lax["failures"] == []
     assert all(v == [-1.0, 1.0] for v in lax["tolerance"]["temperature_K"].values())
     assert all(v is None for v in lax["time_to_threshold_days"].values())   # beyond the horizon
@@ -116,7 +116,7 @@ def test_audit_threshold_decides(prepared) -> None:
 
 
 def test_audit_is_deterministic(prepared, default_doc) -> None:
-    again = run_audit(prepared, T_RANGE, D_RANGE, draws=2)
+    again = run_audit(prepared, T_RANGE, D_RANGE, draws=2).to_json()
     assert again["sweeps"] == default_doc["sweeps"]
     assert again["time_to_threshold_days"] == default_doc["time_to_threshold_days"]
 
@@ -149,7 +149,7 @@ def test_ageing_walk_does_not_depend_on_the_sweep_grid(prepared) -> None:
 def test_time_to_threshold_agrees_with_the_curve_and_the_verdict(prepared) -> None:
     """Even draws included: the days reported, the plotted median curve and pass/fail tell one story."""
     doc = run_audit(prepared, T_RANGE, SweepRange(0.0, 60.0, 15.0), draws=2, require_days=30.0,
-                    require_temperature=0.0)
+                    require_temperature=0.0).to_json()
     days = doc["sweeps"]["days"]["values"]
     threshold = doc["threshold"]
     for name, curve in doc["sweeps"]["days"]["devices"].items():
@@ -163,7 +163,7 @@ def test_time_to_threshold_agrees_with_the_curve_and_the_verdict(prepared) -> No
 def test_day_zero_equals_zero_kelvin_without_noise(prepared) -> None:
     quiet = [replace(p, environment=replace(p.environment, detector_noise=0.0)) for p in prepared.profiles]
     fleet = SimulatedFleet(prepared.model, quiet, prepared.deployments)
-    doc = run_audit(replace(prepared, profiles=quiet, fleet=fleet), T_RANGE, D_RANGE, draws=3)
+    doc = run_audit(replace(prepared, profiles=quiet, fleet=fleet), T_RANGE, D_RANGE, draws=3).to_json()
     t, d = doc["sweeps"]["temperature_K"], doc["sweeps"]["days"]
     zero = t["values"].index(0.0)
     for name in t["devices"]:

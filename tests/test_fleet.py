@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pnndeploy.deploy.mapping import map_model
-from pnndeploy.deploy.stats import fleet_summary, wilson_interval
+from pnndeploy.deploy.results import FleetSummary
+from pnndeploy.deploy.stats import wilson_interval
 from pnndeploy.deploy.transfer import load_evaluation_data
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.deployments import Deployment, LayerDeployment
@@ -234,7 +235,7 @@ def test_wilson_interval_known_values() -> None:
 
 
 def test_fleet_summary_hand_example() -> None:
-    s = fleet_summary(list("abcde"), [0.9, 0.8, 0.95, 0.7, 0.85], threshold=0.85)
+    s = FleetSummary.of(list("abcde"), [0.9, 0.8, 0.95, 0.7, 0.85], threshold=0.85).to_json()
     assert s["count"] == 5
     assert s["mean"] == pytest.approx(0.84)
     assert s["std"] == pytest.approx(np.sqrt(0.037 / 4))          # sample std (ddof 1)
@@ -244,7 +245,7 @@ def test_fleet_summary_hand_example() -> None:
     assert s["worst_device"] == "d"
     assert s["threshold"] == 0.85
     assert s["yield"] == pytest.approx(0.6)                        # 0.85 counts: "at or above"
-    one = fleet_summary(["x"], [0.5], threshold=0.9)
+    one = FleetSummary.of(["x"], [0.5], threshold=0.9).to_json()
     assert one["std"] == 0.0 and one["yield"] == 0.0 and one["worst_device"] == "x"
 
 

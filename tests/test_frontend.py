@@ -91,7 +91,7 @@ def test_conv_model_maps_and_runs_on_the_fleet(conv_model, tiny_fleet_dir) -> No
     path, summary, _ = conv_model
     prepared = prepare_fleet(path, [], True, tiny_fleet_dir, save_dir=None)
     report = transfer_report(prepared)
-    accs = [d["accuracy"] for d in report["devices"]]
+    accs = [d.accuracy for d in report.devices]
     assert len(accs) == 3 and all(0.1 < a <= 1.0 for a in accs)
     # only the on-chip layers are mapped
     deployment = prepared.deployments[0]

@@ -100,7 +100,7 @@ def _golden_run(tmp: Path) -> dict:
         fleet = {}
         for delta_T in (0.0, 1.0):
             report = transfer_report(prepared, delta_T=delta_T)
-            fleet[str(delta_T)] = {d["device"]: d["accuracy"] for d in report["devices"]}
+            fleet[str(delta_T)] = {d.device: d.accuracy for d in report.devices}
         out["runs"][name] = {
             "losses": [record.loss for record in result.history],
             "train_accuracy": summary.train_accuracy,

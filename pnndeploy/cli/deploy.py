@@ -74,15 +74,15 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
         report = transfer_report(prepared, delta_T=delta_T, threshold=threshold, executor=executor,
                                  address=address, chips_per_task=chips_per_task)
     if as_json:
-        print_json(report)
+        print_json(report.to_json())
     else:
-        render_transfer(report)
-    if min_yield is not None and report["fleet"] is None:
+        render_transfer(report.to_json())
+    if min_yield is not None and report.fleet is None:
         click.echo("pnndeploy: --min-yield needs at least one simulated chip to evaluate; every chip given is real",
                    err=True)
         sys.exit(1)
-    if min_yield is not None and report["fleet"]["yield"] < min_yield:
-        click.echo(f"pnndeploy: yield {report['fleet']['yield']:.3f} is below --min-yield {min_yield}", err=True)
+    if min_yield is not None and report.fleet.yield_ < min_yield:
+        click.echo(f"pnndeploy: yield {report.fleet.yield_:.3f} is below --min-yield {min_yield}", err=True)
         sys.exit(1)
 
 
@@ -120,59 +120,73 @@ class _measuring:
 
 
 # ---------------------------------------------------------------------------------------------- audit
+def _all_axes() -> list[Any]:
+    """Every perturbation axis of every platform, one per option stem, in declaration order."""
+    from pnndeploy.platforms import PLATFORMS
+
+    stems: dict[str, Any] = {}
+    for platform in PLATFORMS.values():
+        for axis in platform.axes:
+            stems.setdefault(axis.flag or axis.name, axis)
+    return list(stems.values())
+
+
+def _axis_options(func: Any) -> Any:
+    """--STEM LO:HI:STEP and --require-STEM R for every axis a platform declares (temperature and ageing for all)."""
+    for axis in reversed(_all_axes()):
+        stem = axis.flag or axis.name
+        everyone = axis.kind != "setup"
+        func = click.option(f"--require-{stem}", f"require_{stem.replace('-', '_')}", type=float,
+                            default=axis.require if everyone else None, show_default=everyone,
+                            metavar=axis.units.upper() if axis.units not in ("1", "") else "R",
+                            help=("Pass only if every chip stays above the threshold for DAYS days after "
+                                  "calibration" if axis.kind == "ageing" else
+                                  f"Pass only if every chip stays above the threshold within ±{axis.units}"
+                                  if everyone else
+                                  f"Setups with this axis: pass only if every setup stays above the threshold within "
+                                  f"{axis.label} {axis.centre:g} ± R (default {axis.require:g})")
+                            + ".")(func)
+        func = click.option(f"--{stem}", f"sweep_{stem.replace('-', '_')}", default=axis.sweep if everyone else None,
+                            show_default=everyone, metavar="LO:HI:STEP",
+                            help=axis.help if everyone else f"Setups with this axis: {axis.help} (default "
+                                                            f"{axis.sweep}).")(func)
+    return func
+
+
 @main.command()
 @_devices_options
-@click.option("--temperature", "temperature", default="-2:2:0.25", show_default=True, metavar="LO:HI:STEP",
-              help="Temperature sweep, K from the calibration temperature (HI included).")
-@click.option("--days", "days", default="0:180:15", show_default=True, metavar="LO:HI:STEP",
-              help="Ageing sweep, days since calibration (HI included).")
+@_axis_options
 @click.option("--draws", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Random ageing walks per device (the median is reported).")
 @click.option("--threshold", type=float, default=None,
               help="Accuracy every chip must keep; default: the model's nominal accuracy minus 0.05.")
-@click.option("--require-temperature", type=float, default=1.0, show_default=True, metavar="K",
-              help="Pass only if every chip stays above the threshold within ±K kelvin.")
-@click.option("--require-days", type=float, default=30.0, show_default=True, metavar="D",
-              help="Pass only if every chip stays above the threshold for D days after calibration.")
-@click.option("--rotation", default=None, metavar="LO:HI:STEP",
-              help="Free-space setups: rotation sweep, degrees from the calibrated setup (default -4:4:0.5).")
-@click.option("--shift", default=None, metavar="LO:HI:STEP",
-              help="Free-space setups: shift sweep, mask pixels along x and, separately, along y (default -4:4:0.5).")
-@click.option("--scale", default=None, metavar="LO:HI:STEP",
-              help="Free-space setups: magnification sweep, relative to the calibrated setup (default 0.8:1.2:0.025).")
-@click.option("--require-rotation", type=float, default=None, metavar="DEG",
-              help="Free-space setups: pass only if every setup stays above the threshold within ±DEG (default 2).")
-@click.option("--require-shift", type=float, default=None, metavar="PX",
-              help="Free-space setups: ... within ±PX along x and along y (default 2).")
-@click.option("--require-scale", type=float, default=None, metavar="FRAC",
-              help="Free-space setups: ... within a magnification of 1 ± FRAC (default 0.1).")
+@click.option("--compensation", type=click.Choice(["none", "bias", "gain-bias"]), default=None,
+              help="How the deployment re-fits the drift at run time, from a 32-input reference measurement (no "
+                   "labels): none; bias (one common control bias per chip); gain-bias (that bias, then a gain and "
+                   "a bias per output). The temperature sweep is reported as programmed and with bias always; this "
+                   "picks the one the verdict uses. Default: what the model was trained for (spec-sat's).")
 @click.option("--drift-compensation/--no-drift-compensation", default=None,
-              help="Judge the temperature sweep with drift compensation: at each temperature every chip re-fits "
-                   "one common control bias from a 32-input reference measurement (no labels). Both sweeps are "
-                   "always reported; this picks the one the verdict uses. Default: what the model was trained "
-                   "for (on for spec-sat --drift-compensation, off otherwise).")
+              help="The same as --compensation bias / none.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write accuracy-vs-drift plots (PNG).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write a Markdown report (tables, and the plot if --plot is given).")
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md audit document on stdout.")
 def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
-          temperature: str, days: str, draws: int, threshold: float | None, require_temperature: float,
-          require_days: float, rotation: str | None, shift: str | None, scale: str | None,
-          require_rotation: float | None, require_shift: float | None, require_scale: float | None,
-          drift_compensation: bool | None, plot: str | None, report_path: str | None,
-          timeout: float, insecure: bool, compute: str | None, threads: str | None, as_json: bool) -> None:
-    """Check drift robustness: accuracy vs temperature and vs days since calibration (and, for free-space
-    setups, vs rotation, shift and magnification). Exit 1 when it fails.
+          draws: int, threshold: float | None, compensation: str | None, drift_compensation: bool | None,
+          plot: str | None, report_path: str | None, timeout: float, insecure: bool, compute: str | None,
+          threads: str | None, as_json: bool, **axes: Any) -> None:
+    """Check drift robustness: accuracy along every axis the chips drift on (temperature, days since
+    calibration, and a setup's misalignment). Exit 1 when it fails.
 
     \b
     Examples:
       pnndeploy audit --fleet
       pnndeploy audit --device chipB --temperature -1:1:0.1 --require-temperature 0.5 --plot audit.png
       pnndeploy audit --fleet --threshold 0.9 --report audit.md --plot audit.png --json
-      pnndeploy audit --fleet --drift-compensation --require-temperature 1
+      pnndeploy audit --fleet --compensation gain-bias --require-temperature 1
       pnndeploy audit --model models/fs.onnx --fleet --require-shift 1     (a free-space model: its setups)
     """
-    from pnndeploy.deploy.audit import SweepRange, audit_passes, axis_sweeps, run_audit
+    from pnndeploy.deploy.audit import SweepRange, audit as run, audit_passes, axis_sweeps, model_compensation
     from pnndeploy.formats.onnx_io import load_model
     from pnndeploy.platforms import get_platform
     from pnndeploy.report.tables import render_audit
@@ -180,29 +194,30 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
     where = resolve_compute_options(compute, threads)
     if plot is not None and not plot.lower().endswith(".png"):
         raise PnnError(f"--plot {plot}: the audit plot is a PNG; give a file name ending in .png")
-    t_range = SweepRange.parse(temperature, "--temperature")
-    d_range = SweepRange.parse(days, "--days")
+    if compensation is not None and drift_compensation is not None:
+        raise PnnError("give --compensation or --drift-compensation/--no-drift-compensation, not both")
+    if drift_compensation is not None:
+        compensation = "bias" if drift_compensation else "none"
     fraction("--threshold", threshold)
-    if plot:
-        check_output_file(plot, "--plot", "audit.png")
-    if report_path:
-        check_output_file(report_path, "--report", "audit.md")
-    platform = get_platform(load_model(model).platform)
-    axes = axis_sweeps(platform, {"rotation_deg": rotation, "shift_x_px": shift, "shift_y_px": shift, "scale": scale},
-                       {"rotation_deg": require_rotation, "shift_x_px": require_shift, "shift_y_px": require_shift,
-                        "scale": require_scale},
-                       {"rotation_deg": "--rotation", "shift_x_px": "--shift", "shift_y_px": "--shift",
-                        "scale": "--scale", "require-rotation_deg": "--require-rotation",
-                        "require-shift_x_px": "--require-shift", "require-shift_y_px": "--require-shift",
-                        "require-scale": "--require-scale"})
+    stems = [a.flag or a.name for a in _all_axes()]
+    for stem in stems:                  # the grids' syntax, before anything is read
+        text = axes[f"sweep_{stem.replace('-', '_')}"]
+        if text is not None:
+            SweepRange.parse(text, f"--{stem}")
+    for path, flag, example in ((plot, "--plot", "audit.png"), (report_path, "--report", "audit.md")):
+        if path:
+            check_output_file(path, flag, example)
+    loaded = load_model(model)
+    sweeps = axis_sweeps(get_platform(loaded.platform),
+                         {stem: axes[f"sweep_{stem.replace('-', '_')}"] for stem in stems},
+                         {stem: axes[f"require_{stem.replace('-', '_')}"] for stem in stems})
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset, None, timeout, insecure, where)
-    total = audit_passes(t_range, d_range, require_temperature, require_days, draws, axes)
-    what = "temperature, ageing and misalignment" if axes else "temperature and ageing"
+    strategy = compensation or model_compensation(loaded.metadata)
     with prepared, progress_bar() as progress:
-        task = progress.add_task(f"sweeping {what}", total=total)
-        doc = run_audit(prepared, t_range, d_range, threshold=threshold, require_temperature=require_temperature,
-                        require_days=require_days, draws=draws, progress=lambda n: progress.advance(task, n),
-                        drift_compensation=drift_compensation, axes=axes)
+        kinds = ", ".join(dict.fromkeys(s.axis.label if s.axis.kind != "setup" else "misalignment" for s in sweeps))
+        task = progress.add_task(f"sweeping {kinds}", total=audit_passes(sweeps, draws))
+        result = run(prepared, sweeps, threshold, draws, lambda n: progress.advance(task, n), strategy)
+    doc = result.to_json()
     if plot:
         from pnndeploy.report.plots import plot_audit
 
@@ -217,5 +232,5 @@ def audit(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str |
         print_json(doc)
     else:
         render_audit(doc)
-    if not doc["passed"]:
+    if not result.passed:
         sys.exit(1)

@@ -1,17 +1,20 @@
-"""Drift robustness: accuracy versus temperature and versus days since calibration, per chip and fleet.
+"""Drift robustness: one sweep per perturbation axis of the platform, and a drift-compensation strategy.
 
-* Temperature: every control device (a ring's resonance, a phase shifter)
-  shifts by its own ``k * dT``.  The tolerance of a chip is the widest interval
-  around 0 K inside which its accuracy stays at or above the threshold.
-* Misalignment (platforms with ``perturbation_axes``, the free-space setup):
-  each axis (rotation, shift along x, along y, magnification) is swept on its own,
-  moving every setup away from its calibrated state by the same amount, with its
-  own units, tolerance interval around the unperturbed value and requirement.
-* Ageing: each control device follows a random walk at the profile's ageing
-  rate (control units/sqrt(day)), drawn from a stream per device and draw.  Accuracy is
-  the median over draws; the time to threshold is the last day on the grid
-  before that median curve first falls below the threshold, and the
-  recommended recalibration interval is the fleet's smallest.
+The sweeps are composed from the axes the platform declares (:mod:`pnndeploy.platforms.axes`), by kind:
+
+* temperature: every control device (a ring's resonance, a phase shifter) shifts by its own ``k * dT``,
+  judged as programmed and after each drift-compensation strategy asked for
+  (:mod:`~pnndeploy.deploy.compensation`: ``bias`` always, and the verdict's).  The tolerance of a chip
+  is the widest interval around 0 K inside which its accuracy stays at or above the threshold.
+* ageing: each control device follows a random walk at the profile's ageing rate (control units/sqrt(day)),
+  drawn from a stream per device and draw.  Accuracy is the median over draws; the time to threshold is
+  the last day on the grid before that median curve first falls below the threshold, and the recommended
+  recalibration interval is the fleet's smallest.
+* setup (a free-space setup's misalignment): each axis swept on its own, moving every setup away from its
+  calibrated state by the same amount, with its own units, tolerance interval and requirement.
+
+:func:`run_audit` returns an :class:`~pnndeploy.deploy.results.AuditResult` whose ``to_json()`` is the
+`audit --json` document.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pnndeploy.deploy.compensation import DriftCompensation, compensated_accuracy, reference_record
+from pnndeploy.deploy.compensation import COMPENSATIONS, DriftCompensation, get_compensation, reference_record
+from pnndeploy.deploy.results import AuditResult, Sweep, tolerance_interval  # noqa: F401 - re-exported
 from pnndeploy.deploy.transfer import PreparedFleet
 from pnndeploy.errors import ConfigError
 from pnndeploy.simulation.fleet import Conditions
@@ -59,22 +63,6 @@ class SweepRange:
         return sorted(set(grid) | {round(v, 10) for v in extra})
 
 
-def tolerance_interval(values: list[float], accuracy: np.ndarray, threshold: float,
-                       centre: float = 0.0) -> list[float] | None:
-    """Widest [lo, hi] around ``centre`` on the grid with accuracy >= threshold everywhere inside; None if the
-    centre fails."""
-    values_arr = np.asarray(values)
-    zero = int(np.argmin(np.abs(values_arr - centre)))
-    if not accuracy[zero] >= threshold:          # NaN (not measurable) fails too
-        return None
-    lo = hi = zero
-    while lo - 1 >= 0 and accuracy[lo - 1] >= threshold:
-        lo -= 1
-    while hi + 1 < len(values) and accuracy[hi + 1] >= threshold:
-        hi += 1
-    return [float(values_arr[lo]), float(values_arr[hi])]
-
-
 #: Tag of the ageing-walk streams (keeps them apart from fabrication and detector noise).
 AGEING_STREAM = 0x61676531
 
@@ -106,9 +94,9 @@ def ageing_shifts(prepared: PreparedFleet, days: list[float], draw: int, seed: i
 
 @dataclass(frozen=True)
 class AxisSweep:
-    """One misalignment axis of an audit: its grid and requirement (centre +- require)."""
+    """One perturbation axis of an audit: its grid and requirement (centre +- require)."""
 
-    axis: Any               # the platform's PerturbationAxis (name, label, units, centre)
+    axis: Any               # the platform's PerturbationAxis (name, label, units, centre, kind)
     values: SweepRange
     require: float
 
@@ -117,243 +105,222 @@ class AxisSweep:
         return self.axis.name
 
     def points(self) -> list[float]:
-        """The grid, with the unperturbed value and the requirement's ends on it."""
+        """The grid, with the unperturbed value and the requirement's ends on it (ageing: its end only)."""
         c = self.axis.centre
-        return self.values.values(extra=(c, c - self.require, c + self.require))
+        extra = (c, c + self.require) if self.axis.kind == "ageing" else (c, c - self.require, c + self.require)
+        return self.values.values(extra=extra)
+
+    def within(self, values: Sequence[float]) -> np.ndarray:
+        """Which points lie inside the requirement."""
+        offset = np.asarray(values) - self.axis.centre
+        return offset <= self.require + 1e-9 if self.axis.kind == "ageing" else np.abs(offset) <= self.require + 1e-9
 
 
 def axis_sweeps(platform: Any, ranges: Mapping[str, str | None], requires: Mapping[str, float | None],
-                flags: Mapping[str, str]) -> list[AxisSweep]:
-    """The platform's perturbation axes with the grids and requirements given (the axis's defaults otherwise).
+                flags: Mapping[str, str] | None = None) -> list[AxisSweep]:
+    """The platform's perturbation axes (:attr:`Platform.axes`) with the grids and requirements given, by option
+    stem (``axis.flag``: "temperature", "shift", ...), each axis's defaults otherwise.
 
-    ``ranges`` / ``requires`` are keyed by axis name, ``flags`` names the option of each for errors.  A value
-    given for a platform without that axis is refused: it would silently check nothing.
+    A value given for a stem the platform does not have is refused: it would silently check nothing.  ``flags``
+    names an option for errors (default ``--STEM`` and ``--require-STEM``).
     """
-    known = {a.name: a for a in platform.perturbation_axes}
+    flags = flags or {}
+    stems = {axis.flag or axis.name for axis in platform.axes}
     for table, prefix in ((ranges, ""), (requires, "require-")):
-        for name, value in table.items():
-            if value is not None and name not in known:
-                raise ConfigError(f"{flags.get(prefix + name, name)} sweeps a free-space setup's misalignment; "
+        for stem, value in table.items():
+            if value is not None and stem not in stems:
+                raise ConfigError(f"{flags.get(prefix + stem, f'--{prefix}{stem}')} sweeps a setup's misalignment; "
                                   f"{platform.name} chips have none; drop it")
     out = []
-    for axis in platform.perturbation_axes:
-        flag, require_flag = flags.get(axis.name, axis.name), flags.get("require-" + axis.name, axis.name)
-        text = ranges.get(axis.name)
+    for axis in platform.axes:
+        stem = axis.flag or axis.name
+        flag, require_flag = flags.get(stem, f"--{stem}"), flags.get("require-" + stem, f"--require-{stem}")
+        text = ranges.get(stem)
         grid = SweepRange.parse(axis.sweep if text is None else text, flag)
-        require = requires.get(axis.name)
+        require = requires.get(stem)
         require = axis.require if require is None else require
         if not math.isfinite(require) or require < 0:
             raise ConfigError(f"{require_flag} {require}: a requirement is a finite number of {axis.units}, "
                               f"0 or more, around {axis.centre:g}")
-        if axis.name == "scale" and grid.lo <= 0:
-            raise ConfigError(f"{flag} {grid.lo:g}:{grid.hi:g}:{grid.step:g}: a magnification must be > 0; "
-                              "sweep e.g. 0.8:1.2:0.025")
-        if axis.name == "scale" and require >= axis.centre:
-            raise ConfigError(f"{require_flag} {require:g}: a magnification of 1 ± {require:g} reaches 0; "
-                              "require less than 1 (0.1 is x0.9 to x1.1)")
+        if axis.compose == "multiply" and grid.lo <= 0:
+            raise ConfigError(f"{flag} {grid.lo:g}:{grid.hi:g}:{grid.step:g}: a {axis.label} must be > 0; "
+                              f"sweep e.g. {axis.sweep}")
+        if axis.compose == "multiply" and require >= axis.centre:
+            raise ConfigError(f"{require_flag} {require:g}: a {axis.label} of {axis.centre:g} ± {require:g} reaches 0; "
+                              f"require less than {axis.centre:g} ({axis.require:g} is the default)")
+        if axis.kind == "ageing" and grid.lo < 0:
+            raise ConfigError(f"{flag} starts at {grid.lo}: days since calibration cannot be negative")
         out.append(AxisSweep(axis, grid, float(require)))
     return out
 
 
-def audit_passes(temperatures: SweepRange, days: SweepRange, require_temperature: float, require_days: float,
-                 draws: int, axes: Sequence[AxisSweep] = ()) -> int:
+def audit_passes(sweeps: Sequence[AxisSweep], draws: int) -> int:
     """Evaluation passes of an audit (its progress bar's total)."""
-    return len(temperatures.values((0.0, -require_temperature, require_temperature))) \
-        + draws * len(days.values((0.0, require_days))) + sum(len(a.points()) for a in axes)
+    return sum(len(s.points()) * (draws if s.axis.kind == "ageing" else 1) for s in sweeps)
+
+
+def audit_sweeps(platform: Any, temperatures: SweepRange, days: SweepRange, require_temperature: float,
+                 require_days: float, axes: Sequence[AxisSweep] | None = None) -> list[AxisSweep]:
+    """Every sweep of an audit from the classic arguments: temperature and ageing given, setup axes ``axes``
+    (None: each setup axis's defaults)."""
+    if not (math.isfinite(require_temperature) and math.isfinite(require_days)) \
+            or require_temperature < 0 or require_days < 0:
+        raise ConfigError(f"--require-temperature ({require_temperature}) and --require-days ({require_days}) "
+                          "must be finite numbers, 0 or more")
+    if days.lo < 0:
+        raise ConfigError(f"--days starts at {days.lo}: days since calibration cannot be negative")
+    given = {"temperature": (temperatures, require_temperature), "ageing": (days, require_days)}
+    setup = list(axes) if axes is not None else [s for s in axis_sweeps(platform, {}, {}) if s.axis.kind == "setup"]
+    return [AxisSweep(a, *given[a.kind]) for a in platform.axes if a.kind in given] + setup
 
 
 def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRange,
               threshold: float | None = None, require_temperature: float = 1.0, require_days: float = 30.0,
               draws: int = 5, progress: Callable[[int], None] | None = None,
-              drift_compensation: bool | None = None, axes: Sequence[AxisSweep] | None = None) -> dict:
-    """The `audit --json` document: sweeps, tolerances, time to threshold, pass/fail.
+              drift_compensation: bool | None = None, axes: Sequence[AxisSweep] | None = None,
+              compensation: str | None = None, compare: Sequence[str] = ()) -> AuditResult:
+    """Audit a prepared fleet: the temperature and ageing sweeps given and the platform's setup axes (``axes``,
+    None: their defaults), judged against ``threshold`` (None: nominal accuracy - 0.05).
 
-    The temperature sweep is reported twice: as programmed, and with drift compensation (each chip's
-    common bias re-fitted at every temperature, :mod:`~pnndeploy.deploy.compensation`).  The verdict
-    uses the compensated sweep when ``drift_compensation`` (the deployment re-fits the bias), else
-    the programmed one; None: what the model was trained for (spec-sat's ``drift_compensation``).
-    ``axes``: the misalignment sweeps of a platform that has them (None: each axis's defaults).
+    The temperature sweep is reported as programmed, with the ``bias`` compensation, with the verdict's strategy
+    and with every strategy in ``compare``; the verdict uses ``compensation`` (a name of
+    :data:`~pnndeploy.deploy.compensation.COMPENSATIONS`), else ``drift_compensation`` (True: bias, False: none),
+    else what the model was trained for.
     """
-    if days.lo < 0:
-        raise ConfigError(f"--days starts at {days.lo}: days since calibration cannot be negative")
-    if not (math.isfinite(require_temperature) and math.isfinite(require_days)) \
-            or require_temperature < 0 or require_days < 0:
-        raise ConfigError(f"--require-temperature ({require_temperature}) and --require-days ({require_days}) "
-                          "must be finite numbers, 0 or more")
     if draws < 1:
         raise ConfigError("--draws must be at least 1")
+    sweeps = audit_sweeps(prepared.groups[0].platform if prepared.groups else None, temperatures, days,
+                          require_temperature, require_days, axes) if prepared.groups else []
+    return audit(prepared, sweeps, threshold, draws, progress,
+                 _verdict_strategy(prepared, compensation, drift_compensation), compare)
+
+
+def _verdict_strategy(prepared: PreparedFleet, name: str | None, drift_compensation: bool | None) -> str:
+    if name is not None:
+        return get_compensation(name).name
+    if drift_compensation is not None:
+        return "bias" if drift_compensation else "none"
+    return model_compensation(prepared.model.metadata)
+
+
+def audit(prepared: PreparedFleet, sweeps: Sequence[AxisSweep], threshold: float | None, draws: int,
+          progress: Callable[[int], None] | None, strategy: str, compare: Sequence[str] = ()) -> AuditResult:
+    """The audit of ``sweeps`` (one per axis) with the verdict's compensation ``strategy``."""
     prepared.require_measurable("an audit")
     for name, board in prepared.hardware.items():
         if not board.has_temperature:
             raise ConfigError(f"{name}: its station has no temperature controller, and an audit sweeps the chip's "
                               "temperature; audit it on a station with a TEC, or use `pnndeploy transfer` for it")
-    groups = prepared.groups
-    platform = groups[0].platform
-    if drift_compensation is None:
-        drift_compensation = model_assumes_compensation(prepared.model.metadata)
     nominal = prepared.nominal_accuracy()
-    threshold_source = "given"
-    if threshold is None:
-        threshold = max(0.0, nominal - 0.05)
-        threshold_source = "nominal accuracy - 0.05"
-    X, y = prepared.data.X, prepared.data.y
+    source = "given" if threshold is not None else "nominal accuracy - 0.05"
+    threshold = float(threshold) if threshold is not None else max(0.0, nominal - 0.05)
     tick = progress or (lambda n: None)
-    axis_failures: dict[str, list[str]] = {}
+    strategies = [s for s in dict.fromkeys(["bias", strategy, *compare]) if s != "none"]
+    names = [p.device_id for p in prepared.profiles]
+    result = AuditResult.begin(prepared, nominal, threshold, source, sweeps, strategy,
+                               DriftCompensation.for_drift(prepared.groups[0].platform.nominal_drift))
+    for sweep in sweeps:
+        if sweep.axis.kind == "temperature":
+            _temperature(prepared, sweep, strategies, result, tick)
+        elif sweep.axis.kind == "ageing":
+            _ageing(prepared, sweep, draws, result, tick)
+        else:
+            _setup(prepared, sweep, result, tick)
+    result.finish(names, prepared.hardware)
+    return result
 
-    # rows in group order (the simulated fleet, then each chip behind a backend), reported by name
+
+def _temperature(prepared: PreparedFleet, sweep: AxisSweep, strategies: list[str], result: AuditResult,
+                 tick: Callable[[int], None]) -> None:
+    """Accuracy vs temperature of every chip as programmed and after each strategy (references taken once)."""
+    X, y = prepared.data.X, prepared.data.y
+    groups = prepared.groups
     order = [name for group in groups for name in group.device_ids]
-    t_values = temperatures.values(extra=(0.0, -require_temperature, require_temperature))
-    t_acc = np.empty((len(order), len(t_values)))
-    compensation = DriftCompensation.for_drift(platform.nominal_drift)
-    records = [reference_record(group, X, compensation) for group in groups]   # taken once, after programming
-    t_comp = np.empty_like(t_acc)
-    t_bias = np.empty_like(t_acc)
-    for k, t in enumerate(t_values):
+    values = sweep.points()
+    window = result.window
+    records = [reference_record(group, X, window) for group in groups]   # taken once, after programming
+    acc = {s: np.empty((len(order), len(values))) for s in ["none", *strategies]}
+    bias = {s: np.empty((len(order), len(values))) for s in strategies}
+    for k, t in enumerate(values):
         start = 0
         for group, record in zip(groups, records):
             rows = slice(start, start + len(group))
-            t_acc[rows, k] = group.accuracy(X, y, Conditions(delta_T=t))
-            t_comp[rows, k], t_bias[rows, k] = compensated_accuracy(group, X, y, Conditions(delta_T=t),
-                                                                    compensation, record)
+            acc["none"][rows, k] = group.accuracy(X, y, Conditions(delta_T=t))
+            for s in strategies:
+                acc[s][rows, k], fitted = COMPENSATIONS[s].accuracy(group, X, y, Conditions(delta_T=t), window,
+                                                                    record)
+                bias[s][rows, k] = fitted["bias"]
             start = rows.stop
         tick(1)
     for board in prepared.hardware.values():
         board.restore()                      # each station back at its calibration temperature, as programmed
+    row = {n: i for i, n in enumerate(order)}
+    names = [p.device_id for p in prepared.profiles]
+    pick = [row[n] for n in names]
+    units = prepared.groups[0].platform.control_units
+    for s, a in acc.items():
+        extra = {} if s == "none" else {"bias": {n: [float(b) for b in bias[s][pick][i]] for i, n in enumerate(names)},
+                                        "bias_units": units}
+        result.add_sweep(sweep, COMPENSATIONS[s].sweep_key, Sweep.of(values, names, a[pick], extra),
+                         judged=(s == result.strategy))
 
-    # ageing: the simulated chips only (a real chip cannot be aged on demand)
+
+def _ageing(prepared: PreparedFleet, sweep: AxisSweep, draws: int, result: AuditResult,
+            tick: Callable[[int], None]) -> None:
+    """Accuracy vs days of the simulated chips (a real chip cannot be aged on demand): median over draws."""
+    X, y = prepared.data.X, prepared.data.y
     fleet = prepared.fleet
     aged = fleet.device_ids if fleet is not None else []
-    d_values = days.values(extra=(0.0, require_days))
-    per_draw = np.empty((draws, len(aged), len(d_values)))
+    values = sweep.points()
+    per_draw = np.empty((draws, len(aged), len(values)))
     for draw in range(draws):
-        shifts = ageing_shifts(prepared, d_values, draw) if fleet is not None else [None] * len(d_values)
+        shifts = ageing_shifts(prepared, values, draw) if fleet is not None else [None] * len(values)
         for k, shift in enumerate(shifts):
             # the same detector-noise draw as the temperature sweep: only the ageing walk varies,
             # so day 0 and 0 K are the same measurement
             if fleet is not None:
                 per_draw[draw, :, k] = fleet.accuracy(X, y, Conditions(control_shift=shift))
             tick(1)
-    d_acc = np.median(per_draw, axis=0)
-    not_checked = {n: f"ageing: a real chip cannot be aged on demand; audit it again {require_days:g} days "
-                      "after its calibration" for n in prepared.hardware}
+    result.add_sweep(sweep, sweep.name, Sweep.of(values, aged, np.median(per_draw, axis=0),
+                                                 {"draws": draws, "statistic": "median over draws"}), judged=True)
+    for n in prepared.hardware:
+        result.not_checked[n] = (f"ageing: a real chip cannot be aged on demand; audit it again "
+                                 f"{sweep.require:g} days after its calibration")
 
-    # misalignment: each axis alone, every simulated setup moved from its calibrated state by the same amount
-    if axes is None:
-        axes = axis_sweeps(platform, {}, {}, {})
-    axis_docs, axis_tolerance = {}, {}
-    for sweep in axes:
-        axis, values = sweep.axis, sweep.points()
-        acc = np.empty((len(aged), len(values)))
-        for k, v in enumerate(values):
-            if fleet is not None:
-                acc[:, k] = fleet.accuracy(X, y, Conditions(perturbation={sweep.name: float(v)}))
-            tick(1)
-        axis_docs[sweep.name] = {**_sweep_doc(values, aged, acc), "units": axis.units, "label": axis.label,
-                                 "centre": axis.centre, "require": sweep.require}
-        axis_tolerance[sweep.name] = {n: tolerance_interval(values, acc[i], threshold, axis.centre)
-                                      for i, n in enumerate(aged)}
-        inside = np.abs(np.asarray(values) - axis.centre) <= sweep.require + 1e-9
-        for i, n in enumerate(aged):
-            if np.any(~(acc[i, inside] >= threshold)):
-                axis_failures.setdefault(n, []).append(f"{n}: below {threshold:.3f} within ±{sweep.require:g} {axis.units} of "
-                                     f"{axis.label}" if axis.centre == 0 else
-                                     f"{n}: below {threshold:.3f} within {axis.label} {axis.centre:g} ± "
-                                     f"{sweep.require:g}")
-    if axes:
-        for n in prepared.hardware:
-            not_checked[n] += "; misalignment: a setup behind a backend cannot be misaligned on demand"
 
-    row = {n: i for i, n in enumerate(order)}
-    aged_row = {n: i for i, n in enumerate(aged)}
-    names = [p.device_id for p in prepared.profiles]
-    t_acc, t_comp, t_bias = (a[[row[n] for n in names]] for a in (t_acc, t_comp, t_bias))
-    t_verdict = t_comp if drift_compensation else t_acc
-    tolerance = {n: tolerance_interval(t_values, t_acc[i], threshold) for i, n in enumerate(names)}
-    tolerance_comp = {n: tolerance_interval(t_values, t_comp[i], threshold) for i, n in enumerate(names)}
-    time_to = {n: _time_to_threshold(d_values, d_acc[i], threshold) for i, n in enumerate(aged)}
-    finite = [v for v in time_to.values() if v is not None]
-    recommended = min(finite) if finite else None   # None: every chip lasts beyond the horizon
+def _setup(prepared: PreparedFleet, sweep: AxisSweep, result: AuditResult, tick: Callable[[int], None]) -> None:
+    """One setup axis alone: every simulated setup moved from its calibrated state by the same amount."""
+    X, y = prepared.data.X, prepared.data.y
+    fleet = prepared.fleet
+    aged = fleet.device_ids if fleet is not None else []
+    values = sweep.points()
+    acc = np.empty((len(aged), len(values)))
+    for k, v in enumerate(values):
+        if fleet is not None:
+            acc[:, k] = fleet.accuracy(X, y, Conditions(perturbation={sweep.name: float(v)}))
+        tick(1)
+    axis = sweep.axis
+    result.add_sweep(sweep, sweep.name, Sweep.of(values, aged, acc, {"units": axis.units, "label": axis.label,
+                                                                     "centre": axis.centre,
+                                                                     "require": sweep.require}), judged=True)
+    for n in prepared.hardware:
+        if "misalignment" not in result.not_checked.get(n, ""):
+            result.not_checked[n] = result.not_checked.get(n, "") + \
+                "; misalignment: a setup behind a backend cannot be misaligned on demand"
 
-    t_mask = np.abs(np.asarray(t_values)) <= require_temperature + 1e-9
-    d_mask = np.asarray(d_values) <= require_days + 1e-9
-    failures = []
-    for i, n in enumerate(names):
-        if np.any(~(t_verdict[i, t_mask] >= threshold)):      # NaN (nothing measurable) fails too
-            failures.append(f"{n}: below {threshold:.3f} within ±{require_temperature:g} K"
-                            + (" (drift-compensated)" if drift_compensation else ""))
-        if n in aged_row and np.any(d_acc[aged_row[n], d_mask] < threshold):
-            failures.append(f"{n}: below {threshold:.3f} within {require_days:g} days")
-        failures.extend(axis_failures.get(n, []))
-    return {
-        "model": str(prepared.model.path),
-        "model_sha256": prepared.model.sha256,
-        "method": prepared.model.method,
-        "dataset": prepared.data.name,
-        "samples": int(y.size),
-        "nominal_accuracy": nominal,
-        "threshold": float(threshold),
-        "threshold_source": threshold_source,
-        "require": {"temperature_K": require_temperature, "days": require_days,
-                    **{a.name: a.require for a in axes}},
-        "passed": not failures,
-        "failures": failures,
-        "drift_compensation": {**compensation.to_dict(), "used_for_verdict": drift_compensation},
-        "sweeps": {
-            "temperature_K": _sweep_doc(t_values, names, t_acc),
-            "temperature_K_compensated": {
-                **_sweep_doc(t_values, names, t_comp),
-                "bias": {n: [float(b) for b in t_bias[i]] for i, n in enumerate(names)},
-                "bias_units": platform.control_units},
-            "days": {**_sweep_doc(d_values, aged, d_acc), "draws": draws, "statistic": "median over draws"},
-            **axis_docs,
-        },
-        # what could not be checked on some chip, and why (chips behind a backend cannot be aged)
-        "not_checked": not_checked,
-        # chips behind a backend: the most samples of one measurement pass whose outputs were NaN or inf
-        "invalid_samples": {n: board.max_invalid for n, board in prepared.hardware.items()},
-        "tolerance": {"temperature_K": tolerance, "temperature_K_compensated": tolerance_comp, **axis_tolerance},
-        "time_to_threshold_days": time_to,
-        "recommended_recalibration_days": recommended,
-        "horizon_days": float(d_values[-1]),
-    }
+
+def model_compensation(metadata: dict) -> str:
+    """The compensation strategy the model was trained for: spec-sat's ``compensation`` (or its older
+    ``drift_compensation`` flag: bias), else none."""
+    config = metadata.get("config")
+    if not isinstance(config, dict):
+        return "none"
+    named = config.get("compensation")
+    if isinstance(named, str) and named in COMPENSATIONS:
+        return named
+    return "bias" if config.get("drift_compensation") is True else "none"
 
 
 def model_assumes_compensation(metadata: dict) -> bool:
-    """True when the model was trained for a deployment that re-fits a common bias (spec-sat's setting)."""
-    config = metadata.get("config")
-    return isinstance(config, dict) and config.get("drift_compensation") is True
-
-
-def _sweep_doc(values: list[float], names: list[str], acc: np.ndarray) -> dict:
-    """One sweep as JSON; a point a chip could not measure (NaN) is null and left out of the fleet's statistics."""
-    if not names:
-        return {"values": [float(v) for v in values], "devices": {}, "fleet_mean": [], "fleet_min": []}
-    finite = np.isfinite(acc)
-    if finite.all():
-        mean, low = acc.mean(axis=0), acc.min(axis=0)
-    else:
-        import warnings
-
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)      # a point no chip could measure: None below
-            mean, low = np.nanmean(acc, axis=0), np.nanmin(acc, axis=0)
-
-    def value(v: float) -> float | None:
-        return float(v) if np.isfinite(v) else None
-
-    return {"values": [float(v) for v in values],
-            "devices": {n: [value(a) for a in acc[i]] for i, n in enumerate(names)},
-            "fleet_mean": [value(v) for v in mean],
-            "fleet_min": [value(v) for v in low]}
-
-
-def _time_to_threshold(days: list[float], acc: np.ndarray, threshold: float) -> float | None:
-    """Last day on the grid before the (median-over-draws) accuracy first drops below threshold.
-
-    The same curve decides pass/fail and is plotted, so the three agree.
-    None: never below within the horizon; 0.0: below already at the first day.
-    """
-    below = np.nonzero(np.asarray(acc) < threshold)[0]
-    if below.size == 0:
-        return None
-    return 0.0 if below[0] == 0 else float(days[below[0] - 1])
+    """True when the model was trained for a deployment that re-fits the drift (spec-sat's setting)."""
+    return model_compensation(metadata) != "none"

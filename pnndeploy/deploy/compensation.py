@@ -1,4 +1,11 @@
-"""Drift compensation at deployment: one common control bias per chip, re-fitted from a short reference measurement.
+"""Drift compensation at deployment: what a deployment re-fits at run time from a short reference measurement.
+
+A strategy (:class:`Compensation`) says what is re-fitted: nothing (``none``), one common control bias per chip
+(``bias``, below), or that bias and then a gain and a bias per output (``gain-bias``, aihwkit's per-column drift
+compensation in our setting: the outputs' affine drift that a common bias cannot reach).  Strategies are looked up
+by name in :data:`COMPENSATIONS`; a new one is a class and one line there.
+
+The common control bias:
 
 A temperature change moves every control device of a chip the same way
 (``k * dT``, k within a few percent from device to device), so one common
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -135,3 +143,100 @@ def compensated_accuracy(fleet: SimulatedFleet, X_scaled: np.ndarray, y: np.ndar
     shifted = Conditions(delta_T=conditions.delta_T, eval_seed=conditions.eval_seed,
                          control_shift=_common_shift(fleet, bias, conditions.control_shift))
     return fleet.accuracy(X_scaled, y, shifted), bias
+
+
+# ------------------------------------------------------------------------------------------ strategies
+class Compensation:
+    """A drift-compensation strategy: what a deployment re-fits from the reference record at each measurement.
+
+    ``accuracy`` returns each chip's accuracy under ``conditions`` after the re-fit, and what was fitted (arrays
+    with a leading chip axis, for the audit document).  The default is no re-fit at all.
+    """
+
+    name = "none"
+    #: The audit document's key of the temperature sweep judged with this strategy.
+    sweep_key = "temperature_K"
+    #: Whether spec-SAT trains for a deployment that cancels the common-mode drift.
+    cancels_common_mode = False
+
+    def accuracy(self, group: Any, X_scaled: np.ndarray, y: np.ndarray, conditions: Conditions,
+                 compensation: DriftCompensation, record: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+        return group.accuracy(X_scaled, y, conditions), {}
+
+
+class BiasCompensation(Compensation):
+    """One common control bias per chip (:func:`fit_bias`): cancels the common-mode thermal shift."""
+
+    name = "bias"
+    sweep_key = "temperature_K_compensated"
+    cancels_common_mode = True
+
+    def accuracy(self, group: Any, X_scaled: np.ndarray, y: np.ndarray, conditions: Conditions,
+                 compensation: DriftCompensation, record: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+        accuracy, bias = compensated_accuracy(group, X_scaled, y, conditions, compensation, record)
+        return accuracy, {"bias": bias}
+
+
+class GainBiasCompensation(BiasCompensation):
+    """The common control bias, then per output a gain and a bias re-fitted by least squares to the record.
+
+    After the bias the outputs that moved with the drift no common shift can undo (a ring's width or depth
+    changing with temperature, a mesh's couplers) are often an affine change per output; the station corrects
+    it digitally, as aihwkit's per-column compensation does, from the same reference measurement.
+    """
+
+    name = "gain-bias"
+    sweep_key = "temperature_K_gain_bias"
+
+    def accuracy(self, group: Any, X_scaled: np.ndarray, y: np.ndarray, conditions: Conditions,
+                 compensation: DriftCompensation, record: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+        X_ref = np.asarray(X_scaled)[:compensation.samples]
+        if record is None:
+            record = reference_record(group, X_scaled, compensation)
+        bias = fit_bias(group, X_scaled, conditions, compensation, record)
+        shift = _common_shift(group, bias, conditions.control_shift)
+        measured = group.scores(X_ref, Conditions(delta_T=conditions.delta_T, eval_seed=MEASURE_SEED,
+                                                  control_shift=shift), slice(0, len(group)))
+        gain, offset = output_affine(measured, record)
+        scores = group.scores(np.asarray(X_scaled), Conditions(delta_T=conditions.delta_T,
+                                                               eval_seed=conditions.eval_seed, control_shift=shift),
+                              slice(0, len(group)))
+        adjusted = gain[:, :, None] * scores + offset[:, :, None]
+        from pnndeploy.simulation.fleet import correct_fraction
+
+        accuracy = correct_fraction(adjusted, np.asarray(y))
+        return np.asarray(accuracy, np.float64), {"bias": bias, "output_gain": gain, "output_bias": offset}
+
+
+def output_affine(measured: np.ndarray, record: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per chip and output, the gain g and bias b minimising sum over the reference inputs of (g m + b - r)^2.
+
+    ``measured`` and ``record`` are (chips, outputs, samples).  An output that did not vary keeps g = 1 (only its
+    mean is matched); non-finite measurements give g = 1, b = 0 (no correction).
+    """
+    m = np.asarray(measured, np.float64)
+    r = np.asarray(record, np.float64)
+    m_mean, r_mean = m.mean(axis=2), r.mean(axis=2)
+    dm, dr = m - m_mean[..., None], r - r_mean[..., None]
+    var = (dm * dm).sum(axis=2)
+    cov = (dm * dr).sum(axis=2)
+    flat = var <= 1e-12 * np.maximum(1.0, (m_mean * m_mean))
+    gain = np.where(flat, 1.0, cov / np.where(flat, 1.0, var))
+    offset = r_mean - gain * m_mean
+    ok = np.isfinite(gain) & np.isfinite(offset)
+    return np.where(ok, gain, 1.0), np.where(ok, offset, 0.0)
+
+
+#: The strategies, by the name `--compensation` takes.
+COMPENSATIONS: dict[str, Compensation] = {c.name: c for c in (Compensation(), BiasCompensation(),
+                                                              GainBiasCompensation())}
+
+
+def get_compensation(name: str) -> Compensation:
+    """The strategy called ``name``; one clear line for an unknown one."""
+    from pnndeploy.errors import ConfigError
+
+    try:
+        return COMPENSATIONS[name]
+    except KeyError:
+        raise ConfigError(f"--compensation {name!r} is unknown; use one of {', '.join(COMPENSATIONS)}") from None

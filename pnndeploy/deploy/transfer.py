@@ -11,7 +11,8 @@ import numpy as np
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import load_dataset
 from pnndeploy.deploy.mapping import map_model
-from pnndeploy.deploy.stats import fleet_summary, wilson_interval
+from pnndeploy.deploy.results import DeviceResult, FleetSummary, TransferReport
+from pnndeploy.deploy.stats import wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
 from pnndeploy.deploy.executors import CHIPS_PER_TASK, fleet_accuracy
 from pnndeploy.deploy.hardware import DEFAULT_TIMEOUT, HardwareChip, open_chip
@@ -192,8 +193,8 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
 
 def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: float = 0.9,
                     eval_seed: int = 0, executor: str = "local", address: str | None = None,
-                    chips_per_task: int = CHIPS_PER_TASK) -> dict:
-    """The `transfer --json` document (DESIGN.md) for a prepared fleet at a temperature offset.
+                    chips_per_task: int = CHIPS_PER_TASK) -> TransferReport:
+    """A prepared fleet at a temperature offset (``to_json()``: the `transfer --json` document, DESIGN.md).
 
     ``executor="ray"`` evaluates the chips as Ray tasks of ``chips_per_task`` chips (the same numbers, bit
     for bit; :func:`~pnndeploy.deploy.executors.fleet_accuracy`).
@@ -216,35 +217,19 @@ def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: fl
     for k, profile in enumerate(prepared.profiles):
         a = measured.get(profile.device_id)
         n = n_all - invalid.get(profile.device_id, 0)
-        devices.append({
-            "device": profile.device_id,
-            "simulated": profile.simulated,
+        devices.append(DeviceResult(
+            device=profile.device_id, simulated=profile.simulated,
             # where the accuracy comes from: the simulator, a backend's measurements, or nothing
-            "evaluated_by": (f"backend:{profile.backend.kind}" if profile.device_id in prepared.hardware
-                             else "simulator" if profile.simulated else None),
-            "accuracy": a,
-            "ci95": list(wilson_interval(a, n)) if a is not None else None,
-            "delta_vs_nominal": a - nominal if a is not None else None,
-            # samples whose measured outputs held NaN or inf: reported, left out of the accuracy
-            "invalid_samples": invalid.get(profile.device_id, 0),
-            "clipped_weights": prepared.deployments[k].clipped,
-            # per layer, ||W realised by the calibrated model - W target||_F: the mapping's own error
-            "mapping_residual": [float(layer.residual) for layer in prepared.deployments[k].layers],
-            "deployment": prepared.deployment_files[k],
-            "calibration_measured_at": profile.calibration_measured_at,
-        })
-    evaluated = [d for d in devices if d["accuracy"] is not None]
-    return {
-        "model": str(prepared.model.path),
-        "model_sha256": prepared.model.sha256,
-        "method": prepared.model.method,
-        "dataset": prepared.data.name,
-        "samples": n_all,
-        "nominal_accuracy": nominal,
-        "temperature_delta_K": float(delta_T),
-        "devices": devices,
-        # over the evaluated (simulated) chips; null when every chip is real
-        "fleet": fleet_summary([d["device"] for d in evaluated], [d["accuracy"] for d in evaluated], threshold)
-        if evaluated else None,
-        "not_evaluated": [d["device"] for d in devices if d["accuracy"] is None],
-    }
+            evaluated_by=(f"backend:{profile.backend.kind}" if profile.device_id in prepared.hardware
+                          else "simulator" if profile.simulated else None),
+            accuracy=a, ci95=list(wilson_interval(a, n)) if a is not None else None,
+            delta_vs_nominal=a - nominal if a is not None else None,
+            invalid_samples=invalid.get(profile.device_id, 0), clipped_weights=prepared.deployments[k].clipped,
+            mapping_residual=[float(layer.residual) for layer in prepared.deployments[k].layers],
+            deployment=prepared.deployment_files[k], calibration_measured_at=profile.calibration_measured_at))
+    evaluated = [d for d in devices if d.accuracy is not None]
+    return TransferReport(
+        model=str(prepared.model.path), model_sha256=prepared.model.sha256, method=prepared.model.method,
+        dataset=prepared.data.name, samples=n_all, nominal_accuracy=nominal, temperature_delta_K=float(delta_T),
+        devices=devices, fleet=FleetSummary.of([d.device for d in evaluated], [d.accuracy for d in evaluated],
+                                               threshold) if evaluated else None)

@@ -28,7 +28,7 @@ from pnndeploy.errors import PnnError
 from pnndeploy.formats.profile_folder import list_profiles
 from pnndeploy.formats.profiles import read_profile
 from pnndeploy.platforms import DEFAULT_PLATFORM, get_platform
-from pnndeploy.report.tables import misalignment_axes
+from pnndeploy.deploy.results import Sweep
 from pnndeploy.simulation.fleet import SimulatedFleet
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.pipeline import train_and_export
@@ -132,15 +132,17 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
             transfer = transfer_report(prepared, threshold=DEMO_THRESHOLD)
             blind = uncalibrated_accuracy(prepared)
             say(f"auditing {entry.name}")
-            audit = run_audit(prepared, temperatures, days, threshold=DEMO_THRESHOLD, draws=draws)
+            audit = run_audit(prepared, temperatures, days, threshold=DEMO_THRESHOLD, draws=draws,
+                              compare=["gain-bias"])
             if s == seed:
-                plot_audit(audit, out / f"audit_{entry.name}.png")
+                plot_audit(audit.to_json(), out / f"audit_{entry.name}.png")
             rows.append({"name": entry.name, "seed": s, "what": entry.what, "train": summary.to_json(),
                          "transfer": transfer, "uncalibrated": {"accuracy": blind, "mean": float(np.mean(blind)),
                                                                 "min": float(np.min(blind))},
                          "audit": audit})
     plot_comparison(mean_curves(rows), out / "comparison.png")
     table = comparison_table(rows)
+    rows = [{**r, "transfer": r["transfer"].to_json(), "audit": r["audit"].to_json()} for r in rows]
     doc = {"platform": platform, "threshold": DEMO_THRESHOLD, "quick": quick, "seeds": list(range(seed, seed + seeds)),
            "epochs": epochs, "hidden": DEMO_HIDDEN,
            **({"dataset": dataset.name, "inputs": dataset.n_features}
@@ -152,20 +154,20 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     return doc
 
 
-def _at(sweep: dict[str, Any], value: float) -> float:
-    values = [round(v, 6) for v in sweep["values"]]
-    return sweep["fleet_mean"][values.index(round(value, 6))]
+def _at(sweep: Sweep, value: float) -> float:
+    values = [round(v, 6) for v in sweep.values]
+    return sweep.fleet_mean[values.index(round(value, 6))]
 
 
-def _min_within(sweep: dict[str, Any], limit: float) -> float:
+def _min_within(sweep: Sweep, limit: float) -> float:
     """The worst chip's accuracy anywhere on the sweep within ±limit K."""
-    return min(m for v, m in zip(sweep["values"], sweep["fleet_min"]) if abs(v) <= limit + 1e-9)
+    return min(m for v, m in zip(sweep.values, sweep.fleet_min) if abs(v) <= limit + 1e-9)
 
 
-def _min_around(sweep: dict[str, Any]) -> float:
+def _min_around(sweep: Sweep) -> float:
     """The worst setup's accuracy anywhere on a misalignment sweep within its requirement."""
-    return min(m for v, m in zip(sweep["values"], sweep["fleet_min"])
-               if abs(v - sweep["centre"]) <= sweep["require"] + 1e-9)
+    centre, require = sweep.extra["centre"], sweep.extra["require"]
+    return min(m for v, m in zip(sweep.values, sweep.fleet_min) if abs(v - centre) <= require + 1e-9)
 
 
 def _by_method(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -181,9 +183,8 @@ def mean_curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name, group in _by_method(rows).items():
         sweeps = {}
         for key in ("temperature_K", "temperature_K_compensated", "days"):
-            first = group[0]["audit"]["sweeps"][key]
-            sweeps[key] = {"values": first["values"],
-                           "fleet_mean": np.mean([r["audit"]["sweeps"][key]["fleet_mean"] for r in group],
+            sweeps[key] = {"values": group[0]["audit"].sweeps[key].values,
+                           "fleet_mean": np.mean([r["audit"].sweeps[key].fleet_mean for r in group],
                                                  axis=0).tolist()}
         curves.append({"name": name + (f" (mean of {len(group)} seeds)" if len(group) > 1 else ""),
                        "audit": {"sweeps": sweeps}})
@@ -205,14 +206,22 @@ def comparison_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         def mean(get: Callable[[dict[str, Any]], float]) -> float:
             return float(np.mean([get(r) for r in group]))
 
-        fleet_means = [r["transfer"]["fleet"]["mean"] for r in group]
-        required = group[0]["audit"]["require"]["temperature_K"]
+        fleet_means = [r["transfer"].fleet.mean for r in group]
+        audits = [r["audit"] for r in group]
+        required = audits[0].require["temperature_K"]
         # the tolerance of the sweep each audit was judged on (compensated for a model trained for it)
-        compensated = bool(group[0]["audit"]["drift_compensation"]["used_for_verdict"])
-        judged = "temperature_K_compensated" if compensated else "temperature_K"
-        common = _intersect([_intersect(list(r["audit"]["tolerance"][judged].values())) for r in group])
-        days = [r["audit"]["recommended_recalibration_days"] for r in group]
+        compensated = audits[0].strategy != "none"
+        judged = audits[0].judged["temperature_K"][1]
+        common = _intersect([_intersect(list(a.tolerance[judged].values())) for a in audits])
+        days = [a.recommended_recalibration_days for a in audits]
         finite = [d for d in days if d is not None]
+
+        def sweep_min(key: str) -> float:
+            return mean(lambda r: _min_within(r["audit"].sweeps[key], required))
+
+        def worst(key: str) -> float:
+            return min(_min_within(a.sweeps[key], required) for a in audits)
+
         table.append({
             "method": name,
             "seeds": len(group),
@@ -221,30 +230,30 @@ def comparison_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "hessian_trace": float(np.median([r["train"]["hessian_trace"] for r in group])),
             "fleet_mean": float(np.mean(fleet_means)),
             "fleet_mean_std_over_seeds": float(np.std(fleet_means, ddof=1)) if len(group) > 1 else 0.0,
-            "fleet_min": mean(lambda r: r["transfer"]["fleet"]["min"]),
-            "yield": mean(lambda r: r["transfer"]["fleet"]["yield"]),
+            "fleet_min": mean(lambda r: r["transfer"].fleet.min),
+            "yield": mean(lambda r: r["transfer"].fleet.yield_),
             "uncalibrated_mean": mean(lambda r: r["uncalibrated"]["mean"]),
             "uncalibrated_min": mean(lambda r: r["uncalibrated"]["min"]),
-            "fleet_mean_minus_1K": mean(lambda r: _at(r["audit"]["sweeps"]["temperature_K"], -1.0)),
-            "fleet_mean_plus_1K": mean(lambda r: _at(r["audit"]["sweeps"]["temperature_K"], 1.0)),
-            "fleet_min_over_range": mean(lambda r: _min_within(r["audit"]["sweeps"]["temperature_K"], required)),
-            "compensated_min_over_range": mean(
-                lambda r: _min_within(r["audit"]["sweeps"]["temperature_K_compensated"], required)),
-            "worst_chip_over_range": min(_min_within(r["audit"]["sweeps"]["temperature_K"], required) for r in group),
-            "worst_chip_compensated": min(
-                _min_within(r["audit"]["sweeps"]["temperature_K_compensated"], required) for r in group),
+            "fleet_mean_minus_1K": mean(lambda r: _at(r["audit"].sweeps["temperature_K"], -1.0)),
+            "fleet_mean_plus_1K": mean(lambda r: _at(r["audit"].sweeps["temperature_K"], 1.0)),
+            "fleet_min_over_range": sweep_min("temperature_K"),
+            "compensated_min_over_range": sweep_min("temperature_K_compensated"),
+            "gain_bias_min_over_range": sweep_min("temperature_K_gain_bias"),
+            "worst_chip_over_range": worst("temperature_K"),
+            "worst_chip_compensated": worst("temperature_K_compensated"),
+            "worst_chip_gain_bias": worst("temperature_K_gain_bias"),
             "required_temperature_K": required,
-            "audits_passed": sum(bool(r["audit"]["passed"]) for r in group),
+            "audits_passed": sum(a.passed for a in audits),
             "audited_compensated": compensated,
             "fleet_temperature_tolerance_K": common,
             "recalibration_days": min(finite) if finite else None,
-            "horizon_days": group[0]["audit"]["horizon_days"],
+            "horizon_days": audits[0].horizon_days,
             "train_seconds": mean(lambda r: r["train"]["seconds"]),
         })
-        axes = misalignment_axes(group[0]["audit"])
+        axes = [k for k, a in audits[0].axes.items() if a.axis.kind == "setup"]
         if axes:            # a free-space setup: the worst setup within each misalignment requirement
-            table[-1]["misalignment_min"] = {k: mean(lambda r, k=k: _min_around(r["audit"]["sweeps"][k])) for k in axes}
-            table[-1]["misalignment_require"] = {k: group[0]["audit"]["sweeps"][k]["require"] for k in axes}
+            table[-1]["misalignment_min"] = {k: mean(lambda r, k=k: _min_around(r["audit"].sweeps[k])) for k in axes}
+            table[-1]["misalignment_require"] = {k: audits[0].sweeps[k].extra["require"] for k in axes}
     return table
 
 
@@ -256,7 +265,7 @@ def table_markdown(table: list[dict[str, Any]], threshold: float) -> str:
     req = f"±{table[0]['required_temperature_K']:g} K" if table else "±1 K"
     headers = ["method", "nominal", "λ_max", "tr H", "fleet mean (± seeds)", "fleet min",
                f"yield ≥ {_pct(threshold)}", "uncalibrated mean", "uncalibrated min", "mean at −1 K", "mean at +1 K",
-               f"fleet min over {req}", f"fleet min over {req}, compensated", "audits passed",
+               f"fleet min over {req}", f"fleet min over {req}, compensated", "… gain-bias", "audits passed",
                "tolerance (all chips)", "days to threshold"]
     axes = list(table[0].get("misalignment_min", {})) if table else []
     headers += [f"fleet min, {k} ±{table[0]['misalignment_require'][k]:g}" for k in axes]
@@ -270,6 +279,7 @@ def table_markdown(table: list[dict[str, Any]], threshold: float) -> str:
             _pct(r["fleet_mean"]) + spread, _pct(r["fleet_min"]), _pct(r["yield"]), _pct(r["uncalibrated_mean"]),
             _pct(r["uncalibrated_min"]), _pct(r["fleet_mean_minus_1K"]),
             _pct(r["fleet_mean_plus_1K"]), _pct(r["fleet_min_over_range"]), _pct(r["compensated_min_over_range"]),
+            _pct(r["gain_bias_min_over_range"]),
             f"{r['audits_passed']}/{r['seeds']}" + (" (compensated)" if r["audited_compensated"] else ""),
             "fails at 0 K" if tol is None else f"{tol[0]:+g} … {tol[1]:+g} K",
             f"> {r['horizon_days']:g}" if days is None else f"{days:g}",
@@ -305,7 +315,8 @@ def demo_markdown(doc: dict[str, Any]) -> str:
         "errors: the paper's in-silico transfer), same chips and temperature;",
         "- *fleet min over ±K*: the worst chip's accuracy anywhere within the audit's required range, as "
         "programmed and with drift compensation (each chip re-fits one common bias from a 32-input reference "
-        "measurement at every temperature), mean over seeds; *audits passed*: seeds whose audit passed, judged as "
+        "measurement at every temperature; *gain-bias*: then also a gain and a bias per output from the same "
+        "measurement), mean over seeds; *audits passed*: seeds whose audit passed, judged as "
         "the model was trained to be deployed;",
         "- *tolerance (all chips)*: the temperature interval in which every chip of every seed stays at or above the "
         "threshold, on the sweep the audit was judged on;",

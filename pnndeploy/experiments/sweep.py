@@ -273,17 +273,19 @@ def run_cell(settings: dict[str, Any], seed: int, dataset_spec: str, fleets: lis
             "model_bytes": model_bytes}
 
 
-def _fleet_figures(audit: dict[str, Any], limit: float) -> dict[str, Any]:
-    t, c = audit["sweeps"]["temperature_K"], audit["sweeps"]["temperature_K_compensated"]
-    zero = [round(v, 6) for v in t["values"]].index(0.0)
-    within = [i for i, v in enumerate(t["values"]) if abs(v) <= limit + 1e-9]
-    return {"mean_0K": t["fleet_mean"][zero], "min_0K": t["fleet_min"][zero],
-            "min_within_K": min(t["fleet_min"][i] for i in within),
-            "min_within_K_compensated": min(c["fleet_min"][i] for i in within),
-            "audit_passed": bool(audit["passed"]),
-            "audit_compensated": bool(audit["drift_compensation"]["used_for_verdict"]),
-            "recalibration_days": audit["recommended_recalibration_days"],
-            "chips": len(t["devices"])}
+def _fleet_figures(audit: Any, limit: float) -> dict[str, Any]:
+    """The figures a sweep's table keeps of one audit (an :class:`~pnndeploy.deploy.results.AuditResult`)."""
+    t, c = audit.sweeps["temperature_K"], audit.sweeps["temperature_K_compensated"]
+    zero = [round(v, 6) for v in t.values].index(0.0)
+    within = [i for i, v in enumerate(t.values) if abs(v) <= limit + 1e-9]
+    t_min, c_min = t.fleet_min, c.fleet_min
+    return {"mean_0K": t.fleet_mean[zero], "min_0K": t_min[zero],
+            "min_within_K": min(t_min[i] for i in within),
+            "min_within_K_compensated": min(c_min[i] for i in within),
+            "audit_passed": audit.passed,
+            "audit_compensated": audit.strategy != "none",
+            "recalibration_days": audit.recommended_recalibration_days,
+            "chips": len(t.names)}
 
 
 # ------------------------------------------------------------------------------------- the sweep

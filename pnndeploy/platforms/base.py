@@ -46,6 +46,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from pnndeploy.platforms.axes import AGEING, TEMPERATURE, PerturbationAxis
+
 
 class Range(NamedTuple):
     """An allowed interval of a per-device parameter."""
@@ -76,21 +78,6 @@ class Range(NamedTuple):
 
 #: A per-device parameter with no range of its own must be > 0.
 POSITIVE = Range(0.0, math.inf, lo_inclusive=False, hi_inclusive=False)
-
-
-@dataclass(frozen=True)
-class PerturbationAxis:
-    """A perturbation of a whole chip or setup, beside temperature and ageing, that `audit` sweeps.
-
-    Values are absolute (a rotation of 2 deg, a magnification of 1.1); ``centre`` is the unperturbed value.
-    """
-
-    name: str        # key in the audit document ("rotation_deg")
-    label: str       # what a person reads ("rotation")
-    units: str
-    centre: float
-    sweep: str       # default grid, LO:HI:STEP
-    require: float   # default requirement: the verdict needs the threshold within centre +- require
 
 
 @dataclass
@@ -173,8 +160,8 @@ class Platform(ABC):
     default_noise: float
     #: True when the controls are periodic (phases): |control| then means nothing (no adaptive SAT).
     periodic: bool = False
-    #: Whole-setup perturbations `audit` sweeps beside temperature and ageing (a free-space setup's
-    #: misalignment); :class:`ChipState` then carries ``perturbation={axis name: value}``.
+    #: Whole-setup perturbations beside temperature and ageing (a free-space setup's misalignment), each an axis
+    #: of kind "setup"; :class:`ChipState` then carries ``perturbation={axis name: value}``.
     perturbation_axes: tuple[PerturbationAxis, ...] = ()
     #: The dataset `pnndeploy demo` tells the story on (every platform: the embedded digits, or a view of them).
     demo_dataset: str = "digits"
@@ -209,6 +196,11 @@ class Platform(ABC):
     def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, weight_shape: tuple[int, int],
                         x: np.ndarray, params: Mapping[str, Any] | None = None) -> np.ndarray:
         """(batch, out) float64 outputs of an exported layer on the nominal device (checks without a runtime)."""
+
+    @property
+    def axes(self) -> tuple[PerturbationAxis, ...]:
+        """Every way this platform's chips drift: temperature and ageing (every platform), then its setup axes."""
+        return (TEMPERATURE, AGEING, *self.perturbation_axes)
 
     def params_dict(self) -> dict[str, float]:
         """Nominal parameters as a plain dict (for metadata)."""

@@ -221,13 +221,10 @@ def audit_rows(doc: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-#: Keys of ``sweeps`` that are not misalignment axes.
-_DRIFT_SWEEPS = ("temperature_K", "temperature_K_compensated", "days")
-
-
 def misalignment_axes(doc: dict[str, Any]) -> list[str]:
-    """The misalignment sweeps of an audit document (free-space setups), in order."""
-    return [k for k in doc["sweeps"] if k not in _DRIFT_SWEEPS]
+    """The setup sweeps of an audit document (a free-space setup's misalignment), in order: those that carry
+    their own centre and requirement (temperature and ageing carry theirs in ``require``)."""
+    return [k for k, sweep in doc["sweeps"].items() if "require" in sweep and "centre" in sweep]
 
 
 def misalignment_headers(doc: dict[str, Any]) -> list[str]:
@@ -362,7 +359,7 @@ def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:
                     f"threshold {pct(threshold)}", padding=(0, 1))
     req = f"{table[0]['required_temperature_K']:g}" if table else "1"
     for column in ("method", "ideal", "λmax", "mean", "±seeds", "min", "yield", "uncal", "−1K", "+1K", f"min±{req}K",
-                   "comp.", "audit", "days"):
+                   "comp.", "g+b", "audit", "days"):
         t.add_column(column, justify="right", no_wrap=True)
     for r in table:
         days = r["recalibration_days"]
@@ -370,7 +367,7 @@ def render_demo_table(table: list[dict[str, Any]], threshold: float) -> None:
                   f"{100 * r['fleet_mean']:.1f}", f"{100 * r['fleet_mean_std_over_seeds']:.1f}",
                   *(f"{100 * r[k]:.1f}" for k in ("fleet_min", "yield", "uncalibrated_mean", "fleet_mean_minus_1K",
                                                    "fleet_mean_plus_1K", "fleet_min_over_range",
-                                                   "compensated_min_over_range")),
+                                                   "compensated_min_over_range", "gain_bias_min_over_range")),
                   f"{r['audits_passed']}/{r['seeds']}" + ("c" if r["audited_compensated"] else ""),
                   f">{r['horizon_days']:g}" if days is None else f"{days:g}")
     _console().print(t)
