@@ -233,13 +233,8 @@ def save_model(path: str | Path, layers: list[ModelLayer], scaling: InputScaling
     return hashlib.sha256(data).hexdigest()
 
 
-def load_model(path: str | Path) -> ExportedModel:
-    """Read a pnndeploy ONNX file; every problem is a one-line :class:`ModelFileError`."""
-    import onnx
-    from onnx import numpy_helper
-
-    path = Path(path)
-    where = f"model {path}"
+def _read_model_bytes(path: Path, where: str) -> bytes:
+    """The model file's bytes, bounded in size; a missing, unreadable or empty file is a one-line error."""
     if not path.exists():
         raise ModelFileError(f"{where}: file not found; train one with `pnndeploy train --out {path}` "
                              "or pass --model")
@@ -253,6 +248,13 @@ def load_model(path: str | Path) -> ExportedModel:
     if not data:
         raise ModelFileError(f"{where}: the file is empty (0 bytes), e.g. an interrupted copy; pass a .onnx "
                              "written by `pnndeploy train`")
+    return data
+
+
+def _decode_model(data: bytes, where: str) -> Any:
+    """The ONNX ModelProto of ``data``, refused if empty or if any tensor points at external data."""
+    import onnx
+
     try:
         # bytes only: onnx.load_from_string never opens the external-data files a model may name
         proto = onnx.load_from_string(data)
@@ -266,6 +268,11 @@ def load_model(path: str | Path) -> ExportedModel:
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
             raise ModelFileError(f"{where}: tensor {tensor.name!r} refers to external data; pnndeploy "
                                  "never reads files a model points at: re-export it as one file")
+    return proto
+
+
+def _model_metadata(proto: Any, where: str) -> dict[str, Any]:
+    """The pnndeploy.* metadata, parsed and type-checked, of a format version this pnndeploy reads."""
     meta: dict[str, str] = {}
     for prop in proto.metadata_props:
         # protobuf hands back bytes for a string field that is not valid UTF-8
@@ -292,6 +299,13 @@ def load_model(path: str | Path) -> ExportedModel:
         raise ModelFileError(f"{where}: format_version {fmt} is newer than this pnndeploy reads "
                              f"({FORMAT_VERSION}); upgrade pnndeploy")
     _check_metadata_types(where, parsed)
+    return parsed
+
+
+def _initializers(proto: Any, where: str) -> dict[str, np.ndarray]:
+    """The graph's initializers by name; a tensor that cannot be decoded is a one-line error."""
+    from onnx import numpy_helper
+
     inits = {}
     for tensor in proto.graph.initializer:
         try:
@@ -299,6 +313,17 @@ def load_model(path: str | Path) -> ExportedModel:
         except Exception as exc:  # noqa: BLE001 - a damaged tensor raises ValueError, TypeError, ...
             raise ModelFileError(f"{where}: initializer {tensor.name!r} cannot be decoded "
                                  f"({type(exc).__name__}); the file is corrupted, re-export it") from None
+    return inits
+
+
+def load_model(path: str | Path) -> ExportedModel:
+    """Read a pnndeploy ONNX file; every problem is a one-line :class:`ModelFileError`."""
+    path = Path(path)
+    where = f"model {path}"
+    data = _read_model_bytes(path, where)
+    proto = _decode_model(data, where)
+    parsed = _model_metadata(proto, where)
+    inits = _initializers(proto, where)
     layers = _layers_from(where, parsed, inits)
     digital = front_end_from(where, parsed.get("digital"), inits)
     if digital is not None and digital.output_size() != layers[0].shape[1]:

@@ -160,24 +160,30 @@ def validate_profile(path: str | os.PathLike[str]) -> list[str]:
         return [f"cannot read the file as HDF5 ({msg}); {REGENERATE_HINT}"]
 
 
-def _validate_open(f: h5py.File) -> list[str]:
-    c = _Checker(f)
+def _version_problem(f: h5py.File) -> str | None:
+    """Why the file's schema version cannot be read here (None: it can).
 
-    # schema version first: a file of another version is judged by nothing else
+    Checked first: a file of another version is judged by nothing else.
+    """
     version = attr_int(f, "schema_version")
     if "schema_version" not in f.attrs:
-        return [f"no 'schema_version' attribute: not a pnndeploy profile; {REGENERATE_HINT}"]
+        return f"no 'schema_version' attribute: not a pnndeploy profile; {REGENERATE_HINT}"
     if version is None:
-        return [f"'schema_version' is not an integer; {REGENERATE_HINT}"]
+        return f"'schema_version' is not an integer; {REGENERATE_HINT}"
     if version > SCHEMA_VERSION:
-        return [f"schema_version {version} was written by a newer pnndeploy "
-                f"(this one reads {SCHEMA_VERSION}); upgrade pnndeploy"]
+        return (f"schema_version {version} was written by a newer pnndeploy "
+                f"(this one reads {SCHEMA_VERSION}); upgrade pnndeploy")
     if version < SCHEMA_VERSION:
         # there is no older released schema to migrate from: version 1 is the first
-        return [f"schema_version {version} is older than {SCHEMA_VERSION}, the oldest this pnndeploy reads, "
+        return (f"schema_version {version} is older than {SCHEMA_VERSION}, the oldest this pnndeploy reads, "
                 f"and no migration exists for it; write it again in schema {SCHEMA_VERSION} from the "
-                f"chip's measurements (or {REGENERATE_HINT} for a simulated chip)"]
+                f"chip's measurements (or {REGENERATE_HINT} for a simulated chip)")
+    return None
 
+
+def _check_root_attrs(c: _Checker) -> bool | None:
+    """Check the root's text attributes and 'simulated'; returns 'simulated' (None when unusable)."""
+    f = c.f
     for name in ("device_id", "process", "created"):
         if attr_str(f, name) is None:
             c.add(f"missing or non-text root attribute '{name}'")
@@ -200,39 +206,61 @@ def _validate_open(f: h5py.File) -> list[str]:
     sim_attr = f.attrs.get("simulated")
     if sim_attr is None or not isinstance(sim_attr, (bool, np.bool_)):
         c.add("missing or non-boolean root attribute 'simulated'")
-        simulated = None
-    else:
-        simulated = bool(sim_attr)
+        return None
+    return bool(sim_attr)
 
-    platform: Platform | None = None
-    platform_name = attr_str(f, "platform")
+
+def _check_platform(c: _Checker) -> Platform | None:
+    """The platform the root names; None (and a problem) when it is missing or unknown."""
+    platform_name = attr_str(c.f, "platform")
     if platform_name is None:
         c.add("missing or non-text root attribute 'platform'")
-    else:
-        try:
-            platform = get_platform(platform_name)
-        except PnnError:
-            from pnndeploy.platforms import PLATFORMS
+        return None
+    try:
+        return get_platform(platform_name)
+    except PnnError:
+        from pnndeploy.platforms import PLATFORMS
 
-            shown = platform_name if len(platform_name) <= 40 else platform_name[:40] + "..."
-            c.add(f"platform {shown!r} is unknown to this pnndeploy (it knows {', '.join(sorted(PLATFORMS))}); "
-                  "use a profile of the model's platform, or upgrade pnndeploy if the profile is newer")
+        shown = platform_name if len(platform_name) <= 40 else platform_name[:40] + "..."
+        c.add(f"platform {shown!r} is unknown to this pnndeploy (it knows {', '.join(sorted(PLATFORMS))}); "
+              "use a profile of the model's platform, or upgrade pnndeploy if the profile is newer")
+        return None
 
-    # layout
-    shape: tuple[int, int] | None = None
+
+def _check_layout(c: _Checker, platform: Platform | None) -> tuple[int, int] | None:
+    """The array shape (rows, cols) of 'layout'; None when unusable, so shapes go unchecked."""
     layout = c.group("layout")
-    if layout is not None:
-        rows, cols = attr_int(layout, "rows"), attr_int(layout, "cols")
-        if rows is None or cols is None:
-            c.add("'layout' needs integer attributes 'rows' and 'cols'")
-        elif rows < 1 or cols < 1:
-            c.add(f"'layout' rows={rows}, cols={cols}: both must be >= 1")
-        elif platform is not None and platform.layout_problem((rows, cols)):
-            c.add(f"'layout' rows={rows}, cols={cols}: {platform.layout_problem((rows, cols))}")
-        else:
-            shape = (rows, cols)
+    if layout is None:
+        return None
+    rows, cols = attr_int(layout, "rows"), attr_int(layout, "cols")
+    if rows is None or cols is None:
+        c.add("'layout' needs integer attributes 'rows' and 'cols'")
+    elif rows < 1 or cols < 1:
+        c.add(f"'layout' rows={rows}, cols={cols}: both must be >= 1")
+    elif platform is not None and platform.layout_problem((rows, cols)):
+        c.add(f"'layout' rows={rows}, cols={cols}: {platform.layout_problem((rows, cols))}")
+    else:
+        return (rows, cols)
+    return None
 
-    # per-device fields
+
+def _check_calibration_attrs(c: _Checker, grp: h5py.Group) -> None:
+    """Check the calibration's 'measured_at' and 'temperature_C': the reference point of later drift."""
+    measured = attr_str(grp, "measured_at")
+    if measured is None:
+        c.add("'calibration' has no text attribute 'measured_at'")
+    elif parse_time(measured) is None:
+        c.add(f"'calibration' measured_at ({brief(measured)}) is not an ISO-8601 time "
+              "with a UTC offset")
+    temp = attr_float(grp, "temperature_C")
+    if temp is None or not math.isfinite(temp):
+        c.add("'calibration' has no finite number attribute 'temperature_C'")
+
+
+def _check_device_fields(c: _Checker, platform: Platform | None, shape: tuple[int, int] | None,
+                         simulated: bool | None) -> None:
+    """Check the per-device datasets of 'calibration' and (for a simulated chip) 'fabrication'."""
+    f = c.f
     has_fab = "fabrication" in f
     if simulated is True and not has_fab:
         c.add("simulated is true but the 'fabrication' group (the truth) is missing")
@@ -244,15 +272,7 @@ def _validate_open(f: h5py.File) -> list[str]:
         if grp is None:
             continue
         if section == "calibration":
-            measured = attr_str(grp, "measured_at")
-            if measured is None:
-                c.add("'calibration' has no text attribute 'measured_at'")
-            elif parse_time(measured) is None:
-                c.add(f"'calibration' measured_at ({brief(measured)}) is not an ISO-8601 time "
-                      "with a UTC offset")
-            temp = attr_float(grp, "temperature_C")
-            if temp is None or not math.isfinite(temp):
-                c.add("'calibration' has no finite number attribute 'temperature_C'")
+            _check_calibration_attrs(c, grp)
         if platform is None:
             continue
         ranges = param_ranges(platform)
@@ -261,69 +281,101 @@ def _validate_open(f: h5py.File) -> list[str]:
             if name in ranges:
                 c.in_range(f"{section}/{name}", data, ranges[name], units)
 
-    # optional: how the chip is reached, and earlier calibrations
-    if "backend" in f:
-        backend = f["backend"]
-        if not isinstance(backend, h5py.Group):
-            c.add("'backend' is not a group")
-        else:
-            if not attr_str(backend, "kind"):
-                c.add("'backend' needs a non-empty text attribute 'kind' (e.g. 'http')")
-            if attr_str(backend, "address") is None:
-                c.add("'backend' needs a text attribute 'address' (e.g. 'http://127.0.0.1:8470')")
-            bad = [k for k in backend.attrs if attr_str(backend, k) is None]
-            if bad:
-                c.add(f"'backend' attributes {', '.join(sorted(bad))} are not text")
-            for key in FILE_OPTIONS:           # files a profile names: plain names in its tokens/ folder
-                value = attr_str(backend, key)
-                problem = credential_name_problem(key, value) if value else None
-                if problem:
-                    c.add(problem)
-    if "calibration_history" in f:
-        history = f["calibration_history"]
-        if not isinstance(history, h5py.Group):
-            c.add("'calibration_history' is not a group")
-        else:
-            for key in sorted(history):
-                grp = history[key]
-                if not isinstance(grp, h5py.Group):
-                    c.add(f"'calibration_history/{key}' is not a group")
-                    continue
-                if parse_time(attr_str(grp, "measured_at") or "") is None:
-                    c.add(f"'calibration_history/{key}' has no ISO-8601 'measured_at'")
-                temp = attr_float(grp, "temperature_C")
-                if temp is None or not math.isfinite(temp):
-                    c.add(f"'calibration_history/{key}' has no finite 'temperature_C'")
-                if platform is not None:
-                    for name, units in field_units(platform).items():
-                        c.dataset(grp, name, platform.field_shape(name, shape) if shape else None, "float", units)
 
-    # environment
+def _check_backend(c: _Checker) -> None:
+    """Check the optional 'backend' group: how the chip is reached."""
+    if "backend" not in c.f:
+        return
+    backend = c.f["backend"]
+    if not isinstance(backend, h5py.Group):
+        c.add("'backend' is not a group")
+        return
+    if not attr_str(backend, "kind"):
+        c.add("'backend' needs a non-empty text attribute 'kind' (e.g. 'http')")
+    if attr_str(backend, "address") is None:
+        c.add("'backend' needs a text attribute 'address' (e.g. 'http://127.0.0.1:8470')")
+    bad = [k for k in backend.attrs if attr_str(backend, k) is None]
+    if bad:
+        c.add(f"'backend' attributes {', '.join(sorted(bad))} are not text")
+    for key in FILE_OPTIONS:           # files a profile names: plain names in its tokens/ folder
+        value = attr_str(backend, key)
+        problem = credential_name_problem(key, value) if value else None
+        if problem:
+            c.add(problem)
+
+
+def _check_history(c: _Checker, platform: Platform | None, shape: tuple[int, int] | None) -> None:
+    """Check the optional 'calibration_history' group: earlier calibrations, one group each."""
+    if "calibration_history" not in c.f:
+        return
+    history = c.f["calibration_history"]
+    if not isinstance(history, h5py.Group):
+        c.add("'calibration_history' is not a group")
+        return
+    for key in sorted(history):
+        grp = history[key]
+        if not isinstance(grp, h5py.Group):
+            c.add(f"'calibration_history/{key}' is not a group")
+            continue
+        if parse_time(attr_str(grp, "measured_at") or "") is None:
+            c.add(f"'calibration_history/{key}' has no ISO-8601 'measured_at'")
+        temp = attr_float(grp, "temperature_C")
+        if temp is None or not math.isfinite(temp):
+            c.add(f"'calibration_history/{key}' has no finite 'temperature_C'")
+        if platform is not None:
+            for name, units in field_units(platform).items():
+                c.dataset(grp, name, platform.field_shape(name, shape) if shape else None, "float", units)
+
+
+def _check_heater_range(c: _Checker, hr: np.ndarray | None, bits: np.ndarray | None) -> None:
+    """Check that the heater range is ordered, finite in span, and wide enough for one DAC step."""
+    if hr is None or hr.shape != (2,) or not np.all(np.isfinite(hr)):
+        return
+    with np.errstate(all="ignore"):
+        span = float(hr[1]) - float(hr[0])
+    if not hr[0] < hr[1]:
+        c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] needs low < high")
+    elif not math.isfinite(span):
+        c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] spans more than a float can hold")
+    elif bits is not None and bits.shape == () and 1 <= int(bits) <= 32 \
+            and not span / (2 ** int(bits) - 1) > 0:
+        c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] is too narrow for "
+              f"{int(bits)} DAC bits (the step would be 0)")
+
+
+def _check_environment(c: _Checker, platform: Platform | None, shape: tuple[int, int] | None) -> None:
+    """Check the 'environment' group: drift, crosstalk, noise, DAC bits, heater range and ageing."""
     env = c.group("environment")
-    if env is not None:
-        eu = environment_units(platform) if platform is not None else {}
-        drift_shape = platform.device_shape(shape) if shape and platform is not None else shape
-        c.dataset(env, "drift_coefficient", drift_shape, "float", eu.get("drift_coefficient"))
-        xt = c.dataset(env, "crosstalk", (), "float", eu.get("crosstalk"))
-        c.in_range("environment/crosstalk", xt, Range(0.0, 0.5, True, False))
-        noise = c.dataset(env, "detector_noise", (), "float", eu.get("detector_noise"))
-        c.in_range("environment/detector_noise", noise, Range(0.0, math.inf, True, False))
-        bits = c.dataset(env, "dac_bits", (), "int", eu.get("dac_bits"))
-        if bits is not None and bits.shape == () and not 1 <= int(bits) <= 32:
-            c.add(f"'environment/dac_bits' is {int(bits)}, expected 1..32")
-        hr = c.dataset(env, "heater_range", (2,), "float", eu.get("heater_range"))
-        if hr is not None and hr.shape == (2,) and np.all(np.isfinite(hr)):
-            with np.errstate(all="ignore"):
-                span = float(hr[1]) - float(hr[0])
-            if not hr[0] < hr[1]:
-                c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] needs low < high")
-            elif not math.isfinite(span):
-                c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] spans more than a float can hold")
-            elif bits is not None and bits.shape == () and 1 <= int(bits) <= 32 \
-                    and not span / (2 ** int(bits) - 1) > 0:
-                c.add(f"'environment/heater_range' [{hr[0]:g}, {hr[1]:g}] is too narrow for "
-                      f"{int(bits)} DAC bits (the step would be 0)")
-        age = c.dataset(env, "ageing_rate", (), "float", eu.get("ageing_rate"))
-        c.in_range("environment/ageing_rate", age, Range(0.0, math.inf, True, False))
+    if env is None:
+        return
+    eu = environment_units(platform) if platform is not None else {}
+    drift_shape = platform.device_shape(shape) if shape and platform is not None else shape
+    c.dataset(env, "drift_coefficient", drift_shape, "float", eu.get("drift_coefficient"))
+    xt = c.dataset(env, "crosstalk", (), "float", eu.get("crosstalk"))
+    c.in_range("environment/crosstalk", xt, Range(0.0, 0.5, True, False))
+    noise = c.dataset(env, "detector_noise", (), "float", eu.get("detector_noise"))
+    c.in_range("environment/detector_noise", noise, Range(0.0, math.inf, True, False))
+    bits = c.dataset(env, "dac_bits", (), "int", eu.get("dac_bits"))
+    if bits is not None and bits.shape == () and not 1 <= int(bits) <= 32:
+        c.add(f"'environment/dac_bits' is {int(bits)}, expected 1..32")
+    hr = c.dataset(env, "heater_range", (2,), "float", eu.get("heater_range"))
+    _check_heater_range(c, hr, bits)
+    age = c.dataset(env, "ageing_rate", (), "float", eu.get("ageing_rate"))
+    c.in_range("environment/ageing_rate", age, Range(0.0, math.inf, True, False))
 
+
+def _validate_open(f: h5py.File) -> list[str]:
+    """Every problem of an open, structurally safe profile, in a fixed order (root, layout, fields,
+    backend, history, environment) so the list reads the same on every run."""
+    version_problem = _version_problem(f)
+    if version_problem is not None:
+        return [version_problem]
+    c = _Checker(f)
+    simulated = _check_root_attrs(c)
+    platform = _check_platform(c)
+    shape = _check_layout(c, platform)
+    _check_device_fields(c, platform, shape, simulated)
+    _check_backend(c)
+    _check_history(c, platform, shape)
+    _check_environment(c, platform, shape)
     return c.problems
