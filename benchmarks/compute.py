@@ -42,7 +42,7 @@ from pnndeploy.formats.process_spec import load_process  # noqa: E402
 from pnndeploy.simulation.fabrication import chip_names, generate_chip  # noqa: E402
 from pnndeploy.simulation.fleet import Conditions, stream_accuracy  # noqa: E402
 from pnndeploy.training.config import TrainConfig  # noqa: E402
-from pnndeploy.training.methods import train  # noqa: E402
+from pnndeploy.training.loop import train  # noqa: E402
 from pnndeploy.training.pipeline import train_and_export  # noqa: E402
 
 #: The paper's LeNet split as pnndeploy trains it: conv front end, fc 784 -> 120 digital, 120 -> 84 -> 10 on chip.

@@ -30,7 +30,7 @@ from compute import LENET, million, mnist_shaped, plain_lenet  # noqa: E402
 
 from pnndeploy.compute import Compute, ComputeError, resolve_compute  # noqa: E402
 from pnndeploy.training.config import TrainConfig  # noqa: E402
-from pnndeploy.training.methods import train  # noqa: E402
+from pnndeploy.training.loop import train  # noqa: E402
 
 
 def training(device: str, samples: int, epochs: int, batch: int) -> list[dict]:

@@ -30,7 +30,7 @@ from pnndeploy.formats.process_spec import load_process  # noqa: E402
 from pnndeploy.simulation.fabrication import chip_names, generate_chip  # noqa: E402
 from pnndeploy.simulation.fleet import CHIPS_PER_BATCH, Conditions, SimulatedFleet  # noqa: E402
 from pnndeploy.training.config import TrainConfig  # noqa: E402
-from pnndeploy.training.methods import train  # noqa: E402
+from pnndeploy.training.loop import train  # noqa: E402
 from pnndeploy.training.pipeline import train_and_export  # noqa: E402
 
 EFFICIENT_EVERY = 5

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pnndeploy.data.datasets import load_dataset  # noqa: E402
-from pnndeploy.deploy.compensation import DriftCompensation, compensated_accuracy  # noqa: E402
+from pnndeploy.simulation.compensation import DriftCompensation, compensated_accuracy  # noqa: E402
 from pnndeploy.deploy.transfer import prepare_fleet  # noqa: E402
 from pnndeploy.formats.process_spec import load_process  # noqa: E402
 from pnndeploy.simulation.fabrication import make_fleet  # noqa: E402

@@ -34,8 +34,8 @@ _API: dict[str, str] = {
     # training and export
     "TrainConfig": "pnndeploy.training.config",
     "load_config": "pnndeploy.training.config",
-    "train": "pnndeploy.training.methods",
-    "TrainResult": "pnndeploy.training.methods",
+    "train": "pnndeploy.training.loop",
+    "TrainResult": "pnndeploy.training.loop",
     "train_and_export": "pnndeploy.training.pipeline",
     "export_trained": "pnndeploy.training.pipeline",
     "TrainSummary": "pnndeploy.training.pipeline",
@@ -75,8 +75,8 @@ _API: dict[str, str] = {
     # spec-SAT's perturbation set and drift compensation at deployment
     "PerturbationSet": "pnndeploy.training.perturbation_set",
     "perturbation_set": "pnndeploy.training.perturbation_set",
-    "DriftCompensation": "pnndeploy.deploy.compensation",
-    "compensated_accuracy": "pnndeploy.deploy.compensation",
+    "DriftCompensation": "pnndeploy.simulation.compensation",
+    "compensated_accuracy": "pnndeploy.simulation.compensation",
     # chips on stations: backends, calibration by measurement, in-situ training
     "ChipBackend": "pnndeploy.backends.base",
     "ChipInfo": "pnndeploy.backends.base",

@@ -16,7 +16,7 @@ from pnndeploy.formats.onnx_io import load_model
 from pnndeploy.simulation.fabrication import generate_chip
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet, stream_accuracy
 from pnndeploy.training.config import TrainConfig
-from pnndeploy.training.methods import build_model, train
+from pnndeploy.training.loop import build_model, train
 
 #: Every compute device present: the CPU always, each CUDA device when there is one (never in CI).
 DEVICES = ["cpu"] + [f"cuda:{k}" for k in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]

@@ -99,7 +99,7 @@ def test_conv_model_maps_and_runs_on_the_fleet(conv_model, tiny_fleet_dir) -> No
 
 
 def test_onchip_splits_the_mlp(tmp_path: Path, digits) -> None:
-    from pnndeploy.training.methods import build_model
+    from pnndeploy.training.loop import build_model
 
     config = TrainConfig(method="sat", hidden=[24, 12], onchip=1)
     model = build_model(config, digits.n_features, digits.n_classes, digits.image_shape)

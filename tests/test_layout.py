@@ -158,3 +158,16 @@ def test_no_module_outside_platforms_names_a_platform() -> None:
             if re.search(r"\b(mrr|mzi|freespace)\b", line, re.I):
                 named.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not named, "platform names outside platforms/:\n" + "\n".join(named)
+
+
+#: The longest a function in the package may be (lines, docstring included): about a screen.
+LONGEST_FUNCTION = 80
+
+
+def test_no_function_in_the_package_is_longer_than_a_screen() -> None:
+    long = [f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in sorted(PACKAGE.rglob("*.py"))
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > LONGEST_FUNCTION]
+    assert not long, "split these: " + "; ".join(long)

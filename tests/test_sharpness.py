@@ -107,7 +107,7 @@ def test_model_sharpness_matches_the_explicit_hessian(parameterisation):
 
 
 def test_model_sharpness_is_deterministic_and_leaves_the_model_alone(tiny_export):
-    from pnndeploy.training.methods import evaluation_tensors
+    from pnndeploy.training.loop import evaluation_tensors
 
     model = tiny_export.result.model
     X, y = evaluation_tensors(tiny_export.dataset)

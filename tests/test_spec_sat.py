@@ -181,7 +181,7 @@ def test_spec_sat_trains_deterministically_and_records_its_set(tmp_path: Path, d
 
 
 def test_compensated_and_programmed_spec_sat_train_differently(tmp_path: Path, tiny_digits) -> None:
-    from pnndeploy.training.methods import train
+    from pnndeploy.training.loop import train
 
     spec = train(tiny_digits, TrainConfig(method="spec-sat", epochs=1, hidden=[8], robust_to=str(SHIPPED_PROCESS),
                                           drift_compensation=False))
@@ -192,7 +192,7 @@ def test_compensated_and_programmed_spec_sat_train_differently(tmp_path: Path, t
 
 
 def test_momentum_ascent_takes_one_pass_and_differs_from_the_gradient_ascent(tiny_digits) -> None:
-    from pnndeploy.training.methods import train
+    from pnndeploy.training.loop import train
 
     base = dict(method="sat", epochs=1, hidden=[8])
     grad = train(tiny_digits, TrainConfig(**base))
@@ -230,7 +230,7 @@ def prepared_tiny(tiny_export, tiny_fleet_dir):
 
 
 def test_compensation_finds_minus_k_dT(prepared_tiny) -> None:
-    from pnndeploy.deploy.compensation import DriftCompensation, fit_bias
+    from pnndeploy.simulation.compensation import DriftCompensation, fit_bias
     from pnndeploy.simulation.fleet import Conditions
 
     fleet = prepared_tiny.require_simulated("a test")
@@ -245,7 +245,7 @@ def test_compensation_finds_minus_k_dT(prepared_tiny) -> None:
 
 
 def test_compensated_accuracy_recovers_the_drifted_chips(prepared_tiny) -> None:
-    from pnndeploy.deploy.compensation import DriftCompensation, compensated_accuracy
+    from pnndeploy.simulation.compensation import DriftCompensation, compensated_accuracy
     from pnndeploy.simulation.fleet import Conditions
 
     fleet = prepared_tiny.require_simulated("a test")
@@ -260,7 +260,7 @@ def test_compensated_accuracy_recovers_the_drifted_chips(prepared_tiny) -> None:
 
 
 def test_compensation_follows_a_drift_beyond_its_first_window(prepared_tiny) -> None:
-    from pnndeploy.deploy.compensation import DriftCompensation, fit_bias
+    from pnndeploy.simulation.compensation import DriftCompensation, fit_bias
     from pnndeploy.simulation.fleet import Conditions
 
     fleet = prepared_tiny.require_simulated("a test")
@@ -271,7 +271,7 @@ def test_compensation_follows_a_drift_beyond_its_first_window(prepared_tiny) -> 
 
 
 def test_golden_section_finds_the_brute_force_minimum(prepared_tiny) -> None:
-    from pnndeploy.deploy import compensation as C
+    from pnndeploy.simulation import compensation as C
     from pnndeploy.simulation.fleet import Conditions
 
     fleet = prepared_tiny.require_simulated("a test")

@@ -11,9 +11,10 @@ from torch import nn
 
 from pnndeploy.errors import ConfigError
 from pnndeploy.platforms import get_platform
-from pnndeploy.training import methods as training
+from pnndeploy.training import sat as sat_step
 from pnndeploy.training.config import TrainConfig
-from pnndeploy.training.methods import train
+from pnndeploy.training.loop import train
+from pnndeploy.training.methods.sat import SAT
 from pnndeploy.training.model import PNN, OnChipLayer, WeightLinear, accuracy
 from pnndeploy.training.sat import SharpnessAwareStep
 
@@ -260,7 +261,7 @@ def test_optimizer_steps_with_the_gradient_at_the_perturbed_point_alone(monkeypa
             return super().step(closure)
 
     monkeypatch.setattr(torch.optim, "Adam", CheckingAdam)
-    monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
+    monkeypatch.setattr(sat_step, "SharpnessAwareStep", RecordingSAT)
     config = tiny_config(method="sat", rho=rho, adaptive=adaptive, perturb=perturb, epochs=1)
     train(tiny_digits, config)
     assert seen["steps"] == math.ceil(len(tiny_digits.y_train) / 32)
@@ -379,7 +380,7 @@ def test_sat_trains_when_a_perturbed_parameter_does_not_reach_the_loss(monkeypat
     unused = nn.Parameter(torch.ones(3))
     seen = {}
 
-    def with_unused(model, perturb):
+    def with_unused(model, config):
         return [*model.onchip_parameters(), unused]
 
     class RecordingSAT(SharpnessAwareStep):
@@ -388,8 +389,8 @@ def test_sat_trains_when_a_perturbed_parameter_does_not_reach_the_loss(monkeypat
             seen["eps"] = [e.clone() for e in self.last_perturbation]
             return norm
 
-    monkeypatch.setattr(training, "_perturbed_params", with_unused)
-    monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
+    monkeypatch.setattr(SAT, "perturbed", staticmethod(with_unused))
+    monkeypatch.setattr(sat_step, "SharpnessAwareStep", RecordingSAT)
     result = train(tiny_digits, tiny_config(method="sat", epochs=1))
     assert torch.equal(seen["eps"][-1], torch.zeros(3))
     assert global_norm(seen["eps"][:2]) == pytest.approx(0.1, rel=1e-4)
@@ -405,7 +406,7 @@ def test_drift_adversary_leaves_digital_parameters_alone(monkeypatch, tiny_digit
             super().__init__(*args, **kwargs)
             seen["sat"] = self
 
-    monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
+    monkeypatch.setattr(sat_step, "SharpnessAwareStep", RecordingSAT)
     result = train(tiny_digits, tiny_config(method="sat", perturb="all", drift_budget=1.0, epochs=1))
     sat = seen["sat"]
     onchip = {id(p) for p in result.model.onchip_parameters()}
@@ -433,7 +434,7 @@ def test_efficient_sat_refreshes_on_schedule_and_reuses_the_cached_direction(mon
             # exactly the direction of the latest refresh, not a stale or accumulated one
             assert all(torch.equal(a, b) for a, b in zip(self.last_perturbation, RecordingSAT.fresh[-1]))
 
-    monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
+    monkeypatch.setattr(sat_step, "SharpnessAwareStep", RecordingSAT)
     train(tiny_digits, tiny_config(method="sat", sat_every=3, epochs=2))
     steps = 2 * math.ceil(len(tiny_digits.y_train) / 32)
     assert events == ["ascend" if k % 3 == 0 else "reapply" for k in range(steps)]
@@ -469,7 +470,7 @@ def test_efficient_sat_reuse_steps_use_the_gradient_at_the_cached_point_alone(mo
             return super().step(closure)
 
     monkeypatch.setattr(torch.optim, "Adam", CheckingAdam)
-    monkeypatch.setattr(training, "SharpnessAwareStep", RecordingSAT)
+    monkeypatch.setattr(sat_step, "SharpnessAwareStep", RecordingSAT)
     train(tiny_digits, tiny_config(method="sat", rho=0.5, sat_every=2, epochs=1))
     assert seen["reuse_steps"] == math.ceil(len(tiny_digits.y_train) / 32) // 2
 

@@ -13,6 +13,7 @@ from pnndeploy.cli.common import (check_executor, check_output_file, compute_opt
 from pnndeploy.cli.chip import insecure_option, timeout_option
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
+from pnndeploy.simulation.compensation import COMPENSATIONS
 
 
 # ------------------------------------------------------------------------------------------- transfer
@@ -160,10 +161,10 @@ def _axis_options(func: Any) -> Any:
               help="Random ageing walks per device (the median is reported).")
 @click.option("--threshold", type=float, default=None,
               help="Accuracy every chip must keep; default: the model's nominal accuracy minus 0.05.")
-@click.option("--compensation", type=click.Choice(["none", "bias", "gain-bias"]), default=None,
+@click.option("--compensation", type=click.Choice(list(COMPENSATIONS)), default=None,
               help="How the deployment re-fits the drift at run time, from a 32-input reference measurement (no "
-                   "labels): none; bias (one common control bias per chip); gain-bias (that bias, then a gain and "
-                   "a bias per output). The temperature sweep is reported as programmed and with bias always; this "
+                   "labels): " + "; ".join(f"{c.name} ({c.summary})" for c in COMPENSATIONS.values()) + ". The "
+                   "temperature sweep is reported as programmed and with bias always; this "
                    "picks the one the verdict uses. Default: what the model was trained for (spec-sat's).")
 @click.option("--drift-compensation/--no-drift-compensation", default=None,
               help="The same as --compensation bias / none.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
 import click
@@ -10,13 +12,39 @@ from pnndeploy.cli.common import (check_output_file, compute_options, platform_o
                                   resolve_compute_options)
 from pnndeploy.cli.group import main
 from pnndeploy.errors import ConfigError, PnnError
-from pnndeploy.platforms import PLATFORMS
 
 
 # ---------------------------------------------------------------------------------------------- train
-def _per_platform(value: Any) -> str:
-    """A per-platform figure for help texts: "VALUE UNITS (NAME), ..."."""
-    return ", ".join(f"{value(p)} {p.control_units} ({name})" for name, p in sorted(PLATFORMS.items()))
+def _setting_options(func: Any) -> Any:
+    """One option per training setting, generated from TrainConfig's fields (help and default written there)."""
+    from dataclasses import fields
+
+    from pnndeploy.training.config import TrainConfig
+    from pnndeploy.training.methods import METHODS
+    from pnndeploy.training.settings import choices_of, described, flag, help_text
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in reversed(fields(TrainConfig)):
+        s = described(f)
+        if f.name == "platform":
+            continue                            # --platform: the option every command shares
+        kind = _plain_type(hints[f.name])
+        choices = list(METHODS) if f.name == "method" else choices_of(s)
+        decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"] if kind is bool else [flag(f.name)]
+        text = help_text(f)
+        if f.name == "method":
+            text = "; ".join(f"{name}{' (default)' if name == f.default else ''}: {m.summary}"
+                             for name, m in METHODS.items()) + "."
+        value_type = click.Choice(choices) if choices else str if s.widths else None if kind is bool else kind
+        func = click.option(*decls, f.name, default=None, metavar=s.metavar, help=text, type=value_type)(func)
+    return func
+
+
+def _plain_type(hint: Any) -> Any:
+    """``float`` for ``float | None``: the type a flag parses."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(k for k in typing.get_args(hint) if k is not type(None))
+    return hint
 
 
 @main.command()
@@ -24,75 +52,7 @@ def _per_platform(value: Any) -> str:
 @click.option("--dataset", default=None, metavar="SPEC",
               help="digits (default, scikit-learn's handwritten digits), iris, mnist:DIR (IDX files), "
                    "npz:PATH (arrays X, y, optional X_test, y_test).")
-@click.option("--method", type=click.Choice(["sat", "spec-sat", "standard", "noise-aware"]), default=None,
-              help="spec-sat (default): SAT over the perturbations of the fleet's process spec (noise of the "
-                   "spec's sigma, the worst common-mode drift, radius 2 sigma; see --robust-to); sat: "
-                   "sharpness-aware training on the physical controls (ring detunings, mesh phases) with a "
-                   "hand-set --rho; standard: the paper's baseline, trains W in [-1, 1] directly and maps it at "
-                   "export; noise-aware: Gaussian noise on the controls.")
-@click.option("--epochs", type=int, default=None, help="Passes over the training set (default 30).")
-@click.option("--batch-size", type=int, default=None, help="Samples per step (default 32).")
-@click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01).")
-@click.option("--seed", type=int, default=None, help="Seed for the split, the init and the shuffling (default 0).")
-@click.option("--hidden", type=str, default=None, metavar="W[,W...]",
-              help="Hidden layer widths, comma-separated (default 128 for spec-sat; 32, round 1's default, for "
-                   "the other methods, so their results reproduce).")
-@click.option("--conv", type=str, default=None, metavar="C[,C...]",
-              help="A digital conv front end: channels per stage (3x3 conv, ReLU, 2x2 max-pool), e.g. 8,16 for "
-                   "28x28 images; the on-chip layers follow it. Needs image data (digits, digits28, mnist:DIR).")
-@click.option("--onchip", type=int, default=None, metavar="N",
-              help="Put only the last N linear layers on the chip (the paper: its last two); the earlier ones "
-                   "run in electronics. Default 0: every linear layer on chip.")
-@click.option("--rho", type=float, default=None,
-              help="SAT radius: the norm of the perturbation of all controls together, in control units "
-                   f"({', '.join(f'{p.control_units} for {n}' for n, p in sorted(PLATFORMS.items()))}; relative "
-                   "when --adaptive). Default 0.1. --rho 0 takes the same steps as plain training on the "
-                   "controls (at twice the cost: both passes still run).")
-@click.option("--adaptive/--no-adaptive", default=None,
-              help="Adaptive SAT (ASAM): scale the perturbation by |control| (default off).")
-@click.option("--perturb", type=click.Choice(["onchip", "all"]), default=None,
-              help="Which parameters SAT perturbs: the on-chip controls (default) or also gains and biases.")
-@click.option("--drift-budget", type=float, default=None, metavar="K",
-              help="SAT only: in each ascent step also shift every control by the worse of ±k·K "
-                   f"(a common-mode temperature change of K kelvin; k = {_per_platform(lambda p: p.nominal_drift)} "
-                   "per K), default 0 (off).")
-@click.option("--sat-every", type=int, default=None, metavar="K",
-              help="Efficient SAT: compute a fresh ascent direction every K steps and reuse it in between "
-                   "(one forward/backward instead of two). Default 1: full SAT; 5 matched its fleet accuracy "
-                   "at 0 K over five seeds at about 0.7x its time (README, Performance).")
-@click.option("--ascent", type=click.Choice(["gradient", "momentum"]), default=None,
-              help="sat and spec-sat: where the ascent points. gradient (default): a clean forward/backward "
-                   "first (two passes per step); momentum: Adam's running mean of the gradients, no extra pass "
-                   "(Momentum-SAM; the cheap efficient SAT, README Performance).")
-@click.option("--noise", type=float, default=None,
-              help="Std of Gaussian noise on each control at every training step, control units: noise-aware "
-                   f"(default {_per_platform(lambda p: p.default_noise)}) and sat (default 0, off; with "
-                   "--drift-budget it covers random errors too).")
-@click.option("--robust-to", type=click.Path(dir_okay=False), default=None, metavar="PROCESS.yaml",
-              help="spec-sat: the process spec of the fleet to deploy on; its calibration error, ageing rate, "
-                   "drift coefficient and spread and DAC step make the perturbation set (default: the platform's "
-                   "default fleet's, device_profiles[/PLATFORM]/process.yaml).")
-@click.option("--require-temperature", type=float, default=None, metavar="K",
-              help="spec-sat: deployment range of the common-mode temperature change, ±K (default 1, as audit).")
-@click.option("--require-days", type=float, default=None, metavar="D",
-              help="spec-sat: days after calibration the model must last: the ageing walk's spread (default 30).")
-@click.option("--robust-z", type=float, default=None, metavar="Z",
-              help="spec-sat: the ascent guards the Z-sigma quantile of the independent errors, rho = Z * sigma "
-                   "(default 2: the 97.7th-percentile chip).")
-@click.option("--drift-compensation/--no-drift-compensation", default=None,
-              help="spec-sat: the deployment re-fits a common bias per chip (audit --drift-compensation), so the "
-                   "common-mode shift is cancelled and only its device-to-device spread is trained against "
-                   "(default on; --no-drift-compensation trains for chips run as programmed, against the worst "
-                   "of -K, 0, +K).")
-@click.option("--robust-rotation", type=float, default=None, metavar="DEG",
-              help="Free-space setups, sat and spec-sat: FD-SAT trains for setups rotated by up to ±DEG (default 2).")
-@click.option("--robust-shift", type=float, default=None, metavar="PX",
-              help="Free-space setups, sat and spec-sat: ... shifted by up to ±PX mask pixels along x and y (default 2).")
-@click.option("--robust-scale", type=float, default=None, metavar="FRAC",
-              help="Free-space setups, sat and spec-sat: ... magnified by 1 ± FRAC (default 0.1).")
-@click.option("--misalignment-rho", type=float, default=None, metavar="R",
-              help="Free-space setups: FD-SAT's finite-difference ascent from a random misalignment of that box, in box "
-                   "half-widths (default 0.5; 0: the random draw only).")
+@_setting_options
 @click.option("--in-situ", "in_situ", default=None, metavar="DEVICE",
               help="Train on a chip: every forward pass of the on-chip layers is measured on DEVICE (through its "
                    "profile's backend; a simulated profile without one is played in-process), the backward pass "
@@ -131,15 +91,18 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
         if value is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
             settings[name] = value
             from_file.discard(name)
-    for key in ("hidden", "conv"):
-        if isinstance(settings.get(key), str):
-            settings[key] = _parse_widths(settings[key], f"--{key}")
+    from dataclasses import fields
+
+    from pnndeploy.training.settings import described
+
+    for f in fields(TrainConfig):
+        if described(f).widths and isinstance(settings.get(f.name), str):
+            settings[f.name] = _parse_widths(settings[f.name], f"--{f.name}")
     dataset_spec = settings.pop("dataset", "digits")
     out = settings.pop("out", "models/model.onnx")
     compute_spec, threads = settings.pop("compute", None), settings.pop("threads", None)
-    config = TrainConfig(**settings)
     try:
-        config.validate()
+        config = TrainConfig(**settings)            # checked on construction
     except ConfigError as exc:
         # a value that came from the YAML file: name the file and its key, not only the flag
         text = str(exc)

@@ -4,7 +4,7 @@ The sweeps are composed from the axes the platform declares (:mod:`pnndeploy.pla
 
 * temperature: every control device (a ring's resonance, a phase shifter) shifts by its own ``k * dT``,
   judged as programmed and after each drift-compensation strategy asked for
-  (:mod:`~pnndeploy.deploy.compensation`: ``bias`` always, and the verdict's).  The tolerance of a chip
+  (:mod:`~pnndeploy.simulation.compensation`: ``bias`` always, and the verdict's).  The tolerance of a chip
   is the widest interval around 0 K inside which its accuracy stays at or above the threshold.
 * ageing: each control device follows a random walk at the profile's ageing rate (control units/sqrt(day)),
   drawn from a stream per device and draw.  Accuracy is the median over draws; the time to threshold is
@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pnndeploy.deploy.compensation import COMPENSATIONS, DriftCompensation, get_compensation, reference_record
+from pnndeploy.simulation.compensation import COMPENSATIONS, DriftCompensation, get_compensation, reference_record
 from pnndeploy.deploy.results import AuditResult, Sweep, tolerance_interval  # noqa: F401 - re-exported
 from pnndeploy.deploy.transfer import PreparedFleet
 from pnndeploy.errors import ConfigError
@@ -184,7 +184,7 @@ def run_audit(prepared: PreparedFleet, temperatures: SweepRange, days: SweepRang
 
     The temperature sweep is reported as programmed, with the ``bias`` compensation, with the verdict's strategy
     and with every strategy in ``compare``; the verdict uses ``compensation`` (a name of
-    :data:`~pnndeploy.deploy.compensation.COMPENSATIONS`), else ``drift_compensation`` (True: bias, False: none),
+    :data:`~pnndeploy.simulation.compensation.COMPENSATIONS`), else ``drift_compensation`` (True: bias, False: none),
     else what the model was trained for.
     """
     if draws < 1:

@@ -12,7 +12,6 @@ report and a JSON summary.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +30,7 @@ from pnndeploy.platforms import DEFAULT_PLATFORM, get_platform
 from pnndeploy.deploy.results import Sweep
 from pnndeploy.simulation.fleet import SimulatedFleet
 from pnndeploy.training.config import TrainConfig
+from pnndeploy.training.methods import METHODS, MethodVariant, get_method
 from pnndeploy.training.pipeline import train_and_export
 
 #: The demo's common accuracy threshold (fraction), the same for every method so they compare.
@@ -39,31 +39,15 @@ DEMO_THRESHOLD = 0.9
 DEMO_HIDDEN = [128]
 
 
-@dataclass(frozen=True)
-class DemoEntry:
-    name: str
-    settings: dict[str, Any]
-    what: str
+#: One row of the demo: a method's variant (its name, settings and what it means), from the method registry.
+DemoEntry = MethodVariant
 
 
 def demo_entries(platform: str = DEFAULT_PLATFORM) -> tuple[DemoEntry, ...]:
-    """The methods the demo compares, in the platform's units: the paper's three and spec-SAT two ways."""
-    p = get_platform(platform)
-    u, noun, noise = p.control_units, p.control_noun, p.default_noise
-    return (
-        DemoEntry("standard", {"method": "standard"},
-                  f"the paper's baseline: trains W, maps it onto the {noun}s at export"),
-        DemoEntry("noise-aware", {"method": "noise-aware"},
-                  f"Gaussian noise ({noise:g} {u}) on every {noun} while training"),
-        DemoEntry("sat", {"method": "sat"}, f"sharpness-aware training on the {noun}s (ρ = 0.1 {u}, hand-set)"),
-        DemoEntry("spec-sat-programmed", {"method": "spec-sat", "drift_compensation": False},
-                  "spec-SAT for chips run as programmed: noise of the process spec's σ, the worst of −1 K, 0 K, "
-                  "+1 K common-mode drift, ascent of radius 2σ"),
-        DemoEntry("spec-sat", {"method": "spec-sat"},
-                  "spec-SAT for a drift-compensated deployment (the default of `pnndeploy train`): the common "
-                  "mode is cancelled by a per-chip bias re-fitted at run time, so the set is σ noise plus the 2σ "
-                  "ascent; audited with the compensation"),
-    )
+    """The methods the demo compares, in the platform's units: every registered method's variants (the paper's
+    three, and spec-SAT for chips run as programmed and for a drift-compensated deployment), baselines first."""
+    methods = sorted(METHODS.values(), key=lambda m: not m.baseline)
+    return tuple(v for method in methods for v in method.variants(platform))
 
 
 DEMO_ENTRIES = demo_entries()
@@ -117,7 +101,7 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     for s in range(seed, seed + seeds):
         dataset = load_dataset(get_platform(platform).demo_dataset, seed=s)
         for entry in demo_entries(platform):
-            robust = {"robust_to": str(spec)} if entry.settings["method"] == "spec-sat" and spec.is_file() else {}
+            robust = get_method(entry.settings["method"]).for_fleet(spec)
             config = TrainConfig(**{**entry.settings, "epochs": epochs, "seed": s, "platform": platform,
                                     "hidden": DEMO_HIDDEN, **robust})
             tag = entry.name if s == seed else f"{entry.name}-seed{s}"

@@ -35,6 +35,7 @@ from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.formats.profile_folder import list_profiles
 from pnndeploy.formats.yamlio import read_yaml_file
 from pnndeploy.training.config import TrainConfig, _coerce, _field_types
+from pnndeploy.training.methods import get_method
 from pnndeploy.untrusted import brief, loads_json, read_bounded
 
 #: Keys of a grid file besides the training settings.
@@ -90,7 +91,19 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", name):
         raise ConfigError(f"{where}: name {brief(name)} must be a plain folder name (letters, digits, . _ -, at most "
                           "64), it becomes sweeps/<name>")
-    seeds = data.get("seeds", [0])
+    seeds = _sweep_seeds(where, data.get("seeds", [0]))
+    settings = _sweep_cells(where, data, base)
+    if len(settings) * len(seeds) > 10_000:
+        raise ConfigError(f"{where}: {len(settings) * len(seeds)} cells; split the sweep (at most 10000)")
+    fleets = _sweep_fleets(where, data.get("fleets"))
+    spec = SweepSpec(path=path, name=name, dataset=str(data.get("dataset", "digits")),
+                     seeds=list(seeds), settings=settings, fleets=[str(f) for f in fleets], base=base)
+    _sweep_audit(where, data, spec)
+    return spec
+
+
+def _sweep_seeds(where: str, seeds: Any) -> list[int]:
+    """The grid file's seeds: one non-negative integer or a list of distinct ones."""
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
@@ -98,6 +111,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(f"{where}: seeds must be a non-negative integer or a list of them, got {brief(seeds)}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: seeds {brief(seeds)} repeat a seed; each cell would run twice")
+    return seeds
+
+
+def _sweep_cells(where: str, data: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The settings of every cell (grid combinations, then explicit cells), each one a training would accept."""
+    types = _field_types()
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
         raise ConfigError(f"{where}: grid must map training settings to lists of values, got {type(grid).__name__}")
@@ -124,19 +143,17 @@ def load_sweep(path: str | Path) -> SweepSpec:
             cell[key] = _coerce(f"{where}: {label}", key, value, types[key])
         try:
             config = TrainConfig(**cell)
-            config.validate()
-            if config.method == "spec-sat":        # its process spec must exist and fit the platform
-                from pnndeploy.training.methods import spec_perturbations
-
-                spec_perturbations(config)
+            get_method(config.method).reads(config)     # the files it reads exist and fit (spec-sat's process spec)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {label}: {exc}") from None
         if cell in settings:
             raise ConfigError(f"{where}: {label} repeats cell {settings.index(cell) + 1}; drop one")
         settings.append(cell)
-    if len(settings) * len(seeds) > 10_000:
-        raise ConfigError(f"{where}: {len(settings) * len(seeds)} cells; split the sweep (at most 10000)")
-    fleets = data.get("fleets")
+    return settings
+
+
+def _sweep_fleets(where: str, fleets: Any) -> list[str]:
+    """The profile folders each cell is deployed on (none: the default fleet); each must hold profiles."""
     if fleets is None:
         fleets = []
     if isinstance(fleets, str):
@@ -149,8 +166,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
             looked = brief(str(Path(folder)), quote=False, tail=True)
             raise ConfigError(f"{where}: fleet {brief(folder)} holds no profiles (looked in {looked}); make one with "
                               "`pnndeploy fleet make`")
-    spec = SweepSpec(path=path, name=name, dataset=str(data.get("dataset", "digits")),
-                     seeds=list(seeds), settings=settings, fleets=[str(f) for f in fleets], base=base)
+    return fleets
+
+
+def _sweep_audit(where: str, data: dict[str, Any], spec: SweepSpec) -> None:
+    """The audit every cell gets: sweeps, draws, threshold and requirements, checked into ``spec``."""
     for key in ("temperature", "days"):
         if key in data:
             if not isinstance(data[key], str):      # YAML 1.1 reads -1:1:0.5 unquoted as a base-60 number
@@ -169,7 +189,6 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not 0 <= spec.threshold <= 1 or spec.draws < 1 or spec.require_temperature < 0 or spec.require_days < 0:
         raise ConfigError(f"{where}: threshold must be in [0, 1], draws at least 1 and audit_require_temperature, "
                           "audit_require_days 0 or more")
-    return spec
 
 
 def _describe(settings: dict[str, Any]) -> str:
@@ -218,12 +237,8 @@ def cell_keys(spec: SweepSpec, fleets: list[str]) -> list[str]:
         if seed not in data_hashes:
             data_hashes[seed] = data_hash(load_dataset(spec.dataset, seed=seed))
         config = TrainConfig(**cell["settings"], seed=seed)
-        process = None
-        if config.method == "spec-sat":
-            from pnndeploy.training.methods import spec_perturbations
-
-            source = Path(spec_perturbations(config).source)
-            process = hashlib.sha256(source.read_bytes()).hexdigest()
+        reads = get_method(config.method).reads(config)
+        process = hashlib.sha256(b"".join(Path(f).read_bytes() for f in reads)).hexdigest() if reads else None
         doc = {"config": config.to_dict(), "dataset": spec.dataset, "data": data_hashes[seed],
                "fleets": [folder_hash(f, config.platform) for f in fleets], "process": process,
                "temperature": spec.temperature, "days": spec.days, "draws": spec.draws,

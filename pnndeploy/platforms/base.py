@@ -182,8 +182,9 @@ class Platform(ABC):
     @abstractmethod
     def forward(self, controls: Any, x: Any, weight_shape: tuple[int, int], perturbation: Any = None) -> Any:
         """(batch, out) outputs of the nominal device at ``controls`` for inputs ``x`` (batch, in); torch,
-        differentiable in both.  ``perturbation``: a tensor of the platform's whole-setup perturbation (the
-        free-space misalignment: rotation, shift x, shift y, scale), or None for the aligned setup."""
+        differentiable in both.  ``perturbation``: FD-SAT's state of the setup, a tensor of one value per axis of
+        ``perturbation_axes`` that training cannot differentiate, in their order (the free-space misalignment:
+        rotation, shift x, shift y, scale), or None for the calibrated setup."""
 
     # ------------------------------------------------------------------------------------------ export
     @abstractmethod

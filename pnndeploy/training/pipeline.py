@@ -13,7 +13,8 @@ from pnndeploy.data.datasets import Dataset, load_dataset
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.onnx_io import save_model
 from pnndeploy.training.config import TrainConfig
-from pnndeploy.training.methods import EpochRecord, TrainResult, evaluation_tensors, spec_perturbations, train
+from pnndeploy.training.loop import EpochRecord, TrainResult, evaluation_tensors, train
+from pnndeploy.training.methods import get_method
 from pnndeploy.training.in_situ import InSituChip
 from pnndeploy.training.model import accuracy
 from pnndeploy.training.sharpness import model_hessian_trace, model_sharpness
@@ -53,7 +54,6 @@ def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Pat
     ``dataset`` is a :class:`Dataset` or a spec such as ``"digits"`` (loaded with the
     config's seed).  Returns the `train --json` summary and the trained model.
     """
-    config.validate()
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, seed=config.seed)
     _check_split_seed(dataset, config)
@@ -94,11 +94,9 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path, compu
                "sharpness": sharpness, "hessian_trace": trace, "seconds": result.seconds,
                "clipped_weights": clipped}
     extra: dict[str, Any] = {"config": config.to_dict(), "n_classes": dataset.n_classes}
-    rho = config.rho if config.method == "sat" else 0.0
-    if config.method == "spec-sat":
-        pset = result.perturbation_set or spec_perturbations(config)
-        extra["perturbation_set"] = pset.to_dict()
-        rho = pset.rho
+    records = get_method(config.method).model_records(config, result.learnt or {})
+    rho = records.pop("rho")
+    extra.update(records)
     if result.in_situ is not None:
         extra["in_situ"] = result.in_situ
     sha = save_model(

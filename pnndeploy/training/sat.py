@@ -20,8 +20,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from pnndeploy.training.adversary import Adversary
 
-class SharpnessAwareStep:
+
+class SharpnessAwareStep(Adversary):
     """The SAT ascent and restore around one base-optimiser step.
 
     Usage per batch: take the clean gradient (``autograd.grad``, so ``.grad``
@@ -36,12 +38,7 @@ class SharpnessAwareStep:
     def __init__(self, params: Sequence[nn.Parameter], rho: float, adaptive: bool,
                  eps: float = 1e-12, drift: Sequence[float] | None = None,
                  drift_budget: float = 0.0, every: int = 1) -> None:
-        self.params = list(params)
-        #: Refresh the ascent direction every ``every`` steps; reuse the cached eps in between.
-        self.every = every
-        self.steps = 0          # steps taken (ascend or reapply calls)
-        self.refreshes = 0      # ascend calls
-        self._cached: list[torch.Tensor] | None = None
+        super().__init__(params, every)
         self.rho = rho
         self.adaptive = adaptive
         self.eps = eps
@@ -49,10 +46,6 @@ class SharpnessAwareStep:
         self.drift = list(drift) if drift is not None else [0.0] * len(self.params)
         #: Temperature change (K) the structured adversary may apply as a common-mode shift.
         self.drift_budget = drift_budget
-        self._saved: list[torch.Tensor] | None = None
-        self._buffers: list[torch.Tensor] | None = None
-        self._views: list[torch.Tensor] = []
-        self.last_perturbation: list[torch.Tensor] = []
 
     @torch.no_grad()
     def ascend(self, grads: Sequence[torch.Tensor | None] | None = None) -> float:
@@ -61,6 +54,7 @@ class SharpnessAwareStep:
         ``grads`` is the clean gradient, one per parameter (default: the
         parameters' ``.grad``).  Training passes it from ``autograd.grad``, so
         the clean pass never touches ``.grad`` and cannot leak into the step.
+        theta is saved here unless the step's :meth:`begin` saved it already.
 
         eps is SAT's isotropic ascent (0 when rho is 0 or the gradient vanishes).
         With a drift budget, every control is also shifted by s * k * budget, the
@@ -74,7 +68,8 @@ class SharpnessAwareStep:
         grads = [g if g is not None else torch.zeros_like(p) for p, g in zip(self.params, grads)]
         scaled = torch._foreach_mul(torch._foreach_abs(self.params), grads) if self.adaptive else grads
         norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled))))
-        self._save()
+        if not self._saved:
+            self._save()
         if not math.isfinite(norm):             # nothing sensible to ascend along
             self.last_perturbation = [torch.zeros_like(p) for p in self.params]
             return 0.0
@@ -96,38 +91,3 @@ class SharpnessAwareStep:
         if not self.adaptive and self.drift_budget == 0 and self.rho > 0 and norm > self.eps:
             return float(self.rho)          # rho * g / ||g|| has norm rho by construction: skip the work
         return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(perturbation))))
-
-    def _save(self) -> None:
-        """Copy theta into buffers allocated once (restore copies them back bit for bit)."""
-        if self._buffers is None:
-            self._buffers = [torch.empty_like(p) for p in self.params]
-            self._views = [p.detach() for p in self.params]     # share storage with the parameters
-        torch._foreach_copy_(self._buffers, self._views)
-        self._saved = self._buffers
-
-    def refresh_due(self) -> bool:
-        """True when this step must compute a fresh ascent (every ``every`` steps, and the first)."""
-        return self._cached is None or self.steps % self.every == 0
-
-    @torch.no_grad()
-    def reapply(self) -> None:
-        """Move to theta + the eps cached at the last refresh (efficient SAT: no clean pass needed).
-
-        Between refreshes theta moves by a few small Adam steps, so the cached
-        direction stays a good ascent direction (LookSAM's observation); it is
-        recomputed every ``every`` steps.
-        """
-        if self._cached is None:
-            raise RuntimeError("reapply() called before the first ascend()")
-        self._save()
-        torch._foreach_add_(self.params, self._cached)
-        self.last_perturbation = self._cached
-        self.steps += 1
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Put back the parameters saved by :meth:`ascend`, bit for bit."""
-        if self._saved is None:
-            raise RuntimeError("restore() called before ascend()")
-        torch._foreach_copy_(self.params, self._saved)
-        self._saved = None

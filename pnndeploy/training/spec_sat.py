@@ -37,29 +37,23 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from pnndeploy.training.adversary import AdversarialStep, Adversary
 from pnndeploy.training.perturbation_set import PerturbationSet
 
 #: Fraction of the training steps over which the perturbation set is ramped in from 0 to its full size.
 WARMUP = 0.2
 
 
-class SpecAdversary:
+class SpecAdversary(Adversary):
     """The perturbations of one spec-SAT step, applied in place to the on-chip controls and undone exactly."""
 
     def __init__(self, params: Sequence[nn.Parameter], pset: PerturbationSet, every: int = 1,
                  eps: float = 1e-12) -> None:
-        self.params = list(params)
+        super().__init__(params, every)
         self.pset = pset
-        self.every = every
         self.eps = eps
-        self.steps = 0
-        self.refreshes = 0
         #: The temperatures the max over the common mode looks at (K).
         self.candidates = pset.common_temperatures
-        self._buffers = [torch.empty_like(p) for p in self.params]
-        self._views = [p.detach() for p in self.params]
-        self._saved = False
-        self._cached: list[torch.Tensor] | None = None
         #: The worst temperature picked at the last refresh (K), and how often each candidate won.
         self.last_delta_T = 0.0
         self.wins = {t: 0 for t in self.candidates}
@@ -75,8 +69,7 @@ class SpecAdversary:
     @torch.no_grad()
     def begin(self) -> None:
         """Save theta and move to theta + xi (a fresh draw, sigma of the spec)."""
-        torch._foreach_copy_(self._buffers, self._views)
-        self._saved = True
+        self._save()
         sigma = self.pset.sigma * self.scale
         if sigma > 0:
             torch._foreach_add_(self.params, [sigma * torch.randn_like(p) for p in self.params])
@@ -85,6 +78,10 @@ class SpecAdversary:
     def _shift(self, delta_T: float) -> None:
         if delta_T:
             torch._foreach_add_(self.params, self.pset.drift * delta_T * self.scale)
+
+    def locate(self, loss_at: Callable[[], float]) -> None:
+        """The worst common-mode shift (:meth:`worst_shift`)."""
+        self.worst_shift(loss_at)
 
     @torch.no_grad()
     def worst_shift(self, loss_at: Callable[[], float]) -> float:
@@ -122,23 +119,18 @@ class SpecAdversary:
         self.refreshes += 1
         return rho if any(float(a.abs().max()) > 0 for a in ascent) else 0.0
 
-    def refresh_due(self) -> bool:
-        """True when this step recomputes the worst shift and the ascent (every ``every`` steps, and the first)."""
-        return self._cached is None or self.steps % self.every == 0
 
-    @torch.no_grad()
-    def reapply(self) -> None:
-        """Efficient spec-SAT: theta + a fresh xi + the cached shift and ascent."""
-        if self._cached is None:
-            raise RuntimeError("reapply() called before the first ascend()")
-        self.begin()
-        torch._foreach_add_(self.params, self._cached)
-        self.steps += 1
+class SpecSATStep(AdversarialStep):
+    """spec-SAT's step: the set ramped in over the warm-up, then the adversarial step around it."""
 
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Put theta back, bit for bit."""
-        if not self._saved:
-            raise RuntimeError("restore() called before begin()")
-        torch._foreach_copy_(self.params, self._buffers)
-        self._saved = False
+    def __init__(self, adversary: SpecAdversary, ascent: str, optimizer: torch.optim.Optimizer,
+                 total_steps: int) -> None:
+        super().__init__(adversary, ascent, optimizer)
+        self.total_steps = total_steps
+
+    def prepare(self, index: int) -> None:
+        self.adversary.ramp(index, self.total_steps)
+
+    def records(self) -> dict:
+        """The perturbation set it trained against (the model file records it)."""
+        return {"perturbation_set": self.adversary.pset}

@@ -1,9 +1,9 @@
-"""Training methods: the paper's baseline, noise-aware training, and sharpness-aware training (SAT).
+"""The training loop every method runs: batches, the method's step, FD-SAT's setup state, the optimiser.
 
-The baseline (``standard``) trains the weights W and maps them through the
-inverse transfer function at export; noise-aware and SAT train the on-chip
-controls themselves.  SAT's step is :class:`~pnndeploy.training.sat.SharpnessAwareStep`;
-the settings are :class:`~pnndeploy.training.config.TrainConfig`.
+What differs between methods (standard, noise-aware, SAT, spec-SAT) is their step
+(:meth:`~pnndeploy.training.methods.base.Method.start`); the baseline trains the weights W and maps them through
+the inverse transfer function at export, the others train the on-chip controls themselves.  The settings are
+:class:`~pnndeploy.training.config.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.platforms import get_platform
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.fd_sat import MisalignmentAdversary
-from pnndeploy.training.model import PNN, FrontEnd, accuracy
-from pnndeploy.training.perturbation_set import PerturbationSet, perturbation_set
-from pnndeploy.training.sat import SharpnessAwareStep
 from pnndeploy.training.in_situ import InSituChip
-from pnndeploy.training.spec_sat import SpecAdversary
+from pnndeploy.training.methods import get_method
+from pnndeploy.training.methods.base import Step
+from pnndeploy.training.methods.spec_sat import SpecSAT
+from pnndeploy.training.model import PNN, FrontEnd, accuracy
+from pnndeploy.training.perturbation_set import PerturbationSet
 
 
 class TrainingDiverged(PnnError):
@@ -50,8 +51,8 @@ class TrainResult:
     train_accuracy: float
     test_accuracy: float
     seconds: float
-    #: spec-sat: the perturbation set it trained against (what the model file records).
-    perturbation_set: PerturbationSet | None = None
+    #: What the method's step learnt that the model file records (spec-sat: its perturbation set).
+    learnt: dict | None = None
     #: In-situ training: the chip it was trained on and what that cost (what the model file records).
     in_situ: dict | None = None
     #: Where it was trained: {"device": "cpu" | "cuda:N", "threads": intra-op CPU threads}.
@@ -79,19 +80,13 @@ def build_model(config: TrainConfig, n_features: int, n_classes: int,
         n_features = front.out_features
     sizes = [n_features, *onchip_hidden, n_classes]
     # the baseline trains W itself where a layer is a weight matrix, the ideal device's controls elsewhere
-    parameterisation = "weights" if config.method == "standard" and platform.linear else "controls"
+    parameterisation = "weights" if get_method(config.method).trains_weights and platform.linear else "controls"
     return PNN(sizes, platform, seed=config.seed, parameterisation=parameterisation, front=front)
 
 
 def spec_perturbations(config: TrainConfig) -> PerturbationSet:
     """The perturbation set spec-SAT trains against, from the config's process spec and requirements."""
-    return perturbation_set(config.platform, config.robust_to, config.require_temperature, config.require_days,
-                            config.robust_z, config.drift_compensation)
-
-
-def _perturbed_params(model: PNN, perturb: str) -> list[nn.Parameter]:
-    params = model.onchip_parameters() if perturb == "onchip" else list(model.parameters())
-    return [p for p in params if p.requires_grad]
+    return SpecSAT().perturbations(config)
 
 
 def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = None,
@@ -107,7 +102,6 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[EpochRecord
     their spin-waiting made a 1 s training take tens of seconds); a conv front end on MNIST-sized images is
     split over every core.
     """
-    config.validate()
     torch.manual_seed(config.seed)         # before the model: a digital front end draws its init from it
     model = build_model(config, dataset.n_features, dataset.n_classes, dataset.image_shape)
     work = model.step_macs(config.batch_size)
@@ -145,32 +139,20 @@ def _train(dataset: Dataset, config: TrainConfig, model: PNN, on_epoch: Callable
 def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
           config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None,
           chip: InSituChip | None) -> TrainResult:
-    if config.method != "standard":
-        model.set_control_noise(config.control_noise)
+    method = get_method(config.method)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sat = None
-    if config.method == "sat":
-        perturbed = _perturbed_params(model, config.perturb)
-        onchip = {id(p) for p in model.onchip_parameters()}
-        drift = [model.platform.nominal_drift if id(p) in onchip else 0.0 for p in perturbed]
-        sat = SharpnessAwareStep(perturbed, config.rho, config.adaptive, drift=drift,
-                                 drift_budget=config.drift_budget, every=config.sat_every)
-    spec = None
-    if config.method == "spec-sat":
-        spec = SpecAdversary([p for p in model.onchip_parameters() if p.requires_grad], spec_perturbations(config),
-                             every=config.sat_every)
+    n = X.shape[0]
+    steps_per_epoch = -(-n // config.batch_size)
+    step = method.start(model, config, optimizer, steps_per_epoch * config.epochs)
     loss_fn = nn.CrossEntropyLoss()
     shuffle = torch.Generator().manual_seed(config.seed + 1)
     box = config.misalignment_box
     misalign = MisalignmentAdversary(*box, rho=config.misalignment_rho, seed=config.seed + 2) \
         if box is not None else None
-
     history: list[EpochRecord] = []
     start = time.perf_counter()
     model.train()
-    n = X.shape[0]
-    steps_per_epoch = -(-n // config.batch_size)
-    step = 0
+    index = 0
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=shuffle).to(X.device)
@@ -179,52 +161,14 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
             idx = order[begin:begin + config.batch_size]
             xb, yb = X[idx], y[idx]
             optimizer.zero_grad(set_to_none=True)
-            if spec is not None:
-                spec.ramp(step, steps_per_epoch * config.epochs)
-            step += 1
             if misalign is not None:        # FD-SAT: the setup's worst misalignment near a random one
                 model.set_misalignment(torch.from_numpy(
                     misalign.state(lambda phi: _loss_at(model, loss_fn, xb, yb, phi)).astype(np.float32)).to(X.device))
-            if spec is not None and config.ascent == "momentum":
-                spec.begin()
-                spec.worst_shift(lambda: loss_fn(model(xb), yb).item())
-                spec.ascend(_momentum(optimizer, spec.params))
-                logits, loss = _backward_then_restore(model, loss_fn, xb, yb, spec)
-            elif sat is not None and config.ascent == "momentum":
-                sat.ascend(_momentum(optimizer, sat.params))
-                logits, loss = _backward_then_restore(model, loss_fn, xb, yb, sat)
-            elif spec is not None and not spec.refresh_due():
-                spec.reapply()          # efficient spec-SAT: fresh noise + the cached shift and ascent
-                logits, loss = _backward_then_restore(model, loss_fn, xb, yb, spec)
-            elif spec is not None:
-                spec.begin()
-                spec.worst_shift(lambda: loss_fn(model(xb), yb).item())
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                spec.ascend(torch.autograd.grad(loss, spec.params, allow_unused=True))
-                loss_fn(model(xb), yb).backward()
-                spec.restore()
-            elif sat is not None and not sat.refresh_due():
-                # efficient SAT: one pass at theta + the cached eps, no clean pass
-                sat.reapply()
-                logits, loss = _backward_then_restore(model, loss_fn, xb, yb, sat)
-            elif sat is not None:
-                # the clean gradient of the perturbed parameters only, straight to the ascent
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                sat.ascend(torch.autograd.grad(loss, sat.params, allow_unused=True))
-                loss_fn(model(xb), yb).backward()
-                sat.restore()
-            else:
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                loss.backward()
+            logits, loss = step(model, loss_fn, xb, yb, index)
+            index += 1
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                radius = f"--robust-z (now {config.robust_z})" if spec is not None else f"--rho (now {config.rho})"
-                raise TrainingDiverged(
-                    f"training diverged at epoch {epoch} (loss {loss_value}); lower --lr "
-                    f"(now {config.lr}) or {radius}")
+                raise TrainingDiverged(_diverged(config, epoch, loss_value))
             optimizer.step()
             model.project()
             total += loss_value * len(idx)
@@ -234,14 +178,26 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
         model.set_misalignment(None)          # between epochs the model is the nominal one
         if on_epoch is not None:
             on_epoch(record)
-    seconds = time.perf_counter() - start
+    return _finish(model, X, y, X_test, y_test, config, history, time.perf_counter() - start, step, chip)
+
+
+def _diverged(config: TrainConfig, epoch: int, loss_value: float) -> str:
+    radius = get_method(config.method).radius
+    also = f" or --{radius.replace('_', '-')} (now {getattr(config, radius)})" if radius else ""
+    return f"training diverged at epoch {epoch} (loss {loss_value}); lower --lr (now {config.lr}){also}"
+
+
+def _finish(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
+            config: TrainConfig, history: list[EpochRecord], seconds: float, step: Step,
+            chip: InSituChip | None) -> TrainResult:
+    """The trained model's figures on the nominal chip (in situ as in silico), noise off."""
     if chip is not None:
-        chip.detach(model)        # the figures below are the model's on the nominal chip, as for any training
+        chip.detach(model)
     model.eval()
     model.set_control_noise(0.0)
     train_acc, test_acc = accuracy(model, X, y), accuracy(model, X_test, y_test)
-    return TrainResult(model.cpu(), config, history, train_acc, test_acc, seconds,
-                       spec.pset if spec is not None else None, chip.summary() if chip is not None else None)
+    return TrainResult(model.cpu(), config, history, train_acc, test_acc, seconds, step.records(),
+                       chip.summary() if chip is not None else None)
 
 
 def _loss_at(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor, misalignment: np.ndarray) -> float:
@@ -257,25 +213,6 @@ def _loss_at(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
             return float(loss_fn(model(xb), yb))
     finally:
         model.train(was_training)
-
-
-def _backward_then_restore(model: PNN, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
-                           adversary: SharpnessAwareStep | SpecAdversary) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward and backward at the point the adversary moved to, then its parameters put back."""
-    logits = model(xb)
-    loss = loss_fn(logits, yb)
-    loss.backward()
-    adversary.restore()
-    return logits, loss
-
-
-def _momentum(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[torch.Tensor | None]:
-    """Adam's first moment of each parameter (None before its first step): the momentum ascent's direction.
-
-    It averages the gradients of the last ~10 steps (beta1 = 0.9), taken at the perturbed points as the
-    steps were, so it points where the loss has been rising; using it costs no extra pass.
-    """
-    return [optimizer.state[p].get("exp_avg") if p in optimizer.state else None for p in params]
 
 
 def evaluation_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,9 +33,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
+if TYPE_CHECKING:         # the fleet (h5py, onnx) loads when a strategy runs, not when its name is looked up
+    from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
 
 #: Reference inputs measured for a compensation (the first samples of the evaluation set, labels unused).
 REFERENCE_SAMPLES = 32
@@ -45,6 +48,14 @@ RECORD_SEED, MEASURE_SEED = 0x7265, 0x6D65
 COARSE_POINTS, GOLDEN_STEPS = 13, 14
 #: How many times the window may move towards a chip whose best point lies on its edge.
 MAX_MOVES = 8
+
+
+
+def _conditions(**settings: Any) -> "Conditions":
+    """The fleet's evaluation conditions (imported here: looking up a strategy's name must not load the fleet)."""
+    from pnndeploy.simulation.fleet import Conditions
+
+    return Conditions(**settings)
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ def _common_shift(fleet: SimulatedFleet, bias: np.ndarray, base: np.ndarray | No
 
 def reference_record(fleet: SimulatedFleet, X_scaled: np.ndarray, compensation: DriftCompensation) -> np.ndarray:
     """The chips' outputs on the reference inputs right after programming (0 K): what a re-fit aims back at."""
-    return fleet.scores(np.asarray(X_scaled)[:compensation.samples], Conditions(eval_seed=RECORD_SEED),
+    return fleet.scores(np.asarray(X_scaled)[:compensation.samples], _conditions(eval_seed=RECORD_SEED),
                         slice(0, len(fleet)))
 
 
@@ -91,7 +102,7 @@ def fit_bias(fleet: SimulatedFleet, X_scaled: np.ndarray, conditions: Conditions
         record = reference_record(fleet, X_scaled, compensation)
 
     def misfit(bias: np.ndarray) -> np.ndarray:
-        shifted = Conditions(delta_T=conditions.delta_T, eval_seed=MEASURE_SEED,
+        shifted = _conditions(delta_T=conditions.delta_T, eval_seed=MEASURE_SEED,
                              control_shift=_common_shift(fleet, bias, conditions.control_shift))
         squared = (fleet.scores(X_ref, shifted, chips) - record) ** 2
         if np.isfinite(squared).all():
@@ -140,7 +151,7 @@ def compensated_accuracy(fleet: SimulatedFleet, X_scaled: np.ndarray, y: np.ndar
                          record: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy of every chip after re-fitting its common bias under ``conditions``; returns (accuracy, bias)."""
     bias = fit_bias(fleet, X_scaled, conditions, compensation, record)
-    shifted = Conditions(delta_T=conditions.delta_T, eval_seed=conditions.eval_seed,
+    shifted = _conditions(delta_T=conditions.delta_T, eval_seed=conditions.eval_seed,
                          control_shift=_common_shift(fleet, bias, conditions.control_shift))
     return fleet.accuracy(X_scaled, y, shifted), bias
 
@@ -154,6 +165,8 @@ class Compensation:
     """
 
     name = "none"
+    #: What the strategy re-fits, for help texts.
+    summary = "nothing: the chips run as programmed"
     #: The audit document's key of the temperature sweep judged with this strategy.
     sweep_key = "temperature_K"
     #: Whether spec-SAT trains for a deployment that cancels the common-mode drift.
@@ -168,6 +181,7 @@ class BiasCompensation(Compensation):
     """One common control bias per chip (:func:`fit_bias`): cancels the common-mode thermal shift."""
 
     name = "bias"
+    summary = "one common control bias per chip"
     sweep_key = "temperature_K_compensated"
     cancels_common_mode = True
 
@@ -186,6 +200,7 @@ class GainBiasCompensation(BiasCompensation):
     """
 
     name = "gain-bias"
+    summary = "that bias, then a gain and a bias per output"
     sweep_key = "temperature_K_gain_bias"
 
     def accuracy(self, group: Any, X_scaled: np.ndarray, y: np.ndarray, conditions: Conditions,
@@ -195,10 +210,10 @@ class GainBiasCompensation(BiasCompensation):
             record = reference_record(group, X_scaled, compensation)
         bias = fit_bias(group, X_scaled, conditions, compensation, record)
         shift = _common_shift(group, bias, conditions.control_shift)
-        measured = group.scores(X_ref, Conditions(delta_T=conditions.delta_T, eval_seed=MEASURE_SEED,
+        measured = group.scores(X_ref, _conditions(delta_T=conditions.delta_T, eval_seed=MEASURE_SEED,
                                                   control_shift=shift), slice(0, len(group)))
         gain, offset = output_affine(measured, record)
-        scores = group.scores(np.asarray(X_scaled), Conditions(delta_T=conditions.delta_T,
+        scores = group.scores(np.asarray(X_scaled), _conditions(delta_T=conditions.delta_T,
                                                                eval_seed=conditions.eval_seed, control_shift=shift),
                               slice(0, len(group)))
         adjusted = gain[:, :, None] * scores + offset[:, :, None]

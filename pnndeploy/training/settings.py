@@ -1,0 +1,131 @@
+"""Training settings declared once: each is a dataclass field whose metadata says what `--help` says of it, how it
+is checked and whose it is.
+
+A method's settings (:mod:`pnndeploy.training.methods`) and the run's common ones (:class:`RunSettings`) are
+written with :func:`setting`; :class:`~pnndeploy.training.config.TrainConfig`, the `train` flags and their help
+texts, the YAML config keys and the checks are all generated from these fields, so a default is written in one
+place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, Field, dataclass, field
+from typing import Any, Callable
+
+from pnndeploy.errors import ConfigError
+from pnndeploy.platforms import DEFAULT_PLATFORM
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one training setting is described and checked."""
+
+    help: str
+    #: What the help says of the default when the value alone does not say it (a None meaning "the method's").
+    default_text: str | None = None
+    metavar: str | None = None
+    #: The values it may take (a click choice on the command line); a callable is asked when the flag is built.
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    #: Bounds: the value must be at least ``minimum``, or above 0 with ``positive``.
+    minimum: float | None = None
+    positive: bool = False
+    #: Comma-separated integers on the command line (widths, channels); ``empty_ok`` allows none.
+    widths: bool = False
+    empty_ok: bool = False
+    #: Whose setting it is, for a refusal naming it ("SAT's ascent step").
+    owner: str = ""
+    #: Whether a model file records the setting at its default (False: only when changed, so older files stay
+    #: byte for byte what they were).
+    record_default: bool = True
+
+
+def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, **description: Any) -> Any:
+    """A dataclass field that is a training setting (``description``: :class:`Setting`'s fields)."""
+    metadata = {"setting": Setting(**description)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def described(f: Field) -> Setting:
+    """The :class:`Setting` of a field made with :func:`setting`."""
+    return f.metadata["setting"]
+
+
+def default_of(f: Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting: ``--batch-size`` for ``batch_size``."""
+    return "--" + name.replace("_", "-")
+
+
+def choices_of(s: Setting) -> tuple[str, ...] | None:
+    return s.choices() if callable(s.choices) else s.choices
+
+
+def help_text(f: Field) -> str:
+    """What `train --help` says of a setting: its help, then its default."""
+    s = described(f)
+    default = default_of(f)
+    if s.default_text is not None:
+        shown = ": " + s.default_text
+    elif isinstance(default, bool):
+        shown = "on" if default else "off"
+    elif isinstance(default, list):
+        shown = ",".join(map(str, default)) or "none"
+    else:
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+    return f"{s.help} (default{shown if s.default_text is not None else ' ' + shown})."
+
+
+def check(f: Field, value: Any) -> None:
+    """Refuse a value outside the setting's type, choices or bounds, naming the flag."""
+    s, name = described(f), flag(f.name)
+    if value is None:
+        return
+    choices = choices_of(s)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{name} {value!r} is unknown; use one of {', '.join(choices)}")
+    if s.widths:
+        if (not value and not s.empty_ok) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                                for v in value):
+            raise ConfigError(f"{name} must be positive integers (got {value})")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number (got {value})")
+    if s.positive and not value > 0:
+        raise ConfigError(f"{name} must be positive (got {value})")
+    if s.minimum is not None and not value >= s.minimum:
+        wanted = f"at least {s.minimum:g}" if isinstance(value, int) else f"a finite number, {s.minimum:g} or more"
+        raise ConfigError(f"{name} must be {wanted} (got {value})")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every training run has, whatever its method: the model's shape, the data's passes, the seed."""
+
+    #: spec-sat (the default since round 2: it wins the demo with drift compensation, README).
+    method: str = setting("spec-sat", help="The training method")
+    platform: str = setting(DEFAULT_PLATFORM, help="The platform of the on-chip layers")
+    hidden: list[int] | None = setting(
+        None, widths=True, metavar="W[,W...]",
+        help="Hidden layer widths, comma-separated",
+        default_text="the method's: 128 for spec-sat; 32, round 1's default, for the other methods, so their results "
+                     "reproduce")
+    conv: list[int] = setting(
+        factory=list, widths=True, empty_ok=True, metavar="C[,C...]", record_default=False,
+        help="A digital conv front end: channels per stage (3x3 conv, ReLU, 2x2 max-pool), e.g. 8,16 for 28x28 "
+             "images; the on-chip layers follow it. Needs image data (digits, digits28, mnist:DIR)")
+    onchip: int = setting(
+        0, minimum=0, metavar="N", record_default=False,
+        help="Put only the last N linear layers on the chip (the paper: its last two); the earlier ones run in "
+             "electronics. 0: every linear layer on chip")
+    epochs: int = setting(30, minimum=1, help="Passes over the training set")
+    batch_size: int = setting(32, minimum=1, help="Samples per step")
+    lr: float = setting(0.01, positive=True, help="Adam learning rate")
+    seed: int = setting(0, help="Seed for the split, the init and the shuffling")
