@@ -33,6 +33,8 @@ _API: dict[str, str] = {
     "InputScaling": "pnndeploy.data.scaling",
     # training and export
     "TrainConfig": "pnndeploy.training.config",
+    "Method": "pnndeploy.training.methods.base",
+    "get_method": "pnndeploy.training.methods",
     "load_config": "pnndeploy.training.config",
     "train": "pnndeploy.training.loop",
     "TrainResult": "pnndeploy.training.loop",
@@ -77,6 +79,9 @@ _API: dict[str, str] = {
     "perturbation_set": "pnndeploy.training.perturbation_set",
     "DriftCompensation": "pnndeploy.simulation.compensation",
     "compensated_accuracy": "pnndeploy.simulation.compensation",
+    "Compensation": "pnndeploy.simulation.compensation",
+    "get_compensation": "pnndeploy.simulation.compensation",
+    "PerturbationAxis": "pnndeploy.platforms.axes",
     # chips on stations: backends, calibration by measurement, in-situ training
     "ChipBackend": "pnndeploy.backends.base",
     "ChipInfo": "pnndeploy.backends.base",

@@ -78,6 +78,25 @@ def test_the_model_file_config_is_round_2s_for_every_method_on_rings() -> None:
     assert TrainConfig(method="noise-aware").to_dict()["noise"] == get_platform("mrr").default_noise
 
 
+@pytest.mark.parametrize("platform", ["mrr", "mzi", "freespace"])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_model_files_config_reads_back_as_the_same_settings(name: str, platform: str) -> None:
+    """What a model file records makes the same TrainConfig again (a sweep or a retrain starts from it)."""
+    config = TrainConfig(method=name, platform=platform)
+    recorded = config.to_dict()
+    again = TrainConfig(**recorded)
+    assert again.to_dict() == recorded
+    assert again.misalignment_box == config.misalignment_box
+
+
+def test_a_setting_at_its_off_value_is_no_setting() -> None:
+    """The baseline's file records noise 0 (no noise): that reads back; a real noise is refused."""
+    assert TrainConfig(method="standard", noise=0.0).control_noise == 0.0
+    with pytest.raises(ConfigError, match="--noise is a setting of training noise on the controls and --method "
+                                          "standard would ignore it; use it with --method sat or noise-aware"):
+        TrainConfig(method="standard", noise=0.05)
+
+
 def test_a_new_method_is_one_module_and_one_registry_line(tmp_path: Path) -> None:
     """tests/example_method.py is written as README's recipe says; registering it is all the rest needs."""
     code = f"""
@@ -145,10 +164,15 @@ def test_sat_keeps_the_papers_box_and_a_given_half_width_wins() -> None:
      "--method sat or spec-sat"),
     ({"platform": "freespace", "robust_scale": 0.5}, "a magnification error of 50 % or more"),
     ({"platform": "freespace", "robust_shift": -1.0}, "--robust-shift must be a finite number, 0 or more"),
+    ({"platform": "freespace", "method": "standard", "robust_scale": 0.6},     # the method's refusal comes first
+     "--robust-scale is a setting of FD-SAT's setup box and --method standard would ignore it"),
+    ({"platform": "freespace", "robust_to": str(REPO / "device_profiles" / "process.yaml")},
+     "describes mrr chips but the model is for freespace"),
+    ({"platform": "freespace", "robust_z": 60.0}, "a magnification error of ±0.6 is not a misalignment"),
 ])
 def test_setup_box_settings_are_checked(settings: dict, fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        TrainConfig(**settings)
+        TrainConfig(**settings).misalignment_box
     assert fragment in str(caught.value)
 
 
@@ -168,6 +192,9 @@ def test_spec_sat_trains_and_records_the_deployments_compensation() -> None:
         assert model_compensation({"config": config.to_dict()}) == strategy
     with pytest.raises(ConfigError, match="contradict"):
         TrainConfig(compensation="gain-bias", drift_compensation=False)
+    with pytest.raises(ConfigError, match="contradict"):
+        TrainConfig(compensation="none", drift_compensation=True)
+    assert replace(programmed, compensation="gain-bias").to_dict() == gain.to_dict()
     with pytest.raises(ConfigError, match="--compensation 'nope' is unknown; use one of none, bias, gain-bias"):
         TrainConfig(compensation="nope")
     with pytest.raises(ConfigError, match="--compensation is a setting of spec-SAT's perturbation set"):

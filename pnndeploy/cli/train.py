@@ -35,7 +35,8 @@ def _setting_options(func: Any) -> Any:
         if f.name == "method":
             text = "; ".join(f"{name}{' (default)' if name == f.default else ''}: {m.summary}"
                              for name, m in METHODS.items()) + "."
-        value_type = click.Choice(choices) if choices else str if s.widths else None if kind is bool else kind
+        value_type = (click.Choice(choices) if choices else str if s.widths else None if kind is bool
+                      else click.Path(dir_okay=False) if s.path else kind)
         func = click.option(*decls, f.name, default=None, metavar=s.metavar, help=text, type=value_type)(func)
     return func
 

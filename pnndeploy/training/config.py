@@ -28,8 +28,6 @@ class _TrainConfigRules:
         if self.hidden is None:
             object.__setattr__(self, "hidden", list(method.default_hidden))
         self.validate()
-        for name, value in method.normalise(self).items():
-            object.__setattr__(self, name, value)
 
     def validate(self) -> None:
         """Refuse settings that would train nonsense, with the flag to change (run once, on construction)."""
@@ -39,27 +37,33 @@ class _TrainConfigRules:
         get_platform(self.platform)
         takes = setting_names(method) | RUN_SETTINGS
         for f in fields(self):
-            if f.name not in takes and getattr(self, f.name) != default_of(f):
+            value = getattr(self, f.name)
+            if f.name not in takes and value != default_of(f) and value not in described(f).inert:
                 if f.name in BOX_SETTINGS:
-                    self._check_box_platform(f.name)
+                    self._box_axes(f.name)
                 raise ConfigError(method.refusal(f.name, self))
         for name in BOX_SETTINGS:
             if getattr(self, name) != default_of(SETUP_BOX_FIELDS[name]):
-                self._check_box_platform(name)
+                self._check_box(name)
         method.check(self)
         linear = len(self.hidden) + 1
         if not 0 <= self.onchip <= linear:
             raise ConfigError(f"--onchip {self.onchip}: the model has {linear} linear layers (--hidden "
                               f"{','.join(map(str, self.hidden))} and the output); give 1..{linear}, or 0 for all")
 
-    def _check_box_platform(self, name: str) -> None:
-        """A setup-box setting only for a platform with that axis; a relative one (magnification) below 50 %."""
+    def _box_axes(self, name: str) -> list[Any]:
+        """The platform's axes a setup-box setting sets; refused for a platform without one."""
         axes = [a for a in setup_axes(self.platform) if name == "misalignment_rho" or box_setting(a) == name]
         if not axes:
             having = ", ".join(n for n in PLATFORMS if any(name == "misalignment_rho" or box_setting(a) == name
                                                            for a in setup_axes(n)))
             raise ConfigError(f"{flag(name)} sets FD-SAT's box of a setup training cannot differentiate; --platform "
                               f"{self.platform} has no such axis; drop it or use --platform {having}")
+        return axes
+
+    def _check_box(self, name: str) -> None:
+        """A setup-box setting given: its platform has the axis, and a relative one (magnification) is below 50 %."""
+        axes = self._box_axes(name)
         value = getattr(self, name)
         if name != "misalignment_rho" and axes[0].compose == "multiply" and value is not None and value >= 0.5:
             raise ConfigError(f"{flag(name)} {value}: a {axes[0].label} error of 50 % or more is not a misalignment; "
@@ -88,6 +92,7 @@ class _TrainConfigRules:
                 out[f.name] = list(value) if isinstance(value, list) else value
         if "noise" in out:
             out["noise"] = self.control_noise
+        out = method.record(self, out)
         box = self.misalignment_box
         if box is not None:
             for axis, width in zip(setup_axes(self.platform), box[1]):
@@ -122,7 +127,7 @@ def _setting_fields() -> list[tuple[str, Any, Any]]:
 
 #: Every setting of one training run (what ``--config FILE.yaml`` may set, what `train` takes as flags), generated
 #: from :class:`RunSettings`, the methods' settings and FD-SAT's setup box; frozen and checked on construction.
-TrainConfig = make_dataclass("TrainConfig", _setting_fields(), bases=(_TrainConfigRules,), frozen=True,
+TrainConfig = make_dataclass("TrainConfig", _setting_fields(), bases=(_TrainConfigRules,), frozen=True, kw_only=True,
                              namespace={"__module__": __name__,
                                         "__doc__": "Every setting of one training run, checked on construction."})
 RUN_SETTINGS = frozenset(f.name for f in fields(RunSettings))

@@ -58,6 +58,11 @@ class TrainResult:
     #: Where it was trained: {"device": "cpu" | "cuda:N", "threads": intra-op CPU threads}.
     compute: dict | None = None
 
+    @property
+    def perturbation_set(self) -> PerturbationSet | None:
+        """spec-sat: the perturbation set it trained against (round 2's name for ``learnt["perturbation_set"]``)."""
+        return (self.learnt or {}).get("perturbation_set")
+
 
 def build_model(config: TrainConfig, n_features: int, n_classes: int,
                 image_shape: tuple[int, int, int] | None = None) -> PNN:

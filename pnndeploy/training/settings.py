@@ -38,6 +38,11 @@ class Setting:
     #: Whether a model file records the setting at its default (False: only when changed, so older files stay
     #: byte for byte what they were).
     record_default: bool = True
+    #: Values that mean "off", which a method that does not take the setting accepts as well as the default
+    #: (``noise: 0``: the baseline's model file records it so).
+    inert: tuple[Any, ...] = ()
+    #: A file path on the command line (a folder is refused there).
+    path: bool = False
 
 
 def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, **description: Any) -> Any:

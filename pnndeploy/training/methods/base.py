@@ -72,10 +72,6 @@ class Method:
     #: The setting to lower when training diverges, besides --lr (None: --lr only).
     radius: ClassVar[str | None] = None
 
-    def normalise(self, config: "TrainConfig") -> dict[str, Any]:
-        """Settings to replace so that one deployment has one spelling (spec-SAT's compensation); none here."""
-        return {}
-
     def check(self, config: "TrainConfig") -> None:
         """Rules across this method's settings (each setting's own bounds are checked already)."""
 
@@ -105,6 +101,11 @@ class Method:
         """What the model file records of the method beyond its settings: ``rho`` (its radius, 0 for none) and
         any further keys (``learnt``: the step's :meth:`Step.records`)."""
         return {"rho": 0.0, **learnt}
+
+    def record(self, config: "TrainConfig", recorded: dict[str, Any]) -> dict[str, Any]:
+        """The settings as the model file records them, given the generic record (a setting with two spellings
+        records its resolved one); unchanged here."""
+        return recorded
 
     def variants(self, platform: str) -> tuple[MethodVariant, ...]:
         """The demo's rows for this method on ``platform``."""
@@ -142,7 +143,7 @@ def per_platform(value: Any) -> str:
 
 def control_noise_setting() -> Any:
     """``--noise``: Gaussian noise on every control at each training forward (noise-aware and sat)."""
-    return setting(None, minimum=0.0, owner="training noise on the controls",
+    return setting(None, minimum=0.0, owner="training noise on the controls", inert=(0.0,),
                    help="Std of Gaussian noise on each control at every training step, control units",
                    default_text=f"noise-aware: {per_platform(lambda p: p.default_noise)}; sat: 0, off (with "
                                 "--drift-budget it covers random errors too)")
@@ -229,5 +230,7 @@ def setup_box(config: "TrainConfig") -> tuple[list[float], list[float]] | None:
         return None
     given = [getattr(config, box_setting(a)) for a in axes]
     defaults = method.box_half_widths(axes, config) if any(v is None for v in given) else [0.0] * len(axes)
-    return [float(a.centre) for a in axes], [float(g) if g is not None else float(d)
-                                             for g, d in zip(given, defaults)]
+    widths = [float(g) if g is not None else float(d) for g, d in zip(given, defaults)]
+    # one width per option stem (the widest of its axes), so the box trained is the one a model file records
+    stem = {box_setting(a): max(w for b, w in zip(axes, widths) if box_setting(b) == box_setting(a)) for a in axes}
+    return [float(a.centre) for a in axes], [stem[box_setting(a)] for a in axes]

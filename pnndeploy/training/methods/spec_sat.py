@@ -18,7 +18,7 @@ from pnndeploy.platforms import get_platform
 from pnndeploy.platforms.axes import PerturbationAxis
 from pnndeploy.simulation.compensation import COMPENSATIONS
 from pnndeploy.training.methods.base import (Method, MethodVariant, Step, ascent_setting, check_ascent,
-                                             sat_every_setting)
+                                             sat_every_setting, setup_box)
 from pnndeploy.training.methods.sat import SATSettings
 from pnndeploy.training.settings import flag, setting
 
@@ -34,7 +34,7 @@ class SpecSATSettings:
     sat_every: int = sat_every_setting()
     ascent: str = ascent_setting()
     robust_to: str | None = setting(
-        None, metavar="PROCESS.yaml", owner=OWNER,
+        None, metavar="PROCESS.yaml", owner=OWNER, path=True,
         help="spec-sat: the process spec of the fleet to deploy on; its calibration error, ageing rate, drift "
              "coefficient and spread, DAC step and (free space) setups' spread make the perturbation set",
         default_text="the platform's default fleet's, device_profiles[/PLATFORM]/process.yaml")
@@ -48,9 +48,10 @@ class SpecSATSettings:
         2.0, minimum=0.0, metavar="Z", owner=OWNER,
         help="spec-sat: the ascent guards the Z-sigma quantile of the independent errors, rho = Z * sigma, and "
              "FD-SAT's setup box is Z sigma of the setups' spread (2: the 97.7th-percentile chip)")
-    drift_compensation: bool = setting(
-        True, owner=OWNER,
-        help="spec-sat: round 2's spelling of --compensation bias (on) / none (off)")
+    drift_compensation: bool | None = setting(
+        None, owner=OWNER,
+        help="spec-sat: round 2's spelling of --compensation bias (on) / none (off)",
+        default_text="on, unless --compensation says otherwise")
     compensation: str | None = setting(
         None, choices=lambda: tuple(COMPENSATIONS), owner=OWNER, record_default=False,
         help="spec-sat: the drift compensation the deployment will run (audit --compensation; " + "; ".join(
@@ -74,19 +75,28 @@ class SpecSAT(Method):
     @staticmethod
     def strategy(config: "TrainConfig") -> str:
         """The drift compensation the deployment runs: ``compensation``, else bias or none by the older flag."""
-        return config.compensation or ("bias" if config.drift_compensation else "none")
-
-    def normalise(self, config: "TrainConfig") -> dict[str, Any]:
-        """One spelling per deployment: bias and none are recorded as the older flag, as round 2's files were."""
-        if config.compensation in ("bias", "none"):
-            return {"drift_compensation": config.compensation == "bias", "compensation": None}
-        return {}
+        if config.compensation is not None:
+            return config.compensation
+        return "none" if config.drift_compensation is False else "bias"
 
     def check(self, config: "TrainConfig") -> None:
         check_ascent(config)
-        if config.compensation not in (None, "none") and config.drift_compensation is False:
-            raise ConfigError(f"--compensation {config.compensation} and --no-drift-compensation contradict each "
-                              "other; give one (--no-drift-compensation is --compensation none)")
+        if config.compensation is not None and config.drift_compensation is not None and \
+                COMPENSATIONS[config.compensation].cancels_common_mode != config.drift_compensation:
+            spelt = "--drift-compensation" if config.drift_compensation else "--no-drift-compensation"
+            raise ConfigError(f"--compensation {config.compensation} and {spelt} contradict each other; give one "
+                              "(--drift-compensation is --compensation bias, --no-drift-compensation is none)")
+
+    def record(self, config: "TrainConfig", recorded: dict[str, Any]) -> dict[str, Any]:
+        """One spelling per deployment, as round 2's files had it: ``drift_compensation`` true or false, and
+        ``compensation`` only for a strategy that flag cannot say (gain-bias)."""
+        strategy = self.strategy(config)
+        recorded["drift_compensation"] = COMPENSATIONS[strategy].cancels_common_mode
+        if strategy in ("bias", "none"):
+            recorded.pop("compensation", None)
+        else:
+            recorded["compensation"] = strategy
+        return recorded
 
     def refusal(self, name: str, config: "TrainConfig") -> str:
         if name in {f.name for f in fields(SATSettings)}:
@@ -110,8 +120,16 @@ class SpecSAT(Method):
 
         path = Path(config.robust_to) if config.robust_to is not None else default_process_path(config.platform)
         process = load_process(path, "--robust-to")
+        if process["platform"] != config.platform:
+            raise ConfigError(f"process file {path} describes {process['platform']} chips but the model is for "
+                              f"{config.platform}; pass --robust-to with a {config.platform} process spec")
         section = get_platform(config.platform).device_section
         widths = [axis.box_half_width(process, section, config.robust_z) for axis in axes]
+        for axis, width in zip(axes, widths):
+            if axis.compose == "multiply" and width is not None and width >= 0.5:
+                raise ConfigError(f"--robust-z {config.robust_z:g} with {path}: a {axis.label} error of ±{width:.2g} "
+                                  "is not a misalignment (50 % or more); lower --robust-z or give --robust-"
+                                  f"{axis.flag or axis.name}")
         return [float(w) if w is not None else float(axis.require) for w, axis in zip(widths, axes)]
 
     def start(self, model: Any, config: "TrainConfig", optimizer: Any, total_steps: int) -> Step:
@@ -141,5 +159,7 @@ class SpecSAT(Method):
         return {"robust_to": str(process_path)} if Path(process_path).is_file() else {}
 
     def reads(self, config: "TrainConfig") -> list[Any]:
-        """The process spec (read and checked against the platform)."""
-        return [Path(self.perturbations(config).source)]
+        """The process spec (read and checked against the platform, with the setup box it gives)."""
+        source = Path(self.perturbations(config).source)
+        setup_box(config)
+        return [source]
