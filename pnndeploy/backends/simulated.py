@@ -23,7 +23,6 @@ from pnndeploy import __version__
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.profiles import DeviceProfile, read_profile
-from pnndeploy.platforms import get_platform
 from pnndeploy.platforms.base import ChipState
 
 #: Default std of the noise on every measured output (weight units), on top of the weight noise.
@@ -56,7 +55,7 @@ class SimulatedChip(ChipBackend):
             raise BackendError(f"profile {address or profile.device_id} has no fabrication truth: a simulated chip "
                                "can only be played from a simulated profile (`pnndeploy fleet make`)")
         self.profile = profile
-        self.platform = get_platform(profile.platform)
+        self.platform = profile.chip_platform
         try:
             self.measurement_noise = float(self.options.get("measurement_noise", measurement_noise))
             seed = int(self.options.get("seed", seed))

@@ -32,6 +32,9 @@ def _setting_options(func: Any) -> Any:
         choices = list(METHODS) if f.name == "method" else choices_of(s)
         decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"] if kind is bool else [flag(f.name)]
         text = help_text(f)
+        if s.pairs:
+            func = click.option(*decls, f.name, multiple=True, metavar=s.metavar, help=text + _options_help())(func)
+            continue
         if f.name == "method":
             text = "; ".join(f"{name}{' (default)' if name == f.default else ''}: {m.summary}"
                              for name, m in METHODS.items()) + "."
@@ -39,6 +42,25 @@ def _setting_options(func: Any) -> Any:
                       else click.Path(dir_okay=False) if s.path else kind)
         func = click.option(*decls, f.name, default=None, metavar=s.metavar, help=text, type=value_type)(func)
     return func
+
+
+def _options_help() -> str:
+    """Every platform's options, for `train --help`."""
+    from pnndeploy.platforms import PLATFORMS
+
+    listed = [f"{name}: " + "; ".join(o.describe() for o in p.options) for name, p in PLATFORMS.items() if p.options]
+    return (" Options: " + " | ".join(listed) + ".") if listed else ""
+
+
+def _parse_pairs(pairs: tuple[str, ...], name: str) -> dict[str, str]:
+    """``("grid=128", ...)`` as {"grid": "128"}; the platform types and checks the values."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"{name} {pair!r}: expected KEY=VALUE, e.g. {name} grid=128")
+        parsed[key.strip()] = value.strip()
+    return parsed
 
 
 def _plain_type(hint: Any) -> Any:
@@ -88,17 +110,21 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
 
     settings: dict[str, Any] = load_config(config_path) if config_path else {}
     from_file = set(settings)
+    file_options = settings.get("platform_options", {})
     for name, value in flags.items():
         if value is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
             settings[name] = value
             from_file.discard(name)
+    if isinstance(settings.get("platform_options"), tuple):      # the flags add to (and win over) the file's
+        settings["platform_options"] = {**file_options,
+                                        **_parse_pairs(settings["platform_options"], "--platform-option")}
     from dataclasses import fields
 
     from pnndeploy.training.settings import described
 
     for f in fields(TrainConfig):
         if described(f).widths and isinstance(settings.get(f.name), str):
-            settings[f.name] = _parse_widths(settings[f.name], f"--{f.name}")
+            settings[f.name] = _parse_widths(settings[f.name], f"--{f.name}", described(f).empty_ok)
     dataset_spec = settings.pop("dataset", "digits")
     out = settings.pop("out", "models/model.onnx")
     compute_spec, threads = settings.pop("compute", None), settings.pop("threads", None)
@@ -128,13 +154,17 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
     render_train_summary(summary)
 
 
-def _parse_widths(text: str, flag: str = "--hidden") -> list[int]:
+def _parse_widths(text: str, flag: str = "--hidden", empty_ok: bool = False) -> list[int]:
+    """``"64,32"`` as [64, 32]; ``none`` is no layer where the setting allows it."""
+    if empty_ok and text.strip().lower() in ("none", ""):
+        return []
     try:
         widths = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise PnnError(f"{flag} {text!r}: expected comma-separated integers such as 32 or 64,32") from None
     if not widths:
-        raise PnnError(f"{flag} is empty: give at least one width, e.g. {flag} 32")
+        raise PnnError(f"{flag} is empty: give at least one width, e.g. {flag} 32" +
+                       (", or none" if empty_ok else ""))
     return widths
 
 

@@ -29,7 +29,7 @@ from pnndeploy.errors import PnnError
 from pnndeploy.formats.deployments import Deployment
 from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
-from pnndeploy.platforms import get_platform
+from pnndeploy.platforms import platform_for
 from pnndeploy.simulation.fleet import Conditions
 
 #: Default seconds one exchange with a station may take (`--timeout`).
@@ -67,7 +67,7 @@ class HardwareChip:
         self.profile = profile
         self.deployment = deployment
         self.backend = backend
-        self.platform = get_platform(model.platform)
+        self.platform = platform_for(model.platform, model.platform_params)
         self.array = profile.shape
         self.device_ids = [profile.device_id]
         info = backend.info()

@@ -22,7 +22,7 @@ from pnndeploy.errors import ProfileError
 from pnndeploy.formats.deployments import Deployment, LayerDeployment
 from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
-from pnndeploy.platforms import get_platform
+from pnndeploy.platforms import get_platform, platform_for
 
 
 def check_compatible(model: ExportedModel, profile: DeviceProfile) -> None:
@@ -31,12 +31,24 @@ def check_compatible(model: ExportedModel, profile: DeviceProfile) -> None:
         raise ProfileError(
             f"device {profile.device_id!r} is a {profile.platform} chip but model {model.path} was trained "
             f"for {model.platform}; use a {model.platform} profile or retrain for {profile.platform}")
+    trained, chip = platform_for(model.platform, model.platform_params), profile.chip_platform
+    for option in trained.options:
+        wanted, has = getattr(trained, option.name), getattr(chip, option.name)
+        if wanted != has:
+            units = "" if option.units == "1" else f" {option.units}"
+            raise ProfileError(f"device {profile.device_id!r} has {option.name} {has}{units} but model {model.path} "
+                               f"was trained for {wanted}{units}; retrain with --platform-option {option.name}={has} "
+                               "or use a chip the model was trained for")
+    problem = trained.layout_problem(tuple(profile.shape))
+    if problem:
+        raise ProfileError(f"device {profile.device_id!r} ({profile.shape[0]} x {profile.shape[1]}) cannot run model "
+                           f"{model.path}: {problem}; retrain for this chip or use another")
 
 
 def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
     """Control settings realising ``model`` on ``profile``'s chip, from its calibration only."""
     check_compatible(model, profile)
-    platform = get_platform(model.platform)
+    platform = platform_for(model.platform, model.platform_params)
     layers = []
     for layer in model.layers:
         mapped = platform.map_layer(layer.weight, layer.controls, profile.calibration, profile.environment,

@@ -98,12 +98,14 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     rows: list[dict[str, Any]] = []
     # spec-SAT trains against the fleet it is shown on: that fleet's own process spec, when it has one
     spec = Path(profiles) / "process.yaml"
+    chip = get_platform(platform)
+    hidden = DEMO_HIDDEN if chip.default_hidden is None else list(chip.default_hidden)
     for s in range(seed, seed + seeds):
-        dataset = load_dataset(get_platform(platform).demo_dataset, seed=s)
+        dataset = load_dataset(chip.demo_dataset, seed=s)
         for entry in demo_entries(platform):
             robust = get_method(entry.settings["method"]).for_fleet(spec)
             config = TrainConfig(**{**entry.settings, "epochs": epochs, "seed": s, "platform": platform,
-                                    "hidden": DEMO_HIDDEN, **robust})
+                                    "hidden": hidden, **robust})
             tag = entry.name if s == seed else f"{entry.name}-seed{s}"
             model_path = out / "models" / f"{tag}.onnx"
             say(f"training {entry.name} (seed {s})")
@@ -128,7 +130,7 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     table = comparison_table(rows)
     rows = [{**r, "transfer": r["transfer"].to_json(), "audit": r["audit"].to_json()} for r in rows]
     doc = {"platform": platform, "threshold": DEMO_THRESHOLD, "quick": quick, "seeds": list(range(seed, seed + seeds)),
-           "epochs": epochs, "hidden": DEMO_HIDDEN,
+           "epochs": epochs, "hidden": hidden,
            **({"dataset": dataset.name, "inputs": dataset.n_features}
               if get_platform(platform).demo_dataset != "digits" else {}),
            "fleet": [d["device"] for d in rows[0]["transfer"]["devices"]],

@@ -102,9 +102,9 @@ class ExportedModel:
 
     def logits(self, X_scaled: np.ndarray) -> np.ndarray:
         """Nominal logits in numpy (float64), for checks without a runtime (the platform's nominal outputs)."""
-        from pnndeploy.platforms import get_platform
+        from pnndeploy.platforms import platform_for
 
-        platform = get_platform(self.platform)
+        platform = platform_for(self.platform, self.platform_params)
         h = np.asarray(self.features(X_scaled), dtype=np.float64)
         for k, layer in enumerate(self.layers):
             h = platform.nominal_outputs(layer.weight, layer.controls, layer.shape, h, self.platform_params) \
@@ -126,11 +126,11 @@ def build_onnx(layers: list[ModelLayer], scaling: InputScaling, metadata: dict[s
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from pnndeploy.platforms import get_platform
+    from pnndeploy.platforms import platform_for
 
-    platform = get_platform(metadata["platform"])
     params = metadata["platform_params"]
     params = json.loads(params) if isinstance(params, str) else params
+    platform = platform_for(metadata["platform"], params)
     n_in = digital.input_size() if digital else layers[0].shape[1]
     n_out = layers[-1].shape[0]
     init = [
@@ -449,15 +449,26 @@ def _numbers(where: str, inits: dict[str, np.ndarray], key: str) -> np.ndarray:
         return inits[key].astype(np.float32)
 
 
+def _configured_platform(where: str, meta: dict[str, Any]) -> Any:
+    """The model's platform with the options its platform_params record (None for a platform this version lacks);
+    a bad option is the file's error, in one line."""
+    from pnndeploy.platforms import PLATFORMS, platform_for
+
+    if meta.get("platform") not in PLATFORMS:
+        return None
+    try:
+        return platform_for(meta["platform"], meta.get("platform_params"))
+    except ModelFileError as exc:
+        raise ModelFileError(f"{where}: {exc}; re-export the model") from None
+
+
 def _layers_from(where: str, meta: dict[str, Any], inits: dict[str, np.ndarray]) -> list[ModelLayer]:
     """Check the initializers against the metadata and assemble the layers."""
-    from pnndeploy.platforms import PLATFORMS
-
     onchip, controls, layer_meta = meta["onchip"], meta["controls"], meta["layers"]
     if not isinstance(onchip, list) or not isinstance(controls, dict) or not isinstance(layer_meta, list) \
             or len(onchip) != len(layer_meta) or not onchip:
         raise ModelFileError(f"{where}: metadata onchip/layers/controls disagree; re-export the model")
-    platform = PLATFORMS.get(meta.get("platform"))
+    platform = _configured_platform(where, meta)
     linear = platform is None or platform.linear
     layers = []
     previous_out = None
@@ -527,9 +538,7 @@ def _check_operator(where: str, platform: Any, layer: ModelLayer, meta: dict[str
 
 def _control_shape(where: str, meta: dict[str, Any], weight_shape: tuple[int, ...]) -> tuple[int, ...] | None:
     """The controls' shape the model's platform gives a layer (None for a platform this version lacks)."""
-    from pnndeploy.platforms import PLATFORMS
-
-    platform = PLATFORMS.get(meta.get("platform"))
+    platform = _configured_platform(where, meta)
     params = meta.get("platform_params") if isinstance(meta.get("platform_params"), dict) else {}
     if platform is None:
         return None

@@ -120,7 +120,7 @@ def _no_unknown(source: str, parent: Mapping[str, Any], allowed: Any, prefix: st
 def _check_header(process: Mapping[str, Any], source: str) -> Platform:
     """Check the top-level keys, version, name and platform; returns the platform named."""
     top_keys = _top_keys(process)
-    _no_unknown(source, process, top_keys, "")
+    _no_unknown(source, process, (*top_keys, "options"), "")
     for key in top_keys:
         if key not in process:
             raise _fail(source, key, "is missing")
@@ -140,9 +140,19 @@ def _check_header(process: Mapping[str, Any], source: str) -> Platform:
     if not isinstance(process["platform"], str):
         raise _fail(source, "platform", f"must be a string, got {brief(process['platform'])}")
     try:
-        return get_platform(process["platform"])
+        platform = get_platform(process["platform"])
     except PnnError as exc:
         raise ConfigError(f"{source}: key 'platform': {exc}") from None
+    options = process.get("options", {})
+    if not isinstance(options, Mapping):
+        raise _fail(source, "options", f"must be a mapping of the platform's options, got {brief(options)}")
+    return platform.configure(options, ConfigError, f"{source}: key 'options':")
+
+
+def process_platform(process: Mapping[str, Any]) -> Platform:
+    """The platform of a checked process spec's chips, with the spec's ``options`` set."""
+    return get_platform(process["platform"]).configure(process.get("options", {}), ConfigError,
+                                                       "process spec key 'options':")
 
 
 def _check_array(process: Mapping[str, Any], platform: Platform, source: str) -> None:
@@ -281,4 +291,4 @@ def load_process(path: str | os.PathLike[str], flag: str = "--process") -> dict[
     return check_process(data, source=where)
 
 
-__all__ = ["PROCESS_SCHEMA_VERSION", "check_process", "load_process", "process_keys"]
+__all__ = ["PROCESS_SCHEMA_VERSION", "check_process", "load_process", "process_keys", "process_platform"]

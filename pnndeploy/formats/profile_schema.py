@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -210,14 +211,42 @@ def _check_root_attrs(c: _Checker) -> bool | None:
     return bool(sim_attr)
 
 
+def chip_options(f: h5py.File) -> dict[str, Any]:
+    """The 'options' group's attributes (the chip's platform options, e.g. a diffractive setup's pixel pitch) as
+    Python values; {} without the group (the platform's defaults)."""
+    group = f.get("options") if "options" in f else None
+    if not isinstance(group, h5py.Group):
+        return {}
+    values: dict[str, Any] = {}
+    for key in list(group.attrs)[:64]:
+        value = group.attrs[key]
+        text = attr_str(group, key)
+        if text is not None:
+            values[str(key)] = text
+        elif isinstance(value, (np.integer, int)) and not isinstance(value, (bool, np.bool_)):
+            values[str(key)] = int(value)
+        elif isinstance(value, (np.floating, float)):
+            values[str(key)] = float(value)
+        else:
+            values[str(key)] = value         # refused by the platform's check, by name
+    return values
+
+
 def _check_platform(c: _Checker) -> Platform | None:
-    """The platform the root names; None (and a problem) when it is missing or unknown."""
+    """The platform the root names, with the chip's options set; None (and a problem) when it is missing or
+    unknown, or its options are not the platform's."""
     platform_name = attr_str(c.f, "platform")
     if platform_name is None:
         c.add("missing or non-text root attribute 'platform'")
         return None
+    if "options" in c.f and not isinstance(c.f["options"], h5py.Group):
+        c.add("'options' is not a group")
+        return None
     try:
-        return get_platform(platform_name)
+        return get_platform(platform_name).configure(chip_options(c.f), ProfileError, "'options'")
+    except ProfileError as exc:
+        c.add(f"{exc}; fix the attribute or {REGENERATE_HINT}")
+        return None
     except PnnError:
         from pnndeploy.platforms import PLATFORMS
 

@@ -11,7 +11,9 @@ A profile holds what the lab knows about one chip:
 * ``backend`` (optional): how to reach the chip on its station (kind, address and
   options such as ``token_file``), :mod:`pnndeploy.backends`;
 * ``calibration_history`` (optional): earlier calibrations, oldest first, each as it
-  was before `pnndeploy calibrate` replaced it.
+  was before `pnndeploy calibrate` replaced it;
+* ``options`` (optional): the chip's platform options, one attribute each (a diffractive setup's pixel pitch,
+  wavelength and distances), which a model must have been trained for.
 
 This module reads, writes and summarises profiles; what a valid file holds is
 :mod:`pnndeploy.formats.profile_schema`, where profiles live is
@@ -37,6 +39,7 @@ from pnndeploy.formats.hdf5 import (HDF5_LIBVER, attr_float, attr_int, attr_str,
 from pnndeploy.formats.profile_schema import (
     REGENERATE_HINT,
     SCHEMA_VERSION,
+    chip_options,
     environment_units,
     field_units,
     validate_profile,
@@ -98,6 +101,13 @@ class DeviceProfile:
     schema_version: int = field(default=SCHEMA_VERSION)
     backend: BackendSpec | None = None
     calibration_history: list[CalibrationRecord] = field(default_factory=list)
+    #: The chip's platform options ({}: the platform's defaults).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chip_platform(self) -> Platform:
+        """The platform of this chip with its options set."""
+        return get_platform(self.platform).configure(self.options, ProfileError, f"device {self.device_id}: option")
 
     @property
     def simulated(self) -> bool:
@@ -150,6 +160,11 @@ def _write_profile_file(profile: DeviceProfile, path: Path, platform: Platform, 
             layout = f.create_group("layout")
             layout.attrs["rows"] = np.int64(rows)
             layout.attrs["cols"] = np.int64(cols)
+            if profile.options:
+                options = f.create_group("options")
+                for key, value in profile.options.items():
+                    options.attrs[str(key)] = value if isinstance(value, str) else \
+                        np.int64(value) if isinstance(value, int) else np.float64(value)
 
             sections = [("calibration", profile.calibration)]
             if profile.fabrication is not None:
@@ -257,6 +272,7 @@ def read_profile(path: str | os.PathLike[str]) -> DeviceProfile:
                 environment=environment,
                 fabrication=fabrication,
                 schema_version=int(attr_int(f, "schema_version")),
+                options=chip_options(f),
             )
     except (OSError, KeyError, ValueError, TypeError) as exc:  # file changed under us
         msg = " ".join(str(exc).split())

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from pnndeploy.errors import PnnError
+from typing import Any, Mapping
+
+from pnndeploy.errors import ModelFileError, PnnError
 from pnndeploy.platforms.base import Platform
+from pnndeploy.platforms.d2nn import D2NNPlatform
 from pnndeploy.platforms.freespace import FreeSpacePlatform
 from pnndeploy.platforms.mrr import MRRPlatform
 from pnndeploy.platforms.mzi import MZIPlatform
 
-PLATFORMS: dict[str, Platform] = {"mrr": MRRPlatform(), "mzi": MZIPlatform(), "freespace": FreeSpacePlatform()}
+PLATFORMS: dict[str, Platform] = {"mrr": MRRPlatform(), "mzi": MZIPlatform(), "freespace": FreeSpacePlatform(),
+                                 "d2nn": D2NNPlatform()}
 #: The platform of `pnndeploy train` and `fleet make` when none is named.
 DEFAULT_PLATFORM = "mrr"
 
@@ -22,4 +26,14 @@ def get_platform(name: str) -> Platform:
         raise PnnError(f"unknown platform {name!r}: this pnndeploy knows {known}") from None
 
 
-__all__ = ["Platform", "MRRPlatform", "MZIPlatform", "FreeSpacePlatform", "PLATFORMS", "DEFAULT_PLATFORM", "get_platform"]
+def platform_for(name: str, params: Mapping[str, Any] | None = None) -> Platform:
+    """The platform a model file describes: ``name`` with the options its ``platform_params`` record (a model written
+    before the option existed gets its default); a bad value is the model file's error, in one line."""
+    platform = get_platform(name)
+    if not platform.options or not isinstance(params, Mapping):
+        return platform
+    values = {o.name: params[o.name] for o in platform.options if o.name in params}
+    return platform.configure(values, ModelFileError, "model metadata platform_params")
+
+
+__all__ = ["Platform", "platform_for", "MRRPlatform", "MZIPlatform", "FreeSpacePlatform", "PLATFORMS", "DEFAULT_PLATFORM", "get_platform"]

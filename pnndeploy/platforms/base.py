@@ -39,6 +39,7 @@ the platform's business.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from pnndeploy.platforms.axes import AGEING, TEMPERATURE, PerturbationAxis
+from pnndeploy.platforms.options import PlatformOption
 
 
 class Range(NamedTuple):
@@ -165,6 +167,50 @@ class Platform(ABC):
     perturbation_axes: tuple[PerturbationAxis, ...] = ()
     #: The dataset `pnndeploy demo` tells the story on (every platform: the embedded digits, or a view of them).
     demo_dataset: str = "digits"
+    #: What a user may choose about the chips a model is for (a mesh's size, a setup's grid and distances): each an
+    #: attribute of the platform, at its default here; :meth:`configure` sets them, the model file records them.
+    options: tuple[PlatformOption, ...] = ()
+    #: Hidden widths of a model when none are given (None: the method's); a diffractive setup is one layer.
+    default_hidden: tuple[int, ...] | None = None
+    #: Samples the model file's sharpness figures (top Hessian eigenvalue, trace; float64) are measured on: fewer
+    #: where one sample's forward pass is costly (a diffractive layer propagates three fields by FFT).
+    sharpness_samples: int = 1024
+
+    # ---------------------------------------------------------------------------------------- options
+    def configure(self, values: Mapping[str, Any] | None, error: type[Exception] = ValueError,
+                  where: str = "--platform-option") -> "Platform":
+        """This platform with ``values`` {option: value} set (the others at their defaults); an unknown option or a
+        bad value raises ``error`` naming ``where``.  Without values, the platform itself."""
+        if not values:
+            return self
+        known = {o.name: o for o in self.options}
+        configured = copy.copy(self)
+        for key, value in values.items():
+            option = known.get(key)
+            if option is None:
+                offered = "; ".join(o.describe() for o in self.options) or "none"
+                raise error(f"{where} {key}: the {self.name} platform has no such option; its options: {offered}")
+            if isinstance(value, str) and option.kind is not str:
+                try:
+                    value = option.parse(value)
+                except ValueError as exc:
+                    raise error(f"{where} {key}={value}: expected {exc}") from None
+            problem = option.problem(value)
+            if problem is not None:
+                raise error(f"{where} {key}={value!r}: expected {problem}")
+            setattr(configured, key, option.kind(value))
+        problem = configured.options_problem()
+        if problem is not None:
+            raise error(f"{where}: {problem}")
+        return configured
+
+    def options_problem(self) -> str | None:
+        """Why this combination of option values is not a chip (each value being valid alone), or None."""
+        return None
+
+    def option_values(self) -> dict[str, Any]:
+        """The options as set on this platform."""
+        return {o.name: getattr(self, o.name) for o in self.options}
 
     # ------------------------------------------------------------------------------------------ a layer
     @abstractmethod
@@ -208,8 +254,10 @@ class Platform(ABC):
         return {k: float(v) for k, v in self.nominal.items()}
 
     def metadata(self) -> dict[str, Any]:
-        """The platform's parameters as the model file records them (``pnndeploy.platform_params``)."""
-        return {**self.params_dict(), "control_units": self.control_units, "control_range": list(self.control_range)}
+        """The platform's parameters as the model file records them (``pnndeploy.platform_params``): the nominal
+        device parameters, the controls' units and range, and the options."""
+        return {**self.params_dict(), "control_units": self.control_units, "control_range": list(self.control_range),
+                **self.option_values()}
 
     # --------------------------------------------------------------------------------------- profiles
     #: The smallest valid layout (the process-spec check dry-runs the fabrication model on it).

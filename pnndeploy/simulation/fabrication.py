@@ -15,11 +15,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pnndeploy.errors import ConfigError
-from pnndeploy.formats.process_spec import check_process, process_keys
+from pnndeploy.formats.process_spec import check_process, process_keys, process_platform
 from pnndeploy.formats.profile_folder import check_device_name
 from pnndeploy.formats.profile_schema import param_ranges
 from pnndeploy.formats.profiles import DeviceProfile, Environment, write_profile
-from pnndeploy.platforms import get_platform
 from pnndeploy.simulation.streams import device_rng
 
 # --------------------------------------------------------------------------- names and streams
@@ -53,7 +52,7 @@ def generate_chip(process: Mapping[str, Any], device_id: str, seed: int,
     """One simulated chip: fabrication truth drawn from the process, calibration = truth + error."""
     process = check_process(process)
     check_device_name(device_id)
-    platform = get_platform(process["platform"])
+    platform = process_platform(process)
     shape = (int(process["array"]["rows"]), int(process["array"]["cols"]))
     cal_spec = process["calibration"]
     env_spec = process["environment"]
@@ -96,6 +95,7 @@ def generate_chip(process: Mapping[str, Any], device_id: str, seed: int,
         calibration_temperature_C=float(cal_spec["temperature_C"]),
         environment=environment,
         fabrication=fabrication,
+        options=platform.option_values(),
     )
 
 

@@ -26,7 +26,7 @@ from pnndeploy.errors import PnnError
 from pnndeploy.formats.deployments import Deployment
 from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
-from pnndeploy.platforms import get_platform
+from pnndeploy.platforms import platform_for
 from pnndeploy.platforms.base import ChipState
 from pnndeploy.simulation.streams import device_rng
 
@@ -84,7 +84,7 @@ class SimulatedFleet:
         self.model = model
         self.compute = compute
         self.device = compute.torch_device()
-        self.platform = get_platform(model.platform)
+        self.platform = platform_for(model.platform, model.platform_params)
         self.device_ids = [p.device_id for p in profiles]
         self.array = profiles[0].shape
         self.noise_std = np.array([p.environment.detector_noise for p in profiles], np.float32)

@@ -26,8 +26,17 @@ class _TrainConfigRules:
     def __post_init__(self) -> None:
         method = get_method(self.method)
         if self.hidden is None:
-            object.__setattr__(self, "hidden", list(method.default_hidden))
+            default = get_platform(self.platform).default_hidden
+            object.__setattr__(self, "hidden", list(method.default_hidden if default is None else default))
+        # the options as the platform types them (a flag's text "128" is the integer 128), checked
+        configured = self.chip_platform
+        object.__setattr__(self, "platform_options", {k: getattr(configured, k) for k in self.platform_options})
         self.validate()
+
+    @property
+    def chip_platform(self) -> Any:
+        """The platform with this run's options set: what the on-chip layers are."""
+        return get_platform(self.platform).configure(self.platform_options, ConfigError)
 
     def validate(self) -> None:
         """Refuse settings that would train nonsense, with the flag to change (run once, on construction)."""
@@ -132,6 +141,7 @@ TrainConfig = make_dataclass("TrainConfig", _setting_fields(), bases=(_TrainConf
                                         "__doc__": "Every setting of one training run, checked on construction."})
 RUN_SETTINGS = frozenset(f.name for f in fields(RunSettings))
 SETUP_BOX_FIELDS = {f.name: f for f in fields(SetupBox)}
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
 BOX_SETTINGS = tuple(SETUP_BOX_FIELDS)
 
 
@@ -203,9 +213,15 @@ def _coerce(where: str, key: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
+    if typing.get_origin(kind) is dict:
+        if not isinstance(value, dict) or any(not isinstance(k, str) or isinstance(v, (dict, list)) or v is None
+                                              for k, v in value.items()):
+            raise bad("a mapping of option names to numbers or words")
+        return dict(value)
     if typing.get_origin(kind) is list:
         items = value if isinstance(value, list) else [value]
-        if (not items and key != "conv") or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        if (not items and not described(_FIELDS[key]).empty_ok) \
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
             raise bad("an integer or a list of integers")     # (conv: [] is the default, no front end)
         return list(items)
     raise bad(str(kind))

@@ -20,7 +20,6 @@ from torch import nn
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import Dataset
 from pnndeploy.errors import ConfigError, PnnError
-from pnndeploy.platforms import get_platform
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.fd_sat import MisalignmentAdversary
 from pnndeploy.training.in_situ import InSituChip
@@ -71,7 +70,7 @@ def build_model(config: TrainConfig, n_features: int, n_classes: int,
     With ``--conv`` or ``--onchip``, a digital front end comes first (``image_shape`` is the
     data's (channels, rows, cols), which a conv stack needs).
     """
-    platform = get_platform(config.platform)
+    platform = config.chip_platform
     dense, onchip_hidden = config.layer_split()
     front = None
     if config.conv or dense:

@@ -82,8 +82,9 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path, compu
     nominal = result.model.to_controls()
     X, y = evaluation_tensors(dataset)
     with Compute("cpu", compute.threads).running(nominal.step_macs(config.batch_size)):
-        sharpness = model_sharpness(nominal, X, y)
-        trace = model_hessian_trace(nominal, X, y)
+        samples = result.model.platform.sharpness_samples
+        sharpness = model_sharpness(nominal, X, y, max_samples=samples)
+        trace = model_hessian_trace(nominal, X, y, max_samples=samples)
     layers = nominal.export_layers()
     clipped = sum(nominal.clipped)
     platform = result.model.platform

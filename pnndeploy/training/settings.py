@@ -43,6 +43,8 @@ class Setting:
     inert: tuple[Any, ...] = ()
     #: A file path on the command line (a folder is refused there).
     path: bool = False
+    #: KEY=VALUE pairs: a repeatable flag (its name singular) on the command line, a mapping in a config file.
+    pairs: bool = False
 
 
 def setting(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, **description: Any) -> Any:
@@ -63,7 +65,10 @@ def default_of(f: Field) -> Any:
 
 
 def flag(name: str) -> str:
-    """The command-line flag of a setting: ``--batch-size`` for ``batch_size``."""
+    """The command-line flag of a setting: ``--batch-size`` for ``batch_size``, ``--platform-option`` (repeatable)
+    for ``platform_options``."""
+    if name.endswith("_options"):
+        name = name.removesuffix("s")
     return "--" + name.replace("_", "-")
 
 
@@ -117,11 +122,14 @@ class RunSettings:
     #: spec-sat (the default since round 2: it wins the demo with drift compensation, README).
     method: str = setting("spec-sat", help="The training method")
     platform: str = setting(DEFAULT_PLATFORM, help="The platform of the on-chip layers")
+    platform_options: dict[str, Any] = setting(
+        factory=dict, pairs=True, record_default=False, metavar="KEY=VALUE", default_text="none",
+        help="An option of the platform (repeatable; a config's platform_options: mapping), recorded in the model")
     hidden: list[int] | None = setting(
-        None, widths=True, metavar="W[,W...]",
-        help="Hidden layer widths, comma-separated",
-        default_text="the method's: 128 for spec-sat; 32, round 1's default, for the other methods, so their results "
-                     "reproduce")
+        None, widths=True, empty_ok=True, metavar="W[,W...]|none",
+        help="Hidden layer widths, comma-separated; none: the inputs straight onto the output layer",
+        default_text="the platform's (d2nn: none, the inputs are the field on its masks), else the method's: 128 "
+                     "for spec-sat; 32, round 1's default, for the other methods, so their results reproduce")
     conv: list[int] = setting(
         factory=list, widths=True, empty_ok=True, metavar="C[,C...]", record_default=False,
         help="A digital conv front end: channels per stage (3x3 conv, ReLU, 2x2 max-pool), e.g. 8,16 for 28x28 "
