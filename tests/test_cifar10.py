@@ -220,6 +220,17 @@ def test_incomplete_specs(spec: str, fragment: str) -> None:
     one_line(exc, fragment)
 
 
+def test_specs_list_cifar10_everywhere_they_are_listed() -> None:
+    from click.testing import CliRunner
+
+    from pnndeploy.cli import main
+
+    assert "cifar10:DIR" in datasets.ACCEPTED_SPECS
+    assert "cifar10:DIR" in CliRunner().invoke(main, ["train", "--help"]).output
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "`cifar10:DIR`" in readme and "CIFAR-10 binary version" in readme
+
+
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------

@@ -76,8 +76,8 @@ def build_model(config: TrainConfig, n_features: int, n_classes: int,
     front = None
     if config.conv or dense:
         if config.conv and image_shape is None:
-            raise ConfigError("--conv needs image data (digits, digits28, mnist:DIR); this dataset's features "
-                              "are not an image; drop --conv or use --onchip with dense digital layers")
+            raise ConfigError("--conv needs image data (digits, digits28, mnist:DIR, cifar10:DIR); this dataset's "
+                              "features are not an image; drop --conv or use --onchip with dense digital layers")
         if config.conv and min(image_shape[1:]) // 2 ** len(config.conv) < 1:
             raise ConfigError(f"--conv {','.join(map(str, config.conv))}: {len(config.conv)} 2x2 max-pools shrink "
                               f"{image_shape[1]}x{image_shape[2]} images to nothing; use fewer stages")

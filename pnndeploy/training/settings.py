@@ -125,7 +125,7 @@ class RunSettings:
     conv: list[int] = setting(
         factory=list, widths=True, empty_ok=True, metavar="C[,C...]", record_default=False,
         help="A digital conv front end: channels per stage (3x3 conv, ReLU, 2x2 max-pool), e.g. 8,16 for 28x28 "
-             "images; the on-chip layers follow it. Needs image data (digits, digits28, mnist:DIR)")
+             "images; the on-chip layers follow it. Needs image data (digits, digits28, mnist:DIR, cifar10:DIR)")
     onchip: int = setting(
         0, minimum=0, metavar="N", record_default=False,
         help="Put only the last N linear layers on the chip (the paper: its last two); the earlier ones run in "
