@@ -12,9 +12,11 @@ import torch
 from pnndeploy.data.datasets import load_dataset
 from pnndeploy.errors import ModelFileError
 from pnndeploy.formats.onnx_io import load_model, onnx_logits
-from pnndeploy.training.config import TrainConfig
+from pnndeploy.training.config import EXTRA_KEYS, TrainConfig, load_config
 from pnndeploy.training.model import FrontEnd
 
+REPO = Path(__file__).resolve().parents[1]
+PAPER_CONFIGS = sorted((REPO / "examples" / "paper").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +207,27 @@ def test_train_with_kernel_and_batch_norm_end_to_end(cli, tmp_path: Path, tiny_f
     assert report.exit_code == 0, report.output
     accuracies = [d["accuracy"] for d in json.loads(report.stdout)["devices"]]
     assert len(accuracies) == 3 and all(0.1 < a <= 1.0 for a in accuracies)
+
+
+def test_every_paper_config_loads_and_builds_its_network(digits28) -> None:
+    """Each shipped config in examples/paper/ is a valid `train --config` file, says what it reproduces and how
+    to run it, and builds the network it claims."""
+    from pnndeploy.training.loop import build_model
+
+    assert {p.name for p in PAPER_CONFIGS} >= {"mrr-lenet5.yaml", "freespace.yaml"}
+    expected = {"mrr-lenet5.yaml": ([6, 16], 5, True, [120], [120, 84, 10], "mrr"),
+                "freespace.yaml": ([], 3, False, [], [784, 144, 10], "freespace")}
+    for path in PAPER_CONFIGS:
+        text = path.read_text()
+        assert text.startswith("#") and "PAPER.md" in text
+        assert f"pnndeploy train --config examples/paper/{path.name}" in text
+        settings = load_config(path)
+        assert settings.get("dataset") == "digits28"
+        config = TrainConfig(**{k: v for k, v in settings.items() if k not in EXTRA_KEYS})
+        model = build_model(config, digits28.n_features, digits28.n_classes, digits28.image_shape)
+        conv, kernel, batch_norm, dense, sizes, platform = expected[path.name]
+        assert (config.conv, config.kernel, config.batch_norm, config.platform) == (conv, kernel, batch_norm, platform)
+        assert model.sizes == sizes
+        assert ([d.out_features for d in model.front.denses] if model.front else []) == dense
+        for method in ("standard", "sat", "spec-sat"):          # the README's commands override the method
+            TrainConfig(**{k: v for k, v in settings.items() if k not in EXTRA_KEYS} | {"method": method})
