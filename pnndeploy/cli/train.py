@@ -83,7 +83,6 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
       pnndeploy train --dataset digits28 --conv 8,16 --hidden 64 --onchip 2     (the paper's on-chip FC layers)
       pnndeploy train --method sat --in-situ chipA-remote --out models/sat-pat.onnx   (SAT + PAT on a chip)
       pnndeploy train --dataset mnist:data/mnist --conv 6,16 --hidden 120,84 --onchip 2 --compute cuda
-      pnndeploy train --config examples/paper/mrr-lenet5.yaml   (the paper's LeNet-5: 5x5 kernels, batch norm)
     """
     from pnndeploy.training.config import TrainConfig, load_config
 
