@@ -355,7 +355,7 @@ def test_npz_not_an_archive_and_pickled_objects(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["cifar10", "", "mnist", "npz", "mnist:", "csv:/x"])
+@pytest.mark.parametrize("spec", ["cifar10", "cifar10:", "", "mnist", "npz", "mnist:", "csv:/x"])
 def test_unknown_or_incomplete_spec(spec: str) -> None:
     with pytest.raises(DatasetError) as exc:
         load_dataset(spec)
@@ -364,9 +364,9 @@ def test_unknown_or_incomplete_spec(spec: str) -> None:
 
 def test_unknown_spec_lists_accepted_forms() -> None:
     with pytest.raises(DatasetError) as exc:
-        load_dataset("cifar10")
+        load_dataset("cifar100")
     msg = assert_one_line(exc)
-    for form in ("digits", "iris", "mnist:DIR", "npz:PATH"):
+    for form in ("digits", "iris", "mnist:DIR", "cifar10:DIR", "npz:PATH"):
         assert form in msg
 
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from pnndeploy.errors import ConfigError
 from pnndeploy.formats.process_spec import load_process
 from pnndeploy.platforms import get_platform
-from pnndeploy.training.config import TrainConfig
+from pnndeploy.training.config import RUN_SETTINGS, TrainConfig
 from pnndeploy.training.methods import METHODS, get_method
 from pnndeploy.training.methods.base import setting_names, setup_axes
 from pnndeploy.training.settings import default_of, described, flag
@@ -44,8 +44,8 @@ def test_every_method_declares_what_the_command_line_and_model_file_need(name: s
 def test_a_setting_of_another_method_is_refused_naming_its_owner(name: str) -> None:
     method = METHODS[name]
     foreign = [f for f in fields(TrainConfig) if f.name not in setting_names(method)
-               and f.name not in ("method", "platform", "hidden", "conv", "onchip", "epochs", "batch_size", "lr",
-                                  "seed") and not f.name.startswith(("robust_r", "robust_sh", "robust_sc", "misal"))]
+               and f.name not in RUN_SETTINGS
+               and not f.name.startswith(("robust_r", "robust_sh", "robust_sc", "misal"))]
     assert foreign, name
     for f in foreign:
         value = not default_of(f) if isinstance(default_of(f), bool) else 0.5 if f.type != "str | None" else "x"

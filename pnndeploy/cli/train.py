@@ -73,7 +73,8 @@ def _plain_type(hint: Any) -> Any:
 @main.command()
 @platform_option("What the on-chip layers are; its controls are what SAT and noise-aware training train")
 @click.option("--dataset", default=None, metavar="SPEC",
-              help="digits (default, scikit-learn's handwritten digits), iris, mnist:DIR (IDX files), "
+              help="digits (default, scikit-learn's handwritten digits), digits28, iris, mnist:DIR (IDX files), "
+                   "cifar10:DIR (CIFAR-10's binary version: data_batch_1.bin ... test_batch.bin), "
                    "npz:PATH (arrays X, y, optional X_test, y_test).")
 @_setting_options
 @click.option("--in-situ", "in_situ", default=None, metavar="DEVICE",

@@ -1,4 +1,4 @@
-"""Datasets for training physical neural networks: the bundled sets, MNIST IDX files and ``.npz`` archives.
+"""Datasets for training physical neural networks: the bundled sets, MNIST IDX files, CIFAR-10 and ``.npz`` archives.
 
 Every dataset carries the :class:`~pnndeploy.data.scaling.InputScaling` that maps
 its raw features to optical powers in [0, 1].  Arrays are returned *raw*
@@ -6,8 +6,8 @@ its raw features to optical powers in [0, 1].  Arrays are returned *raw*
 anything.
 
 Only numpy is used here (scikit-learn is imported lazily for the bundled data
-sets and the split), nothing is downloaded, and ``.npz`` files are read with
-``allow_pickle=False`` so a data file can never run code.
+sets and the split), nothing is downloaded, ``.npz`` files are read with
+``allow_pickle=False`` and CIFAR-10 only from its binary version, so a data file can never run code.
 """
 
 from __future__ import annotations
@@ -22,13 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from pnndeploy.data.scaling import InputScaling, _data_error, _one_line
-from pnndeploy.untrusted import FileProblem, brief, read_bounded, regular_file_problem
+from pnndeploy.untrusted import FileProblem, brief, read_bounded, regular_file_problem, size_text
 
 __all__ = ["Dataset", "load_dataset", "load_idx"]
 
-ACCEPTED_SPECS = "digits, digits28 (digits resampled to 28x28), iris, mnist:DIR (folder with the four MNIST IDX files), npz:PATH (arrays X, y[, X_test, y_test])"
+ACCEPTED_SPECS = ("digits, digits28 (digits resampled to 28x28), iris, "
+                  "mnist:DIR (folder with the four MNIST IDX files), "
+                  "cifar10:DIR (folder with the six CIFAR-10 binary-version .bin files), "
+                  "npz:PATH (arrays X, y[, X_test, y_test])")
 
-#: Largest data file read, and most bytes an IDX or .npz file may inflate to (MNIST's training images: 45 MiB).
+#: Largest data file read, and most bytes an IDX or .npz file may inflate to (MNIST's training images: 45 MiB);
+#: also the most CIFAR-10's six files may hold together (the real ones: 176 MiB).
 MAX_DATASET_BYTES = 1 << 30
 
 # Labels are class indices; a larger label is almost surely not an index (and
@@ -44,6 +48,19 @@ _IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _IDX_DTYPE_NAMES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int", 0x0D: "float", 0x0E: "double"}
+
+#: CIFAR-10's binary version: five training batches (read in this order), one test batch.
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{k}.bin" for k in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch.bin"
+#: One record: a label byte 0..9, then 1024 red, 1024 green and 1024 blue bytes, each plane row-major 32x32.
+CIFAR10_SHAPE = (3, 32, 32)
+CIFAR10_RECORD = 1 + math.prod(CIFAR10_SHAPE)
+#: The folder the binary tarball (cifar-10-binary.tar.gz) unpacks to; cifar10:DIR may name it or its parent.
+_CIFAR10_SUBFOLDER = "cifar-10-batches-bin"
+#: What the pickled Python version holds (and its folder): recognised only to say it is not read.
+_CIFAR10_PICKLES = ("data_batch_1", "test_batch", "batches.meta")
+_CIFAR10_PICKLE_FOLDER = "cifar-10-batches-py"
+_CIFAR10_FETCH = "the 'CIFAR-10 binary version (suitable for C programs)' (cifar-10-binary.tar.gz)"
 
 _MNIST_FILES = {
     "train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
@@ -352,6 +369,124 @@ def _load_mnist(folder_text: str, spec: str) -> Dataset:
 
 
 # ---------------------------------------------------------------------------
+# CIFAR-10 (binary version)
+# ---------------------------------------------------------------------------
+
+
+def _present(path: Path) -> bool:
+    """Whether ``path`` names something (a broken link too); an unreadable one counts, so reading it says why."""
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _cifar10_folder(folder: Path, where: str) -> Path:
+    """The folder holding the six .bin files: DIR itself, or the cifar-10-batches-bin/ the tarball unpacks to.
+
+    A folder of the pickled Python version is named as such: pnndeploy never unpickles (a pickle can run
+    code), so the user needs the other download, not another path.
+    """
+    names = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
+    fetch = f"download {_CIFAR10_FETCH}, and point cifar10: at the folder it unpacks to"
+    for candidate in (folder, folder / _CIFAR10_SUBFOLDER):
+        present = [name for name in names if _present(candidate / name)]
+        if present:
+            missing = [name for name in names if name not in present]
+            if missing:
+                raise _data_error(f"{where}folder {candidate} lacks {', '.join(missing)} (CIFAR-10 needs all six "
+                                  f"files: {', '.join(names)}); {fetch}")
+            return candidate
+    for candidate in (folder, folder / _CIFAR10_PICKLE_FOLDER):
+        pickles = [name for name in _CIFAR10_PICKLES if _present(candidate / name)]
+        if pickles:
+            raise _data_error(f"{where}folder {candidate} holds the pickled Python version of CIFAR-10 "
+                              f"({', '.join(pickles)}), which pnndeploy never reads (unpickling can run code); {fetch}")
+    raise _data_error(f"{where}folder {folder} holds none of the CIFAR-10 binary files ({', '.join(names)}); {fetch}")
+
+
+def _cifar10_records(size: int, path: Path, where: str) -> int:
+    """Records in a batch file of ``size`` bytes: refuses an empty, truncated or other-format file."""
+    fix = f"the file is truncated or not CIFAR-10's binary version: download {_CIFAR10_FETCH} again"
+    if size == 0:
+        raise _data_error(f"{where}{path} is empty; {fix}")
+    if size % CIFAR10_RECORD:
+        raise _data_error(f"{where}{path} is {size} bytes, not a whole number of {CIFAR10_RECORD:,}-byte records "
+                          f"(a label byte, then 32x32 red, green and blue bytes): {size // CIFAR10_RECORD} whole "
+                          f"records and {size % CIFAR10_RECORD} bytes over; {fix}")
+    return size // CIFAR10_RECORD
+
+
+def _cifar10_stat(path: Path, where: str) -> int:
+    """Bytes of one batch file, checked from its stat before anything is read (kind, size limit, whole records)."""
+    try:
+        problem = regular_file_problem(path, MAX_DATASET_BYTES)
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise _data_error(f"{where}file {path} not found (a broken link?); check the path") from None
+    except OSError as exc:
+        raise _data_error(f"{where}cannot read {path} ({exc.strerror or exc}); check the file's permissions") from None
+    if problem is not None:
+        raise _data_error(f"{where}{path} {problem}; point cifar10: at the folder of the binary version's .bin files")
+    return _cifar10_records(size, path, where) * CIFAR10_RECORD
+
+
+def _read_cifar10_batch(path: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (N, 3072) uint8 in R, G, B plane order, labels (N,) uint8) of one batch file."""
+    try:
+        raw = read_bounded(path, MAX_DATASET_BYTES)
+    except FileProblem as exc:
+        raise _data_error(f"{where}{path} {exc.text}; point cifar10: at the folder of the binary version's .bin "
+                          "files") from None
+    except OSError as exc:
+        raise _data_error(f"{where}cannot read {path} ({exc.strerror or exc}); check the file's permissions") from None
+    n = _cifar10_records(len(raw), path, where)      # again: the file may have changed since its stat
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(n, CIFAR10_RECORD)
+    labels = records[:, 0]
+    bad = np.flatnonzero(labels > 9)
+    if bad.size:
+        k = int(bad[0])
+        raise _data_error(f"{where}{path}: record {k} (byte {k * CIFAR10_RECORD}) has label {int(labels[k])}, "
+                          f"CIFAR-10 labels are 0..9; the file is damaged or not CIFAR-10's binary version: download "
+                          f"{_CIFAR10_FETCH} again")
+    return records[:, 1:], labels
+
+
+def _load_cifar10(folder_text: str, spec: str) -> Dataset:
+    """CIFAR-10 from its binary version: train = data_batch_1..5 in order, test = test_batch; (3, 32, 32) images.
+
+    Every file is sized by stat first, so a damaged or oversized set is refused before a byte is read, and
+    the six together may hold at most MAX_DATASET_BYTES (the real set: 176 MiB).
+    """
+    where = f"dataset {spec}: "
+    fix = f"point cifar10: at the unpacked folder of {_CIFAR10_FETCH}"
+    try:
+        folder = Path(folder_text).expanduser()
+    except RuntimeError:                             # ~user that does not exist
+        raise _data_error(f"{where}cannot expand {brief(folder_text)} (no such user's home); give the path") from None
+    if not _present(folder):
+        raise _data_error(f"{where}folder {folder} not found; {fix}")
+    if not folder.is_dir():
+        unpack = " (unpack it first: tar xzf FILE)" if folder.name.endswith((".tar.gz", ".tgz", ".tar")) else ""
+        raise _data_error(f"{where}{folder} is not a folder{unpack}; {fix}")
+    folder = _cifar10_folder(folder, where)
+    paths = [folder / name for name in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)]
+    total = sum(_cifar10_stat(path, where) for path in paths)
+    if total > MAX_DATASET_BYTES:
+        raise _data_error(f"{where}the six files in {folder} hold {size_text(total)}, more than the "
+                          f"{size_text(MAX_DATASET_BYTES)} a data set may hold (CIFAR-10: 176 MiB); {fix}")
+    batches = [_read_cifar10_batch(path, where) for path in paths]
+    X_tr = np.concatenate([pixels for pixels, _ in batches[:-1]])
+    y_tr = np.concatenate([labels for _, labels in batches[:-1]])
+    X_te, y_te = batches[-1]
+    scaling = InputScaling(offset=0.0, scale=1.0 / 255.0)  # raw pixel values 0..255, as MNIST's
+    return _finish(spec, X_tr, y_tr, X_te, y_te, 10, scaling, image_shape=CIFAR10_SHAPE)
+
+
+# ---------------------------------------------------------------------------
 # npz
 # ---------------------------------------------------------------------------
 
@@ -487,11 +622,19 @@ def _load_npz(path_text: str, spec: str, seed: int, test_fraction: float) -> Dat
 # ---------------------------------------------------------------------------
 
 
+#: Specs that name a path: kind -> (what, placeholder, what it must hold).
+_PATH_SPECS = {
+    "mnist": ("folder", "DIR", "with the four MNIST IDX files in DIR"),
+    "cifar10": ("folder", "DIR", "with CIFAR-10's binary version in DIR (data_batch_1.bin ... test_batch.bin)"),
+    "npz": ("file", "PATH", "with arrays X and y"),
+}
+
+
 def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     """Load the dataset a user named on the command line.
 
     ``seed`` and ``test_fraction`` fix the stratified split for digits, iris and
-    npz without test arrays; MNIST and npz with test arrays keep their own split.
+    npz without test arrays; MNIST, CIFAR-10 and npz with test arrays keep their own split.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise _data_error(f"dataset {brief(spec)} is not valid; use one of: {ACCEPTED_SPECS}")
@@ -499,18 +642,17 @@ def load_dataset(spec: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
     spec = spec.strip()
     kind, sep, rest = spec.partition(":")
     kind_l = kind.strip().lower()
-    if not sep:
-        if kind_l in ("digits", "digits28", "iris"):
-            return _load_sklearn(kind_l, spec, seed, test_fraction)
-        if kind_l == "mnist":
-            raise _data_error(f"dataset {spec} needs a folder: use mnist:DIR with the four MNIST IDX files in DIR")
-        if kind_l == "npz":
-            raise _data_error(f"dataset {spec} needs a file: use npz:PATH with arrays X and y")
-    elif kind_l in ("mnist", "npz"):
+    if not sep and kind_l in ("digits", "digits28", "iris"):
+        return _load_sklearn(kind_l, spec, seed, test_fraction)
+    if kind_l in _PATH_SPECS:
+        what, placeholder, holds = _PATH_SPECS[kind_l]
+        if not sep:
+            raise _data_error(f"dataset {spec} needs a {what}: use {kind_l}:{placeholder} {holds}")
         if not rest.strip():
-            what = "folder" if kind_l == "mnist" else "file"
-            raise _data_error(f"dataset {spec}: no {what} given; use {kind_l}:{'DIR' if kind_l == 'mnist' else 'PATH'}")
+            raise _data_error(f"dataset {spec}: no {what} given; use {kind_l}:{placeholder}")
         if kind_l == "mnist":
             return _load_mnist(rest, spec)
+        if kind_l == "cifar10":
+            return _load_cifar10(rest, spec)
         return _load_npz(rest, spec, seed, test_fraction)
     raise _data_error(f"unknown dataset {brief(spec)}; use one of: {ACCEPTED_SPECS}")

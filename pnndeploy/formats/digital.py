@@ -3,15 +3,18 @@
 The paper puts only its last fully connected layers on the chip, behind a
 digital front end.  A front end is a list of layers, each followed by a ReLU:
 
-* ``conv``: a 3x3 convolution (stride 1, zero padding 1), ReLU, then a 2x2 max-pool,
-  on images of (channels, rows, cols); the first dense or on-chip layer after
-  the stack sees it flattened in (channel, row, col) order;
+* ``conv``: a KxK convolution (K odd, 3 by default; stride 1, zero padding K // 2, so
+  the image keeps its size), ReLU, then a 2x2 max-pool, on images of (channels, rows,
+  cols); the first dense or on-chip layer after the stack sees it flattened in
+  (channel, row, col) order;
 * ``dense``: ``h @ W.T + b``, ReLU.
 
 Digital layers are the same on every chip, so the fleet computes them once and
 only the on-chip layers per chip.  This module holds their file form: the ONNX
 nodes, the ``pnndeploy.digital`` metadata, and a numpy forward pass that the
 simulated fleet and the nominal check use (onnxruntime agrees with it, tested).
+A batch norm the front end trained with is folded into these layers' weights at
+export, so a file holds plain convolutions and dense layers whatever trained them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from pnndeploy.errors import ModelFileError
 from pnndeploy.untrusted import brief
 
 KINDS = ("conv", "dense")
-KERNEL, PADDING, POOL = 3, 1, 2
+#: The default conv kernel (K x K), the largest a model file may hold, and the max-pool's size and stride.
+KERNEL, MAX_KERNEL, POOL = 3, 11, 2
+
+
+def same_padding(kernel: int) -> int:
+    """The zero padding that keeps an image's size under an odd kernel (1 for 3x3, 2 for 5x5)."""
+    return kernel // 2
 
 
 @dataclass
@@ -34,14 +43,19 @@ class DigitalLayer:
 
     name: str
     kind: str              # "conv" or "dense"
-    weight: np.ndarray     # conv: (out_ch, in_ch, 3, 3); dense: (out, in); float32
+    weight: np.ndarray     # conv: (out_ch, in_ch, K, K); dense: (out, in); float32
     bias: np.ndarray       # (out,) float32
+
+    @property
+    def kernel(self) -> int:
+        """A conv layer's kernel size K (its weights are K x K)."""
+        return int(self.weight.shape[2])
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"name": self.name, "kind": self.kind, "in": int(self.weight.shape[1]),
                                 "out": int(self.weight.shape[0])}
         if self.kind == "conv":
-            info.update(kernel=KERNEL, padding=PADDING, pool=POOL)
+            info.update(kernel=self.kernel, padding=same_padding(self.kernel), pool=POOL)
         return info
 
 
@@ -85,20 +99,22 @@ class DigitalFrontEnd:
             h = h.reshape(h.shape[0], *self.input_shape)
         for layer in self.layers:
             if layer.kind == "conv":
-                h = _max_pool(np.maximum(_conv3x3(h, layer.weight, layer.bias), 0.0))
+                h = _max_pool(np.maximum(_conv(h, layer.weight, layer.bias), 0.0))
             else:
                 h = np.maximum(h.reshape(h.shape[0], -1) @ layer.weight.T + layer.bias, 0.0)
         return np.ascontiguousarray(h.reshape(h.shape[0], -1), dtype=np.float32)
 
 
-def _conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """(n, c, r, q) -> (n, o, r, q): 3x3 convolution, zero padding 1, as nine shifted products."""
+def _conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """(n, c, r, q) -> (n, o, r, q): KxK convolution, zero padding K // 2, as K^2 shifted products."""
     n, c, rows, cols = x.shape
-    padded = np.zeros((n, c, rows + 2 * PADDING, cols + 2 * PADDING), dtype=np.float32)
-    padded[:, :, PADDING:PADDING + rows, PADDING:PADDING + cols] = x
+    kernel = int(weight.shape[2])
+    pad = same_padding(kernel)
+    padded = np.zeros((n, c, rows + 2 * pad, cols + 2 * pad), dtype=np.float32)
+    padded[:, :, pad:pad + rows, pad:pad + cols] = x
     out = np.zeros((n, weight.shape[0], rows, cols), dtype=np.float32)
-    for i in range(KERNEL):
-        for j in range(KERNEL):
+    for i in range(kernel):
+        for j in range(kernel):
             patch = padded[:, :, i:i + rows, j:j + cols]                     # (n, c, r, q)
             out += np.einsum("ncrq,oc->norq", patch, weight[:, :, i, j], optimize=True)
     return out + bias[None, :, None, None]
@@ -131,8 +147,9 @@ def onnx_nodes(front: DigitalFrontEnd, source: str) -> tuple[list[Any], list[Any
         inits += [numpy_helper.from_array(layer.weight.astype(np.float32), w),
                   numpy_helper.from_array(layer.bias.astype(np.float32), b)]
         if layer.kind == "conv":
-            nodes += [helper.make_node("Conv", [h, w, b], [f"{layer.name}.conv"], kernel_shape=[KERNEL, KERNEL],
-                                       pads=[PADDING] * 4, name=f"{layer.name}.conv"),
+            nodes += [helper.make_node("Conv", [h, w, b], [f"{layer.name}.conv"],
+                                       kernel_shape=[layer.kernel, layer.kernel],
+                                       pads=[same_padding(layer.kernel)] * 4, name=f"{layer.name}.conv"),
                       helper.make_node("Relu", [f"{layer.name}.conv"], [f"{layer.name}.relu"],
                                        name=f"{layer.name}.relu"),
                       helper.make_node("MaxPool", [f"{layer.name}.relu"], [f"{layer.name}.out"],
@@ -181,8 +198,7 @@ def front_end_from(where: str, meta: Any, inits: dict[str, np.ndarray]) -> Digit
             arrays[part] = inits[key].astype(np.float32)
         w = arrays["weight"]
         if info["kind"] == "conv":
-            ok = shape is not None and w.ndim == 4 and w.shape[2:] == (KERNEL, KERNEL) and w.shape[1] == channels \
-                and info.get("kernel") == KERNEL and info.get("padding") == PADDING and info.get("pool") == POOL \
+            ok = shape is not None and _conv_fits(info, w, channels, bad) \
                 and not any(lay.kind == "dense" for lay in layers)      # convolutions come first
             channels = int(w.shape[0]) if w.ndim == 4 else channels
         else:
@@ -194,6 +210,18 @@ def front_end_from(where: str, meta: Any, inits: dict[str, np.ndarray]) -> Digit
     front = DigitalFrontEnd(layers, tuple(shape) if shape else None)
     _check_chain(front, bad)
     return front
+
+
+def _conv_fits(info: dict[str, Any], w: np.ndarray, channels: int | None, bad: Any) -> bool:
+    """A conv layer's kernel is an odd size 1..MAX_KERNEL (refused with its own line, so a hostile size never
+    reaches the numpy forward pass), and its weights are square kernels of that size on the channels it receives,
+    with the padding and pool this version writes."""
+    kernel = info.get("kernel")
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or not 1 <= kernel <= MAX_KERNEL or kernel % 2 == 0:
+        raise bad(f"layer {brief(info.get('name'))} has kernel {brief(kernel)}, expected an odd size from 1 to "
+                  f"{MAX_KERNEL}")
+    return w.ndim == 4 and w.shape[2:] == (kernel, kernel) and w.shape[1] == channels \
+        and info.get("padding") == same_padding(kernel) and info.get("pool") == POOL
 
 
 def _same_description(info: dict[str, Any], expected: dict[str, Any]) -> bool:

@@ -80,8 +80,9 @@ def render_inspect(doc: dict[str, Any]) -> None:
     digital = meta.get("digital")
     if isinstance(digital, dict):
         info.add_row("digital front end", _short(" → ".join(
-            f"{layer.get('kind')} {layer.get('in')}→{layer.get('out')}" for layer in digital.get("layers", [])
-            if isinstance(layer, dict)) + f" (input {digital.get('input_shape')})", 120))
+            f"{layer.get('kind')} " + (f"{layer.get('kernel')}×{layer.get('kernel')} " if layer.get("kind") == "conv"
+                                         else "") + f"{layer.get('in')}→{layer.get('out')}"
+            for layer in digital.get("layers", []) if isinstance(layer, dict)) + f" (input {digital.get('input_shape')})", 120))
     info.add_row("sha256", doc["sha256"])
     console.print(info)
     layers = Table(title="on-chip layers")

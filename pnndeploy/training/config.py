@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pnndeploy.errors import ConfigError
+from pnndeploy.formats.digital import KERNEL, MAX_KERNEL
 from pnndeploy.formats.yamlio import read_yaml_file
 from pnndeploy.platforms import PLATFORMS, get_platform
 from pnndeploy.training.methods import METHODS, get_method
@@ -59,6 +60,20 @@ class _TrainConfigRules:
         if not 0 <= self.onchip <= linear:
             raise ConfigError(f"--onchip {self.onchip}: the model has {linear} linear layers (--hidden "
                               f"{','.join(map(str, self.hidden))} and the output); give 1..{linear}, or 0 for all")
+        self._check_front_end()
+
+    def _check_front_end(self) -> None:
+        """--kernel and --batch-norm shape the digital front end: refused where it lacks what they act on."""
+        if self.kernel % 2 == 0 or self.kernel > MAX_KERNEL:
+            raise ConfigError(f"--kernel {self.kernel}: give an odd size from 1 to {MAX_KERNEL} (zero padding "
+                              "K//2 keeps the image's size only for an odd K)")
+        if self.kernel != KERNEL and not self.conv:
+            raise ConfigError(f"--kernel {self.kernel} sizes the conv front end's kernels, and there is none; give "
+                              "--conv too (e.g. --conv 6,16) or drop --kernel")
+        if self.batch_norm and not self.conv and not self.layer_split()[0]:
+            raise ConfigError("--batch-norm normalises the digital front end's layers, and there are none; give "
+                              "--conv, or --onchip N to run the earlier dense layers in electronics, or drop "
+                              "--batch-norm")
 
     def _box_axes(self, name: str) -> list[Any]:
         """The platform's axes a setup-box setting sets; refused for a platform without one."""

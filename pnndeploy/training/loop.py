@@ -75,12 +75,13 @@ def build_model(config: TrainConfig, n_features: int, n_classes: int,
     front = None
     if config.conv or dense:
         if config.conv and image_shape is None:
-            raise ConfigError("--conv needs image data (digits, digits28, mnist:DIR); this dataset's features "
-                              "are not an image; drop --conv or use --onchip with dense digital layers")
+            raise ConfigError("--conv needs image data (digits, digits28, mnist:DIR, cifar10:DIR); this dataset's "
+                              "features are not an image; drop --conv or use --onchip with dense digital layers")
         if config.conv and min(image_shape[1:]) // 2 ** len(config.conv) < 1:
             raise ConfigError(f"--conv {','.join(map(str, config.conv))}: {len(config.conv)} 2x2 max-pools shrink "
                               f"{image_shape[1]}x{image_shape[2]} images to nothing; use fewer stages")
-        front = FrontEnd(image_shape, config.conv, dense, n_features)
+        front = FrontEnd(image_shape, config.conv, dense, n_features, kernel=config.kernel,
+                         batch_norm=config.batch_norm)
         n_features = front.out_features
     sizes = [n_features, *onchip_hidden, n_classes]
     # the baseline trains W itself where a layer is a weight matrix, the ideal device's controls elsewhere
@@ -168,7 +169,8 @@ def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_
             if misalign is not None:        # FD-SAT: the setup's worst misalignment near a random one
                 model.set_misalignment(torch.from_numpy(
                     misalign.state(lambda phi: _loss_at(model, loss_fn, xb, yb, phi)).astype(np.float32)).to(X.device))
-            logits, loss = step(model, loss_fn, xb, yb, index)
+            with model.one_statistics_update():     # SAT's passes on one batch: its statistics count once
+                logits, loss = step(model, loss_fn, xb, yb, index)
             index += 1
             loss_value = loss.item()
             if not math.isfinite(loss_value):

@@ -15,14 +15,16 @@ trains the controls of the ideal device, without noise or an adversary.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from pnndeploy.formats.digital import KERNEL, PADDING, POOL, DigitalFrontEnd, DigitalLayer
+from pnndeploy.formats.digital import KERNEL, POOL, DigitalFrontEnd, DigitalLayer, same_padding
 from pnndeploy.formats.onnx_io import ModelLayer
 from pnndeploy.platforms import Platform
 
@@ -101,15 +103,20 @@ def _init_gain(in_features: int) -> float:
 
 
 class FrontEnd(nn.Module):
-    """The digital layers before the chip: 3x3 conv + ReLU + 2x2 max-pool stages, then dense + ReLU layers."""
+    """The digital layers before the chip: KxK conv + ReLU + 2x2 max-pool stages, then dense + ReLU layers.
+
+    With ``batch_norm`` every layer is followed by a batch norm before its ReLU (BatchNorm2d after a conv,
+    BatchNorm1d after a dense layer): the paper's LeNet-5 trains with one.  :meth:`export` folds each into the
+    layer before it (evaluation mode: running statistics), so a model file holds plain layers.
+    """
 
     def __init__(self, image_shape: tuple[int, int, int] | None, conv: list[int], dense: list[int],
-                 n_inputs: int) -> None:
+                 n_inputs: int, kernel: int = KERNEL, batch_norm: bool = False) -> None:
         super().__init__()
         self.image_shape = image_shape
         convs, channels = [], image_shape[0] if image_shape else 0
         for width in conv:
-            convs.append(nn.Conv2d(channels, width, KERNEL, padding=PADDING))
+            convs.append(nn.Conv2d(channels, width, kernel, padding=same_padding(kernel)))
             channels = width
         self.convs = nn.ModuleList(convs)
         size = n_inputs
@@ -122,16 +129,56 @@ class FrontEnd(nn.Module):
             size = width
         self.denses = nn.ModuleList(denses)
         self.out_features = size
+        self.batch_norm = batch_norm
+        # no init draws a random number here: a front end without batch norm is initialised as before it existed
+        self.conv_norms = nn.ModuleList(nn.BatchNorm2d(w) for w in conv) if batch_norm else None
+        self.dense_norms = nn.ModuleList(nn.BatchNorm1d(w) for w in dense) if batch_norm else None
+        #: Inside :meth:`one_statistics_update`: training forwards left that may update the running statistics.
+        self._updates_left: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frozen = self._updates_left == 0
         if self.convs:
             x = x.reshape(x.shape[0], *self.image_shape)
-            for conv in self.convs:
-                x = torch.max_pool2d(torch.relu(conv(x)), POOL)
+            for k, conv in enumerate(self.convs):
+                x = torch.max_pool2d(torch.relu(self._norm(self.conv_norms, k, conv(x), frozen)), POOL)
             x = x.flatten(1)
-        for dense in self.denses:
-            x = torch.relu(dense(x))
+        for k, dense in enumerate(self.denses):
+            x = torch.relu(self._norm(self.dense_norms, k, dense(x), frozen))
+        if self.training and self._updates_left:
+            self._updates_left -= 1
         return x
+
+    def _norm(self, norms: nn.ModuleList | None, k: int, x: torch.Tensor, frozen: bool) -> torch.Tensor:
+        """Batch norm ``k`` of ``norms`` (none: ``x`` as it is).  In training it normalises by the batch's
+        statistics and updates the running ones, except in a frozen pass (:meth:`one_statistics_update`); a batch
+        of one value per channel, which has no batch statistics, is normalised by the running ones."""
+        if norms is None:
+            return x
+        bn = norms[k]
+        if not self.training:
+            return bn(x)
+        if x.numel() == x.shape[1]:
+            return nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                                            bn.eps)
+        if frozen:
+            return nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        return bn(x)
+
+    @contextlib.contextmanager
+    def one_statistics_update(self) -> Iterator[None]:
+        """Within: only the first training forward updates the batch norms' running statistics.
+
+        SAT and spec-SAT run the same batch through the model two or three times in one step (the structured
+        adversary's probes, the clean pass, the perturbed pass); the front end is never perturbed, so every pass
+        sees the same batch statistics, and letting each update the running averages would weight that batch
+        two or three times.  The later passes still normalise by the batch's statistics and train gamma and beta.
+        """
+        self._updates_left = 1
+        try:
+            yield
+        finally:
+            self._updates_left = None
 
     def macs(self) -> int:
         """Multiply-accumulates of one sample's forward pass (what decides whether threads pay)."""
@@ -142,11 +189,30 @@ class FrontEnd(nn.Module):
         return total + sum(dense.weight.numel() for dense in self.denses)
 
     def export(self) -> DigitalFrontEnd:
-        layers = [DigitalLayer(f"digital{k}", "conv", c.weight.detach().numpy().astype(np.float32),
-                               c.bias.detach().numpy().astype(np.float32)) for k, c in enumerate(self.convs)]
-        layers += [DigitalLayer(f"digital{len(self.convs) + k}", "dense", d.weight.detach().numpy().astype(np.float32),
-                                d.bias.detach().numpy().astype(np.float32)) for k, d in enumerate(self.denses)]
+        """The front end as a model file holds it: each batch norm folded into the layer before it."""
+        layers = [DigitalLayer(f"digital{k}", "conv", *_folded(c, self.conv_norms[k] if self.conv_norms else None))
+                  for k, c in enumerate(self.convs)]
+        layers += [DigitalLayer(f"digital{len(self.convs) + k}", "dense",
+                                *_folded(d, self.dense_norms[k] if self.dense_norms else None))
+                   for k, d in enumerate(self.denses)]
         return DigitalFrontEnd(layers, tuple(self.image_shape) if self.convs else None)
+
+
+def _folded(layer: nn.Module, norm: nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) as float32 of ``layer`` followed by batch norm ``norm`` in evaluation mode (None: none).
+
+    BN(z) = (z - mean) * s + beta with s = gamma / sqrt(var + eps) per output channel is affine in z, so
+    w' = w * s and b' = (b - mean) * s + beta give the same outputs (computed in float64, exact up to the
+    float32 rounding of the result).
+    """
+    w, b = layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy()
+    if norm is None:
+        return w.astype(np.float32), b.astype(np.float32)
+    mean, var = norm.running_mean.detach().cpu().double().numpy(), norm.running_var.detach().cpu().double().numpy()
+    gamma, beta = norm.weight.detach().cpu().double().numpy(), norm.bias.detach().cpu().double().numpy()
+    s = gamma / np.sqrt(var + norm.eps)
+    w = w.astype(np.float64) * s.reshape(-1, *([1] * (w.ndim - 1)))
+    return w.astype(np.float32), ((b.astype(np.float64) - mean) * s + beta).astype(np.float32)
 
 
 class PNN(nn.Module):
@@ -187,6 +253,11 @@ class PNN(nn.Module):
     def project(self) -> None:
         for layer in self.layers:
             layer.project()
+
+    def one_statistics_update(self) -> contextlib.AbstractContextManager:
+        """A training step's context: the front end's batch norms update their running statistics once, whatever
+        the passes the method takes (:meth:`FrontEnd.one_statistics_update`)."""
+        return self.front.one_statistics_update() if self.front is not None else contextlib.nullcontext()
 
     def step_macs(self, batch: int) -> int:
         """Multiply-accumulates of one forward pass over a batch: the size of a training step."""

@@ -14,6 +14,7 @@ from dataclasses import MISSING, Field, dataclass, field
 from typing import Any, Callable
 
 from pnndeploy.errors import ConfigError
+from pnndeploy.formats.digital import KERNEL, MAX_KERNEL
 from pnndeploy.platforms import DEFAULT_PLATFORM
 
 
@@ -132,8 +133,17 @@ class RunSettings:
                      "for spec-sat; 32, round 1's default, for the other methods, so their results reproduce")
     conv: list[int] = setting(
         factory=list, widths=True, empty_ok=True, metavar="C[,C...]", record_default=False,
-        help="A digital conv front end: channels per stage (3x3 conv, ReLU, 2x2 max-pool), e.g. 8,16 for 28x28 "
-             "images; the on-chip layers follow it. Needs image data (digits, digits28, mnist:DIR)")
+        help="A digital conv front end: channels per stage (KxK conv, ReLU, 2x2 max-pool; K is --kernel), e.g. "
+             "8,16 for 28x28 images; the on-chip layers follow it. Needs image data (digits, digits28, mnist:DIR, cifar10:DIR)")
+    kernel: int = setting(
+        KERNEL, minimum=1, metavar="K", record_default=False,
+        help=f"The conv front end's kernel size, K x K (odd, at most {MAX_KERNEL}; zero padding K//2 keeps the "
+             "image's size), e.g. 5 for the paper's LeNet-5. Needs --conv")
+    batch_norm: bool = setting(
+        False, record_default=False,
+        help="Batch norm in the digital front end: after every conv and every digital dense layer, before its "
+             "ReLU (the paper's LeNet-5). Folded into the layers' weights at export (exact), so the model file "
+             "holds plain layers. Needs --conv or --onchip")
     onchip: int = setting(
         0, minimum=0, metavar="N", record_default=False,
         help="Put only the last N linear layers on the chip (the paper: its last two); the earlier ones run in "
