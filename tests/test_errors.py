@@ -265,9 +265,9 @@ def test_profile_schema_versions(cli, one_line_error, tiny_fleet_dir, tmp_path):
 
 
 def test_profile_of_an_unknown_platform(cli, one_line_error, tiny_fleet_dir, tmp_path, model_path):
-    folder = copied_profile(tiny_fleet_dir, tmp_path, edit=_attr("/", "platform", "d2nn"))
-    line = one_line_error(cli(*transfer_args(model_path, "chipM", folder)), "chipM.h5", "platform 'd2nn'")
-    assert "knows freespace, mrr, mzi" in line and "upgrade pnndeploy" in line
+    folder = copied_profile(tiny_fleet_dir, tmp_path, edit=_attr("/", "platform", "plasmonic"))
+    line = one_line_error(cli(*transfer_args(model_path, "chipM", folder)), "chipM.h5", "platform 'plasmonic'")
+    assert "knows d2nn, freespace, mrr, mzi" in line and "upgrade pnndeploy" in line
 
 
 def test_profile_of_another_known_platform_than_the_model(cli, one_line_error, tmp_path, model_path):
@@ -495,8 +495,8 @@ def test_model_with_external_data_is_refused_unread(cli, one_line_error, tmp_pat
 
 
 def test_model_of_an_unknown_platform(cli, one_line_error, tmp_path, model_path, tiny_fleet_dir):
-    path = edited_model(model_path, tmp_path / "d2nn.onnx", set_meta("platform", "d2nn"))
-    one_line_error(cli(*transfer_args(path, "chipA", tiny_fleet_dir)), "d2nn.onnx", "trained for d2nn")
+    path = edited_model(model_path, tmp_path / "plasmonic.onnx", set_meta("platform", "plasmonic"))
+    one_line_error(cli(*transfer_args(path, "chipA", tiny_fleet_dir)), "plasmonic.onnx", "trained for plasmonic")
 
 
 # =============================================================================================== Datasets
@@ -625,7 +625,7 @@ def test_config_unknown_key_named_with_suggestion(cli, one_line_error, tmp_path,
 @pytest.mark.parametrize("text, key", [
     ("epochs: two\n", "epochs"), ("epochs: 1.5\n", "epochs"), ("epochs: true\n", "epochs"),
     ("lr: fast\n", "lr"), ("lr: .nan\n", "lr"), ("rho: .inf\n", "rho"), ("hidden: [8, x]\n", "hidden"),
-    ("hidden: []\n", "hidden"), ("adaptive: maybe\n", "adaptive"), ("method: 3\n", "method"),
+    ("hidden: [true]\n", "hidden"), ("adaptive: maybe\n", "adaptive"), ("method: 3\n", "method"),
     ("dataset: [digits]\n", "dataset"), ("seed: {a: 1}\n", "seed"),
 ])
 def test_config_wrong_types(cli, one_line_error, tmp_path, text, key):

@@ -216,7 +216,8 @@ def test_every_paper_config_loads_and_builds_its_network(digits28) -> None:
 
     assert {p.name for p in PAPER_CONFIGS} >= {"mrr-lenet5.yaml", "freespace.yaml"}
     expected = {"mrr-lenet5.yaml": ([6, 16], 5, True, [120], [120, 84, 10], "mrr"),
-                "freespace.yaml": ([], 3, False, [], [784, 144, 10], "freespace")}
+                "freespace.yaml": ([], 3, False, [], [784, 144, 10], "freespace"),
+                "d2nn.yaml": ([], 3, False, [], [784, 10], "d2nn")}
     for path in PAPER_CONFIGS:
         text = path.read_text()
         assert text.startswith("#") and "PAPER.md" in text

@@ -32,8 +32,8 @@ def test_lookup_and_declared_attributes(mrr):
     lo, hi = mrr.control_range
     assert lo < 0 < hi
     assert set(mrr.params_dict()) == {"gamma", "a"}
-    with pytest.raises(PnnError, match="d2nn.*mrr"):
-        get_platform("d2nn")
+    with pytest.raises(PnnError, match="plasmonic.*mrr"):
+        get_platform("plasmonic")
 
 
 @pytest.mark.parametrize("gamma,a", PARAMS)

@@ -324,7 +324,7 @@ def test_result_and_history(tiny_digits):
 
 @pytest.mark.parametrize("bad,flag", [
     (dict(epochs=0), "--epochs"), (dict(rho=-0.1), "--rho"), (dict(lr=0.0), "--lr"),
-    (dict(method="sam"), "--method"), (dict(noise=-1.0), "--noise"), (dict(hidden=[]), "--hidden"),
+    (dict(method="sam"), "--method"), (dict(noise=-1.0), "--noise"), (dict(hidden=[0]), "--hidden"),
     (dict(batch_size=0), "--batch-size"), (dict(perturb="some"), "perturb"), (dict(rho=float("nan")), "--rho"),
     (dict(drift_budget=1.0, method="standard"), "--drift-budget"), (dict(drift_budget=-1.0), "--drift-budget"),
     (dict(rho=0.5, method="noise-aware"), "--rho"), (dict(adaptive=True, method="standard"), "--adaptive"),

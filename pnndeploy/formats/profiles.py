@@ -319,6 +319,7 @@ def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict
             "fields": {k: _stats(profile.calibration[k], u) for k, u in fields.items()},
         },
         "calibration_age_days": calibration_age_days(profile, now),
+        "options": profile.chip_platform.option_values(),
         "environment": {
             "crosstalk": float(env.crosstalk),
             "detector_noise": float(env.detector_noise),

@@ -130,6 +130,8 @@ def render_profile(summary: dict[str, Any]) -> None:
                                       f"{summary['calibration']['temperature_C']} °C"),
                        ("calibration age", "–" if age is None else f"{age:.1f} days")):
         info.add_row(key, str(value))
+    for key, value in summary.get("options", {}).items():
+        info.add_row(key, str(value))
     env, units = summary["environment"], summary.get("environment_units", {})
     for key in ("crosstalk", "detector_noise", "dac_bits", "heater_range", "ageing_rate"):
         unit = units.get(key, "")
