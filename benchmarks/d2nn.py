@@ -103,7 +103,7 @@ def run(args) -> dict:
                 config = TrainConfig(platform="d2nn", method=method, epochs=args.epochs, seed=seed,
                                      platform_options=options)
                 start = time.perf_counter()
-                summary = train_and_export(data, config, Path(tmp) / f"{method}-{seed}.onnx")
+                summary, _ = train_and_export(data, config, Path(tmp) / f"{method}-{seed}.onnx")
                 seconds = time.perf_counter() - start
                 model = load_model(summary.model)
                 rows.append({"seed": seed, "test": 100 * summary.test_accuracy, "train_seconds": seconds,

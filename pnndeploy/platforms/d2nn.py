@@ -333,27 +333,47 @@ class D2NNPlatform(Platform):
     def map_layer(self, weight: np.ndarray | None, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
                   environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
                   weight_shape: tuple[int, int] | None = None) -> LayerMapping:
-        """Per mask: the trained pattern e^{i phi} resampled through the inverse of the *measured* misalignment,
-        its phase less the measured offset, wrapped into the drive's range and quantised.  Residual: ||t R(m)
-        e^{i(setting + offset)} - e^{i phi}||_F of the calibrated setup over both masks."""
+        """Per mask, the phases that make the *calibrated* setup (measured offsets, transmissions, rotation and
+        shift) show the trained pattern e^{i phi}: a least-squares fit (L-BFGS) through the calibrated model, from
+        the pattern resampled through the inverse of the measured misalignment; then less nothing more, wrapped into
+        the drive's range and quantised.  A sub-pixel shift cannot be undone by resampling alone (it blurs the
+        pattern twice), the fit finds the pixels that come closest.  Residual: ||t R(m) e^{i(setting + offset)} -
+        e^{i phi}||_F of the calibrated setup over both masks."""
         import torch
 
-        target = np.exp(1j * np.asarray(controls, np.float64))
-        rotation, sx, sy = (np.asarray(calibration[k], np.float64) for k in MISALIGNMENT_FIELDS)
-        wanted = np.empty(target.shape)
-        for m in range(MASKS):
-            inverse = inverse_misalignment(float(rotation[m]), float(sx[m]), float(sy[m]))
-            pre = misaligned(torch.from_numpy(target[m]), *(torch.tensor(v, dtype=torch.float64) for v in inverse))
-            wanted[m] = np.angle(pre.numpy())
+        target = torch.from_numpy(np.exp(1j * np.asarray(controls, np.float64)))
+        moves = [tuple(torch.tensor(float(np.asarray(calibration[k])[m]), dtype=torch.float64)
+                       for k in MISALIGNMENT_FIELDS) for m in range(MASKS)]
+        transmission = torch.from_numpy(np.asarray(calibration["transmission"], np.float64))
+        offset = np.asarray(calibration[self.offset_name], np.float64)
+        start = [misaligned(target[m], *(torch.tensor(v, dtype=torch.float64) for v in
+                                         inverse_misalignment(*(float(v) for v in moves[m])))) for m in range(MASKS)]
+        phases = torch.from_numpy(np.stack([np.angle(x.numpy()) for x in start])).requires_grad_(True)
+
+        def realised(p: Any) -> Any:
+            masks = torch.polar(transmission, p)
+            return torch.stack([misaligned(masks[m], *moves[m]) for m in range(MASKS)])
+
+        if any(bool(torch.any(torch.stack(move) != 0)) for move in moves):
+            optimiser = torch.optim.LBFGS([phases], max_iter=FIT_ITERATIONS, line_search_fn="strong_wolfe")
+
+            def loss() -> Any:
+                optimiser.zero_grad()
+                value = intensity(realised(phases) - target).sum()
+                value.backward()
+                return value
+
+            optimiser.step(loss)
         lo, hi = environment.heater_range
-        offset = calibration[self.offset_name]
-        settings, inside = quantise(lo + np.mod(wanted - offset - lo, TWO_PI), (lo, hi), environment.dac_bits)
-        realised = torch.from_numpy(calibration["transmission"] * np.exp(1j * (settings + offset)))
-        got = np.stack([misaligned(realised[m], *(torch.tensor(float(v[m]), dtype=torch.float64)
-                                                   for v in (rotation, sx, sy))).numpy() for m in range(MASKS)])
-        return LayerMapping(settings, int((~inside).sum()), float(np.linalg.norm(got - target)))
+        wanted = phases.detach().numpy() - offset
+        settings, inside = quantise(lo + np.mod(wanted - lo, TWO_PI), (lo, hi), environment.dac_bits)
+        with torch.no_grad():
+            got = realised(torch.from_numpy(settings + offset))
+        return LayerMapping(settings, int((~inside).sum()), float(torch.linalg.vector_norm(got - target)))
 
 
+#: Iterations of the least-squares fit of a mask's phases through the calibrated setup in mapping.
+FIT_ITERATIONS = 100
 #: Samples per propagation in fleet evaluation: a chunk's fields (samples x 4 grid^2 complex) stay near 64 MiB at
 #: a 128 x 128 grid.
 CHUNK = 64
