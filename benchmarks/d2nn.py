@@ -90,8 +90,6 @@ def evaluation_seconds(model, chips, X, count: int = 64) -> float:
 
 
 def run(args) -> dict:
-    data = load_dataset(args.dataset, seed=0)
-    X, y = data.scaling.apply(data.X_test), data.y_test
     chips = setups(args.paper, 2 if args.quick else 8)
     doc = {"dataset": args.dataset, "grid": PAPER_GRID if args.paper else "default", "epochs": args.epochs,
            "seeds": args.seeds, "angles": list(ANGLES), "paper": PAPER, "methods": {}}
@@ -99,6 +97,8 @@ def run(args) -> dict:
         for method in args.methods:
             rows = []
             for seed in args.seeds:
+                data = load_dataset(args.dataset, seed=seed)          # each seed its own split, scored on its test set
+                X, y = data.scaling.apply(data.X_test), data.y_test
                 options = PAPER_GRID if args.paper else {}
                 config = TrainConfig(platform="d2nn", method=method, epochs=args.epochs, seed=seed,
                                      platform_options=options)

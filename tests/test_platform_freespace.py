@@ -69,7 +69,7 @@ def test_perturbation_adds_rotation_and_shift_and_multiplies_the_magnification()
     assert perturbed(base, {"rotation_deg": 2.0}) == Misalignment(2.5, 0.1, -0.2, 1.02)
     assert perturbed(base, {"shift_y_px": 1.0}).shift_y_px == pytest.approx(0.8)
     assert perturbed(base, {"scale": 1.1}).scale == pytest.approx(1.122)
-    with pytest.raises(ValueError, match="unknown misalignment axis"):
+    with pytest.raises(ValueError, match="unknown perturbation axis"):
         perturbed(base, {"tilt": 1.0})
 
 

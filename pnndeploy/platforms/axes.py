@@ -80,6 +80,18 @@ AGEING = PerturbationAxis("days", "days since calibration", "days", 0.0, "0:180:
                           kind="ageing", help="Ageing sweep, days since calibration (HI included).")
 
 
+def move_along(axes: tuple[PerturbationAxis, ...], values: list[Any],
+               perturbation: Mapping[str, float] | None) -> list[Any]:
+    """``values`` (one per axis of ``axes``: numbers or torch tensors) moved by an audit's perturbation {axis name:
+    value}, each axis as it composes; a name that is none of the axes is a ValueError."""
+    if not perturbation:
+        return list(values)
+    unknown = set(perturbation) - {a.name for a in axes}
+    if unknown:
+        raise ValueError(f"unknown perturbation axis {sorted(unknown)[0]!r}")
+    return [axis.move(v, perturbation[axis.name]) if axis.name in perturbation else v for axis, v in zip(axes, values)]
+
+
 def axis_groups(axes: tuple[PerturbationAxis, ...]) -> dict[str, list[PerturbationAxis]]:
     """The axes by option stem, in declaration order (a shift along x and along y share one)."""
     groups: dict[str, list[PerturbationAxis]] = {}

@@ -43,7 +43,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pnndeploy.errors import ModelFileError
-from pnndeploy.platforms.axes import PerturbationAxis
+from pnndeploy.platforms.axes import PerturbationAxis, move_along
 from pnndeploy.platforms.base import ChipState, LayerMapping, Platform, Range, quantise, stacked
 from pnndeploy.platforms.imaging import resample
 from pnndeploy.platforms.mesh import TWO_PI, one_thread
@@ -320,14 +320,9 @@ class D2NNPlatform(Platform):
         """The true misalignment (chips, 3, masks) moved by an audit's perturbation (the same for both masks)."""
         if not perturbation:
             return misalignment
-        unknown = set(perturbation) - {a.name for a in MASK_AXES}
-        if unknown:
-            raise ValueError(f"unknown d2nn perturbation axis {sorted(unknown)[0]!r}")
-        moved = misalignment.clone()
-        for k, axis in enumerate(MASK_AXES):
-            if axis.name in perturbation:
-                moved[:, k] = moved[:, k] + float(perturbation[axis.name])
-        return moved
+        import torch
+
+        return torch.stack(move_along(MASK_AXES, list(misalignment.unbind(1)), perturbation), dim=1)
 
     # ---------------------------------------------------------------------------------------- mapping
     def map_layer(self, weight: np.ndarray | None, controls: np.ndarray, calibration: Mapping[str, np.ndarray],

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pnndeploy.platforms.axes import PerturbationAxis
+from pnndeploy.platforms.axes import PerturbationAxis, move_along
 from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, Range, quantise, stacked
 from pnndeploy.platforms.imaging import Misalignment, frame_shape, imaging_operator, is_identity, resample
 from pnndeploy.platforms.tiling import ring_index
@@ -70,12 +70,7 @@ def perturbed(base: Misalignment, perturbation: Mapping[str, float] | None) -> M
     magnification multiplies)."""
     if not perturbation:
         return base
-    unknown = set(perturbation) - {a.name for a in MISALIGNMENT_AXES}
-    if unknown:
-        raise ValueError(f"unknown misalignment axis {sorted(unknown)[0]!r}")
-    values = base.as_array()
-    return Misalignment(*(axis.move(float(v), perturbation[axis.name]) if axis.name in perturbation else float(v)
-                          for axis, v in zip(MISALIGNMENT_AXES, values)))
+    return Misalignment(*move_along(MISALIGNMENT_AXES, [float(v) for v in base.as_array()], perturbation))
 
 
 class FreeSpacePlatform(LinearPlatform):
