@@ -183,10 +183,11 @@ class MZIIntensityPlatform(MeshDevices, Platform):
 
 
 def normalised(ports: Any, dim: int) -> Any:
-    """Port powers divided by their L2 norm along ``dim`` (floored at :data:`NORM_EPS`): the authors' readout."""
-    import torch
+    """Port powers divided by their L2 norm along ``dim`` (floored at :data:`NORM_EPS`): the authors' readout.
 
-    return ports / torch.linalg.vector_norm(ports, dim=dim, keepdim=True).clamp_min(NORM_EPS)
+    The floor is taken on the squared norm, before the square root: a sample without light (a front end whose
+    ReLUs are all off) then gives zeros with zero gradients, where the norm's own gradient at 0 is 0/0 = NaN."""
+    return ports / (ports * ports).sum(dim, keepdim=True).clamp_min(NORM_EPS * NORM_EPS).sqrt()
 
 
 def _port_forms(U: Any) -> Any:
