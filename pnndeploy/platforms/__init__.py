@@ -32,7 +32,12 @@ def platform_for(name: str, params: Mapping[str, Any] | None = None) -> Platform
     platform = get_platform(name)
     if not platform.options or not isinstance(params, Mapping):
         return platform
-    values = {o.name: params[o.name] for o in platform.options if o.name in params}
+    values = platform.recorded_options(params)
+    for option in platform.options:         # a file's values as they are: "16" is not the integer 16
+        problem = option.problem(values[option.name]) if option.name in values else None
+        if problem is not None:
+            raise ModelFileError(f"model metadata platform_params.{option.name} is {values[option.name]!r}, "
+                                 f"expected {problem}")
     return platform.configure(values, ModelFileError, "model metadata platform_params")
 
 

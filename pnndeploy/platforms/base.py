@@ -212,6 +212,11 @@ class Platform(ABC):
         """The options as set on this platform."""
         return {o.name: getattr(self, o.name) for o in self.options}
 
+    def recorded_options(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The option values a model file's ``platform_params`` record (an option it lacks: the default); a platform
+        whose files once recorded an option otherwise reads the old form here."""
+        return {o.name: params[o.name] for o in self.options if o.name in params}
+
     # ------------------------------------------------------------------------------------------ a layer
     @abstractmethod
     def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:

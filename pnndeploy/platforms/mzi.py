@@ -16,8 +16,10 @@ Why this and not the alternatives the literature uses:
   any scale: the baseline's W is divided by its largest singular value per row
   block and the gain multiplied by it, which changes no output.
 * one unitary with intensity detection (|U x|^2, the paper's MZI set-up) is
-  quadratic in the inputs: not a weight matrix, so not this platform (the layer
-  interface takes such a readout: see the conformance suite's intensity-read mesh).
+  quadratic in the inputs: not a weight matrix.  It is the option
+  ``detection=intensity`` of this platform, whose :meth:`MeshDevices.configure`
+  then gives a non-linear platform of the same name and chips
+  (:mod:`pnndeploy.platforms.mzi_intensity`).
 
 A layer larger than the mesh is tiled: its (out, in) weights are cut into
 N x N blocks, each realised by the same physical mesh with its own phases
@@ -41,12 +43,24 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pnndeploy.errors import ModelFileError
-from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, Range, quantise, stacked
+from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, Platform, Range, quantise, stacked
+from pnndeploy.platforms.options import PlatformOption
 from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mesh_unitary, mzi_count, one_thread, \
     phase_count, unitary_with_real_part
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model.
 FIT_ITERATIONS = 120
+#: The largest mesh an option or a model file may ask for (a 256-mode mesh has 65,536 phases).
+MAX_MODES = 256
+#: What model files written before ``detection`` was an option recorded for it.
+LEGACY_COHERENT = "coherent (W = Re U)"
+
+
+def _detections() -> dict[str, type]:
+    """The platform class of each ``detection`` (imported here: the intensity read-out builds on this module)."""
+    from pnndeploy.platforms.mzi_intensity import MZIIntensityPlatform
+
+    return {"coherent": MZIPlatform, "intensity": MZIIntensityPlatform}
 
 
 class MeshDevices:
@@ -69,18 +83,46 @@ class MeshDevices:
     #: noise-aware's default phase noise (rad): the default MZI fleet's calibration error.
     default_noise = 0.05
     periodic = True
-    #: Modes of the mesh models are trained on (the default MZI fleet's mesh).
+    options = (
+        PlatformOption("modes", 16, "modes", "the mesh's size: a chip is a modes x modes mesh", lo=2, hi=MAX_MODES),
+        PlatformOption("detection", "coherent", "1", "how the outputs are read: coherent (W = Re U, a weight "
+                       "matrix, tiled over modes x modes blocks) or intensity (|U x|^2 normalised, the first out "
+                       "ports; a layer must fit one mesh)", choices=("coherent", "intensity")),
+    )
+    #: Modes of the mesh models are trained on (default: the default MZI fleet's mesh).
     modes = 16
+    #: How the mesh's outputs are read (the class: :class:`MZIPlatform` or ``MZIIntensityPlatform``).
+    detection = "coherent"
     minimal_layout = (2, 2)
 
+    def configure(self, values: Mapping[str, Any] | None, error: type[Exception] = ValueError,
+                  where: str = "--platform-option") -> Platform:
+        """The options set, on the class that reads the mesh as ``detection`` says: intensity detection is not a
+        weight matrix, so it is another (non-linear) platform of the same name, chips and fabrication model."""
+        configured = super().configure(values, error, where)      # type: ignore[misc]
+        wanted = _detections()[configured.detection]
+        if type(configured) is wanted:
+            return configured
+        other = wanted()
+        for option in self.options:
+            setattr(other, option.name, getattr(configured, option.name))
+        return other
+
+    def recorded_options(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Model files written before ``detection`` was an option recorded a description of the coherent read-out."""
+        values = super().recorded_options(params)                  # type: ignore[misc]
+        if values.get("detection") == LEGACY_COHERENT:
+            values["detection"] = "coherent"
+        return values
+
     def _modes(self, params: Mapping[str, Any] | None) -> int:
-        """The mesh size a model was trained for (``platform_params.modes``); the default for a new model."""
-        if params is None:
+        """The mesh size a model was trained for (``platform_params.modes``; a file without it: this platform's)."""
+        if params is None or "modes" not in params:
             return self.modes
-        value = params.get("modes")
-        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 1024:
+        value = params["modes"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_MODES:
             raise ModelFileError(f"model metadata platform_params.modes is {value!r}, expected the mesh size the "
-                                 "model was trained for (an integer from 2 to 1024); re-export the model")
+                                 f"model was trained for (an integer from 2 to {MAX_MODES}); re-export the model")
         return value
 
     def project(self, controls: Any) -> None:
@@ -97,6 +139,9 @@ class MeshDevices:
             return "an MZI mesh is square: rows = cols = its number of modes"
         if rows < 2:
             return "an MZI mesh needs at least 2 modes"
+        if rows != self.modes:
+            return (f"its mesh has {rows} modes but the model was trained for {self.modes} (--platform-option "
+                    f"modes={rows}; a process spec says it under options:)")
         return None
 
     def field_shape(self, name: str, layout: tuple[int, int]) -> tuple[int, ...]:
@@ -135,9 +180,6 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         n = self._modes(params)
         out_f, in_f = weight_shape
         return (math.ceil(out_f / n), math.ceil(in_f / n), phase_count(n))
-
-    def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), "modes": self.modes, "detection": "coherent (W = Re U)"}
 
     def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
         """Phases uniform in [0, 2 pi): a random mesh, whose Re(U) has entries of both signs."""
