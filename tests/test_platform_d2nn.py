@@ -46,7 +46,7 @@ def test_a_lossless_setup_conserves_power_until_the_aperture_cuts_it(small) -> N
     controls = platform.init_controls((4, 16), g).double()
     x = torch.rand(3, 16, generator=g, dtype=torch.float64)
     field = platform._input_field(x, (4, 16), torch.complex128)
-    H = platform._transfer("cpu", torch.complex128)
+    H, _ = platform._operators((4, 16), "cpu", torch.complex128)
     out = platform._propagate(field, H)
     before, after = (f.abs().pow(2).sum(dim=(-2, -1)) for f in (field, out))
     assert torch.all(after <= before * (1 + 1e-9)) and torch.all(after > 0.9 * before)
@@ -124,7 +124,11 @@ def test_options_are_typed_checked_and_recorded(tmp_path) -> None:
     assert config.to_dict()["platform_options"] == {"grid": 16}
     assert "platform_options" not in TrainConfig(platform="mrr", method="standard").to_dict()
     for bad, fragment in (({"grid": "x"}, "grid=x"), ({"grid": 8}, "16 to 512"), ({"size": 3}, "no such option"),
-                          ({"distance_um": -1.0}, "distance_um")):
+                          ({"distance_um": -1.0}, "distance_um"),
+                          # each value in bounds, together a propagation that passes only the mean field
+                          ({"distance_um": 1e5}, "at most"), ({"grid": 16, "pixel_pitch_um": 0.1,
+                                                               "wavelength_um": 100.0}, "wavelengths"),
+                          ({"x" * 5000: 1}, "no such option")):
         with pytest.raises(ConfigError, match=fragment):
             TrainConfig(platform="d2nn", method="standard", platform_options=bad)
     with pytest.raises(ConfigError, match="no such option"):
@@ -147,13 +151,23 @@ def test_a_chip_of_other_options_is_refused_in_one_line(tmp_path, cli, one_line_
                    "KEY=VALUE")
     one_line_error(cli("train", "--platform", "d2nn", "--platform-option", "pitch=2", "--out", tmp_path / "x.onnx"),
                    "pitch", "pixel_pitch_um")
+    line = one_line_error(cli("train", "--platform", "d2nn", "--platform-option", "grid=" + "9" * 4000, "--out",
+                              tmp_path / "x.onnx"), "grid=")
+    assert len(line) < 1000                                  # a hostile value is echoed briefly
+    assert not (tmp_path / "x.onnx").exists()
+    # in situ: the chip's options against the model's, before any step
+    one_line_error(cli("train", "--platform", "d2nn", "--method", "standard", "--epochs", "1", "--platform-option",
+                       "grid=16", "--in-situ", "chipA", "--out", tmp_path / "x.onnx"), "chipA", "grid 64")
     assert not (tmp_path / "x.onnx").exists()
 
 
 def test_a_process_spec_and_a_profile_carry_the_setups_options(tmp_path, cli, one_line_error) -> None:
     process = load_process("device_profiles/d2nn/process.yaml")
-    with pytest.raises(ConfigError, match="32 x 32 pixels but the model was trained for 64"):
+    with pytest.raises(ConfigError, match="32 x 32 pixels are not grid=64"):
         check_process({**process, "array": {"rows": 32, "cols": 32}})
+    unstated = {k: v for k, v in process["options"].items() if k != "grid"}
+    assert generate_chip(check_process({**process, "array": {"rows": 32, "cols": 32}, "options": unstated}),
+                         "chipA", seed=0).options["grid"] == 32        # an array implies its grid
     with pytest.raises(ConfigError, match="options"):
         check_process({**process, "options": {"grid": 64, "colour": "green"}})
     chip = generate_chip(process, "chipA", seed=0)

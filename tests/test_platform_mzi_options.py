@@ -185,10 +185,10 @@ def test_a_chip_of_other_options_is_refused_in_one_line(intensity_model: Path, c
     process = load_process(INTENSITY6)
     check_compatible(model, generate_chip(process, "chipA", seed=0))          # its own chips: fine
     coherent = {**process, "options": {"modes": 6, "detection": "coherent"}}
-    with pytest.raises(ProfileError, match="has detection coherent but model .* was trained for intensity"):
+    with pytest.raises(ProfileError, match="has detection coherent but the model was trained for intensity"):
         check_compatible(model, generate_chip(coherent, "chipC", seed=0))
     chip = generate_chip(process, "chipB", seed=0)
-    with pytest.raises(ProfileError, match="has modes 16 modes but model .* was trained for 6"):
+    with pytest.raises(ProfileError, match="has modes 16 modes but the model was trained for 6"):
         check_compatible(model, dataclasses.replace(chip, options={"modes": 16, "detection": "intensity"}))
     # the default MZI fleet (16 modes, coherent) through the CLI
     one_line_error(cli("transfer", "--fleet", "--model", intensity_model, "--profiles", MZI_PROFILES, "--no-save"),
@@ -197,7 +197,7 @@ def test_a_chip_of_other_options_is_refused_in_one_line(intensity_model: Path, c
 
 def test_a_process_whose_array_is_not_its_mesh_size_is_refused() -> None:
     process = load_process(INTENSITY6)
-    with pytest.raises(ConfigError, match="its mesh has 8 modes but the model was trained for 6"):
+    with pytest.raises(ConfigError, match="a mesh of 8 modes is not one of modes=6"):
         check_process({**process, "array": {"rows": 8, "cols": 8}})
 
 

@@ -31,18 +31,9 @@ def check_compatible(model: ExportedModel, profile: DeviceProfile) -> None:
         raise ProfileError(
             f"device {profile.device_id!r} is a {profile.platform} chip but model {model.path} was trained "
             f"for {model.platform}; use a {model.platform} profile or retrain for {profile.platform}")
-    trained, chip = platform_for(model.platform, model.platform_params), profile.chip_platform
-    for option in trained.options:
-        wanted, has = getattr(trained, option.name), getattr(chip, option.name)
-        if wanted != has:
-            units = "" if option.units == "1" else f" {option.units}"
-            raise ProfileError(f"device {profile.device_id!r} has {option.name} {has}{units} but model {model.path} "
-                               f"was trained for {wanted}{units}; retrain with --platform-option {option.name}={has} "
-                               "or use a chip the model was trained for")
-    problem = trained.layout_problem(tuple(profile.shape))
+    problem = platform_for(model.platform, model.platform_params).mismatch(profile.chip_platform, profile.shape)
     if problem:
-        raise ProfileError(f"device {profile.device_id!r} ({profile.shape[0]} x {profile.shape[1]}) cannot run model "
-                           f"{model.path}: {problem}; retrain for this chip or use another")
+        raise ProfileError(f"device {profile.device_id!r} cannot run model {model.path}: {problem}")
 
 
 def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:

@@ -75,6 +75,17 @@ def _check_fleet_platform(profiles: Path, platform: str) -> None:
                        f"--profiles with a {platform} fleet or --platform {other}")
 
 
+def fleet_options(spec: Path, platform: Any) -> dict[str, Any]:
+    """The platform options of the fleet the demo is told on (its process spec's, where they differ from the
+    defaults): the models must be trained for those chips."""
+    if not spec.is_file():
+        return {}
+    from pnndeploy.formats.process_spec import load_process, process_platform
+
+    chips = process_platform(load_process(spec, "--profiles")).option_values()
+    return {k: v for k, v in chips.items() if v != platform.option_values().get(k)}
+
+
 def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int = 0, seeds: int | None = None,
              status: Callable[[str], None] | None = None,
              on_epoch: Callable[[str, Any], None] | None = None, platform: str = DEFAULT_PLATFORM,
@@ -100,12 +111,13 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     spec = Path(profiles) / "process.yaml"
     chip = get_platform(platform)
     hidden = DEMO_HIDDEN if chip.default_hidden is None else list(chip.default_hidden)
+    options = fleet_options(spec, chip)
     for s in range(seed, seed + seeds):
         dataset = load_dataset(chip.demo_dataset, seed=s)
         for entry in demo_entries(platform):
             robust = get_method(entry.settings["method"]).for_fleet(spec)
             config = TrainConfig(**{**entry.settings, "epochs": epochs, "seed": s, "platform": platform,
-                                    "hidden": hidden, **robust})
+                                    "hidden": hidden, "platform_options": options, **robust})
             tag = entry.name if s == seed else f"{entry.name}-seed{s}"
             model_path = out / "models" / f"{tag}.onnx"
             say(f"training {entry.name} (seed {s})")

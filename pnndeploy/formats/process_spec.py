@@ -146,13 +146,23 @@ def _check_header(process: Mapping[str, Any], source: str) -> Platform:
     options = process.get("options", {})
     if not isinstance(options, Mapping):
         raise _fail(source, "options", f"must be a mapping of the platform's options, got {brief(options)}")
-    return platform.configure(options, ConfigError, f"{source}: key 'options':")
+    return platform.configure({**_implied(process, platform), **options}, ConfigError, f"{source}: key 'options':")
+
+
+def _implied(process: Mapping[str, Any], platform: Platform) -> dict[str, Any]:
+    """The options a spec's array implies (a mesh's modes), when it does not state them."""
+    array = process.get("array")
+    rows, cols = (array.get("rows"), array.get("cols")) if isinstance(array, Mapping) else (None, None)
+    if not (_is_int(rows) and _is_int(cols) and rows > 0 and cols > 0):
+        return {}
+    return platform.layout_options((rows, cols))
 
 
 def process_platform(process: Mapping[str, Any]) -> Platform:
-    """The platform of a checked process spec's chips, with the spec's ``options`` set."""
-    return get_platform(process["platform"]).configure(process.get("options", {}), ConfigError,
-                                                       "process spec key 'options':")
+    """The platform of a checked process spec's chips, with the spec's ``options`` set (or implied by its array)."""
+    platform = get_platform(process["platform"])
+    return platform.configure({**_implied(process, platform), **process.get("options", {})}, ConfigError,
+                              "process spec key 'options':")
 
 
 def _check_array(process: Mapping[str, Any], platform: Platform, source: str) -> None:

@@ -239,14 +239,8 @@ def _check_platform(c: _Checker) -> Platform | None:
     if platform_name is None:
         c.add("missing or non-text root attribute 'platform'")
         return None
-    if "options" in c.f and not isinstance(c.f["options"], h5py.Group):
-        c.add("'options' is not a group")
-        return None
     try:
-        return get_platform(platform_name).configure(chip_options(c.f), ProfileError, "'options'")
-    except ProfileError as exc:
-        c.add(f"{exc}; fix the attribute or {REGENERATE_HINT}")
-        return None
+        platform = get_platform(platform_name)
     except PnnError:
         from pnndeploy.platforms import PLATFORMS
 
@@ -254,6 +248,17 @@ def _check_platform(c: _Checker) -> Platform | None:
         c.add(f"platform {shown!r} is unknown to this pnndeploy (it knows {', '.join(sorted(PLATFORMS))}); "
               "use a profile of the model's platform, or upgrade pnndeploy if the profile is newer")
         return None
+    if "options" in c.f and not isinstance(c.f["options"], h5py.Group):
+        c.add("'options' is not a group")
+        return platform
+    layout = c.f.get("layout") if isinstance(c.f.get("layout"), h5py.Group) else None
+    rows, cols = (attr_int(layout, "rows"), attr_int(layout, "cols")) if layout is not None else (None, None)
+    implied = platform.layout_options((rows, cols)) if rows and cols and rows > 0 and cols > 0 else {}
+    try:
+        return platform.configure({**implied, **chip_options(c.f)}, ProfileError, "'options'")
+    except ProfileError as exc:
+        c.add(f"{exc}; fix the attribute or {REGENERATE_HINT}")
+        return platform            # the other checks against the platform's defaults
 
 
 def _check_layout(c: _Checker, platform: Platform | None) -> tuple[int, int] | None:

@@ -107,7 +107,9 @@ class DeviceProfile:
     @property
     def chip_platform(self) -> Platform:
         """The platform of this chip with its options set."""
-        return get_platform(self.platform).configure(self.options, ProfileError, f"device {self.device_id}: option")
+        platform = get_platform(self.platform)
+        return platform.configure({**platform.layout_options(tuple(self.shape)), **self.options}, ProfileError,
+                                  f"device {self.device_id}: option")
 
     @property
     def simulated(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from pnndeploy.errors import ModelFileError, PnnError
+from pnndeploy.untrusted import brief
 from pnndeploy.platforms.base import Platform
 from pnndeploy.platforms.d2nn import D2NNPlatform
 from pnndeploy.platforms.freespace import FreeSpacePlatform
@@ -36,7 +37,7 @@ def platform_for(name: str, params: Mapping[str, Any] | None = None) -> Platform
     for option in platform.options:         # a file's values as they are: "16" is not the integer 16
         problem = option.problem(values[option.name]) if option.name in values else None
         if problem is not None:
-            raise ModelFileError(f"model metadata platform_params.{option.name} is {values[option.name]!r}, "
+            raise ModelFileError(f"model metadata platform_params.{option.name} is {brief(values[option.name])}, "
                                  f"expected {problem}")
     return platform.configure(values, ModelFileError, "model metadata platform_params")
 

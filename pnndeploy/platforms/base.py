@@ -49,6 +49,7 @@ import numpy as np
 
 from pnndeploy.platforms.axes import AGEING, TEMPERATURE, PerturbationAxis
 from pnndeploy.platforms.options import PlatformOption
+from pnndeploy.untrusted import brief
 
 
 class Range(NamedTuple):
@@ -189,20 +190,38 @@ class Platform(ABC):
             option = known.get(key)
             if option is None:
                 offered = "; ".join(o.describe() for o in self.options) or "none"
-                raise error(f"{where} {key}: the {self.name} platform has no such option; its options: {offered}")
+                raise error(f"{where} {brief(key, quote=False)}: the {self.name} platform has no such option; its "
+                            f"options: {offered}")
             if isinstance(value, str) and option.kind is not str:
                 try:
                     value = option.parse(value)
                 except ValueError as exc:
-                    raise error(f"{where} {key}={value}: expected {exc}") from None
+                    raise error(f"{where} {key}={brief(value, quote=False)}: expected {exc}") from None
             problem = option.problem(value)
             if problem is not None:
-                raise error(f"{where} {key}={value!r}: expected {problem}")
+                raise error(f"{where} {key}={brief(value)}: expected {problem}")
             setattr(configured, key, option.kind(value))
         problem = configured.options_problem()
         if problem is not None:
             raise error(f"{where}: {problem}")
         return configured
+
+    def layout_options(self, layout: tuple[int, int]) -> dict[str, Any]:
+        """Options a chip's layout implies (a mesh's modes, a mask's grid): what a profile or process spec that does
+        not state them means."""
+        return {}
+
+    def mismatch(self, chip: "Platform", layout: tuple[int, int]) -> str | None:
+        """Why a model of this (configured) platform cannot run on ``chip`` (configured by its profile) of this
+        ``layout``: an option of other value, or a layout the model does not fit; None when it can."""
+        for option in self.options:
+            wanted, has = getattr(self, option.name), getattr(chip, option.name)
+            if wanted != has:
+                units = "" if option.units == "1" else f" {option.units}"
+                return (f"the chip has {option.name} {has}{units} but the model was trained for {wanted}{units}; "
+                        f"retrain with --platform-option {option.name}={has} or use a chip the model was trained for")
+        problem = self.layout_problem(tuple(layout))
+        return None if problem is None else f"the chip is {layout[0]} x {layout[1]}: {problem}"
 
     def options_problem(self) -> str | None:
         """Why this combination of option values is not a chip (each value being valid alone), or None."""

@@ -52,6 +52,9 @@ from pnndeploy.platforms.options import PlatformOption
 
 #: Masks of a setup (the paper's two).
 MASKS = 2
+#: Spatial frequencies (per axis, of the 2 x grid padded grid) the propagation must pass at least: fewer, and the
+#: masks can do little more than scale the mean field.
+MIN_BAND = 4
 #: Each mask's misalignment as profile fields, each of shape (MASKS,): rotation (deg), shift along x and y (px).
 MISALIGNMENT_FIELDS = ("rotation", "shift_x", "shift_y")
 #: What a deployed setup moves along after calibration: both masks rotate / shift by the same amount.
@@ -76,13 +79,28 @@ def detector_rows(out: int) -> list[int]:
     return [base + (r in middle) for r in range(rows)]
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)
 def _transfer(grid: int, pitch_um: float, wavelength_um: float, distance_um: float) -> np.ndarray:
-    """H of one distance on the 2 x grid padded grid (kept: every layer and chip shares it)."""
-    return angular_spectrum(2 * grid, pitch_um, wavelength_um, distance_um)
+    """H of one distance on the 2 x grid padded grid (kept, read-only: every layer and chip shares it)."""
+    H = angular_spectrum(2 * grid, pitch_um, wavelength_um, distance_um)
+    H.setflags(write=False)
+    return H
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=8)
+def _on_device(key: tuple[Any, ...], device: str, dtype: Any) -> tuple[Any, Any]:
+    """(H, detector matrix R) as torch tensors on ``device`` for a geometry ``key`` = (grid, pitch, wavelength,
+    distance, side, out): converted once, not at every forward pass (a 512 grid's R is 67 MB)."""
+    import torch
+
+    grid, pitch, wavelength, distance, side, out = key
+    H = torch.from_numpy(np.array(_transfer(grid, pitch, wavelength, distance))).to(device=device, dtype=dtype)
+    R = torch.from_numpy(np.array(_layout(grid, side, out)[2])).to(device=device, dtype=torch.float64 if dtype ==
+                                                           torch.complex128 else torch.float32)
+    return H, R
+
+
+@functools.lru_cache(maxsize=8)
 def _layout(grid: int, side: int, out: int) -> tuple[int, int, np.ndarray]:
     """(upsampling u, top-left pixel of the input frame, detector matrix R (grid^2, out) of 0/1) for a P = side
     input frame and ``out`` detectors on a grid x grid aperture."""
@@ -102,7 +120,9 @@ def _layout(grid: int, side: int, out: int) -> tuple[int, int, np.ndarray]:
             left = row_start + c * cell_w + (cell_w - size) // 2
             R[top:top + size, left:left + size, d] = 1.0
             d += 1
-    return u, lo, R.reshape(grid * grid, out)
+    R = R.reshape(grid * grid, out)
+    R.setflags(write=False)
+    return u, lo, R
 
 
 class D2NNPlatform(Platform):
@@ -155,9 +175,34 @@ class D2NNPlatform(Platform):
         if rows != cols or rows < 16:
             return "a mask is square, at least 16 x 16 pixels"
         if rows != self.grid:
-            return (f"its masks are {rows} x {cols} pixels but the model was trained for {self.grid} x {self.grid} "
-                    f"(--platform-option grid={rows})")
+            return (f"masks of {rows} x {cols} pixels are not grid={self.grid} (a model for them: --platform-option "
+                    f"grid={rows}; a process spec or profile that states grid must agree with its layout)")
         return None
+
+    def layout_options(self, layout: tuple[int, int]) -> dict[str, Any]:
+        """A setup's masks are its grid: a spec or profile that does not state ``grid`` has rows of pixels."""
+        return {"grid": int(layout[0])} if 16 <= int(layout[0]) <= 512 else {}
+
+    def options_problem(self) -> str | None:
+        """A geometry whose propagation passes (almost) nothing but the mean field is not a diffractive network:
+        the aperture must be wider than a wavelength, and the band limit of the angular spectrum (Matsushima &
+        Shimobaba) must pass at least a few spatial frequencies of the padded grid."""
+        width = self.grid * self.pixel_pitch_um
+        if width <= 4 * self.wavelength_um:
+            return (f"an aperture of {self.grid} x {self.pixel_pitch_um:g} um is not wider than 4 wavelengths of "
+                    f"{self.wavelength_um:g} um")
+        limit = 1.0 / (self.wavelength_um * math.sqrt((self.distance_um / width) ** 2 + 1.0))
+        if limit < MIN_BAND / (2 * width):
+            return (f"at {self.distance_um:g} um between planes the propagation passes fewer than {MIN_BAND} spatial "
+                    f"frequencies of a {self.grid} x {self.pixel_pitch_um:g} um aperture: bring the planes closer "
+                    f"(at most {self._farthest():.0f} um) or widen the aperture")
+        return None
+
+    def _farthest(self) -> float:
+        """The largest distance between planes that passes :data:`MIN_BAND` frequencies."""
+        width = self.grid * self.pixel_pitch_um
+        ratio = 2 * width / (MIN_BAND * self.wavelength_um)
+        return width * math.sqrt(max(ratio ** 2 - 1.0, 0.0))
 
     def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
         n = self.grid
@@ -182,11 +227,11 @@ class D2NNPlatform(Platform):
         with torch.no_grad():
             controls.remainder_(TWO_PI)
 
-    def _transfer(self, device: Any, dtype: Any) -> Any:
-        import torch
-
-        H = _transfer(self.grid, self.pixel_pitch_um, self.wavelength_um, self.distance_um)
-        return torch.from_numpy(H).to(device=device, dtype=dtype)
+    def _operators(self, weight_shape: tuple[int, int], device: Any, dtype: Any) -> tuple[Any, Any]:
+        """(H, detector matrix R) of this geometry as torch tensors (never to be changed in place)."""
+        key = (self.grid, self.pixel_pitch_um, self.wavelength_um, self.distance_um, math.isqrt(weight_shape[1]),
+               weight_shape[0])
+        return _on_device(key, str(device), dtype)
 
     def _input_field(self, x: Any, weight_shape: tuple[int, int], dtype: Any) -> Any:
         """The input plane (..., grid, grid), complex: the frame's amplitudes, upsampled, in the middle."""
@@ -215,13 +260,11 @@ class D2NNPlatform(Platform):
         import torch
 
         dtype = torch.complex128 if masks.dtype == torch.complex128 else torch.complex64
-        H = self._transfer(masks.device, dtype)
+        H, R = self._operators(weight_shape, masks.device, dtype)
         field = self._propagate(self._input_field(x, weight_shape, dtype), H)
         for m in range(MASKS):
             field = self._propagate(field * masks[..., m, None, :, :], H)
         power = intensity(field)
-        _, _, R = _layout(self.grid, math.isqrt(weight_shape[1]), weight_shape[0])
-        R = torch.from_numpy(R).to(device=power.device, dtype=power.dtype)
         return power.reshape(*power.shape[:-2], self.grid * self.grid) @ R
 
     def forward(self, controls: Any, x: Any, weight_shape: tuple[int, int], perturbation: Any = None) -> Any:
@@ -308,8 +351,9 @@ class D2NNPlatform(Platform):
                 masks = torch.polar(state["transmission"][chip].clone(), phases)        # (2, n, n)
                 masks = torch.stack([misaligned(masks[m], *moved[c, :, m]) for m in range(MASKS)])
                 x = h.T if h.dim() == 2 else h[c].T
-                outs.append(torch.cat([self._outputs(masks, x[k:k + CHUNK], state["shape"])
-                                       for k in range(0, x.shape[0], CHUNK)]).T)
+                chunk = max(1, CHUNK_PIXELS // self.grid ** 2)
+                outs.append(torch.cat([self._outputs(masks, x[k:k + chunk], state["shape"])
+                                       for k in range(0, x.shape[0], chunk)]).T)
         y = torch.stack(outs)                                                       # (chips, out, samples)
         if noise is not None:
             y = y + noise[:, :, None]
@@ -330,8 +374,8 @@ class D2NNPlatform(Platform):
                   weight_shape: tuple[int, int] | None = None) -> LayerMapping:
         """Per mask, the phases that make the *calibrated* setup (measured offsets, transmissions, rotation and
         shift) show the trained pattern e^{i phi}: a least-squares fit (L-BFGS) through the calibrated model, from
-        the pattern resampled through the inverse of the measured misalignment; then less nothing more, wrapped into
-        the drive's range and quantised.  A sub-pixel shift cannot be undone by resampling alone (it blurs the
+        the pattern resampled through the inverse of the measured misalignment; less the measured offsets, wrapped
+        into the drive's range and quantised; on one thread (the fit's last bits must not depend on the threads).  A sub-pixel shift cannot be undone by resampling alone (it blurs the
         pattern twice), the fit finds the pixels that come closest.  Residual: ||t R(m) e^{i(setting + offset)} -
         e^{i phi}||_F of the calibrated setup over both masks."""
         import torch
@@ -358,20 +402,21 @@ class D2NNPlatform(Platform):
                 value.backward()
                 return value
 
-            optimiser.step(loss)
+            with one_thread():
+                optimiser.step(loss)
         lo, hi = environment.heater_range
         wanted = phases.detach().numpy() - offset
         settings, inside = quantise(lo + np.mod(wanted - lo, TWO_PI), (lo, hi), environment.dac_bits)
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             got = realised(torch.from_numpy(settings + offset))
         return LayerMapping(settings, int((~inside).sum()), float(torch.linalg.vector_norm(got - target)))
 
 
 #: Iterations of the least-squares fit of a mask's phases through the calibrated setup in mapping.
 FIT_ITERATIONS = 100
-#: Samples per propagation in fleet evaluation: a chunk's fields (samples x 4 grid^2 complex) stay near 64 MiB at
-#: a 128 x 128 grid.
-CHUNK = 64
+#: Samples x grid^2 per propagation in fleet evaluation: a chunk's padded fields (samples x 4 grid^2 complex64)
+#: stay near 32 MiB each whatever the grid (256 samples at 64 x 64, 4 at 512 x 512).
+CHUNK_PIXELS = 1 << 20
 
 
 def misaligned(mask: Any, rotation_deg: Any, shift_x: Any, shift_y: Any) -> Any:

@@ -140,9 +140,13 @@ class MeshDevices:
         if rows < 2:
             return "an MZI mesh needs at least 2 modes"
         if rows != self.modes:
-            return (f"its mesh has {rows} modes but the model was trained for {self.modes} (--platform-option "
-                    f"modes={rows}; a process spec says it under options:)")
+            return (f"a mesh of {rows} modes is not one of modes={self.modes} (a model for it: --platform-option "
+                    f"modes={rows}; a process spec or profile that states modes must agree with its layout)")
         return None
+
+    def layout_options(self, layout: tuple[int, int]) -> dict[str, Any]:
+        """A mesh's layout is its size: a spec or profile that does not state ``modes`` has rows of them."""
+        return {"modes": int(layout[0])} if 2 <= int(layout[0]) <= MAX_MODES else {}
 
     def field_shape(self, name: str, layout: tuple[int, int]) -> tuple[int, ...]:
         n = layout[0]

@@ -63,9 +63,10 @@ class PlatformOption:
             return self._expected()
         if self.kind is int and not isinstance(value, int):
             return self._expected()
-        if not math.isfinite(value) or (self.lo is not None and value < self.lo) \
-                or (self.hi is not None and value > self.hi):
+        if isinstance(value, float) and not math.isfinite(value):
             return self._expected()
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            return self._expected()         # (an int beyond any float compares exactly, never overflows)
         return None
 
     def _expected(self) -> str:

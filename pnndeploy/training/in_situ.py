@@ -49,6 +49,9 @@ class InSituChip:
             raise PnnError(f"--in-situ {self.profile.device_id} is a {self.profile.platform} chip but the model is "
                            f"trained for {model.platform.name}; use a {model.platform.name} chip or --platform "
                            f"{self.profile.platform}")
+        problem = model.platform.mismatch(self.profile.chip_platform, self.profile.shape)
+        if problem:
+            raise PnnError(f"--in-situ {self.profile.device_id}: {problem}")
         self.platform = model.platform          # with the options the model is trained for
         for k, layer in enumerate(model.layers):
             layer.measure = partial(self.layer_forward, k)

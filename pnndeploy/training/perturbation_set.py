@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pnndeploy.errors import ConfigError
-from pnndeploy.formats.process_spec import load_process, process_keys
+from pnndeploy.formats.process_spec import load_process, process_keys, process_platform
 from pnndeploy.formats.profile_folder import PROFILES_ENV, profiles_dir
 from pnndeploy.platforms import get_platform
 
@@ -111,8 +111,10 @@ def default_process_path(platform: str) -> Path:
 
 
 def perturbation_set(platform: str, process_path: str | Path | None = None, temperature_K: float = 1.0,
-                     days: float = 30.0, z: float = DEFAULT_Z, compensated: bool = False) -> PerturbationSet:
-    """Read the perturbation set of a fleet from its process spec (default: the platform's default fleet's)."""
+                     days: float = 30.0, z: float = DEFAULT_Z, compensated: bool = False,
+                 options: Mapping[str, Any] | None = None) -> PerturbationSet:
+    """Read the perturbation set of a fleet from its process spec (default: the platform's default fleet's); a spec
+    whose chips have other platform ``options`` than the model's is refused (it describes other chips)."""
     for name, value in (("--require-temperature", temperature_K), ("--require-days", days), ("--robust-z", z)):
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"{name} must be a finite number, 0 or more (got {value})")
@@ -126,6 +128,12 @@ def perturbation_set(platform: str, process_path: str | Path | None = None, temp
     if process["platform"] != platform:
         raise ConfigError(f"process file {path} describes {process['platform']} chips but the model is for "
                           f"{platform}; pass --robust-to with a {platform} process spec")
+    chips = process_platform(process).option_values()
+    for key, value in (options or {}).items():
+        if chips.get(key) != value:
+            raise ConfigError(f"process file {path} describes chips with {key}={chips.get(key)} but the model is for "
+                              f"{key}={value}; pass --robust-to with the spec of the chips you will deploy on, or "
+                              f"--platform-option {key}={chips.get(key)}")
     keys = process_keys(p)
     devices: Mapping[str, Any] = process[p.device_section]
     drift_key = f"drift_{p.control_units}_per_K"

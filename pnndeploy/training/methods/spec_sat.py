@@ -110,7 +110,8 @@ class SpecSAT(Method):
         from pnndeploy.training.perturbation_set import perturbation_set
 
         return perturbation_set(config.platform, config.robust_to, config.require_temperature, config.require_days,
-                                config.robust_z, COMPENSATIONS[self.strategy(config)].cancels_common_mode)
+                                config.robust_z, COMPENSATIONS[self.strategy(config)].cancels_common_mode,
+                                options=config.chip_platform.option_values())
 
     def box_half_widths(self, axes: list[PerturbationAxis], config: "TrainConfig") -> list[float]:
         """z sigma of the setups' spread and calibration error along each axis, read off the process spec (the
