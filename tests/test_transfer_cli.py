@@ -238,3 +238,28 @@ def test_profile_validate(cli, one_line_error, tiny_fleet_dir, tmp_path) -> None
     data = (tiny_fleet_dir / "chipA.h5").read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     one_line_error(cli("profile", "validate", truncated), "cut.h5")
+
+
+def test_uncalibrated_maps_through_the_nominal_device_and_writes_nothing(cli, tmp_path, monkeypatch) -> None:
+    """`transfer --uncalibrated` (the paper's in-silico transfer): the same chips, mapped through the drawing
+    instead of their calibration, lose accuracy, and no deployment (which would program a chip blind) is written."""
+    import json
+
+    from pnndeploy.training.config import TrainConfig
+    from pnndeploy.training.pipeline import train_and_export
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "m.onnx"
+    train_and_export("digits", TrainConfig(platform="mrr", method="standard", epochs=3), model)
+    profiles = Path(__file__).resolve().parents[1] / "device_profiles"
+    runs = {}
+    for flag in (("--uncalibrated",), ()):
+        result = cli("transfer", "--model", model, "--fleet", "--profiles", profiles, "--json", *flag)
+        assert result.exit_code == 0, result.output
+        runs[flag] = json.loads(result.stdout)
+        if flag:
+            assert not (tmp_path / "deployments").exists()      # the blind mapping is not kept
+    blind, calibrated = runs[("--uncalibrated",)], runs[()]
+    assert blind["mapped_through"] == "nominal device" and "mapped_through" not in calibrated
+    assert blind["fleet"]["mean"] < calibrated["fleet"]["mean"] - 0.05
+    assert len(list((tmp_path / "deployments").glob("*.h5"))) == 8      # the calibrated run writes its own

@@ -41,12 +41,16 @@ def _devices_options(func: Any) -> Any:
 @click.option("--min-yield", type=float, default=None,
               help="Exit with status 1 when the fleet's yield is below this fraction.")
 @click.option("--no-save", is_flag=True, help="Do not write deployments/MODEL@DEVICE.h5 files.")
+@click.option("--uncalibrated", is_flag=True,
+              help="Map through the nominal device (the drawing: no offsets, nominal device parameters, no "
+                   "crosstalk) instead of each chip's calibration: what skipping calibration costs (the paper's "
+                   "in-silico transfer). Writes no deployment.")
 @executor_options
 @click.option("--chips-per-task", type=click.IntRange(1, None), default=512, show_default=True,
               help="With --executor ray: simulated chips evaluated by one Ray task.")
 @click.option("--json", "as_json", is_flag=True, help="Print the DESIGN.md transfer document on stdout.")
 def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: str | None, dataset: str | None,
-             delta_T: float, threshold: float, min_yield: float | None, no_save: bool, executor: str,
+             delta_T: float, threshold: float, min_yield: float | None, no_save: bool, uncalibrated: bool, executor: str,
              address: str | None, chips_per_task: int, timeout: float, insecure: bool, compute: str | None,
              threads: str | None, as_json: bool) -> None:
     """Map the model onto chip(s) through their calibration and report the accuracy on each.
@@ -57,6 +61,7 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
       pnndeploy transfer --fleet --temperature-delta 1 --min-yield 0.9 --json
       pnndeploy transfer --fleet --profiles lots/lot7 --executor ray --address auto
       pnndeploy transfer --device chipB-remote --timeout 5   # a chip behind a station (its profile's backend)
+      pnndeploy transfer --fleet --uncalibrated              # mapped through the nominal device (in silico)
     """
     from pathlib import Path
 
@@ -70,14 +75,18 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
     check_executor(executor, address)
     where = resolve_compute_options(compute, threads)
     prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset,
-                                      None if no_save else Path("deployments"), timeout, insecure, where)
+                                      None if no_save else Path("deployments"), timeout, insecure, where,
+                                      calibrated=not uncalibrated)
     with prepared, _measuring(prepared, 1):
         report = transfer_report(prepared, delta_T=delta_T, threshold=threshold, executor=executor,
                                  address=address, chips_per_task=chips_per_task)
     if as_json:
-        print_json(report.to_json())
+        print_json({**report.to_json(), **({"mapped_through": "nominal device"} if uncalibrated else {})})
     else:
         render_transfer(report.to_json())
+        if uncalibrated:
+            click.echo("mapped through the nominal device, not each chip's calibration (--uncalibrated); no "
+                       "deployment written")
     if min_yield is not None and report.fleet is None:
         click.echo("pnndeploy: --min-yield needs at least one simulated chip to evaluate; every chip given is real",
                    err=True)
@@ -88,7 +97,7 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
 
 
 def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory: Any, dataset: str | None,
-                           save_dir: Any, timeout: float, insecure: bool, compute: Any) -> Any:
+                           save_dir: Any, timeout: float, insecure: bool, compute: Any, calibrated: bool = True) -> Any:
     from pnndeploy.deploy.transfer import prepare_fleet
 
     with progress_bar() as progress:
@@ -96,7 +105,7 @@ def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory:
         return prepare_fleet(model, devices, use_fleet, directory, dataset, save_dir,
                              on_device=lambda name: progress.update(task, advance=1,
                                                                      description=f"mapped {name}"),
-                             timeout=timeout, insecure=insecure, compute=compute)
+                             timeout=timeout, insecure=insecure, compute=compute, calibrated=calibrated)
 
 
 class _measuring:

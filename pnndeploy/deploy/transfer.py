@@ -10,7 +10,7 @@ import numpy as np
 
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import load_dataset
-from pnndeploy.deploy.mapping import map_model
+from pnndeploy.deploy.mapping import map_model, uncalibrated
 from pnndeploy.deploy.results import DeviceResult, FleetSummary, TransferReport
 from pnndeploy.deploy.stats import wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
@@ -138,7 +138,7 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
                   dataset_spec: str | None = None, save_dir: Path | None = Path("deployments"),
                   on_device: Callable[[str], None] | None = None,
                   timeout: float = DEFAULT_TIMEOUT, stations: bool = True, insecure: bool = False,
-                  compute: Compute = CPU) -> PreparedFleet:
+                  compute: Compute = CPU, calibrated: bool = True) -> PreparedFleet:
     """Load the model and profiles, map the model onto each chip, optionally write the deployments.
 
     ``profiles`` is the profiles folder; None: $PNNDEPLOY_PROFILES, else the default fleet of the model's
@@ -147,7 +147,8 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     here; its deployment (and every other one) is then written only by :meth:`PreparedFleet.write_deployments`,
     after the measurement, so a station failing half-way leaves no deployment behind.  Close the result.
     ``stations=False`` leaves such chips out (the demo and sweeps work on simulated fleets only).  The
-    simulated chips compute on ``compute`` (CPU threads or a CUDA device).
+    simulated chips compute on ``compute`` (CPU threads or a CUDA device).  ``calibrated=False`` maps through the
+    nominal device instead of each chip's calibration (the paper's in-silico transfer; nothing is saved then).
     """
     model = load_model(model_path)
     profiles = profiles_dir(profiles, model.platform)
@@ -165,7 +166,9 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
                            f"{profile.device_id!r}; remove the copy or regenerate one of them")
         seen[profile.device_id] = path
         profile_list.append(profile)
-    deployments = [map_model(model, profile) for profile in profile_list]
+    deployments = [map_model(model, profile if calibrated else uncalibrated(profile)) for profile in profile_list]
+    if not calibrated:
+        save_dir = None          # a deployment made blind to the chip is not one to program it with later
     # chips without truth or backend are mapped and written too (that is what a lab programs)
     simulated = [(p, d) for p, d in zip(profile_list, deployments) if p.simulated and p.backend is None]
     fleet = (SimulatedFleet(model, [p for p, _ in simulated], [d for _, d in simulated], compute)   # one array
