@@ -45,7 +45,11 @@ PROCESS = REPO / "examples" / "paper" / "mzi64-process.yaml"
 PAPER = {"standard": 0.686, "noise-aware": 0.798, "sat": 0.923}
 METHODS = {"standard": {"method": "standard"},
            "noise-aware": {"method": "noise-aware", "noise": 0.15},     # the device's phase spread
-           "sat": {"method": "sat", "rho": 0.3}}                          # the paper's MZI rho (rad)
+           "sat": {"method": "sat", "rho": 0.3},                          # the paper's MZI rho (rad)
+           # ablation: rho is one L2 norm over all 4,096 phases, so 0.3 moves each by ~0.005 rad, far below the
+           # device's 0.15 rad; 3 and 9.6 (= 0.15 sqrt(4096)) are the radii of its fabrication error's size
+           "sat-rho3": {"method": "sat", "rho": 3.0},
+           "sat-rho9.6": {"method": "sat", "rho": 9.6}}
 
 
 def paper_device(modes: int):
