@@ -48,6 +48,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from pnndeploy.platforms.axes import AGEING, TEMPERATURE, PerturbationAxis
+from pnndeploy.platforms.mesh import TWO_PI
 from pnndeploy.platforms.options import PlatformOption
 from pnndeploy.untrusted import brief
 
@@ -263,10 +264,14 @@ class Platform(ABC):
         """(ONNX nodes, initializers) computing ``out_name`` (batch, out) from ``x_name`` (batch, in) as the
         nominal device does: standard operators only (opset 17), names prefixed by ``name``."""
 
-    @abstractmethod
     def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, weight_shape: tuple[int, int],
                         x: np.ndarray, params: Mapping[str, Any] | None = None) -> np.ndarray:
-        """(batch, out) float64 outputs of an exported layer on the nominal device (checks without a runtime)."""
+        """(batch, out) float64 outputs of an exported layer on the nominal device (checks without a runtime):
+        :meth:`forward` in float64 (a linear platform multiplies by the exported weights instead)."""
+        import torch
+
+        c = torch.from_numpy(np.asarray(controls, np.float64))
+        return self.forward(c, torch.from_numpy(np.asarray(x, np.float64)), weight_shape).numpy()
 
     @property
     def axes(self) -> tuple[PerturbationAxis, ...]:
@@ -364,6 +369,23 @@ class Platform(ABC):
         """Fit the transfer function to a sweep, (devices, points): per device the calibration fields
         (offset and parameters, each (devices,)) and the rms fit residual (devices,); on the torch ``device``."""
         raise NotImplementedError(f"calibration by measurement is not implemented for {self.name}")
+
+
+class PhaseControls:
+    """Controls that are optical phases (rad, periodic): a layer starts from phases uniform in [0, 2 pi) and is
+    wrapped back into [0, 2 pi) after each step, the same physics and what a phase drive sets (meshes, masks)."""
+
+    def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
+        import torch
+
+        shape = self.control_shape(weight_shape)               # type: ignore[attr-defined]
+        return (torch.rand(shape, generator=generator, dtype=torch.float64) * TWO_PI).to(torch.float32)
+
+    def project(self, controls: Any) -> None:
+        import torch
+
+        with torch.no_grad():
+            controls.remainder_(TWO_PI)
 
 
 class LinearPlatform(Platform):

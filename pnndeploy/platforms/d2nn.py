@@ -44,7 +44,7 @@ import numpy as np
 
 from pnndeploy.errors import ModelFileError
 from pnndeploy.platforms.axes import PerturbationAxis, move_along
-from pnndeploy.platforms.base import ChipState, LayerMapping, Platform, Range, quantise, stacked
+from pnndeploy.platforms.base import ChipState, LayerMapping, PhaseControls, Platform, Range, quantise, stacked
 from pnndeploy.platforms.imaging import resample
 from pnndeploy.platforms.mesh import TWO_PI, one_thread
 from pnndeploy.platforms.optics import angular_spectrum, intensity
@@ -125,7 +125,7 @@ def _layout(grid: int, side: int, out: int) -> tuple[int, int, np.ndarray]:
     return u, lo, R
 
 
-class D2NNPlatform(Platform):
+class D2NNPlatform(PhaseControls, Platform):
     """Two phase masks and a detector plane; controls are the masks' phases (rad), shape (2, grid, grid)."""
 
     name = "d2nn"
@@ -214,19 +214,6 @@ class D2NNPlatform(Platform):
             raise ModelFileError(f"a d2nn layer has 1 to 64 detectors, not {weight_shape[0]}")
         return (MASKS, n, n)
 
-    def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
-        """Phases uniform in [0, 2 pi): a random diffuser, as D2NNs are initialised."""
-        import torch
-
-        shape = self.control_shape(weight_shape)
-        return (torch.rand(shape, generator=generator, dtype=torch.float64) * TWO_PI).to(torch.float32)
-
-    def project(self, controls: Any) -> None:
-        import torch
-
-        with torch.no_grad():
-            controls.remainder_(TWO_PI)
-
     def _operators(self, weight_shape: tuple[int, int], device: Any, dtype: Any) -> tuple[Any, Any]:
         """(H, detector matrix R) of this geometry as torch tensors (never to be changed in place)."""
         key = (self.grid, self.pixel_pitch_um, self.wavelength_um, self.distance_um, math.isqrt(weight_shape[1]),
@@ -275,13 +262,6 @@ class D2NNPlatform(Platform):
             moved = perturbation.to(torch.float64)
             masks = torch.stack([misaligned(masks[m], moved[0], moved[1], moved[2]) for m in range(MASKS)])
         return self._outputs(masks, x, weight_shape)
-
-    def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, weight_shape: tuple[int, int],
-                        x: np.ndarray, params: Mapping[str, Any] | None = None) -> np.ndarray:
-        import torch
-
-        c = torch.from_numpy(np.asarray(controls, np.float64))
-        return self.forward(c, torch.from_numpy(np.asarray(x, np.float64)), weight_shape).numpy()
 
     def onnx_layer(self, name: str, weight: np.ndarray | None, controls: np.ndarray, weight_shape: tuple[int, int],
                    x_name: str, out_name: str, params: Mapping[str, Any] | None = None) -> tuple[list[Any], list[Any]]:

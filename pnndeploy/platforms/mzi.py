@@ -43,7 +43,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pnndeploy.errors import ModelFileError
-from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, Platform, Range, quantise, stacked
+from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, PhaseControls, Platform, Range, \
+    quantise, stacked
 from pnndeploy.platforms.options import PlatformOption
 from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mesh_unitary, mzi_count, one_thread, \
     phase_count, unitary_with_real_part
@@ -63,7 +64,7 @@ def _detections() -> dict[str, type]:
     return {"coherent": MZIPlatform, "intensity": MZIIntensityPlatform}
 
 
-class MeshDevices:
+class MeshDevices(PhaseControls):
     """What every platform built on one MZI mesh shares, whatever reads its outputs: the devices (phase shifters,
     couplers), their fabrication and drift model, the profile fields, the mesh size and how phases wrap."""
 
@@ -125,13 +126,6 @@ class MeshDevices:
                                  f"model was trained for (an integer from 2 to {MAX_MODES}); re-export the model")
         return value
 
-    def project(self, controls: Any) -> None:
-        """Wrap the phases into [0, 2 pi): the same physics, and what a phase DAC sets."""
-        import torch
-
-        with torch.no_grad():
-            controls.remainder_(TWO_PI)
-
     # --------------------------------------------------------------------------------------- profiles
     def layout_problem(self, layout: tuple[int, int]) -> str | None:
         rows, cols = layout
@@ -185,13 +179,6 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         out_f, in_f = weight_shape
         return (math.ceil(out_f / n), math.ceil(in_f / n), phase_count(n))
 
-    def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
-        """Phases uniform in [0, 2 pi): a random mesh, whose Re(U) has entries of both signs."""
-        import torch
-
-        shape = self.control_shape(weight_shape)
-        return (torch.rand(shape, generator=generator, dtype=torch.float64) * TWO_PI).to(torch.float32)
-
     def nominal_weights(self, controls: Any, weight_shape: tuple[int, int]) -> Any:
         n = self.modes
         to, ti, _ = controls.shape
@@ -224,8 +211,8 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         what it leaves is in the residual.  Shifters whose crosstalk-compensated setting falls outside the
         heater range count as clipped.
 
-        The fit starts from the trained phases when the chip's mesh is the model's (so SAT's flat
-        region is kept) and from the ideal decomposition of W otherwise.
+        The fit starts from the trained phases (so SAT's flat region is kept): the chip's mesh is the model's,
+        which mapping checks first (a chip of another mesh size is refused, :meth:`Platform.mismatch`).
         """
         import torch
 
@@ -233,19 +220,14 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         target = weight.astype(np.float64)
         blocks = _blocks(target, n)
         mask = _blocks(np.ones_like(target), n) > 0
-        clipped = 0
-        if controls.shape == self.control_shape(weight.shape, {"modes": n}):
-            start = controls.astype(np.float64)
-        else:
-            start, bad = _decompose_blocks(blocks)
-            clipped += int(mask[bad].sum())
+        start = controls.astype(np.float64)
         ratios = calibration["splitter_ratio"]
         offset = calibration[self.offset_name]
         realised = _fit_phases(blocks, mask, start, ratios, n)
         lo, hi = environment.heater_range
         wanted, unmet = _precompensate(realised - offset, float(environment.crosstalk), n, lo, hi)
         settings, inside = quantise(wanted, (lo, hi), environment.dac_bits)
-        clipped += int((unmet | ~inside).sum())
+        clipped = int((unmet | ~inside).sum())
         realised = torch.from_numpy(settings + offset + float(environment.crosstalk) * _spill(settings, n))
         got = mesh_unitary(realised, n, torch.from_numpy(np.asarray(ratios, np.float64))).real.numpy()
         residual = float(np.sqrt(np.sum(np.where(mask, got - blocks, 0.0) ** 2)))

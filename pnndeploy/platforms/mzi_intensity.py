@@ -28,7 +28,7 @@ import numpy as np
 
 from pnndeploy.errors import ConfigError, ModelFileError
 from pnndeploy.platforms.base import ChipState, LayerMapping, Platform, quantise, stacked
-from pnndeploy.platforms.mesh import TWO_PI, mesh_unitary, one_thread, phase_count
+from pnndeploy.platforms.mesh import mesh_unitary, one_thread, phase_count
 from pnndeploy.platforms.mzi import MeshDevices, _precompensate, _spill
 from pnndeploy.platforms.optics import onnx_intensity_of_linear
 
@@ -58,13 +58,6 @@ class MZIIntensityPlatform(MeshDevices, Platform):
                         f"(inputs and outputs at most {n}): give --hidden/--onchip so that each on-chip layer "
                         f"has at most {n} of each, or a larger mesh (--platform-option modes=...)")
         return (phase_count(n),)
-
-    def init_controls(self, weight_shape: tuple[int, int], generator: Any) -> Any:
-        """Phases uniform in [0, 2 pi): a random mesh."""
-        import torch
-
-        shape = self.control_shape(weight_shape)
-        return (torch.rand(shape, generator=generator, dtype=torch.float64) * TWO_PI).to(torch.float32)
 
     def _fields(self, controls: Any, in_f: int, ratios: Any = None, aligned: bool = False) -> Any:
         """U[..., :, :in] of the mesh at ``controls``: every output port, the inputs driven (complex torch)."""
@@ -97,13 +90,6 @@ class MZIIntensityPlatform(MeshDevices, Platform):
                   *(numpy_helper.from_array(np.array([v], dtype=np.int64), f"{name}.{k}")
                     for k, v in (("start", 0), ("end", weight_shape[0]), ("axis", 1)))]
         return nodes, inits
-
-    def nominal_outputs(self, weight: np.ndarray | None, controls: np.ndarray, weight_shape: tuple[int, int],
-                        x: np.ndarray, params: Mapping[str, Any] | None = None) -> np.ndarray:
-        import torch
-
-        c = torch.from_numpy(np.asarray(controls, np.float64))
-        return self.forward(c, torch.from_numpy(np.asarray(x, np.float64)), weight_shape).numpy()
 
     # ---------------------------------------------------------------------------------------- a fleet
     def noise_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
