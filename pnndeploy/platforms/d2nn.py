@@ -441,7 +441,7 @@ def _onnx_graph(p: str, x_name: str, out_name: str, side: int, u: int, lo: int, 
     for k in range(masks.shape[0] + 1):
         step = f"{p}.prop{k}"
         nodes.append(helper.make_node("Pad", [field, f"{p}.grid_pads"], [f"{step}.padded"], name=f"{step}.pad"))
-        prop_nodes, prop_inits = onnx_propagate(step, f"{step}.padded", H, f"{step}.out")
+        prop_nodes, prop_inits = onnx_propagate(step, f"{step}.padded", H, f"{step}.out", constants=f"{p}.H")
         nodes += prop_nodes + [helper.make_node("Slice", [f"{step}.out", f"{p}.starts", f"{p}.ends", f"{p}.axes"],
                                                 [f"{step}.cut"], name=f"{step}.cut")]
         inits += prop_inits
@@ -453,7 +453,7 @@ def _onnx_graph(p: str, x_name: str, out_name: str, side: int, u: int, lo: int, 
               helper.make_node("ReduceSum", [f"{p}.sq", f"{p}.last"], [f"{p}.power"], keepdims=0, name=f"{p}.power"),
               helper.make_node("Reshape", [f"{p}.power", f"{p}.flat_shape"], [f"{p}.flat"], name=f"{p}.flat"),
               helper.make_node("MatMul", [f"{p}.flat", f"{p}.detectors"], [out_name], name=f"{p}.detectors")]
-    return nodes, inits
+    return nodes, list({tensor.name: tensor for tensor in inits}.values())      # H once for the three planes
 
 
 def inverse_misalignment(rotation_deg: float, shift_x: float, shift_y: float) -> tuple[float, float, float]:

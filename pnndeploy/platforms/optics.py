@@ -85,13 +85,20 @@ def onnx_intensity_of_linear(prefix: str, U: np.ndarray, x_name: str, out_name: 
     return nodes, [_initializer(f"{prefix}.U_re", U.real), _initializer(f"{prefix}.U_im", U.imag)]
 
 
-def onnx_complex_multiply(prefix: str, a_name: str, b: np.ndarray, out_name: str) -> tuple[list[Any], list[Any]]:
+#: The parts of :func:`onnx_complex_multiply` that are initializers (the others are its nodes' outputs).
+CONSTANT_PARTS = ("b_re", "b_im", "index0", "index1", "last")
+
+
+def onnx_complex_multiply(prefix: str, a_name: str, b: np.ndarray, out_name: str,
+                          constants: str | None = None) -> tuple[list[Any], list[Any]]:
     """Nodes multiplying a complex tensor ``a`` (..., 2: real, imaginary) by a constant complex array ``b``
-    (broadcasting over the leading axes): (ar br - ai bi, ar bi + ai br)."""
+    (broadcasting over the leading axes): (ar br - ai bi, ar bi + ai br).  The initializers are named after
+    ``constants`` (default ``prefix``): products by one ``b`` sharing it store it once, when the caller keeps one
+    initializer per name."""
     from onnx import helper, numpy_helper
 
     def name(part: str) -> str:
-        return f"{prefix}.{part}"
+        return f"{constants or prefix}.{part}" if part in CONSTANT_PARTS else f"{prefix}.{part}"
 
     nodes = [helper.make_node("Gather", [a_name, name(f"index{k}")], [name(part)], axis=-1, name=name(f"take_{part}"))
              for k, part in enumerate(("ar", "ai"))]
@@ -108,16 +115,19 @@ def onnx_complex_multiply(prefix: str, a_name: str, b: np.ndarray, out_name: str
     return nodes, inits
 
 
-def onnx_propagate(prefix: str, field_name: str, H: np.ndarray, out_name: str) -> tuple[list[Any], list[Any]]:
+def onnx_propagate(prefix: str, field_name: str, H: np.ndarray, out_name: str,
+                   constants: str | None = None) -> tuple[list[Any], list[Any]]:
     """Nodes propagating a complex field (batch, grid, grid, 2) through ``H``: a 2-D DFT (two DFT operators along
-    the grid's axes), the product with H, and the inverse 2-D DFT (which divides by grid^2, as ifft2)."""
+    the grid's axes), the product with H, and the inverse 2-D DFT (which divides by grid^2, as ifft2).  H's
+    initializers are named after ``constants`` (default ``{prefix}.H``), so propagations over one distance can
+    share them."""
     from onnx import helper
 
     nodes = [helper.make_node("DFT", [field_name], [f"{prefix}.fx"], axis=1, inverse=0, onesided=0,
                               name=f"{prefix}.dft_y"),
              helper.make_node("DFT", [f"{prefix}.fx"], [f"{prefix}.spectrum"], axis=2, inverse=0, onesided=0,
                               name=f"{prefix}.dft_x")]
-    product, inits = onnx_complex_multiply(f"{prefix}.H", f"{prefix}.spectrum", H, f"{prefix}.propagated")
+    product, inits = onnx_complex_multiply(f"{prefix}.H", f"{prefix}.spectrum", H, f"{prefix}.propagated", constants)
     nodes += product
     nodes += [helper.make_node("DFT", [f"{prefix}.propagated"], [f"{prefix}.ix"], axis=1, inverse=1, onesided=0,
                                name=f"{prefix}.idft_y"),
