@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pnndeploy.experiments.demo import DEMO_ENTRIES
+from conftest import REPO_ROOT as REPO
 from pnndeploy.formats.profile_folder import PROFILES_ENV
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -108,3 +109,68 @@ def test_demo_on_free_space_setups_reports_the_misalignment(cli, tmp_path, monke
         assert row["misalignment_require"]["shift_x_px"] == 2.0
         assert all(0.0 <= v <= row["fleet_min"] + 1e-9 for v in row["misalignment_min"].values())
     assert "fleet min, shift_y_px ±2" in (out / "report.md").read_text()
+
+
+def _small_paper_mzi(tmp_path: Path, cli) -> tuple[Path, Path]:
+    """The paper's MZI set-up made small: a 12-mode mesh read by intensity behind a conv front end, 2 chips."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "examples" / "paper" / "mzi64-process.yaml").read_text())
+    spec.update(options={"modes": 12, "detection": "intensity"}, array={"rows": 12, "cols": 12})
+    (tmp_path / "mzi8.yaml").write_text(yaml.safe_dump(spec))
+    made = cli("fleet", "make", "--process", tmp_path / "mzi8.yaml", "--count", "2", "--out", tmp_path / "mzi8")
+    assert made.exit_code == 0, made.output
+    config = tmp_path / "paper-small.yaml"
+    config.write_text("platform: mzi\nplatform_options: {modes: 12, detection: intensity}\ndataset: digits\n"
+                      "conv: [4]\nkernel: 3\nbatch_norm: true\nhidden: [12]\nonchip: 1\nepochs: 2\nlr: 0.02\n"
+                      "method: sat\nrho: 0.3\nout: models/never.onnx\n")
+    return config, tmp_path / "mzi8"
+
+
+def test_fleet_make_keeps_its_process_spec_beside_the_chips(cli, tmp_path) -> None:
+    """spec-SAT and the demo train for a fleet folder's process.yaml: `fleet make` leaves a copy of the one it used,
+    and keeps (with a warning) a different one already there."""
+    _, fleet = _small_paper_mzi(tmp_path, cli)
+    assert (fleet / "process.yaml").read_bytes() == (tmp_path / "mzi8.yaml").read_bytes()
+    other = tmp_path / "other.yaml"
+    other.write_text((tmp_path / "mzi8.yaml").read_text().replace("paper-mzi64-intensity-v1", "other-process"))
+    again = cli("fleet", "make", "--process", other, "--count", "1", "--prefix", "x", "--out", fleet)
+    assert again.exit_code == 0 and "kept" in again.stderr and "differs" in again.stderr
+    assert (fleet / "process.yaml").read_bytes() == (tmp_path / "mzi8.yaml").read_bytes()
+
+
+def test_demo_config_refuses_a_fleet_of_other_options_before_training(cli, tmp_path, monkeypatch,
+                                                                         one_line_error) -> None:
+    """The paper's MZI config on the default MZI fleet (16 modes, coherent): one line naming the mismatch and the
+    fix, before any training; a --platform that contradicts the config: one line."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("demo", "--config", REPO / "examples" / "paper" / "mzi.yaml", "--profiles",
+                 REPO / "device_profiles" / "mzi", "--quick", "--out", tmp_path / "out")
+    line = one_line_error(result, "modes=64")
+    assert "fleet make" in line and "--profiles" in line and not (tmp_path / "out").exists()
+    one_line_error(cli("demo", "--config", REPO / "examples" / "paper" / "mzi.yaml", "--platform", "mrr", "--quick"),
+                   "--platform")
+
+
+@pytest.mark.slow
+def test_demo_runs_a_config_set_up(cli, tmp_path, monkeypatch) -> None:
+    """`demo --config` trains every method in the config's set-up (platform options, conv front end with batch
+    norm, on-chip split, epochs) on a fleet of those chips; the config's own method is said to be unused."""
+    import pnndeploy.experiments.demo as demo
+
+    config, fleet = _small_paper_mzi(tmp_path, cli)
+    monkeypatch.chdir(tmp_path)
+    two = tuple(e for e in demo.demo_entries("mzi") if e.name in ("standard", "sat"))     # two rows keep it short
+    monkeypatch.setattr(demo, "demo_entries", lambda platform=None: two)
+    result = cli("demo", "--config", config, "--profiles", fleet, "--quick", "--json", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "not used by the demo" in result.stderr and "method" in result.stderr and "rho" in result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["platform"] == "mzi" and summary["epochs"] == 2 and summary["hidden"] == [12]
+    assert summary["setup"]["platform_options"] == {"modes": 12, "detection": "intensity"}
+    assert summary["setup"]["conv"] == [4] and summary["setup"]["onchip"] == 1
+    assert [row["method"] for row in summary["table"]] == ["standard", "sat"]
+    assert all(run["train"]["config"]["platform_options"] == summary["setup"]["platform_options"]
+               for run in summary["runs"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "conv 4@3×3 with batch norm" in report and "read by intensity detection (modes 12" in report

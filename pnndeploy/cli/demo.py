@@ -12,6 +12,10 @@ from pnndeploy.cli.group import main
 # ----------------------------------------------------------------------------------------------- demo
 @main.command()
 @platform_option("The chips the story is told on; the fleet is that platform's default one")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="A train config (YAML) whose set-up every method trains in: platform and its options, dataset, "
+                   "front end, widths, on-chip split, epochs, batch size, lr (e.g. examples/paper/mzi.yaml). Its "
+                   "method and method settings are not used: each row has its own.")
 @click.option("--out", "out_dir", default=None,
               help="Folder for the report (default reports/demo, reports/demo-PLATFORM for another platform).")
 @profiles_option
@@ -21,7 +25,7 @@ from pnndeploy.cli.group import main
               help="Seeds per method, averaged in the table (default 3; 1 with --quick).")
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison table as JSON.")
-def demo(platform: str | None, out_dir: str | None, profiles: str | None, quick: bool, seed: int, seeds: int | None,
+def demo(platform: str | None, config_path: str | None, out_dir: str | None, profiles: str | None, quick: bool, seed: int, seeds: int | None,
          compute: str | None, threads: str | None, as_json: bool) -> None:
     """The whole story: standard vs noise-aware vs SAT vs spec-SAT (as programmed, drift-compensated).
 
@@ -30,20 +34,31 @@ def demo(platform: str | None, out_dir: str | None, profiles: str | None, quick:
     OUT/summary.json and the plots.
 
     \b
-    Example:
+    \b
+    Examples:
       pnndeploy demo --out reports/demo
+      pnndeploy fleet make --process examples/paper/mzi64-process.yaml --count 8 --out profiles/mzi64
+      pnndeploy demo --config examples/paper/mzi.yaml --profiles profiles/mzi64   (the paper's MZI)
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from pnndeploy.experiments.demo import demo_entries, run_demo
+    from pnndeploy.experiments.demo import demo_entries, demo_setup, run_demo
     from pnndeploy.formats.profile_folder import profiles_dir
     from pnndeploy.platforms import DEFAULT_PLATFORM
     from pnndeploy.training.config import TrainConfig
 
+    setup: dict = {}
+    unused: list[str] = []
+    if config_path is not None:
+        from pnndeploy.training.config import load_config
+
+        setup, unused = demo_setup(load_config(config_path), platform)
+        platform = setup["platform"]
     platform = platform or DEFAULT_PLATFORM
     where = resolve_compute_options(compute, threads)
     out_dir = out_dir or ("reports/demo" if platform == DEFAULT_PLATFORM else f"reports/demo-{platform}")
-    epochs = 6 if quick else TrainConfig().epochs
+    epochs = setup.get("epochs", TrainConfig().epochs)
+    epochs = min(6, epochs) if quick else epochs
     runs = len(demo_entries(platform)) * (seeds or (1 if quick else 3))
     with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), transient=False) as progress:
@@ -51,7 +66,10 @@ def demo(platform: str | None, out_dir: str | None, profiles: str | None, quick:
         doc = run_demo(out_dir, profiles_dir(profiles, platform), quick=quick, seed=seed, seeds=seeds, platform=platform,
                        status=lambda text: progress.update(task, description=text,
                                                            advance=0 if text.startswith("training") else 1),
-                       on_epoch=lambda name, record: progress.advance(task, 1), compute=where)
+                       on_epoch=lambda name, record: progress.advance(task, 1), compute=where, setup=setup)
+    if unused:
+        click.echo(f"pnndeploy: note: --config {config_path}: not used by the demo (each row sets its own method and "
+                   f"settings; seeds and compute are the demo's flags): {', '.join(unused)}", err=True)
     if as_json:
         print_json({"out": out_dir, "threshold": doc["threshold"], "table": doc["table"]})
         return

@@ -66,10 +66,29 @@ def fleet_make(platform: str | None, process_path: str | None, count: int, prefi
         task = progress.add_task("writing profiles", total=count)
         paths = make_fleet(process, count, prefix, seed, out_dir,
                            progress=lambda i, n, name: progress.update(task, completed=i))
+    kept = _keep_process(process_path, out_dir)
     if as_json:
-        print_json({"profiles": [str(p) for p in paths], "process": process["name"], "seed": seed})
+        print_json({"profiles": [str(p) for p in paths], "process": process["name"], "seed": seed,
+                    "process_copy": kept})
     else:
         click.echo(f"wrote {len(paths)} profiles to {out_dir} ({paths[0].stem} … {paths[-1].stem})")
+
+
+def _keep_process(source: str, out_dir: str) -> str | None:
+    """Copy the process spec beside the chips it made, as ``process.yaml`` (spec-SAT and the demo train for a
+    fleet folder's process.yaml); an existing one of other content is kept, with a warning.  Returns the copy."""
+    from pathlib import Path
+
+    from pnndeploy.atomic import write_bytes_atomic
+
+    target, data = Path(out_dir) / "process.yaml", Path(source).read_bytes()
+    if target.exists():
+        if target.read_bytes() != data:
+            click.echo(f"pnndeploy: warning: kept {target}, which differs from --process {source}; spec-SAT and "
+                       "the demo read it as this folder's process", err=True)
+        return str(target)
+    write_bytes_atomic(target, data)
+    return str(target)
 
 
 @fleet.command("list")

@@ -52,6 +52,10 @@ def demo_entries(platform: str = DEFAULT_PLATFORM) -> tuple[DemoEntry, ...]:
 
 DEMO_ENTRIES = demo_entries()
 
+#: What a demo takes from a train config (``demo --config``): the set-up, not the method (each row has its own).
+DEMO_SETUP_KEYS = frozenset({"platform", "platform_options", "dataset", "hidden", "conv", "kernel", "batch_norm",
+                             "onchip", "epochs", "batch_size", "lr"})
+
 
 def uncalibrated_accuracy(prepared: PreparedFleet) -> list[float]:
     """Accuracy of each simulated chip when the model is mapped through the nominal device, not the calibration."""
@@ -86,23 +90,52 @@ def fleet_options(spec: Path, platform: Any) -> dict[str, Any]:
     return {k: v for k, v in chips.items() if v != platform.option_values().get(k)}
 
 
+def demo_setup(config: dict[str, Any], platform: str | None) -> tuple[dict[str, Any], list[str]]:
+    """The set-up a demo takes from a train config (``--config``): its platform, options, data, architecture and
+    schedule; and the keys it leaves unused (the method and its settings, which each row sets, the seed, compute;
+    not ``out``, whose place the demo's ``--out`` takes)."""
+    if platform is not None and config.get("platform", platform) != platform:
+        raise PnnError(f"--config sets platform {config['platform']!r} but --platform is {platform}; drop --platform "
+                       "or give a config of that platform")
+    setup = {k: v for k, v in config.items() if k in DEMO_SETUP_KEYS}
+    setup.setdefault("platform", platform or DEFAULT_PLATFORM)
+    return setup, sorted(k for k in config if k not in DEMO_SETUP_KEYS | {"out"})
+
+
+def _check_fleet_options(profiles: Path, chip: Any) -> None:
+    """Refuse, before any training, a fleet whose chips have other platform options than the set-up trains for."""
+    fleet = read_profile(list_profiles(profiles)[0]).chip_platform.option_values()
+    wanted = chip.option_values()
+    differ = {k: (v, fleet.get(k)) for k, v in wanted.items() if fleet.get(k) != v}
+    if differ:
+        said = ", ".join(f"{k}={v} (the fleet's: {f})" for k, (v, f) in differ.items())
+        raise PnnError(f"--config trains for {said} but the chips in {profiles} differ; make a fleet of such chips "
+                       "(pnndeploy fleet make --process SPEC --out DIR, e.g. with examples/paper/mzi64-process.yaml) "
+                       "and pass --profiles DIR")
+
+
 def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int = 0, seeds: int | None = None,
              status: Callable[[str], None] | None = None,
              on_epoch: Callable[[str, Any], None] | None = None, platform: str = DEFAULT_PLATFORM,
-             compute: Compute = CPU) -> dict[str, Any]:
+             compute: Compute = CPU, setup: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the comparison and write report.md, summary.json and the plots into ``out_dir`` (computing on ``compute``).
 
     Each method is trained with ``seeds`` seeds (default 3, 1 with ``quick``): one seed's
     ranking can flip on a 360-image test set, an average over seeds is what a lab can rely on.
     Seed s fixes the model's split and initialisation; every model is evaluated on its own test split.
+    ``setup`` (:func:`demo_setup`: a config's platform, options, dataset, architecture and schedule) replaces
+    the demo's own (the platform's default width, options and dataset, 30 epochs).
     """
     from pnndeploy.report.plots import plot_audit, plot_comparison
 
     say = status or (lambda text: None)
+    setup = dict(setup or {})
+    platform = setup.pop("platform", platform)
     _check_fleet_platform(profiles, platform)
     out = Path(out_dir)
     seeds = seeds if seeds is not None else (1 if quick else 3)
-    epochs = 6 if quick else TrainConfig().epochs
+    epochs = setup.pop("epochs", TrainConfig().epochs)
+    epochs = min(6, epochs) if quick else epochs
     temperatures = SweepRange(-1.0, 1.0, 0.5) if quick else SweepRange(-2.0, 2.0, 0.25)
     days = SweepRange(0.0, 60.0, 30.0) if quick else SweepRange(0.0, 180.0, 15.0)
     draws = 2 if quick else 5
@@ -110,14 +143,18 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     # spec-SAT trains against the fleet it is shown on: that fleet's own process spec, when it has one
     spec = Path(profiles) / "process.yaml"
     chip = get_platform(platform)
-    hidden = DEMO_HIDDEN if chip.default_hidden is None else list(chip.default_hidden)
-    options = fleet_options(spec, chip)
+    hidden = setup.pop("hidden", DEMO_HIDDEN if chip.default_hidden is None else list(chip.default_hidden))
+    dataset_name = setup.pop("dataset", chip.demo_dataset)
+    if "platform_options" in setup:
+        _check_fleet_options(profiles, chip.configure(setup["platform_options"]))
+    else:
+        setup["platform_options"] = fleet_options(spec, chip)
     for s in range(seed, seed + seeds):
-        dataset = load_dataset(chip.demo_dataset, seed=s)
+        dataset = load_dataset(dataset_name, seed=s)
         for entry in demo_entries(platform):
             robust = get_method(entry.settings["method"]).for_fleet(spec)
             config = TrainConfig(**{**entry.settings, "epochs": epochs, "seed": s, "platform": platform,
-                                    "hidden": hidden, "platform_options": options, **robust})
+                                    "hidden": hidden, **setup, **robust})
             tag = entry.name if s == seed else f"{entry.name}-seed{s}"
             model_path = out / "models" / f"{tag}.onnx"
             say(f"training {entry.name} (seed {s})")
@@ -143,8 +180,9 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     rows = [{**r, "transfer": r["transfer"].to_json(), "audit": r["audit"].to_json()} for r in rows]
     doc = {"platform": platform, "threshold": DEMO_THRESHOLD, "quick": quick, "seeds": list(range(seed, seed + seeds)),
            "epochs": epochs, "hidden": hidden,
+           "setup": {k: v for k, v in config.to_dict().items() if k in DEMO_SETUP_KEYS - {"epochs", "hidden"}},
            **({"dataset": dataset.name, "inputs": dataset.n_features}
-              if get_platform(platform).demo_dataset != "digits" else {}),
+              if dataset_name != "digits" else {}),
            "fleet": [d["device"] for d in rows[0]["transfer"]["devices"]],
            "table": table, "runs": rows}
     write_bytes_atomic(out / "summary.json", json.dumps(doc, indent=2).encode())
@@ -286,18 +324,36 @@ def table_markdown(table: list[dict[str, Any]], threshold: float) -> str:
     return "\n".join(lines)
 
 
+def _front_end_words(setup: dict[str, Any]) -> str:
+    """How the report names a config's front end and split (nothing for the demo's own MLP)."""
+    words = []
+    if setup.get("conv"):
+        k = setup.get("kernel", 3)
+        words.append(f"conv {', '.join(f'{c}@{k}×{k}' for c in setup['conv'])}"
+                     + (" with batch norm" if setup.get("batch_norm") else ""))
+    if setup.get("onchip"):
+        words.append(f"the last {setup['onchip']} layer(s) on the chip")
+    return f" ({'; '.join(words)})" if words else ""
+
+
+def _options_words(setup: dict[str, Any]) -> str:
+    """The platform options a report names (nothing at the defaults)."""
+    options = setup.get("platform_options") or {}
+    return f" ({', '.join(f'{k} {v}' for k, v in options.items())})" if options else ""
+
+
 def demo_markdown(doc: dict[str, Any]) -> str:
     seeds = doc["seeds"]
     first = {r["name"]: r for r in doc["runs"] if r["seed"] == seeds[0]}
-    platform = get_platform(doc["platform"])
+    platform = get_platform(doc["platform"]).configure(doc.get("setup", {}).get("platform_options"))
     u = platform.control_units
     dataset, inputs = doc.get("dataset", "digits"), doc.get("inputs", 64)
     lines = [
         "# pnndeploy demo: one model, eight chips, drift",
         "",
         f"{'Digits' if dataset == 'digits' else f'Digits as {dataset}'} (scikit-learn), "
-        f"{inputs}→{'→'.join(map(str, doc.get('hidden', [32])))}→10 MLP on "
-        f"{platform.description}, {doc['epochs']} epochs; "
+        f"{inputs}→{'→'.join(map(str, doc.get('hidden', [32])))}→10 MLP{_front_end_words(doc.get('setup', {}))} on "
+        f"{platform.description}{_options_words(doc.get('setup', {}))}, {doc['epochs']} epochs; "
         f"seeds {', '.join(map(str, seeds))} (each seed: its own split and initialisation; the table shows the "
         f"mean over seeds, λ_max and tr H the median); fleet: {', '.join(doc['fleet'])}; "
         f"common threshold {_pct(doc['threshold'])}."
