@@ -25,6 +25,7 @@ from pnndeploy.formats.deployments import (
 )
 from pnndeploy.formats.onnx_io import load_model
 from pnndeploy.platforms import get_platform
+from pnndeploy.platforms.mrr import _neighbour_settings
 from pnndeploy.platforms.tiling import ring_index
 from pnndeploy.simulation.fabrication import generate_chip
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
@@ -104,7 +105,17 @@ def test_mapper_ignores_the_fabrication_truth(model, chip) -> None:
             assert a.clipped == b.clipped
 
 
+def _detuning(settings: np.ndarray, profile, calibration=None) -> np.ndarray:
+    """The detuning the *calibrated* model of the chip realises at ``settings``: h + r_hat + crosstalk (h_l + h_r)."""
+    cal = profile.calibration if calibration is None else calibration
+    ri, ci = ring_index(settings.shape, profile.shape)
+    return settings + cal["resonance_offset"][ri, ci] + profile.environment.crosstalk * _neighbour_settings(
+        settings, ci, profile.shape)
+
+
 def test_calibration_offset_shifts_the_settings_the_other_way(model, chip) -> None:
+    """Offsets measured d higher: settings lower (by d / (1 + 2 crosstalk) inside a bank row, which the
+    neighbours' lower settings make up) and the calibrated detunings the same, to the DAC's resolution."""
     d = 0.1
     cal = dict(chip.calibration, resonance_offset=chip.calibration["resonance_offset"] + d)
     base, shifted = map_model(model, chip), map_model(model, replace(chip, calibration=cal))
@@ -114,7 +125,9 @@ def test_calibration_offset_shifts_the_settings_the_other_way(model, chip) -> No
         usable = (a.settings > lo + 2 * d) & (a.settings < hi - 2 * d)
         assert usable.mean() > 0.9
         diff = b.settings[usable] - a.settings[usable]
-        assert np.all(np.abs(diff + d) <= step + 1e-12), np.abs(diff + d).max()
+        assert np.all(diff < -d / 2)
+        gap = _detuning(b.settings, chip, cal) - _detuning(a.settings, chip)
+        assert np.all(np.abs(gap[usable]) <= 2 * step), np.abs(gap[usable]).max()
 
 
 def test_calibrated_width_scales_the_detuning(model, chip) -> None:
@@ -123,13 +136,12 @@ def test_calibrated_width_scales_the_detuning(model, chip) -> None:
     base, wider = map_model(model, chip), map_model(model, replace(chip, calibration=cal))
     step = _step(chip)
     for k, (a, b) in enumerate(zip(base.layers, wider.layers)):
-        ri, ci = ring_index(a.settings.shape, chip.shape)
-        r_hat = chip.calibration["resonance_offset"][ri, ci]
         lo, hi = chip.environment.heater_range
         usable = (b.settings > lo) & (b.settings < hi) & (a.settings > lo) & (a.settings < hi)
         assert usable.mean() > 0.9
-        x_a, x_b = a.settings[usable] + r_hat[usable], b.settings[usable] + r_hat[usable]
-        assert np.all(np.abs(x_b - 1.1 * x_a) <= 1.1 * step / 2 + step / 2 + 1e-12), k
+        x_a, x_b = _detuning(a.settings, chip)[usable], _detuning(b.settings, chip)[usable]
+        # each detuning is off by up to (1 + 2 crosstalk) half DAC steps
+        assert np.all(np.abs(x_b - 1.1 * x_a) <= 2.1 * 1.04 * step / 2 + 1e-12), k
         assert np.abs(x_b - x_a).max() > 10 * step                   # the width really mattered
 
 
@@ -229,3 +241,102 @@ def test_unreadable_deployment_is_a_pnn_error(tmp_path: Path) -> None:
     path.write_text("not hdf5")
     with pytest.raises(PnnError, match="pnndeploy transfer"):
         read_deployment(path)
+
+
+# ------------------------------------------------------------------ crosstalk pre-compensation, clip causes
+
+
+def _crosstalk_chip(chip, crosstalk: float):
+    """The chip as its calibration says it is (truth = calibration), with the given heater crosstalk and no noise."""
+    cal = {k: v.copy() for k, v in chip.calibration.items()}
+    fab = dict({k: v.copy() for k, v in chip.fabrication.items()}, **cal)
+    env = replace(chip.environment, crosstalk=crosstalk, detector_noise=0.0)
+    return replace(chip, fabrication=fab, calibration=cal, environment=env)
+
+
+def test_precompensated_settings_realise_the_wanted_detunings_through_the_chips_crosstalk(model, chip) -> None:
+    """Passed through the simulation's own crosstalk (fleet_layer), the settings give x* = inverse(W) to the DAC's
+    resolution wherever the weight is in reach and the setting in range."""
+    import torch
+
+    xt = _crosstalk_chip(chip, 0.05)
+    deployment = map_model(model, xt)
+    step = _step(xt)
+    for k, layer in enumerate(model.layers):
+        ri, ci = ring_index(layer.weight.shape, xt.shape)
+        cal = {name: xt.calibration[name][ri, ci] for name in ("gamma", "a")}
+        wanted, reachable = MRR.inverse(layer.weight.astype(np.float64), np.where(layer.controls < 0, -1.0, 1.0),
+                                        np.inf, **cal)
+        state = MRR.fleet_layer(layer.weight.shape, [deployment.layers[k].settings], [xt], xt.shape,
+                                dtype=torch.float64)
+        x = state["static"][0].numpy()
+        lo, hi = xt.environment.heater_range
+        settable = reachable & (np.abs(deployment.layers[k].settings) < hi - step)
+        assert settable.mean() > 0.5
+        err = np.abs(x - wanted)[settable]
+        assert err.max() <= (1 + 2 * 0.05) * step / 2 + 1e-9, err.max()
+        # what the mapping did before: each ring's own setting only, the neighbours' heat on top
+        uncompensated = quantise(wanted - xt.calibration["resonance_offset"][ri, ci], (lo, hi),
+                                 xt.environment.dac_bits)[0]
+        before = uncompensated + xt.calibration["resonance_offset"][ri, ci] + 0.05 * _neighbour_settings(
+            uncompensated, ci, xt.shape)
+        assert np.abs(before - wanted)[settable].max() > 20 * step
+
+
+def test_crosstalk_precompensation_lowers_the_residual(model, chip) -> None:
+    xt = _crosstalk_chip(chip, 0.05)
+    compensated = map_model(model, xt)
+    # the settings of a mapping that ignores crosstalk (zero crosstalk gives today's settings), on the same chip
+    ignored = map_model(model, replace(xt, environment=replace(xt.environment, crosstalk=0.0)))
+    for k, layer in enumerate(model.layers):
+        ri, ci = ring_index(layer.weight.shape, xt.shape)
+        cal = {name: xt.calibration[name][ri, ci] for name in ("gamma", "a")}
+        W = MRR.transfer(_detuning(ignored.layers[k].settings, xt), **cal)
+        residual_ignored = float(np.linalg.norm(W - layer.weight.astype(np.float64)))
+        assert compensated.layers[k].residual < residual_ignored / 2, (compensated.layers[k].residual,
+                                                                        residual_ignored)
+
+
+def test_zero_crosstalk_gives_the_uncompensated_settings_exactly(model, chip) -> None:
+    """Without crosstalk the mapping is x* - r_hat quantised, as before pre-compensation, bit for bit."""
+    none = replace(chip, environment=replace(chip.environment, crosstalk=0.0))
+    deployment = map_model(model, none)
+    for k, layer in enumerate(model.layers):
+        ri, ci = ring_index(layer.weight.shape, chip.shape)
+        cal = {name: chip.calibration[name][ri, ci] for name in ("gamma", "a")}
+        target, reachable = MRR.inverse(layer.weight.astype(np.float64), np.where(layer.controls < 0, -1.0, 1.0),
+                                        np.inf, **cal)
+        settings, inside = quantise(target - chip.calibration["resonance_offset"][ri, ci],
+                                    chip.environment.heater_range, chip.environment.dac_bits)
+        np.testing.assert_array_equal(deployment.layers[k].settings, settings)
+        assert deployment.layers[k].clipped == int((~(reachable & inside)).sum())
+
+
+def test_clip_causes_reach_and_range_add_up(chip) -> None:
+    """W = -1 on a ring of extinction 0.9 is out of reach; a ring whose offset leaves the heater short is out of
+    range; a weight both out of reach and out of range counts once, as reach."""
+    layout = (2, 4)
+    cal = {"gamma": np.full(layout, 0.15), "a": np.ones(layout), "resonance_offset": np.zeros(layout)}
+    cal["a"][0, 0] = cal["a"][1, 3] = 0.9
+    cal["resonance_offset"][1, 1] = -2.9      # x* = 0.26 nm needs h = 3.16 nm, beyond +3
+    cal["resonance_offset"][1, 3] = 3.5       # out of reach (W = -1, a = 0.9) and out of range
+    weight = np.full(layout, 0.5)
+    weight[0, 0] = weight[1, 3] = -1.0
+    for crosstalk in (0.0, 0.05):
+        env = replace(chip.environment, crosstalk=crosstalk)
+        mapped = MRR.map_layer(weight, np.ones(layout), cal, env, layout)
+        c = mapped.clipping
+        assert (c.devices, c.reach, c.range, c.faulty) == (8, 2, 1, 0), crosstalk
+        assert c.total == mapped.clipped == 3
+        doc = c.to_json()
+        assert doc["fraction"] == {"reach": 0.25, "range": 0.125, "faulty": 0.0, "total": 0.375}
+
+
+def test_deployment_file_keeps_the_clip_causes(tmp_path: Path, model, chip) -> None:
+    deployment = map_model(model, chip)
+    back = read_deployment(write_deployment(deployment, tmp_path / "M@chipA.h5"))
+    assert [layer.clipping for layer in back.layers] == [layer.clipping for layer in deployment.layers]
+    assert back.clipping == deployment.clipping and back.clipping.total == deployment.clipped
+    old = tmp_path / "old.h5"                  # a file written before the causes were recorded
+    write_deployment(replace(deployment, layers=[replace(layer, clipping=None) for layer in deployment.layers]), old)
+    assert read_deployment(old).clipping is None and read_deployment(old).clipped == deployment.clipped

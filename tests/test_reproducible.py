@@ -13,7 +13,11 @@ Elsewhere last-bit differences of vectorised kernels are allowed and the figures
 must agree closely with the first record.
 
 Regenerate (only when an issue changes the MRR results on purpose, and say so
-in the commit): ``python tests/test_reproducible.py --write``.  Add this
+in the commit): ``python tests/test_reproducible.py --write``.  Issue 27 (the
+ring mapping pre-compensates crosstalk) changed the fleet figures on purpose,
+not training: the records of machines that could not be rerun then keep their
+exact training figures and lost their fleet figures, which are checked against
+the first record (approximately) until ``--add-machine`` is run there again.  Add this
 machine's record, from a commit whose results are the reference:
 ``python tests/test_reproducible.py --add-machine`` (run on that commit's code).
 """
@@ -129,6 +133,12 @@ def test_mrr_results_bit_for_bit(tmp_path: Path) -> None:
     reference = machines.get(machine_fingerprint(), golden["runs"])
     for name, want in reference.items():
         got = now["runs"][name]
+        if exact and "fleet_accuracy" not in want:
+            # a machine's record made before crosstalk pre-compensation (issue 27) changed the fleet figures on
+            # purpose keeps its training figures, exact; its fleet is checked against the first record, closely
+            assert {k: v for k, v in got.items() if k != "fleet_accuracy"} == want, f"{name}: MRR training moved"
+            _fleet_close(got, golden["runs"][name], name)
+            continue
         if exact:
             assert got == want, f"{name}: MRR results moved (was {want}, now {got})"
             continue
@@ -141,9 +151,14 @@ def test_mrr_results_bit_for_bit(tmp_path: Path) -> None:
         assert got["clipped_weights"] == want["clipped_weights"], name
         for key in ("sharpness", "hessian_trace"):
             assert got[key] == pytest.approx(want[key], rel=1e-2), (name, key)
-        for delta_T, chips in want["fleet_accuracy"].items():
-            for chip, acc in chips.items():
-                assert got["fleet_accuracy"][delta_T][chip] == pytest.approx(acc, abs=3.5 / 360), (name, chip)
+        _fleet_close(got, want if "fleet_accuracy" in want else golden["runs"][name], name)
+
+
+def _fleet_close(got: dict, want: dict, name: str) -> None:
+    """Each chip's accuracy within 3.5 test images of the record (last bits of training move a few)."""
+    for delta_T, chips in want["fleet_accuracy"].items():
+        for chip, acc in chips.items():
+            assert got["fleet_accuracy"][delta_T][chip] == pytest.approx(acc, abs=3.5 / 360), (name, chip)
 
 
 if __name__ == "__main__":

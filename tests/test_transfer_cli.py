@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pnndeploy.formats.deployments import read_deployment
+from pnndeploy.formats.onnx_io import load_model
 from pnndeploy.formats.profile_folder import PROFILES_ENV
 from pnndeploy.formats.profiles import write_profile
 from pnndeploy.simulation.fabrication import generate_chip
@@ -55,6 +56,7 @@ def test_transfer_fleet_json_document(cli, model_file, tiny_fleet_dir, tiny_expo
     result = cli("transfer", "--model", "M.onnx", "--profiles", tiny_fleet_dir, "--fleet", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)                    # stdout is exactly one JSON document
+    model = load_model(model_file)
     assert TRANSFER_KEYS <= set(doc)
     assert doc["model"] == "M.onnx"
     assert doc["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
@@ -71,6 +73,14 @@ def test_transfer_fleet_json_document(cli, model_file, tiny_fleet_dir, tiny_expo
         assert d["deployment"] == str(Path("deployments") / f"M@{d['device']}.h5")
         assert Path(d["deployment"]).is_file()
         assert d["accuracy"] * 360 == pytest.approx(round(d["accuracy"] * 360))   # a count of samples
+        # the clipped weights by cause, beside the total they add up to, for the chip and per layer
+        clipping = d["clipping"]
+        assert {"devices", "total", "reach", "range", "faulty", "fraction", "layers"} <= set(clipping)
+        assert clipping["total"] == d["clipped_weights"] == clipping["reach"] + clipping["range"] + clipping["faulty"]
+        assert clipping["faulty"] == 0 and clipping["devices"] == sum(layer.weight.size for layer in model.layers)
+        assert [layer["layer"] for layer in clipping["layers"]] == [layer.name for layer in model.layers]
+        assert sum(layer["reach"] for layer in clipping["layers"]) == clipping["reach"]
+        assert clipping["fraction"]["total"] == pytest.approx(clipping["total"] / clipping["devices"])
     fleet = doc["fleet"]
     assert FLEET_KEYS <= set(fleet)
     assert fleet["count"] == 3 and fleet["threshold"] == 0.9

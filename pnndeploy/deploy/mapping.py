@@ -3,9 +3,10 @@
 The platform maps each on-chip layer (:meth:`~pnndeploy.platforms.base.Platform.map_layer`):
 for a ring bank, per weight, the inverse transfer function with the calibrated
 parameters, minus the measured offset, quantised to the DAC; for a mesh, a
-decomposition of the target through the calibrated mesh model.  Weights the
-chip cannot reach, and settings beyond the heater range, are clipped and
-counted, and the residual ||W realised - W target|| of the calibrated model is
+decomposition of the target through the calibrated mesh model; both
+pre-compensate the chip's known heater crosstalk.  Weights the chip cannot
+reach, and settings beyond the heater range, are clipped and counted by cause
+(:class:`~pnndeploy.platforms.base.Clipping`), and the residual ||W realised - W target|| of the calibrated model is
 recorded per layer.  The mapper never reads the fabrication truth: that is
 what the chip *is*, the calibration is what the lab *measured*.  The result is
 a :class:`~pnndeploy.formats.deployments.Deployment`, which
@@ -44,7 +45,8 @@ def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
     for layer in model.layers:
         mapped = platform.map_layer(layer.weight, layer.controls, profile.calibration, profile.environment,
                                     profile.shape, model.platform_params, layer.shape)
-        layers.append(LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual))
+        layers.append(LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual,
+                                      mapped.clipping))
     return Deployment(device_id=profile.device_id, model_sha256=model.sha256, model_path=str(model.path),
                       calibration_measured_at=profile.calibration_measured_at, array=profile.shape,
                       layers=layers, control_units=platform.control_units)

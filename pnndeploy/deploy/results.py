@@ -223,6 +223,16 @@ class FleetSummary:
                 "yield": self.yield_}
 
 
+def clipping_document(deployment: Any) -> dict[str, Any] | None:
+    """A deployment's clipped devices by cause, the chip's sum and each layer's (``transfer --json``'s
+    ``clipping``); None when a layer does not know its causes (a deployment file written before they were)."""
+    total = deployment.clipping
+    if total is None:
+        return None
+    return {**total.to_json(), "layers": [{"layer": layer.name, **layer.clipping.to_json()}
+                                          for layer in deployment.layers]}
+
+
 @dataclass
 class DeviceResult:
     """One chip of a transfer: its accuracy (None when it was only mapped: a real chip without a backend)."""
@@ -238,6 +248,9 @@ class DeviceResult:
     mapping_residual: list[float]       # per layer: the mapping's own error before drift and noise
     deployment: str | None
     calibration_measured_at: str
+    #: ``clipped_weights`` by cause (reach, range, faulty) out of the chip's devices, with a "layers" list of the
+    #: same per layer (:meth:`~pnndeploy.platforms.base.Clipping.to_json`); None when the causes are unknown
+    clipping: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -11,7 +11,7 @@ import numpy as np
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import load_dataset
 from pnndeploy.deploy.mapping import map_model, uncalibrated
-from pnndeploy.deploy.results import DeviceResult, FleetSummary, TransferReport
+from pnndeploy.deploy.results import DeviceResult, FleetSummary, TransferReport, clipping_document
 from pnndeploy.deploy.stats import wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
 from pnndeploy.deploy.executors import CHIPS_PER_TASK, fleet_accuracy
@@ -229,7 +229,8 @@ def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: fl
             delta_vs_nominal=a - nominal if a is not None else None,
             invalid_samples=invalid.get(profile.device_id, 0), clipped_weights=prepared.deployments[k].clipped,
             mapping_residual=[float(layer.residual) for layer in prepared.deployments[k].layers],
-            deployment=prepared.deployment_files[k], calibration_measured_at=profile.calibration_measured_at))
+            deployment=prepared.deployment_files[k], calibration_measured_at=profile.calibration_measured_at,
+            clipping=clipping_document(prepared.deployments[k])))
     evaluated = [d for d in devices if d.accuracy is not None]
     return TransferReport(
         model=str(prepared.model.path), model_sha256=prepared.model.sha256, method=prepared.model.method,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -18,6 +19,7 @@ from pnndeploy.atomic import atomic_path
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.hdf5 import HDF5_LIBVER, h5_array_options, open_hdf5
 from pnndeploy.formats.profile_folder import check_device_name
+from pnndeploy.platforms.base import CLIP_CAUSES, Clipping
 from pnndeploy.untrusted import FileProblem, brief
 
 DEPLOYMENT_FORMAT = 1
@@ -32,6 +34,9 @@ class LayerDeployment:
     clipped: int           # weights unreachable by the device or by the heater
     #: ||W realised by the calibrated model - W target||_F (the mapping's own error, before drift and noise).
     residual: float = float("nan")
+    #: ``clipped`` by cause (reach, range, faulty) out of the layer's devices; None from a file written before
+    #: the causes were recorded.
+    clipping: Clipping | None = None
 
 
 @dataclass
@@ -51,6 +56,14 @@ class Deployment:
     @property
     def clipped(self) -> int:
         return sum(layer.clipped for layer in self.layers)
+
+    @property
+    def clipping(self) -> Clipping | None:
+        """The layers' clipping by cause, summed (None when a layer does not know its causes)."""
+        causes = [layer.clipping for layer in self.layers]
+        if not causes or any(c is None for c in causes):
+            return None
+        return sum(causes[1:], causes[0])
 
 
 def deployment_path(model_path: str | Path, device_id: str, directory: str | Path = "deployments") -> Path:
@@ -80,6 +93,10 @@ def write_deployment(deployment: Deployment, path: str | Path) -> Path:
                     ds.attrs["units"] = deployment.control_units
                     ds.attrs["index"] = index
                     ds.attrs["clipped"] = layer.clipped
+                    if layer.clipping is not None:
+                        ds.attrs["devices"] = layer.clipping.devices
+                        for cause in CLIP_CAUSES:
+                            ds.attrs[f"clipped_{cause}"] = getattr(layer.clipping, cause)
                     ds.attrs["residual"] = np.float64(layer.residual)
     except OSError as exc:
         raise PnnError(f"cannot write deployment {path}: {exc.strerror or exc}; check the folder "
@@ -105,7 +122,7 @@ def read_deployment(path: str | Path) -> Deployment:
                                    f"of numbers; {fix}")
             ordered = sorted(settings.items(), key=lambda item: int(item[1].attrs["index"]))
             layers = [LayerDeployment(name, np.asarray(ds[()], dtype=np.float64), int(ds.attrs["clipped"]),
-                                      float(ds.attrs.get("residual", np.nan)))
+                                      float(ds.attrs.get("residual", np.nan)), _clipping(ds.attrs))
                       for name, ds in ordered]
             units = {str(ds.attrs["units"]) for ds in settings.values()}
             return Deployment(
@@ -122,3 +139,10 @@ def read_deployment(path: str | Path) -> Deployment:
     except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise PnnError(f"deployment {path}: cannot read it ({brief(' '.join(str(exc).split()), 200, quote=False)}); "
                        f"{fix}") from None
+
+
+def _clipping(attrs: Any) -> Clipping | None:
+    """A layer's clipping by cause from its dataset's attributes; None for a file written before they were."""
+    if "devices" not in attrs:
+        return None
+    return Clipping(int(attrs["devices"]), *(int(attrs.get(f"clipped_{cause}", 0)) for cause in CLIP_CAUSES))

@@ -43,7 +43,7 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -84,13 +84,62 @@ class Range(NamedTuple):
 POSITIVE = Range(0.0, math.inf, lo_inclusive=False, hi_inclusive=False)
 
 
+#: Why a device could not be set as the model wants, in the order a device is counted (once, under its first cause).
+CLIP_CAUSES = ("reach", "range", "faulty")
+
+
+@dataclass(frozen=True)
+class Clipping:
+    """The devices of a layer (or of a chip's layers) that mapping had to clip, counted by cause.
+
+    A person judges a count only against the devices there are, so ``devices`` travels with the counts.  Causes
+    are disjoint, so they add up to :attr:`total`: ``reach`` the wanted weight is beyond what the device can
+    realise (a ring's extinction a < 1 cannot reach W = -1), ``range`` the setting that realises it is beyond the
+    heater's (DAC's) range, ``faulty`` the device is known to be broken (not detected yet: always 0).
+    """
+
+    devices: int
+    reach: int = 0
+    range: int = 0
+    faulty: int = 0
+
+    @classmethod
+    def of(cls, devices: int, reachable: np.ndarray | None = None, inside: np.ndarray | None = None) -> "Clipping":
+        """Counts from per-device masks (True = fine); a device out of reach is not counted again as out of range."""
+        ok = np.ones((), dtype=bool) if reachable is None else np.asarray(reachable, dtype=bool)
+        in_range = np.ones((), dtype=bool) if inside is None else np.asarray(inside, dtype=bool)
+        return cls(int(devices), int(np.count_nonzero(~ok)),
+                   int(np.count_nonzero(np.broadcast_to(ok, np.broadcast_shapes(ok.shape, in_range.shape))
+                                        & ~in_range)))
+
+    @property
+    def total(self) -> int:
+        return self.reach + self.range + self.faulty
+
+    def __add__(self, other: "Clipping") -> "Clipping":
+        return Clipping(self.devices + other.devices, self.reach + other.reach, self.range + other.range,
+                        self.faulty + other.faulty)
+
+    def to_json(self) -> dict[str, Any]:
+        """Counts per cause and their fractions of the devices (``transfer --json``)."""
+        counts = {cause: getattr(self, cause) for cause in CLIP_CAUSES}
+        share = {cause: (n / self.devices if self.devices else 0.0) for cause, n in counts.items()}
+        return {"devices": self.devices, "total": self.total, **counts,
+                "fraction": {**share, "total": self.total / self.devices if self.devices else 0.0}}
+
+
 @dataclass
 class LayerMapping:
     """One on-chip layer mapped onto one chip."""
 
     settings: np.ndarray   # what is programmed (control units), shape platform.control_shape(...)
-    clipped: int           # weights (or controls) the chip cannot realise or the DAC cannot set
+    clipping: Clipping     # the devices the chip cannot realise or the DAC cannot set, by cause
     residual: float        # how far the calibrated model of the chip is from the target at these settings
+
+    @property
+    def clipped(self) -> int:
+        """Every clipped device, whatever the cause (the count reports gave before the breakdown)."""
+        return self.clipping.total
 
 
 @dataclass(frozen=True)
@@ -119,6 +168,30 @@ def quantise(settings: np.ndarray, heater_range: tuple[float, float], bits: int)
     inside = (settings >= lo) & (settings <= hi)
     codes = np.round((np.clip(settings, lo, hi) - lo) / step)
     return lo + codes * step, inside
+
+
+def solve_crosstalk(goal: np.ndarray, crosstalk: float, spill: Callable[[np.ndarray], np.ndarray],
+                    bounds: tuple[float, float] | None = None, start: np.ndarray | None = None) -> np.ndarray:
+    """Settings h with h + crosstalk * spill(h) = goal, where a device's control picks up ``crosstalk`` times the
+    sum of its neighbours' settings (``spill``, at most two neighbours): a chip's heaters warm their neighbours, so
+    a mapping that wants ``goal`` must set less where the neighbours are hot.
+
+    A fixed-point (Jacobi) iteration, which contracts by 2 * crosstalk per sweep (< 1: the profile schema keeps
+    crosstalk below 0.5); as many sweeps as bring that factor below 1e-13.  With ``bounds`` every sweep clips into
+    them (a projected iteration, still a contraction): a device held at a bound then spills what it really gets
+    and its neighbours compensate that, not the setting it could not take.  ``start``: where the iteration starts
+    (default ``goal``).  Zero crosstalk returns ``goal`` (clipped) unchanged.
+    """
+    def clip(h: np.ndarray) -> np.ndarray:
+        return h if bounds is None else np.clip(h, bounds[0], bounds[1])
+
+    if not crosstalk:
+        return clip(goal).copy()
+    h = clip(goal if start is None else start)
+    sweeps = int(np.ceil(np.log(1e-13) / np.log(2.0 * crosstalk))) + 1       # (2c)^sweeps below 1e-13
+    for _ in range(sweeps):
+        h = clip(goal - crosstalk * spill(h))
+    return h
 
 
 def stacked(arrays: Sequence[np.ndarray], device: Any, dtype: Any) -> Any:

@@ -44,7 +44,8 @@ import numpy as np
 
 from pnndeploy.errors import ModelFileError
 from pnndeploy.platforms.axes import PerturbationAxis, move_along
-from pnndeploy.platforms.base import ChipState, LayerMapping, PhaseControls, Platform, Range, quantise, stacked
+from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, PhaseControls, Platform, Range, quantise, \
+    stacked
 from pnndeploy.platforms.imaging import resample
 from pnndeploy.platforms.mesh import TWO_PI, one_thread
 from pnndeploy.platforms.optics import angular_spectrum, intensity
@@ -389,7 +390,8 @@ class D2NNPlatform(PhaseControls, Platform):
         settings, inside = quantise(lo + np.mod(wanted - lo, TWO_PI), (lo, hi), environment.dac_bits)
         with torch.no_grad(), one_thread():
             got = realised(torch.from_numpy(settings + offset))
-        return LayerMapping(settings, int((~inside).sum()), float(torch.linalg.vector_norm(got - target)))
+        return LayerMapping(settings, Clipping.of(settings.size, inside=inside),
+                            float(torch.linalg.vector_norm(got - target)))
 
 
 #: Iterations of the least-squares fit of a mask's phases through the calibrated setup in mapping.

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pnndeploy.platforms.axes import PerturbationAxis, move_along
-from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, Range, quantise, stacked
+from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, LinearPlatform, Range, quantise, stacked
 from pnndeploy.platforms.imaging import Misalignment, frame_shape, imaging_operator, is_identity, resample
 from pnndeploy.platforms.tiling import ring_index
 
@@ -195,7 +195,7 @@ class FreeSpacePlatform(LinearPlatform):
         settings, inside = quantise(pair / gain - offset, environment.heater_range, environment.dac_bits)
         t = gain * np.clip(settings + offset, 0.0, 1.0)
         residual = float(np.linalg.norm(_times(t[0] - t[1], M) - target))
-        return LayerMapping(settings, int((~inside).sum()), residual)
+        return LayerMapping(settings, Clipping.of(settings.size, inside=inside), residual)
 
     # ------------------------------------------------------------------------------------- simulation
     def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],

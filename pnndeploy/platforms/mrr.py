@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, Range, quantise, stacked
+from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, LinearPlatform, Range, quantise, \
+    solve_crosstalk, stacked
 from pnndeploy.platforms.tiling import ring_index
 
 
@@ -138,20 +139,39 @@ class MRRPlatform(LinearPlatform):
     def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
                   environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
                   weight_shape: tuple[int, int] | None = None) -> LayerMapping:
-        """Per weight: x* = inverse(W; calibrated gamma, a) on the trained branch, h = x* - measured offset,
-        quantised to the DAC; weights beyond the ring's reach or the heater's range are clipped and counted."""
+        """Per weight: x* = inverse(W; calibrated gamma, a) on the trained branch; heater settings h whose detuning
+        h + measured offset + crosstalk * (neighbours' h) is x* (:meth:`heater_settings`), quantised to the DAC.
+
+        Clipped and counted by cause: a weight beyond the ring's reach (W < 1 - 2a, or W >= 1), and a setting the
+        solve puts beyond the heater range.  The residual is the calibrated model's, at the quantised settings."""
         ri, ci = ring_index(weight.shape, layout)
         cal = {k: calibration[k][ri, ci] for k in self.param_units}
         sign = np.where(controls < 0, -1.0, 1.0)
         # the heater range, not the training range, limits what the chip can reach
         target, reachable = self.inverse(weight.astype(np.float64), sign, np.inf, **cal)
         offset = calibration[self.offset_name][ri, ci]
-        settings, inside = quantise(target - offset, environment.heater_range, environment.dac_bits)
-        # the residual is the calibrated model's, crosstalk included (the mapping does not pre-compensate it)
+        wanted, inside = self.heater_settings(target - offset, float(environment.crosstalk), ci, layout,
+                                              environment.heater_range)
+        settings, _ = quantise(wanted, environment.heater_range, environment.dac_bits)
         realised = self.transfer(settings + offset + environment.crosstalk * _neighbour_settings(settings, ci, layout),
                                  **cal)
-        return LayerMapping(settings, int((~(reachable & inside)).sum()),
+        return LayerMapping(settings, Clipping.of(settings.size, reachable, inside),
                             float(np.linalg.norm(realised - weight.astype(np.float64))))
+
+    @staticmethod
+    def heater_settings(goal: np.ndarray, crosstalk: float, ci: np.ndarray, layout: tuple[int, int],
+                        heater_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        """Settings h in the heater range with h + crosstalk * (h_left + h_right) = ``goal`` (the detunings wanted
+        less the offsets), as :meth:`fleet_layer` applies the crosstalk, and a mask of the rings where that holds
+        within the range (False: the solve wanted a setting beyond it, which is clipped).
+
+        A ring's neighbours warm it, so pre-compensating sets it lower by what they add; a ring held at the range's
+        edge spills only what it gets, and its neighbours compensate that.  Zero crosstalk: ``goal`` clipped.
+        """
+        lo, hi = heater_range
+        h = solve_crosstalk(goal, crosstalk, lambda x: _neighbour_settings(x, ci, layout), (lo, hi))
+        free = goal - crosstalk * _neighbour_settings(h, ci, layout) if crosstalk else goal
+        return h, (free >= lo) & (free <= hi)
 
     # ------------------------------------------------------------------------------------- simulation
     def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],

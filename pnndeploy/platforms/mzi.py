@@ -43,8 +43,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pnndeploy.errors import ModelFileError
-from pnndeploy.platforms.base import ChipState, LayerMapping, LinearPlatform, PhaseControls, Platform, Range, \
-    quantise, stacked
+from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, LinearPlatform, PhaseControls, Platform, \
+    Range, quantise, solve_crosstalk, stacked
 from pnndeploy.platforms.options import PlatformOption
 from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mesh_unitary, mzi_count, one_thread, \
     phase_count, unitary_with_real_part
@@ -227,11 +227,11 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         lo, hi = environment.heater_range
         wanted, unmet = _precompensate(realised - offset, float(environment.crosstalk), n, lo, hi)
         settings, inside = quantise(wanted, (lo, hi), environment.dac_bits)
-        clipped = int((unmet | ~inside).sum())
+        clipping = Clipping.of(settings.size, inside=~unmet & inside)
         realised = torch.from_numpy(settings + offset + float(environment.crosstalk) * _spill(settings, n))
         got = mesh_unitary(realised, n, torch.from_numpy(np.asarray(ratios, np.float64))).real.numpy()
         residual = float(np.sqrt(np.sum(np.where(mask, got - blocks, 0.0) ** 2)))
-        return LayerMapping(settings, clipped, residual)
+        return LayerMapping(settings, clipping, residual)
 
     # ------------------------------------------------------------------------------------- simulation
     def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],
@@ -315,19 +315,16 @@ def _precompensate(target: np.ndarray, crosstalk: float, n: int, lo: float, hi: 
     shifters where that could not be met (a heater range of exactly one turn leaves no headroom for the spill).
 
     A shifter's phase is raised by a fraction of its neighbours' settings (heat spreads in the column), which the
-    profile states.  The linear system is solved for fixed whole turns of the targets by a fixed-point iteration
-    (it contracts while 2 * crosstalk < 1, which the profile schema guarantees); a setting that lands outside the
-    range moves its target by one turn and the system is solved again.  Wrapping inside the iteration instead
+    profile states.  The linear system is solved for fixed whole turns of the targets (:func:`solve_crosstalk`,
+    a fixed-point iteration); a setting that lands outside the range moves its target by one turn and the system is solved again.  Wrapping inside the iteration instead
     would change a neighbour's spill by 2 pi * crosstalk at every wrap and need not converge.
     """
     goal = lo + np.mod(target - lo, TWO_PI)
     h = goal.copy()
     if not crosstalk:
         return h, np.zeros(h.shape, dtype=bool)
-    sweeps = int(np.ceil(np.log(1e-13) / np.log(2.0 * crosstalk))) + 1       # (2c)^sweeps below 1e-13
     for _ in range(turns):
-        for _ in range(sweeps):
-            h = goal - crosstalk * _spill(h, n)
+        h = solve_crosstalk(goal, crosstalk, lambda x: _spill(x, n), start=h)
         below, above = h < lo, h > hi
         if not (below.any() or above.any()):
             break

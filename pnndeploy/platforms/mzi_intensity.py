@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pnndeploy.errors import ConfigError, ModelFileError
-from pnndeploy.platforms.base import ChipState, LayerMapping, Platform, quantise, stacked
+from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, Platform, quantise, stacked
 from pnndeploy.platforms.mesh import mesh_unitary, one_thread, phase_count
 from pnndeploy.platforms.mzi import MeshDevices, _precompensate, _spill
 from pnndeploy.platforms.optics import onnx_intensity_of_linear
@@ -165,7 +165,7 @@ class MZIIntensityPlatform(MeshDevices, Platform):
         settings, inside = quantise(wanted, (lo, hi), environment.dac_bits)
         got = torch.from_numpy(settings + offset + float(environment.crosstalk) * _spill(settings, n))
         residual = float(((_port_forms(self._fields(got, in_f, ratios)) - target) ** 2).sum().sqrt())
-        return LayerMapping(settings, int((unmet | ~inside).sum()), residual)
+        return LayerMapping(settings, Clipping.of(settings.size, inside=~unmet & inside), residual)
 
 
 def normalised(ports: Any, dim: int) -> Any:
