@@ -43,7 +43,7 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def encode_frame(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
-    """``meta`` (JSON-able) and ``arrays`` (float arrays as <f8, uint8 as u1) as one frame."""
+    """``meta`` (JSON-able) and ``arrays`` (uint8 as u1, float32 as <f4, anything else as <f8) as one frame."""
     if len(arrays) > MAX_ARRAYS:
         raise WireError(f"a frame carries at most {MAX_ARRAYS} arrays, not {len(arrays)}")
     head = json.dumps(dict(meta), allow_nan=False, separators=(",", ":")).encode()
@@ -52,7 +52,8 @@ def encode_frame(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> b
     parts = [_HEAD.pack(MAGIC, VERSION, len(arrays), 0, len(head)), head]
     for name, values in arrays.items():
         array = np.asarray(values)
-        array = np.ascontiguousarray(array, dtype="u1" if array.dtype == np.uint8 else "<f8")
+        kind = {np.dtype(np.uint8): "u1", np.dtype(np.float32): "<f4"}.get(array.dtype, "<f8")
+        array = array.astype(kind, order="C", copy=False)     # (ascontiguousarray makes a scalar 1-d)
         if not _NAME.fullmatch(name) or len(name) > MAX_NAME_BYTES or array.ndim > MAX_NDIM:
             raise WireError(f"array {name!r} of {array.ndim} dimensions cannot go in a frame")
         parts += [_ARRAY.pack(len(name), _CODES[array.dtype.str], array.ndim, 0), name.encode(),
