@@ -250,7 +250,7 @@ def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None
         layer = doc.get("layer")
         if not isinstance(layer, int) or isinstance(layer, bool):
             raise BackendError("'layer' must be an integer slot")
-        x = _inputs(doc, arrays, chip)
+        x = _inputs(doc, arrays, chip, finite=False)
         y, seconds = run(lambda: _timed(chip.infer, layer, x))
         return await _measured(request, {}, y, {"readout": await readout(), "chip": seconds}, settings)
 
@@ -262,7 +262,7 @@ def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None
         settings_, mask, values = (field_array(doc, arrays, name, finite=True, mask=name == "mask")
                                    if name in doc or name in arrays else None
                                    for name in ("settings", "mask", "values"))
-        x = _inputs(doc, arrays, chip)
+        x = _inputs(doc, arrays, chip, finite=True)
 
         def work() -> tuple[str, bool, np.ndarray, float]:
             start = time.perf_counter()
@@ -304,9 +304,10 @@ def _slot(doc: Any, where: str, with_shape: bool) -> tuple[int, tuple[int, int] 
     return index, shape
 
 
-def _inputs(doc: dict, arrays: dict[str, np.ndarray], chip: SimulatedChip) -> np.ndarray:
-    """The request's input batch ``x`` (batch, in): finite, at most the chip's ``max_batch`` rows."""
-    x = field_array(doc, arrays, "x", 2, finite=True)
+def _inputs(doc: dict, arrays: dict[str, np.ndarray], chip: SimulatedChip, finite: bool) -> np.ndarray:
+    """The request's input batch ``x`` (batch, in), at most the chip's ``max_batch`` rows; ``finite`` where NaN
+    cannot be meant (/v1/infer lets a NaN an earlier layer measured through, to be reported as invalid)."""
+    x = field_array(doc, arrays, "x", 2, finite=finite)
     if len(x) > chip.info().max_batch:
         raise BackendError(f"batch of {len(x)} inputs; this chip takes at most {chip.info().max_batch}")
     return x
