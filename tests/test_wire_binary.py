@@ -270,3 +270,30 @@ def test_a_hostile_binary_reply_is_one_line(station, monkeypatch):
     assert "malformed reply" in str(err.value) and "more than the limit" in str(err.value)
     assert "\n" not in str(err.value)
     backend.close()
+
+
+def test_chip_connect_wire_json_trains_in_situ_over_json_and_a_bad_wire_is_one_line(cli, station, tiny_fleet_dir,
+                                                                                    tmp_path):
+    import shutil
+
+    from pnndeploy.deploy.hardware import open_chip
+    from pnndeploy.formats.profiles import read_profile
+
+    folder = tmp_path / "profiles"
+    shutil.copytree(tiny_fleet_dir, folder)
+    for name, wire in (("chipA-json", "json"), ("chipA-bin", "auto")):
+        result = cli("chip", "connect", "chipA", "--profiles", folder, "--address", station.url, "--token-file",
+                     station.token_file, "--name", name, "--wire", wire)
+        assert result.exit_code == 0, result.output
+    backend = open_chip(read_profile(folder / "chipA-json.h5"))
+    assert backend.wire == "json" and not backend.binary
+    backend.close()
+    before = station.requests_logged("/v1/measure")
+    result = cli("train", "--method", "standard", "--epochs", "1", "--hidden", "8", "--in-situ", "chipA-json",
+                 "--in-situ-profiles", folder, "--out", tmp_path / "pat.onnx", "--json", "--seed", "0")
+    assert result.exit_code == 0, result.output
+    assert station.requests_logged("/v1/measure") - before == 2 * -(-1437 // 32)
+    bad = cli("chip", "connect", "chipA", "--profiles", folder, "--address", station.url, "--wire", "pickle")
+    assert bad.exit_code == 2 and "pickle" in bad.output
+    with pytest.raises(BackendError, match="wire='pickle': use one of auto, binary, json"):
+        HttpBackend(station.url, {"wire": "pickle"})
