@@ -206,7 +206,7 @@ def test_only_changed_settings_are_sent_and_a_restart_or_another_client_is_recov
     sent = []
     for change in (settings, settings, settings + np.eye(4, 6) * 1e-3):
         before = backend.bytes_sent
-        y, programmed = backend.measure_layer(LayerProgram(0, (4, 6), change), x)
+        _, programmed = backend.measure_layer(LayerProgram(0, (4, 6), change), x)
         sent.append((backend.bytes_sent - before, programmed))
     assert [p for _, p in sent] == [True, False, True] and backend.exchanges == 1 + 3        # /info, 3 measures
     assert sent[1][0] < sent[0][0] - 24 * 8 + 16                         # unchanged: no settings at all

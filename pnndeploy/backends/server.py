@@ -33,9 +33,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from pnndeploy.backends.base import BackendError, LayerProgram
+from pnndeploy.backends.frame import BINARY_TYPE, VERSION as FRAME_VERSION, decode_frame, encode_frame
 from pnndeploy.backends.guard import ConnectionGuard, guarded_protocol, printable
 from pnndeploy.backends.simulated import SimulatedChip
-from pnndeploy.backends.frame import BINARY_TYPE, VERSION as FRAME_VERSION, decode_frame, encode_frame
 from pnndeploy.backends.slots import Slots, Stale
 from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, encode_array, field_array, loads_object
 
@@ -259,14 +259,13 @@ def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None
         """Program one layer (fully, by its changes since version ``base``, or not at all) and measure it."""
         doc, arrays = await body(request)
         layer, shape = _slot(doc, "the request", "settings" in doc or "settings" in arrays)
-        settings_, mask, values = (field_array(doc, arrays, name, finite=True, mask=name == "mask")
-                                   if name in doc or name in arrays else None
-                                   for name in ("settings", "mask", "values"))
+        change = [field_array(doc, arrays, name, finite=True, mask=name == "mask")
+                  if name in doc or name in arrays else None for name in ("settings", "mask", "values")]
         x = _inputs(doc, arrays, chip, finite=True)
 
         def work() -> tuple[str, bool, np.ndarray, float]:
             start = time.perf_counter()
-            version, programmed = slots.ensure(layer, shape, doc.get("base"), settings_, mask, values)
+            version, programmed = slots.ensure(layer, shape, doc.get("base"), *change)
             return version, programmed, chip.infer(layer, x), time.perf_counter() - start
 
         version, programmed, y, seconds = run(work)
@@ -275,17 +274,22 @@ def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None
 
     @app.post(f"/{PROTOCOL}/measure_transfer")
     async def measure_transfer(request: Request) -> Any:
-        doc, arrays = await body(request)
-        rows, cols = doc.get("rows"), doc.get("cols")
-        if not (isinstance(rows, list) and isinstance(cols, list) and len(rows) == len(cols) and rows
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in rows + cols)):
-            raise BackendError("'rows' and 'cols' must be equally long non-empty lists of integers")
-        controls = field_array(doc, arrays, "controls", 1)
-        if len(rows) * len(controls) > chip.info().max_sweep_values:
-            raise BackendError(f"sweep of {len(rows)} devices x {len(controls)} points is more than "
-                               f"{chip.info().max_sweep_values} values; sweep fewer devices per request")
+        rows, cols, controls = _sweep(*await body(request), chip)
         W, seconds = run(lambda: _timed(chip.measure_transfer, np.asarray(rows), np.asarray(cols), controls))
         return _reply(request, {}, {"weights": W}, {"readout": await readout(), "chip": seconds})
+
+
+def _sweep(doc: dict, arrays: dict[str, np.ndarray], chip: SimulatedChip) -> tuple[list, list, np.ndarray]:
+    """(rows, cols, controls) of a /v1/measure_transfer request, within the chip's sweep limit."""
+    rows, cols = doc.get("rows"), doc.get("cols")
+    if not (isinstance(rows, list) and isinstance(cols, list) and len(rows) == len(cols) and rows
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in rows + cols)):
+        raise BackendError("'rows' and 'cols' must be equally long non-empty lists of integers")
+    controls = field_array(doc, arrays, "controls", 1)
+    if len(rows) * len(controls) > chip.info().max_sweep_values:
+        raise BackendError(f"sweep of {len(rows)} devices x {len(controls)} points is more than "
+                           f"{chip.info().max_sweep_values} values; sweep fewer devices per request")
+    return rows, cols, controls
 
 
 def _slot(doc: Any, where: str, with_shape: bool) -> tuple[int, tuple[int, int] | None]:

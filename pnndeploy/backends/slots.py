@@ -63,7 +63,7 @@ class Slots:
             return held[0], False
         if mask is None or values is None:
             raise BackendError("a change of settings needs both 'mask' and 'values'")
-        version, held_shape, old = held
+        _, held_shape, old = held
         if shape is not None and tuple(shape) != held_shape:
             raise BackendError(f"layer slot {layer} holds a {held_shape} layer, not {tuple(shape)}; "
                                "send the full settings")
