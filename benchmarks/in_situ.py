@@ -4,10 +4,12 @@ Trains standard and SAT in silico, and PAT (standard in situ) and SAT + PAT (sat
 reached through `pnndeploy chip serve` on loopback, for a few seeds; maps each model onto the
 default fleet and reports its accuracy on chipA and on the seven other chips.  It also times a
 training step in silico, in situ with the chip in this process (no network) and in situ over
-HTTP, so the network's share of the in-situ cost is measured.
+HTTP with the JSON wire and with the binary wire, so the network's share of the in-situ cost is
+measured; the station's configured readout latency (its Server-Timing) is reported apart.
 
     python benchmarks/in_situ.py                 # 3 seeds, 30 epochs (about 6 min on two cores)
     python benchmarks/in_situ.py --seeds 1 --epochs 5
+    python benchmarks/in_situ.py --cost-only --epochs 5   # only the step costs (in silico, in process, JSON, binary)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,14 +55,69 @@ def connect(folder: Path, url: str, token: Path) -> None:
                     "--address", url, "--token-file", str(token)], check=True, capture_output=True)
 
 
+def open_wire(profile: Any, wire: str) -> InSituChip:
+    """The remote chip reached over ``wire`` (json or binary), for in-situ training."""
+    backend = open_chip(profile, 10.0)
+    backend.wire = wire
+    backend.open()
+    return InSituChip(backend, profile)
+
+
+def step_costs(epochs: int, local: Any, remote: Any, tmp: Path) -> dict[str, dict]:
+    """ms per training step (batch 32) in silico, with the chip in this process, and over loopback HTTP on each
+    wire, for standard (PAT) and sat (SAT + PAT); the station's readout latency and chip time apart."""
+    data = load_dataset("digits", seed=0)
+    steps = epochs * -(-len(data.y_train) // 32)
+    train_and_export(data, TrainConfig(method="sat", epochs=1, seed=0), tmp / "warm.onnx")    # imports, caches
+    costs: dict[str, dict] = {}
+    for label, make in (("in silico", lambda: None),
+                        ("chip in process", lambda: InSituChip(SimulatedChip(profile=local), local)),
+                        ("HTTP, JSON wire", lambda: open_wire(remote, "json")),
+                        ("HTTP, binary wire", lambda: open_wire(remote, "binary"))):
+        for method in ("standard", "sat"):
+            chip = make()
+            start = time.perf_counter()
+            train_and_export(data, TrainConfig(method=method, epochs=epochs, seed=0), tmp / "cost.onnx", chip=chip)
+            per_step = 1000 * (time.perf_counter() - start) / steps
+            backend = chip.backend if chip else None
+            station = getattr(backend, "station_seconds", {"readout": 0.0, "chip": 0.0})
+            costs[f"{method}, {label}"] = {
+                "method": method, "where": label, "ms_per_step": per_step,
+                "backend_ms_per_step": 1000 * chip.chip_seconds / steps if chip else 0.0,
+                "readout_ms_per_step": 1000 * station["readout"] / steps,
+                "server_chip_ms_per_step": 1000 * station["chip"] / steps,
+                "map_ms_per_step": 1000 * chip.map_seconds / steps if chip else 0.0,
+                "exchanges_per_step": getattr(backend, "exchanges", 0) / steps,
+                "kbytes_per_step": (getattr(backend, "bytes_sent", 0) + getattr(backend, "bytes_received", 0))
+                / 1000 / steps}
+            if backend is not None:
+                backend.close()
+            print(f"{method}, {label}: {costs[f'{method}, {label}']}", flush=True)
+    for cost in costs.values():
+        silico = costs[f"{cost['method']}, in silico"]["ms_per_step"]
+        cost["x_in_silico"] = cost["ms_per_step"] / silico
+        cost["x_in_silico_without_readout"] = (cost["ms_per_step"] - cost["readout_ms_per_step"]) / silico
+    return costs
+
+
+def print_costs(costs: dict[str, dict]) -> None:
+    print("\n| step | ms per step | × in silico | × without readout | in the backend | of it readout latency | "
+          "of it server's chip | mapping | exchanges | kB |\n|---|---|---|---|---|---|---|---|---|---|")
+    for label, c in costs.items():
+        print(f"| {label} | {c['ms_per_step']:.2f} | {c['x_in_silico']:.1f} | {c['x_in_silico_without_readout']:.1f} "
+              f"| {c['backend_ms_per_step']:.2f} | {c['readout_ms_per_step']:.2f} | {c['server_chip_ms_per_step']:.2f}"
+              f" | {c['map_ms_per_step']:.2f} | {c['exchanges_per_step']:.1f} | {c['kbytes_per_step']:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--latency-ms", type=float, default=2.0, help="the server's latency per measurement")
+    parser.add_argument("--cost-only", action="store_true", help="only the step costs, not the accuracy runs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    rows, costs = [], {}
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = tmp / "profiles"
@@ -69,7 +127,7 @@ def main() -> None:
             connect(folder, server.url, server.token_file)
             remote = read_profile(folder / "chipA-remote.h5")
             local = read_profile(FLEET / "chipA.h5")
-            for seed in range(args.seeds):
+            for seed in range(0 if args.cost_only else args.seeds):
                 data = load_dataset("digits", seed=seed)
                 for name, (method, where) in RUNS.items():
                     chip = None
@@ -91,30 +149,15 @@ def main() -> None:
                           flush=True)
                     if chip is not None:
                         chip.backend.close()
-            # step cost: in silico, in situ with the chip in this process, in situ over HTTP (one seed, sat)
-            data = load_dataset("digits", seed=0)
-            steps = args.epochs * -(-len(data.y_train) // 32)
-            for label, make in (("in-silico", lambda: None),
-                                ("in-situ, chip in process", lambda: InSituChip(SimulatedChip(profile=local), local)),
-                                ("in-situ, chip over HTTP", lambda: InSituChip(open_chip(remote, 10.0), remote))):
-                for method in ("standard", "sat"):
-                    chip = make()
-                    start = time.perf_counter()
-                    train_and_export(data, TrainConfig(method=method, epochs=args.epochs, seed=0),
-                                     tmp / "cost.onnx", chip=chip)
-                    costs[f"{method}, {label}"] = {
-                        "ms_per_step": 1000 * (time.perf_counter() - start) / steps,
-                        "chip_ms_per_step": 1000 * chip.chip_seconds / steps if chip else 0.0,
-                        "map_ms_per_step": 1000 * chip.map_seconds / steps if chip else 0.0}
-                    print(f"{method}, {label}: {costs[f'{method}, {label}']}", flush=True)
-    print("\n| method | chipA (trained on) | other 7 chips, mean | other 7, worst | nominal chip |\n|---|---|---|---|---|")
-    for name in RUNS:
-        r = [x for x in rows if x["method"] == name]
-        fmt = lambda k: f"{100 * np.mean([x[k] for x in r]):.1f} ± {100 * np.std([x[k] for x in r]):.1f}"  # noqa
-        print(f"| {name} | {fmt('chipA')} | {fmt('others_mean')} | {fmt('others_min')} | {fmt('nominal')} |")
-    print("\n| step | ms per step | of it in the chip's backend | mapping |\n|---|---|---|---|")
-    for label, c in costs.items():
-        print(f"| {label} | {c['ms_per_step']:.2f} | {c['chip_ms_per_step']:.2f} | {c['map_ms_per_step']:.2f} |")
+            costs = step_costs(args.epochs, local, remote, tmp)
+    if rows:
+        print("\n| method | chipA (trained on) | other 7 chips, mean | other 7, worst | nominal chip |\n"
+              "|---|---|---|---|---|")
+        for name in RUNS:
+            r = [x for x in rows if x["method"] == name]
+            fmt = lambda k: f"{100 * np.mean([x[k] for x in r]):.1f} ± {100 * np.std([x[k] for x in r]):.1f}"  # noqa
+            print(f"| {name} | {fmt('chipA')} | {fmt('others_mean')} | {fmt('others_min')} | {fmt('nominal')} |")
+    print_costs(costs)
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": rows, "step_cost": costs}, indent=2))
 

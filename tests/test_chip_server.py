@@ -127,7 +127,7 @@ def test_calibrate_recovers_the_chips_offsets_to_the_measurement_noise(cli, remo
 def test_in_situ_training_runs_through_the_server(cli, remote, tmp_path):
     folder, server = remote
     out = tmp_path / "pat.onnx"
-    before = server.requests_logged("/v1/infer")
+    before = {path: server.requests_logged(path) for path in ("/v1/infer", "/v1/program", "/v1/measure")}
     result = cli("train", "--method", "standard", "--epochs", "1", "--hidden", "8", "--in-situ", "chipB-remote",
                  "--in-situ-profiles", folder, "--out", out, "--json")
     assert result.exit_code == 0, result.output
@@ -135,7 +135,10 @@ def test_in_situ_training_runs_through_the_server(cli, remote, tmp_path):
     steps = -(-1437 // 32)
     assert doc["in_situ"]["chip_device_id"] == "chipB" and doc["in_situ"]["backend"] == "http"
     assert doc["in_situ"]["measurements"] == 2 * steps                  # every on-chip layer, every step
-    assert server.requests_logged("/v1/infer") - before >= 2 * steps
+    # one program-and-measure exchange per layer and step (issue 26), nothing else
+    assert server.requests_logged("/v1/measure") - before["/v1/measure"] == 2 * steps
+    assert server.requests_logged("/v1/infer") + server.requests_logged("/v1/program") == \
+        before["/v1/infer"] + before["/v1/program"]
     from pnndeploy.formats.onnx_io import load_model
 
     assert load_model(out).metadata["in_situ"]["device"] == "chipB-remote"

@@ -112,6 +112,26 @@ class ChipBackend(ABC):
     def infer(self, layer: int, x: np.ndarray) -> np.ndarray:
         """Measured outputs (batch, out) of layer slot ``layer`` for input powers ``x`` (batch, in)."""
 
+    def measure_layer(self, program: LayerProgram, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Program ``program`` unless its slot already holds those settings, then measure ``x`` through it (in
+        batches of ``max_batch``): (outputs (batch, out), whether it programmed).
+
+        Why one call: a station that can do both in one exchange (the http backend) saves a round trip per
+        layer and step, and one that can tell what the chip holds sends only what changed.  This default
+        remembers what it programmed through this method, as an in-process driver may; a backend whose chip
+        others can re-program must check (see :mod:`pnndeploy.backends.slots`)."""
+        memory = self.__dict__.setdefault("_measure_programmed", {})
+        previous = memory.get(program.index)
+        programmed = previous is None or not np.array_equal(previous, program.settings)
+        if programmed:
+            self.program([program])
+            memory[program.index] = np.array(program.settings, copy=True)
+        step = max(1, self.info().max_batch)
+        if not len(x):
+            return np.zeros((0, int(program.weight_shape[0]))), programmed
+        return np.concatenate([self.infer(program.index, x[s:s + step]) for s in range(0, len(x), step)]), \
+            programmed
+
     def set_temperature(self, celsius: float) -> None:
         """Set the chip's temperature (degrees Celsius) and wait until it has settled."""
         raise BackendError(f"the station of {self.address or self.kind} has no temperature controller; "

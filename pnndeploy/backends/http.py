@@ -28,11 +28,15 @@ import numpy as np
 
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
 from pnndeploy.backends.credentials import TOKEN_ENV, credential_path, plain_http_problem, read_secret, token_from
-from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, decode_array, encode_array, loads_object
+from pnndeploy.backends.frame import BINARY_TYPE, decode_frame, encode_frame
+from pnndeploy.backends.slots import Stale, pack_changes
+from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, encode_array, field_array, loads_object
 
 #: Retries after the first try of a request that failed transiently, and the first backoff (doubles each time).
 RETRIES, BACKOFF_S = 3, 0.2
 _TRANSIENT_STATUS = {502, 503, 504}
+#: The wires a client may ask for (backend option ``wire``): auto (binary when the server offers it), binary, json.
+WIRES = ("auto", "binary", "json")
 
 
 class HttpBackend(ChipBackend):
@@ -49,9 +53,19 @@ class HttpBackend(ChipBackend):
             raise BackendError(f"backend option retries={self.options.get('retries')!r} is not an integer") from None
         if not 0 <= self.retries <= 10:
             raise BackendError(f"backend option retries={self.retries}: use 0..10")
+        self.wire = str(self.options.get("wire", "auto"))
+        if self.wire not in WIRES:
+            raise BackendError(f"backend option wire={self.wire!r}: use one of {', '.join(WIRES)}")
         self._client: Any = None
         self._deadline: Any = None
         self._info: ChipInfo | None = None
+        self.binary = False
+        #: Per slot, the program version the server named and the settings it holds under it.
+        self._held: dict[int, tuple[str, np.ndarray]] = {}
+        #: The station's own time reported in Server-Timing (readout latency, chip), s; request bodies sent
+        #: and reply bodies received, bytes; exchanges made.
+        self.station_seconds = {"readout": 0.0, "chip": 0.0}
+        self.bytes_sent = self.bytes_received = self.exchanges = 0
 
     # ------------------------------------------------------------------------------------------ session
     def open(self) -> ChipInfo:
@@ -72,7 +86,13 @@ class HttpBackend(ChipBackend):
                                     headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"},
                                     follow_redirects=False)
         try:
-            self._info = self._parse_info(self._request("GET", "/info"))
+            reply, _ = self._request("GET", "/info")
+            self._info = self._parse_info(reply)
+            offered = reply.get("wire", {}).get("binary") if isinstance(reply.get("wire"), dict) else None
+            if self.wire == "binary" and offered != BINARY_TYPE:
+                raise BackendError(f"{where}: backend option wire=binary, but the server offers no "
+                                   f"{BINARY_TYPE} wire; use wire=json or wire=auto")
+            self.binary = self.wire != "json" and offered == BINARY_TYPE
         except BaseException:
             self.close()
             raise
@@ -119,47 +139,99 @@ class HttpBackend(ChipBackend):
 
     # --------------------------------------------------------------------------------------- operations
     def program(self, layers: Sequence[LayerProgram]) -> None:
-        self._request("POST", "/program", {"layers": [
+        reply, _ = self._request("POST", "/program", {"layers": [
             {"index": int(layer.index), "weight_shape": [int(n) for n in layer.weight_shape],
              "settings": encode_array(layer.settings)} for layer in layers]})
+        versions = reply.get("versions")
+        for k, layer in enumerate(layers):
+            self._held.pop(int(layer.index), None)
+            if isinstance(versions, list) and len(versions) == len(layers) and isinstance(versions[k], str):
+                self._held[int(layer.index)] = (versions[k], np.array(layer.settings, np.float64))
 
     def set_temperature(self, celsius: float) -> None:
         if "temperature" not in self.info().supports:
             super().set_temperature(celsius)
         if not math.isfinite(celsius):
             raise BackendError(f"temperature {celsius} degC is not a finite number")
-        reply = self._request("POST", "/temperature", {"celsius": float(celsius)})
+        reply, _ = self._request("POST", "/temperature", {"celsius": float(celsius)})
         reached = reply.get("temperature_C")
         if isinstance(reached, (int, float)) and math.isfinite(reached):
             self._info = dataclasses.replace(self.info(), temperature_C=float(reached))
 
     def infer(self, layer: int, x: np.ndarray) -> np.ndarray:
-        reply = self._request("POST", "/infer", {"layer": int(layer), "x": encode_array(x)})
-        y = self._array(reply, "y", 2)
+        y = self._array(self._request("POST", "/infer", {"layer": int(layer)}, {"x": x}), "y", 2)
         if y.shape[0] != len(x):
             raise BackendError(f"chip server {self.address}: /infer returned {y.shape[0]} outputs for {len(x)} inputs")
         return y
 
+    def measure_layer(self, program: LayerProgram, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        """One exchange per batch (``/v1/measure``): the layer's settings ride with its first batch, only those
+        that changed since the version the server named (none when none changed); a 409 (the server restarted,
+        or another client programmed the slot) re-sends them in full, once."""
+        if "measure" not in self.info().supports:
+            return super().measure_layer(program, x)
+        try:
+            return self._measure_layer(program, x)
+        except Stale:
+            self._held.pop(int(program.index), None)
+        try:
+            return self._measure_layer(program, x)
+        except Stale as exc:
+            raise BackendError(f"chip server {self.address}: layer {program.index} was re-programmed by someone "
+                               f"else while it was measured ({exc}); one client per chip, please") from None
+
+    def _measure_layer(self, program: LayerProgram, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        index, settings = int(program.index), np.asarray(program.settings, np.float64)
+        fields: dict[str, Any] = {"layer": index, "weight_shape": [int(n) for n in program.weight_shape]}
+        arrays: dict[str, np.ndarray] = {}
+        held = self._held.get(index)
+        if held is None or held[1].shape != settings.shape:
+            arrays["settings"] = settings
+        else:
+            fields["base"] = held[0]
+            mask, values = pack_changes(held[1], settings)
+            if values.size and mask.nbytes + values.nbytes < settings.nbytes:
+                arrays.update(mask=mask, values=values)
+            elif values.size:
+                arrays["settings"] = settings
+        step, ys, programmed = max(1, self.info().max_batch), [], False
+        for start in range(0, max(len(x), 1), step):
+            reply = self._request("POST", "/measure", fields, {**arrays, "x": x[start:start + step]})
+            version = reply[0].get("version")
+            if not isinstance(version, str) or len(version) > 64:
+                raise BackendError(f"chip server {self.address}: malformed /measure reply (no program version)")
+            self._held[index] = (version, settings.copy())
+            programmed |= reply[0].get("programmed") is True
+            ys.append(self._array(reply, "y", 2))
+            fields, arrays = {"layer": index, "base": version}, {}
+        y = np.concatenate(ys)
+        if y.shape[0] != len(x):
+            raise BackendError(f"chip server {self.address}: /measure returned {y.shape[0]} outputs for {len(x)} "
+                               "inputs")
+        return y, programmed
+
     def measure_transfer(self, rows: np.ndarray, cols: np.ndarray, controls: np.ndarray) -> np.ndarray:
         if "measure_transfer" not in self.info().supports:
             return super().measure_transfer(rows, cols, controls)
-        reply = self._request("POST", "/measure_transfer", {
-            "rows": [int(r) for r in rows], "cols": [int(c) for c in cols], "controls": encode_array(controls)})
+        reply = self._request("POST", "/measure_transfer", {"rows": [int(r) for r in rows],
+                                                            "cols": [int(c) for c in cols]}, {"controls": controls})
         W = self._array(reply, "weights", 2)
         if W.shape != (len(rows), len(controls)):
             raise BackendError(f"chip server {self.address}: /measure_transfer returned shape {W.shape}, "
                                f"expected {(len(rows), len(controls))}")
         return W
 
-    def _array(self, reply: dict, name: str, ndim: int) -> np.ndarray:
+    def _array(self, reply: tuple[dict, dict[str, np.ndarray]], name: str, ndim: int) -> np.ndarray:
         try:
-            return decode_array(reply.get(name), name, ndim)
+            return field_array(reply[0], reply[1], name, ndim)
         except WireError as exc:
             raise BackendError(f"chip server {self.address}: malformed reply: {exc}") from None
 
     # ------------------------------------------------------------------------------------------ transport
-    def _request(self, method: str, path: str, body: Any = None) -> dict:
-        """One request with bounded retries, each try within one ``timeout`` deadline; the reply's JSON object."""
+    def _request(self, method: str, path: str, body: dict | None = None,
+                 arrays: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+        """One request with bounded retries, each try within one ``timeout`` deadline: (the reply's fields, its
+        arrays) - arrays come as JSON array objects among the fields unless the reply was a binary frame."""
         import httpx
 
         from pnndeploy.backends.deadline import TlsFailure
@@ -168,11 +240,7 @@ class HttpBackend(ChipBackend):
             raise BackendError(f"chip server {self.address}: not open")
         where = f"chip server {self.address}{'/' + PROTOCOL + path}"
         last = ""
-        try:
-            content = None if body is None else json.dumps(body, allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:
-            raise BackendError(f"{where}: cannot send the request ({exc}); a value is not finite") from None
-        headers = {"Content-Type": "application/json"} if content is not None else {}
+        content, headers = self._encode(body, arrays, where)
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
@@ -183,6 +251,8 @@ class HttpBackend(ChipBackend):
                         last = f"HTTP {response.status_code}"
                         continue
                     raw = self._read_limited(response, where)
+                    kind = response.headers.get("content-type", "")
+                    self._count(response.headers.get("server-timing", ""), content, raw)
             except httpx.TimeoutException:
                 last = f"no reply within --timeout {self.timeout:g} s"
                 continue
@@ -197,7 +267,7 @@ class HttpBackend(ChipBackend):
                 raise BackendError(f"{where}: {type(exc).__name__}: {exc}") from None
             finally:
                 self._deadline.at = None
-            return self._decode(response.status_code, raw, where)
+            return self._decode(response.status_code, raw, kind, where)
         hint = ("start it with `pnndeploy chip serve PROFILE` or check the profile's backend address"
                 if "refused" in last else "check the server and the network, or raise --timeout")
         raise BackendError(f"{where}: {last} after {self.retries + 1} tries; {hint}")
@@ -222,7 +292,44 @@ class HttpBackend(ChipBackend):
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _decode(self, status: int, raw: bytes, where: str) -> dict:
+    def _encode(self, body: dict | None, arrays: dict[str, np.ndarray] | None,
+                where: str) -> tuple[bytes | None, dict[str, str]]:
+        """The request's body and headers: a binary frame on the binary wire, else JSON with base64 arrays."""
+        accept = {"Accept": BINARY_TYPE if self.binary else "application/json"}
+        if body is None and not arrays:
+            return None, accept
+        try:
+            if self.binary and arrays:
+                return encode_frame(body or {}, arrays), {**accept, "Content-Type": BINARY_TYPE}
+            doc = {**(body or {}), **{name: encode_array(a) for name, a in (arrays or {}).items()}}
+            return json.dumps(doc, allow_nan=False).encode(), {**accept, "Content-Type": "application/json"}
+        except (TypeError, ValueError) as exc:
+            raise BackendError(f"{where}: cannot send the request ({exc}); a value is not finite") from None
+
+    def _count(self, timing: str, content: bytes | None, raw: bytes) -> None:
+        """Bytes both ways, and the station's own time from its Server-Timing header (``name;dur=MS, ...``;
+        anything malformed there is ignored: it is a report, not a value the training uses)."""
+        self.exchanges += 1
+        self.bytes_sent += len(content or b"")
+        self.bytes_received += len(raw)
+        for entry in timing[:512].split(","):
+            name, _, duration = entry.strip().partition(";dur=")
+            try:
+                ms = float(duration)
+            except ValueError:
+                continue
+            if name in self.station_seconds and math.isfinite(ms) and 0 <= ms < 1e7:
+                self.station_seconds[name] += ms / 1000
+
+    def _decode(self, status: int, raw: bytes, kind: str, where: str) -> tuple[dict, dict[str, np.ndarray]]:
+        if status < 400 and kind.split(";")[0].strip().lower() == BINARY_TYPE:
+            if not self.binary:
+                raise BackendError(f"{where}: the server sent a binary reply though the client asked for JSON; "
+                                   "the server is misbehaving")
+            try:
+                return decode_frame(raw, "the reply")
+            except WireError as exc:
+                raise BackendError(f"{where}: malformed reply ({exc}); is this a pnndeploy chip server?") from None
         try:
             doc: Any = loads_object(raw, "the reply")
             problem = ""
@@ -231,13 +338,15 @@ class HttpBackend(ChipBackend):
         if status == 401:
             raise BackendError(f"{where}: the server refused the token (401); use the token the server was started "
                                f"with (the profile's backend token_file in its tokens/ folder, or ${TOKEN_ENV})")
+        if status == 409 and isinstance(doc, dict) and doc.get("stale") is True:
+            raise Stale(f"{where}: {str(doc.get('error'))[:300]}")
         if status >= 400:
             message = (doc.get("error") or doc.get("detail")) if isinstance(doc, dict) else None
             reason = str(message)[:300] if message else "the server gave no reason"
             raise BackendError(f"{where}: HTTP {status}: {reason}")
         if doc is None:
             raise BackendError(f"{where}: malformed reply ({problem}); is this a pnndeploy chip server?")
-        return doc
+        return doc, {}
 
 
 def check_url(address: str) -> None:

@@ -33,9 +33,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from pnndeploy.backends.base import BackendError, LayerProgram
+from pnndeploy.backends.frame import BINARY_TYPE, VERSION as FRAME_VERSION, decode_frame, encode_frame
 from pnndeploy.backends.guard import ConnectionGuard, guarded_protocol, printable
 from pnndeploy.backends.simulated import SimulatedChip
-from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, decode_array, encode_array, loads_object
+from pnndeploy.backends.slots import Slots, Stale
+from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, encode_array, field_array, loads_object
 
 #: Misbehaviours the server can be told to show on /infer (tests of the client's fault handling).
 FAULTS = ("malformed", "oversized", "stall", "nan")
@@ -135,9 +137,9 @@ def _guard(app: Any, settings: ServerSettings, name: str, on_request: Callable[[
     return guarded
 
 
-async def _read_object(request: Request, settings: ServerSettings) -> dict:
-    """The request's JSON object, its body counted as it arrives (a chunked body has no length) and complete
-    within ``body_timeout``: :class:`Refused` (413, 408, 400) or WireError (400) otherwise."""
+async def _read_body(request: Request, settings: ServerSettings) -> bytes:
+    """The request's body, counted as it arrives (a chunked body has no length) and complete within
+    ``body_timeout``: :class:`Refused` (413, 408, 400) otherwise."""
     from starlette.requests import ClientDisconnect
 
     chunks, size = [], 0
@@ -153,11 +155,33 @@ async def _read_object(request: Request, settings: ServerSettings) -> dict:
                            "(the server's --body-timeout); send it at once") from None
     except ClientDisconnect:
         raise Refused(400, "the connection closed before the request body was complete") from None
-    return loads_object(b"".join(chunks), "the request body")
+    return b"".join(chunks)
+
+
+async def _read_message(request: Request, settings: ServerSettings) -> tuple[dict, dict[str, np.ndarray]]:
+    """(fields, arrays) of the request: a binary frame when its Content-Type says so, else a JSON object
+    (whose arrays stay JSON array objects, decoded by :func:`field_array`); WireError (400) if malformed."""
+    raw = await _read_body(request, settings)
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == BINARY_TYPE:
+        return decode_frame(raw, "the request body")
+    return loads_object(raw, "the request body"), {}
+
+
+def _reply(request: Request, fields: dict, arrays: dict[str, np.ndarray], timing: dict[str, float]) -> Response:
+    """A measurement's reply in the wire the client accepts (a frame if its Accept names it, else JSON), with
+    the server's own time in a Server-Timing header (ms): ``readout`` (the station's latency), ``chip``."""
+    headers = {"Server-Timing": ", ".join(f"{name};dur={1000 * seconds:.3f}" for name, seconds in timing.items())}
+    if BINARY_TYPE in request.headers.get("accept", ""):
+        return Response(encode_frame(fields, arrays), media_type=BINARY_TYPE, headers=headers)
+    return JSONResponse({**fields, **{name: encode_array(a) for name, a in arrays.items()}}, headers=headers)
 
 
 def _error_handlers(app: FastAPI) -> None:
     """Refusals as JSON errors: 400 for what the chip or the decoder refuses, the status of a :class:`Refused`."""
+
+    @app.exception_handler(Stale)
+    async def stale(request: Request, exc: Stale) -> Any:
+        return JSONResponse({"error": str(exc), "stale": True}, status_code=409)
 
     @app.exception_handler(BackendError)
     async def refused(request: Request, exc: BackendError) -> Any:
@@ -176,40 +200,44 @@ def _error_handlers(app: FastAPI) -> None:
 def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None:
     """The protocol's routes on ``app``."""
     lock = threading.Lock()
+    slots = Slots(chip)
     _error_handlers(app)
 
-    async def body(request: Request) -> dict:
-        return await _read_object(request, settings)
+    async def body(request: Request) -> tuple[dict, dict[str, np.ndarray]]:
+        return await _read_message(request, settings)
 
     def run(fn: Callable[[], Any]) -> Any:
         with lock:
             return fn()
 
+    async def readout() -> float:
+        """The station's readout latency (slept, not computed): reported apart from transport."""
+        start = time.perf_counter()
+        await asyncio.sleep(settings.latency_s)
+        return time.perf_counter() - start
+
     @app.get(f"/{PROTOCOL}/info")
     async def info() -> Any:
-        return {**run(chip.info).to_dict(), "protocol": PROTOCOL}
+        reply = run(chip.info).to_dict()
+        return {**reply, "supports": sorted({*reply["supports"], "measure"}), "protocol": PROTOCOL,
+                "wire": {"binary": BINARY_TYPE, "frame_version": FRAME_VERSION}}
 
     @app.post(f"/{PROTOCOL}/program")
     async def program(request: Request) -> Any:
-        doc = await body(request)
+        doc, _ = await body(request)
         layers = doc.get("layers")
         if not isinstance(layers, list) or not layers:
             raise BackendError("'layers' must be a non-empty list of {index, weight_shape, settings}")
         programs = []
         for k, layer in enumerate(layers):
-            try:
-                index, shape = int(layer["index"]), tuple(int(n) for n in layer["weight_shape"])
-            except (KeyError, TypeError, ValueError):
-                raise BackendError(f"layers[{k}] needs an integer 'index' and 'weight_shape' [out, in]") from None
-            if len(shape) != 2:
-                raise BackendError(f"layers[{k}].weight_shape must be [out, in]")
-            programs.append(LayerProgram(index, shape, decode_array(layer.get("settings"), f"layers[{k}].settings")))
-        run(lambda: chip.program(programs))
-        return {"programmed": [p.index for p in programs]}
+            index, shape = _slot(layer, f"layers[{k}]", True)
+            programs.append(LayerProgram(index, shape, field_array(layer, {}, "settings")))
+        versions = run(lambda: slots.program(programs))
+        return {"programmed": [p.index for p in programs], "versions": versions}
 
     @app.post(f"/{PROTOCOL}/temperature")
     async def temperature(request: Request) -> Any:
-        doc = await body(request)
+        doc, _ = await body(request)
         celsius = doc.get("celsius")
         if not isinstance(celsius, (int, float)) or isinstance(celsius, bool):
             raise BackendError("'celsius' must be a number")
@@ -218,40 +246,95 @@ def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> None
 
     @app.post(f"/{PROTOCOL}/infer")
     async def infer(request: Request) -> Any:
-        doc = await body(request)
+        doc, arrays = await body(request)
         layer = doc.get("layer")
         if not isinstance(layer, int) or isinstance(layer, bool):
             raise BackendError("'layer' must be an integer slot")
-        x = decode_array(doc.get("x"), "x", 2)
-        if len(x) > chip.info().max_batch:
-            raise BackendError(f"batch of {len(x)} inputs; this chip takes at most {chip.info().max_batch}")
-        y = run(lambda: chip.infer(layer, x))
-        await asyncio.sleep(settings.latency_s)
-        if settings.fault == "stall":
-            await asyncio.sleep(STALL_S)
-        if settings.fault == "malformed":
-            return Response(b'{"y": [1, 2', media_type="application/json")
-        if settings.fault == "oversized":
-            return Response(b" " * (MAX_BODY_BYTES + 1024), media_type="application/json")
-        if settings.fault == "nan":
-            y = y.copy()
-            y[0] = np.nan
-        return {"y": encode_array(y)}
+        x = _inputs(doc, arrays, chip, finite=False)
+        y, seconds = run(lambda: _timed(chip.infer, layer, x))
+        return await _measured(request, {}, y, {"readout": await readout(), "chip": seconds}, settings)
+
+    @app.post(f"/{PROTOCOL}/measure")
+    async def measure(request: Request) -> Any:
+        """Program one layer (fully, by its changes since version ``base``, or not at all) and measure it."""
+        doc, arrays = await body(request)
+        layer, shape = _slot(doc, "the request", "settings" in doc or "settings" in arrays)
+        change = [field_array(doc, arrays, name, finite=True, mask=name == "mask")
+                  if name in doc or name in arrays else None for name in ("settings", "mask", "values")]
+        x = _inputs(doc, arrays, chip, finite=True)
+
+        def work() -> tuple[str, bool, np.ndarray, float]:
+            start = time.perf_counter()
+            version, programmed = slots.ensure(layer, shape, doc.get("base"), *change)
+            return version, programmed, chip.infer(layer, x), time.perf_counter() - start
+
+        version, programmed, y, seconds = run(work)
+        return await _measured(request, {"version": version, "programmed": programmed}, y,
+                               {"readout": await readout(), "chip": seconds}, settings)
 
     @app.post(f"/{PROTOCOL}/measure_transfer")
     async def measure_transfer(request: Request) -> Any:
-        doc = await body(request)
-        rows, cols = doc.get("rows"), doc.get("cols")
-        if not (isinstance(rows, list) and isinstance(cols, list) and len(rows) == len(cols) and rows
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in rows + cols)):
-            raise BackendError("'rows' and 'cols' must be equally long non-empty lists of integers")
-        controls = decode_array(doc.get("controls"), "controls", 1)
-        if len(rows) * len(controls) > chip.info().max_sweep_values:
-            raise BackendError(f"sweep of {len(rows)} devices x {len(controls)} points is more than "
-                               f"{chip.info().max_sweep_values} values; sweep fewer devices per request")
-        W = run(lambda: chip.measure_transfer(np.asarray(rows), np.asarray(cols), controls))
-        await asyncio.sleep(settings.latency_s)
-        return {"weights": encode_array(W)}
+        rows, cols, controls = _sweep(*await body(request), chip)
+        W, seconds = run(lambda: _timed(chip.measure_transfer, np.asarray(rows), np.asarray(cols), controls))
+        return _reply(request, {}, {"weights": W}, {"readout": await readout(), "chip": seconds})
+
+
+def _sweep(doc: dict, arrays: dict[str, np.ndarray], chip: SimulatedChip) -> tuple[list, list, np.ndarray]:
+    """(rows, cols, controls) of a /v1/measure_transfer request, within the chip's sweep limit."""
+    rows, cols = doc.get("rows"), doc.get("cols")
+    if not (isinstance(rows, list) and isinstance(cols, list) and len(rows) == len(cols) and rows
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in rows + cols)):
+        raise BackendError("'rows' and 'cols' must be equally long non-empty lists of integers")
+    controls = field_array(doc, arrays, "controls", 1)
+    if len(rows) * len(controls) > chip.info().max_sweep_values:
+        raise BackendError(f"sweep of {len(rows)} devices x {len(controls)} points is more than "
+                           f"{chip.info().max_sweep_values} values; sweep fewer devices per request")
+    return rows, cols, controls
+
+
+def _slot(doc: Any, where: str, with_shape: bool) -> tuple[int, tuple[int, int] | None]:
+    """(slot index, weight shape [out, in] or None when not ``with_shape`` and absent) of a request field."""
+    try:
+        index = doc.get("index", doc.get("layer"))
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError
+        given = doc.get("weight_shape")
+        shape = None if given is None and not with_shape else tuple(int(n) for n in given)
+    except (AttributeError, TypeError, ValueError):
+        raise BackendError(f"{where} needs an integer slot ('index' or 'layer') and 'weight_shape' [out, in]") \
+            from None
+    if shape is not None and len(shape) != 2:
+        raise BackendError(f"{where}: weight_shape must be [out, in]")
+    return index, shape
+
+
+def _inputs(doc: dict, arrays: dict[str, np.ndarray], chip: SimulatedChip, finite: bool) -> np.ndarray:
+    """The request's input batch ``x`` (batch, in), at most the chip's ``max_batch`` rows; ``finite`` where NaN
+    cannot be meant (/v1/infer lets a NaN an earlier layer measured through, to be reported as invalid)."""
+    x = field_array(doc, arrays, "x", 2, finite=finite)
+    if len(x) > chip.info().max_batch:
+        raise BackendError(f"batch of {len(x)} inputs; this chip takes at most {chip.info().max_batch}")
+    return x
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    return fn(*args), time.perf_counter() - start
+
+
+async def _measured(request: Request, fields: dict, y: np.ndarray, timing: dict[str, float],
+                    settings: ServerSettings) -> Response:
+    """The reply of a measurement, misbehaving as ``settings.fault`` says (tests of the client)."""
+    if settings.fault == "stall":
+        await asyncio.sleep(STALL_S)
+    if settings.fault == "malformed":
+        return Response(b'{"y": [1, 2', media_type="application/json")
+    if settings.fault == "oversized":
+        return Response(b" " * (MAX_BODY_BYTES + 1024), media_type="application/json")
+    if settings.fault == "nan":
+        y = y.copy()
+        y[0] = np.nan
+    return _reply(request, fields, {"y": y}, timing)
 
 
 def bind(host: str, port: int) -> socket.socket:

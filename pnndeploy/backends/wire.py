@@ -26,6 +26,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 #: Largest array either side decodes, values.
 MAX_ARRAY_VALUES = 1 << 20          # a 1024 x 1024 layer; 11 MiB of base64, under MAX_BODY_BYTES
 ACCEPTED_DTYPES = {"<f8": np.dtype("<f8"), "<f4": np.dtype("<f4")}
+#: The dtype of a bit mask (np.packbits, little bit order): a re-programmed layer's changed settings.
+MASK_DTYPES = {"|u1": np.dtype("u1")}
 #: Deepest nesting of lists and objects either side accepts in a message (the protocol needs 4).
 MAX_JSON_DEPTH = 32
 
@@ -35,18 +37,22 @@ class WireError(BackendError):
 
 
 def encode_array(values: np.ndarray) -> dict[str, Any]:
-    """``values`` as a wire array (float64, little-endian)."""
-    array = np.ascontiguousarray(np.asarray(values, dtype="<f8"))
-    return {"dtype": "<f8", "shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode("ascii")}
+    """``values`` as a wire array (float64, little-endian; a uint8 mask as |u1)."""
+    values = np.asarray(values)
+    dtype = "|u1" if values.dtype == np.uint8 else "<f8"
+    array = np.ascontiguousarray(values, dtype=dtype)
+    return {"dtype": dtype, "shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode("ascii")}
 
 
-def decode_array(obj: Any, name: str, ndim: int | None = None, max_values: int = MAX_ARRAY_VALUES) -> np.ndarray:
-    """A wire array back as float64; WireError naming ``name`` for anything malformed."""
+def decode_array(obj: Any, name: str, ndim: int | None = None, max_values: int = MAX_ARRAY_VALUES,
+                 dtypes: dict[str, np.dtype] = ACCEPTED_DTYPES) -> np.ndarray:
+    """A wire array back as float64 (a mask as uint8); WireError naming ``name`` for anything malformed."""
     if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
         raise WireError(f"'{name}' is not an array object {{dtype, shape, data}}")
-    dtype = ACCEPTED_DTYPES.get(obj["dtype"]) if isinstance(obj["dtype"], str) else None
+    dtype = dtypes.get(obj["dtype"]) if isinstance(obj["dtype"], str) else None
     if dtype is None:
-        raise WireError(f"'{name}' has dtype {obj['dtype']!r}; the protocol carries <f8 (or <f4) only")
+        raise WireError(f"'{name}' has dtype {printable_repr(obj['dtype'])}; here the protocol carries "
+                        f"{' or '.join(dtypes)} only")
     shape = obj["shape"]
     if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                               for n in shape) or len(shape) > 4:
@@ -65,7 +71,34 @@ def decode_array(obj: Any, name: str, ndim: int | None = None, max_values: int =
     if len(raw) != count * dtype.itemsize:
         raise WireError(f"'{name}' data holds {len(raw)} bytes, but shape {shape} of {obj['dtype']} needs "
                         f"{count * dtype.itemsize}")
-    return np.frombuffer(raw, dtype=dtype).astype(np.float64).reshape(shape)
+    values = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return values.astype(np.float64) if dtype.kind == "f" else values.copy()
+
+
+def field_array(doc: dict, arrays: dict[str, np.ndarray], name: str, ndim: int | None = None,
+                finite: bool = False, mask: bool = False) -> np.ndarray:
+    """Field ``name`` of a message, whichever wire brought it: a decoded frame array (``arrays``) or a JSON
+    array object in ``doc``; float64 (uint8 for a ``mask``), NaN and inf refused where ``finite``."""
+    dtypes = MASK_DTYPES if mask else ACCEPTED_DTYPES
+    if name not in arrays:
+        values = decode_array(doc.get(name), name, ndim, dtypes=dtypes)
+    else:
+        values = arrays[name]
+        if values.dtype.str not in dtypes:
+            raise WireError(f"'{name}' has dtype {values.dtype.str}; here the protocol carries "
+                            f"{' or '.join(dtypes)} only")
+        if ndim is not None and values.ndim != ndim:
+            raise WireError(f"'{name}' has {values.ndim} dimensions, expected {ndim}")
+        values = values.astype(np.float64, copy=False) if not mask else values
+    if finite and not np.all(np.isfinite(values)):
+        raise WireError(f"'{name}' holds NaN or inf; send finite values")
+    return values
+
+
+def printable_repr(value: Any, limit: int = 40) -> str:
+    """A peer's value for an error message: repr, cut at ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def loads_object(raw: bytes, what: str) -> dict[str, Any]:

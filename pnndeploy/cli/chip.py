@@ -244,8 +244,11 @@ def _install_credential(source: str, folder: Any, name: str, flag: str, secret: 
                    "the profile. Without it the system's certificate store verifies the station.")
 @insecure_option
 @click.option("--name", default=None, help="Device name of the new profile (default: DEVICE-remote).")
+@click.option("--wire", type=click.Choice(["auto", "binary", "json"]), default="auto", show_default=True,
+              help="http: how arrays travel: binary frames when the station offers them (auto), always, or JSON "
+                   "with base64 arrays (a station that speaks only JSON).")
 def connect(device: str, profiles: str | None, address: str, kind: str, token_file: str | None,
-            ca_file: str | None, insecure: bool, name: str | None) -> None:
+            ca_file: str | None, insecure: bool, name: str | None, wire: str) -> None:
     """Write a profile of DEVICE that reaches the chip through a station instead of simulating it.
 
     The new profile keeps DEVICE's calibration and environment, drops its fabrication
@@ -279,6 +282,8 @@ def connect(device: str, profiles: str | None, address: str, kind: str, token_fi
     folder = source.parent / CREDENTIALS_DIR
     if token_file:
         options["token_file"] = _install_credential(token_file, folder, f"{new_name}.token", "--token-file", True)
+    if wire != "auto":
+        options["wire"] = wire
     if ca_file:
         options["ca_file"] = _install_credential(ca_file, folder, f"{new_name}.ca.pem", "--ca-file", False)
     write_profile(dataclasses.replace(record, device_id=new_name, fabrication=None,
