@@ -198,7 +198,7 @@ def test_fleet_make_is_reproducible(cli, tmp_path, shipped_process) -> None:
     first = cli(*args, "--out", "one", "--json")
     assert first.exit_code == 0, first.output
     assert json.loads(first.stdout)["profiles"] == [str(Path("one") / f"chip{c}.h5") for c in "ABC"]
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["chipA.h5", "chipB.h5", "chipC.h5"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["chipA.h5", "chipB.h5", "chipC.h5", "process.yaml"]
     assert cli(*args, "--out", "two").exit_code == 0
     a, b = _datasets(tmp_path / "one"), _datasets(tmp_path / "two")
     assert sorted(a) == sorted(b) and len(a) > 20
