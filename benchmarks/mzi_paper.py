@@ -179,17 +179,17 @@ def run(name: str, seed: int, dataset: str, base: dict, tmp: Path, remote, args)
     path = tmp / f"{name}-{seed}.onnx"
     chip = InSituChip(open_chip(remote, 60.0), remote) if name in IN_SITU else None
     t0 = time.perf_counter()
-    train_and_export(dataset, TrainConfig(**{**base, **METHODS[name]}, seed=seed), path, chip=chip)
+    summary, _ = train_and_export(dataset, TrainConfig(**{**base, **METHODS[name]}, seed=seed), path, chip=chip)
     seconds = time.perf_counter() - t0
     row = {"method": name, "seed": seed, "train_seconds": seconds, "epoch_seconds": seconds / base["epochs"],
-           **evaluate(path, args.modes)}
+           "sharpness": summary.sharpness, **evaluate(path, args.modes)}
     if chip is not None:
         row.update(chip_seconds=chip.chip_seconds, map_seconds=chip.map_seconds)
         chip.backend.close()
     if args.grid:
         row["grid"] = grid(path, args.modes)
     print(f"{name} seed {seed}: {seconds:.0f} s, ideal {row['ideal']:.3f}, in silico {row['in_silico']:.3f}, "
-          f"calibrated {row['calibrated']:.3f}", file=sys.stderr, flush=True)
+          f"calibrated {row['calibrated']:.3f}, lambda_max {row['sharpness']:.3g}", file=sys.stderr, flush=True)
     return row
 
 
