@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: the config's")
     parser.add_argument("--modes", type=int, default=64)
     parser.add_argument("--methods", default="standard,sat", help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--dataset", default=None, help="default: the config's (digits28); e.g. mnist:~/data/mnist")
     parser.add_argument("--grid", action="store_true", help="also the paper's 7 x 7 grid of new random devices")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
     parser.add_argument("--json", dest="json_path", default=None)
@@ -150,7 +151,7 @@ def main() -> None:
     base["hidden"] = [*base["hidden"][:-1], args.modes]         # fc2 feeds every mode of the mesh
     if args.epochs:
         base["epochs"] = args.epochs
-    dataset = load_config(CONFIG)["dataset"]
+    dataset = args.dataset or load_config(CONFIG)["dataset"]
     methods = args.methods.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
