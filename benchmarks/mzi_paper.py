@@ -140,6 +140,9 @@ def main() -> None:
     parser.add_argument("--modes", type=int, default=64)
     parser.add_argument("--methods", default="standard,sat", help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--dataset", default=None, help="default: the config's (digits28); e.g. mnist:~/data/mnist")
+    parser.add_argument("--in-situ-mapping", choices=("nominal", "calibrated"), default="nominal",
+                        help="pat / sat-pat: program the phases as trained (the paper's) or map each step through "
+                             "the device's calibration")
     parser.add_argument("--grid", action="store_true", help="also the paper's 7 x 7 grid of new random devices")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
     parser.add_argument("--json", dest="json_path", default=None)
@@ -178,7 +181,10 @@ def main() -> None:
 def run(name: str, seed: int, dataset: str, base: dict, tmp: Path, remote, args) -> dict:
     """Train one method (in situ through the served device for PAT and SAT + PAT) and evaluate it."""
     path = tmp / f"{name}-{seed}.onnx"
-    chip = InSituChip(open_chip(remote, 60.0), remote) if name in IN_SITU else None
+    # the paper's protocol: the trained phases programmed as they are (through the nominal mesh), measured on the
+    # device; --in-situ-mapping calibrated maps each step through the device's calibration instead (an L-BFGS fit)
+    through = remote if args.in_situ_mapping == "calibrated" else uncalibrated(remote) if remote else None
+    chip = InSituChip(open_chip(remote, 60.0), through) if name in IN_SITU else None
     t0 = time.perf_counter()
     summary, _ = train_and_export(dataset, TrainConfig(**{**base, **METHODS[name]}, seed=seed), path, chip=chip)
     seconds = time.perf_counter() - t0
