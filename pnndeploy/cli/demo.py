@@ -14,7 +14,7 @@ from pnndeploy.cli.group import main
 @platform_option("The chips the story is told on; the fleet is that platform's default one")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="A train config (YAML) whose set-up every method trains in: platform and its options, dataset, "
-                   "front end, widths, on-chip split, epochs, batch size, lr (e.g. examples/paper/mzi.yaml). Its "
+                   "front end, widths, on-chip split, epochs, batch size, lr (any file of examples/paper/). Its "
                    "method and method settings are not used: each row has its own.")
 @click.option("--out", "out_dir", default=None,
               help="Folder for the report (default reports/demo, reports/demo-PLATFORM for another platform).")
@@ -38,7 +38,8 @@ def demo(platform: str | None, config_path: str | None, out_dir: str | None, pro
     Examples:
       pnndeploy demo --out reports/demo
       pnndeploy fleet make --process examples/paper/mzi64-process.yaml --count 8 --out profiles/mzi64
-      pnndeploy demo --config examples/paper/mzi.yaml --profiles profiles/mzi64   (the paper's MZI)
+      pnndeploy demo --config examples/paper/CONFIG.yaml --profiles profiles/mzi64
+          (CONFIG: the paper's 64-mode mesh read by intensity; README, "The paper's networks as configs")
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
