@@ -186,7 +186,7 @@ def profile_import(device: str, file: str, profiles: str | None, max_residual: f
                    out: str | None, as_json: bool) -> None:
     """Import a lab's calibration of DEVICE from FILE (CSV with a header, or NPZ): fitted parameters or sweeps.
 
-    Fitted parameters: columns row, col, <field>_<unit> for every calibrated field (mrr:
+    Fitted parameters: columns row, col, <field>_<unit> for every calibrated field (rings:
     resonance_offset_nm, gamma_nm, a_1).  Sweeps: row, col, setting_nm, measured_1, fitted per
     device as `calibrate` fits.  Every device once (parameters) or over the same settings (sweeps);
     any bad cell, device or fit writes nothing (exit 2).  The old calibration is kept in

@@ -3,7 +3,7 @@
 Two kinds of table, as CSV with a header or as NPZ (one 1-D numeric array per column):
 
 * **fitted parameters**: ``row, col, <field>_<unit>`` for every calibrated field of the platform
-  (MRR: ``resonance_offset_nm, gamma_nm, a_1``), one line per device;
+  (a ring: ``resonance_offset_nm, gamma_nm, a_1``), one line per device;
 * **sweeps**: ``row, col, setting_<unit>, measured_<unit>``, every device swept over the same settings,
   fitted by :func:`~pnndeploy.deploy.calibration.fit_sweep`, the fit `calibrate` uses.
 
@@ -329,8 +329,19 @@ def supported_problem(platform: Platform, shape: tuple[int, int]) -> str | None:
     if odd or tuple(platform.device_shape(shape)) != tuple(shape):
         return (f"profile import reads one line per device of the array, but {platform.name} calibrations hold "
                 f"{', '.join(odd) or 'devices'} in another shape; it supports platforms with one value per device "
-                "and field (mrr)")
+                f"and field ({', '.join(importable_platforms())})")
     return None
+
+
+def importable_platforms(shape: tuple[int, int] = (4, 4)) -> list[str]:
+    """The platforms whose calibrations hold one value per device and field (what a table can give)."""
+    from pnndeploy.platforms import PLATFORMS
+
+    def per_device(p: Platform) -> bool:
+        return all(tuple(p.field_shape(n, shape)) == shape for n in field_units(p)) and \
+            tuple(p.device_shape(shape)) == shape
+
+    return [name for name, p in PLATFORMS.items() if per_device(p)]
 
 
 def import_calibration(profile: DeviceProfile, path: str | Path, max_residual: float = DEFAULT_MAX_RESIDUAL,
@@ -382,3 +393,15 @@ def import_doc(result: CalibrationResult, table: Table, kind: str, units: dict[s
         "error_vs_truth": result.error_vs_truth,
         "written": written,
     }
+
+
+def parameters_csv(profile: DeviceProfile) -> str:
+    """``profile``'s calibration as a fitted-parameters CSV that :func:`import_calibration` reads back exactly
+    (every float written in full: ``repr``), the file format's reference."""
+    units = field_units(get_platform(profile.platform))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["row", "col", *(f"{k}_{u}" for k, u in units.items())])
+    for r, c in np.ndindex(*profile.shape):
+        writer.writerow([r, c, *(repr(float(profile.calibration[k][r, c])) for k in units)])
+    return out.getvalue()
