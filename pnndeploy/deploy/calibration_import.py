@@ -317,8 +317,9 @@ def check_ranges(table: Table, fields: dict[str, np.ndarray], platform: Platform
         bad = np.flatnonzero(~allowed.contains(fields[name].ravel()))
         if bad.size:
             d = int(bad[0])
+            unit = "" if units[name] == "1" else f" {units[name]}"
             where = f"{table.at(int(entry[d]))}, " if entry is not None else "the fit of "
-            raise table.fail(f"{where}device {_rc(d, profile)}: {name} = {fields[name].ravel()[d]:g} {units[name]} is "
+            raise table.fail(f"{where}device {_rc(d, profile)}: {name} = {fields[name].ravel()[d]:g}{unit} is "
                              f"outside {allowed.describe()}, implausible for a {platform.name} device "
                              f"({bad.size} device(s)); check that device's measurement and the column's unit")
 
