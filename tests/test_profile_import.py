@@ -221,7 +221,7 @@ def test_a_fifo_is_refused_without_blocking(cli, one_line_error, folder, tmp_pat
 
 SWEEP_CASES = {
     "noisy fit": (dict(noise=0.01), ["--max-residual", "1e-06"], ["fit badly", "nothing was written"]),
-    "too few points": (dict(points=8), [], ["8 sweep points", "at least 16"]),
+    "too few points": (dict(points=8), [], ["8 sweep points", "needs 16 to 65536"]),
     "setting unit": (dict(unit="rad"), [], ["unit 'rad' for setting, expected nm"]),
 }
 
@@ -252,3 +252,22 @@ def test_other_platforms_are_refused_naming_what_is_supported(cli, one_line_erro
     (tmp_path / "x.csv").write_text("row,col\n0,0\n")
     one_line_error(cli("profile", "import", "chipA", tmp_path / "x.csv", "--profiles", shipped_profiles_dir / "mzi"),
                    "supports platforms with one value per device and field (mrr)")
+
+
+def test_an_npz_of_many_small_integers_is_refused_before_widening(cli, one_line_error, folder, tmp_path):
+    n = 4 << 20                                      # 4 MiB of int8 per column, 160 MiB as five float64 columns
+    np.savez(tmp_path / "wide.npz", row=np.zeros(n, np.int8), col=np.zeros(n, np.int8),
+             resonance_offset_nm=np.zeros(n, np.int8), gamma_nm=np.ones(n, np.int8), a_1=np.ones(n, np.int8))
+    one_line_error(cli("profile", "import", "chipA", tmp_path / "wide.npz", "--profiles", folder),
+                   "member 'row' has 4194304 entries", "split the file")
+
+
+def test_the_shipped_examples_import(cli, tmp_path):
+    repo = Path(__file__).resolve().parents[1] / "examples" / "calibration"
+    shutil.copy(repo / "chipB2x2.h5", tmp_path / "chipB2x2.h5")
+    result = cli("profile", "import", "chipB2x2", repo / "chipB2x2_sweeps.csv", "--profiles", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    err = json.loads(result.stdout)["error_vs_truth"]["resonance_offset"]
+    assert err["rms"] < err["previous_rms"] and err["rms"] < 5e-3        # 0.002 detector noise, 64 points
+    shipped = read_profile(Path(__file__).resolve().parents[1] / "device_profiles" / "chipB.h5")
+    assert (repo / "chipB_parameters.csv").read_text() == parameters_csv(shipped)

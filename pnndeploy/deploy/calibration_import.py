@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -42,6 +43,7 @@ UNITS = {"nm": ("length", 1.0), "pm": ("length", 1e-3), "rad": ("angle", 1.0), "
          "1": ("ratio", 1.0)}
 #: Fewest sweep points per device (as `calibrate --points`).
 MIN_POINTS = 16
+MAX_POINTS = 65536
 FORMAT_HINT = "see README 'pnndeploy profile import' and examples/calibration/"
 
 
@@ -63,8 +65,15 @@ class Table:
         return PnnError(f"{self.name}: {text}")
 
 
-def read_table(path: str | Path) -> Table:
-    """Read a CSV or NPZ file (told apart by content), bounded and checked: every cell a finite number."""
+#: Checks a file's column names (name as shown, columns) before any value is parsed (raises PnnError), and
+#: returns the most entries a good file with them can hold (None: no limit).
+HeaderCheck = Callable[[str, list[str]], "int | None"]
+
+
+def read_table(path: str | Path, check: HeaderCheck | None = None) -> Table:
+    """Read a CSV or NPZ file (told apart by content), bounded and checked: every cell a finite number.
+
+    ``check`` sees the column names first, so a file of unknown columns costs no parsing."""
     name = brief(str(path), 100, quote=False, tail=True)
     try:
         data = read_bounded(path, MAX_DATASET_BYTES)
@@ -74,26 +83,34 @@ def read_table(path: str | Path) -> Table:
         raise PnnError(f"cannot read {name}: {exc.strerror or exc}; check the path") from None
     digest = hashlib.sha256(data).hexdigest()
     if data[:4] == b"PK\x03\x04":
-        columns, values = _npz_columns(data, name)
+        columns, values = _npz_columns(data, name, check)
         table = Table(name, digest, columns, values, None)
     else:
         if len(data) > MAX_CSV_BYTES:
             raise PnnError(f"{name} is {size_text(len(data))}, more than the {size_text(MAX_CSV_BYTES)} a CSV "
                            "calibration file may hold; split it or save it as NPZ")
-        table = _csv_table(data, name, digest)
+        table = _csv_table(data, name, digest, check)
     if len(table.values) == 0:
         raise table.fail(f"holds a header but no devices; give one line per device ({FORMAT_HINT})")
     return table
 
 
-def _csv_table(data: bytes, name: str, digest: str) -> Table:
-    """Parse CSV with a header: every line as many cells as the header, every cell a finite number."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PnnError(f"{name}: byte {exc.start} is not UTF-8 text; save the file as UTF-8 CSV, or as NPZ") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _text_lines(data: bytes, name: str) -> Iterator[str]:
+    """The file's lines as text, decoded one at a time (no second copy of the whole file)."""
+    for number, raw in enumerate(io.BytesIO(data), start=1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise PnnError(f"{name}: line {number}, byte {exc.start} is not UTF-8 text; save the file as UTF-8 CSV, "
+                           "or as NPZ") from None
+
+
+def _csv_table(data: bytes, name: str, digest: str, check: HeaderCheck | None) -> Table:
+    """Parse CSV with a header: every line as many cells as the header, every cell a finite number; stops one line
+    past what ``check`` says a good file holds (enough to name the problem, a repeated device)."""
+    reader = csv.reader(_text_lines(data, name))
     header: list[str] | None = None
+    max_entries: int | None = None
     values, lines = array.array("d"), array.array("q")
     try:
         for row in reader:
@@ -101,19 +118,30 @@ def _csv_table(data: bytes, name: str, digest: str) -> Table:
                 continue
             if header is None:
                 header = [cell.strip() for cell in row]
+                max_entries = check(name, header) if check is not None else None
                 continue
             if len(row) != len(header):
                 raise PnnError(f"{name}: line {reader.line_num} has {len(row)} cells where the header names "
                                f"{len(header)} (a truncated or ragged file?); give every line one value per column")
-            for column, cell in zip(header, row):
-                values.append(_number(cell, f"{name}: line {reader.line_num}, column {brief(column)}"))
+            try:
+                values.extend([float(cell) for cell in row])
+            except ValueError:
+                for column, cell in zip(header, row):
+                    _number(cell, f"{name}: line {reader.line_num}, column {brief(column)}")
             lines.append(reader.line_num)
+            if max_entries is not None and len(lines) > max_entries:
+                break
     except csv.Error as exc:
         raise PnnError(f"{name}: line {reader.line_num} is not CSV ({brief(str(exc), quote=False)}); "
                        f"save it as comma-separated text with a header ({FORMAT_HINT})") from None
     if header is None:
         raise PnnError(f"{name} is empty; give a header line and one line per device ({FORMAT_HINT})")
     table = np.frombuffer(values, dtype=np.float64).reshape(-1, len(header))
+    bad = np.argwhere(~np.isfinite(table))
+    if bad.size:
+        i, j = (int(v) for v in bad[0])
+        raise PnnError(f"{name}: line {lines[i]}, column {brief(header[j])}: {table[i, j]} is not a finite number; "
+                       "remeasure that device or fill in its value")
     return Table(name, digest, header, table, np.frombuffer(lines, dtype=np.int64))
 
 
@@ -129,7 +157,7 @@ def _number(cell: str, where: str) -> float:
     return value
 
 
-def _npz_columns(data: bytes, name: str) -> tuple[list[str], np.ndarray]:
+def _npz_columns(data: bytes, name: str, check: HeaderCheck | None) -> tuple[list[str], np.ndarray]:
     """The members of an NPZ archive as columns: 1-D arrays of one length and a plain numeric dtype, no pickles."""
     fix = "save it with numpy.savez(path, row=..., col=..., ...) from 1-D numeric arrays"
     try:
@@ -142,6 +170,8 @@ def _npz_columns(data: bytes, name: str) -> tuple[list[str], np.ndarray]:
                        f"{size_text(MAX_DATASET_BYTES)} a calibration file may hold; split it")
     columns, arrays = [], []
     with archive:
+        if check is not None:
+            check(name, list(archive.files))
         for key in archive.files:
             where = f"{name}: member {brief(key)}"
             try:
@@ -153,6 +183,9 @@ def _npz_columns(data: bytes, name: str) -> tuple[list[str], np.ndarray]:
             if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf" or arr.ndim != 1:
                 what = f"dtype {arr.dtype}, shape {arr.shape}" if isinstance(arr, np.ndarray) else "not an array"
                 raise PnnError(f"{where} is {what}, not a 1-D array of numbers; {fix}")
+            if arr.size * 8 * len(archive.files) > MAX_DATASET_BYTES:      # as float64, all columns together
+                raise PnnError(f"{where} has {arr.size} entries, more than a {size_text(MAX_DATASET_BYTES)} table "
+                               "of numbers holds; split the file")
             if arrays and len(arr) != len(arrays[0]):
                 raise PnnError(f"{where} has {len(arr)} entries, member {brief(columns[0])} {len(arrays[0])}; "
                                "give every column one entry per line of the table")
@@ -243,6 +276,20 @@ def _missing_device(table: Table, index: np.ndarray, shape: tuple[int, int], per
 # ---------------------------------------------------------------------------------------------- the two kinds
 
 
+def _is_sweep(columns: list[str]) -> bool:
+    return any(c.startswith(("setting_", "measured_")) for c in columns)
+
+
+def _wanted(platform: Platform, columns: list[str], name: str) -> dict[str, str]:
+    """The quantities (name: unit) a file with these columns must give: sweeps or fitted parameters."""
+    if not _is_sweep(columns):
+        return field_units(platform)
+    if not platform.sweep_calibration:
+        raise PnnError(f"{name}: holds sweeps, but {platform.name} devices cannot be fitted from sweeps here; give "
+                       f"fitted parameters ({', '.join(field_units(platform))}) instead")
+    return {"setting": platform.control_units, "measured": "1"}
+
+
 def parameter_fields(table: Table, profile: DeviceProfile, platform: Platform) -> tuple[dict[str, np.ndarray],
                                                                                        np.ndarray]:
     """Fitted parameters, one entry per device: the fields (array shape) and each device's entry."""
@@ -289,9 +336,9 @@ def sweep_fields(table: Table, profile: DeviceProfile, platform: Platform,
     if odd.size:
         raise table.fail(f"device {_rc(odd[0], profile)} has {counts[odd[0]]} sweep points, device (row 0, col 0) "
                          f"{counts[0]}; sweep every device over the same settings")
-    if counts[0] < MIN_POINTS:
-        raise table.fail(f"each device has {counts[0]} sweep points; a transfer-function fit needs at least "
-                         f"{MIN_POINTS}")
+    if not MIN_POINTS <= counts[0] <= MAX_POINTS:
+        raise table.fail(f"each device has {counts[0]} sweep points; a transfer-function fit needs {MIN_POINTS} "
+                         f"to {MAX_POINTS} (as `calibrate --points`)")
     settings = setting[order].reshape(len(counts), -1)
     other = np.flatnonzero(np.any(settings != settings[0], axis=1))
     if other.size:
@@ -353,12 +400,13 @@ def import_calibration(profile: DeviceProfile, path: str | Path, max_residual: f
     problem = supported_problem(platform, tuple(profile.shape))
     if problem:
         raise PnnError(f"{profile.device_id}: {problem}")
-    table = read_table(path)
+    def check(name: str, columns: list[str]) -> int:
+        parse_header(Table(name, "", columns, np.zeros((0, len(columns))), None), _wanted(platform, columns, name))
+        return profile.devices * (MAX_POINTS if _is_sweep(columns) else 1)
+
+    table = read_table(path, check)
     entry = None
-    if any(c.startswith(("setting_", "measured_")) for c in table.columns):
-        if not platform.sweep_calibration:
-            raise table.fail(f"holds sweeps, but {platform.name} devices cannot be fitted from sweeps here; give "
-                             f"fitted parameters ({', '.join(field_units(platform))}) instead")
+    if _is_sweep(table.columns):
         kind = "sweeps"
         fields, residual, controls = sweep_fields(table, profile, platform, compute)
     else:
