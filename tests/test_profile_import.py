@@ -271,3 +271,13 @@ def test_the_shipped_examples_import(cli, tmp_path):
     assert err["rms"] < err["previous_rms"] and err["rms"] < 5e-3        # 0.002 detector noise, 64 points
     shipped = read_profile(Path(__file__).resolve().parents[1] / "device_profiles" / "chipB.h5")
     assert (repo / "chipB_parameters.csv").read_text() == parameters_csv(shipped)
+
+
+def test_sweep_settings_in_pm_are_converted(cli, folder, tmp_path):
+    profile = read_profile(folder / "chipB.h5")
+    controls, measured = _sweeps(profile)
+    (tmp_path / "pm.csv").write_text(_sweep_csv(profile, controls, measured, "pm", 1000.0))
+    result = cli("profile", "import", "chipB", tmp_path / "pm.csv", "--profiles", folder, "--out", tmp_path / "n.h5")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(read_profile(tmp_path / "n.h5").calibration["resonance_offset"],
+                               profile.fabrication["resonance_offset"], atol=1e-6)
