@@ -281,3 +281,13 @@ def test_sweep_settings_in_pm_are_converted(cli, folder, tmp_path):
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(read_profile(tmp_path / "n.h5").calibration["resonance_offset"],
                                profile.fabrication["resonance_offset"], atol=1e-6)
+
+
+def test_a_calibration_source_with_control_characters_is_an_invalid_profile(folder):
+    import h5py
+
+    from pnndeploy.formats.profile_schema import validate_profile
+
+    with h5py.File(folder / "chipA.h5", "r+") as f:
+        f["calibration"].attrs["source"] = "imported from \x1b[2Jx.csv"
+    assert any("source" in p and "control characters" in p for p in validate_profile(folder / "chipA.h5"))
