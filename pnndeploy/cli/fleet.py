@@ -116,7 +116,7 @@ def fleet_list(profiles: str | None, platform: str | None, as_json: bool) -> Non
 
 @main.group()
 def profile() -> None:
-    """Look at one device profile: show it, or validate a file."""
+    """Look at one device profile: show it, validate a file, import a lab's calibration into it."""
 
 
 @profile.command("show")
@@ -169,3 +169,57 @@ def profile_validate(path: str, as_json: bool) -> None:
         if not as_json:
             click.echo(f"pnndeploy: error: profile {path}: " + "; ".join(problems), err=True)
         sys.exit(2)
+
+
+@profile.command("import")
+@click.argument("device")
+@click.argument("file", type=click.Path(dir_okay=False))
+@profiles_option
+@click.option("--max-residual", type=click.FloatRange(0, None, min_open=True), default=0.02, show_default=True,
+              help="Sweeps: refuse the calibration when any device's rms fit residual exceeds this (weight units).")
+@click.option("--temperature", type=float, default=None, metavar="C",
+              help="Temperature of the lab's measurement, degrees Celsius (default: the profile's calibration's).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the updated profile here instead of replacing DEVICE's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import document on stdout.")
+def profile_import(device: str, file: str, profiles: str | None, max_residual: float, temperature: float | None,
+                   out: str | None, as_json: bool) -> None:
+    """Import a lab's calibration of DEVICE from FILE (CSV with a header, or NPZ): fitted parameters or sweeps.
+
+    Fitted parameters: columns row, col, <field>_<unit> for every calibrated field (rings:
+    resonance_offset_nm, gamma_nm, a_1).  Sweeps: row, col, setting_nm, measured_1, fitted per
+    device as `calibrate` fits.  Every device once (parameters) or over the same settings (sweeps);
+    any bad cell, device or fit writes nothing (exit 2).  The old calibration is kept in
+    calibration_history, and the new one records the file's name and sha256.
+
+    \b
+    Examples:
+      pnndeploy profile import chipB examples/calibration/chipB_parameters.csv
+      pnndeploy profile import chipB lab_sweeps.csv --out chipB-lab.h5 --json
+    """
+    import math
+
+    from pnndeploy.cli.chip import _profile_path
+    from pnndeploy.cli.common import check_output_file
+    from pnndeploy.deploy.calibration import recalibrated
+    from pnndeploy.deploy.calibration_import import import_calibration, import_doc
+    from pnndeploy.formats.profile_schema import field_units
+    from pnndeploy.formats.profiles import read_profile, write_profile
+    from pnndeploy.platforms import get_platform
+
+    path = _profile_path(device, profiles)
+    if out:
+        check_output_file(out, "--out", "chipB.h5")
+    if temperature is not None and not math.isfinite(temperature):
+        raise PnnError(f"--temperature {temperature} is not a finite number of degrees Celsius")
+    record = read_profile(path)
+    result, table, kind = import_calibration(record, file, max_residual, temperature)
+    target = out or str(path)
+    write_profile(recalibrated(record, result), target)
+    doc = import_doc(result, table, kind, field_units(get_platform(record.platform)), target)
+    if as_json:
+        print_json(doc)
+    else:
+        fields = ", ".join(f"{k} {v['mean']:.4g} ± {v['std']:.2g} {v['units']}" for k, v in doc["fields"].items())
+        click.echo(f"wrote {target}: {record.device_id} calibrated from {table.name} ({kind}, {doc['entries']} "
+                   f"lines; {fields}); the old calibration is kept in calibration_history")

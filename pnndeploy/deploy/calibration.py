@@ -46,6 +46,8 @@ class CalibrationResult:
     measured_at: str
     #: Simulated chips: per field, rms and max |calibration - truth| of the new and the old calibration.
     error_vs_truth: dict[str, dict[str, float]] | None = None
+    #: Where the calibration came from (recorded in the profile beside measured_at).
+    source: str = ""
 
 
 def sweep_controls(profile: DeviceProfile, points: int = DEFAULT_POINTS) -> np.ndarray:
@@ -83,20 +85,38 @@ def measure_calibration(profile: DeviceProfile, backend: ChipBackend, points: in
         bad = int((~np.isfinite(measured).all(axis=1)).sum())
         raise PnnError(f"{profile.device_id}: the sweep of {bad} device(s) returned NaN or inf; check the "
                        "station's detectors and sweep again (nothing was written)")
-    with compute.running():
-        fitted, residual = platform.fit_response(controls, measured, device=compute.torch_device())
-    fields = {k: v.reshape(profile.shape) for k, v in fitted.items()}
+    fields, residual = fit_sweep(profile, controls, measured, compute)
     temperature, source = info.temperature_C, "station"
     if temperature is None:
         temperature, source = profile.calibration_temperature_C, "profile (the station reports none)"
-    result = CalibrationResult(profile.device_id, fields, residual.reshape(profile.shape), controls,
-                               float(temperature), source, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if profile.fabrication is not None:
-        result.error_vs_truth = {k: {"rms": _rms(fields[k] - profile.fabrication[k]),
-                                     "max_abs": float(np.abs(fields[k] - profile.fabrication[k]).max()),
-                                     "previous_rms": _rms(profile.calibration[k] - profile.fabrication[k])}
-                                 for k in fields}
+    result = CalibrationResult(profile.device_id, fields, residual, controls,
+                               float(temperature), source, datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               source=f"pnndeploy calibrate: a {len(controls)}-point sweep of every device")
+    result.error_vs_truth = error_vs_truth(profile, fields)
     return result
+
+
+def fit_sweep(profile: DeviceProfile, controls: np.ndarray, measured: np.ndarray,
+              compute: Compute = CPU) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Fit every device's sweep, (devices, points) in row-major device order, on ``compute``: the one fit that
+    `calibrate` and `profile import` share, so a lab's own sweep file is fitted exactly as a measured one.
+
+    Returns the calibration fields and the rms residual per device, each of the chip's array shape.
+    """
+    platform = get_platform(profile.platform)
+    with compute.running():
+        fitted, residual = platform.fit_response(controls, measured, device=compute.torch_device())
+    return {k: v.reshape(profile.shape) for k, v in fitted.items()}, residual.reshape(profile.shape)
+
+
+def error_vs_truth(profile: DeviceProfile, fields: dict[str, np.ndarray]) -> dict[str, dict[str, float]] | None:
+    """Simulated chips: per field, rms and max |calibration - truth| of the new and the old calibration."""
+    if profile.fabrication is None:
+        return None
+    return {k: {"rms": _rms(fields[k] - profile.fabrication[k]),
+                "max_abs": float(np.abs(fields[k] - profile.fabrication[k]).max()),
+                "previous_rms": _rms(profile.calibration[k] - profile.fabrication[k])}
+            for k in fields}
 
 
 def _rms(values: np.ndarray) -> float:
@@ -117,9 +137,10 @@ def check_fit(result: CalibrationResult, max_residual: float = DEFAULT_MAX_RESID
 def recalibrated(profile: DeviceProfile, result: CalibrationResult) -> DeviceProfile:
     """``profile`` with ``result`` as its calibration and the replaced one appended to its history."""
     old = CalibrationRecord({k: np.asarray(v) for k, v in profile.calibration.items()},
-                            profile.calibration_measured_at, profile.calibration_temperature_C, result.measured_at)
+                            profile.calibration_measured_at, profile.calibration_temperature_C, result.measured_at,
+                            profile.calibration_source)
     return dataclasses.replace(profile, calibration=dict(result.fields), calibration_measured_at=result.measured_at,
-                               calibration_temperature_C=result.temperature_C,
+                               calibration_temperature_C=result.temperature_C, calibration_source=result.source,
                                calibration_history=[*profile.calibration_history, old])
 
 

@@ -289,6 +289,11 @@ def _check_calibration_attrs(c: _Checker, grp: h5py.Group) -> None:
     temp = attr_float(grp, "temperature_C")
     if temp is None or not math.isfinite(temp):
         c.add("'calibration' has no finite number attribute 'temperature_C'")
+    if "source" in grp.attrs:          # optional provenance, printed by `profile show`
+        source = attr_str(grp, "source")
+        if source is None or len(source) > MAX_TEXT_CHARS or control_text(source) is not None:
+            c.add(f"'calibration' source ({brief(source)}) must be text of at most {MAX_TEXT_CHARS} characters "
+                  "without control characters")
 
 
 def _check_device_fields(c: _Checker, platform: Platform | None, shape: tuple[int, int] | None,

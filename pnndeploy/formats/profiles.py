@@ -82,6 +82,8 @@ class CalibrationRecord:
     measured_at: str
     temperature_C: float
     replaced_at: str
+    #: Where it came from (`calibrate`'s sweep, an imported file and its sha256); "" when not recorded.
+    source: str = ""
 
 
 @dataclass
@@ -103,6 +105,8 @@ class DeviceProfile:
     calibration_history: list[CalibrationRecord] = field(default_factory=list)
     #: The chip's platform options ({}: the platform's defaults).
     options: dict[str, Any] = field(default_factory=dict)
+    #: Where the calibration came from (the ``source`` attribute of 'calibration'); "" when not recorded.
+    calibration_source: str = ""
 
     @property
     def chip_platform(self) -> Platform:
@@ -183,6 +187,8 @@ def _write_profile_file(profile: DeviceProfile, path: Path, platform: Platform, 
                 if section == "calibration":
                     grp.attrs["measured_at"] = str(profile.calibration_measured_at)
                     grp.attrs["temperature_C"] = np.float64(profile.calibration_temperature_C)
+                    if profile.calibration_source:
+                        grp.attrs["source"] = str(profile.calibration_source)
 
             if profile.backend is not None:
                 grp = f.create_group("backend")
@@ -199,6 +205,8 @@ def _write_profile_file(profile: DeviceProfile, path: Path, platform: Platform, 
                     grp.attrs["measured_at"] = str(record.measured_at)
                     grp.attrs["temperature_C"] = np.float64(record.temperature_C)
                     grp.attrs["replaced_at"] = str(record.replaced_at)
+                    if record.source:
+                        grp.attrs["source"] = str(record.source)
 
             env = profile.environment
             grp = f.create_group("environment")
@@ -259,7 +267,8 @@ def read_profile(path: str | os.PathLike[str]) -> DeviceProfile:
                 history.append(CalibrationRecord({k: np.asarray(grp[k][()], dtype=np.float64) for k in fields},
                                                  attr_str(grp, "measured_at") or "",
                                                  float(attr_float(grp, "temperature_C")),
-                                                 attr_str(grp, "replaced_at") or ""))
+                                                 attr_str(grp, "replaced_at") or "",
+                                                 attr_str(grp, "source") or ""))
             return DeviceProfile(
                 backend=backend,
                 calibration_history=history,
@@ -271,6 +280,7 @@ def read_profile(path: str | os.PathLike[str]) -> DeviceProfile:
                 calibration=calibration,
                 calibration_measured_at=attr_str(cal, "measured_at") or "",
                 calibration_temperature_C=float(attr_float(cal, "temperature_C")),
+                calibration_source=attr_str(cal, "source") or "",
                 environment=environment,
                 fabrication=fabrication,
                 schema_version=int(attr_int(f, "schema_version")),
@@ -318,6 +328,7 @@ def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict
         "calibration": {
             "measured_at": profile.calibration_measured_at,
             "temperature_C": float(profile.calibration_temperature_C),
+            "source": profile.calibration_source or None,
             "fields": {k: _stats(profile.calibration[k], u) for k, u in fields.items()},
         },
         "calibration_age_days": calibration_age_days(profile, now),
@@ -335,7 +346,8 @@ def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict
                                                          "address": profile.backend.address,
                                                          **profile.backend.options},
         "calibration_history": [{"measured_at": r.measured_at, "temperature_C": r.temperature_C,
-                                 "replaced_at": r.replaced_at} for r in profile.calibration_history],
+                                 "replaced_at": r.replaced_at, "source": r.source or None}
+                                for r in profile.calibration_history],
     }
     if profile.fabrication is not None:
         out["calibration_error"] = {

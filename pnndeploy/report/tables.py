@@ -130,6 +130,10 @@ def render_profile(summary: dict[str, Any]) -> None:
                                       f"{summary['calibration']['temperature_C']} °C"),
                        ("calibration age", "–" if age is None else f"{age:.1f} days")):
         info.add_row(key, str(value))
+    if summary["calibration"].get("source"):
+        from rich.markup import escape
+
+        info.add_row("calibration source", escape(summary["calibration"]["source"]))
     for key, value in summary.get("options", {}).items():
         info.add_row(key, str(value))
     env, units = summary["environment"], summary.get("environment_units", {})
