@@ -106,6 +106,7 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
       pnndeploy train --dataset digits28 --conv 8,16 --hidden 64 --onchip 2     (the paper's on-chip FC layers)
       pnndeploy train --method sat --in-situ chipA-remote --out models/sat-pat.onnx   (SAT + PAT on a chip)
       pnndeploy train --dataset mnist:data/mnist --conv 6,16 --hidden 120,84 --onchip 2 --compute cuda
+      pnndeploy train --dataset digits28 --init-from lenet.onnx --onchip 2 --epochs 5   (bring your own model)
     """
     from pnndeploy.training.config import TrainConfig, load_config
 
@@ -126,6 +127,13 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
     for f in fields(TrainConfig):
         if described(f).widths and isinstance(settings.get(f.name), str):
             settings[f.name] = _parse_widths(settings[f.name], f"--{f.name}", described(f).empty_ok)
+    init = None
+    if settings.get("init_from") is not None:       # the architecture comes from the file
+        from pnndeploy.formats.onnx_import import read_network
+        from pnndeploy.training.init_from import architecture_settings
+
+        init = read_network(settings["init_from"])
+        settings = architecture_settings(init, settings)
     dataset_spec = settings.pop("dataset", "digits")
     out = settings.pop("out", "models/model.onnx")
     compute_spec, threads = settings.pop("compute", None), settings.pop("threads", None)
@@ -143,7 +151,7 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
     compute = resolve_compute_options(compute_spec, threads)
     chip = _open_in_situ(in_situ, in_situ_profiles, config.platform, timeout, insecure) if in_situ else None
     try:
-        summary = _run_training(dataset_spec, config, out, chip, compute)
+        summary = _run_training(dataset_spec, config, out, chip, compute, init)
     finally:
         if chip is not None:
             chip.backend.close()
@@ -188,7 +196,8 @@ def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: flo
     return InSituChip(backend, profile)
 
 
-def _run_training(dataset_spec: str, config: Any, out: str, chip: Any = None, compute: Any = None) -> Any:
+def _run_training(dataset_spec: str, config: Any, out: str, chip: Any = None, compute: Any = None,
+                  init: Any = None) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from pnndeploy.data.datasets import load_dataset
@@ -205,7 +214,7 @@ def _run_training(dataset_spec: str, config: Any, out: str, chip: Any = None, co
             progress.update(task, advance=1,
                             status=f"loss {record.loss:.3f}  train acc {record.train_accuracy:.3f}")
 
-        summary, _ = train_and_export(dataset, config, out, on_epoch=on_epoch, chip=chip, compute=compute)
+        summary, _ = train_and_export(dataset, config, out, on_epoch=on_epoch, chip=chip, compute=compute, init=init)
     return summary
 
 

@@ -9,6 +9,10 @@ digital front end.  A front end is a list of layers, each followed by a ReLU:
   (channel, row, col) order;
 * ``dense``: ``h @ W.T + b``, ReLU.
 
+Before them, a front end may hold an input normalisation, ``x * scale + shift`` per input feature (a model
+imported with ``train --init-from`` whose normalisation cannot be folded into its first convolution exactly: a
+shift before a zero-padded conv changes the border).  Files that hold one say format version 2.
+
 Digital layers are the same on every chip, so the fleet computes them once and
 only the on-chip layers per chip.  This module holds their file form: the ONNX
 nodes, the ``pnndeploy.digital`` metadata, and a numpy forward pass that the
@@ -65,6 +69,8 @@ class DigitalFrontEnd:
 
     layers: list[DigitalLayer]
     input_shape: tuple[int, int, int] | None = None
+    #: (scale, shift), float32 per input feature: the input normalisation before the first layer (None: none).
+    input_affine: tuple[np.ndarray, np.ndarray] | None = None
 
     def output_size(self) -> int:
         """Features the first on-chip layer receives."""
@@ -89,12 +95,17 @@ class DigitalFrontEnd:
         return int(self.layers[0].weight.shape[1])
 
     def to_json(self) -> dict[str, Any]:
-        return {"input_shape": list(self.input_shape) if self.input_shape else None,
-                "layers": [layer.describe() for layer in self.layers]}
+        doc: dict[str, Any] = {"input_shape": list(self.input_shape) if self.input_shape else None,
+                               "layers": [layer.describe() for layer in self.layers]}
+        if self.input_affine is not None:
+            doc["input_affine"] = {"features": self.input_size()}
+        return doc
 
     def forward(self, X_scaled: np.ndarray) -> np.ndarray:
         """The front end's output, (samples, features) float32, from scaled inputs (samples, input_size)."""
         h = np.asarray(X_scaled, dtype=np.float32)
+        if self.input_affine is not None:
+            h = h * self.input_affine[0] + self.input_affine[1]
         if self.input_shape is not None:
             h = h.reshape(h.shape[0], *self.input_shape)
         for layer in self.layers:
@@ -135,6 +146,13 @@ def onnx_nodes(front: DigitalFrontEnd, source: str) -> tuple[list[Any], list[Any
     nodes: list[Any] = []
     inits: list[Any] = []
     h = source
+    if front.input_affine is not None:
+        inits += [numpy_helper.from_array(front.input_affine[0].astype(np.float32), "digital.input_scale"),
+                  numpy_helper.from_array(front.input_affine[1].astype(np.float32), "digital.input_shift")]
+        nodes += [helper.make_node("Mul", [h, "digital.input_scale"], ["digital.normalised"], name="digital.scale"),
+                  helper.make_node("Add", ["digital.normalised", "digital.input_shift"], ["digital.input"],
+                                   name="digital.shift")]
+        h = "digital.input"
     if front.input_shape is not None:
         inits.append(numpy_helper.from_array(np.array([-1, *front.input_shape], dtype=np.int64),
                                              "digital.image_shape"))
@@ -209,7 +227,24 @@ def front_end_from(where: str, meta: Any, inits: dict[str, np.ndarray]) -> Digit
         layers.append(layer)
     front = DigitalFrontEnd(layers, tuple(shape) if shape else None)
     _check_chain(front, bad)
+    if "input_affine" in meta:
+        front.input_affine = _input_affine(meta["input_affine"], front.input_size(), inits, bad)
     return front
+
+
+def _input_affine(info: Any, features: int, inits: dict[str, np.ndarray],
+                  bad: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The input normalisation's (scale, shift): finite floats, one per input feature, as the metadata says."""
+    if not isinstance(info, dict) or set(info) != {"features"} or info["features"] != features \
+            or isinstance(info["features"], bool):
+        raise bad(f"has input_affine {brief(info)}, expected {{'features': {features}}}")
+    arrays = []
+    for key in ("digital.input_scale", "digital.input_shift"):
+        value = inits.get(key)
+        if value is None or value.dtype.kind != "f" or value.shape != (features,) or not np.all(np.isfinite(value)):
+            raise bad(f"input_affine needs initializer {key} of {features} finite numbers")
+        arrays.append(value.astype(np.float32))
+    return arrays[0], arrays[1]
 
 
 def _conv_fits(info: dict[str, Any], w: np.ndarray, channels: int | None, bad: Any) -> bool:

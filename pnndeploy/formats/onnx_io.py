@@ -33,7 +33,9 @@ from pnndeploy.errors import ModelFileError
 from pnndeploy.formats.digital import DigitalFrontEnd, front_end_from, onnx_nodes
 from pnndeploy.untrusted import MAX_JSON_DEPTH, FileProblem, brief, control_text, loads_json, read_bounded
 
-FORMAT_VERSION = 1
+#: The newest format this version reads; a file is written as 1 unless it needs 2 (a front end's input
+#: normalisation, which an older reader would skip), so files without one stay readable by older versions.
+FORMAT_VERSION = 2
 OPSET = 17
 IR_VERSION = 8
 INPUT_NAME = "input"
@@ -193,7 +195,7 @@ def save_model(path: str | Path, layers: list[ModelLayer], scaling: InputScaling
                extra: dict[str, Any] | None = None, digital: DigitalFrontEnd | None = None) -> str:
     """Write the model atomically; returns the file's sha256."""
     metadata: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if digital is not None and digital.input_affine is not None else 1,
         "platform": platform,
         "platform_params": platform_params,
         "method": method,

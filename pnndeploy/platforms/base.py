@@ -485,6 +485,17 @@ class LinearPlatform(Platform):
         by the caller, and ``clipped`` counts the weights it could not reach.
         """
 
+    #: Ways :meth:`import_controls` may choose among controls that realise the same nominal weights (``train
+    #: --init-from``); a platform with one control per weight has only the plain mapping.
+    import_mappings: tuple[str, ...] = ("positive",)
+
+    def import_controls(self, weight: np.ndarray, input_mean: np.ndarray, mapping: str,
+                        seed: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """Controls for an imported model's ``weight`` (as :meth:`weights_to_controls`, the same nominal weights),
+        chosen by ``mapping`` among the equivalent ones; ``input_mean`` (in,) is the layer's mean input on the
+        training set.  The default: :meth:`weights_to_controls`."""
+        return self.weights_to_controls(weight)
+
     @abstractmethod
     def fleet_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
         """(chips, out, in) weights the chips in ``chips`` realise under ``conditions``, before detector noise: a new

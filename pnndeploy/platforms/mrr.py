@@ -104,6 +104,27 @@ class MRRPlatform(LinearPlatform):
         x, ok = self.inverse(weight, 1.0, **self.nominal)
         return x, int((~ok).sum()), np.ones(weight.shape[0])
 
+    #: positive: every detuning on the positive branch (:meth:`weights_to_controls`); random: a sign per ring
+    #: drawn with the run's seed (as the random init); balanced: signs chosen so that each output row's drift
+    #: sensitivity, sum over i of dW/dx * mean input, is about zero (a common thermal shift then cancels on average).
+    import_mappings = ("positive", "random", "balanced")
+
+    def import_controls(self, weight: np.ndarray, input_mean: np.ndarray, mapping: str,
+                        seed: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """The positive-branch detunings with a sign per ring chosen by ``mapping``: W(x) is even, so the nominal
+        weights are exactly the same whatever the signs; only the response to drift changes."""
+        x, clipped, row_scale = self.weights_to_controls(weight)
+        if mapping == "random":
+            signs = np.where(np.random.default_rng(seed).random(x.shape) < 0.5, -1.0, 1.0)
+        elif mapping == "balanced":
+            sensitivity = np.abs(self.derivative(x, **self.nominal)) * np.abs(np.asarray(input_mean))[None, :]
+            signs = balanced_signs(sensitivity)
+        elif mapping == "positive":
+            signs = np.ones_like(x)
+        else:
+            raise ValueError(f"unknown import mapping {mapping!r}; use one of {', '.join(self.import_mappings)}")
+        return signs * x, clipped, row_scale
+
     def init_controls(self, shape: tuple[int, ...], generator: Any, bound: float = 0.9) -> Any:
         """Detunings whose nominal weights are uniform in [-bound, bound].
 
@@ -296,3 +317,20 @@ def _neighbour_settings(h: Any, ci: np.ndarray, layout: tuple[int, int]) -> Any:
     neighbours[..., 1:] += where(has_left, h[..., :-1], zero)
     neighbours[..., :-1] += where(has_right, h[..., 1:], zero)
     return neighbours
+
+
+def balanced_signs(sensitivity: np.ndarray) -> np.ndarray:
+    """Signs (+-1, the shape of ``sensitivity``, each >= 0) that make every row's signed sum small: greedily, the
+    largest first, each term takes the sign that brings the row's running sum towards zero (the sum ends within
+    the largest term of zero, usually far closer)."""
+    sensitivity = np.asarray(sensitivity, dtype=np.float64)
+    order = np.argsort(-sensitivity, axis=1, kind="stable")
+    rows = np.arange(sensitivity.shape[0])
+    total = np.zeros(sensitivity.shape[0])
+    signs = np.ones_like(sensitivity)
+    for k in range(sensitivity.shape[1]):
+        column = order[:, k]
+        sign = np.where(total > 0, -1.0, 1.0)
+        total += sign * sensitivity[rows, column]
+        signs[rows, column] = sign
+    return signs

@@ -33,6 +33,15 @@ def render_train_summary(summary: Any) -> None:
                   f"{summary.hessian_trace:.4g}", f"{summary.seconds:.1f}")
     console = _console()
     console.print(table)
+    imported = getattr(summary, "init_from", None)
+    if imported:
+        start = Table(title=f"Initialised from {imported['file']} (sha256 {imported['sha256'][:12]}…)")
+        for column in ("test accuracy as read", "on the nominal chip, mapped", "after fine-tuning",
+                       "onnxruntime max |Δ logit|"):
+            start.add_column(column, justify="right")
+        start.add_row(pct(imported["imported_test_accuracy"]), pct(imported["mapped_test_accuracy"]),
+                      pct(summary.test_accuracy), f"{imported['onnxruntime_max_abs_diff']:.2g}")
+        console.print(start)
     if summary.clipped_weights:
         console.print(f"{summary.clipped_weights} weights lay beyond the control range and were clipped at export.")
     console.print(f"model written to [bold]{summary.model}[/bold] (sha256 {summary.model_sha256[:12]}…)")

@@ -43,7 +43,8 @@ class _TrainConfigRules:
         """Refuse settings that would train nonsense, with the flag to change (run once, on construction)."""
         method = get_method(self.method)
         for f in fields(self):
-            check(f, getattr(self, f.name))
+            if not (f.name == "epochs" and self.epochs == 0 and self.init_from is not None):   # 0: map only
+                check(f, getattr(self, f.name))
         get_platform(self.platform)
         takes = setting_names(method) | RUN_SETTINGS
         for f in fields(self):
@@ -56,6 +57,9 @@ class _TrainConfigRules:
             if getattr(self, name) != default_of(SETUP_BOX_FIELDS[name]):
                 self._check_box(name)
         method.check(self)
+        if self.init_from is None and self.init_mapping != default_of(_FIELDS["init_mapping"]):
+            raise ConfigError(f"--init-mapping {self.init_mapping} chooses how --init-from's weights start on the "
+                              "chip, and there is no --init-from; give --init-from MODEL.onnx or drop --init-mapping")
         linear = len(self.hidden) + 1
         if not 0 <= self.onchip <= linear:
             raise ConfigError(f"--onchip {self.onchip}: the model has {linear} linear layers (--hidden "

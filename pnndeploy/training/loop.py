@@ -20,6 +20,7 @@ from torch import nn
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import Dataset
 from pnndeploy.errors import ConfigError, PnnError
+from pnndeploy.formats.onnx_import import ImportedNetwork, read_network
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.fd_sat import MisalignmentAdversary
 from pnndeploy.training.in_situ import InSituChip
@@ -56,6 +57,8 @@ class TrainResult:
     in_situ: dict | None = None
     #: Where it was trained: {"device": "cpu" | "cuda:N", "threads": intra-op CPU threads}.
     compute: dict | None = None
+    #: ``--init-from``: the file and the accuracies as read and as mapped (what the model file records).
+    init_from: dict | None = None
 
     @property
     def perturbation_set(self) -> PerturbationSet | None:
@@ -95,7 +98,7 @@ def spec_perturbations(config: TrainConfig) -> PerturbationSet:
 
 
 def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None = None,
-          chip: InSituChip | None = None, compute: Compute = CPU) -> TrainResult:
+          chip: InSituChip | None = None, compute: Compute = CPU, init: ImportedNetwork | None = None) -> TrainResult:
     """Train one model on ``dataset`` with ``config``; deterministic for a given seed, compute device and thread
     count (unless in situ).  The model comes back on the CPU, whatever ``compute`` trained it on.
 
@@ -106,13 +109,23 @@ def train(dataset: Dataset, config: TrainConfig, on_epoch: Callable[[EpochRecord
     they train on one intra-op thread, where extra threads only add synchronisation (and on a busy machine
     their spin-waiting made a 1 s training take tens of seconds); a conv front end on MNIST-sized images is
     split over every core.
+
+    With ``config.init_from`` the model starts from that file (``init``: the file already read), mapped onto the
+    nominal chip (:mod:`~pnndeploy.training.init_from`).
     """
     torch.manual_seed(config.seed)         # before the model: a digital front end draws its init from it
-    model = build_model(config, dataset.n_features, dataset.n_classes, dataset.image_shape)
+    imported = None
+    if config.init_from is not None:
+        from pnndeploy.training.init_from import imported_model
+
+        model, imported = imported_model(config, dataset, init or read_network(config.init_from))
+    else:
+        model = build_model(config, dataset.n_features, dataset.n_classes, dataset.image_shape)
     work = model.step_macs(config.batch_size)
     with compute.running(work):
         result = _train(dataset, config, model, on_epoch, chip, compute)
     result.compute = {"device": compute.device, "threads": compute.cpu_threads(work)}
+    result.init_from = imported
     return result
 
 

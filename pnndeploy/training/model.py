@@ -135,9 +135,18 @@ class FrontEnd(nn.Module):
         self.dense_norms = nn.ModuleList(nn.BatchNorm1d(w) for w in dense) if batch_norm else None
         #: Inside :meth:`one_statistics_update`: training forwards left that may update the running statistics.
         self._updates_left: int | None = None
+        #: An imported model's input normalisation, x * scale + shift per feature (not trained; None: none).
+        self.register_buffer("input_scale", None)
+        self.register_buffer("input_shift", None)
+
+    def set_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Normalise the inputs as an imported model's author did, before the first layer (``train --init-from``)."""
+        self.input_scale, self.input_shift = scale.float().clone(), shift.float().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frozen = self._updates_left == 0
+        if self.input_scale is not None:
+            x = x * self.input_scale + self.input_shift
         if self.convs:
             x = x.reshape(x.shape[0], *self.image_shape)
             for k, conv in enumerate(self.convs):
@@ -195,7 +204,9 @@ class FrontEnd(nn.Module):
         layers += [DigitalLayer(f"digital{len(self.convs) + k}", "dense",
                                 *_folded(d, self.dense_norms[k] if self.dense_norms else None))
                    for k, d in enumerate(self.denses)]
-        return DigitalFrontEnd(layers, tuple(self.image_shape) if self.convs else None)
+        affine = None if self.input_scale is None else (self.input_scale.detach().cpu().numpy().astype(np.float32),
+                                                        self.input_shift.detach().cpu().numpy().astype(np.float32))
+        return DigitalFrontEnd(layers, tuple(self.image_shape) if self.convs else None, affine)
 
 
 def _folded(layer: nn.Module, norm: nn.Module | None) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import torch
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import Dataset, load_dataset
 from pnndeploy.errors import PnnError
+from pnndeploy.formats.onnx_import import ImportedNetwork
 from pnndeploy.formats.onnx_io import save_model
 from pnndeploy.training.config import TrainConfig
 from pnndeploy.training.loop import EpochRecord, TrainResult, evaluation_tensors, train
@@ -41,23 +42,28 @@ class TrainSummary:
     in_situ: dict[str, Any] | None = None
     #: Where training computed: {"device": "cpu" | "cuda:N", "threads": N}.
     compute: dict[str, Any] | None = None
+    #: ``--init-from`` only: the file (name, sha256), accuracies as read and mapped, onnxruntime's agreement.
+    init_from: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("in_situ", "compute") or v is not None}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("in_situ", "compute", "init_from") or v is not None}
 
 
 def train_and_export(dataset: Dataset | str, config: TrainConfig, out: str | Path,
                      on_epoch: Callable[[EpochRecord], None] | None = None,
-                     chip: InSituChip | None = None, compute: Compute = CPU) -> tuple[TrainSummary, TrainResult]:
+                     chip: InSituChip | None = None, compute: Compute = CPU,
+                     init: ImportedNetwork | None = None) -> tuple[TrainSummary, TrainResult]:
     """Train with ``config`` on ``compute``, measure the sharpness, write the ONNX file atomically.
 
     ``dataset`` is a :class:`Dataset` or a spec such as ``"digits"`` (loaded with the
-    config's seed).  Returns the `train --json` summary and the trained model.
+    config's seed).  ``init``: the ``config.init_from`` file already read.  Returns the `train --json` summary and
+    the trained model.
     """
     if isinstance(dataset, str):
         dataset = load_dataset(dataset, seed=config.seed)
     _check_split_seed(dataset, config)
-    result = train(dataset, config, on_epoch=on_epoch, chip=chip, compute=compute)
+    result = train(dataset, config, on_epoch=on_epoch, chip=chip, compute=compute, init=init)
     return export_trained(result, dataset, out, compute), result
 
 
@@ -100,6 +106,8 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path, compu
     extra.update(records)
     if result.in_situ is not None:
         extra["in_situ"] = result.in_situ
+    if result.init_from is not None:
+        extra["init_from"] = result.init_from
     sha = save_model(
         out, layers, dataset.scaling, platform=platform.name,
         platform_params=platform.metadata(),
@@ -111,4 +119,5 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path, compu
                         dataset=dataset.name, train_accuracy=train_acc, test_accuracy=test_acc,
                         trained_test_accuracy=result.test_accuracy, sharpness=sharpness,
                         hessian_trace=trace, seconds=result.seconds, clipped_weights=clipped,
-                        config=config.to_dict(), in_situ=result.in_situ, compute=result.compute)
+                        config=config.to_dict(), in_situ=result.in_situ, compute=result.compute,
+                        init_from=result.init_from)

@@ -148,7 +148,22 @@ class RunSettings:
         0, minimum=0, metavar="N", record_default=False,
         help="Put only the last N linear layers on the chip (the paper: its last two); the earlier ones run in "
              "electronics. 0: every linear layer on chip")
-    epochs: int = setting(30, minimum=1, help="Passes over the training set")
+    epochs: int = setting(30, minimum=1, help="Passes over the training set (0: with --init-from, map the imported "
+                                              "model onto the chip without fine-tuning)")
     batch_size: int = setting(32, minimum=1, help="Samples per step")
     lr: float = setting(0.01, positive=True, help="Adam learning rate")
     seed: int = setting(0, help="Seed for the split, the init and the shuffling")
+    init_from: str | None = setting(
+        None, path=True, metavar="MODEL.onnx", record_default=False,
+        help="Start from a plain digital ONNX model (Gemm/MatMul, Conv, BatchNormalization, Relu, MaxPool, input "
+             "normalisation, as torch.onnx.export or tf2onnx write them): its layers and weights become the front "
+             "end, its last --onchip linear layers are mapped onto the chip and fine-tuned. The architecture comes "
+             "from the file (README, Bring your own model)")
+    init_mapping: str = setting(
+        "balanced", choices=("positive", "random", "balanced"), record_default=False,
+        help="With --init-from, which of the equivalent controls the imported on-chip weights start at (on "
+             "rings, the sign of each ring's detuning; the nominal weights are the same): positive, every ring on the same "
+             "flank, so a common temperature shift moves every weight the same way; random, a sign per ring from "
+             "--seed; balanced, signs chosen so that each output's drift sensitivity (dW/dx times the mean input) "
+             "sums to about zero. Platforms with one control per weight, and methods that train W (standard), map "
+             "as positive (README, Bring your own model)")
