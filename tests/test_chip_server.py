@@ -317,3 +317,37 @@ def test_an_audit_of_a_chip_returning_nan_reports_it_and_keeps_the_compensation_
     window = doc["drift_compensation"]["window"]
     biases = doc["sweeps"]["temperature_K_compensated"]["bias"]["chipB-remote"]
     assert all(abs(b) <= 2 * window for b in biases), biases     # NaN outputs did not push the search away
+
+
+def test_in_situ_as_trained_programs_through_the_nominal_device(cli, tmp_path, shipped_profiles_dir):
+    """--in-situ-programming as-trained (the paper's protocol): each step's controls go to the chip as trained,
+    mapped through the drawing (zero offsets, nominal rings, no crosstalk), not through the calibration; the
+    model file says which.  The same run through the calibration trains another model."""
+    from pnndeploy.deploy.mapping import uncalibrated
+    from pnndeploy.formats.profiles import read_profile
+    from pnndeploy.training.in_situ import InSituChip
+
+    docs = {}
+    for programming in ("calibrated", "as-trained"):
+        out = tmp_path / f"{programming}.onnx"
+        result = cli("train", "--method", "standard", "--epochs", "1", "--hidden", "8", "--in-situ", "chipB",
+                     "--in-situ-profiles", shipped_profiles_dir, "--in-situ-programming", programming,
+                     "--out", out, "--json")
+        assert result.exit_code == 0, result.output
+        docs[programming] = json.loads(result.stdout)
+        assert docs[programming]["in_situ"]["programming"] == programming
+    assert docs["calibrated"]["model_sha256"] != docs["as-trained"]["model_sha256"]
+    # as-trained maps through the drawing: a ring's setting is its trained detuning (to the DAC's step)
+    profile = read_profile(shipped_profiles_dir / "chipB.h5")
+    chip = InSituChip(None, uncalibrated(profile), "as-trained")
+    controls = np.linspace(-2.0, 2.0, 8 * 64).reshape(8, 64)
+    mapped = chip.platform.map_layer(None if not chip.platform.linear else chip.platform.transfer(controls), controls,
+                                     chip.profile.calibration, chip.profile.environment, chip.profile.shape)
+    step = np.ptp(profile.environment.heater_range) / (2 ** profile.environment.dac_bits - 1)
+    assert np.max(np.abs(mapped.settings - controls)) <= step / 2 + 1e-12
+
+
+def test_in_situ_programming_needs_in_situ(cli, one_line_error, tmp_path):
+    one_line_error(cli("train", "--in-situ-programming", "as-trained", "--epochs", "1", "--out", tmp_path / "m.onnx"),
+                   "--in-situ-programming", "--in-situ DEVICE")
+    assert not (tmp_path / "m.onnx").exists()

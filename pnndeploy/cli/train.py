@@ -83,6 +83,10 @@ def _plain_type(hint: Any) -> Any:
                    "goes through the digital model. --method standard: PAT; --method sat: SAT + PAT.")
 @click.option("--in-situ-profiles", "in_situ_profiles", default=None, metavar="DIR",
               help="Folder of the --in-situ device's profile (default: the platform's profiles folder).")
+@click.option("--in-situ-programming", "in_situ_programming", type=click.Choice(["calibrated", "as-trained"]),
+              default=None, help="--in-situ: program each step's controls through the chip's calibration "
+                                 "(calibrated, the default) or as trained, through the nominal device (as-trained: "
+                                 "the paper's protocol; on a mesh it skips a fit of every phase at every step).")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
               help="--in-situ: seconds one exchange with the chip's station may take.")
 @click.option("--insecure", is_flag=True,
@@ -94,7 +98,8 @@ def _plain_type(hint: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout and nothing else there.")
 @click.pass_context
 def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: str | None,
-          in_situ_profiles: str | None, timeout: float, insecure: bool, **flags: Any) -> None:
+          in_situ_profiles: str | None, in_situ_programming: str | None, timeout: float, insecure: bool,
+          **flags: Any) -> None:
     """Train one model against the nominal chip and export it as ONNX.
 
     \b
@@ -149,7 +154,11 @@ def train(ctx: click.Context, config_path: str | None, as_json: bool, in_situ: s
                           f"it with --{key.replace('_', '-')}") from None
     check_output_file(out, "--out")
     compute = resolve_compute_options(compute_spec, threads)
-    chip = _open_in_situ(in_situ, in_situ_profiles, config.platform, timeout, insecure) if in_situ else None
+    if in_situ_programming and not in_situ:
+        raise PnnError(f"--in-situ-programming {in_situ_programming} says how to program a chip trained on, and "
+                       "there is none; add --in-situ DEVICE or drop it")
+    chip = _open_in_situ(in_situ, in_situ_profiles, config.platform, timeout, insecure,
+                         in_situ_programming or "calibrated") if in_situ else None
     try:
         summary = _run_training(dataset_spec, config, out, chip, compute, init)
     finally:
@@ -177,8 +186,10 @@ def _parse_widths(text: str, flag: str = "--hidden", empty_ok: bool = False) -> 
     return widths
 
 
-def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: float, insecure: bool = False) -> Any:
-    """The chip of ``--in-situ``: its backend opened and checked (or the simulated profile played in-process)."""
+def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: float, insecure: bool = False,
+                  programming: str = "calibrated") -> Any:
+    """The chip of ``--in-situ``: its backend opened and checked (or the simulated profile played in-process),
+    mapped through its calibration or, ``as-trained``, through the nominal device."""
     from pnndeploy.backends.simulated import SimulatedChip
     from pnndeploy.deploy.hardware import open_chip
     from pnndeploy.formats.profile_folder import profiles_dir, resolve_device
@@ -193,7 +204,11 @@ def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: flo
         raise PnnError(f"--in-situ {device}: the profile names no backend and has no fabrication truth, so there "
                        "is no chip to measure; connect it with `pnndeploy chip connect`")
     backend = open_chip(profile, timeout, insecure) if profile.backend is not None else SimulatedChip(profile=profile)
-    return InSituChip(backend, profile)
+    if programming == "as-trained":
+        from pnndeploy.deploy.mapping import uncalibrated
+
+        return InSituChip(backend, uncalibrated(profile), programming)
+    return InSituChip(backend, profile, programming)
 
 
 def _run_training(dataset_spec: str, config: Any, out: str, chip: Any = None, compute: Any = None,

@@ -32,9 +32,14 @@ from pnndeploy.platforms import get_platform
 class InSituChip:
     """A chip (through its backend) that measures every on-chip layer of a model while it trains."""
 
-    def __init__(self, backend: ChipBackend, profile: DeviceProfile) -> None:
+    def __init__(self, backend: ChipBackend, profile: DeviceProfile, programming: str = "calibrated") -> None:
+        """``profile``: the chip as the mapping sees it at every step; ``programming`` names how (recorded):
+        ``calibrated`` through the chip's calibration, ``as-trained`` through the nominal device (the caller passes
+        the profile with the drawing's calibration: the paper's protocol, the trained phases programmed as they
+        are)."""
         self.backend = backend
         self.profile = profile
+        self.programming = programming
         self.platform = get_platform(profile.platform)
         self.programs = 0
         self.measurements = 0
@@ -103,4 +108,4 @@ class InSituChip:
                 "address": spec.address if spec else None, "firmware": self.backend.info().firmware,
                 "chip_device_id": self.backend.info().device_id, "programs": self.programs,
                 "measurements": self.measurements, "chip_seconds": self.chip_seconds,
-                "map_seconds": self.map_seconds}
+                "map_seconds": self.map_seconds, "programming": self.programming}
