@@ -29,11 +29,10 @@ def demo(platform: str | None, config_path: str | None, out_dir: str | None, pro
          compute: str | None, threads: str | None, as_json: bool) -> None:
     """The whole story: standard vs noise-aware vs SAT vs spec-SAT (as programmed, drift-compensated).
 
-    Trains each on the embedded digits (every method at width 128), maps it onto every chip of the
-    default fleet, audits drift with and without compensation, and writes OUT/report.md,
+    Trains each on the embedded digits (every method at width 128; or in the set-up of --config), maps it
+    onto every chip of the default fleet (or --profiles), audits drift with and without compensation, and writes OUT/report.md,
     OUT/summary.json and the plots.
 
-    \b
     \b
     Examples:
       pnndeploy demo --out reports/demo
