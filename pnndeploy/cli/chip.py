@@ -43,6 +43,21 @@ def _profile_path(device: str, profiles: str | None) -> Any:
     return resolve_device(device, profiles_dir(profiles))
 
 
+def recalibration_source(device: str, profiles: str | None, out: str | None, temperature: float | None) -> Any:
+    """(path, profile) of the DEVICE a new calibration replaces (`calibrate`, `profile import`), after the checks
+    both share: ``--out`` writable, ``--temperature`` finite."""
+    import math
+
+    from pnndeploy.formats.profiles import read_profile
+
+    path = _profile_path(device, profiles)
+    if out:
+        check_output_file(out, "--out", "chipB.h5")
+    if temperature is not None and not math.isfinite(temperature):
+        raise PnnError(f"--temperature {temperature} is not a finite number of degrees Celsius")
+    return path, read_profile(path)
+
+
 def _read_or_make_token(path: str) -> str:
     """The token in ``path`` (an owner-only file), or a new one written there with mode 600."""
     import secrets
@@ -349,19 +364,12 @@ def calibrate(device: str, profiles: str | None, points: int, temperature: float
     from pnndeploy.deploy.calibration import calibration_doc, check_fit, measure_calibration, recalibrated
     from pnndeploy.deploy.hardware import open_chip
     from pnndeploy.formats.profile_schema import field_units
-    from pnndeploy.formats.profiles import read_profile, write_profile
+    from pnndeploy.formats.profiles import write_profile
     from pnndeploy.platforms import get_platform
     from pnndeploy.report.tables import render_calibration
 
-    import math
-
     where = resolve_compute_options(compute, threads)           # before anything is read or measured
-    path = _profile_path(device, profiles)
-    if out:
-        check_output_file(out, "--out", "chipB.h5")
-    if temperature is not None and not math.isfinite(temperature):
-        raise PnnError(f"--temperature {temperature} is not a finite number of degrees Celsius")
-    record = read_profile(path)
+    path, record = recalibration_source(device, profiles, out, temperature)
     if record.backend is None and temperature is not None and temperature != record.calibration_temperature_C:
         # the simulated truth holds at the profile's calibration temperature: a calibration at another one
         # would shift every offset by k * dT and the simulator would then map with it

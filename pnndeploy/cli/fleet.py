@@ -197,22 +197,14 @@ def profile_import(device: str, file: str, profiles: str | None, max_residual: f
       pnndeploy profile import chipB examples/calibration/chipB_parameters.csv
       pnndeploy profile import chipB lab_sweeps.csv --out chipB-lab.h5 --json
     """
-    import math
-
-    from pnndeploy.cli.chip import _profile_path
-    from pnndeploy.cli.common import check_output_file
+    from pnndeploy.cli.chip import recalibration_source
     from pnndeploy.deploy.calibration import recalibrated
     from pnndeploy.deploy.calibration_import import import_calibration, import_doc
     from pnndeploy.formats.profile_schema import field_units
-    from pnndeploy.formats.profiles import read_profile, write_profile
+    from pnndeploy.formats.profiles import write_profile
     from pnndeploy.platforms import get_platform
 
-    path = _profile_path(device, profiles)
-    if out:
-        check_output_file(out, "--out", "chipB.h5")
-    if temperature is not None and not math.isfinite(temperature):
-        raise PnnError(f"--temperature {temperature} is not a finite number of degrees Celsius")
-    record = read_profile(path)
+    path, record = recalibration_source(device, profiles, out, temperature)
     result, table, kind = import_calibration(record, file, max_residual, temperature)
     target = out or str(path)
     write_profile(recalibrated(record, result), target)
