@@ -126,7 +126,9 @@ class ChipBackend(ABC):
         if programmed:
             self.program([program])
             memory[program.index] = np.array(program.settings, copy=True)
-        step = max(1, self.info().max_batch)
+        step = self.__dict__.get("_measure_step")
+        if step is None:              # the station's batch limit, asked once (info() may be a query of the station)
+            step = self.__dict__["_measure_step"] = max(1, self.info().max_batch)
         if not len(x):
             return np.zeros((0, int(program.weight_shape[0]))), programmed
         return np.concatenate([self.infer(program.index, x[s:s + step]) for s in range(0, len(x), step)]), \

@@ -181,7 +181,7 @@ class HttpBackend(ChipBackend):
                                f"else while it was measured ({exc}); one client per chip, please") from None
 
     def _measure_layer(self, program: LayerProgram, x: np.ndarray) -> tuple[np.ndarray, bool]:
-        index, settings = int(program.index), np.asarray(program.settings, np.float64)
+        index, settings = int(program.index), np.array(program.settings, np.float64)     # held below: a copy
         fields: dict[str, Any] = {"layer": index, "weight_shape": [int(n) for n in program.weight_shape]}
         arrays: dict[str, np.ndarray] = {}
         held = self._held.get(index)
@@ -200,7 +200,7 @@ class HttpBackend(ChipBackend):
             version = reply[0].get("version")
             if not isinstance(version, str) or len(version) > 64:
                 raise BackendError(f"chip server {self.address}: malformed /measure reply (no program version)")
-            self._held[index] = (version, settings.copy())
+            self._held[index] = (version, settings)
             programmed |= reply[0].get("programmed") is True
             ys.append(self._array(reply, "y", 2))
             fields, arrays = {"layer": index, "base": version}, {}
