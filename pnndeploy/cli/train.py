@@ -204,10 +204,10 @@ def _open_in_situ(device: str, profiles: str | None, platform: str, timeout: flo
         raise PnnError(f"--in-situ {device}: the profile names no backend and has no fabrication truth, so there "
                        "is no chip to measure; connect it with `pnndeploy chip connect`")
     backend = open_chip(profile, timeout, insecure) if profile.backend is not None else SimulatedChip(profile=profile)
-    if programming == "as-trained":
+    if programming == "as-trained":                 # mapped through the drawing, not the calibration
         from pnndeploy.deploy.mapping import uncalibrated
 
-        return InSituChip(backend, uncalibrated(profile), programming)
+        profile = uncalibrated(profile)
     return InSituChip(backend, profile, programming)
 
 

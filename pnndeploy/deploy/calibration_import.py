@@ -189,12 +189,13 @@ def _npz_columns(data: bytes, name: str, check: HeaderCheck | None) -> tuple[lis
             if arrays and len(arr) != len(arrays[0]):
                 raise PnnError(f"{where} has {len(arr)} entries, member {brief(columns[0])} {len(arrays[0])}; "
                                "give every column one entry per line of the table")
-            bad = np.flatnonzero(~np.isfinite(arr.astype(np.float64)))
+            values = arr.astype(np.float64)
+            bad = np.flatnonzero(~np.isfinite(values))
             if bad.size:
                 raise PnnError(f"{where}: entry {int(bad[0])} is {arr[bad[0]]}, not a finite number; remeasure that "
                                "device or fill in its value")
             columns.append(key)
-            arrays.append(arr.astype(np.float64))
+            arrays.append(values)
     if not arrays:
         raise PnnError(f"{name} holds no arrays; {fix}")
     return columns, np.stack(arrays, axis=1)

@@ -42,8 +42,7 @@ def architecture_settings(net: ImportedNetwork, settings: dict[str, Any]) -> dic
     described = (f"conv {','.join(map(str, arch['conv'])) or 'none'}, kernel {arch['kernel'] or '-'}, hidden "
                  f"{','.join(map(str, arch['hidden'])) or 'none'}, batch norm {'yes' if arch['batch_norm'] else 'no'}")
     for key in ARCHITECTURE:
-        if key in settings and settings[key] != has[key] and not (key == "kernel" and not arch["conv"]
-                                                                  and settings[key] == KERNEL):
+        if key in settings and settings[key] != has[key]:
             flag = f"--{key.replace('_', '-')}"
             raise ConfigError(f"{flag} {brief(settings[key])} conflicts with {where}, whose network is {described}; "
                               f"drop {flag}: the architecture comes from the file")
