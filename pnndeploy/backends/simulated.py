@@ -23,6 +23,7 @@ from pnndeploy import __version__
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.profiles import DeviceProfile, read_profile
+from pnndeploy.platforms.faults import faulty_mask, realised_settings
 from pnndeploy.platforms.base import ChipState
 
 #: Default std of the noise on every measured output (weight units), on top of the weight noise.
@@ -121,6 +122,7 @@ class SimulatedChip(ChipBackend):
                 raise BackendError(f"layer {layer.index}: settings hold NaN or inf")
             lo, hi = self.profile.environment.heater_range
             settings = np.clip(settings, lo, hi)      # the DAC cannot drive beyond its range
+            settings = realised_settings(self.platform, settings, self.profile.fabrication, self.profile.shape)
             state = self.platform.fleet_layer((out_f, in_f), [settings], [self.profile], self.profile.shape,
                                               "cpu", torch.float64)
             self.slots[layer.index] = ((out_f, in_f), state)
@@ -172,7 +174,10 @@ class SimulatedChip(ChipBackend):
         if rows.shape != cols.shape or rows.ndim != 1 or np.any((rows < 0) | (rows >= R) | (cols < 0) | (cols >= C)):
             raise BackendError(f"sweep devices must be pairs of rows in 0..{R - 1} and cols in 0..{C - 1}")
         lo, hi = self.profile.environment.heater_range
-        h = np.clip(np.asarray(controls, np.float64), lo, hi)
+        h = np.clip(np.asarray(controls, np.float64), lo, hi)[None, :].repeat(len(rows), axis=0)
+        faulty = faulty_mask(self.profile.fabrication)
+        if faulty is not None:                    # a faulty device holds its stuck drive through the sweep
+            h = np.where(faulty[rows, cols][:, None], self.profile.fabrication["stuck_setting"][rows, cols][:, None], h)
         W = self.platform.device_response(self.profile.fabrication, self.profile.environment.drift_coefficient,
                                           rows, cols, h, self.temperature_C - self.reference_C)
         sigma = float(np.hypot(self.profile.environment.detector_noise, self.measurement_noise))

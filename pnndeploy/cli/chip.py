@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from pnndeploy.cli.common import (check_output_file, compute_options, print_json, profiles_option, progress_bar,
-                                  resolve_compute_options)
+from pnndeploy.cli.common import (check_output_file, compute_options, max_faulty_option, print_json, profiles_option,
+                                  progress_bar, resolve_compute_options)
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
@@ -338,6 +338,7 @@ def info(device: str, profiles: str | None, timeout: float, insecure: bool, as_j
               help="Set the station's temperature (degrees Celsius) before sweeping (needs a TEC).")
 @click.option("--max-residual", type=click.FloatRange(0, None, min_open=True), default=0.02, show_default=True,
               help="Refuse the calibration when any device's rms fit residual exceeds this (weight units).")
+@max_faulty_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Write the recalibrated profile here instead of replacing DEVICE's.")
 @click.option("--dry-run", is_flag=True, help="Measure and report; write nothing.")
@@ -346,7 +347,7 @@ def info(device: str, profiles: str | None, timeout: float, insecure: bool, as_j
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration document on stdout.")
 def calibrate(device: str, profiles: str | None, points: int, temperature: float | None, max_residual: float,
-              out: str | None, dry_run: bool, timeout: float, insecure: bool, compute: str | None,
+              max_faulty: float, out: str | None, dry_run: bool, timeout: float, insecure: bool, compute: str | None,
               threads: str | None, as_json: bool) -> None:
     """Recalibrate DEVICE by measurement: sweep every device, fit its transfer function, write the profile.
 
@@ -386,7 +387,7 @@ def calibrate(device: str, profiles: str | None, points: int, temperature: float
                                          compute=where)
     finally:
         backend.close()
-    check_fit(result, max_residual)
+    check_fit(result, max_residual, max_faulty)
     written = None
     if not dry_run:
         target = out or str(path)

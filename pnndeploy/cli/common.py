@@ -37,6 +37,13 @@ def _default_fleets() -> str:
     return ", ".join(f"{Path('device_profiles') / PLATFORMS[name].profiles_subdir} ({name})" for name in sorted(PLATFORMS))
 
 
+#: `calibrate` and `profile import`: how many devices may not respond before the measurement, not the chip, is
+#: blamed (the default is DEFAULT_MAX_FAULTY of pnndeploy.deploy.calibration, which a test keeps equal).
+max_faulty_option = click.option(
+    "--max-faulty", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+    help="Refuse the calibration when more than this fraction of devices do not respond to their setting (a "
+         "laser off, a station wired to another chip); up to it they are recorded as faulty and mapped around.")
+
 profiles_option = click.option(
     "--profiles", "profiles", default=None, metavar="DIR",
     help=f"Folder of device profiles (default: $PNNDEPLOY_PROFILES, else the platform's default fleet: "

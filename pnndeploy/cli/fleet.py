@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from pnndeploy.cli.common import check_output_dir, platform_option, print_json, profiles_option, progress_bar
+from pnndeploy.cli.common import (check_output_dir, max_faulty_option, platform_option, print_json, profiles_option,
+                                  progress_bar)
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
@@ -177,13 +178,14 @@ def profile_validate(path: str, as_json: bool) -> None:
 @profiles_option
 @click.option("--max-residual", type=click.FloatRange(0, None, min_open=True), default=0.02, show_default=True,
               help="Sweeps: refuse the calibration when any device's rms fit residual exceeds this (weight units).")
+@max_faulty_option
 @click.option("--temperature", type=float, default=None, metavar="C",
               help="Temperature of the lab's measurement, degrees Celsius (default: the profile's calibration's).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Write the updated profile here instead of replacing DEVICE's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the import document on stdout.")
-def profile_import(device: str, file: str, profiles: str | None, max_residual: float, temperature: float | None,
-                   out: str | None, as_json: bool) -> None:
+def profile_import(device: str, file: str, profiles: str | None, max_residual: float, max_faulty: float,
+                   temperature: float | None, out: str | None, as_json: bool) -> None:
     """Import a lab's calibration of DEVICE from FILE (CSV with a header, or NPZ): fitted parameters or sweeps.
 
     Fitted parameters: columns row, col, <field>_<unit> for every calibrated field (rings:
@@ -203,9 +205,10 @@ def profile_import(device: str, file: str, profiles: str | None, max_residual: f
     from pnndeploy.formats.profile_schema import field_units
     from pnndeploy.formats.profiles import write_profile
     from pnndeploy.platforms import get_platform
+    from pnndeploy.report.tables import faulty_line
 
     path, record = recalibration_source(device, profiles, out, temperature)
-    result, table, kind = import_calibration(record, file, max_residual, temperature)
+    result, table, kind = import_calibration(record, file, max_residual, temperature, max_faulty=max_faulty)
     target = out or str(path)
     write_profile(recalibrated(record, result), target)
     doc = import_doc(result, table, kind, field_units(get_platform(record.platform)), target)
@@ -215,3 +218,4 @@ def profile_import(device: str, file: str, profiles: str | None, max_residual: f
         fields = ", ".join(f"{k} {v['mean']:.4g} ± {v['std']:.2g} {v['units']}" for k, v in doc["fields"].items())
         click.echo(f"wrote {target}: {record.device_id} calibrated from {table.name} ({kind}, {doc['entries']} "
                    f"lines; {fields}); the old calibration is kept in calibration_history")
+        click.echo(faulty_line(doc["faulty"]))

@@ -31,6 +31,8 @@ from pnndeploy.platforms import get_platform
 DEFAULT_POINTS = 1024
 #: A device whose rms fit residual exceeds this (weight units) is a failed fit: nothing is written.
 DEFAULT_MAX_RESIDUAL = 0.02
+#: More than this fraction of devices not responding is a failed measurement, not a chip: nothing is written.
+DEFAULT_MAX_FAULTY = 0.1
 
 
 @dataclass
@@ -113,18 +115,41 @@ def error_vs_truth(profile: DeviceProfile, fields: dict[str, np.ndarray]) -> dic
     """Simulated chips: per field, rms and max |calibration - truth| of the new and the old calibration."""
     if profile.fabrication is None:
         return None
-    return {k: {"rms": _rms(fields[k] - profile.fabrication[k]),
-                "max_abs": float(np.abs(fields[k] - profile.fabrication[k]).max()),
-                "previous_rms": _rms(profile.calibration[k] - profile.fabrication[k])}
-            for k in fields}
+    works = ~_faulty(fields) & ~_faulty(profile.fabrication) & ~_faulty(profile.calibration)
+    if not works.any():
+        return None
+    out: dict[str, dict[str, float]] = {
+        k: {"rms": _rms((fields[k] - profile.fabrication[k])[works]),
+            "max_abs": float(np.abs(fields[k] - profile.fabrication[k])[works].max()),
+            "previous_rms": _rms((profile.calibration[k] - profile.fabrication[k])[works])}
+        for k in fields if k != "faulty"}
+    found, truth = _faulty(fields), _faulty(profile.fabrication)
+    if found.any() or truth.any():
+        out["faulty"] = {"found": int(found.sum()), "truth": int(truth.sum()),
+                         "missed": int((truth & ~found).sum()), "false_alarms": int((found & ~truth).sum())}
+    return out
+
+
+def _faulty(fields: dict[str, np.ndarray]) -> np.ndarray:
+    """The devices ``fields`` (a calibration, a fit, a truth) flag as faulty; all False when it flags none."""
+    offset = next(v for k, v in fields.items() if k not in ("faulty", "stuck_setting"))
+    return np.asarray(fields["faulty"]) != 0 if "faulty" in fields else np.zeros(np.shape(offset), dtype=bool)
 
 
 def _rms(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(values))))
 
 
-def check_fit(result: CalibrationResult, max_residual: float = DEFAULT_MAX_RESIDUAL) -> None:
-    """Refuse a calibration in which some device fits worse than ``max_residual``."""
+def check_fit(result: CalibrationResult, max_residual: float = DEFAULT_MAX_RESIDUAL,
+              max_faulty: float = DEFAULT_MAX_FAULTY) -> None:
+    """Refuse a calibration in which some device fits worse than ``max_residual``, or more than ``max_faulty`` of
+    the devices do not respond (a laser off or a station wired to the wrong chip, not a chip that bad)."""
+    faulty = _faulty(result.fields)
+    if faulty.mean() > max_faulty:
+        raise PnnError(f"{result.device_id}: {int(faulty.sum())} of {faulty.size} devices ({faulty.mean():.0%}) do "
+                       f"not respond to their setting, more than --max-faulty {max_faulty:g}; is the laser on and "
+                       "the station connected to this chip? nothing was written; check the station, or raise "
+                       "--max-faulty")
     bad = np.argwhere(~(result.residual <= max_residual))
     if bad.size:
         r, c = (int(v) for v in bad[0])
@@ -154,7 +179,8 @@ def calibration_doc(result: CalibrationResult, units: dict[str, str], written: s
         "sweep": {"points": int(len(result.controls)), "from": float(result.controls[0]),
                   "to": float(result.controls[-1]), "units": units.get("_controls", "")},
         "fields": {k: {"mean": float(v.mean()), "std": float(v.std()), "units": units.get(k, "")}
-                   for k, v in result.fields.items()},
+                   for k, v in result.fields.items() if k != "faulty"},
+        "faulty": faulty_doc(result.fields),
         "residual": {"rms_mean": float(result.residual.mean()), "rms_max": float(result.residual.max()),  # finite: checked
                      "worst_device": [int(v) for v in np.unravel_index(np.argmax(result.residual),
                                                                        result.residual.shape)],
@@ -162,3 +188,15 @@ def calibration_doc(result: CalibrationResult, units: dict[str, str], written: s
         "error_vs_truth": result.error_vs_truth,
         "written": written,
     }
+
+
+#: Faulty devices a report lists by position (the count is always given).
+LISTED_FAULTY = 20
+
+
+def faulty_doc(fields: dict[str, np.ndarray]) -> dict:
+    """How many devices do not respond, and where the first :data:`LISTED_FAULTY` are (row, col)."""
+    faulty = _faulty(fields)
+    where = np.argwhere(faulty)[:LISTED_FAULTY]
+    return {"count": int(faulty.sum()), "fraction": float(faulty.mean()) if faulty.size else 0.0,
+            "devices": [[int(v) for v in row] for row in where]}

@@ -27,8 +27,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pnndeploy.compute import CPU, Compute
-from pnndeploy.deploy.calibration import (DEFAULT_MAX_RESIDUAL, CalibrationResult, check_fit, error_vs_truth,
-                                          fit_sweep)
+from pnndeploy.deploy.calibration import (DEFAULT_MAX_FAULTY, DEFAULT_MAX_RESIDUAL, CalibrationResult, check_fit,
+                                          error_vs_truth, faulty_doc, fit_sweep)
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.hdf5 import MAX_DATASET_BYTES
 from pnndeploy.formats.profile_schema import field_units, param_ranges
@@ -221,9 +221,16 @@ def _split(column: str, names: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def parse_header(table: Table, wanted: dict[str, str]) -> dict[str, tuple[int, float]]:
+#: Columns a parameter file may give beside the calibrated fields: the lab's own flag of devices that do not
+#: respond to their setting (1) or do (0); see :mod:`pnndeploy.platforms.faults`.
+OPTIONAL_PARAMETERS = {"faulty": "1"}
+
+
+def parse_header(table: Table, wanted: dict[str, str],
+                 optional: tuple[str, ...] = ()) -> dict[str, tuple[int, float]]:
     """Column index and unit factor of each name in ``wanted`` ({name: expected unit}), plus 'row' and 'col';
-    an unknown, unitless, repeated or missing column, or a unit that does not convert, is refused."""
+    an unknown, unitless, repeated or missing column, or a unit that does not convert, is refused; the names in
+    ``optional`` may be missing."""
     found: dict[str, tuple[int, float]] = {}
     expected = ", ".join(["row", "col"] + [f"{k}_{u}" for k, u in wanted.items()])
     for i, column in enumerate(table.columns):
@@ -243,7 +250,7 @@ def parse_header(table: Table, wanted: dict[str, str]) -> dict[str, tuple[int, f
         if name in found:
             raise table.fail(f"column {brief(column)} repeats {name}; keep one column per quantity")
         found[name] = (i, factor)
-    missing = [k for k in ["row", "col", *wanted] if k not in found]
+    missing = [k for k in ["row", "col", *wanted] if k not in found and k not in optional]
     if missing:
         raise table.fail(f"has no column for {', '.join(missing)}; the header must name {expected}")
     return found
@@ -284,7 +291,7 @@ def _is_sweep(columns: list[str]) -> bool:
 def _wanted(platform: Platform, columns: list[str], name: str) -> dict[str, str]:
     """The quantities (name: unit) a file with these columns must give: sweeps or fitted parameters."""
     if not _is_sweep(columns):
-        return field_units(platform)
+        return {**field_units(platform), **(OPTIONAL_PARAMETERS if platform.faults_supported else {})}
     if not platform.sweep_calibration:
         raise PnnError(f"{name}: holds sweeps, but {platform.name} devices cannot be fitted from sweeps here; give "
                        f"fitted parameters ({', '.join(field_units(platform))}) instead")
@@ -295,7 +302,7 @@ def parameter_fields(table: Table, profile: DeviceProfile, platform: Platform) -
                                                                                        np.ndarray]:
     """Fitted parameters, one entry per device: the fields (array shape) and each device's entry."""
     units = field_units(platform)
-    columns = parse_header(table, units)
+    columns = parse_header(table, _wanted(platform, table.columns, table.name), tuple(OPTIONAL_PARAMETERS))
     index = device_index(table, columns, profile.shape)
     order = np.argsort(index, kind="stable")
     twice = np.flatnonzero(np.diff(index[order]) == 0)
@@ -312,6 +319,15 @@ def parameter_fields(table: Table, profile: DeviceProfile, platform: Platform) -
         flat = np.empty(devices)
         flat[index] = table.values[:, i] * factor if factor != 1.0 else table.values[:, i]
         fields[name] = flat.reshape(profile.shape)
+    if "faulty" in columns:
+        flags = table.values[:, columns["faulty"][0]]
+        bad = np.flatnonzero((flags != 0) & (flags != 1))
+        if bad.size:
+            raise table.fail(f"{table.at(int(bad[0]))}: faulty must be 0 (responds) or 1 (does not respond), got "
+                             f"{flags[bad[0]]:g}")
+        flat = np.empty(devices, dtype=np.uint8)
+        flat[index] = flags.astype(np.uint8)
+        fields["faulty"] = flat.reshape(profile.shape)
     entry = np.empty(devices, dtype=np.int64)
     entry[index] = np.arange(len(index))
     return fields, entry
@@ -394,15 +410,16 @@ def importable_platforms(shape: tuple[int, int] = (4, 4)) -> list[str]:
 
 
 def import_calibration(profile: DeviceProfile, path: str | Path, max_residual: float = DEFAULT_MAX_RESIDUAL,
-                       temperature: float | None = None, compute: Compute = CPU) -> tuple[CalibrationResult, Table,
-                                                                                          str]:
+                       temperature: float | None = None, compute: Compute = CPU,
+                       max_faulty: float = DEFAULT_MAX_FAULTY) -> tuple[CalibrationResult, Table, str]:
     """The calibration a lab's file gives ``profile`` (nothing written): (result, table, kind)."""
     platform = get_platform(profile.platform)
     problem = supported_problem(platform, tuple(profile.shape))
     if problem:
         raise PnnError(f"{profile.device_id}: {problem}")
     def check(name: str, columns: list[str]) -> int:
-        parse_header(Table(name, "", columns, np.zeros((0, len(columns))), None), _wanted(platform, columns, name))
+        parse_header(Table(name, "", columns, np.zeros((0, len(columns))), None), _wanted(platform, columns, name),
+                     tuple(OPTIONAL_PARAMETERS))
         return profile.devices * (MAX_POINTS if _is_sweep(columns) else 1)
 
     table = read_table(path, check)
@@ -422,7 +439,7 @@ def import_calibration(profile: DeviceProfile, path: str | Path, max_residual: f
                                now, source=source)
     if kind == "sweeps":
         try:
-            check_fit(result, max_residual)
+            check_fit(result, max_residual, max_faulty)
         except PnnError as exc:
             raise table.fail(str(exc)) from None
     check_ranges(table, fields, platform, profile, entry)
@@ -437,7 +454,8 @@ def import_doc(result: CalibrationResult, table: Table, kind: str, units: dict[s
         "entries": int(len(table.values)), "measured_at": result.measured_at, "temperature_C": result.temperature_C,
         "temperature_source": result.temperature_source, "source": result.source,
         "fields": {k: {"mean": float(v.mean()), "std": float(v.std()), "units": units.get(k, "")}
-                   for k, v in result.fields.items()},
+                   for k, v in result.fields.items() if k != "faulty"},
+        "faulty": faulty_doc(result.fields),
         "residual": None if kind != "sweeps" else {"rms_mean": float(result.residual.mean()),
                                                    "rms_max": float(result.residual.max()), "units": "1"},
         "error_vs_truth": result.error_vs_truth,

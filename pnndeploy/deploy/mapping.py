@@ -7,7 +7,9 @@ decomposition of the target through the calibrated mesh model; both
 pre-compensate the chip's known heater crosstalk.  Weights the chip cannot
 reach, and settings beyond the heater range, are clipped and counted by cause
 (:class:`~pnndeploy.platforms.base.Clipping`), and the residual ||W realised - W target|| of the calibrated model is
-recorded per layer.  The mapper never reads the fabrication truth: that is
+recorded per layer.  A device the calibration flags faulty is held at rest, and where each weight has its own
+device the other weights of its row make up for it (:mod:`pnndeploy.deploy.fault_compensation`); the residual is
+then measured against the compensated weights.  The mapper never reads the fabrication truth: that is
 what the chip *is*, the calibration is what the lab *measured*.  The result is
 a :class:`~pnndeploy.formats.deployments.Deployment`, which
 :mod:`pnndeploy.formats.deployments` writes to a file.
@@ -19,11 +21,13 @@ import dataclasses
 
 import numpy as np
 
+from pnndeploy.deploy.fault_compensation import compensate_held
 from pnndeploy.errors import ProfileError
 from pnndeploy.formats.deployments import Deployment, LayerDeployment
 from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
 from pnndeploy.platforms import get_platform, platform_for
+from pnndeploy.platforms.faults import faulty_mask
 
 
 def check_compatible(model: ExportedModel, profile: DeviceProfile) -> None:
@@ -43,7 +47,11 @@ def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
     platform = platform_for(model.platform, model.platform_params)
     layers = []
     for layer in model.layers:
-        mapped = platform.map_layer(layer.weight, layer.controls, profile.calibration, profile.environment,
+        weight = layer.weight
+        held = platform.held_weights(profile.calibration, profile.shape, layer.shape) if platform.linear else None
+        if held is not None:          # the row's working weights make up for a faulty device
+            weight = compensate_held(layer.weight, *held, model.input_moments.get(layer.name))
+        mapped = platform.map_layer(weight, layer.controls, profile.calibration, profile.environment,
                                     profile.shape, model.platform_params, layer.shape)
         layers.append(LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual,
                                       mapped.clipping))
@@ -64,3 +72,27 @@ def uncalibrated(profile: DeviceProfile) -> DeviceProfile:
     nominal.update({k: np.full(platform.field_shape(k, profile.shape), float(v)) for k, v in platform.nominal.items()})
     return dataclasses.replace(profile, calibration=nominal,
                                environment=dataclasses.replace(profile.environment, crosstalk=0.0))
+
+
+def repaired(profile: DeviceProfile) -> DeviceProfile:
+    """A simulated chip as it would be had its faulty devices worked: the same chip otherwise (every other drawn
+    number, its environment), each faulty device's truth without its fault and its calibrated offset the truth's
+    (the few devices a recalibration would then measure).  What `transfer` compares a chip with to say what its
+    faults cost."""
+    platform = get_platform(profile.platform)
+    faulty = faulty_mask(profile.fabrication)
+    if faulty is None:
+        return profile
+    fabrication = {k: v for k, v in profile.fabrication.items() if k not in ("faulty", "stuck_setting")}
+    calibration = {k: v for k, v in profile.calibration.items() if k != "faulty"}
+    calibration[platform.offset_name] = np.where(faulty, fabrication[platform.offset_name],
+                                                 calibration[platform.offset_name])
+    return dataclasses.replace(profile, fabrication=fabrication, calibration=calibration)
+
+
+def fault_blind(profile: DeviceProfile) -> DeviceProfile:
+    """The profile as a mapper that ignores the calibration's faulty flags sees it (what mapping did before it
+    knew of faulty devices): every device programmed as if it worked."""
+    if "faulty" not in profile.calibration:
+        return profile
+    return dataclasses.replace(profile, calibration={k: v for k, v in profile.calibration.items() if k != "faulty"})

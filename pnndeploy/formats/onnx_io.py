@@ -31,6 +31,7 @@ from pnndeploy.atomic import write_bytes_atomic
 from pnndeploy.data.scaling import InputScaling
 from pnndeploy.errors import ModelFileError
 from pnndeploy.formats.digital import DigitalFrontEnd, front_end_from, onnx_nodes
+from pnndeploy.formats.input_moments import parse_input_moments
 from pnndeploy.untrusted import MAX_JSON_DEPTH, FileProblem, brief, control_text, loads_json, read_bounded
 
 #: The newest format this version reads; a file is written as 1 unless it needs 2 (a front end's input
@@ -88,6 +89,9 @@ class ExportedModel:
     sha256: str = ""
     #: Electronic layers before the on-chip ones (None: every layer is on chip).
     digital: DigitalFrontEnd | None = None
+    #: E[x x^T] of each on-chip layer's inputs on the training set, by layer name ({}: not recorded), for mapping
+    #: around faulty devices (:mod:`pnndeploy.formats.input_moments`).
+    input_moments: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
@@ -341,10 +345,11 @@ def load_model(path: str | Path) -> ExportedModel:
         raise ModelFileError(f"{where}: input_scaling has {scaling.n_features} features but the model "
                              f"takes {n_in} inputs; the file was edited or corrupted, re-export it")
     metrics = parsed["metrics"]
+    moments = parse_input_moments(where, parsed.get("input_moments"), layers)
     return ExportedModel(path=path, layers=layers, scaling=scaling, platform=parsed["platform"],
                          platform_params=parsed["platform_params"], method=parsed["method"],
                          dataset=parsed["dataset"], metrics=metrics, metadata=parsed,
-                         sha256=hashlib.sha256(data).hexdigest(), digital=digital)
+                         sha256=hashlib.sha256(data).hexdigest(), digital=digital, input_moments=moments)
 
 
 def _parse_metadata(where: str, meta: dict[str, str]) -> dict[str, Any]:

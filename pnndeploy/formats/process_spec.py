@@ -18,6 +18,7 @@ import numpy as np
 from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.formats.yamlio import read_yaml_file
 from pnndeploy.platforms import Platform, get_platform
+from pnndeploy.platforms.faults import FAULT_KEYS, MAX_FAULT_FRACTION
 from pnndeploy.untrusted import brief, control_text
 
 PROCESS_SCHEMA_VERSION = 1
@@ -120,7 +121,7 @@ def _no_unknown(source: str, parent: Mapping[str, Any], allowed: Any, prefix: st
 def _check_header(process: Mapping[str, Any], source: str) -> Platform:
     """Check the top-level keys, version, name and platform; returns the platform named."""
     top_keys = _top_keys(process)
-    _no_unknown(source, process, (*top_keys, "options"), "")
+    _no_unknown(source, process, (*top_keys, "options", "faults"), "")
     for key in top_keys:
         if key not in process:
             raise _fail(source, key, "is missing")
@@ -267,6 +268,22 @@ def _check_environment(process: Mapping[str, Any], platform: Platform, source: s
     _number(source, env, names["ageing"], "environment.", lo=0.0)
 
 
+def _check_faults(process: Mapping[str, Any], platform: Platform, source: str) -> None:
+    """Check the optional ``faults`` section: fractions of dead and stuck devices each chip is drawn with."""
+    if "faults" not in process:
+        return
+    faults = _section(source, process, "faults")
+    _no_unknown(source, faults, FAULT_KEYS, "faults.")
+    if not platform.faults_supported:
+        raise _fail(source, "faults", f"is not modelled for {platform.name} chips (faulty devices are, for "
+                                      "rings and the coherent MZI mesh); remove the section")
+    total = sum(_number(source, faults, key, "faults.", lo=0.0, hi=MAX_FAULT_FRACTION)
+                for key in FAULT_KEYS if key in faults)
+    if total > MAX_FAULT_FRACTION:
+        raise _fail(source, "faults", f"draws {total:g} of the devices faulty, more than {MAX_FAULT_FRACTION:g}: "
+                                      "lower dead_fraction + stuck_fraction")
+
+
 def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
     """Check a process spec (as loaded from YAML); ConfigError naming ``source`` and the key.
 
@@ -282,6 +299,7 @@ def check_process(process: Any, source: str = "process spec") -> dict[str, Any]:
     _check_devices(process, platform, source)
     cal, measured_dt = _check_calibration(process, platform, source)
     _check_environment(process, platform, source)
+    _check_faults(process, platform, source)
 
     out = dict(process)
     out["calibration"] = dict(cal)

@@ -20,6 +20,7 @@ from pnndeploy.formats.hdf5 import (attr_float, attr_int, attr_str, hdf5_path_pr
 from pnndeploy.formats.profile_folder import FILE_OPTIONS, check_device_name, credential_name_problem
 from pnndeploy.platforms import Platform, get_platform
 from pnndeploy.platforms.base import POSITIVE, Range
+from pnndeploy.platforms.faults import DEAD, STUCK, WORKS
 from pnndeploy.untrusted import brief, control_text
 
 SCHEMA_VERSION = 1
@@ -47,6 +48,16 @@ def field_units(platform: Platform) -> dict[str, str]:
     units = {platform.offset_name: platform.control_units}
     units.update({k: str(v) for k, v in platform.param_units.items()})
     return units
+
+
+#: Optional per-device fields of a chip with faulty devices (:mod:`pnndeploy.platforms.faults`), per section:
+#: the fault codes each may hold, and whether the section also holds the stuck drives.
+FAULT_SECTIONS = {"calibration": ((WORKS, DEAD), False), "fabrication": ((WORKS, DEAD, STUCK), True)}
+
+
+def fault_units(platform: Platform) -> dict[str, str]:
+    """Units of the optional fault fields (``faulty`` codes; the truth's ``stuck_setting``)."""
+    return {"faulty": "1", "stuck_setting": platform.control_units}
 
 
 def environment_units(platform: Platform) -> dict[str, str]:
@@ -319,6 +330,32 @@ def _check_device_fields(c: _Checker, platform: Platform | None, shape: tuple[in
             data = c.dataset(grp, name, platform.field_shape(name, shape) if shape else None, "float", units)
             if name in ranges:
                 c.in_range(f"{section}/{name}", data, ranges[name], units)
+        _check_fault_fields(c, grp, section, platform, shape)
+
+
+def _check_fault_fields(c: _Checker, grp: h5py.Group, section: str, platform: Platform,
+                        shape: tuple[int, int] | None) -> None:
+    """Check a section's optional fault fields: integer codes the section may hold, of the devices' shape, and
+    (in the truth) the stuck drives beside them; refused on a platform that does not model faults."""
+    if "faulty" not in grp and "stuck_setting" not in grp:
+        return
+    codes, with_drive = FAULT_SECTIONS.get(section, ((WORKS, DEAD), False))
+    where = grp.name.strip("/")
+    if not platform.faults_supported:
+        c.add(f"'{where}' records faulty devices but {platform.name} chips do not model them; remove "
+              "'faulty' and 'stuck_setting'")
+        return
+    units = fault_units(platform)
+    device_shape = platform.device_shape(shape) if shape else None
+    faulty = c.dataset(grp, "faulty", device_shape, "int", units["faulty"])
+    if faulty is not None and not np.isin(faulty, codes).all():
+        c.add(f"'{where}/faulty' holds codes other than {', '.join(map(str, codes))} (0 works, 1 dead"
+              + (", 2 stuck)" if STUCK in codes else " or stuck)"))
+    if with_drive:
+        c.dataset(grp, "stuck_setting", device_shape, "float", units["stuck_setting"])
+    elif "stuck_setting" in grp:
+        c.add(f"'{where}/stuck_setting' belongs to the fabrication truth only (a calibration folds a stuck "
+              "drive into the offset)")
 
 
 def _check_backend(c: _Checker) -> None:
@@ -364,6 +401,7 @@ def _check_history(c: _Checker, platform: Platform | None, shape: tuple[int, int
         if platform is not None:
             for name, units in field_units(platform).items():
                 c.dataset(grp, name, platform.field_shape(name, shape) if shape else None, "float", units)
+            _check_fault_fields(c, grp, "calibration", platform, shape)
 
 
 def _check_heater_range(c: _Checker, hr: np.ndarray | None, bits: np.ndarray | None) -> None:

@@ -41,10 +41,12 @@ from pnndeploy.formats.profile_schema import (
     SCHEMA_VERSION,
     chip_options,
     environment_units,
+    fault_units,
     field_units,
     validate_profile,
 )
 from pnndeploy.platforms import Platform, get_platform
+from pnndeploy.platforms.faults import DEAD, STUCK
 
 # --------------------------------------------------------------------------- data classes
 
@@ -135,6 +137,24 @@ def _write_array(group: h5py.Group, name: str, data: Any, units: str, dtype: Any
     ds.attrs["units"] = units
 
 
+def _write_faults(group: h5py.Group, values: dict[str, np.ndarray], platform: Platform) -> None:
+    """The optional fault fields of a section (codes as uint8, the truth's stuck drives), when it has them."""
+    units = fault_units(platform)
+    for name, dtype in (("faulty", np.uint8), ("stuck_setting", np.float64)):
+        if name in values:
+            _write_array(group, name, values[name], units[name], dtype)
+
+
+def _read_fields(group: h5py.Group, fields: list[str]) -> dict[str, np.ndarray]:
+    """A section's per-device fields (float64) and its optional fault fields."""
+    out = {k: np.asarray(group[k][()], dtype=np.float64) for k in fields}
+    if "faulty" in group:
+        out["faulty"] = np.asarray(group["faulty"][()], dtype=np.uint8)
+    if "stuck_setting" in group:
+        out["stuck_setting"] = np.asarray(group["stuck_setting"][()], dtype=np.float64)
+    return out
+
+
 def write_profile(profile: DeviceProfile, path: str | os.PathLike[str]) -> None:
     """Write ``profile`` to ``path`` atomically; refuse (ProfileError) to write an invalid profile."""
     path = Path(path)
@@ -184,6 +204,7 @@ def _write_profile_file(profile: DeviceProfile, path: Path, platform: Platform, 
                         f"(platform {platform.name} needs {', '.join(fields)})")
                 for name, units in fields.items():
                     _write_array(grp, name, values[name], units, np.float64)
+                _write_faults(grp, values, platform)
                 if section == "calibration":
                     grp.attrs["measured_at"] = str(profile.calibration_measured_at)
                     grp.attrs["temperature_C"] = np.float64(profile.calibration_temperature_C)
@@ -202,6 +223,7 @@ def _write_profile_file(profile: DeviceProfile, path: Path, platform: Platform, 
                     grp = history.create_group(f"{k:04d}")
                     for name, units in fields.items():
                         _write_array(grp, name, record.fields[name], units, np.float64)
+                    _write_faults(grp, record.fields, platform)
                     grp.attrs["measured_at"] = str(record.measured_at)
                     grp.attrs["temperature_C"] = np.float64(record.temperature_C)
                     grp.attrs["replaced_at"] = str(record.replaced_at)
@@ -242,11 +264,8 @@ def read_profile(path: str | os.PathLike[str]) -> DeviceProfile:
             platform = get_platform(attr_str(f, "platform") or "")
             fields = list(field_units(platform))
             cal = f["calibration"]
-            calibration = {k: np.asarray(cal[k][()], dtype=np.float64) for k in fields}
-            fabrication = None
-            if "fabrication" in f:
-                fab = f["fabrication"]
-                fabrication = {k: np.asarray(fab[k][()], dtype=np.float64) for k in fields}
+            calibration = _read_fields(cal, fields)
+            fabrication = _read_fields(f["fabrication"], fields) if "fabrication" in f else None
             e = f["environment"]
             hr = np.asarray(e["heater_range"][()], dtype=np.float64)
             environment = Environment(
@@ -264,7 +283,7 @@ def read_profile(path: str | os.PathLike[str]) -> DeviceProfile:
             history = []
             for key in sorted(f["calibration_history"]) if "calibration_history" in f else []:
                 grp = f["calibration_history"][key]
-                history.append(CalibrationRecord({k: np.asarray(grp[k][()], dtype=np.float64) for k in fields},
+                history.append(CalibrationRecord(_read_fields(grp, fields),
                                                  attr_str(grp, "measured_at") or "",
                                                  float(attr_float(grp, "temperature_C")),
                                                  attr_str(grp, "replaced_at") or "",
@@ -309,6 +328,17 @@ def _stats(values: np.ndarray, units: str) -> dict[str, Any]:
             "units": units}
 
 
+def _fault_count(fields: dict[str, np.ndarray], devices: int, kinds: bool = False) -> dict[str, Any]:
+    """How many devices a section records as faulty and the fraction of all; with ``kinds`` (the truth, which
+    knows them) how many are dead and how many stuck."""
+    codes = np.asarray(fields.get("faulty", np.zeros(0, np.uint8)))
+    count = int(np.count_nonzero(codes))
+    out = {"count": count, "fraction": count / devices if devices else 0.0}
+    if kinds:
+        out.update(dead=int(np.count_nonzero(codes == DEAD)), stuck=int(np.count_nonzero(codes == STUCK)))
+    return out
+
+
 def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict[str, Any]:
     """JSON-ready facts about a profile (for `pnndeploy profile show`)."""
     platform = get_platform(profile.platform)
@@ -330,6 +360,7 @@ def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict
             "temperature_C": float(profile.calibration_temperature_C),
             "source": profile.calibration_source or None,
             "fields": {k: _stats(profile.calibration[k], u) for k, u in fields.items()},
+            "faulty": _fault_count(profile.calibration, profile.devices),
         },
         "calibration_age_days": calibration_age_days(profile, now),
         "options": profile.chip_platform.option_values(),
@@ -350,6 +381,7 @@ def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict
                                 for r in profile.calibration_history],
     }
     if profile.fabrication is not None:
+        out["faulty_truth"] = _fault_count(profile.fabrication, profile.devices, kinds=True)
         out["calibration_error"] = {
             k: _stats(np.asarray(profile.calibration[k]) - np.asarray(profile.fabrication[k]), u)
             for k, u in fields.items()

@@ -95,7 +95,8 @@ class Clipping:
     A person judges a count only against the devices there are, so ``devices`` travels with the counts.  Causes
     are disjoint, so they add up to :attr:`total`: ``reach`` the wanted weight is beyond what the device can
     realise (a ring's extinction a < 1 cannot reach W = -1), ``range`` the setting that realises it is beyond the
-    heater's (DAC's) range, ``faulty`` the device is known to be broken (not detected yet: always 0).
+    heater's (DAC's) range, ``faulty`` the device does not respond to its setting (the calibration flags it,
+    :mod:`pnndeploy.platforms.faults`).
     """
 
     devices: int
@@ -104,13 +105,21 @@ class Clipping:
     faulty: int = 0
 
     @classmethod
-    def of(cls, devices: int, reachable: np.ndarray | None = None, inside: np.ndarray | None = None) -> "Clipping":
-        """Counts from per-device masks (True = fine); a device out of reach is not counted again as out of range."""
-        ok = np.ones((), dtype=bool) if reachable is None else np.asarray(reachable, dtype=bool)
-        in_range = np.ones((), dtype=bool) if inside is None else np.asarray(inside, dtype=bool)
-        return cls(int(devices), int(np.count_nonzero(~ok)),
-                   int(np.count_nonzero(np.broadcast_to(ok, np.broadcast_shapes(ok.shape, in_range.shape))
-                                        & ~in_range)))
+    def of(cls, devices: int, reachable: np.ndarray | None = None, inside: np.ndarray | None = None,
+           faulty: np.ndarray | None = None) -> "Clipping":
+        """Counts from per-device masks (``reachable``, ``inside``: True = fine; ``faulty``: True = broken); a
+        faulty device is counted as faulty only, one out of reach is not counted again as out of range."""
+        given = [np.asarray(m, dtype=bool) for m in (reachable, inside, faulty) if m is not None]
+        shape = np.broadcast_shapes(*(m.shape for m in given)) if given else ()
+
+        def mask(m: np.ndarray | None, default: bool) -> np.ndarray:
+            return np.full(shape, default) if m is None else np.broadcast_to(np.asarray(m, dtype=bool), shape)
+
+        broken = mask(faulty, False)
+        out_of_reach = ~broken & ~mask(reachable, True)
+        out_of_range = ~broken & ~out_of_reach & ~mask(inside, True)
+        return cls(int(devices), int(np.count_nonzero(out_of_reach)), int(np.count_nonzero(out_of_range)),
+                   int(np.count_nonzero(broken)))
 
     @property
     def total(self) -> int:
@@ -171,7 +180,8 @@ def quantise(settings: np.ndarray, heater_range: tuple[float, float], bits: int)
 
 
 def solve_crosstalk(goal: np.ndarray, crosstalk: float, spill: Callable[[np.ndarray], np.ndarray],
-                    bounds: tuple[float, float] | None = None, start: np.ndarray | None = None) -> np.ndarray:
+                    bounds: tuple[float, float] | None = None, start: np.ndarray | None = None,
+                    held: np.ndarray | None = None) -> np.ndarray:
     """Settings h with h + crosstalk * spill(h) = goal, where a device's control picks up ``crosstalk`` times the
     sum of its neighbours' settings (``spill``, at most two neighbours): a chip's heaters warm their neighbours, so
     a mapping that wants ``goal`` must set less where the neighbours are hot.
@@ -180,10 +190,13 @@ def solve_crosstalk(goal: np.ndarray, crosstalk: float, spill: Callable[[np.ndar
     crosstalk below 0.5); as many sweeps as bring that factor below 1e-13.  With ``bounds`` every sweep clips into
     them (a projected iteration, still a contraction): a device held at a bound then spills what it really gets
     and its neighbours compensate that, not the setting it could not take.  ``start``: where the iteration starts
-    (default ``goal``).  Zero crosstalk returns ``goal`` (clipped) unchanged.
+    (default ``goal``).  ``held``: devices whose setting is 0 whatever is wanted (faulty: their heater gives no
+    heat, so they spill nothing; the calibration folds a stuck drive into their offset).  Zero crosstalk returns
+    ``goal`` (clipped, held at 0) unchanged.
     """
     def clip(h: np.ndarray) -> np.ndarray:
-        return h if bounds is None else np.clip(h, bounds[0], bounds[1])
+        h = h if bounds is None else np.clip(h, bounds[0], bounds[1])
+        return h if held is None else np.where(held, 0.0, h)
 
     if not crosstalk:
         return clip(goal).copy()
@@ -381,6 +394,20 @@ class Platform(ABC):
         """Number of control devices of a chip with this ``layout``."""
         return int(np.prod(self.device_shape(layout)))
 
+    #: Whether chips of this platform may carry faulty devices (:mod:`pnndeploy.platforms.faults`): true where
+    #: each setting drives one device (:meth:`per_setting`) and mapping knows what to do about one that is stuck.
+    faults_supported: bool = False
+
+    def per_setting(self, values: np.ndarray, settings_shape: tuple[int, ...], layout: tuple[int, int]) -> np.ndarray:
+        """Per-device ``values`` (:meth:`device_shape`) at every setting of a layer (``settings_shape``): the value of
+        the device each setting drives.  Default: the settings' trailing axes are the devices (a mesh's shifters,
+        the same for each of its blocks)."""
+        values = np.asarray(values)
+        if tuple(settings_shape[len(settings_shape) - values.ndim:]) != values.shape:
+            raise NotImplementedError(f"{self.name}: which device a setting of shape {settings_shape} drives is "
+                                      "not known to this platform")
+        return np.broadcast_to(values, settings_shape)
+
     @abstractmethod
     def sample_fabrication(self, spec: Mapping[str, Any], layout: tuple[int, int],
                            rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -471,6 +498,13 @@ class LinearPlatform(Platform):
     """
 
     linear = True
+
+    def held_weights(self, calibration: Mapping[str, np.ndarray], layout: tuple[int, int],
+                     weight_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Weights a chip realises whatever is programmed, when each weight has a device of its own: per weight
+        (out, in), whether its device is faulty and the weight it then gives.  None when the calibration flags no
+        faulty device, or where a device sets many weights at once (a mesh: its mapper fits around a faulty one)."""
+        return None
 
     @abstractmethod
     def nominal_weights(self, controls: Any, weight_shape: tuple[int, int]) -> Any:

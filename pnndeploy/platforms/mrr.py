@@ -21,6 +21,7 @@ import numpy as np
 
 from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, LinearPlatform, Range, quantise, \
     solve_crosstalk, stacked
+from pnndeploy.platforms.faults import faulty_mask
 from pnndeploy.platforms.tiling import ring_index
 
 
@@ -156,6 +157,13 @@ class MRRPlatform(LinearPlatform):
             "drift_coefficient": drift,
         }
 
+    faults_supported = True
+
+    def per_setting(self, values: np.ndarray, settings_shape: tuple[int, ...], layout: tuple[int, int]) -> np.ndarray:
+        """The ring of each weight (a ring serves every weight tiled onto it)."""
+        ri, ci = ring_index(tuple(settings_shape), layout)
+        return np.asarray(values)[ri, ci]
+
     # ---------------------------------------------------------------------------------------- mapping
     def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
                   environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
@@ -163,36 +171,57 @@ class MRRPlatform(LinearPlatform):
         """Per weight: x* = inverse(W; calibrated gamma, a) on the trained branch; heater settings h whose detuning
         h + measured offset + crosstalk * (neighbours' h) is x* (:meth:`heater_settings`), quantised to the DAC.
 
-        Clipped and counted by cause: a weight beyond the ring's reach (W < 1 - 2a, or W >= 1), and a setting the
-        solve puts beyond the heater range.  The residual is the calibrated model's, at the quantised settings."""
+        Clipped and counted by cause: a weight beyond the ring's reach (W < 1 - 2a, or W >= 1), a setting the
+        solve puts beyond the heater range, and a ring the calibration flags faulty (set to 0: it ignores its
+        setting, and spills no heat into its neighbours).  The residual is the calibrated model's, at the quantised
+        settings.  What a faulty ring costs is recovered before this, by the other weights of its row
+        (:func:`pnndeploy.deploy.fault_compensation.compensate_held`)."""
         ri, ci = ring_index(weight.shape, layout)
         cal = {k: calibration[k][ri, ci] for k in self.param_units}
         sign = np.where(controls < 0, -1.0, 1.0)
+        faulty = faulty_mask(calibration)
+        held = None if faulty is None else faulty[ri, ci]
         # the heater range, not the training range, limits what the chip can reach
         target, reachable = self.inverse(weight.astype(np.float64), sign, np.inf, **cal)
         offset = calibration[self.offset_name][ri, ci]
         wanted, inside = self.heater_settings(target - offset, float(environment.crosstalk), ci, layout,
-                                              environment.heater_range)
+                                              environment.heater_range, held)
         settings, _ = quantise(wanted, environment.heater_range, environment.dac_bits)
-        realised = self.transfer(settings + offset + environment.crosstalk * _neighbour_settings(settings, ci, layout),
+        applied = settings if held is None else np.where(held, 0.0, settings)   # a faulty ring ignores its setting
+        realised = self.transfer(applied + offset + environment.crosstalk * _neighbour_settings(applied, ci, layout),
                                  **cal)
-        return LayerMapping(settings, Clipping.of(settings.size, reachable, inside),
+        return LayerMapping(settings, Clipping.of(settings.size, reachable, inside, held),
                             float(np.linalg.norm(realised - weight.astype(np.float64))))
+
+    def held_weights(self, calibration: Mapping[str, np.ndarray], layout: tuple[int, int],
+                     weight_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per weight, whether its ring is faulty and the weight such a ring gives whatever it is set to: the
+        calibrated Lorentzian at its offset (setting 0; the neighbours' crosstalk, a few percent of their
+        settings, left out).  None for a chip whose calibration flags no faulty ring."""
+        faulty = faulty_mask(calibration)
+        if faulty is None:
+            return None
+        ri, ci = ring_index(tuple(weight_shape), layout)
+        at_rest = self.transfer(calibration[self.offset_name], **{k: calibration[k] for k in self.param_units})
+        return faulty[ri, ci], at_rest[ri, ci]
 
     @staticmethod
     def heater_settings(goal: np.ndarray, crosstalk: float, ci: np.ndarray, layout: tuple[int, int],
-                        heater_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+                        heater_range: tuple[float, float],
+                        held: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Settings h in the heater range with h + crosstalk * (h_left + h_right) = ``goal`` (the detunings wanted
         less the offsets), as :meth:`fleet_layer` applies the crosstalk, and a mask of the rings where that holds
         within the range (False: the solve wanted a setting beyond it, which is clipped).
 
         A ring's neighbours warm it, so pre-compensating sets it lower by what they add; a ring held at the range's
-        edge spills only what it gets, and its neighbours compensate that.  Zero crosstalk: ``goal`` clipped.
+        edge spills only what it gets, and its neighbours compensate that.  ``held``: faulty rings, set to 0 (they
+        ignore it) and never counted out of range.  Zero crosstalk: ``goal`` clipped.
         """
         lo, hi = heater_range
-        h = solve_crosstalk(goal, crosstalk, lambda x: _neighbour_settings(x, ci, layout), (lo, hi))
+        h = solve_crosstalk(goal, crosstalk, lambda x: _neighbour_settings(x, ci, layout), (lo, hi), held=held)
         free = goal - crosstalk * _neighbour_settings(h, ci, layout) if crosstalk else goal
-        return h, (free >= lo) & (free <= hi)
+        inside = (free >= lo) & (free <= hi)
+        return h, inside if held is None else inside | held
 
     # ------------------------------------------------------------------------------------- simulation
     def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],
@@ -235,10 +264,11 @@ class MRRPlatform(LinearPlatform):
 
     def device_response(self, truth: Mapping[str, np.ndarray], drift: np.ndarray, rows: np.ndarray,
                         cols: np.ndarray, controls: np.ndarray, delta_T: float) -> np.ndarray:
-        """W(h) = Lorentzian(h + offset + k dT; gamma, a) of each swept ring; its neighbours sit at 0."""
+        """W(h) = Lorentzian(h + offset + k dT; gamma, a) of each swept ring; its neighbours sit at 0.  ``controls``:
+        the sweep (points,), or what each ring really applied (rings, points: a faulty ring's held drive)."""
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        x = np.asarray(controls, np.float64)[None, :] + (truth[self.offset_name][rows, cols]
-                                                         + drift[rows, cols] * float(delta_T))[:, None]
+        x = np.atleast_2d(np.asarray(controls, np.float64)) + (truth[self.offset_name][rows, cols]
+                                                               + drift[rows, cols] * float(delta_T))[:, None]
         return self.transfer(x, truth["gamma"][rows, cols][:, None], truth["a"][rows, cols][:, None])
 
     def fit_response(self, controls: np.ndarray, measured: np.ndarray, iterations: int = 40,
@@ -296,7 +326,46 @@ class MRRPlatform(LinearPlatform):
         lo, hi = float(controls[0]), float(controls[-1])
         inside = (-p[:, 0] > lo + p[:, 1]) & (-p[:, 0] < hi - p[:, 1])
         plausible = np.isfinite(p).all(axis=1) & inside & (p[:, 2] >= MIN_EXTINCTION) & (p[:, 1] >= step)
-        return fields, np.where(plausible, residual, np.inf)
+        residual = np.where(plausible, residual, np.inf)
+        return self._flag_unresponsive(np.asarray(measured, np.float64), fields, residual)
+
+    def _flag_unresponsive(self, measured: np.ndarray, fields: dict[str, np.ndarray],
+                           residual: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Rings whose trace does not move with the setting (:func:`unresponsive`) are faulty, not failed fits: they
+        get the nominal gamma and a and, as offset, the detuning at which that nominal ring gives the trace's
+        level, so the calibrated model realises what the ring does whatever it is set to (setting 0 = its
+        offset); their residual is the trace's rms about its level."""
+        flat = unresponsive(measured)
+        fields["faulty"] = flat.astype(np.uint8)
+        if flat.any():
+            level = measured[flat].mean(axis=1)
+            held, _ = self.inverse(level, 1.0, np.inf, **self.nominal)
+            fields[self.offset_name] = fields[self.offset_name].copy()
+            fields[self.offset_name][flat] = held
+            for name, value in self.nominal.items():
+                fields[name] = np.where(flat, value, fields[name])
+            residual = residual.copy()
+            residual[flat] = np.sqrt(np.mean((measured[flat] - level[:, None]) ** 2, axis=1))
+        return fields, residual
+
+
+#: A trace whose span is below this (weight units) does not respond to its setting, whatever the noise...
+FLAT_SPAN = 0.05
+#: ... or below this many times the trace's own noise (estimated from neighbouring points).
+FLAT_NOISE_SPANS = 10.0
+
+
+def unresponsive(measured: np.ndarray) -> np.ndarray:
+    """Per swept device (rows of ``measured``), whether its trace stays flat over the sweep: a dead or stuck
+    heater, or a resonance the heater range cannot reach.  Flat = its span (max - min) below :data:`FLAT_SPAN` and
+    below :data:`FLAT_NOISE_SPANS` times its noise (the median step between neighbouring points, as a std: a
+    working ring's dip moves few of them)."""
+    measured = np.asarray(measured, np.float64)
+    span = measured.max(axis=1) - measured.min(axis=1)
+    if measured.shape[1] < 2:
+        return np.zeros(len(measured), dtype=bool)
+    noise = np.median(np.abs(np.diff(measured, axis=1)), axis=1) / (0.6745 * np.sqrt(2.0))
+    return (span < FLAT_SPAN) | (span < FLAT_NOISE_SPANS * noise)
 
 
 def _neighbour_settings(h: Any, ci: np.ndarray, layout: tuple[int, int]) -> Any:

@@ -172,6 +172,8 @@ class MZIPlatform(MeshDevices, LinearPlatform):
 
     name = "mzi"
     description = "a Mach-Zehnder (Clements) mesh with coherent detection"
+    #: A faulty shifter holds its phase; the mapper fits the other phases of each block around it.
+    faults_supported = True
 
     # ---------------------------------------------------------------------------------------- a layer
     def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:

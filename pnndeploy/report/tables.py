@@ -442,6 +442,21 @@ def render_sweep(doc: dict[str, Any]) -> None:
                   f"results.json, results.csv" + (", pareto.png" if doc.get("pareto_plot") else ""))
 
 
+def faulty_line(faulty: dict[str, Any], truth: dict[str, Any] | None = None) -> str:
+    """One line on the devices a calibration found not responding (and, for a simulated chip, how that compares
+    with its truth)."""
+    if not faulty["count"]:
+        text = "faulty devices: none (every device responds to its setting)"
+    else:
+        where = ", ".join(str(tuple(d)) for d in faulty["devices"])
+        more = " …" if faulty["count"] > len(faulty["devices"]) else ""
+        text = (f"faulty devices: {faulty['count']} ({faulty['fraction']:.1%}) do not respond to their setting, at "
+                f"{where}{more}; mapping works around them")
+    if truth:
+        text += f" (truth: {truth['truth']}, missed {truth['missed']}, false alarms {truth['false_alarms']})"
+    return text
+
+
 def render_calibration(doc: dict[str, Any]) -> None:
     """The `calibrate` result: fitted fields, fit residuals, and the error against the truth where known."""
     console = _console()
@@ -463,5 +478,6 @@ def render_calibration(doc: dict[str, Any]) -> None:
     r = doc["residual"]
     console.print(f"fit residual: rms {r['rms_mean']:.2e} on average, worst {r['rms_max']:.2e} at device "
                   f"{tuple(r['worst_device'])} (weight units)")
+    console.print(faulty_line(doc["faulty"], truth.get("faulty") if truth else None))
     console.print(f"written: {doc['written']} (old calibration kept in calibration_history)" if doc["written"]
                   else "dry run: nothing written")

@@ -19,6 +19,7 @@ from pnndeploy.formats.process_spec import check_process, process_keys, process_
 from pnndeploy.formats.profile_folder import check_device_name
 from pnndeploy.formats.profile_schema import param_ranges
 from pnndeploy.formats.profiles import DeviceProfile, Environment, write_profile
+from pnndeploy.platforms.faults import calibrated_faults, draw_faults
 from pnndeploy.simulation.streams import device_rng
 
 # --------------------------------------------------------------------------- names and streams
@@ -76,6 +77,9 @@ def generate_chip(process: Mapping[str, Any], device_id: str, seed: int,
         calibration[k] = ranges[k].clip(measured)
 
     hr = env_spec[names["heater_range"]]
+    if "faults" in process:
+        _add_faults(platform, process["faults"], device_id, seed, shape, (float(hr[0]), float(hr[1])),
+                    fabrication, calibration)
     environment = Environment(
         drift_coefficient=drift,
         crosstalk=float(env_spec["crosstalk"]),
@@ -97,6 +101,22 @@ def generate_chip(process: Mapping[str, Any], device_id: str, seed: int,
         fabrication=fabrication,
         options=platform.option_values(),
     )
+
+
+#: The ``extra`` of a chip's fault stream: apart from its fabrication stream, so a spec that adds faults leaves
+#: every other drawn number of its chips as it was.
+FAULT_STREAM = 1
+
+
+def _add_faults(platform: Any, spec: Mapping[str, Any], device_id: str, seed: int, shape: tuple[int, int],
+                heater_range: tuple[float, float], fabrication: dict[str, np.ndarray],
+                calibration: dict[str, np.ndarray]) -> None:
+    """Draw the chip's faulty devices into its truth, and into its calibration as a lab that found them all
+    records them: flagged, the calibrated offset holding the stuck drive (what the device realises at rest)."""
+    drawn = draw_faults(spec, platform.device_shape(shape), heater_range, device_rng(device_id, seed, FAULT_STREAM))
+    fabrication.update(drawn)
+    calibration["faulty"] = calibrated_faults(drawn)
+    calibration[platform.offset_name] = calibration[platform.offset_name] + drawn["stuck_setting"]
 
 
 def make_fleet(process: Mapping[str, Any], count: int, prefix: str, seed: int,

@@ -27,6 +27,7 @@ from pnndeploy.formats.deployments import Deployment
 from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
 from pnndeploy.platforms import platform_for
+from pnndeploy.platforms.faults import realised_settings
 from pnndeploy.platforms.base import ChipState
 from pnndeploy.simulation.streams import device_rng
 
@@ -98,8 +99,10 @@ class SimulatedFleet:
         self.biases = [to_device(layer.bias)[:, None] for layer in model.layers]
         with compute.running():
             self.layers: list[dict[str, Any]] = [
-                self.platform.fleet_layer(shape, [d.layers[k].settings for d in deployments], profiles, self.array,
-                                          self.device)
+                self.platform.fleet_layer(shape, [realised_settings(self.platform, d.layers[k].settings,
+                                                                    p.fabrication, self.array)
+                                                  for d, p in zip(deployments, profiles)],
+                                          profiles, self.array, self.device)
                 for k, shape in enumerate(self.shapes)]
 
     def __len__(self) -> int:

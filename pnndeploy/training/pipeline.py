@@ -11,6 +11,7 @@ import torch
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import Dataset, load_dataset
 from pnndeploy.errors import PnnError
+from pnndeploy.formats.input_moments import MAX_MOMENT_SAMPLES, measure_input_moments, moments_json
 from pnndeploy.formats.onnx_import import ImportedNetwork
 from pnndeploy.formats.onnx_io import save_model
 from pnndeploy.training.config import TrainConfig
@@ -75,6 +76,13 @@ def _check_split_seed(dataset: Dataset, config: TrainConfig) -> None:
                        f"with seed {config.seed}; load the dataset with seed={config.seed}")
 
 
+def _input_moments(layers: list, platform: Any, dataset: Dataset, digital: Any) -> dict[str, Any]:
+    """The on-chip layers' input moments on the training set, for the mapper (:mod:`pnndeploy.formats.input_moments`)."""
+    X = dataset.scaling.apply(dataset.X_train[:MAX_MOMENT_SAMPLES])
+    features = digital.forward(X) if digital is not None else X
+    return moments_json(measure_input_moments(layers, platform, platform.metadata(), features), len(X))
+
+
 def export_trained(result: TrainResult, dataset: Dataset, out: str | Path, compute: Compute = CPU) -> TrainSummary:
     """Export a trained model as ONNX (atomically), with the figures measured on the nominal chip.
 
@@ -108,12 +116,14 @@ def export_trained(result: TrainResult, dataset: Dataset, out: str | Path, compu
         extra["in_situ"] = result.in_situ
     if result.init_from is not None:
         extra["init_from"] = result.init_from
+    digital = nominal.front.export() if nominal.front is not None else None
+    extra["input_moments"] = _input_moments(layers, platform, dataset, digital)
     sha = save_model(
         out, layers, dataset.scaling, platform=platform.name,
         platform_params=platform.metadata(),
         method=config.method, rho=rho,
         dataset=dataset.name, metrics=metrics, seed=config.seed, extra=extra,
-        digital=nominal.front.export() if nominal.front is not None else None,
+        digital=digital,
     )
     return TrainSummary(model=str(out), model_sha256=sha, platform=platform.name, method=config.method,
                         dataset=dataset.name, train_accuracy=train_acc, test_accuracy=test_acc,

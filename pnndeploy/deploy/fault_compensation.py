@@ -1,0 +1,53 @@
+"""Mapping around faulty devices: the working weights of a row make up for the one that is stuck.
+
+A faulty ring gives one weight ``v`` whatever it is set to, so output i of its layer is off by
+``(v - w_ij) x_j`` for every input.  The other weights of row i can cancel most of that: over the inputs the
+model will see, the row's output error ``e = dW_i . x`` has mean square ``dW_i M dW_i^T`` with ``M = E[x x^T]``
+(the layer's input second moment, which the model file records: :mod:`pnndeploy.formats.input_moments`).  With
+the held entries F fixed at their error ``d_F = v_F - w_F``, the least mean square over the free entries R is
+
+    M_RR d_R = -M_RF d_F,
+
+one small solve per row that has a faulty device (a ridge of :data:`RIDGE` times the mean diagonal keeps
+inputs that never vary, a digit's blank border, from asking for any correction).  The mean is part of M (it is
+not centred), so a constant offset of the row is cancelled as well.  What cannot be cancelled (inputs not
+explained by the others) stays in the output: the mapper reports the faulty devices, and `transfer` what they
+cost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Ridge of the row solve, relative to the mean of M's diagonal.
+RIDGE = 1e-3
+
+
+def compensate_held(weight: np.ndarray, held: np.ndarray, values: np.ndarray,
+                    moment: np.ndarray | None) -> np.ndarray:
+    """Target weights (out, in) for a layer whose ``held`` weights are stuck at ``values``: the held entries at
+    their values, the others of each such row moved to cancel their error over inputs of second moment
+    ``moment`` (in, in).  Without a moment, the model's weights (no compensation)."""
+    target = np.asarray(weight, np.float64).copy()
+    held = np.asarray(held, dtype=bool)
+    if moment is None or not held.any():
+        return target
+    M = np.asarray(moment, np.float64)
+    ridge = RIDGE * max(float(np.mean(np.diag(M))), 1e-12)
+    for i in np.flatnonzero(held.any(axis=1)):
+        fixed = held[i]
+        free = ~fixed
+        if not free.any():
+            continue
+        error = np.asarray(values, np.float64)[i, fixed] - target[i, fixed]
+        A = M[np.ix_(free, free)] + ridge * np.eye(int(free.sum()))
+        target[i, free] += np.linalg.solve(A, -M[np.ix_(free, fixed)] @ error)
+        target[i, fixed] = np.asarray(values, np.float64)[i, fixed]
+    return target
+
+
+def row_error(weight: np.ndarray, realised: np.ndarray, moment: np.ndarray) -> np.ndarray:
+    """Per output, the rms error sqrt(dW_i M dW_i^T) of a layer realising ``realised`` for ``weight``, over inputs
+    of second moment ``moment``: what compensation minimises (tests and reports)."""
+    d = np.asarray(realised, np.float64) - np.asarray(weight, np.float64)
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, np.asarray(moment, np.float64), d), 0.0))
