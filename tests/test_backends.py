@@ -209,11 +209,27 @@ def test_a_labs_backend_plugs_in_through_the_entry_point(plugin, cli, tiny_fleet
     assert cli("calibrate", "chipC-lab", "--profiles", mine, "--dry-run").exit_code == 0
 
 
-def test_a_flat_sweep_is_no_calibration():
+def test_a_flat_sweep_is_a_faulty_ring_not_a_fit():
     platform = get_platform("mrr")
     h = np.linspace(-3, 3, 600)
-    flat = 1.0 + 0.002 * np.random.default_rng(0).standard_normal((2, 600))       # a dead ring, no dip
-    _, residual = platform.fit_response(h, flat)
+    rng = np.random.default_rng(0)
+    flat = np.array([1.0, -0.4])[:, None] + 0.002 * rng.standard_normal((2, 600))   # dead: off and on resonance
+    truth = {"resonance_offset": np.array([[0.3]]), "gamma": np.array([[0.15]]), "a": np.array([[0.98]])}
+    dip = platform.device_response(truth, np.zeros((1, 1)), [0], [0], h, 0.0) + 0.002 * rng.standard_normal(600)
+    fields, residual = platform.fit_response(h, np.vstack([flat, dip]))
+    assert fields["faulty"].tolist() == [1, 1, 0]
+    assert np.all(residual[:2] < 0.003) and np.isfinite(residual).all()
+    # the calibrated model of a faulty ring gives its level at setting 0 (within reach), and the far end for 1
+    at_rest = platform.transfer(fields["resonance_offset"][:2], fields["gamma"][:2], fields["a"][:2])
+    assert abs(at_rest[1] - (-0.4)) < 2e-3 and at_rest[0] > 0.99
+    assert abs(fields["resonance_offset"][2] - 0.3) < 1e-2            # the working ring fitted as before
+
+
+def test_a_shallow_dip_is_still_no_calibration():
+    platform = get_platform("mrr")
+    h = np.linspace(-3, 3, 600)
+    shallow = 1.0 - 0.06 / (1 + (h / 0.15) ** 2)[None, :] + 0.002 * np.random.default_rng(0).standard_normal((1, 600))
+    _, residual = platform.fit_response(h, shallow)
     assert np.isinf(residual).all()
 
 

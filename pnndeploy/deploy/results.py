@@ -251,9 +251,21 @@ class DeviceResult:
     #: ``clipped_weights`` by cause (reach, range, faulty) out of the chip's devices, with a "layers" list of the
     #: same per layer (:meth:`~pnndeploy.platforms.base.Clipping.to_json`); None when the causes are unknown
     clipping: dict[str, Any] | None = None
+    #: The chip's faulty devices (:func:`fault_document`); None when its calibration flags none.
+    faults: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def fault_document(devices: int, faulty: int, compensated: bool, accuracy: float | None,
+                   if_working: float | None) -> dict[str, Any]:
+    """A chip's faulty devices for `transfer --json`: how many of its devices the calibration flags, whether the
+    mapping made up for them (a ring bank: with the model's input moments; a mesh: by its fit), and (simulated
+    chips) its accuracy had they worked, the same chip otherwise, and the cost (accuracy - that; negative = lost)."""
+    return {"devices": int(faulty), "fraction": faulty / devices if devices else 0.0, "compensated": compensated,
+            "accuracy_if_working": if_working,
+            "cost": None if accuracy is None or if_working is None else accuracy - if_working}
 
 
 @dataclass

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import load_dataset
-from pnndeploy.deploy.mapping import map_model, uncalibrated
-from pnndeploy.deploy.results import DeviceResult, FleetSummary, TransferReport, clipping_document
+from pnndeploy.deploy.mapping import map_model, repaired, uncalibrated
+from pnndeploy.deploy.results import DeviceResult, FleetSummary, TransferReport, clipping_document, fault_document
 from pnndeploy.deploy.stats import wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
 from pnndeploy.deploy.executors import CHIPS_PER_TASK, fleet_accuracy
@@ -20,6 +20,8 @@ from pnndeploy.formats.deployments import Deployment, deployment_path, write_dep
 from pnndeploy.formats.onnx_io import ExportedModel, load_model
 from pnndeploy.formats.profile_folder import list_profiles, profiles_dir, resolve_device
 from pnndeploy.formats.profiles import DeviceProfile, read_profile
+from pnndeploy.platforms import get_platform
+from pnndeploy.platforms.faults import faulty_mask
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
 
 
@@ -194,6 +196,36 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     return prepared
 
 
+def accuracy_if_working(prepared: PreparedFleet, conditions: Conditions) -> dict[str, float]:
+    """Each simulated chip with faulty devices, evaluated as if they worked (:func:`repaired`: the same chip
+    otherwise), by device id: what `transfer` compares the chip with to say what its faults cost."""
+    if prepared.fleet is None:
+        return {}
+    broken = [p for p in prepared.profiles if p.device_id in prepared.fleet.device_ids
+              and faulty_mask(p.fabrication) is not None]
+    if not broken:
+        return {}
+    twins = [repaired(p) for p in broken]
+    fleet = SimulatedFleet(prepared.model, twins, [map_model(prepared.model, p) for p in twins],
+                           prepared.fleet.compute)
+    acc = fleet.accuracy(prepared.data.X, prepared.data.y, conditions)
+    return {p.device_id: float(a) for p, a in zip(broken, acc)}
+
+
+def _faults(prepared: PreparedFleet, profile: DeviceProfile, accuracy: float | None,
+            if_working: float | None) -> dict[str, Any] | None:
+    """The chip's faulty devices for its report (None when its calibration flags none)."""
+    flagged = faulty_mask(profile.calibration)
+    if flagged is None:
+        return None
+    platform = get_platform(profile.platform)
+    per_weight = platform.linear and platform.held_weights(profile.calibration, profile.shape,
+                                                           prepared.model.layers[0].shape) is not None
+    # a ring's row makes up for it with the model's input moments; a mesh's fit works around it by itself
+    compensated = bool(prepared.model.input_moments) if per_weight else platform.faults_supported
+    return fault_document(profile.devices, int(flagged.sum()), compensated, accuracy, if_working)
+
+
 def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: float = 0.9,
                     eval_seed: int = 0, executor: str = "local", address: str | None = None,
                     chips_per_task: int = CHIPS_PER_TASK) -> TransferReport:
@@ -214,6 +246,7 @@ def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: fl
         invalid[name] = chip.invalid
         measured[name] = None if np.isnan(a) else a
     prepared.write_deployments()            # every chip answered: now the deployments may be written
+    working = accuracy_if_working(prepared, conditions)
     nominal = prepared.nominal_accuracy()
     n_all = int(prepared.data.y.size)
     devices = []
@@ -230,7 +263,8 @@ def transfer_report(prepared: PreparedFleet, delta_T: float = 0.0, threshold: fl
             invalid_samples=invalid.get(profile.device_id, 0), clipped_weights=prepared.deployments[k].clipped,
             mapping_residual=[float(layer.residual) for layer in prepared.deployments[k].layers],
             deployment=prepared.deployment_files[k], calibration_measured_at=profile.calibration_measured_at,
-            clipping=clipping_document(prepared.deployments[k])))
+            clipping=clipping_document(prepared.deployments[k]),
+            faults=_faults(prepared, profile, a, working.get(profile.device_id))))
     evaluated = [d for d in devices if d.accuracy is not None]
     return TransferReport(
         model=str(prepared.model.path), model_sha256=prepared.model.sha256, method=prepared.model.method,

@@ -327,19 +327,22 @@ class MRRPlatform(LinearPlatform):
         inside = (-p[:, 0] > lo + p[:, 1]) & (-p[:, 0] < hi - p[:, 1])
         plausible = np.isfinite(p).all(axis=1) & inside & (p[:, 2] >= MIN_EXTINCTION) & (p[:, 1] >= step)
         residual = np.where(plausible, residual, np.inf)
-        return self._flag_unresponsive(np.asarray(measured, np.float64), fields, residual)
+        return self._flag_unresponsive(np.asarray(controls, np.float64), np.asarray(measured, np.float64), fields,
+                                       residual)
 
-    def _flag_unresponsive(self, measured: np.ndarray, fields: dict[str, np.ndarray],
+    def _flag_unresponsive(self, controls: np.ndarray, measured: np.ndarray, fields: dict[str, np.ndarray],
                            residual: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Rings whose trace does not move with the setting (:func:`unresponsive`) are faulty, not failed fits: they
         get the nominal gamma and a and, as offset, the detuning at which that nominal ring gives the trace's
-        level, so the calibrated model realises what the ring does whatever it is set to (setting 0 = its
-        offset); their residual is the trace's rms about its level."""
+        level (at most four sweep spans away: a level of 1 is a resonance out of the heater's reach), so the
+        calibrated model realises what the ring does whatever it is set to (setting 0 = its offset); their
+        residual is the trace's rms about its level."""
         flat = unresponsive(measured)
-        fields["faulty"] = flat.astype(np.uint8)
-        if flat.any():
+        if flat.any():                # (a chip without faulty devices records none: its profile stays as it was)
+            fields["faulty"] = flat.astype(np.uint8)
             level = measured[flat].mean(axis=1)
-            held, _ = self.inverse(level, 1.0, np.inf, **self.nominal)
+            far = 4.0 * float(np.max(np.abs(controls)))
+            held, _ = self.inverse(level, 1.0, far, **self.nominal)
             fields[self.offset_name] = fields[self.offset_name].copy()
             fields[self.offset_name][flat] = held
             for name, value in self.nominal.items():

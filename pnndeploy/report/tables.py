@@ -180,26 +180,40 @@ def clipped_cell(device: dict[str, Any]) -> str:
     return f"{causes['total']} ({100 * causes['fraction']['total']:.1f} %): {', '.join(parts)}"
 
 
+def faults_cell(faults: dict[str, Any] | None) -> str:
+    """A chip's faulty devices and what they cost: "5 (2.0 %), −0.8 pp"."""
+    if not faults:
+        return "0"
+    cost = "" if faults["cost"] is None else f", {100 * faults['cost']:+.1f} pp"
+    return f"{faults['devices']} ({100 * faults['fraction']:.1f} %){cost}"
+
+
 def render_transfer(report: dict[str, Any]) -> None:
     console = _console()
     title = (f"{report['model']} ({report['method']}) on {report['dataset']}, {report['samples']} test samples, "
              f"ΔT = {report['temperature_delta_K']:+g} K — nominal {pct(report['nominal_accuracy'])}")
     table = Table(title=title)
-    for column in ("device", "measured by", "accuracy", "95 % CI", "vs nominal", "clipped weights"):
+    faulty = any(d.get("faults") for d in report["devices"])
+    for column in ("device", "measured by", "accuracy", "95 % CI", "vs nominal", "clipped weights",
+                   *(["faulty devices (cost)"] if faulty else [])):
         table.add_column(column, justify="right")
     for d in report["devices"]:
         source = d.get("evaluated_by") or "–"
+        extra = [faults_cell(d.get("faults"))] if faulty else []
         if d["accuracy"] is None:
             table.add_row(d["device"], source, "no valid output" if d.get("invalid_samples") else "real chip", "–",
-                          "–", clipped_cell(d))
+                          "–", clipped_cell(d), *extra)
             continue
         lo, hi = d["ci95"]
         table.add_row(d["device"], source, pct(d["accuracy"]), f"{100 * lo:.1f}–{100 * hi:.1f} %",
-                      f"{100 * d['delta_vs_nominal']:+.1f} pp", clipped_cell(d))
+                      f"{100 * d['delta_vs_nominal']:+.1f} pp", clipped_cell(d), *extra)
     console.print(table)
+    if faulty:
+        console.print("faulty devices: flagged by the calibration, held at rest and mapped around; cost = accuracy "
+                      "against the same chip had they worked (simulated chips)")
     if any(d["clipped_weights"] for d in report["devices"]):
         console.print("clipped: [bold]reach[/] = weight beyond the device's reach, [bold]range[/] = setting beyond "
-                      "the heater range (per layer: --json)")
+                      "the heater range, [bold]faulty[/] = on a device that does not respond (per layer: --json)")
     for d in report["devices"]:
         if d.get("invalid_samples"):
             console.print(f"[bold red]warning[/]: {d['device']} returned NaN or inf outputs for "

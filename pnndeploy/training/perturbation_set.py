@@ -55,6 +55,19 @@ class PerturbationSet:
     z: float = DEFAULT_Z        # quantile of the independent errors the ascent guards
     #: The deployment re-fits a common bias per chip: the common mode is cancelled, its spread remains.
     compensated: bool = False
+    #: Fractions of the devices the spec draws dead (at rest: setting 0) and stuck (at a drive uniform over the
+    #: heater range): each step, as many controls rest where such a device would (:mod:`pnndeploy.platforms.faults`).
+    dead_fraction: float = 0.0
+    stuck_fraction: float = 0.0
+    #: Where a faulty device rests beyond its drive: its fabrication offset, N(0, offset_sigma) (control units).
+    offset_sigma: float = 0.0
+    #: The heater range a stuck drive is drawn from (control units).
+    heater_range: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def fault_rate(self) -> float:
+        """Fraction of the devices that do not respond (dead or stuck)."""
+        return self.dead_fraction + self.stuck_fraction
 
     @property
     def common_shift(self) -> float:
@@ -89,7 +102,8 @@ class PerturbationSet:
         return self.z * self.sigma
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "common_shift": self.common_shift,
+        return {**asdict(self), "heater_range": list(self.heater_range), "fault_rate": self.fault_rate,
+                "common_shift": self.common_shift,
                 "common_temperatures_K": list(self.common_temperatures), "components": self.components,
                 "sigma": self.sigma, "rho": self.rho}
 
@@ -148,7 +162,10 @@ def perturbation_set(platform: str, process_path: str | Path | None = None, temp
                           f"{abs(drift) * temperature_K:g} {p.control_units}, more than a quarter of the heater "
                           f"range [{lo:g}, {hi:g}] of {path}: no setting survives that as programmed; require less, "
                           "or train for a drift-compensated deployment (--drift-compensation)")
+    faults = process.get("faults", {})
     return PerturbationSet(
+        dead_fraction=float(faults.get("dead_fraction", 0.0)), stuck_fraction=float(faults.get("stuck_fraction", 0.0)),
+        offset_sigma=float(devices.get(keys["offset_sigma"], 0.0)), heater_range=(float(lo), float(hi)),
         platform=platform, source=str(path), temperature_K=float(temperature_K), days=float(days),
         drift=drift, drift_rel_sigma=float(devices["drift_rel_sigma"]),
         calibration_sigma=float(process["calibration"][keys["offset_sigma"]]),

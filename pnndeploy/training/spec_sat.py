@@ -59,6 +59,8 @@ class SpecAdversary(Adversary):
         self.wins = {t: 0 for t in self.candidates}
         #: Fraction of the set applied now (the warm-up ramp, :meth:`ramp`).
         self.scale = 1.0
+        #: Per parameter, the controls resting as faulty devices this step (:meth:`_fail`).
+        self._failed: list[torch.Tensor] = []
 
     def ramp(self, step: int, total_steps: int) -> None:
         """Set :attr:`scale` for training step ``step`` (0-based) of ``total_steps``: linear over the warm-up."""
@@ -68,11 +70,38 @@ class SpecAdversary(Adversary):
     # ------------------------------------------------------------------------------ the pieces
     @torch.no_grad()
     def begin(self) -> None:
-        """Save theta and move to theta + xi (a fresh draw, sigma of the spec)."""
+        """Save theta and move to theta + xi (a fresh draw, sigma of the spec); with a spec that draws faulty
+        devices, a fresh fraction of the controls rests where a faulty device would (:meth:`_fail`)."""
         self._save()
         sigma = self.pset.sigma * self.scale
         if sigma > 0:
             torch._foreach_add_(self.params, [sigma * torch.randn_like(p) for p in self.params])
+        if self.pset.fault_rate > 0:
+            self._fail()
+
+    def _fail(self) -> None:
+        """Each control, with the spec's fault rate (ramped in with the set), at rest as a faulty device: its
+        fabrication offset N(0, offset_sigma) plus its drive (0 when dead, uniform over the heater range when
+        stuck), whatever training wants; the step then learns weights that survive a device that does not respond."""
+        pset, (lo, hi) = self.pset, self.pset.heater_range
+        self._failed = []
+        for p in self.params:
+            u = torch.rand_like(p)
+            drive = torch.where(u < pset.stuck_fraction * self.scale, lo + (hi - lo) * torch.rand_like(p),
+                                torch.zeros_like(p))
+            hit = u < pset.fault_rate * self.scale
+            p.copy_(torch.where(hit, drive + pset.offset_sigma * torch.randn_like(p), p))
+            self._failed.append(hit)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put theta back; a control that rested as a faulty device this step takes no gradient from it (as a
+        dropped-out weight: what the loss says about its rest value says nothing about its setting)."""
+        super().restore()
+        for p, hit in zip(self.params, self._failed):
+            if p.grad is not None:
+                p.grad.masked_fill_(hit, 0.0)
+        self._failed = []
 
     @torch.no_grad()
     def _shift(self, delta_T: float) -> None:
