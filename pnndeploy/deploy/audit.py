@@ -27,8 +27,9 @@ import numpy as np
 
 from pnndeploy.simulation.compensation import COMPENSATIONS, DriftCompensation, get_compensation, reference_record
 from pnndeploy.deploy.results import AuditResult, Sweep, tolerance_interval  # noqa: F401 - re-exported
-from pnndeploy.deploy.transfer import PreparedFleet
+from pnndeploy.deploy.transfer import PreparedFleet, accuracy_if_working
 from pnndeploy.errors import ConfigError
+from pnndeploy.platforms.faults import faulty_mask
 from pnndeploy.simulation.fleet import Conditions
 from pnndeploy.simulation.streams import device_rng
 
@@ -203,6 +204,23 @@ def _verdict_strategy(prepared: PreparedFleet, name: str | None, drift_compensat
     return model_compensation(prepared.model.metadata)
 
 
+def fault_report(prepared: PreparedFleet) -> dict[str, dict[str, Any]]:
+    """Per chip whose calibration flags faulty devices: how many, and (simulated chips) what they cost at the
+    calibration temperature against the same chip had they worked ({} when no chip has any)."""
+    flagged = {p.device_id: faulty_mask(p.calibration) for p in prepared.profiles}
+    flagged = {name: mask for name, mask in flagged.items() if mask is not None}
+    if not flagged:
+        return {}
+    working = accuracy_if_working(prepared, Conditions())
+    measured = {}
+    if prepared.fleet is not None and working:
+        acc = prepared.fleet.accuracy(prepared.data.X, prepared.data.y, Conditions())
+        measured = dict(zip(prepared.fleet.device_ids, (float(a) for a in acc)))
+    return {name: {"devices": int(mask.sum()), "fraction": float(mask.mean()),
+                   "cost_at_calibration": (measured[name] - working[name]) if name in working else None}
+            for name, mask in flagged.items()}
+
+
 def audit(prepared: PreparedFleet, sweeps: Sequence[AxisSweep], threshold: float | None, draws: int,
           progress: Callable[[int], None] | None, strategy: str, compare: Sequence[str] = ()) -> AuditResult:
     """The audit of ``sweeps`` (one per axis) with the verdict's compensation ``strategy``."""
@@ -219,6 +237,9 @@ def audit(prepared: PreparedFleet, sweeps: Sequence[AxisSweep], threshold: float
     names = [p.device_id for p in prepared.profiles]
     result = AuditResult.begin(prepared, nominal, threshold, source, sweeps, strategy,
                                DriftCompensation.for_drift(prepared.groups[0].platform.nominal_drift))
+    faults = fault_report(prepared)
+    if faults:
+        result.head["faults"] = faults
     for sweep in sweeps:
         if sweep.axis.kind == "temperature":
             _temperature(prepared, sweep, strategies, result, tick)

@@ -315,6 +315,12 @@ def render_audit(doc: dict[str, Any]) -> None:
     for row in audit_rows(doc):
         table.add_row(*row)
     console.print(table)
+    if doc.get("faults"):
+        parts = [f"{name} {f['devices']}" + ("" if f["cost_at_calibration"] is None
+                                             else f" ({100 * f['cost_at_calibration']:+.1f} pp)")
+                 for name, f in doc["faults"].items()]
+        console.print(f"faulty devices (flagged by the calibration; cost at the calibration temperature against the "
+                      f"same chip had they worked): {', '.join(parts)}")
     if misalignment_axes(doc):
         table = Table(title="misalignment after calibration (each axis alone, every setup moved alike)")
         for column in misalignment_headers(doc):

@@ -1,0 +1,292 @@
+"""Faulty devices (issue 27 part 3): drawn by the spec, stored in profiles, simulated, found by calibration, mapped
+around, reported, and trained for."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from pnndeploy.deploy.fault_compensation import compensate_held, row_error
+from pnndeploy.deploy.mapping import fault_blind, map_model, repaired
+from pnndeploy.errors import ConfigError, ModelFileError
+from pnndeploy.formats.input_moments import parse_input_moments
+from pnndeploy.formats.onnx_io import load_model
+from pnndeploy.formats.process_spec import check_process
+from pnndeploy.formats.profile_schema import validate_profile
+from pnndeploy.formats.profiles import read_profile, write_profile
+from pnndeploy.platforms import get_platform
+from pnndeploy.platforms.base import Clipping
+from pnndeploy.platforms.faults import DEAD, STUCK, realised_settings
+from pnndeploy.simulation.fabrication import generate_chip, make_fleet
+from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
+
+
+@pytest.fixture(scope="module")
+def faulty_spec(shipped_process) -> dict:
+    spec = copy.deepcopy(shipped_process)
+    spec["faults"] = {"dead_fraction": 0.03, "stuck_fraction": 0.02}
+    return check_process(spec)
+
+
+@pytest.fixture(scope="module")
+def faulty_fleet(tmp_path_factory, faulty_spec):
+    folder = tmp_path_factory.mktemp("faulty") / "profiles"
+    make_fleet(faulty_spec, 3, "chip", 1, folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------- drawn by the spec
+
+def test_faults_are_drawn_at_the_spec_rates_without_moving_any_other_number(shipped_process, faulty_spec):
+    names = [f"chip{i}" for i in range(40)]
+    codes = np.stack([generate_chip(faulty_spec, n, seed=3).fabrication["faulty"] for n in names])
+    assert abs(np.mean(codes == DEAD) - 0.03) < 0.01 and abs(np.mean(codes == STUCK) - 0.02) < 0.01
+    clean, broken = generate_chip(shipped_process, "chipQ", seed=3), generate_chip(faulty_spec, "chipQ", seed=3)
+    for k in ("gamma", "a", "resonance_offset"):
+        assert np.array_equal(clean.fabrication[k], broken.fabrication[k])
+    assert np.array_equal(clean.environment.drift_coefficient, broken.environment.drift_coefficient)
+    # the lab's calibration flags every faulty ring and folds a stuck drive into its offset
+    flagged = broken.calibration["faulty"] == 1
+    assert np.array_equal(flagged, broken.fabrication["faulty"] > 0)
+    stuck = broken.fabrication["stuck_setting"]
+    assert np.all(stuck[broken.fabrication["faulty"] != STUCK] == 0)
+    assert np.allclose(broken.calibration["resonance_offset"] - clean.calibration["resonance_offset"], stuck)
+
+
+@pytest.mark.parametrize("faults, fragment", [
+    ({"dead_fraction": -0.1}, "must be >= 0"),
+    ({"dead_fraction": 0.6}, "must be <= 0.5"),
+    ({"dead_fraction": 0.3, "stuck_fraction": 0.3}, "more than 0.5"),
+    ({"dead": 0.1}, "is unknown"),
+    ([0.1], "must be a mapping"),
+])
+def test_bad_fault_sections_are_refused(shipped_process, faults, fragment):
+    spec = dict(copy.deepcopy(shipped_process), faults=faults)
+    with pytest.raises(ConfigError, match=fragment):
+        check_process(spec)
+
+
+def test_platforms_without_a_fault_model_refuse_the_section(cli, tmp_path, one_line_error):
+    import yaml
+
+    from pnndeploy.training.perturbation_set import default_process_path
+
+    spec = yaml.safe_load(default_process_path("freespace").read_text())
+    spec["faults"] = {"dead_fraction": 0.01}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    one_line_error(cli("fleet", "make", "--process", path, "--count", "1", "--out", tmp_path / "f"),
+                   "faults", "not modelled for freespace")
+    assert not (tmp_path / "f").exists()
+
+
+# ------------------------------------------------------------------------------------------------- profiles
+
+def test_fault_fields_round_trip(faulty_fleet, tmp_path):
+    profile = read_profile(faulty_fleet / "chipA.h5")
+    assert profile.fabrication["faulty"].dtype == np.uint8 and profile.calibration["faulty"].any()
+    write_profile(profile, tmp_path / "x.h5")
+    again = read_profile(tmp_path / "x.h5")
+    for section in ("calibration", "fabrication"):
+        for k, v in getattr(profile, section).items():
+            assert np.array_equal(getattr(again, section)[k], v), (section, k)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda f: f["calibration"].__setitem__("faulty", np.full((16, 16), 2, np.uint8)), "codes other than 0, 1"),
+    (lambda f: (f["fabrication"].__delitem__("faulty"),
+                f["fabrication"].create_dataset("faulty", data=np.zeros((4, 4), np.uint8)).attrs.__setitem__(
+                    "units", "1")), "has shape"),
+    (lambda f: (f["calibration"].create_dataset("stuck_setting", data=np.zeros((16, 16))).attrs.__setitem__(
+        "units", "nm")), "fabrication truth only"),
+    (lambda f: (f["fabrication"].__delitem__("faulty"),
+                f["fabrication"].create_dataset("faulty", data=np.zeros((16, 16))).attrs.__setitem__(
+                    "units", "1")), "expected an integer"),
+])
+def test_bad_fault_fields_are_refused(faulty_fleet, tmp_path, edit, fragment):
+    import shutil
+
+    path = tmp_path / "chipA.h5"
+    shutil.copyfile(faulty_fleet / "chipA.h5", path)
+    with h5py.File(path, "a") as f:
+        if "faulty" in f["calibration"] and fragment == "codes other than 0, 1":
+            del f["calibration"]["faulty"]
+            f["calibration"].create_dataset("faulty", data=np.full((16, 16), 2, np.uint8)).attrs["units"] = "1"
+        else:
+            edit(f)
+    problems = "; ".join(validate_profile(path))
+    assert fragment in problems, problems
+
+
+# --------------------------------------------------------------------------------------------------- physics
+
+def test_a_faulty_ring_ignores_its_setting_in_the_simulation(faulty_fleet, model_file):
+    model = load_model(model_file)
+    profile = read_profile(faulty_fleet / "chipA.h5")
+    platform = get_platform("mrr")
+    deployment = map_model(model, profile)
+    layer = deployment.layers[0]
+    held = platform.per_setting(profile.fabrication["faulty"] > 0, layer.settings.shape, profile.shape)
+    assert held.any()
+    applied = realised_settings(platform, layer.settings, profile.fabrication, profile.shape)
+    assert np.array_equal(applied[~held], layer.settings[~held])
+    stuck = platform.per_setting(profile.fabrication["stuck_setting"], layer.settings.shape, profile.shape)
+    assert np.array_equal(applied[held], stuck[held])
+    # programming anything else on the faulty rings changes nothing the chip does
+    other = copy.deepcopy(deployment)
+    other.layers[0].settings = np.where(held, 2.5, layer.settings)
+    X = np.random.default_rng(0).random((20, model.n_features))
+    a = SimulatedFleet(model, [profile], [deployment]).scores(X, Conditions(), slice(0, 1))
+    b = SimulatedFleet(model, [profile], [other]).scores(X, Conditions(), slice(0, 1))
+    assert np.array_equal(a, b)
+
+
+def test_calibration_finds_the_faulty_rings(cli, faulty_fleet, tmp_path):
+    out = tmp_path / "chipA.h5"
+    result = cli("calibrate", "chipA", "--profiles", faulty_fleet, "--points", "256", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    truth = read_profile(faulty_fleet / "chipA.h5").fabrication["faulty"] > 0
+    assert doc["faulty"]["count"] == int(truth.sum()) and doc["error_vs_truth"]["faulty"]["missed"] == 0
+    assert doc["error_vs_truth"]["faulty"]["false_alarms"] == 0
+    assert np.array_equal(read_profile(out).calibration["faulty"] > 0, truth)
+    # a station that sees most devices flat (a laser off) is not a chip that bad: refused, nothing written
+    refused = cli("calibrate", "chipA", "--profiles", faulty_fleet, "--points", "256", "--out", tmp_path / "n.h5",
+                  "--max-faulty", "0.01")
+    assert refused.exit_code == 2 and "--max-faulty" in refused.stderr and not (tmp_path / "n.h5").exists()
+
+
+def test_a_parameter_file_may_flag_faulty_devices(cli, faulty_fleet, tmp_path, one_line_error):
+    from pnndeploy.deploy.calibration_import import parameters_csv
+
+    profile = read_profile(faulty_fleet / "chipB.h5")
+    lines = parameters_csv(profile).splitlines()
+    flags = (profile.fabrication["faulty"] > 0).astype(int).ravel()
+    good = "\n".join([lines[0] + ",faulty_1"] + [f"{line},{f}" for line, f in zip(lines[1:], flags)]) + "\n"
+    (tmp_path / "p.csv").write_text(good)
+    result = cli("profile", "import", "chipB", tmp_path / "p.csv", "--profiles", faulty_fleet,
+                 "--out", tmp_path / "new.h5", "--json")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(read_profile(tmp_path / "new.h5").calibration["faulty"].ravel(), flags)
+    (tmp_path / "bad.csv").write_text(good.replace(",1\n", ",2\n", 1))
+    one_line_error(cli("profile", "import", "chipB", tmp_path / "bad.csv", "--profiles", faulty_fleet,
+                       "--out", tmp_path / "bad.h5"), "faulty must be 0")
+    assert not (tmp_path / "bad.h5").exists()
+
+
+# --------------------------------------------------------------------------------------------------- mapping
+
+def test_compensation_is_the_least_mean_square_row_error():
+    rng = np.random.default_rng(0)
+    X = rng.random((500, 12)) @ rng.random((12, 12))            # correlated inputs
+    M = X.T @ X / len(X)
+    W = rng.uniform(-1, 1, (5, 12))
+    held = np.zeros_like(W, dtype=bool)
+    held[[0, 0, 3], [2, 7, 5]] = True
+    values = np.full_like(W, -0.9)
+    target = compensate_held(W, held, values, M)
+    assert np.array_equal(target[~held.any(axis=1)], W[~held.any(axis=1)])      # untouched rows stay
+    assert np.all(target[held] == -0.9)
+    naive = np.where(held, values, W)
+    better = row_error(W, target, M)
+    assert np.all(better[[0, 3]] < 0.5 * row_error(W, naive, M)[[0, 3]])
+    # the free weights solve the (ridge-regularised) normal equations: M_RR d_R + M_RF d_F + ridge d_R = 0
+    from pnndeploy.deploy.fault_compensation import RIDGE
+
+    d = target[0] - W[0]
+    free = ~held[0]
+    gradient = (M @ d)[free] + RIDGE * np.mean(np.diag(M)) * d[free]
+    assert np.abs(gradient).max() < 1e-9 * np.abs(M).max()
+    assert np.array_equal(compensate_held(W, held, values, None), W)
+
+
+def test_mapping_holds_faulty_rings_and_counts_them(faulty_fleet, model_file):
+    model = load_model(model_file)
+    profile = read_profile(faulty_fleet / "chipA.h5")
+    aware, blind = map_model(model, profile), map_model(model, fault_blind(profile))
+    platform = get_platform("mrr")
+    for k, layer in enumerate(aware.layers):
+        held = platform.per_setting(profile.calibration["faulty"] > 0, layer.settings.shape, profile.shape)
+        assert layer.clipping.faulty == int(held.sum())
+        assert np.all(np.abs(layer.settings[held]) <= (6.0 / 4095))           # set to rest (0 on the DAC grid)
+        assert blind.layers[k].clipping.faulty == 0
+    assert isinstance(aware.clipping, Clipping)
+    # the model file records its layers' input moments, which the row compensation uses
+    assert set(model.input_moments) == {layer.name for layer in model.layers}
+
+
+def test_fault_aware_mapping_recovers_most_of_what_faults_cost(faulty_fleet, model_file):
+    """On the faulty chips, the row-compensated mapping's output error is below the uncompensated one's."""
+    model = load_model(model_file)
+    X = model.features(np.random.default_rng(1).random((200, model.n_features)))
+    bare = copy.copy(model)
+    bare.input_moments = {}
+    profiles = [read_profile(p) for p in sorted(faulty_fleet.glob("*.h5"))]
+    errors = {}
+    for name, m in (("aware", model), ("bare", bare)):
+        fleet = SimulatedFleet(m, profiles, [map_model(m, p) for p in profiles])
+        twin = [repaired(p) for p in profiles]
+        ideal = SimulatedFleet(m, twin, [map_model(m, p) for p in twin])
+        errors[name] = np.abs(fleet.scores(X, Conditions(), slice(0, 3)) -
+                              ideal.scores(X, Conditions(), slice(0, 3))).mean()
+    assert errors["aware"] < errors["bare"]
+
+
+def test_transfer_reports_faulty_devices_and_their_cost(cli, faulty_fleet, model_file, shipped_profiles_dir):
+    result = cli("transfer", "--model", model_file, "--fleet", "--profiles", faulty_fleet, "--json", "--no-save")
+    assert result.exit_code == 0, result.output
+    for device in json.loads(result.stdout)["devices"]:
+        f = device["faults"]
+        assert f["devices"] > 0 and f["compensated"] is True
+        assert f["cost"] == pytest.approx(device["accuracy"] - f["accuracy_if_working"])
+        assert device["clipping"]["faulty"] > 0
+    clean = cli("transfer", "--model", model_file, "--device", "chipA", "--profiles", shipped_profiles_dir,
+                "--json", "--no-save")
+    assert json.loads(clean.stdout)["devices"][0]["faults"] is None
+
+
+# ------------------------------------------------------------------------------------------------ model files
+
+@pytest.mark.parametrize("value, fragment", [
+    ([1, 2], "not a JSON object"),
+    ({"nolayer": {"second_moment": [[1.0]]}}, "names no on-chip layer"),
+    ({"layer0": {"second_moment": "x"}}, "not a matrix"),
+    ({"layer0": {"second_moment": [[1.0, 2.0], [0.0, 1.0]]}}, "symmetric"),
+])
+def test_bad_input_moments_are_the_files_error(value, fragment):
+    class Layer:
+        name, shape = "layer0", (3, 2)
+
+    with pytest.raises(ModelFileError, match=fragment):
+        parse_input_moments("model m.onnx", value, [Layer()])
+
+
+# ------------------------------------------------------------------------------------------- training for them
+
+def test_spec_sat_trains_for_the_specs_fault_rate(faulty_spec, tmp_path):
+    import torch
+    import yaml
+
+    from pnndeploy.training.perturbation_set import perturbation_set
+    from pnndeploy.training.spec_sat import SpecAdversary
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(faulty_spec))
+    pset = perturbation_set("mrr", path)
+    assert pset.fault_rate == pytest.approx(0.05) and pset.offset_sigma == pytest.approx(0.08)
+    assert pset.to_dict()["fault_rate"] == pytest.approx(0.05)
+    theta = torch.nn.Parameter(torch.full((200, 100), 0.7))
+    adversary = SpecAdversary([theta], pset)
+    adversary.begin()
+    moved = adversary._failed[0]
+    assert abs(float(moved.float().mean()) - 0.05) < 0.01
+    # the dead ones rest at their offset alone (|x| ~ 0.08 nm), nowhere near the trained 0.7 nm
+    assert float((theta.detach()[moved] - 0.7).abs().median()) > 0.5
+    theta.grad = torch.ones_like(theta)
+    adversary.restore()
+    assert torch.equal(theta.detach(), torch.full((200, 100), 0.7))
+    assert float(theta.grad[moved].abs().max()) == 0.0 and float(theta.grad[~moved].min()) == 1.0
