@@ -17,7 +17,7 @@ import numpy as np
 
 from pnndeploy.errors import ConfigError, PnnError
 from pnndeploy.formats.yamlio import read_yaml_file
-from pnndeploy.platforms import Platform, get_platform
+from pnndeploy.platforms import PLATFORMS, Platform, get_platform
 from pnndeploy.platforms.faults import FAULT_KEYS, MAX_FAULT_FRACTION
 from pnndeploy.untrusted import brief, control_text
 
@@ -275,8 +275,9 @@ def _check_faults(process: Mapping[str, Any], platform: Platform, source: str) -
     faults = _section(source, process, "faults")
     _no_unknown(source, faults, FAULT_KEYS, "faults.")
     if not platform.faults_supported:
-        raise _fail(source, "faults", f"is not modelled for {platform.name} chips (faulty devices are, for "
-                                      "rings and the coherent MZI mesh); remove the section")
+        modelled = ", ".join(name for name, p in PLATFORMS.items() if p.faults_supported)
+        raise _fail(source, "faults", f"is not modelled for {platform.name} chips (faulty devices are for: "
+                                      f"{modelled}); remove the section")
     total = sum(_number(source, faults, key, "faults.", lo=0.0, hi=MAX_FAULT_FRACTION)
                 for key in FAULT_KEYS if key in faults)
     if total > MAX_FAULT_FRACTION:

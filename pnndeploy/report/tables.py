@@ -145,6 +145,11 @@ def render_profile(summary: dict[str, Any]) -> None:
         info.add_row("calibration source", escape(summary["calibration"]["source"]))
     for key, value in summary.get("options", {}).items():
         info.add_row(key, str(value))
+    faulty = summary["calibration"].get("faulty")
+    if faulty and faulty["count"]:
+        truth = summary.get("faulty_truth")
+        kinds = f"; truth: {truth['dead']} dead, {truth['stuck']} stuck" if truth else ""
+        info.add_row("faulty devices", f"{faulty['count']} ({100 * faulty['fraction']:.1f} %) do not respond{kinds}")
     env, units = summary["environment"], summary.get("environment_units", {})
     for key in ("crosstalk", "detector_noise", "dac_bits", "heater_range", "ageing_rate"):
         unit = units.get(key, "")
