@@ -265,6 +265,14 @@ def test_bad_input_moments_are_the_files_error(value, fragment):
         parse_input_moments("model m.onnx", value, [Layer()])
 
 
+def test_input_moments_of_a_wide_layer_are_refused_unread():
+    class Wide:
+        name, shape = "layer0", (3, 5000)
+
+    with pytest.raises(ModelFileError, match="wider than"):
+        parse_input_moments("model m.onnx", {"layer0": {"second_moment": "never converted"}}, [Wide()])
+
+
 # ------------------------------------------------------------------------------------------- training for them
 
 def test_spec_sat_trains_for_the_specs_fault_rate(faulty_spec, tmp_path):

@@ -61,6 +61,9 @@ def parse_input_moments(where: str, value: Any, layers: Sequence[Any]) -> dict[s
         n = inputs.get(name)
         if n is None:
             raise ModelFileError(f"{where}: input_moments names no on-chip layer of the model; {fix}")
+        if n > MAX_MOMENT_INPUTS:        # pnndeploy never records one: refused before its numbers are converted
+            raise ModelFileError(f"{where}: input_moments of layer {name!r} ({n} inputs) is wider than the "
+                                 f"{MAX_MOMENT_INPUTS} inputs a model file records; {fix}")
         try:
             m = np.asarray(entry["second_moment"], dtype=np.float64)
         except (TypeError, KeyError, ValueError, OverflowError):
