@@ -4,9 +4,11 @@ The same chips (same seed, names and every drawn number) twice: as the default p
 the spec's ``faults`` section drawing a fraction of dead rings (a fault stream of its own, so nothing else moves).
 On the faulty fleet the model is mapped
 
-* **fault-aware**: the calibration flags the dead rings, the mapper holds them and the other weights of each row
-  make up for them (input moments from the model file);
-* **held, no compensation**: the dead rings flagged, but the model's input moments left out (nothing makes up);
+* **fault-aware**: the calibration flags the dead rings, the mapper holds them, places each layer's outputs on
+  the rows where they cost least and the other weights of each row make up for them (input moments from the
+  model file);
+* **placement only** / **compensation only**: one of the two (the other switched off in this process);
+* **held only**: the dead rings flagged and held, nothing else;
 * **fault-blind**: the flags ignored, every ring programmed as if it worked (what mapping did before).
 
 Reported per seed and method: fleet mean and worst chip at -1 / 0 / +1 K (drift-compensated bias not applied: as
@@ -20,6 +22,7 @@ programmed), and for the target, the fault-aware fleet mean at 0 K against the f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
@@ -43,6 +46,26 @@ from pnndeploy.training.config import TrainConfig  # noqa: E402
 from pnndeploy.training.pipeline import train_and_export  # noqa: E402
 
 TEMPERATURES = (-1.0, 0.0, 1.0)
+
+
+MAPPINGS = {"fault_aware": (True, True), "placement_only": (True, False), "compensation_only": (False, True),
+            "held_only": (False, False)}
+
+
+@contextlib.contextmanager
+def mapping_variant(placement: bool, compensation: bool):
+    """Switch the fault-aware mapping's two parts off in this process (the benchmark's ablation only)."""
+    import pnndeploy.deploy.mapping as mapping
+
+    saved = mapping.place_rows, mapping.compensate_held
+    if not placement:
+        mapping.place_rows = lambda *args: None
+    if not compensation:
+        mapping.compensate_held = lambda weight, held, values, moment: saved[1](weight, held, values, None)
+    try:
+        yield
+    finally:
+        mapping.place_rows, mapping.compensate_held = saved
 
 
 def fleet_figures(model, profiles, X, y) -> dict:
@@ -81,17 +104,16 @@ def run(seeds: list[int], chips: int, epochs: int, dead: float, methods: list[st
             seconds = time.perf_counter() - t0
             model = load_model(out)
             data = load_evaluation_data(model)
-            bare = copy.copy(model)
-            bare.input_moments = {}
             row = {"method": method, "seed": seed, "train_s": seconds,
                    "fault_free": fleet_figures(model, clean, data.X, data.y),
-                   "fault_aware": fleet_figures(model, faulty, data.X, data.y),
-                   "held_no_compensation": fleet_figures(bare, faulty, data.X, data.y),
                    "fault_blind": fleet_figures(model, [fault_blind(p) for p in faulty], data.X, data.y)}
+            for name, parts in MAPPINGS.items():
+                with mapping_variant(*parts):
+                    row[name] = fleet_figures(model, faulty, data.X, data.y)
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("method", "seed")} |
-                             {k: round(100 * row[k]["+0K"]["mean"], 2) for k in
-                              ("fault_free", "fault_aware", "held_no_compensation", "fault_blind")}), flush=True)
+                             {k: round(100 * row[k]["+0K"]["mean"], 2) for k in ("fault_free", *MAPPINGS,
+                                                                                    "fault_blind")}), flush=True)
     return {"chips": chips, "dead_fraction": dead, "dead_rings_per_chip": counts, "epochs": epochs, "rows": rows}
 
 
@@ -107,7 +129,7 @@ def summary(doc: dict) -> None:
     for method in dict.fromkeys(r["method"] for r in doc["rows"]):
         rows = [r for r in doc["rows"] if r["method"] == method]
         free = np.mean([r["fault_free"]["+0K"]["mean"] for r in rows])
-        for mapping in ("fault_free", "fault_aware", "held_no_compensation", "fault_blind"):
+        for mapping in ("fault_free", *MAPPINGS, "fault_blind"):
             def avg(t: str, key: str) -> float:
                 return 100 * float(np.mean([r[mapping][t][key] for r in rows]))
             worst = 100 * float(np.mean([min(r[mapping][t]["min"] for t in r[mapping]) for r in rows]))

@@ -211,9 +211,10 @@ def test_mapping_holds_faulty_rings_and_counts_them(faulty_fleet, model_file):
     platform = get_platform("mrr")
     for k, layer in enumerate(aware.layers):
         held = platform.per_setting(profile.calibration["faulty"] > 0, layer.settings.shape, profile.shape)
-        assert layer.clipping.faulty == int(held.sum())
+        used = held if layer.rows is None else held[layer.rows]                 # the rows the outputs sit on
+        assert layer.clipping.faulty == int(used.sum())
         assert np.all(np.abs(layer.settings[held]) <= (6.0 / 4095))           # set to rest (0 on the DAC grid)
-        assert blind.layers[k].clipping.faulty == 0
+        assert blind.layers[k].clipping.faulty == 0 and blind.layers[k].rows is None
     assert isinstance(aware.clipping, Clipping)
     # the model file records its layers' input moments, which the row compensation uses
     assert set(model.input_moments) == {layer.name for layer in model.layers}
@@ -298,3 +299,50 @@ def test_spec_sat_trains_for_the_specs_fault_rate(faulty_spec, tmp_path):
     adversary.restore()
     assert torch.equal(theta.detach(), torch.full((200, 100), 0.7))
     assert float(theta.grad[moved].abs().max()) == 0.0 and float(theta.grad[~moved].min()) == 1.0
+
+
+# ------------------------------------------------------------------------------------------- output placement
+
+def test_outputs_are_placed_off_rows_with_faulty_rings(faulty_fleet, model_file, tmp_path):
+    from pnndeploy.formats.deployments import read_deployment, write_deployment
+
+    model = load_model(model_file)
+    profile = read_profile(faulty_fleet / "chipA.h5")
+    deployment = map_model(model, profile)
+    platform = get_platform("mrr")
+    last = deployment.layers[-1]
+    assert last.rows is not None and last.settings.shape[0] == 16 > model.layers[-1].shape[0]
+    held = platform.per_setting(profile.calibration["faulty"] > 0, last.settings.shape, profile.shape)
+    unused = np.setdiff1d(np.arange(16), last.rows)
+    # the 10 classes sit on the rows whose faulty rings cost least (counted by their input's mean square)
+    energy = np.diag(model.input_moments[last.name])
+    cost = (held * energy[None, :]).sum(axis=1)
+    assert cost[last.rows].max() <= cost[unused].min()
+    assert np.all(np.abs(last.settings[unused]) <= 6.0 / 4095) and last.clipping.devices == 10 * last.settings.shape[1]
+    # the placement travels with the deployment file, and a forged one is refused
+    path = write_deployment(deployment, tmp_path / "d.h5")
+    assert np.array_equal(read_deployment(path).layers[-1].rows, last.rows)
+    with h5py.File(path, "a") as f:
+        f["settings"][last.name].attrs["rows"] = np.array([0, 0, 1])
+    with pytest.raises(Exception, match="not distinct rows"):
+        read_deployment(path)
+
+
+def test_a_placed_chip_evaluates_alone_as_in_a_fleet_and_on_a_station(faulty_fleet, shipped_profiles_dir, model_file):
+    from pnndeploy.backends.simulated import SimulatedChip
+    from pnndeploy.deploy.hardware import HardwareChip
+
+    model = load_model(model_file)
+    X = np.random.default_rng(2).random((64, model.n_features))
+    y = np.arange(64) % 10
+    placed = read_profile(faulty_fleet / "chipA.h5")
+    plain = read_profile(shipped_profiles_dir / "chipA.h5")
+    deps = [map_model(model, p) for p in (placed, plain)]
+    assert deps[0].layers[-1].rows is not None and deps[1].layers[-1].rows is None
+    together = SimulatedFleet(model, [placed, plain], deps).scores(X, Conditions(), slice(0, 2))
+    alone = [SimulatedFleet(model, [p], [d]).scores(X, Conditions(), slice(0, 1))[0] for p, d in zip((placed, plain),
+                                                                                                     deps)]
+    np.testing.assert_allclose(together[0], alone[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(together[1], alone[1], rtol=1e-5, atol=1e-5)
+    station = HardwareChip(model, placed, deps[0], SimulatedChip(profile=placed))
+    assert station.accuracy(X, y)[0] == SimulatedFleet(model, [placed], deps[:1]).accuracy(X, y)[0]

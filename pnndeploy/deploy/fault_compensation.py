@@ -13,9 +13,17 @@ inputs that never vary, a digit's blank border, from asking for any correction).
 not centred), so a constant offset of the row is cancelled as well.  What cannot be cancelled (inputs not
 explained by the others) stays in the output: the mapper reports the faulty devices, and `transfer` what they
 cost.
+
+Before that, where the layer's rows are tiled over a bank's rows (:meth:`~pnndeploy.platforms.base.LinearPlatform.
+row_period`), the outputs are placed (:func:`place_rows`): a layer of 10 outputs on a bank of 16 rows may use any
+10 of them, and one of 128 outputs hosts its least important outputs on the rows with faulty rings.  Which row an
+output sits on is digital bookkeeping (the detector read for it), so it costs nothing on the chip; the deployment
+records it.
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -34,7 +42,7 @@ def compensate_held(weight: np.ndarray, held: np.ndarray, values: np.ndarray,
         return target
     M = np.asarray(moment, np.float64)
     ridge = RIDGE * max(float(np.mean(np.diag(M))), 1e-12)
-    for i in np.flatnonzero(held.any(axis=1)):
+    for i in np.flatnonzero(held.any(axis=1) & np.isfinite(target).all(axis=1)):    # (NaN: a padding row)
         fixed = held[i]
         free = ~fixed
         if not free.any():
@@ -44,6 +52,36 @@ def compensate_held(weight: np.ndarray, held: np.ndarray, values: np.ndarray,
         target[i, free] += np.linalg.solve(A, -M[np.ix_(free, fixed)] @ error)
         target[i, fixed] = np.asarray(values, np.float64)[i, fixed]
     return target
+
+
+def output_importance(layers: Sequence[Any], moments: Mapping[str, np.ndarray], k: int) -> np.ndarray:
+    """How much each output of layer ``k`` matters downstream: every class alike for the last layer; for a hidden
+    one, E[h_i^2] (the next layer's input moment, 1 when not recorded) times the squared gained weights it feeds."""
+    out = layers[k].shape[0]
+    if k == len(layers) - 1:
+        return np.ones(out)
+    following = layers[k + 1]
+    moment = moments.get(following.name)
+    energy = np.diag(moment) if moment is not None else np.ones(out)
+    if following.weight is None:
+        return energy
+    gained = np.asarray(following.weight, np.float64) * np.asarray(following.gain, np.float64)[:, None]
+    return energy * (gained ** 2).sum(axis=0)
+
+
+def place_rows(held: np.ndarray, moment: np.ndarray | None, importance: np.ndarray) -> np.ndarray | None:
+    """Rows for a layer's outputs among the ``held.shape[0]`` rows of devices it may use: the least important
+    outputs on the rows whose faulty devices would cost most (their count, each weighted by its input's mean
+    square), the most important on rows without any.  None when that is the plain order (output i on row i)."""
+    out = len(importance)
+    energy = np.ones(held.shape[1]) if moment is None else np.maximum(np.diag(moment), 0.0)
+    badness = (np.asarray(held, np.float64) * energy[None, :]).sum(axis=1)
+    best_first = np.argsort(badness, kind="stable")
+    rows = np.empty(out, dtype=np.int64)
+    rows[np.argsort(-np.asarray(importance, np.float64), kind="stable")] = best_first[:out]
+    if np.array_equal(rows, np.arange(out)) or not badness.any():
+        return None
+    return rows
 
 
 def row_error(weight: np.ndarray, realised: np.ndarray, moment: np.ndarray) -> np.ndarray:

@@ -107,9 +107,15 @@ class HardwareChip:
                                    "temperature sweep for it, or add a TEC to the station's backend")
             self._delta_T = delta_T
         if bias != self._bias:
-            self.backend.program([LayerProgram(k, layer.shape, self.deployment.layers[k].settings + bias)
-                                  for k, layer in enumerate(self.model.layers)])
+            self.backend.program([LayerProgram(k, self._programmed_shape(k), self.deployment.layers[k].settings + bias)
+                                  for k in range(len(self.model.layers))])
             self._bias = bias
+
+    def _programmed_shape(self, k: int) -> tuple[int, int]:
+        """The (outputs, inputs) layer ``k`` is programmed as: the model's, or with its outputs placed on other rows
+        (the deployment's ``rows``), as many rows as its settings have."""
+        layer, placed = self.model.layers[k], self.deployment.layers[k]
+        return layer.shape if placed.rows is None else (int(placed.settings.shape[0]), layer.shape[1])
 
     def restore(self) -> None:
         """Put the station back at the calibration temperature (after a measurement at another one)."""
@@ -129,9 +135,12 @@ class HardwareChip:
             h = features[start:start + self.batch]
             for k, layer in enumerate(self.model.layers):
                 h = self.backend.infer(k, h)
-                if h.shape != (min(self.batch, len(features) - start), layer.shape[0]):
+                rows = self._programmed_shape(k)[0]
+                if h.shape != (min(self.batch, len(features) - start), rows):
                     raise BackendError(f"device {self.profile.device_id}: layer {k} returned shape {h.shape}, "
-                                       f"expected {(len(h), layer.shape[0])}")
+                                       f"expected {(len(h), rows)}")
+                if self.deployment.layers[k].rows is not None:      # each output read off the row it sits on
+                    h = h[:, self.deployment.layers[k].rows]
                 h = h * layer.gain + layer.bias
                 if k < len(self.model.layers) - 1:
                     h = np.maximum(h, 0.0)

@@ -18,10 +18,11 @@ a :class:`~pnndeploy.formats.deployments.Deployment`, which
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
-from pnndeploy.deploy.fault_compensation import compensate_held
+from pnndeploy.deploy.fault_compensation import compensate_held, output_importance, place_rows
 from pnndeploy.errors import ProfileError
 from pnndeploy.formats.deployments import Deployment, LayerDeployment
 from pnndeploy.formats.onnx_io import ExportedModel
@@ -46,18 +47,41 @@ def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
     check_compatible(model, profile)
     platform = platform_for(model.platform, model.platform_params)
     layers = []
-    for layer in model.layers:
-        weight = layer.weight
+    for k, layer in enumerate(model.layers):
+        weight, controls, rows = layer.weight, layer.controls, None
         held = platform.held_weights(profile.calibration, profile.shape, layer.shape) if platform.linear else None
-        if held is not None:          # the row's working weights make up for a faulty device
-            weight = compensate_held(layer.weight, *held, model.input_moments.get(layer.name))
-        mapped = platform.map_layer(weight, layer.controls, profile.calibration, profile.environment,
-                                    profile.shape, model.platform_params, layer.shape)
+        if held is not None:          # outputs placed off the faulty devices, the rows' working weights make up
+            weight, controls, rows, held = _placed(platform, model, k, profile)
+            weight = compensate_held(weight, *held, model.input_moments.get(layer.name))
+        mapped = platform.map_layer(weight, controls, profile.calibration, profile.environment,
+                                    profile.shape, model.platform_params, weight.shape)
         layers.append(LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual,
-                                      mapped.clipping))
+                                      mapped.clipping, rows))
     return Deployment(device_id=profile.device_id, model_sha256=model.sha256, model_path=str(model.path),
                       calibration_measured_at=profile.calibration_measured_at, array=profile.shape,
                       layers=layers, control_units=platform.control_units)
+
+
+def _placed(platform: Any, model: ExportedModel, k: int, profile: DeviceProfile) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+    """Layer ``k``'s weights and controls on the rows :func:`place_rows` gives its outputs on this chip (padding
+    rows NaN: not programmed), those rows (None: as they are), and the faulty devices under the placed layer."""
+    layer = model.layers[k]
+    (out, n_in), period = layer.shape, platform.row_period(profile.shape)
+    held = platform.held_weights(profile.calibration, profile.shape, layer.shape)
+    if not period:
+        return layer.weight, layer.controls, None, held
+    physical = -(-out // period) * period
+    padded = platform.held_weights(profile.calibration, profile.shape, (physical, n_in))
+    rows = place_rows(padded[0], model.input_moments.get(layer.name),
+                      output_importance(model.layers, model.input_moments, k))
+    if rows is None:
+        return layer.weight, layer.controls, None, held
+    weight = np.full((physical, n_in), np.nan)
+    weight[rows] = layer.weight
+    controls = np.zeros((physical, n_in), dtype=np.float32)
+    controls[rows] = layer.controls
+    return weight, controls, rows, padded
 
 
 def uncalibrated(profile: DeviceProfile) -> DeviceProfile:

@@ -37,6 +37,10 @@ class LayerDeployment:
     #: ``clipped`` by cause (reach, range, faulty) out of the layer's devices; None from a file written before
     #: the causes were recorded.
     clipping: Clipping | None = None
+    #: Where each logical output sits: the row of ``settings`` (the ring bank's row, tiled) that computes output i
+    #: (distinct, int64); None: output i on row i.  Set when mapping moved outputs off faulty devices, and then
+    #: ``settings`` may have more rows than the layer has outputs (the others are not programmed).
+    rows: np.ndarray | None = None
 
 
 @dataclass
@@ -98,6 +102,8 @@ def write_deployment(deployment: Deployment, path: str | Path) -> Path:
                         for cause in CLIP_CAUSES:
                             ds.attrs[f"clipped_{cause}"] = getattr(layer.clipping, cause)
                     ds.attrs["residual"] = np.float64(layer.residual)
+                    if layer.rows is not None:
+                        ds.attrs["rows"] = np.asarray(layer.rows, dtype=np.int64)
     except OSError as exc:
         raise PnnError(f"cannot write deployment {path}: {exc.strerror or exc}; check the folder "
                        "is writable or pass --no-save") from None
@@ -122,7 +128,8 @@ def read_deployment(path: str | Path) -> Deployment:
                                    f"of numbers; {fix}")
             ordered = sorted(settings.items(), key=lambda item: int(item[1].attrs["index"]))
             layers = [LayerDeployment(name, np.asarray(ds[()], dtype=np.float64), int(ds.attrs["clipped"]),
-                                      float(ds.attrs.get("residual", np.nan)), _clipping(ds.attrs))
+                                      float(ds.attrs.get("residual", np.nan)), _clipping(ds.attrs),
+                                      _rows(ds, path, fix))
                       for name, ds in ordered]
             units = {str(ds.attrs["units"]) for ds in settings.values()}
             return Deployment(
@@ -139,6 +146,18 @@ def read_deployment(path: str | Path) -> Deployment:
     except (OSError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise PnnError(f"deployment {path}: cannot read it ({brief(' '.join(str(exc).split()), 200, quote=False)}); "
                        f"{fix}") from None
+
+
+def _rows(ds: Any, path: Path, fix: str) -> np.ndarray | None:
+    """A layer's output placement (``rows`` attribute): distinct rows of its settings; None when it has none."""
+    if "rows" not in ds.attrs:
+        return None
+    rows = np.asarray(ds.attrs["rows"])
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or not len(ds.shape) or len(np.unique(rows)) != len(rows) \
+            or (rows.size and (rows.min() < 0 or rows.max() >= ds.shape[0])):
+        raise PnnError(f"deployment {path}: 'settings/{brief(ds.name.split('/')[-1], 40, quote=False)}' has a "
+                       f"'rows' placement that is not distinct rows of its settings; {fix}")
+    return rows.astype(np.int64)
 
 
 def _clipping(attrs: Any) -> Clipping | None:

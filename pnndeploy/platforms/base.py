@@ -499,6 +499,22 @@ class LinearPlatform(Platform):
 
     linear = True
 
+    def row_period(self, layout: tuple[int, int]) -> int | None:
+        """How many rows of devices a layer's rows are tiled over (a ring bank: its R rows), where mapping may move
+        a layer's outputs onto other rows (padding the layer to whole tiles) to keep them off faulty devices;
+        None where it may not (a mesh mixes every output of a block)."""
+        return None
+
+    def logical_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
+        """:meth:`fleet_weights` in the layer's own output order: a chip whose mapping moved its outputs to other
+        rows (``state["rows"]``, (chips, out) row of each output) has its rows gathered back."""
+        W = self.fleet_weights(state, chips, conditions)
+        rows = state.get("rows")
+        if rows is None:
+            return W
+        index = rows[chips][:, :, None].expand(-1, -1, W.shape[2])
+        return W.gather(1, index)
+
     def held_weights(self, calibration: Mapping[str, np.ndarray], layout: tuple[int, int],
                      weight_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
         """Weights a chip realises whatever is programmed, when each weight has a device of its own: per weight
@@ -553,7 +569,7 @@ class LinearPlatform(Platform):
         are smaller than the outputs whenever a batch has more samples than the layer has inputs."""
         import torch
 
-        W = self.fleet_weights(state, chips, conditions)
+        W = self.logical_weights(state, chips, conditions)
         if noise is not None:
             W += noise
         if gain is not None:

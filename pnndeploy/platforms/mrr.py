@@ -181,8 +181,13 @@ class MRRPlatform(LinearPlatform):
         sign = np.where(controls < 0, -1.0, 1.0)
         faulty = faulty_mask(calibration)
         held = None if faulty is None else faulty[ri, ci]
+        weight = weight.astype(np.float64)
+        unused = np.isnan(weight).all(axis=1)          # padding rows of a placed layer: not programmed
+        if unused.any():
+            weight = np.where(unused[:, None], 1.0, weight)       # W = 1: far off resonance, the rest a ring takes
+            held = unused[:, None] | (False if held is None else held)
         # the heater range, not the training range, limits what the chip can reach
-        target, reachable = self.inverse(weight.astype(np.float64), sign, np.inf, **cal)
+        target, reachable = self.inverse(weight, sign, np.inf, **cal)
         offset = calibration[self.offset_name][ri, ci]
         wanted, inside = self.heater_settings(target - offset, float(environment.crosstalk), ci, layout,
                                               environment.heater_range, held)
@@ -190,8 +195,14 @@ class MRRPlatform(LinearPlatform):
         applied = settings if held is None else np.where(held, 0.0, settings)   # a faulty ring ignores its setting
         realised = self.transfer(applied + offset + environment.crosstalk * _neighbour_settings(applied, ci, layout),
                                  **cal)
-        return LayerMapping(settings, Clipping.of(settings.size, reachable, inside, held),
-                            float(np.linalg.norm(realised - weight.astype(np.float64))))
+        used = ~unused
+        clipping = Clipping.of(int(used.sum()) * weight.shape[1], reachable[used], inside[used],
+                               None if held is None else held[used])
+        return LayerMapping(settings, clipping, float(np.linalg.norm((realised - weight)[used])))
+
+    def row_period(self, layout: tuple[int, int]) -> int | None:
+        """A layer's rows are tiled over the bank's R rows: its outputs may move to rows without faulty rings."""
+        return int(layout[0])
 
     def held_weights(self, calibration: Mapping[str, np.ndarray], layout: tuple[int, int],
                      weight_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:

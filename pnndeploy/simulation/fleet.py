@@ -98,12 +98,30 @@ class SimulatedFleet:
         self.gains = [to_device(layer.gain) for layer in model.layers]
         self.biases = [to_device(layer.bias)[:, None] for layer in model.layers]
         with compute.running():
-            self.layers: list[dict[str, Any]] = [
-                self.platform.fleet_layer(shape, [realised_settings(self.platform, d.layers[k].settings,
-                                                                    p.fabrication, self.array)
-                                                  for d, p in zip(deployments, profiles)],
-                                          profiles, self.array, self.device)
-                for k, shape in enumerate(self.shapes)]
+            self.layers: list[dict[str, Any]] = [self._layer(k, shape, profiles, deployments)
+                                                 for k, shape in enumerate(self.shapes)]
+
+    def _layer(self, k: int, shape: tuple[int, int], profiles: Sequence[DeviceProfile],
+               deployments: Sequence[Deployment]) -> dict[str, Any]:
+        """The platform's static state of layer ``k`` for every chip, from what each chip really applies (a faulty
+        device's held drive).  Where some chip's mapping moved the layer's outputs to other rows, every chip's
+        settings are padded to the same rows and ``rows`` (chips, out) says where each output sits."""
+        import torch
+
+        layers = [d.layers[k] for d in deployments]
+        placed = [layer for layer in layers if layer.rows is not None]
+        physical = (max(layer.settings.shape[0] for layer in placed), shape[1]) if placed else shape
+        settings, rows = [], []
+        for layer, profile in zip(layers, profiles):
+            s = layer.settings
+            if placed and s.shape[0] < physical[0]:
+                s = np.concatenate([s, np.zeros((physical[0] - s.shape[0], *s.shape[1:]))])
+            settings.append(realised_settings(self.platform, s, profile.fabrication, self.array))
+            rows.append(np.arange(shape[0]) if layer.rows is None else layer.rows)
+        state = self.platform.fleet_layer(physical, settings, profiles, self.array, self.device)
+        if placed:
+            state["rows"] = torch.from_numpy(np.stack(rows).astype(np.int64)).to(self.device)
+        return state
 
     def __len__(self) -> int:
         return len(self.device_ids)
@@ -173,7 +191,7 @@ class SimulatedFleet:
         if not self.platform.linear:
             raise PnnError(f"{self.platform.name} layers are not a weight matrix; use scores()")
         with torch.inference_mode(), self.compute.running():
-            W = self.platform.fleet_weights(self.layers[k], chips, self.chip_state(chips, conditions))
+            W = self.platform.logical_weights(self.layers[k], chips, self.chip_state(chips, conditions))
             noise = self._noise(conditions.eval_seed)
             if noise is not None:
                 W += noise[k][chips]
