@@ -346,3 +346,16 @@ def test_a_placed_chip_evaluates_alone_as_in_a_fleet_and_on_a_station(faulty_fle
     np.testing.assert_allclose(together[1], alone[1], rtol=1e-5, atol=1e-5)
     station = HardwareChip(model, placed, deps[0], SimulatedChip(profile=placed))
     assert station.accuracy(X, y)[0] == SimulatedFleet(model, [placed], deps[:1]).accuracy(X, y)[0]
+
+
+def test_the_cli_defaults_are_the_calibrations_own():
+    """The options are declared before anything heavy is imported, so they repeat three numbers: kept equal here."""
+    from pnndeploy.cli import main
+    from pnndeploy.deploy.calibration import DEFAULT_MAX_FAULTY, DEFAULT_MAX_RESIDUAL, MAX_POINTS, MIN_POINTS
+
+    for command in (main.commands["calibrate"], main.commands["profile"].commands["import"]):
+        params = {p.name: p for p in command.params}
+        assert params["max_faulty"].default == DEFAULT_MAX_FAULTY
+        assert params["max_residual"].default == DEFAULT_MAX_RESIDUAL
+    points = {p.name: p for p in main.commands["calibrate"].params}["points"].type
+    assert (points.min, points.max) == (MIN_POINTS, MAX_POINTS)

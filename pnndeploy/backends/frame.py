@@ -28,10 +28,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pnndeploy.backends.wire import MAX_ARRAY_VALUES, WireError, loads_object
+from pnndeploy.backends.wire import MAX_ARRAY_VALUES, WireError, encode_array, loads_object
 
 #: Content type of a binary body; its last part is the frame version.
 BINARY_TYPE = "application/vnd.pnndeploy.arrays.v1"
+
+
+def is_binary(content_type: str) -> bool:
+    """Whether a Content-Type header names the binary wire (its parameters and case ignored)."""
+    return content_type.split(";")[0].strip().lower() == BINARY_TYPE
+
+
+def json_message(fields: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The same message on the JSON wire: the fields with each array as a base64 array object."""
+    return {**fields, **{name: encode_array(a) for name, a in arrays.items()}}
 MAGIC, VERSION = b"PNNA", 1
 #: Hard limits of a frame: arrays, JSON bytes, name bytes, dimensions.
 MAX_ARRAYS, MAX_META_BYTES, MAX_NAME_BYTES, MAX_NDIM = 8, 4096, 32, 4

@@ -28,7 +28,7 @@ import numpy as np
 
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
 from pnndeploy.backends.credentials import TOKEN_ENV, credential_path, plain_http_problem, read_secret, token_from
-from pnndeploy.backends.frame import BINARY_TYPE, decode_frame, encode_frame
+from pnndeploy.backends.frame import BINARY_TYPE, decode_frame, encode_frame, is_binary, json_message
 from pnndeploy.backends.slots import Stale, pack_changes
 from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, encode_array, field_array, loads_object
 
@@ -301,7 +301,7 @@ class HttpBackend(ChipBackend):
         try:
             if self.binary and arrays:
                 return encode_frame(body or {}, arrays), {**accept, "Content-Type": BINARY_TYPE}
-            doc = {**(body or {}), **{name: encode_array(a) for name, a in (arrays or {}).items()}}
+            doc = json_message(body or {}, arrays or {})
             return json.dumps(doc, allow_nan=False).encode(), {**accept, "Content-Type": "application/json"}
         except (TypeError, ValueError) as exc:
             raise BackendError(f"{where}: cannot send the request ({exc}); a value is not finite") from None
@@ -322,7 +322,7 @@ class HttpBackend(ChipBackend):
                 self.station_seconds[name] += ms / 1000
 
     def _decode(self, status: int, raw: bytes, kind: str, where: str) -> tuple[dict, dict[str, np.ndarray]]:
-        if status < 400 and kind.split(";")[0].strip().lower() == BINARY_TYPE:
+        if status < 400 and is_binary(kind):
             if not self.binary:
                 raise BackendError(f"{where}: the server sent a binary reply though the client asked for JSON; "
                                    "the server is misbehaving")

@@ -33,11 +33,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from pnndeploy.backends.base import BackendError, LayerProgram
-from pnndeploy.backends.frame import BINARY_TYPE, VERSION as FRAME_VERSION, decode_frame, encode_frame
+from pnndeploy.backends.frame import BINARY_TYPE, VERSION as FRAME_VERSION, decode_frame, encode_frame, is_binary, \
+    json_message
 from pnndeploy.backends.guard import ConnectionGuard, guarded_protocol, printable
 from pnndeploy.backends.simulated import SimulatedChip
 from pnndeploy.backends.slots import Slots, Stale
-from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, encode_array, field_array, loads_object
+from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, field_array, loads_object
 
 #: Misbehaviours the server can be told to show on /infer (tests of the client's fault handling).
 FAULTS = ("malformed", "oversized", "stall", "nan")
@@ -162,7 +163,7 @@ async def _read_message(request: Request, settings: ServerSettings) -> tuple[dic
     """(fields, arrays) of the request: a binary frame when its Content-Type says so, else a JSON object
     (whose arrays stay JSON array objects, decoded by :func:`field_array`); WireError (400) if malformed."""
     raw = await _read_body(request, settings)
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() == BINARY_TYPE:
+    if is_binary(request.headers.get("content-type", "")):
         return decode_frame(raw, "the request body")
     return loads_object(raw, "the request body"), {}
 
@@ -173,7 +174,7 @@ def _reply(request: Request, fields: dict, arrays: dict[str, np.ndarray], timing
     headers = {"Server-Timing": ", ".join(f"{name};dur={1000 * seconds:.3f}" for name, seconds in timing.items())}
     if BINARY_TYPE in request.headers.get("accept", ""):
         return Response(encode_frame(fields, arrays), media_type=BINARY_TYPE, headers=headers)
-    return JSONResponse({**fields, **{name: encode_array(a) for name, a in arrays.items()}}, headers=headers)
+    return JSONResponse(json_message(fields, arrays), headers=headers)
 
 
 def _error_handlers(app: FastAPI) -> None:

@@ -332,7 +332,7 @@ def info(device: str, profiles: str | None, timeout: float, insecure: bool, as_j
 @main.command()
 @click.argument("device")
 @profiles_option
-@click.option("--points", type=click.IntRange(16, 65536), default=1024, show_default=True,
+@click.option("--points", type=click.IntRange(16, 65536), default=1024, show_default=True,  # MIN/MAX_POINTS
               help="Sweep points per device (on the DAC grid, over the heater range).")
 @click.option("--temperature", type=float, default=None, metavar="C",
               help="Set the station's temperature (degrees Celsius) before sweeping (needs a TEC).")

@@ -29,6 +29,8 @@ from pnndeploy.platforms import get_platform
 
 #: Sweep points per device unless asked otherwise (spaced on the DAC grid over the heater range).
 DEFAULT_POINTS = 1024
+#: Fewest and most sweep points per device a fit takes (`calibrate --points`, a lab's sweep file).
+MIN_POINTS, MAX_POINTS = 16, 65536
 #: A device whose rms fit residual exceeds this (weight units) is a failed fit: nothing is written.
 DEFAULT_MAX_RESIDUAL = 0.02
 #: More than this fraction of devices not responding is a failed measurement, not a chip: nothing is written.
@@ -54,8 +56,8 @@ class CalibrationResult:
 
 def sweep_controls(profile: DeviceProfile, points: int = DEFAULT_POINTS) -> np.ndarray:
     """About ``points`` controls on the chip's DAC grid, evenly over its heater range."""
-    if points < 16:
-        raise PnnError(f"--points {points}: a transfer-function fit needs at least 16 sweep points")
+    if not MIN_POINTS <= points <= MAX_POINTS:
+        raise PnnError(f"--points {points}: a transfer-function fit needs {MIN_POINTS} to {MAX_POINTS} sweep points")
     lo, hi = profile.environment.heater_range
     codes = 2 ** profile.environment.dac_bits
     stride = max(1, int(math.floor((codes - 1) / (points - 1))))

@@ -8,7 +8,8 @@ Two kinds of table, as CSV with a header or as NPZ (one 1-D numeric array per co
   fitted by :func:`~pnndeploy.deploy.calibration.fit_sweep`, the fit `calibrate` uses.
 
 A file comes from someone else (DESIGN.md, "Trust boundaries"): it is read once, bounded
-(:data:`MAX_CSV_BYTES`, and NPZ as data files are), never unpickled, and every problem is one
+(:data:`MAX_CSV_BYTES`; an NPZ at most the HDF5 dataset limit, 64 MiB, as a file and as the arrays it declares once
+inflated), never unpickled, and every problem is one
 :class:`PnnError` naming the file, the line (CSV) or entry (NPZ) and the fix, before anything is written.
 """
 
@@ -27,8 +28,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pnndeploy.compute import CPU, Compute
-from pnndeploy.deploy.calibration import (DEFAULT_MAX_FAULTY, DEFAULT_MAX_RESIDUAL, CalibrationResult, check_fit,
-                                          error_vs_truth, faulty_doc, fit_sweep)
+from pnndeploy.deploy.calibration import (DEFAULT_MAX_FAULTY, DEFAULT_MAX_RESIDUAL, MAX_POINTS, MIN_POINTS,
+                                          CalibrationResult, check_fit, error_vs_truth, faulty_doc, fit_sweep)
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.hdf5 import MAX_DATASET_BYTES
 from pnndeploy.formats.profile_schema import field_units, param_ranges
@@ -41,9 +42,6 @@ MAX_CSV_BYTES = 16 << 20
 #: Units a column may give, as (dimension, factor to the first unit of that dimension).
 UNITS = {"nm": ("length", 1.0), "pm": ("length", 1e-3), "rad": ("angle", 1.0), "mrad": ("angle", 1e-3),
          "1": ("ratio", 1.0)}
-#: Fewest sweep points per device (as `calibrate --points`).
-MIN_POINTS = 16
-MAX_POINTS = 65536
 FORMAT_HINT = "see README 'pnndeploy profile import' and examples/calibration/"
 
 

@@ -26,14 +26,18 @@ import numpy as np
 
 from pnndeploy.errors import ModelFileError
 from pnndeploy.formats.digital import MAX_KERNEL, POOL, same_padding
-from pnndeploy.formats.onnx_io import _all_tensors
-from pnndeploy.untrusted import FileProblem, brief, read_bounded
+from pnndeploy.formats.onnx_io import ModelSource, decode_model, read_model_bytes
+from pnndeploy.untrusted import brief
 
 #: Most nodes an imported graph may have (a LeNet exports about 20), most values one tensor may hold (a
 #: 4096 x 4096 dense layer), most bytes the file may have: a classifier for the chip is small.
 MAX_IMPORT_NODES = 1000
 MAX_TENSOR_VALUES = 1 << 24
 MAX_IMPORT_BYTES = 1 << 30
+#: How a model a lab brings is read (bounded, bytes only) and what its refusals ask for.
+IMPORTED_MODEL = ModelSource(MAX_IMPORT_BYTES, "export your model with torch.onnx.export or tf2onnx and pass its path",
+                             "export the model again with torch.onnx.export or tf2onnx (one file)",
+                             nodes_required=True)
 #: Operators read; a node of any other type is refused.
 OPERATORS = ("Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Conv", "Relu", "MaxPool", "Flatten", "Reshape",
              "BatchNormalization", "Constant", "Identity", "Dropout")
@@ -78,8 +82,8 @@ def read_network(path: str | Path) -> ImportedNetwork:
     """The network of a plain ONNX file; every problem is one :class:`ModelFileError` line naming the node."""
     path = Path(path)
     where = f"--init-from {path}"
-    data = _read_bytes(path, where)
-    proto = _decode(data, where)
+    data = read_model_bytes(path, where, IMPORTED_MODEL)
+    proto = decode_model(data, where, IMPORTED_MODEL)
     graph = proto.graph
     if len(graph.node) > MAX_IMPORT_NODES:
         raise ModelFileError(f"{where}: {len(graph.node)} nodes, more than the {MAX_IMPORT_NODES} an imported "
@@ -97,40 +101,6 @@ def read_network(path: str | Path) -> ImportedNetwork:
         raise ModelFileError(f"{where}: the graph's output is not the end of its chain of layers; export one "
                              "output, the logits")
     return net
-
-
-def _read_bytes(path: Path, where: str) -> bytes:
-    """The file's bytes, bounded; a missing, special, oversized or empty file is one line."""
-    try:
-        data = read_bounded(path, MAX_IMPORT_BYTES)
-    except FileNotFoundError:
-        raise ModelFileError(f"{where}: file not found; export your model with torch.onnx.export or tf2onnx "
-                             "and pass its path") from None
-    except FileProblem as exc:
-        raise ModelFileError(f"{where}: {exc.text}; pass an .onnx file") from None
-    except OSError as exc:
-        raise ModelFileError(f"{where}: cannot read it ({exc.strerror or exc})") from None
-    if not data:
-        raise ModelFileError(f"{where}: the file is empty (0 bytes); export the model again")
-    return data
-
-
-def _decode(data: bytes, where: str) -> Any:
-    """The ModelProto, from bytes only (never a file a tensor names as its external data, which is refused)."""
-    import onnx
-
-    try:
-        proto = onnx.load_from_string(data)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-        raise ModelFileError(f"{where}: not an ONNX file ({type(exc).__name__}), e.g. truncated; export the "
-                             "model again with torch.onnx.export or tf2onnx") from None
-    for tensor in _all_tensors(proto):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            raise ModelFileError(f"{where}: tensor {brief(tensor.name)} refers to external data; pnndeploy never "
-                                 "reads files a model points at: export it as one file")
-    if not proto.graph.node:
-        raise ModelFileError(f"{where}: the graph has no nodes; export the model again")
-    return proto
 
 
 def _tensor(where: str, tensor: Any) -> np.ndarray:

@@ -239,40 +239,54 @@ def save_model(path: str | Path, layers: list[ModelLayer], scaling: InputScaling
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_model_bytes(path: Path, where: str) -> bytes:
-    """The model file's bytes, bounded in size; a missing, unreadable or empty file is a one-line error."""
-    if not path.exists():
-        raise ModelFileError(f"{where}: file not found; train one with `pnndeploy train --out {path}` "
-                             "or pass --model")
+@dataclass(frozen=True)
+class ModelSource:
+    """How one kind of ONNX file is read (its size limit, whether a graph without nodes may still be one) and
+    what a refusal tells its user to do: a pnndeploy model and a model a lab brings (`train --init-from`) are read
+    by the same bounded, bytes-only code and differ only in these."""
+
+    limit: int
+    missing: str            # the fix when the file does not exist ({path}: the path given)
+    fix: str                # the fix when it is not a usable file
+    nodes_required: bool    # False: a graph without nodes is accepted when the file carries metadata
+
+
+PNNDEPLOY_MODEL = ModelSource(MAX_MODEL_BYTES, "train one with `pnndeploy train --out {path}` or pass --model",
+                              "pass a .onnx written by `pnndeploy train`", nodes_required=False)
+
+
+def read_model_bytes(path: Path, where: str, source: ModelSource = PNNDEPLOY_MODEL) -> bytes:
+    """The file's bytes, bounded in size; a missing, special, oversized, unreadable or empty file is one line."""
     try:
-        data = read_bounded(path, MAX_MODEL_BYTES)
+        data = read_bounded(path, source.limit)
+    except FileNotFoundError:
+        raise ModelFileError(f"{where}: file not found; {source.missing.format(path=path)}") from None
     except FileProblem as exc:
-        raise ModelFileError(f"{where}: {exc.text}; pass a .onnx written by `pnndeploy train`") from None
+        raise ModelFileError(f"{where}: {exc.text}; {source.fix}") from None
     except OSError as exc:
-        raise ModelFileError(f"{where}: cannot read it ({exc.strerror or exc}); check the file's "
-                             "permissions or pass --model") from None
+        raise ModelFileError(f"{where}: cannot read it ({exc.strerror or exc}); check the file's permissions or "
+                             f"{source.fix}") from None
     if not data:
-        raise ModelFileError(f"{where}: the file is empty (0 bytes), e.g. an interrupted copy; pass a .onnx "
-                             "written by `pnndeploy train`")
+        raise ModelFileError(f"{where}: the file is empty (0 bytes), e.g. an interrupted copy; {source.fix}")
     return data
 
 
-def _decode_model(data: bytes, where: str) -> Any:
-    """The ONNX ModelProto of ``data``, refused if empty or if any tensor points at external data."""
+def decode_model(data: bytes, where: str, source: ModelSource = PNNDEPLOY_MODEL) -> Any:
+    """The ONNX ModelProto of ``data``, from bytes only; refused if it is no ONNX file, has no graph, or any tensor
+    points at external data (never followed)."""
     import onnx
 
     try:
         # bytes only: onnx.load_from_string never opens the external-data files a model may name
         proto = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf raises several types
-        raise ModelFileError(f"{where}: not an ONNX file ({type(exc).__name__}); pass a .onnx written by "
-                             "`pnndeploy train`") from None
-    if not proto.graph.node and not proto.metadata_props:
-        raise ModelFileError(f"{where}: not an ONNX model (empty graph); pass a .onnx written by "
-                             "`pnndeploy train`")
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+        raise ModelFileError(f"{where}: not an ONNX file ({type(exc).__name__}), e.g. truncated; "
+                             f"{source.fix}") from None
+    if not proto.graph.node and (source.nodes_required or not proto.metadata_props):
+        raise ModelFileError(f"{where}: not an ONNX model (the graph has no nodes); {source.fix}")
     for tensor in _all_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            raise ModelFileError(f"{where}: tensor {tensor.name!r} refers to external data; pnndeploy "
+            raise ModelFileError(f"{where}: tensor {brief(tensor.name)} refers to external data; pnndeploy "
                                  "never reads files a model points at: re-export it as one file")
     return proto
 
@@ -326,8 +340,8 @@ def load_model(path: str | Path) -> ExportedModel:
     """Read a pnndeploy ONNX file; every problem is a one-line :class:`ModelFileError`."""
     path = Path(path)
     where = f"model {path}"
-    data = _read_model_bytes(path, where)
-    proto = _decode_model(data, where)
+    data = read_model_bytes(path, where)
+    proto = decode_model(data, where)
     parsed = _model_metadata(proto, where)
     inits = _initializers(proto, where)
     layers = _layers_from(where, parsed, inits)
