@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pnndeploy.backends.base import BackendError
-from pnndeploy.untrusted import loads_json
+from pnndeploy.untrusted import brief, loads_json
 
 #: Protocol version in every path (/v1/...); a server of another version answers 404.
 PROTOCOL = "v1"
@@ -51,7 +51,7 @@ def decode_array(obj: Any, name: str, ndim: int | None = None, max_values: int =
         raise WireError(f"'{name}' is not an array object {{dtype, shape, data}}")
     dtype = dtypes.get(obj["dtype"]) if isinstance(obj["dtype"], str) else None
     if dtype is None:
-        raise WireError(f"'{name}' has dtype {printable_repr(obj['dtype'])}; here the protocol carries "
+        raise WireError(f"'{name}' has dtype {brief(obj['dtype'], 40)}; here the protocol carries "
                         f"{' or '.join(dtypes)} only")
     shape = obj["shape"]
     if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
@@ -93,12 +93,6 @@ def field_array(doc: dict, arrays: dict[str, np.ndarray], name: str, ndim: int |
     if finite and not np.all(np.isfinite(values)):
         raise WireError(f"'{name}' holds NaN or inf; send finite values")
     return values
-
-
-def printable_repr(value: Any, limit: int = 40) -> str:
-    """A peer's value for an error message: repr, cut at ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def loads_object(raw: bytes, what: str) -> dict[str, Any]:

@@ -67,16 +67,18 @@ def uncalibrated_accuracy(prepared: PreparedFleet) -> list[float]:
     return [float(a) for a in blind.accuracy(prepared.data.X, prepared.data.y)]
 
 
-def _check_fleet_platform(profiles: Path, platform: str) -> None:
-    """Refuse, before any training, a profiles folder whose chips are of another platform."""
+def _check_fleet_platform(profiles: Path, platform: str) -> Any:
+    """Refuse, before any training, a profiles folder whose chips are of another platform; returns its first chip's
+    profile (what the other checks look at)."""
     paths = list_profiles(profiles)
     if not paths:
         raise PnnError(f"profiles folder {profiles} holds no profiles; create a fleet with `pnndeploy fleet make` "
                        "or pass --profiles DIR")
-    other = read_profile(paths[0]).platform
-    if other != platform:
-        raise PnnError(f"profiles folder {profiles} holds {other} chips but the demo is for {platform}; pass "
-                       f"--profiles with a {platform} fleet or --platform {other}")
+    first = read_profile(paths[0])
+    if first.platform != platform:
+        raise PnnError(f"profiles folder {profiles} holds {first.platform} chips but the demo is for {platform}; "
+                       f"pass --profiles with a {platform} fleet or --platform {first.platform}")
+    return first
 
 
 def fleet_options(spec: Path, platform: Any) -> dict[str, Any]:
@@ -102,9 +104,10 @@ def demo_setup(config: dict[str, Any], platform: str | None) -> tuple[dict[str, 
     return setup, sorted(k for k in config if k not in DEMO_SETUP_KEYS | {"out"})
 
 
-def _check_fleet_options(profiles: Path, chip: Any) -> None:
-    """Refuse, before any training, a fleet whose chips have other platform options than the set-up trains for."""
-    fleet = read_profile(list_profiles(profiles)[0]).chip_platform.option_values()
+def _check_fleet_options(profiles: Path, first: Any, chip: Any) -> None:
+    """Refuse, before any training, a fleet whose chips (``first``: one of them) have other platform options than
+    the set-up trains for."""
+    fleet = first.chip_platform.option_values()
     wanted = chip.option_values()
     differ = {k: (v, fleet.get(k)) for k, v in wanted.items() if fleet.get(k) != v}
     if differ:
@@ -131,7 +134,7 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     say = status or (lambda text: None)
     setup = dict(setup or {})
     platform = setup.pop("platform", platform)
-    _check_fleet_platform(profiles, platform)
+    first = _check_fleet_platform(profiles, platform)
     out = Path(out_dir)
     seeds = seeds if seeds is not None else (1 if quick else 3)
     epochs = setup.pop("epochs", TrainConfig().epochs)
@@ -146,7 +149,7 @@ def run_demo(out_dir: str | Path, profiles: Path, quick: bool = False, seed: int
     hidden = setup.pop("hidden", DEMO_HIDDEN if chip.default_hidden is None else list(chip.default_hidden))
     dataset_name = setup.pop("dataset", chip.demo_dataset)
     if "platform_options" in setup:
-        _check_fleet_options(profiles, chip.configure(setup["platform_options"]))
+        _check_fleet_options(profiles, first, chip.configure(setup["platform_options"]))
     else:
         setup["platform_options"] = fleet_options(spec, chip)
     for s in range(seed, seed + seeds):
