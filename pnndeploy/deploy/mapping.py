@@ -53,8 +53,9 @@ def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
         if held is not None:          # outputs placed off the faulty devices, the rows' working weights make up
             weight, controls, rows, held = _placed(platform, model, k, profile)
             weight = compensate_held(weight, *held, model.input_moments.get(layer.name))
+        shape = layer.shape if rows is None else weight.shape        # a placed layer: whole tiles of rows
         mapped = platform.map_layer(weight, controls, profile.calibration, profile.environment,
-                                    profile.shape, model.platform_params, weight.shape)
+                                    profile.shape, model.platform_params, shape)
         layers.append(LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual,
                                       mapped.clipping, rows))
     return Deployment(device_id=profile.device_id, model_sha256=model.sha256, model_path=str(model.path),
