@@ -16,6 +16,7 @@ a :class:`~pnndeploy.formats.deployments.Deployment`, which
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -39,17 +40,30 @@ def check_compatible(model: ExportedModel, profile: DeviceProfile) -> None:
 
 def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
     """Control settings realising ``model`` on ``profile``'s chip, from its calibration only."""
-    check_compatible(model, profile)
+    return map_models(model, [profile])[0]
+
+
+def map_models(model: ExportedModel, profiles: Sequence[DeviceProfile]) -> list[Deployment]:
+    """:func:`map_model` for every chip of a fleet, in order: each layer mapped onto all chips of one layout at
+    once (:meth:`~pnndeploy.platforms.base.Platform.map_fleet_layer`: a fitting platform solves them together)."""
+    for profile in profiles:
+        check_compatible(model, profile)
     platform = platform_for(model.platform, model.platform_params)
-    layers = []
-    for layer in model.layers:
-        mapped = platform.map_layer(layer.weight, layer.controls, profile.calibration, profile.environment,
-                                    profile.shape, model.platform_params, layer.shape)
-        layers.append(LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual,
-                                      mapped.clipping))
-    return Deployment(device_id=profile.device_id, model_sha256=model.sha256, model_path=str(model.path),
-                      calibration_measured_at=profile.calibration_measured_at, array=profile.shape,
-                      layers=layers, control_units=platform.control_units)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, profile in enumerate(profiles):
+        groups.setdefault(tuple(profile.shape), []).append(k)
+    layers: list[list[LayerDeployment]] = [[] for _ in profiles]
+    for shape, members in groups.items():
+        chips = [profiles[k] for k in members]
+        for layer in model.layers:
+            mapped = platform.map_fleet_layer(layer.weight, layer.controls, [p.calibration for p in chips],
+                                              [p.environment for p in chips], shape, model.platform_params,
+                                              layer.shape)
+            for k, m in zip(members, mapped):
+                layers[k].append(LayerDeployment(layer.name, m.settings, m.clipped, m.residual, m.clipping))
+    return [Deployment(device_id=p.device_id, model_sha256=model.sha256, model_path=str(model.path),
+                       calibration_measured_at=p.calibration_measured_at, array=p.shape, layers=layers[k],
+                       control_units=platform.control_units) for k, p in enumerate(profiles)]
 
 
 def uncalibrated(profile: DeviceProfile) -> DeviceProfile:

@@ -10,7 +10,7 @@ import numpy as np
 
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import load_dataset
-from pnndeploy.deploy.mapping import map_model, uncalibrated
+from pnndeploy.deploy.mapping import map_models, uncalibrated
 from pnndeploy.deploy.results import DeviceResult, FleetSummary, TransferReport, clipping_document
 from pnndeploy.deploy.stats import wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
@@ -166,7 +166,7 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
                            f"{profile.device_id!r}; remove the copy or regenerate one of them")
         seen[profile.device_id] = path
         profile_list.append(profile)
-    deployments = [map_model(model, profile if calibrated else uncalibrated(profile)) for profile in profile_list]
+    deployments = map_models(model, [profile if calibrated else uncalibrated(profile) for profile in profile_list])
     if not calibrated:
         save_dir = None          # a deployment made blind to the chip is not one to program it with later
     # chips without truth or backend are mapped and written too (that is what a lab programs)

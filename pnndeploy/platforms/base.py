@@ -171,7 +171,8 @@ def quantise(settings: np.ndarray, heater_range: tuple[float, float], bits: int)
 
 
 def solve_crosstalk(goal: np.ndarray, crosstalk: float, spill: Callable[[np.ndarray], np.ndarray],
-                    bounds: tuple[float, float] | None = None, start: np.ndarray | None = None) -> np.ndarray:
+                    bounds: tuple[float, float] | None = None, start: np.ndarray | None = None,
+                    held: np.ndarray | None = None) -> np.ndarray:
     """Settings h with h + crosstalk * spill(h) = goal, where a device's control picks up ``crosstalk`` times the
     sum of its neighbours' settings (``spill``, at most two neighbours): a chip's heaters warm their neighbours, so
     a mapping that wants ``goal`` must set less where the neighbours are hot.
@@ -180,10 +181,13 @@ def solve_crosstalk(goal: np.ndarray, crosstalk: float, spill: Callable[[np.ndar
     crosstalk below 0.5); as many sweeps as bring that factor below 1e-13.  With ``bounds`` every sweep clips into
     them (a projected iteration, still a contraction): a device held at a bound then spills what it really gets
     and its neighbours compensate that, not the setting it could not take.  ``start``: where the iteration starts
-    (default ``goal``).  Zero crosstalk returns ``goal`` (clipped) unchanged.
+    (default ``goal``).  ``held`` (bool, broadcast against ``goal``): devices whose setting stays 0 whatever
+    their goal (faulty ones: they ignore their setting and spill nothing).  Zero crosstalk returns ``goal``
+    (clipped, held at 0) unchanged.
     """
     def clip(h: np.ndarray) -> np.ndarray:
-        return h if bounds is None else np.clip(h, bounds[0], bounds[1])
+        h = h if bounds is None else np.clip(h, bounds[0], bounds[1])
+        return h if held is None else np.where(held, 0.0, h)
 
     if not crosstalk:
         return clip(goal).copy()
@@ -401,6 +405,16 @@ class Platform(ABC):
 
         Only the chip's ``calibration`` and ``environment`` (heater range, DAC) are used.
         """
+
+    def map_fleet_layer(self, weight: np.ndarray | None, controls: np.ndarray,
+                        calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
+                        layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                        weight_shape: tuple[int, int] | None = None) -> list[LayerMapping]:
+        """:meth:`map_layer` for many chips of one ``layout`` at once (their calibrations and environments, in
+        order): a platform whose mapping is a fit overrides it to solve every chip together.  A chip's result must
+        not depend on the chips mapped with it (beyond float rounding), and must be :meth:`map_layer`'s."""
+        return [self.map_layer(weight, controls, calibration, environment, layout, params, weight_shape)
+                for calibration, environment in zip(calibrations, environments)]
 
     # ------------------------------------------------------------------------------------- simulation
     @abstractmethod
