@@ -179,6 +179,43 @@ def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", addr
     return np.concatenate(parts)
 
 
+def _map_and_evaluate(model: Any, chips: Any, X: np.ndarray, y: np.ndarray, conditions: Any,
+                      device: str = "cpu") -> dict[str, np.ndarray]:
+    """One task of a lot: its chips (profiles, or a callable that makes them, so a generated lot never passes
+    through the driver) mapped here and evaluated; accuracies, mapping residuals (chips, layers), clipped counts."""
+    from pnndeploy.deploy.mapping import map_models
+
+    profiles = chips() if callable(chips) else chips
+    deployments = map_models(model, profiles)
+    return {"accuracy": _chip_batch_accuracy(model, profiles, deployments, X, y, conditions, device),
+            "residual": np.array([[layer.residual for layer in d.layers] for d in deployments]),
+            "clipped": np.array([d.clipped for d in deployments])}
+
+
+def lot_accuracy(model: Any, batches: Sequence[Any], X: np.ndarray, y: np.ndarray, conditions: Any,
+                 executor: str = "local", address: str | None = None,
+                 num_cpus: int | None = None) -> dict[str, np.ndarray]:
+    """Map and evaluate a lot of simulated chips batch by batch, one task per batch (a list of profiles or a
+    callable making them): on Ray the mapping runs on the workers with the evaluation, not in the driver.
+
+    The conditions are the same for every chip (a per-chip temperature or shift has no batch to follow here).
+    Returns ``accuracy`` (chips,), ``residual`` (chips, layers) and ``clipped`` (chips,), in batch order.
+    """
+    if np.ndim(conditions.delta_T) or conditions.control_shift is not None:
+        raise ExecutorError("a lot is evaluated under one temperature and no per-chip shift")
+    if executor == "local":
+        parts = run_tasks(_map_and_evaluate, [(model, b, X, y, conditions) for b in batches])
+    else:
+        with ray_session(address, num_cpus) as ray:
+            refs = (ray.put(model), ray.put(X), ray.put(y))
+            args = [(refs[0], b, refs[1], refs[2], conditions) for b in batches]
+            parts = run_tasks(_resolve_then(_map_and_evaluate), args, "ray", address, num_cpus)
+    failed = [p for p in parts if isinstance(p, TaskFailure)]
+    if failed:
+        raise ExecutorError(f"{len(failed)} of {len(parts)} tasks failed; first: {failed[0].error}")
+    return {key: np.concatenate([p[key] for p in parts]) for key in ("accuracy", "residual", "clipped")}
+
+
 def _resolve_then(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with object-store references among its arguments fetched first (nested lists are not resolved)."""
     def call(*args: Any) -> Any:
