@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import best_of, fleet_macs, make_chips, matmul_seconds  # noqa: E402
+from run import make_chips, mzi_fleet_rows  # noqa: E402
 
 from pnndeploy.data.datasets import load_dataset  # noqa: E402
 from pnndeploy.deploy.executors import lot_accuracy, ray_session, run_tasks  # noqa: E402
@@ -37,7 +37,7 @@ from pnndeploy.deploy.transfer import load_evaluation_data  # noqa: E402
 from pnndeploy.formats.onnx_io import load_model  # noqa: E402
 from pnndeploy.formats.process_spec import load_process  # noqa: E402
 from pnndeploy.simulation.fabrication import chip_names, generate_chip  # noqa: E402
-from pnndeploy.simulation.fleet import CHIPS_PER_BATCH, Conditions, SimulatedFleet  # noqa: E402
+from pnndeploy.simulation.fleet import Conditions  # noqa: E402
 from pnndeploy.training.config import TrainConfig  # noqa: E402
 from pnndeploy.training.pipeline import train_and_export  # noqa: E402
 
@@ -109,28 +109,6 @@ def mapping(model: Any, process: dict, sizes: list[int], legacy: int) -> dict:
                                         "batched_residual_mean_same_chips": new.mean(0).tolist()}}
 
 
-def fleet_roofline(model: Any, data: Any, process: dict, sizes: list[int], repeats: int, mapped: int = 8) -> list:
-    """MZI fleet evaluation against the matmul roofline (as ``benchmarks/run.py``): the first ``mapped`` chips'
-    deployments repeated over the rest (the evaluation's cost does not depend on the settings' values)."""
-    deployments = map_models(model, make_chips(mapped, process))
-    rows = []
-    for n in sizes:
-        fleet = SimulatedFleet(model, make_chips(n, process), [deployments[k % mapped] for k in range(n)])
-        conditions = Conditions(delta_T=0.5)
-        vec = best_of(lambda: fleet.accuracy(data.X, data.y, conditions), repeats)
-
-        def realise_all() -> None:
-            for start in range(0, n, CHIPS_PER_BATCH):
-                for k in range(len(model.layers)):
-                    fleet.realised_weights(k, slice(start, min(start + CHIPS_PER_BATCH, n)), conditions)
-
-        mesh = best_of(realise_all, repeats)
-        mm = matmul_seconds(model, n, data.X.shape[0], repeats)
-        rows.append({"chips": n, "vectorized_s": vec, "mesh_s": mesh, "matmul_s": mm,
-                     "gmacs_per_s": fleet_macs(model, n, data.X.shape[0]) / vec / 1e9, "roofline_fraction": mm / vec})
-    return rows
-
-
 def _generate(names: list[str]) -> list:
     """The chips of one task of the lot, made in the task (so the driver never holds the lot)."""
     process = load_process(PROCESS)
@@ -180,7 +158,7 @@ def main() -> None:
         if "mapping" not in args.skip:
             doc["mapping"] = mapping(model, process, args.sizes, args.legacy_chips)
         if "fleet" not in args.skip:
-            doc["fleet"] = fleet_roofline(model, data, process, args.sizes, args.repeats)
+            doc["fleet"] = mzi_fleet_rows(model, data, process, args.sizes, args.repeats)
         if args.lot:
             doc["ray_lot"] = ray_lot(model, data, args.lot, args.chips_per_task)
     print(json.dumps(doc, indent=2 if args.json else None))

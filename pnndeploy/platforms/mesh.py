@@ -124,12 +124,29 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False)
     one = torch.ones((*t00.shape[:-1], 1), dtype=t00.dtype, device=phases.device)
     d0 = torch.cat([t00, t11, one], dim=-1)[..., g0]                 # (..., column, row)
     d1 = torch.cat([t01, t10, 0 * one], dim=-1)[..., g1]
-    U = torch.eye(n, dtype=t00.dtype, device=phases.device).expand(*batch, n, n)
-    for c in range(n):      # row-wise products (one factor per row): every lane of a row rounds alike
-        U = d0[..., c, :, None] * U + d1[..., c, :, None] * U[..., perm[c], :]
+    if torch.is_grad_enabled() and (phases.requires_grad or (ratios is not None and ratios.requires_grad)):
+        U = torch.eye(n, dtype=t00.dtype, device=phases.device).expand(*batch, n, n)
+        for c in range(n):      # row-wise products (one factor per row): every lane of a row rounds alike
+            U = d0[..., c, :, None] * U + d1[..., c, :, None] * U[..., perm[c], :]
+    else:
+        U = _columns_in_place(d0, d1, perm, batch, n)
     psi_ = _padded(psi, 0.0) if aligned else psi
     screen = torch.complex(torch.cos(psi_), torch.sin(psi_))[..., :n]
     return screen[..., :, None] * U
+
+
+def _columns_in_place(d0: Any, d1: Any, perm: Any, batch: Any, n: int) -> Any:
+    """The column products of :func:`mesh_unitary` without autograd: the same products and sums (so the same
+    bits), into two buffers reused for every column instead of four new tensors a column."""
+    import torch
+
+    U = torch.eye(n, dtype=d0.dtype, device=d0.device).expand(*batch, n, n).contiguous()
+    swapped = torch.empty_like(U)
+    for c in range(n):
+        torch.index_select(U, -2, perm[c], out=swapped)
+        swapped.mul_(d1[..., c, :, None])
+        U.mul_(d0[..., c, :, None]).add_(swapped)
+    return U
 
 
 #: Elements (float32) a padded per-mesh vector is rounded up to: two AVX-512 vectors, what torch's vectorised loop
