@@ -42,6 +42,8 @@ from pnndeploy.training.config import TrainConfig  # noqa: E402
 from pnndeploy.training.pipeline import train_and_export  # noqa: E402
 
 PROCESS = ROOT / "device_profiles" / "mzi" / "process.yaml"
+#: The iterations of the per-chip fit before the batched one (the reference).
+LEGACY_ITERATIONS = 120
 
 
 def legacy_residuals(model: Any, chip: Any) -> list[float]:
@@ -51,7 +53,7 @@ def legacy_residuals(model: Any, chip: Any) -> list[float]:
     from pnndeploy.platforms import platform_for
     from pnndeploy.platforms.base import quantise
     from pnndeploy.platforms.mesh import mesh_unitary
-    from pnndeploy.platforms.mzi import FIT_ITERATIONS, _blocks, _precompensate, _spill
+    from pnndeploy.platforms.mzi import _blocks, _precompensate, _spill
 
     platform = platform_for(model.platform, model.platform_params)
     n, env, cal = chip.shape[0], chip.environment, chip.calibration
@@ -61,7 +63,7 @@ def legacy_residuals(model: Any, chip: Any) -> list[float]:
         blocks = torch.from_numpy(_blocks(layer.weight.astype(np.float64), n))
         mask = torch.from_numpy((_blocks(np.ones(layer.weight.shape), n) > 0).astype(np.float64))
         phases = torch.from_numpy(layer.controls.astype(np.float64)).requires_grad_(True)
-        opt = torch.optim.LBFGS([phases], lr=1.0, max_iter=FIT_ITERATIONS, tolerance_grad=1e-7, tolerance_change=1e-12,
+        opt = torch.optim.LBFGS([phases], lr=1.0, max_iter=LEGACY_ITERATIONS, tolerance_grad=1e-7, tolerance_change=1e-12,
                                 history_size=20, line_search_fn="strong_wolfe")
 
         def loss() -> Any:

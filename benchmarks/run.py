@@ -164,7 +164,7 @@ def mzi_fleet_rows(model, data, process, sizes: list[int], repeats: int, mapped:
 
     ``vectorized_s`` / ``roofline_fraction``: every timed evaluation at a new temperature (each chip's meshes
     realised again: an audit's sweep); ``same_drift_s`` / ``same_drift_roofline_fraction``: evaluations at one
-    temperature with a new detector-noise draw each (the meshes realised once for that drift and reused).
+    temperature and noise draw (more samples through the same chips: the meshes realised once and reused).
     ``mesh_s`` is the part spent realising the weights (building every chip's mesh unitaries).
     """
     rows = []
@@ -174,10 +174,8 @@ def mzi_fleet_rows(model, data, process, sizes: list[int], repeats: int, mapped:
         fleet = SimulatedFleet(model, chips, [deployments[k % len(deployments)] for k in range(n)])
         drift = iter(0.5 + 1e-3 * np.arange(1, 4 * repeats + 4))
         vec = best_of(lambda: fleet.accuracy(data.X, data.y, Conditions(delta_T=float(next(drift)))), repeats)
-        seeds = iter(range(1, repeats + 2))
         fleet.accuracy(data.X, data.y, Conditions(delta_T=0.5))
-        warm = best_of(lambda: fleet.accuracy(data.X, data.y, Conditions(delta_T=0.5, eval_seed=next(seeds))),
-                       repeats)
+        warm = best_of(lambda: fleet.accuracy(data.X, data.y, Conditions(delta_T=0.5)), repeats)
 
         def realise_all() -> None:
             conditions = Conditions(delta_T=float(next(drift)))

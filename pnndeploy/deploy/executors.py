@@ -179,6 +179,28 @@ def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", addr
     return np.concatenate(parts)
 
 
+def map_fleet(model: Any, profiles: Sequence[Any], executor: str = "local", address: str | None = None,
+              chips_per_task: int = CHIPS_PER_TASK, num_cpus: int | None = None) -> list[Any]:
+    """Every chip's deployment (:func:`~pnndeploy.deploy.mapping.map_models`), in order; on Ray in tasks of
+    ``chips_per_task`` chips mapped on the workers (a chip's mapping does not depend on the chips beside it)."""
+    from pnndeploy.deploy.mapping import map_models
+
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"--executor {executor!r} is unknown; use one of {', '.join(EXECUTORS)}")
+    if executor == "local" or len(profiles) <= 1:
+        return map_models(model, profiles)
+    if chips_per_task < 1:
+        raise ExecutorError(f"--chips-per-task must be at least 1 (got {chips_per_task})")
+    with ray_session(address, num_cpus) as ray:
+        ref = ray.put(model)
+        args = [(ref, list(profiles[i:i + chips_per_task])) for i in range(0, len(profiles), chips_per_task)]
+        parts = run_tasks(_resolve_then(map_models), args, "ray", address, num_cpus)
+    failed = [p for p in parts if isinstance(p, TaskFailure)]
+    if failed:
+        raise ExecutorError(f"{len(failed)} of {len(parts)} Ray mapping tasks failed; first: {failed[0].error}")
+    return [d for part in parts for d in part]
+
+
 def _map_and_evaluate(model: Any, chips: Any, X: np.ndarray, y: np.ndarray, conditions: Any,
                       device: str = "cpu") -> dict[str, np.ndarray]:
     """One task of a lot: its chips (profiles, or a callable that makes them, so a generated lot never passes

@@ -236,6 +236,45 @@ def decompose(U: np.ndarray) -> np.ndarray:
     return np.mod(phases, TWO_PI)
 
 
+def corrected_phases(phases: np.ndarray, ratios: np.ndarray, n: int) -> np.ndarray:
+    """Phases (..., n^2) for meshes whose couplers have splitting ratios (..., M, 2) that realise what the ideal
+    mesh (0.5 everywhere) realises at ``phases``, as nearly as each MZI can (numpy, float64).
+
+    MZI by MZI in the order light meets them, each imperfect MZI is set to the ideal one's 2 x 2 transfer up to a
+    phase on each of its outputs: theta from the power split (clipped where the couplers cannot reach it), phi
+    from the relative phase of its two columns; the output phases it leaves (and those left upstream, which it
+    takes as input) are carried forward and cancelled by the output screen.  Exact where every split is
+    reachable; elsewhere a start for a fit.
+    """
+    m = mzi_count(n)
+    theta0, phi0, psi0 = phases[..., :m], phases[..., m:2 * m], phases[..., 2 * m:]
+    r1, r2 = np.broadcast_to(ratios[..., 0], theta0.shape), np.broadcast_to(ratios[..., 1], theta0.shape)
+    ideal = _mzi_entries(np, theta0, phi0, 0.5, 0.5)
+    col_of, top = mesh_layout(n)
+    errors = np.ones((*theta0.shape[:-1], n), dtype=np.complex128)          # per-mode phase carried forward
+    theta, phi = np.empty_like(theta0), np.empty_like(phi0)
+    for c in range(n):
+        idx = np.flatnonzero(col_of == c)
+        p = top[idx]
+        e0, e1 = errors[..., p], errors[..., p + 1]
+        M = (ideal[0][..., idx] * e0.conj(), ideal[1][..., idx] * e1.conj(),
+             ideal[2][..., idx] * e0.conj(), ideal[3][..., idx] * e1.conj())
+        a, b = np.sqrt(r1[..., idx] * r2[..., idx]), np.sqrt((1 - r1[..., idx]) * (1 - r2[..., idx]))
+        cos_t = np.clip((a * a + b * b - np.abs(M[0]) ** 2) / np.maximum(2 * a * b, 1e-300), -1.0, 1.0)
+        t = np.where(np.sin(theta0[..., idx]) < 0, -1.0, 1.0) * np.arccos(cos_t)
+        T = _mzi_entries(np, t, np.zeros_like(t), r1[..., idx], r2[..., idx])
+        # phi turns column 0 against column 1: align T's column 0 with M's, measured against column 1
+        phase = np.angle(np.conj(T[0]) * M[0] * np.conj(M[1]) * T[1] + np.conj(T[2]) * M[2] * np.conj(M[3]) * T[3])
+        T = (T[0] * np.exp(1j * phase), T[1], T[2] * np.exp(1j * phase), T[3])
+        f0 = T[0] * np.conj(M[0]) + T[1] * np.conj(M[1])
+        f1 = T[2] * np.conj(M[2]) + T[3] * np.conj(M[3])
+        errors[..., p] = f0 / np.maximum(np.abs(f0), 1e-300)
+        errors[..., p + 1] = f1 / np.maximum(np.abs(f1), 1e-300)
+        theta[..., idx], phi[..., idx] = t, phase
+    psi = psi0 - np.angle(errors)
+    return np.mod(np.concatenate([theta, phi, psi], axis=-1), TWO_PI)
+
+
 def unitary_with_real_part(W: np.ndarray) -> tuple[np.ndarray, int]:
     """A unitary U with Re(U) = W for a real square W whose singular values are <= 1.
 
