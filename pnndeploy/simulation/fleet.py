@@ -230,9 +230,9 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
     ``scores`` is (chips, classes, samples) and ``y`` (samples,): numpy arrays (numpy's definition) or torch
     tensors on the compute device.  torch's argmax over the short, strided class axis cost more than every
     product of the evaluation; ``max(dim=1)`` gives the same first-maximum index (ties and NaN alike) faster
-    for a few chips, and for many the first top class is found one class at a time (:func:`_first_top_class`,
-    contiguous passes), with NaN and labels that are not class indices left to ``max``.  Labels that are not one
-    per sample are refused.
+    for a few chips, and for many the label's score against the maximum over classes is a few vector passes,
+    with ties and NaN (where "the first maximum" matters: the count of maxima is then not 1) and labels that
+    are not class indices left to ``max``.  Labels that are not one per sample are refused.
     ``labels_are_classes``: whether ``y`` holds integer class indices (checked here when None).
     """
     if isinstance(scores, np.ndarray):
@@ -246,8 +246,9 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
         labels_are_classes = are_class_indices(y, classes)
     hit = None
     if labels_are_classes and chips > FEW_CHIPS:
-        top = _first_top_class(scores)
-        hit = None if top is None else top == y
+        top = scores.amax(dim=1)
+        if not bool(((scores == top[:, None]).sum(dim=1) != 1).any()):
+            hit = scores.gather(1, y.long().expand(chips, 1, samples))[:, 0] == top
     if hit is None:
         hit = scores.max(dim=1).indices == y
     return hit.sum(dim=1).double() / samples if samples else hit.new_full((chips,), float("nan"), dtype=torch.float64)
@@ -255,23 +256,6 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
 
 #: Up to this many chips :func:`correct_fraction` takes torch's max over classes directly (measured faster there).
 FEW_CHIPS = 32
-
-
-def _first_top_class(scores: Any) -> Any:
-    """(chips, samples) index of each sample's first largest score, one class at a time: contiguous passes over
-    (chips, samples) instead of reductions along the short, strided class axis (a strict ``>`` keeps the first of
-    equal maxima, as argmax does; NaN, which argmax picks, is taken back to ``max``: returns None then)."""
-    import torch
-
-    if bool(torch.isnan(scores).any()):
-        return None
-    best = scores[:, 0].clone()
-    index = torch.zeros(best.shape, dtype=torch.long, device=scores.device)
-    for c in range(1, scores.shape[1]):
-        better = scores[:, c] > best
-        best = torch.where(better, scores[:, c], best)
-        index.masked_fill_(better, c)
-    return index
 
 
 def are_class_indices(y: Any, classes: int) -> bool:
