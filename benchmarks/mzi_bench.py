@@ -63,7 +63,8 @@ def legacy_residuals(model: Any, chip: Any) -> list[float]:
         blocks = torch.from_numpy(_blocks(layer.weight.astype(np.float64), n))
         mask = torch.from_numpy((_blocks(np.ones(layer.weight.shape), n) > 0).astype(np.float64))
         phases = torch.from_numpy(layer.controls.astype(np.float64)).requires_grad_(True)
-        opt = torch.optim.LBFGS([phases], lr=1.0, max_iter=LEGACY_ITERATIONS, tolerance_grad=1e-7, tolerance_change=1e-12,
+        opt = torch.optim.LBFGS([phases], lr=1.0, max_iter=LEGACY_ITERATIONS, tolerance_grad=1e-7,
+                                tolerance_change=1e-12,
                                 history_size=20, line_search_fn="strong_wolfe")
 
         def loss() -> Any:
