@@ -55,6 +55,8 @@ from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_l
 FIT_ITERATIONS = 60
 #: Realised weights (elements) a fleet keeps per layer for reuse under the same drift (about 256 MB of float32).
 MAX_CACHED_WEIGHTS = 64 * 2 ** 20
+#: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
+MESHES_PER_PASS = 256
 #: Chips whose blocks are fitted together: enough to amortise torch's per-call cost, few enough to stay in cache.
 MAP_CHIPS_PER_BATCH = 32
 #: Precision of the fit (the residual is always computed in float64).
@@ -319,11 +321,16 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         phases = state["static"][chips] + state["drift"][chips] * conditions.temperature(3)
         if conditions.control_shift is not None:
             phases += conditions.control_shift[:, None, None, :]
+        ratios = state["ratios"][chips]
+        chips_n, to, ti = phases.shape[:3]
+        W = phases.new_empty((chips_n, out_f, in_f))
+        step = max(1, MESHES_PER_PASS // (to * ti))      # a pass's buffers stay in cache: twice as fast as one pass
         with one_thread():          # a chip's mesh the same bits in any batch (see mesh_unitary)
-            U = mesh_unitary(phases, n, state["ratios"][chips], aligned=True)    # (chips, to, ti, n, n)
-        chips_n, to, ti = U.shape[:3]
-        W = U.real.permute(0, 1, 3, 2, 4).reshape(chips_n, to * n, ti * n)
-        return W[:, :out_f, :in_f].contiguous()
+            for first in range(0, chips_n, step):
+                part = slice(first, first + step)
+                U = mesh_unitary(phases[part], n, ratios[part], aligned=True)    # (chips, to, ti, n, n)
+                W[part] = U.real.permute(0, 1, 3, 2, 4).reshape(-1, to * n, ti * n)[:, :out_f, :in_f]
+        return W
 
 
 def _decompose_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
