@@ -52,7 +52,7 @@ from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_l
     one_thread, phase_count, unitary_with_real_part
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem).
-FIT_ITERATIONS = 60
+FIT_ITERATIONS = 80
 #: Realised weights (elements) a fleet keeps per layer for reuse under the same drift (about 256 MB of float32).
 MAX_CACHED_WEIGHTS = 64 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
