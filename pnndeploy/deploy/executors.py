@@ -9,8 +9,10 @@ is returned as its error, so one failure does not lose the others; Ctrl-C
 cancels what has not finished and shuts the local cluster down.
 
 Tasks receive and return plain data (paths, settings, numpy arrays, dicts of
-numbers).  Ray serialises them between our own processes; no user file is
-ever unpickled.
+numbers, profiles and deployments, and for a generated lot the function that
+makes its chips).  Ray serialises them between our own processes; no user file
+is ever unpickled.  Mapping a fleet on Ray runs on the workers
+(:func:`map_fleet`, :func:`lot_accuracy`), not in the driver.
 """
 
 from __future__ import annotations
