@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pnndeploy.deploy.executors import fleet_accuracy, ray_session, run_tasks  # noqa: E402
-from pnndeploy.deploy.mapping import map_model  # noqa: E402
+from pnndeploy.deploy.mapping import map_models  # noqa: E402
 from pnndeploy.deploy.transfer import PreparedFleet, load_evaluation_data  # noqa: E402
 from pnndeploy.formats.onnx_io import load_model  # noqa: E402
 from pnndeploy.formats.process_spec import load_process  # noqa: E402
@@ -42,7 +42,7 @@ def lot(model_path: Path, chips: int) -> tuple[PreparedFleet, float]:
     model = load_model(model_path)
     process = load_process(ROOT / "device_profiles" / "process.yaml")
     profiles = [generate_chip(process, name, seed=0) for name in chip_names(chips, "lot")]
-    deployments = [map_model(model, p) for p in profiles]
+    deployments = map_models(model, profiles)
     prepared = PreparedFleet(model, load_evaluation_data(model), profiles, deployments, [None] * chips,
                              SimulatedFleet(model, profiles, deployments))
     return prepared, time.perf_counter() - t0

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pnndeploy.data.datasets import load_dataset  # noqa: E402
-from pnndeploy.deploy.mapping import map_model  # noqa: E402
+from pnndeploy.deploy.mapping import map_models  # noqa: E402
 from pnndeploy.deploy.transfer import load_evaluation_data  # noqa: E402
 from pnndeploy.formats.onnx_io import load_model  # noqa: E402
 from pnndeploy.formats.process_spec import load_process  # noqa: E402
@@ -90,7 +90,7 @@ def make_chips(count: int, process: dict) -> list:
 
 
 def prepared_fleet(model, chips):
-    return SimulatedFleet(model, chips, [map_model(model, chip) for chip in chips])
+    return SimulatedFleet(model, chips, map_models(model, chips))
 
 
 def best_of(fn, repeats: int) -> float:
@@ -149,28 +149,36 @@ def fleet_throughput(model, data, process, sizes, repeats: int, loop_limit: int)
 
 
 def mzi_fleet_throughput(tmp: Path, sizes: list[int], repeats: int, epochs: int, mapped: int = 8) -> list[dict]:
-    """MZI fleet evaluation at each size, against the matmul roofline of the same shapes.
-
-    Mapping a chip fits its phases through its calibrated mesh (about 0.5 s a chip), so the first
-    ``mapped`` chips are mapped and their deployments repeated over the rest: the evaluation's cost
-    does not depend on the settings' values.  ``mesh_s`` is the part spent realising the weights
-    (building every chip's mesh unitaries), the rest is the products.
-    """
+    """MZI fleet evaluation at each size, against the matmul roofline of the same shapes (:func:`mzi_fleet_rows`)."""
     process = load_process(ROOT / "device_profiles" / "mzi" / "process.yaml")
     path = tmp / "mzi.onnx"
     train_and_export(load_dataset("digits", seed=0), TrainConfig(platform="mzi", method="sat", epochs=epochs, seed=0,
                                                              hidden=[32]), path)
     model = load_model(path)
-    data = load_evaluation_data(model)
+    return mzi_fleet_rows(model, load_evaluation_data(model), process, sizes, repeats, mapped)
+
+
+def mzi_fleet_rows(model, data, process, sizes: list[int], repeats: int, mapped: int = 8) -> list[dict]:
+    """The first ``mapped`` chips are mapped and their deployments repeated over the rest (the evaluation's cost
+    does not depend on the settings' values).
+
+    ``vectorized_s`` / ``roofline_fraction``: every timed evaluation at a new temperature (each chip's meshes
+    realised again: an audit's sweep); ``same_drift_s`` / ``same_drift_roofline_fraction``: evaluations at one
+    temperature and noise draw (more samples through the same chips: the meshes realised once and reused).
+    ``mesh_s`` is the part spent realising the weights (building every chip's mesh unitaries).
+    """
     rows = []
-    deployments = [map_model(model, chip) for chip in make_chips(mapped, process)]   # the same first chips at every size
+    deployments = map_models(model, make_chips(mapped, process))    # the same first chips at every size
     for n in sizes:
         chips = make_chips(n, process)
         fleet = SimulatedFleet(model, chips, [deployments[k % len(deployments)] for k in range(n)])
-        conditions = Conditions(delta_T=0.5)
-        vec = best_of(lambda: fleet.accuracy(data.X, data.y, conditions), repeats)
+        drift = iter(0.5 + 1e-3 * np.arange(1, 4 * repeats + 4))
+        vec = best_of(lambda: fleet.accuracy(data.X, data.y, Conditions(delta_T=float(next(drift)))), repeats)
+        fleet.accuracy(data.X, data.y, Conditions(delta_T=0.5))
+        warm = best_of(lambda: fleet.accuracy(data.X, data.y, Conditions(delta_T=0.5)), repeats)
 
         def realise_all() -> None:
+            conditions = Conditions(delta_T=float(next(drift)))
             for start in range(0, n, CHIPS_PER_BATCH):
                 for k in range(len(model.layers)):
                     fleet.realised_weights(k, slice(start, min(start + CHIPS_PER_BATCH, n)), conditions)
@@ -179,7 +187,8 @@ def mzi_fleet_throughput(tmp: Path, sizes: list[int], repeats: int, epochs: int,
         mm = matmul_seconds(model, n, data.X.shape[0], repeats)
         macs = fleet_macs(model, n, data.X.shape[0])
         rows.append({"chips": n, "vectorized_s": vec, "mesh_s": mesh, "matmul_s": mm,
-                     "gmacs_per_s": macs / vec / 1e9, "roofline_fraction": mm / vec,
+                     "gmacs_per_s": macs / vec / 1e9, "roofline_fraction": mm / vec, "same_drift_s": warm,
+                     "same_drift_roofline_fraction": mm / warm,
                      "mapped_chips": min(mapped, n), "modes": int(model.platform_params["modes"])})
     return rows
 
@@ -300,11 +309,13 @@ def render(doc: dict) -> None:
                   f"{100 * r['roofline_fraction']:.0f} %")
     console.print(f)
     z = Table(title=f"MZI fleet evaluation ({doc['mzi_fleet'][0]['modes']}-mode meshes, 360 samples, ΔT = 0.5 K)")
-    for c in ("chips", "seconds", "of which meshes", "matmul s", "GMAC/s", "roofline"):
+    for c in ("chips", "seconds", "of which meshes", "matmul s", "GMAC/s", "roofline", "same drift s",
+              "roofline, same drift"):
         z.add_column(c, justify="right")
     for r in doc["mzi_fleet"]:
         z.add_row(str(r["chips"]), f"{r['vectorized_s']:.4f}", f"{r['mesh_s']:.4f}", f"{r['matmul_s']:.4f}",
-                  f"{r['gmacs_per_s']:.2f}", f"{100 * r['roofline_fraction']:.1f} %")
+                  f"{r['gmacs_per_s']:.2f}", f"{100 * r['roofline_fraction']:.1f} %", f"{r['same_drift_s']:.4f}",
+                  f"{100 * r['same_drift_roofline_fraction']:.1f} %")
     console.print(z)
     w = Table(title="scaling with hidden width")
     for c in ("hidden", "chips", "seconds", "MACs"):

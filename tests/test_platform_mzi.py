@@ -225,6 +225,114 @@ def test_crosstalk_precompensation_meets_every_target_phase(crosstalk) -> None:
     assert _precompensate(target, 0.0, 16, 0.0, TWO_PI)[1].sum() == 0
 
 
+def test_corrected_phases_make_an_imperfect_mesh_realise_the_ideal_one() -> None:
+    """Where every MZI's power split is within its couplers' reach the correction is exact (U, not only Re U);
+    elsewhere it starts a fit far nearer than the uncorrected phases."""
+    from pnndeploy.platforms.mesh import corrected_phases
+
+    n = 8
+    rng = np.random.default_rng(3)
+    m = mzi_count(n)
+    phases = rng.uniform(0, TWO_PI, (4, phase_count(n)))
+    phases[:, :m] = rng.uniform(1.2, 1.9, (4, m))           # splits between 30:70 and 70:30: within reach
+    ratios = np.clip((1 + 0.15 * rng.standard_normal((4, m, 2))) / 2, 0.42, 0.58)
+    ideal = mesh_unitary(phases, n)
+    np.testing.assert_allclose(mesh_unitary(corrected_phases(phases, ratios, n), n, ratios), ideal, atol=1e-10)
+    np.testing.assert_allclose(corrected_phases(phases, np.full((4, m, 2), 0.5), n), np.mod(phases, TWO_PI),
+                               atol=1e-9)
+    phases = rng.uniform(0, TWO_PI, (4, phase_count(n)))                  # some splits out of reach
+    ratios = np.clip((1 + 0.15 * rng.standard_normal((4, m, 2))) / 2, 1e-3, 1 - 1e-3)
+    ideal = mesh_unitary(phases, n)
+    corrected = np.linalg.norm(mesh_unitary(corrected_phases(phases, ratios, n), n, ratios) - ideal, axis=(1, 2))
+    naive = np.linalg.norm(mesh_unitary(phases, n, ratios) - ideal, axis=(1, 2))
+    assert np.all(corrected < 0.5 * naive)
+
+
+def _pool(count: int) -> list:
+    process = load_process(MZI_PROFILES / "process.yaml")
+    return [generate_chip(process, f"chipF{k}", seed=11) for k in range(count)]
+
+
+def _layer(shape=(16, 32), seed=3):
+    controls = MZI.init_controls(shape, torch.Generator().manual_seed(seed))
+    return MZI.nominal_weights(controls.double(), shape).numpy(), controls.numpy()
+
+
+def test_a_fleet_mapped_at_once_is_each_chip_mapped_alone_whatever_the_batch() -> None:
+    """map_fleet_layer solves every chip's blocks together; a chip's settings are map_layer's, and do not depend on
+    the chips mapped with it (beyond float rounding)."""
+    chips = _pool(4)
+    W, controls = _layer()
+    fleet = MZI.map_fleet_layer(W, controls, [c.calibration for c in chips], [c.environment for c in chips],
+                                chips[0].shape, MZI.metadata())
+    other = MZI.map_fleet_layer(W, controls, [c.calibration for c in chips[2:0:-1]],
+                                [c.environment for c in chips[2:0:-1]], chips[0].shape, MZI.metadata())
+    for k, chip in enumerate(chips):
+        alone = MZI.map_layer(W, controls, chip.calibration, chip.environment, chip.shape, MZI.metadata())
+        np.testing.assert_allclose(fleet[k].settings, alone.settings, atol=1e-6)
+        assert fleet[k].residual == pytest.approx(alone.residual, rel=1e-6)
+        assert fleet[k].clipping == alone.clipping
+    for k, mapped in zip((2, 1), other):
+        np.testing.assert_allclose(mapped.settings, fleet[k].settings, atol=1e-6)
+    assert not np.allclose(fleet[0].settings, fleet[1].settings)           # the chips differ
+
+
+def test_map_models_is_map_model_per_chip(mzi_model) -> None:
+    from pnndeploy.deploy.mapping import map_models
+
+    model, _ = mzi_model
+    chips = [read_profile(MZI_PROFILES / f"chip{c}.h5") for c in "AB"]
+    together = map_models(model, chips)
+    for chip, deployment in zip(chips, together):
+        alone = map_model(model, chip)
+        assert deployment.device_id == chip.device_id
+        for a, b in zip(alone.layers, deployment.layers):
+            np.testing.assert_allclose(a.settings, b.settings, atol=1e-6)
+            assert a.residual == pytest.approx(b.residual, rel=1e-6)
+
+
+def _with_faults(profile, flags: np.ndarray):
+    out = copy.deepcopy(profile)
+    out.calibration = {**out.calibration, "faulty": flags}
+    return out
+
+
+def _residual_as_realised(profile, settings, W, faulty) -> float:
+    """||Re U - W|| of the calibrated model when faulty shifters ignore their settings (realise their offset and
+    their neighbours' spill)."""
+    from pnndeploy.platforms.mzi import _blocks, _spill
+
+    n = profile.shape[0]
+    c = float(profile.environment.crosstalk)
+    h = np.where(faulty, 0.0, settings)
+    phases = h + profile.calibration["phase_offset"] + c * _spill(h, n)
+    ratios = np.broadcast_to(profile.calibration["splitter_ratio"], (*phases.shape[:2], mzi_count(n), 2)).copy()
+    U = mesh_unitary(phases, n, ratios)
+    mask = _blocks(np.ones_like(W), n) > 0
+    return float(np.sqrt(np.sum(np.where(mask, U.real - _blocks(W, n), 0.0) ** 2)))
+
+
+def test_faulty_shifters_are_held_and_the_others_fitted_around_them(chip) -> None:
+    """A faulty shifter is programmed at 0 and counted; fitting around it beats programming as if it worked."""
+    W, controls = _layer(seed=5)
+    flags = np.zeros(phase_count(16), dtype=bool)
+    flags[np.random.default_rng(4).choice(phase_count(16), 6, replace=False)] = True
+    env = chip.environment
+    naive = MZI.map_layer(W, controls, chip.calibration, env, chip.shape, MZI.metadata())
+    broken = _with_faults(chip, flags)
+    aware = MZI.map_layer(W, controls, broken.calibration, env, chip.shape, MZI.metadata())
+    assert np.all(aware.settings[..., flags] == 0.0)
+    blocks = aware.settings.shape[0] * aware.settings.shape[1]
+    assert aware.clipping.faulty == 6 * blocks and naive.clipping.faulty == 0
+    assert aware.clipping.total == aware.clipping.faulty + aware.clipping.range + aware.clipping.reach
+    ours = _residual_as_realised(broken, aware.settings, W, flags)
+    assert ours == pytest.approx(aware.residual, rel=1e-6)       # the residual reported is the realised one
+    as_if_working = _residual_as_realised(broken, naive.settings, W, flags)
+    assert ours < 0.7 * as_if_working
+    without_key = MZI.map_layer(W, controls, chip.calibration, env, chip.shape, MZI.metadata())
+    np.testing.assert_array_equal(without_key.settings, naive.settings)
+
+
 def test_uncalibrated_mapping_ignores_the_chip_and_loses_accuracy_the_fleet_recovers(mzi_model) -> None:
     model, data = mzi_model
     profile = read_profile(MZI_PROFILES / "chipA.h5")

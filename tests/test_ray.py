@@ -94,3 +94,36 @@ draws: 1
             weights = [[t.SerializeToString() for t in onnx.load(c["model"]).graph.initializer] for c in (a, b)]
             assert weights[0] == weights[1]                          # the same trained model (only timings differ)
             assert a["fleets"] == b["fleets"] and a["ideal"] == b["ideal"]
+
+
+def _lot_part(process: dict, names: list[str]) -> list:
+    """The chips of one task of a lot, made in the task."""
+    from pnndeploy.simulation.fabrication import generate_chip
+
+    return [generate_chip(process, name, seed=1) for name in names]
+
+
+def test_a_lot_is_made_mapped_and_evaluated_in_the_tasks_as_locally(cluster, tiny_export, shipped_process) -> None:
+    """lot_accuracy maps each batch in its task (on Ray: on the workers, not the driver) and gives the accuracies of
+    the chips mapped and evaluated in one process, bit for bit."""
+    import functools
+
+    from pnndeploy.deploy.executors import lot_accuracy
+    from pnndeploy.deploy.mapping import map_models
+    from pnndeploy.deploy.transfer import load_evaluation_data
+    from pnndeploy.formats.onnx_io import load_model
+    from pnndeploy.simulation.fleet import SimulatedFleet
+
+    model = load_model(tiny_export.path)
+    data = load_evaluation_data(model)
+    names = ["lot0", "lot1", "lot2"]
+    profiles = _lot_part(shipped_process, names)
+    conditions = Conditions(delta_T=0.4, eval_seed=2)
+    deployments = map_models(model, profiles)
+    local = SimulatedFleet(model, profiles, deployments).accuracy(data.X, data.y, conditions)
+    batches = [functools.partial(_lot_part, shipped_process, names[:2]), functools.partial(_lot_part, shipped_process,
+                                                                                           names[2:])]
+    for executor in ("local", "ray"):
+        got = lot_accuracy(model, batches, data.X, data.y, conditions, executor)
+        assert np.array_equal(got["accuracy"], local), executor
+        assert got["residual"].tolist() == [[layer.residual for layer in d.layers] for d in deployments]

@@ -74,12 +74,14 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
         raise PnnError(f"--temperature-delta {delta_T} is not a finite number of kelvin")
     check_executor(executor, address)
     where = resolve_compute_options(compute, threads)
-    prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset,
-                                      None if no_save else Path("deployments"), timeout, insecure, where,
-                                      calibrated=not uncalibrated)
-    with prepared, _measuring(prepared, 1):
-        report = transfer_report(prepared, delta_T=delta_T, threshold=threshold, executor=executor,
-                                 address=address, chips_per_task=chips_per_task)
+    with _cluster(executor, address):       # one Ray session maps (on the workers) and evaluates
+        prepared = _prepare_with_progress(model, devices, use_fleet, profiles, dataset,
+                                          None if no_save else Path("deployments"), timeout, insecure, where,
+                                          calibrated=not uncalibrated,
+                                          ray=(executor, address, chips_per_task))
+        with prepared, _measuring(prepared, 1):
+            report = transfer_report(prepared, delta_T=delta_T, threshold=threshold, executor=executor,
+                                     address=address, chips_per_task=chips_per_task)
     if as_json:
         print_json({**report.to_json(), **({"mapped_through": "nominal device"} if uncalibrated else {})})
     else:
@@ -96,8 +98,21 @@ def transfer(model: str, devices: tuple[str, ...], use_fleet: bool, profiles: st
         sys.exit(1)
 
 
+def _cluster(executor: str, address: str | None) -> Any:
+    """A Ray session for the command's duration with ``--executor ray`` (mapping and evaluation share it)."""
+    import contextlib
+
+    if executor != "ray":
+        return contextlib.nullcontext()
+    from pnndeploy.deploy.executors import ray_session
+
+    return ray_session(address)
+
+
 def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory: Any, dataset: str | None,
-                           save_dir: Any, timeout: float, insecure: bool, compute: Any, calibrated: bool = True) -> Any:
+                           save_dir: Any, timeout: float, insecure: bool, compute: Any, calibrated: bool = True,
+                           ray: tuple[str, str | None, int] | None = None) -> Any:
+    """``ray``: (executor, address, chips per task) where the chips are mapped (default: in this process)."""
     from pnndeploy.deploy.transfer import prepare_fleet
 
     with progress_bar() as progress:
@@ -105,7 +120,8 @@ def _prepare_with_progress(model: str, devices: Any, use_fleet: bool, directory:
         return prepare_fleet(model, devices, use_fleet, directory, dataset, save_dir,
                              on_device=lambda name: progress.update(task, advance=1,
                                                                      description=f"mapped {name}"),
-                             timeout=timeout, insecure=insecure, compute=compute, calibrated=calibrated)
+                             timeout=timeout, insecure=insecure, compute=compute, calibrated=calibrated,
+                             **({} if ray is None else dict(zip(("executor", "address", "chips_per_task"), ray))))
 
 
 class _measuring:

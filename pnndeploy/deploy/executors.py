@@ -9,8 +9,10 @@ is returned as its error, so one failure does not lose the others; Ctrl-C
 cancels what has not finished and shuts the local cluster down.
 
 Tasks receive and return plain data (paths, settings, numpy arrays, dicts of
-numbers).  Ray serialises them between our own processes; no user file is
-ever unpickled.
+numbers, profiles and deployments, and for a generated lot the function that
+makes its chips).  Ray serialises them between our own processes; no user file
+is ever unpickled.  Mapping a fleet on Ray runs on the workers
+(:func:`map_fleet`, :func:`lot_accuracy`), not in the driver.
 """
 
 from __future__ import annotations
@@ -177,6 +179,65 @@ def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", addr
     if failed:
         raise ExecutorError(f"{len(failed)} of {len(parts)} Ray tasks failed; first: {failed[0].error}")
     return np.concatenate(parts)
+
+
+def map_fleet(model: Any, profiles: Sequence[Any], executor: str = "local", address: str | None = None,
+              chips_per_task: int = CHIPS_PER_TASK, num_cpus: int | None = None) -> list[Any]:
+    """Every chip's deployment (:func:`~pnndeploy.deploy.mapping.map_models`), in order; on Ray in tasks of
+    ``chips_per_task`` chips mapped on the workers (a chip's mapping does not depend on the chips beside it)."""
+    from pnndeploy.deploy.mapping import map_models
+
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"--executor {executor!r} is unknown; use one of {', '.join(EXECUTORS)}")
+    if executor == "local" or len(profiles) <= 1:
+        return map_models(model, profiles)
+    if chips_per_task < 1:
+        raise ExecutorError(f"--chips-per-task must be at least 1 (got {chips_per_task})")
+    with ray_session(address, num_cpus) as ray:
+        ref = ray.put(model)
+        args = [(ref, list(profiles[i:i + chips_per_task])) for i in range(0, len(profiles), chips_per_task)]
+        parts = run_tasks(_resolve_then(map_models), args, "ray", address, num_cpus)
+    failed = [p for p in parts if isinstance(p, TaskFailure)]
+    if failed:
+        raise ExecutorError(f"{len(failed)} of {len(parts)} Ray mapping tasks failed; first: {failed[0].error}")
+    return [d for part in parts for d in part]
+
+
+def _map_and_evaluate(model: Any, chips: Any, X: np.ndarray, y: np.ndarray, conditions: Any,
+                      device: str = "cpu") -> dict[str, np.ndarray]:
+    """One task of a lot: its chips (profiles, or a callable that makes them, so a generated lot never passes
+    through the driver) mapped here and evaluated; accuracies, mapping residuals (chips, layers), clipped counts."""
+    from pnndeploy.deploy.mapping import map_models
+
+    profiles = chips() if callable(chips) else chips
+    deployments = map_models(model, profiles)
+    return {"accuracy": _chip_batch_accuracy(model, profiles, deployments, X, y, conditions, device),
+            "residual": np.array([[layer.residual for layer in d.layers] for d in deployments]),
+            "clipped": np.array([d.clipped for d in deployments])}
+
+
+def lot_accuracy(model: Any, batches: Sequence[Any], X: np.ndarray, y: np.ndarray, conditions: Any,
+                 executor: str = "local", address: str | None = None,
+                 num_cpus: int | None = None) -> dict[str, np.ndarray]:
+    """Map and evaluate a lot of simulated chips batch by batch, one task per batch (a list of profiles or a
+    callable making them): on Ray the mapping runs on the workers with the evaluation, not in the driver.
+
+    The conditions are the same for every chip (a per-chip temperature or shift has no batch to follow here).
+    Returns ``accuracy`` (chips,), ``residual`` (chips, layers) and ``clipped`` (chips,), in batch order.
+    """
+    if np.ndim(conditions.delta_T) or conditions.control_shift is not None:
+        raise ExecutorError("a lot is evaluated under one temperature and no per-chip shift")
+    if executor == "local":
+        parts = run_tasks(_map_and_evaluate, [(model, b, X, y, conditions) for b in batches])
+    else:
+        with ray_session(address, num_cpus) as ray:
+            refs = (ray.put(model), ray.put(X), ray.put(y))
+            args = [(refs[0], b, refs[1], refs[2], conditions) for b in batches]
+            parts = run_tasks(_resolve_then(_map_and_evaluate), args, "ray", address, num_cpus)
+    failed = [p for p in parts if isinstance(p, TaskFailure)]
+    if failed:
+        raise ExecutorError(f"{len(failed)} of {len(parts)} tasks failed; first: {failed[0].error}")
+    return {key: np.concatenate([p[key] for p in parts]) for key in ("accuracy", "residual", "clipped")}
 
 
 def _resolve_then(fn: Callable[..., Any]) -> Callable[..., Any]:

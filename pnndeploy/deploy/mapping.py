@@ -18,7 +18,7 @@ a :class:`~pnndeploy.formats.deployments.Deployment`, which
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -44,23 +44,50 @@ def check_compatible(model: ExportedModel, profile: DeviceProfile) -> None:
 
 def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
     """Control settings realising ``model`` on ``profile``'s chip, from its calibration only."""
-    check_compatible(model, profile)
+    return map_models(model, [profile])[0]
+
+
+def map_models(model: ExportedModel, profiles: Sequence[DeviceProfile]) -> list[Deployment]:
+    """:func:`map_model` for every chip of a fleet, in order: each layer mapped onto all chips of one layout at
+    once (:meth:`~pnndeploy.platforms.base.Platform.map_fleet_layer`: a fitting platform solves them together)."""
+    for profile in profiles:
+        check_compatible(model, profile)
     platform = platform_for(model.platform, model.platform_params)
-    layers = []
-    for k, layer in enumerate(model.layers):
-        weight, controls, rows = layer.weight, layer.controls, None
-        held = platform.held_weights(profile.calibration, profile.shape, layer.shape) if platform.linear else None
-        if held is not None:          # outputs placed off the faulty devices, the rows' working weights make up
-            weight, controls, rows, held = _placed(platform, model, k, profile)
-            weight = compensate_held(weight, *held, model.input_moments.get(layer.name))
-        shape = layer.shape if rows is None else weight.shape        # a placed layer: whole tiles of rows
-        mapped = platform.map_layer(weight, controls, profile.calibration, profile.environment,
-                                    profile.shape, model.platform_params, shape)
-        layers.append(LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual,
-                                      mapped.clipping, rows))
-    return Deployment(device_id=profile.device_id, model_sha256=model.sha256, model_path=str(model.path),
-                      calibration_measured_at=profile.calibration_measured_at, array=profile.shape,
-                      layers=layers, control_units=platform.control_units)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, profile in enumerate(profiles):
+        groups.setdefault(tuple(profile.shape), []).append(k)
+    layers: list[list[LayerDeployment]] = [[] for _ in profiles]
+    for shape, members in groups.items():
+        for index, layer in enumerate(model.layers):
+            together = []
+            for k in members:                  # a chip with faulty devices of its own per weight: mapped around them
+                if platform.linear and platform.held_weights(profiles[k].calibration, shape, layer.shape) is not None:
+                    layers[k].append(_map_around_faults(platform, model, index, profiles[k]))
+                else:
+                    together.append(k)
+            if not together:
+                continue
+            chips = [profiles[k] for k in together]
+            mapped = platform.map_fleet_layer(layer.weight, layer.controls, [p.calibration for p in chips],
+                                              [p.environment for p in chips], shape, model.platform_params,
+                                              layer.shape)
+            for k, m in zip(together, mapped):
+                layers[k].append(LayerDeployment(layer.name, m.settings, m.clipped, m.residual, m.clipping))
+    return [Deployment(device_id=p.device_id, model_sha256=model.sha256, model_path=str(model.path),
+                       calibration_measured_at=p.calibration_measured_at, array=p.shape, layers=layers[k],
+                       control_units=platform.control_units) for k, p in enumerate(profiles)]
+
+
+def _map_around_faults(platform: Any, model: ExportedModel, k: int, profile: DeviceProfile) -> LayerDeployment:
+    """Layer ``k`` on a chip whose calibration flags faulty devices under single weights: its outputs placed on the
+    rows where they cost least, each row's working weights making up for its faulty ones, then mapped."""
+    layer = model.layers[k]
+    weight, controls, rows, held = _placed(platform, model, k, profile)
+    weight = compensate_held(weight, *held, model.input_moments.get(layer.name))
+    shape = layer.shape if rows is None else weight.shape        # a placed layer: whole tiles of rows
+    mapped = platform.map_layer(weight, controls, profile.calibration, profile.environment, profile.shape,
+                                model.platform_params, shape)
+    return LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual, mapped.clipping, rows)
 
 
 def _placed(platform: Any, model: ExportedModel, k: int, profile: DeviceProfile) -> tuple[

@@ -10,11 +10,11 @@ import numpy as np
 
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.data.datasets import load_dataset
-from pnndeploy.deploy.mapping import map_model, repaired, uncalibrated
+from pnndeploy.deploy.mapping import map_models, repaired, uncalibrated
 from pnndeploy.deploy.results import DeviceResult, FleetSummary, TransferReport, clipping_document, fault_document
 from pnndeploy.deploy.stats import wilson_interval
 from pnndeploy.errors import DatasetError, PnnError
-from pnndeploy.deploy.executors import CHIPS_PER_TASK, fleet_accuracy
+from pnndeploy.deploy.executors import CHIPS_PER_TASK, fleet_accuracy, map_fleet
 from pnndeploy.deploy.hardware import DEFAULT_TIMEOUT, HardwareChip, open_chip
 from pnndeploy.formats.deployments import Deployment, deployment_path, write_deployment
 from pnndeploy.formats.onnx_io import ExportedModel, load_model
@@ -140,7 +140,8 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
                   dataset_spec: str | None = None, save_dir: Path | None = Path("deployments"),
                   on_device: Callable[[str], None] | None = None,
                   timeout: float = DEFAULT_TIMEOUT, stations: bool = True, insecure: bool = False,
-                  compute: Compute = CPU, calibrated: bool = True) -> PreparedFleet:
+                  compute: Compute = CPU, calibrated: bool = True, executor: str = "local",
+                  address: str | None = None, chips_per_task: int = CHIPS_PER_TASK) -> PreparedFleet:
     """Load the model and profiles, map the model onto each chip, optionally write the deployments.
 
     ``profiles`` is the profiles folder; None: $PNNDEPLOY_PROFILES, else the default fleet of the model's
@@ -151,6 +152,7 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     ``stations=False`` leaves such chips out (the demo and sweeps work on simulated fleets only).  The
     simulated chips compute on ``compute`` (CPU threads or a CUDA device).  ``calibrated=False`` maps through the
     nominal device instead of each chip's calibration (the paper's in-silico transfer; nothing is saved then).
+    ``executor="ray"`` maps the chips in Ray tasks of ``chips_per_task`` (:func:`map_fleet`), not in this process.
     """
     model = load_model(model_path)
     profiles = profiles_dir(profiles, model.platform)
@@ -168,7 +170,8 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
                            f"{profile.device_id!r}; remove the copy or regenerate one of them")
         seen[profile.device_id] = path
         profile_list.append(profile)
-    deployments = [map_model(model, profile if calibrated else uncalibrated(profile)) for profile in profile_list]
+    deployments = map_fleet(model, [profile if calibrated else uncalibrated(profile) for profile in profile_list],
+                            executor, address, chips_per_task)
     if not calibrated:
         save_dir = None          # a deployment made blind to the chip is not one to program it with later
     # chips without truth or backend are mapped and written too (that is what a lab programs)
@@ -206,8 +209,7 @@ def accuracy_if_working(prepared: PreparedFleet, conditions: Conditions) -> dict
     if not broken:
         return {}
     twins = [repaired(p) for p in broken]
-    fleet = SimulatedFleet(prepared.model, twins, [map_model(prepared.model, p) for p in twins],
-                           prepared.fleet.compute)
+    fleet = SimulatedFleet(prepared.model, twins, map_models(prepared.model, twins), prepared.fleet.compute)
     acc = fleet.accuracy(prepared.data.X, prepared.data.y, conditions)
     return {p.device_id: float(a) for p, a in zip(broken, acc)}
 

@@ -20,7 +20,7 @@ import numpy as np
 from pnndeploy.atomic import write_bytes_atomic
 from pnndeploy.data.datasets import load_dataset
 from pnndeploy.deploy.audit import SweepRange, run_audit
-from pnndeploy.deploy.mapping import map_model, uncalibrated
+from pnndeploy.deploy.mapping import map_models, uncalibrated
 from pnndeploy.compute import CPU, Compute
 from pnndeploy.deploy.transfer import PreparedFleet, prepare_fleet, transfer_report
 from pnndeploy.errors import PnnError
@@ -61,7 +61,7 @@ def uncalibrated_accuracy(prepared: PreparedFleet) -> list[float]:
     """Accuracy of each simulated chip when the model is mapped through the nominal device, not the calibration."""
     fleet = prepared.require_simulated("an uncalibrated transfer")
     profiles = [p for p in prepared.profiles if p.simulated]
-    blind = SimulatedFleet(prepared.model, profiles, [map_model(prepared.model, uncalibrated(p)) for p in profiles],
+    blind = SimulatedFleet(prepared.model, profiles, map_models(prepared.model, [uncalibrated(p) for p in profiles]),
                            fleet.compute)
     assert blind.device_ids == fleet.device_ids
     return [float(a) for a in blind.accuracy(prepared.data.X, prepared.data.y)]

@@ -429,6 +429,16 @@ class Platform(ABC):
         Only the chip's ``calibration`` and ``environment`` (heater range, DAC) are used.
         """
 
+    def map_fleet_layer(self, weight: np.ndarray | None, controls: np.ndarray,
+                        calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
+                        layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                        weight_shape: tuple[int, int] | None = None) -> list[LayerMapping]:
+        """:meth:`map_layer` for many chips of one ``layout`` at once (their calibrations and environments, in
+        order): a platform whose mapping is a fit overrides it to solve every chip together.  A chip's result must
+        not depend on the chips mapped with it (beyond float rounding), and must be :meth:`map_layer`'s."""
+        return [self.map_layer(weight, controls, calibration, environment, layout, params, weight_shape)
+                for calibration, environment in zip(calibrations, environments)]
+
     # ------------------------------------------------------------------------------------- simulation
     @abstractmethod
     def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],

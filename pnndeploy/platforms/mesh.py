@@ -124,12 +124,29 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False)
     one = torch.ones((*t00.shape[:-1], 1), dtype=t00.dtype, device=phases.device)
     d0 = torch.cat([t00, t11, one], dim=-1)[..., g0]                 # (..., column, row)
     d1 = torch.cat([t01, t10, 0 * one], dim=-1)[..., g1]
-    U = torch.eye(n, dtype=t00.dtype, device=phases.device).expand(*batch, n, n)
-    for c in range(n):      # row-wise products (one factor per row): every lane of a row rounds alike
-        U = d0[..., c, :, None] * U + d1[..., c, :, None] * U[..., perm[c], :]
+    if torch.is_grad_enabled() and (phases.requires_grad or (ratios is not None and ratios.requires_grad)):
+        U = torch.eye(n, dtype=t00.dtype, device=phases.device).expand(*batch, n, n)
+        for c in range(n):      # row-wise products (one factor per row): every lane of a row rounds alike
+            U = d0[..., c, :, None] * U + d1[..., c, :, None] * U[..., perm[c], :]
+    else:
+        U = _columns_in_place(d0, d1, perm, batch, n)
     psi_ = _padded(psi, 0.0) if aligned else psi
     screen = torch.complex(torch.cos(psi_), torch.sin(psi_))[..., :n]
     return screen[..., :, None] * U
+
+
+def _columns_in_place(d0: Any, d1: Any, perm: Any, batch: Any, n: int) -> Any:
+    """The column products of :func:`mesh_unitary` without autograd: the same products and sums (so the same
+    bits), into two buffers reused for every column instead of four new tensors a column."""
+    import torch
+
+    U = torch.eye(n, dtype=d0.dtype, device=d0.device).expand(*batch, n, n).contiguous()
+    swapped = torch.empty_like(U)
+    for c in range(n):
+        torch.index_select(U, -2, perm[c], out=swapped)
+        swapped.mul_(d1[..., c, :, None])
+        U.mul_(d0[..., c, :, None]).add_(swapped)
+    return U
 
 
 #: Elements (float32) a padded per-mesh vector is rounded up to: two AVX-512 vectors, what torch's vectorised loop
@@ -217,6 +234,45 @@ def decompose(U: np.ndarray) -> np.ndarray:
         front[top] = front[top + 1] = c + 1
     phases[2 * m:] = np.angle(D)
     return np.mod(phases, TWO_PI)
+
+
+def corrected_phases(phases: np.ndarray, ratios: np.ndarray, n: int) -> np.ndarray:
+    """Phases (..., n^2) for meshes whose couplers have splitting ratios (..., M, 2) that realise what the ideal
+    mesh (0.5 everywhere) realises at ``phases``, as nearly as each MZI can (numpy, float64).
+
+    MZI by MZI in the order light meets them, each imperfect MZI is set to the ideal one's 2 x 2 transfer up to a
+    phase on each of its outputs: theta from the power split (clipped where the couplers cannot reach it), phi
+    from the relative phase of its two columns; the output phases it leaves (and those left upstream, which it
+    takes as input) are carried forward and cancelled by the output screen.  Exact where every split is
+    reachable; elsewhere a start for a fit.
+    """
+    m = mzi_count(n)
+    theta0, phi0, psi0 = phases[..., :m], phases[..., m:2 * m], phases[..., 2 * m:]
+    r1, r2 = np.broadcast_to(ratios[..., 0], theta0.shape), np.broadcast_to(ratios[..., 1], theta0.shape)
+    ideal = _mzi_entries(np, theta0, phi0, 0.5, 0.5)
+    col_of, top = mesh_layout(n)
+    errors = np.ones((*theta0.shape[:-1], n), dtype=np.complex128)          # per-mode phase carried forward
+    theta, phi = np.empty_like(theta0), np.empty_like(phi0)
+    for c in range(n):
+        idx = np.flatnonzero(col_of == c)
+        p = top[idx]
+        e0, e1 = errors[..., p], errors[..., p + 1]
+        M = (ideal[0][..., idx] * e0.conj(), ideal[1][..., idx] * e1.conj(),
+             ideal[2][..., idx] * e0.conj(), ideal[3][..., idx] * e1.conj())
+        a, b = np.sqrt(r1[..., idx] * r2[..., idx]), np.sqrt((1 - r1[..., idx]) * (1 - r2[..., idx]))
+        cos_t = np.clip((a * a + b * b - np.abs(M[0]) ** 2) / np.maximum(2 * a * b, 1e-300), -1.0, 1.0)
+        t = np.where(np.sin(theta0[..., idx]) < 0, -1.0, 1.0) * np.arccos(cos_t)
+        T = _mzi_entries(np, t, np.zeros_like(t), r1[..., idx], r2[..., idx])
+        # phi turns column 0 against column 1: align T's column 0 with M's, measured against column 1
+        phase = np.angle(np.conj(T[0]) * M[0] * np.conj(M[1]) * T[1] + np.conj(T[2]) * M[2] * np.conj(M[3]) * T[3])
+        T = (T[0] * np.exp(1j * phase), T[1], T[2] * np.exp(1j * phase), T[3])
+        f0 = T[0] * np.conj(M[0]) + T[1] * np.conj(M[1])
+        f1 = T[2] * np.conj(M[2]) + T[3] * np.conj(M[3])
+        errors[..., p] = f0 / np.maximum(np.abs(f0), 1e-300)
+        errors[..., p + 1] = f1 / np.maximum(np.abs(f1), 1e-300)
+        theta[..., idx], phi[..., idx] = t, phase
+    psi = psi0 - np.angle(errors)
+    return np.mod(np.concatenate([theta, phi, psi], axis=-1), TWO_PI)
 
 
 def unitary_with_real_part(W: np.ndarray) -> tuple[np.ndarray, int]:

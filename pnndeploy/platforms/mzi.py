@@ -36,6 +36,7 @@ noise and the phase DAC.  Calibration holds the measured offsets and ratios.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
@@ -45,12 +46,21 @@ import numpy as np
 from pnndeploy.errors import ModelFileError
 from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, LinearPlatform, PhaseControls, Platform, \
     Range, quantise, solve_crosstalk, stacked
+from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.options import PlatformOption
-from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mesh_unitary, mzi_count, one_thread, \
-    phase_count, unitary_with_real_part
+from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, mzi_count, \
+    one_thread, phase_count, unitary_with_real_part
 
-#: Iterations of the fit of a layer's phases through a chip's calibrated mesh model.
-FIT_ITERATIONS = 120
+#: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem).
+FIT_ITERATIONS = 80
+#: Realised weights (elements) a fleet keeps per layer for reuse under the same drift (about 256 MB of float32).
+MAX_CACHED_WEIGHTS = 64 * 2 ** 20
+#: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
+MESHES_PER_PASS = 256
+#: Chips whose blocks are fitted together: enough to amortise torch's per-call cost, few enough to stay in cache.
+MAP_CHIPS_PER_BATCH = 32
+#: Precision of the fit (the residual is always computed in float64).
+FIT_DTYPE = "float32"
 #: The largest mesh an option or a model file may ask for (a 256-mode mesh has 65,536 phases).
 MAX_MODES = 256
 #: What model files written before ``detection`` was an option recorded for it.
@@ -206,34 +216,71 @@ class MZIPlatform(MeshDevices, LinearPlatform):
     def map_layer(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
                   environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
                   weight_shape: tuple[int, int] | None = None) -> LayerMapping:
-        """Fit each block's phases through the *calibrated* mesh (measured ratios), subtract the measured
+        """One chip: :meth:`map_fleet_layer` of a fleet of one (the same fit, so the same settings)."""
+        return self.map_fleet_layer(weight, controls, [calibration], [environment], layout, params, weight_shape)[0]
+
+    def map_fleet_layer(self, weight: np.ndarray, controls: np.ndarray,
+                        calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
+                        layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                        weight_shape: tuple[int, int] | None = None) -> list[LayerMapping]:
+        """Fit each block's phases through each chip's *calibrated* mesh (measured ratios), subtract the measured
         offsets, pre-compensate the known thermal crosstalk, wrap into the heater range and quantise.
 
-        The fit (L-BFGS on all blocks of the layer together) stops at ``FIT_ITERATIONS`` or when converged;
-        what it leaves is in the residual.  Shifters whose crosstalk-compensated setting falls outside the
-        heater range count as clipped.
+        Every block of every chip is its own least-squares problem, solved together (:func:`batched_lbfgs`,
+        ``FIT_ITERATIONS`` steps at most, :data:`MAP_CHIPS_PER_BATCH` chips at a time); what the fit leaves is in
+        the residual.  Shifters whose crosstalk-compensated setting falls outside the heater range count as
+        clipped.  Shifters a calibration flags ``faulty`` ignore their setting: they are programmed at 0, held at
+        what they then realise (offset + the neighbours' spill) and the others are fitted around them.
 
         The fit starts from the trained phases (so SAT's flat region is kept): the chip's mesh is the model's,
         which mapping checks first (a chip of another mesh size is refused, :meth:`Platform.mismatch`).
         """
-        import torch
-
         n = layout[0]
-        target = weight.astype(np.float64)
-        blocks = _blocks(target, n)
-        mask = _blocks(np.ones_like(target), n) > 0
+        blocks = _blocks(weight.astype(np.float64), n)
+        mask = _blocks(np.ones(weight.shape), n) > 0
         start = controls.astype(np.float64)
-        ratios = calibration["splitter_ratio"]
-        offset = calibration[self.offset_name]
-        realised = _fit_phases(blocks, mask, start, ratios, n)
-        lo, hi = environment.heater_range
-        wanted, unmet = _precompensate(realised - offset, float(environment.crosstalk), n, lo, hi)
-        settings, inside = quantise(wanted, (lo, hi), environment.dac_bits)
-        clipping = Clipping.of(settings.size, inside=~unmet & inside)
-        realised = torch.from_numpy(settings + offset + float(environment.crosstalk) * _spill(settings, n))
-        got = mesh_unitary(realised, n, torch.from_numpy(np.asarray(ratios, np.float64))).real.numpy()
-        residual = float(np.sqrt(np.sum(np.where(mask, got - blocks, 0.0) ** 2)))
-        return LayerMapping(settings, clipping, residual)
+        out: list[LayerMapping] = []
+        for first in range(0, len(calibrations), MAP_CHIPS_PER_BATCH):
+            part = slice(first, first + MAP_CHIPS_PER_BATCH)
+            out += self._map_chips(blocks, mask, start, calibrations[part], environments[part], n)
+        return out
+
+    def _map_chips(self, blocks: np.ndarray, mask: np.ndarray, start: np.ndarray,
+                   calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
+                   n: int) -> list[LayerMapping]:
+        """:meth:`map_fleet_layer` for one batch of chips."""
+        ratios = np.stack([np.asarray(c["splitter_ratio"], np.float64) for c in calibrations])
+        offsets = np.stack([np.asarray(c[self.offset_name], np.float64) for c in calibrations])
+        faulty = np.stack([_faulty(c, offsets.shape[1]) for c in calibrations])           # (chips, n^2)
+        crosstalk = np.array([float(e.crosstalk) for e in environments])
+        to, ti = blocks.shape[:2]
+        fixed = np.broadcast_to(faulty[:, None, None, :], (len(calibrations), to, ti, faulty.shape[1]))
+        held = np.broadcast_to(offsets[:, None, None, :], fixed.shape)          # a faulty phase: its offset
+        realised = _fit_phases(blocks, mask, start, ratios, n, fixed, held)
+        settings, clippings = self._program(realised, offsets, faulty, crosstalk, environments, n)
+        if faulty.any() and crosstalk.any():
+            # a faulty shifter also gets its neighbours' spill, known once they are set: fit once more around it
+            held = offsets[:, None, None, :] + crosstalk[:, None, None, None] * _spill(settings, n)
+            realised = _fit_phases(blocks, mask, realised, ratios, n, fixed, held, FIT_ITERATIONS // 4, False)
+            settings, clippings = self._program(realised, offsets, faulty, crosstalk, environments, n)
+        residuals = _residuals(settings, offsets, crosstalk, ratios, blocks, mask, n)
+        return [LayerMapping(settings[k], clippings[k], float(residuals[k])) for k in range(len(calibrations))]
+
+    def _program(self, realised: np.ndarray, offsets: np.ndarray, faulty: np.ndarray, crosstalk: np.ndarray,
+                 environments: Sequence[Any], n: int) -> tuple[np.ndarray, list[Clipping]]:
+        """Each chip's DAC settings for realised phases (chips, to, ti, n^2), and what was clipped, by cause."""
+        settings = np.empty_like(realised)
+        clippings = []
+        for k, env in enumerate(environments):
+            lo, hi = env.heater_range
+            broken = np.broadcast_to(faulty[k], realised.shape[1:])
+            wanted, unmet = _precompensate(realised[k] - offsets[k], float(crosstalk[k]), n, lo, hi, broken)
+            settings[k], inside = quantise(wanted, (lo, hi), env.dac_bits)
+            settings[k][broken] = 0.0
+            fine = (~unmet & inside) | broken
+            clippings.append(dataclasses.replace(Clipping.of(settings[k].size, inside=fine),
+                                                 faulty=int(np.count_nonzero(broken))))
+        return settings, clippings
 
     # ------------------------------------------------------------------------------------- simulation
     def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],
@@ -254,16 +301,38 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         }
 
     def fleet_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
-        """phases = static + k dT (+ shift); W = Re(U(phases; true ratios)), blocks reassembled."""
+        """phases = static + k dT (+ shift); W = Re(U(phases; true ratios)), blocks reassembled.
+
+        Realising the meshes is most of an evaluation's cost, so the weights of each batch of chips are kept for
+        the last drift (temperature and shift) they were realised at: another noise draw or another set of
+        samples under the same drift reuses them (a copy, the same bits)."""
+        cache = state.setdefault("realised", {})
+        key = (chips.start, chips.stop)
+        hit = cache.get(key)
+        if hit is not None and _same(hit[0], conditions.delta_T) and _same(hit[1], conditions.control_shift):
+            return hit[2].clone()
+        W = self._realise(state, chips, conditions)
+        if sum(v[2].numel() for k, v in cache.items() if k != key) + W.numel() <= MAX_CACHED_WEIGHTS:
+            shift = conditions.control_shift
+            cache[key] = (conditions.delta_T.clone(), None if shift is None else shift.clone(), W.clone())
+        return W
+
+    def _realise(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
+        """:meth:`fleet_weights` computed: the meshes of the chips in ``chips`` realised under ``conditions``."""
         out_f, in_f, n = state["shape"]
         phases = state["static"][chips] + state["drift"][chips] * conditions.temperature(3)
         if conditions.control_shift is not None:
             phases += conditions.control_shift[:, None, None, :]
+        ratios = state["ratios"][chips]
+        chips_n, to, ti = phases.shape[:3]
+        W = phases.new_empty((chips_n, out_f, in_f))
+        step = max(1, MESHES_PER_PASS // (to * ti))      # a pass's buffers stay in cache: twice as fast as one pass
         with one_thread():          # a chip's mesh the same bits in any batch (see mesh_unitary)
-            U = mesh_unitary(phases, n, state["ratios"][chips], aligned=True)    # (chips, to, ti, n, n)
-        chips_n, to, ti = U.shape[:3]
-        W = U.real.permute(0, 1, 3, 2, 4).reshape(chips_n, to * n, ti * n)
-        return W[:, :out_f, :in_f].contiguous()
+            for first in range(0, chips_n, step):
+                part = slice(first, first + step)
+                U = mesh_unitary(phases[part], n, ratios[part], aligned=True)    # (chips, to, ti, n, n)
+                W[part] = U.real.permute(0, 1, 3, 2, 4).reshape(-1, to * n, ti * n)[:, :out_f, :in_f]
+        return W
 
 
 def _decompose_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -312,26 +381,34 @@ def _neighbours(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _precompensate(target: np.ndarray, crosstalk: float, n: int, lo: float, hi: float,
-                   turns: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                   held: np.ndarray | None = None, turns: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Settings h in [lo, hi] with h + crosstalk * (h_left + h_right) = target (mod 2 pi), and a mask of the
     shifters where that could not be met (a heater range of exactly one turn leaves no headroom for the spill).
 
     A shifter's phase is raised by a fraction of its neighbours' settings (heat spreads in the column), which the
     profile states.  The linear system is solved for fixed whole turns of the targets (:func:`solve_crosstalk`,
     a fixed-point iteration); a setting that lands outside the range moves its target by one turn and the system is solved again.  Wrapping inside the iteration instead
-    would change a neighbour's spill by 2 pi * crosstalk at every wrap and need not converge.
+    would change a neighbour's spill by 2 pi * crosstalk at every wrap and need not converge.  ``held``: faulty
+    shifters, set to 0 (and never counted as unmet).
     """
     goal = lo + np.mod(target - lo, TWO_PI)
+    if held is not None:
+        goal = np.where(held, 0.0, goal)
     h = goal.copy()
     if not crosstalk:
         return h, np.zeros(h.shape, dtype=bool)
     for _ in range(turns):
-        h = solve_crosstalk(goal, crosstalk, lambda x: _spill(x, n), start=h)
+        h = solve_crosstalk(goal, crosstalk, lambda x: _spill(x, n), start=h, held=held)
         below, above = h < lo, h > hi
+        if held is not None:
+            below, above = below & ~held, above & ~held
         if not (below.any() or above.any()):
             break
         goal = goal + TWO_PI * (below.astype(float) - above.astype(float))
     outside = (h < lo) | (h > hi)
+    if held is not None:
+        outside &= ~held
+        return np.where(held, 0.0, np.clip(h, lo, hi)), outside
     return np.clip(h, lo, hi), outside
 
 
@@ -348,27 +425,64 @@ def _spill(settings: Any, n: int) -> Any:
         + torch.where(has_right, settings[..., torch.from_numpy(right).to(settings.device)], zero)
 
 
-def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios: np.ndarray, n: int) -> np.ndarray:
-    """Phases (to, ti, n^2) minimising ||mask (Re U(phases; ratios) - blocks)||^2, from ``start`` (L-BFGS)."""
+def _same(a: Any, b: Any) -> bool:
+    """Two optional tensors hold the same values (shape included)."""
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        target = torch.from_numpy(blocks)
-        weight = torch.from_numpy(mask.astype(np.float64))
-        r = torch.from_numpy(np.asarray(ratios, dtype=np.float64))
-        phases = torch.from_numpy(start.copy()).requires_grad_(True)
-        optimiser = torch.optim.LBFGS([phases], lr=1.0, max_iter=FIT_ITERATIONS, tolerance_grad=1e-7,
-                                      tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
 
-        def loss() -> Any:
-            optimiser.zero_grad()
-            value = torch.sum(weight * (mesh_unitary(phases, n, r).real - target) ** 2)
-            value.backward()
-            return value
 
-        optimiser.step(loss)
-        return phases.detach().numpy()
-    finally:
-        torch.set_num_threads(threads)
+def _faulty(calibration: Mapping[str, np.ndarray], count: int) -> np.ndarray:
+    """A calibration's faulty-shifter flags (count,), all False when it has none."""
+    flags = calibration.get("faulty")
+    return np.zeros(count, dtype=bool) if flags is None else np.asarray(flags, dtype=bool).reshape(count)
+
+
+def _residuals(settings: np.ndarray, offsets: np.ndarray, crosstalk: np.ndarray, ratios: np.ndarray,
+               blocks: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
+    """Per chip, ||Re U - target|| of the calibrated model at the programmed ``settings`` (chips, to, ti, n^2)."""
+    import torch
+
+    phases = settings + offsets[:, None, None, :] + crosstalk[:, None, None, None] * _spill(settings, n)
+    with torch.no_grad():
+        got = mesh_unitary(torch.from_numpy(phases), n, torch.from_numpy(ratios)[:, None, None]).real.numpy()
+    return np.sqrt(np.sum(np.where(mask, got - blocks, 0.0) ** 2, axis=(1, 2, 3, 4)))
+
+
+def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios: np.ndarray, n: int,
+                fixed: np.ndarray, held: np.ndarray, iterations: int | None = None,
+                ideal_start: bool = True) -> np.ndarray:
+    """Phases (chips, to, ti, n^2) minimising ||mask (Re U(phases; ratios) - blocks)||^2 per block and chip.
+
+    ``start``: (to, ti, n^2) for every chip, or (chips, to, ti, n^2); ``ratios`` (chips, M, 2); where ``fixed``
+    (chips, to, ti, n^2) the phase stays at ``held``.  ``ideal_start``: ``start`` is for the ideal mesh, so the
+    fit starts from it corrected for each chip's couplers (:func:`corrected_phases`: most of the way in closed
+    form, which cuts the iterations the fit needs by half or more).  Each block of each chip is one problem of
+    :func:`batched_lbfgs`, on one thread (many tiny problems: threads cost more than they give).
+    """
+    import torch
+
+    chips = len(ratios)
+    to, ti, P = blocks.shape[0], blocks.shape[1], n * n
+    start = np.broadcast_to(start, fixed.shape)
+    x0 = np.where(fixed, held, corrected_phases(start, ratios[:, None, None], n) if ideal_start else start)
+    x0 = x0.reshape(-1, P)
+    dtype = getattr(torch, FIT_DTYPE)
+    target = torch.from_numpy(np.broadcast_to(blocks, (chips, *blocks.shape)).reshape(-1, n, n).copy()).to(dtype)
+    weight = torch.from_numpy(np.broadcast_to(mask, (chips, *mask.shape)).reshape(-1, n, n).astype(np.float32)).to(dtype)
+    r = torch.from_numpy(np.repeat(np.asarray(ratios, np.float64), to * ti, axis=0)).to(dtype)
+
+    def fun(x: Any, rows: Any) -> tuple[Any, Any]:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = torch.sum(weight[rows] * (mesh_unitary(x, n, r[rows]).real - target[rows]) ** 2, dim=(-2, -1))
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad
+
+    with one_thread():
+        free = None if not fixed.any() else torch.from_numpy(~fixed.reshape(-1, P))
+        x = batched_lbfgs(fun, torch.from_numpy(np.ascontiguousarray(x0)).to(dtype), free,
+                          FIT_ITERATIONS if iterations is None else iterations)
+    return x.double().numpy().reshape(chips, to, ti, P)
