@@ -175,6 +175,9 @@ def test_a_wrong_token_is_refused(cli, lab, model_file, tmp_path, one_line_error
     wrong.chmod(0o600)                              # a token file is the user's alone (README, Security)
     _connect(cli, mine, "chipB", server.url, wrong)
     one_line_error(_transfer(cli, model_file, mine, "--device", "chipB-remote", "--no-save"), "401", "token")
+    deadline = time.monotonic() + 10.0              # the server logs a request after its reply has left
+    while " 401 " not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert " 401 " in server.log.read_text()
 
 

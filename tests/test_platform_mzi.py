@@ -262,6 +262,9 @@ def test_a_fleet_mapped_at_once_is_each_chip_mapped_alone_whatever_the_batch() -
     """map_fleet_layer solves every chip's blocks together; a chip's settings are map_layer's, and do not depend on
     the chips mapped with it (beyond float rounding)."""
     chips = _pool(4)
+    flags = np.zeros(chips[3].calibration["phase_offset"].shape, dtype=np.uint8)
+    flags[[3, 40, 77]] = 1
+    chips[3] = _with_faults(chips[3], flags)            # a chip with faulty shifters must not move the others
     W, controls = _layer()
     fleet = MZI.map_fleet_layer(W, controls, [c.calibration for c in chips], [c.environment for c in chips],
                                 chips[0].shape, MZI.metadata())
@@ -329,8 +332,6 @@ def test_faulty_shifters_are_held_and_the_others_fitted_around_them(chip) -> Non
     assert ours == pytest.approx(aware.residual, rel=1e-6)       # the residual reported is the realised one
     as_if_working = _residual_as_realised(broken, naive.settings, W, flags)
     assert ours < 0.7 * as_if_working
-    without_key = MZI.map_layer(W, controls, chip.calibration, env, chip.shape, MZI.metadata())
-    np.testing.assert_array_equal(without_key.settings, naive.settings)
 
 
 def test_uncalibrated_mapping_ignores_the_chip_and_loses_accuracy_the_fleet_recovers(mzi_model) -> None:

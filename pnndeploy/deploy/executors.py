@@ -175,17 +175,22 @@ def fleet_accuracy(prepared: Any, conditions: Any, executor: str = "local", addr
                  X, y, conditions, "cuda:0" if cuda else "cpu") for i in range(0, len(pairs), chips_per_task)]
         parts = run_tasks(_resolve_then(_chip_batch_accuracy), args, "ray", address, num_cpus,
                           gpus_per_task=int(cuda))
+    _raise_failures(parts, "Ray tasks")
+    return np.concatenate(parts)
+
+
+def _raise_failures(parts: Sequence[Any], what: str) -> None:
+    """One ExecutorError naming how many of ``parts`` failed and the first failure, when any did."""
     failed = [p for p in parts if isinstance(p, TaskFailure)]
     if failed:
-        raise ExecutorError(f"{len(failed)} of {len(parts)} Ray tasks failed; first: {failed[0].error}")
-    return np.concatenate(parts)
+        raise ExecutorError(f"{len(failed)} of {len(parts)} {what} failed; first: {failed[0].error}")
 
 
 def map_fleet(model: Any, profiles: Sequence[Any], executor: str = "local", address: str | None = None,
               chips_per_task: int = CHIPS_PER_TASK, num_cpus: int | None = None) -> list[Any]:
     """Every chip's deployment (:func:`~pnndeploy.deploy.mapping.map_models`), in order; on Ray in tasks of
     ``chips_per_task`` chips mapped on the workers (a chip's mapping does not depend on the chips beside it)."""
-    from pnndeploy.deploy.mapping import map_models
+    from pnndeploy.deploy.mapping import check_compatible, map_models
 
     if executor not in EXECUTORS:
         raise ExecutorError(f"--executor {executor!r} is unknown; use one of {', '.join(EXECUTORS)}")
@@ -193,13 +198,13 @@ def map_fleet(model: Any, profiles: Sequence[Any], executor: str = "local", addr
         return map_models(model, profiles)
     if chips_per_task < 1:
         raise ExecutorError(f"--chips-per-task must be at least 1 (got {chips_per_task})")
+    for profile in profiles:                   # a chip of another platform is refused here, not in a task
+        check_compatible(model, profile)
     with ray_session(address, num_cpus) as ray:
         ref = ray.put(model)
         args = [(ref, list(profiles[i:i + chips_per_task])) for i in range(0, len(profiles), chips_per_task)]
         parts = run_tasks(_resolve_then(map_models), args, "ray", address, num_cpus)
-    failed = [p for p in parts if isinstance(p, TaskFailure)]
-    if failed:
-        raise ExecutorError(f"{len(failed)} of {len(parts)} Ray mapping tasks failed; first: {failed[0].error}")
+    _raise_failures(parts, "Ray mapping tasks")
     return [d for part in parts for d in part]
 
 
@@ -227,6 +232,10 @@ def lot_accuracy(model: Any, batches: Sequence[Any], X: np.ndarray, y: np.ndarra
     """
     if np.ndim(conditions.delta_T) or conditions.control_shift is not None:
         raise ExecutorError("a lot is evaluated under one temperature and no per-chip shift")
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"--executor {executor!r} is unknown; use one of {', '.join(EXECUTORS)}")
+    if not batches:
+        raise ExecutorError("a lot of no batches: give at least one batch of chips")
     if executor == "local":
         parts = run_tasks(_map_and_evaluate, [(model, b, X, y, conditions) for b in batches])
     else:
@@ -234,9 +243,10 @@ def lot_accuracy(model: Any, batches: Sequence[Any], X: np.ndarray, y: np.ndarra
             refs = (ray.put(model), ray.put(X), ray.put(y))
             args = [(refs[0], b, refs[1], refs[2], conditions) for b in batches]
             parts = run_tasks(_resolve_then(_map_and_evaluate), args, "ray", address, num_cpus)
-    failed = [p for p in parts if isinstance(p, TaskFailure)]
-    if failed:
-        raise ExecutorError(f"{len(failed)} of {len(parts)} tasks failed; first: {failed[0].error}")
+    _raise_failures(parts, "tasks")
+    parts = [p for p in parts if len(p["accuracy"])]          # a task that made no chip adds nothing
+    if not parts:
+        raise ExecutorError("the lot's batches made no chips")
     return {key: np.concatenate([p[key] for p in parts]) for key in ("accuracy", "residual", "clipped")}
 
 

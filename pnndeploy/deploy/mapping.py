@@ -49,7 +49,8 @@ def map_model(model: ExportedModel, profile: DeviceProfile) -> Deployment:
 
 def map_models(model: ExportedModel, profiles: Sequence[DeviceProfile]) -> list[Deployment]:
     """:func:`map_model` for every chip of a fleet, in order: each layer mapped onto all chips of one layout at
-    once (:meth:`~pnndeploy.platforms.base.Platform.map_fleet_layer`: a fitting platform solves them together)."""
+    once (:meth:`~pnndeploy.platforms.base.Platform.map_fleet_layer`: a fitting platform solves them together),
+    except a chip whose faulty devices each hold one weight (a ring bank's), mapped around them on its own."""
     for profile in profiles:
         check_compatible(model, profile)
     platform = platform_for(model.platform, model.platform_params)
@@ -61,8 +62,9 @@ def map_models(model: ExportedModel, profiles: Sequence[DeviceProfile]) -> list[
         for index, layer in enumerate(model.layers):
             together = []
             for k in members:                  # a chip with faulty devices of its own per weight: mapped around them
-                if platform.linear and platform.held_weights(profiles[k].calibration, shape, layer.shape) is not None:
-                    layers[k].append(_map_around_faults(platform, model, index, profiles[k]))
+                held = platform.held_weights(profiles[k].calibration, shape, layer.shape) if platform.linear else None
+                if held is not None:
+                    layers[k].append(_map_around_faults(platform, model, index, profiles[k], held))
                 else:
                     together.append(k)
             if not together:
@@ -78,11 +80,13 @@ def map_models(model: ExportedModel, profiles: Sequence[DeviceProfile]) -> list[
                        control_units=platform.control_units) for k, p in enumerate(profiles)]
 
 
-def _map_around_faults(platform: Any, model: ExportedModel, k: int, profile: DeviceProfile) -> LayerDeployment:
-    """Layer ``k`` on a chip whose calibration flags faulty devices under single weights: its outputs placed on the
-    rows where they cost least, each row's working weights making up for its faulty ones, then mapped."""
+def _map_around_faults(platform: Any, model: ExportedModel, k: int, profile: DeviceProfile,
+                       held: tuple[np.ndarray, np.ndarray]) -> LayerDeployment:
+    """Layer ``k`` on a chip whose calibration flags faulty devices under single weights (``held``: which, and what
+    they give): its outputs placed on the rows where they cost least, each row's working weights making up for its
+    faulty ones, then mapped."""
     layer = model.layers[k]
-    weight, controls, rows, held = _placed(platform, model, k, profile)
+    weight, controls, rows, held = _placed(platform, model, k, profile, held)
     weight = compensate_held(weight, *held, model.input_moments.get(layer.name))
     shape = layer.shape if rows is None else weight.shape        # a placed layer: whole tiles of rows
     mapped = platform.map_layer(weight, controls, profile.calibration, profile.environment, profile.shape,
@@ -90,13 +94,14 @@ def _map_around_faults(platform: Any, model: ExportedModel, k: int, profile: Dev
     return LayerDeployment(layer.name, mapped.settings, mapped.clipped, mapped.residual, mapped.clipping, rows)
 
 
-def _placed(platform: Any, model: ExportedModel, k: int, profile: DeviceProfile) -> tuple[
-        np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+def _placed(platform: Any, model: ExportedModel, k: int, profile: DeviceProfile,
+            held: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                          tuple[np.ndarray, np.ndarray]]:
     """Layer ``k``'s weights and controls on the rows :func:`place_rows` gives its outputs on this chip (padding
-    rows NaN: not programmed), those rows (None: as they are), and the faulty devices under the placed layer."""
+    rows NaN: not programmed), those rows (None: as they are), and the faulty devices under the placed layer
+    (``held``: those under the layer as it is)."""
     layer = model.layers[k]
     (out, n_in), period = layer.shape, platform.row_period(profile.shape)
-    held = platform.held_weights(profile.calibration, profile.shape, layer.shape)
     if not period:
         return layer.weight, layer.controls, None, held
     physical = -(-out // period) * period

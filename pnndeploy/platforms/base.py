@@ -398,6 +398,12 @@ class Platform(ABC):
     #: each setting drives one device (:meth:`per_setting`) and mapping knows what to do about one that is stuck.
     faults_supported: bool = False
 
+    def device_spill(self, values: np.ndarray, layout: tuple[int, int]) -> np.ndarray:
+        """Per device, the sum of ``values`` (one per device) over the neighbours whose heaters warm it: what its
+        control picks up, times the chip's crosstalk.  Default: no neighbours (a platform without heater
+        crosstalk)."""
+        return np.zeros_like(np.asarray(values, np.float64))
+
     def per_setting(self, values: np.ndarray, settings_shape: tuple[int, ...], layout: tuple[int, int]) -> np.ndarray:
         """Per-device ``values`` (:meth:`device_shape`) at every setting of a layer (``settings_shape``): the value of
         the device each setting drives.  Default: the settings' trailing axes are the devices (a mesh's shifters,
@@ -437,7 +443,7 @@ class Platform(ABC):
         order): a platform whose mapping is a fit overrides it to solve every chip together.  A chip's result must
         not depend on the chips mapped with it (beyond float rounding), and must be :meth:`map_layer`'s."""
         return [self.map_layer(weight, controls, calibration, environment, layout, params, weight_shape)
-                for calibration, environment in zip(calibrations, environments)]
+                for calibration, environment in zip(calibrations, environments, strict=True)]
 
     # ------------------------------------------------------------------------------------- simulation
     @abstractmethod

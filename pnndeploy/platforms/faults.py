@@ -74,3 +74,13 @@ def realised_settings(platform: Any, settings: np.ndarray, fabrication: Mapping[
 def calibrated_faults(fabrication: Mapping[str, np.ndarray]) -> np.ndarray:
     """The calibration's ``faulty`` of a simulated chip whose lab found every faulty device (0 or 1 per device)."""
     return (np.asarray(fabrication["faulty"]) != WORKS).astype(np.uint8)
+
+
+def swept_truth(platform: Any, fabrication: Mapping[str, np.ndarray], crosstalk: float,
+                layout: tuple[int, int]) -> Mapping[str, np.ndarray]:
+    """The truth as a sweep of one device at a time sees it: every other heater at 0, except a stuck one, which
+    stays on and warms its neighbours (their offset plus crosstalk times its drive).  Without faults, the truth."""
+    if faulty_mask(fabrication) is None or not crosstalk:
+        return fabrication
+    spill = crosstalk * platform.device_spill(np.asarray(fabrication["stuck_setting"], np.float64), layout)
+    return {**fabrication, platform.offset_name: np.asarray(fabrication[platform.offset_name]) + spill}

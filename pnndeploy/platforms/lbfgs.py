@@ -43,11 +43,13 @@ def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any
     ``fun(x, rows)`` gives the losses (k,) and gradients (k, params) of problems ``rows`` (a long tensor) at
     ``x`` (k, params).  ``free`` (problems, params) bool: parameters that may move (the others stay at their
     ``x0`` value).  A problem stops after ``iterations`` steps, when its largest gradient entry is below
-    ``grad_tol`` or when a step changes its loss or parameters by less than ``change_tol``.
+    ``grad_tol`` or when a step changes its loss or parameters by less than ``change_tol`` (which float32 cannot
+    resolve below about 1e-7 of the values: there the line search's own limit ends a converged problem).
     """
     import torch
 
     x = x0.clone()
+    tiny = torch.finfo(x.dtype).tiny          # the guard of every division (1e-300 would round to 0 in float32)
     B, P = x.shape
     keep = None if free is None else free.to(x.dtype)
     rows = torch.arange(B, device=x.device)
@@ -56,7 +58,7 @@ def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any
     S = x.new_zeros((B, history, P))
     Y = x.new_zeros((B, history, P))
     rho = x.new_zeros((B, history))
-    gamma = torch.clamp(1.0 / g.abs().sum(-1).clamp_min(1e-300), max=1.0)     # first step: at most 1 in |.|_1
+    gamma = torch.clamp(1.0 / g.abs().sum(-1).clamp_min(tiny), max=1.0)     # first step: at most 1 in |.|_1
     active = g.abs().amax(-1) > grad_tol
     for _ in range(iterations):
         A = rows[active]
@@ -77,9 +79,9 @@ def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any
         good = moved & (sy > 1e-10)
         S[A] = torch.where(good[:, None, None], torch.cat([s[:, None], S[A][:, :-1]], 1), S[A])
         Y[A] = torch.where(good[:, None, None], torch.cat([y[:, None], Y[A][:, :-1]], 1), Y[A])
-        rho[A] = torch.where(good[:, None], torch.cat([(1.0 / sy.clamp_min(1e-300))[:, None], rho[A][:, :-1]], 1),
+        rho[A] = torch.where(good[:, None], torch.cat([(1.0 / sy.clamp_min(tiny))[:, None], rho[A][:, :-1]], 1),
                              rho[A])
-        gamma[A] = torch.where(good, sy / (y * y).sum(-1).clamp_min(1e-300), gamma[A])
+        gamma[A] = torch.where(good, sy / (y * y).sum(-1).clamp_min(tiny), gamma[A])
         x[A] = torch.where(moved[:, None], x[A] + step, x[A])
         change = (f[A] - f_new).abs()
         f[A] = torch.where(moved, f_new, f[A])
@@ -109,6 +111,6 @@ def _line_search(fun: Callable[[Any, Any], tuple[Any, Any]], x: Any, rows: Any, 
             break
         tp, fp, gdp = t[pending], f_new[pending], gd[pending]
         # the minimum of the parabola through f(0), f'(0) and f(t), kept within [0.1 t, 0.5 t]
-        trial = -gdp * tp * tp / (2.0 * (fp - f[pending] - gdp * tp)).clamp_min(1e-300)
+        trial = -gdp * tp * tp / (2.0 * (fp - f[pending] - gdp * tp)).clamp_min(torch.finfo(tp.dtype).tiny)
         t[pending] = torch.minimum(torch.maximum(trial, 0.1 * tp), 0.5 * tp)
     return t, f_new, g_new

@@ -159,6 +159,12 @@ class MRRPlatform(LinearPlatform):
 
     faults_supported = True
 
+    def device_spill(self, values: np.ndarray, layout: tuple[int, int]) -> np.ndarray:
+        """The left and right neighbours in the bank's row (:func:`_neighbour_settings` over the bank itself)."""
+        rows, cols = layout
+        ci = np.broadcast_to(np.arange(cols)[None, :], (rows, cols))
+        return _neighbour_settings(np.asarray(values, np.float64), ci, layout)
+
     def per_setting(self, values: np.ndarray, settings_shape: tuple[int, ...], layout: tuple[int, int]) -> np.ndarray:
         """The ring of each weight (a ring serves every weight tiled onto it)."""
         ri, ci = ring_index(tuple(settings_shape), layout)

@@ -36,7 +36,6 @@ noise and the phase DAC.  Calibration holds the measured offsets and ratios.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
@@ -53,8 +52,8 @@ from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_l
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem).
 FIT_ITERATIONS = 80
-#: Realised weights (elements) a fleet keeps per layer for reuse under the same drift (about 256 MB of float32).
-MAX_CACHED_WEIGHTS = 64 * 2 ** 20
+#: Bytes of realised weights a fleet keeps per layer for reuse under the same drift (a model of L layers: L times).
+MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
 MESHES_PER_PASS = 256
 #: Chips whose blocks are fitted together: enough to amortise torch's per-call cost, few enough to stay in cache.
@@ -185,6 +184,10 @@ class MZIPlatform(MeshDevices, LinearPlatform):
     #: A faulty shifter holds its phase; the mapper fits the other phases of each block around it.
     faults_supported = True
 
+    def device_spill(self, values: np.ndarray, layout: tuple[int, int]) -> np.ndarray:
+        """The shifters above and below in the same column (:func:`_spill`)."""
+        return _spill(np.asarray(values, np.float64), layout[0])
+
     # ---------------------------------------------------------------------------------------- a layer
     def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
         n = self._modes(params)
@@ -258,11 +261,17 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         held = np.broadcast_to(offsets[:, None, None, :], fixed.shape)          # a faulty phase: its offset
         realised = _fit_phases(blocks, mask, start, ratios, n, fixed, held)
         settings, clippings = self._program(realised, offsets, faulty, crosstalk, environments, n)
-        if faulty.any() and crosstalk.any():
-            # a faulty shifter also gets its neighbours' spill, known once they are set: fit once more around it
-            held = offsets[:, None, None, :] + crosstalk[:, None, None, None] * _spill(settings, n)
-            realised = _fit_phases(blocks, mask, realised, ratios, n, fixed, held, FIT_ITERATIONS // 4, False)
-            settings, clippings = self._program(realised, offsets, faulty, crosstalk, environments, n)
+        redo = np.flatnonzero(faulty.any(axis=1) & (crosstalk != 0))
+        if redo.size:
+            # a faulty shifter also gets its neighbours' spill, known once they are set: fit once more around it,
+            # on those chips only (a chip's mapping must not depend on the chips mapped with it)
+            held = offsets[redo, None, None, :] + crosstalk[redo, None, None, None] * _spill(settings[redo], n)
+            again = _fit_phases(blocks, mask, realised[redo], ratios[redo], n, fixed[redo], held,
+                                FIT_ITERATIONS // 4, False)
+            settings[redo], redone = self._program(again, offsets[redo], faulty[redo], crosstalk[redo],
+                                                   [environments[k] for k in redo], n)
+            for k, clipping in zip(redo, redone):
+                clippings[k] = clipping
         residuals = _residuals(settings, offsets, crosstalk, ratios, blocks, mask, n)
         return [LayerMapping(settings[k], clippings[k], float(residuals[k])) for k in range(len(calibrations))]
 
@@ -277,9 +286,7 @@ class MZIPlatform(MeshDevices, LinearPlatform):
             wanted, unmet = _precompensate(realised[k] - offsets[k], float(crosstalk[k]), n, lo, hi, broken)
             settings[k], inside = quantise(wanted, (lo, hi), env.dac_bits)
             settings[k][broken] = 0.0
-            fine = (~unmet & inside) | broken
-            clippings.append(dataclasses.replace(Clipping.of(settings[k].size, inside=fine),
-                                                 faulty=int(np.count_nonzero(broken))))
+            clippings.append(Clipping.of(settings[k].size, inside=~unmet & inside, faulty=broken))
         return settings, clippings
 
     # ------------------------------------------------------------------------------------- simulation
@@ -312,7 +319,11 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         if hit is not None and _same(hit[0], conditions.delta_T) and _same(hit[1], conditions.control_shift):
             return hit[2].clone()
         W = self._realise(state, chips, conditions)
-        if sum(v[2].numel() for k, v in cache.items() if k != key) + W.numel() <= MAX_CACHED_WEIGHTS:
+        size = W.numel() * W.element_size()
+        if size <= MAX_CACHED_BYTES:
+            cache.pop(key, None)
+            while cache and sum(v[2].numel() * v[2].element_size() for v in cache.values()) + size > MAX_CACHED_BYTES:
+                cache.pop(next(iter(cache)))           # the oldest batch goes first (another chunking, say)
             shift = conditions.control_shift
             cache[key] = (conditions.delta_T.clone(), None if shift is None else shift.clone(), W.clone())
         return W

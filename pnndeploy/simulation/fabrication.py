@@ -19,7 +19,7 @@ from pnndeploy.formats.process_spec import check_process, process_keys, process_
 from pnndeploy.formats.profile_folder import check_device_name
 from pnndeploy.formats.profile_schema import param_ranges
 from pnndeploy.formats.profiles import DeviceProfile, Environment, write_profile
-from pnndeploy.platforms.faults import calibrated_faults, draw_faults
+from pnndeploy.platforms.faults import calibrated_faults, draw_faults, swept_truth
 from pnndeploy.simulation.streams import device_rng
 
 # --------------------------------------------------------------------------- names and streams
@@ -79,7 +79,7 @@ def generate_chip(process: Mapping[str, Any], device_id: str, seed: int,
     hr = env_spec[names["heater_range"]]
     if "faults" in process:
         _add_faults(platform, process["faults"], device_id, seed, shape, (float(hr[0]), float(hr[1])),
-                    fabrication, calibration)
+                    float(env_spec["crosstalk"]), fabrication, calibration)
     environment = Environment(
         drift_coefficient=drift,
         crosstalk=float(env_spec["crosstalk"]),
@@ -109,14 +109,18 @@ FAULT_STREAM = 1
 
 
 def _add_faults(platform: Any, spec: Mapping[str, Any], device_id: str, seed: int, shape: tuple[int, int],
-                heater_range: tuple[float, float], fabrication: dict[str, np.ndarray],
+                heater_range: tuple[float, float], crosstalk: float, fabrication: dict[str, np.ndarray],
                 calibration: dict[str, np.ndarray]) -> None:
     """Draw the chip's faulty devices into its truth, and into its calibration as a lab that found them all
-    records them: flagged, the calibrated offset holding the stuck drive (what the device realises at rest)."""
+    records them: flagged, the calibrated offset holding the stuck drive (what the device realises at rest), and
+    its neighbours' offsets the heat a stuck drive spills into them (a sweep of a neighbour measures it, since the
+    stuck heater stays on)."""
     drawn = draw_faults(spec, platform.device_shape(shape), heater_range, device_rng(device_id, seed, FAULT_STREAM))
     fabrication.update(drawn)
     calibration["faulty"] = calibrated_faults(drawn)
-    calibration[platform.offset_name] = calibration[platform.offset_name] + drawn["stuck_setting"]
+    swept = swept_truth(platform, fabrication, crosstalk, shape)
+    calibration[platform.offset_name] = (calibration[platform.offset_name] + drawn["stuck_setting"]
+                                         + swept[platform.offset_name] - fabrication[platform.offset_name])
 
 
 def make_fleet(process: Mapping[str, Any], count: int, prefix: str, seed: int,

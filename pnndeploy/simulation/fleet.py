@@ -27,8 +27,8 @@ from pnndeploy.formats.deployments import Deployment
 from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
 from pnndeploy.platforms import platform_for
-from pnndeploy.platforms.faults import realised_settings
 from pnndeploy.platforms.base import ChipState
+from pnndeploy.platforms.faults import realised_settings
 from pnndeploy.simulation.streams import device_rng
 
 
