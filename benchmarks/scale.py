@@ -216,18 +216,22 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
     return out
 
 
+def difference(cheap: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
+    """A cheaper variant's summary minus its full step's, in pp: the worst chip over the range per seed (paired
+    by seed) and its mean, and the fleet mean per temperature."""
+    out = {}
+    for mode in ("programmed", "compensated"):
+        per_seed = [100 * (a - b) for a, b in zip(cheap[mode]["worst_over_range"], full[mode]["worst_over_range"])]
+        out[mode] = {"worst_over_range_pp": float(np.mean(per_seed)), "worst_over_range_pp_per_seed": per_seed,
+                     "mean_pp": [100 * (a - b) for a, b in zip(cheap[mode]["mean"], full[mode]["mean"])]}
+    return out
+
+
 def accuracy_costs(per: dict[str, list[dict]]) -> dict[str, Any]:
     """Each variant's figures, and per cheaper variant its difference from its full step (paired by seed)."""
     summary = {name: summarise(runs) for name, runs in per.items()}
-    costs = {}
-    for full, cheaper in FAMILIES.items():
-        for name in cheaper:
-            if name in summary and full in summary:
-                costs[name] = {"full": full, **{mode: {
-                    "worst_over_range_pp": 100 * float(np.mean(np.subtract(
-                        summary[name][mode]["worst_over_range"], summary[full][mode]["worst_over_range"]))),
-                    "mean_pp": [100 * (a - b) for a, b in zip(summary[name][mode]["mean"], summary[full][mode]["mean"])],
-                } for mode in ("programmed", "compensated")}}
+    costs = {name: {"full": full, **difference(summary[name], summary[full])}
+             for full, cheaper in FAMILIES.items() for name in cheaper if name in summary and full in summary}
     return {"variants": summary, "minus_full": costs}
 
 
@@ -326,13 +330,17 @@ def render(doc: dict[str, Any], console: Any) -> None:
             cells.append(f"{100 * np.mean(m['worst_over_range']):.1f}")
         a.add_row(name, *cells)
     console.print(a)
+    def worst(cost: dict[str, Any]) -> str:
+        seeds = cost["worst_over_range_pp_per_seed"]
+        return f"{cost['worst_over_range_pp']:+.1f}" + (f" (sd {np.std(seeds, ddof=1):.1f})" if len(seeds) > 1 else "")
+
     d = Table(title="cheaper variant − its full step (pp, paired by seed)")
     for c in ("variant", "full step", "comp. worst ±1 K", "prog. worst ±1 K", "comp. mean", "prog. mean"):
         d.add_column(c, justify="right" if c not in ("variant", "full step") else "left")
     for name, c in acc["minus_full"].items():
         mean = lambda mode: " ".join(f"{x:+.1f}" for x in c[mode]["mean_pp"])  # noqa: E731
-        d.add_row(name, c["full"], f"{c['compensated']['worst_over_range_pp']:+.1f}",
-                  f"{c['programmed']['worst_over_range_pp']:+.1f}", mean("compensated"), mean("programmed"))
+        d.add_row(name, c["full"], worst(c["compensated"]), worst(c["programmed"]), mean("compensated"),
+                  mean("programmed"))
     console.print(d)
     console.print(f"total {doc['total_s']:.0f} s")
 

@@ -85,6 +85,7 @@ def test_the_scale_benchmark_times_every_method_against_standard_and_prices_the_
         assert full[mode]["worst_over_range"][0] == min(full[mode]["worst"])
         assert cost[mode]["worst_over_range_pp"] == pytest.approx(
             100 * (cheap[mode]["worst_over_range"][0] - full[mode]["worst_over_range"][0]))
+        assert cost[mode]["worst_over_range_pp_per_seed"] == [pytest.approx(cost[mode]["worst_over_range_pp"])]
     # compensated, the fleet is judged with its common mode cancelled: -1 K and +1 K look like 0 K
     assert abs(full["compensated"]["mean"][0] - full["compensated"]["mean"][1]) < 0.05
 
