@@ -51,6 +51,46 @@ def test_quick_benchmark_reports_every_figure_consistently():
 
 
 @pytest.mark.slow
+def test_the_scale_benchmark_times_every_method_against_standard_and_prices_the_cheaper_steps(tmp_path: Path):
+    """benchmarks/scale.py (issue 26) at smoke size: the LeNet split's epoch times and ratios on both sets, the
+    step before issue 26 timed beside today's, and a cheaper variant's accuracy cost against its full step."""
+    out = tmp_path / "scale.json"
+    methods = "standard,spec-sat,spec-sat --ascent momentum,spec-sat programmed"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick", "--samples", "200",
+                           "--epochs", "1", "--threads", "1", "--methods", methods, "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "× standard" in proc.stdout and "cheaper variant − its full step" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["model"]["conv"] == [6, 16] and doc["model"]["hidden"] == [120, 84] and doc["model"]["onchip"] == 2
+    rows = doc["throughput"]
+    assert [(r["dataset"], r["samples"], r["threads"]) for r in rows] == [("digits28", 1437, 1),
+                                                                         ("synthetic-mnist-200", 200, 1)]
+    for row in rows:
+        names = {"plain torch", *methods.split(","), "spec-sat (whole forwards)",
+                 "spec-sat programmed (whole forwards)"}
+        assert set(row["epoch_s"]) == names and row["x_standard"]["standard"] == 1.0
+        for name, seconds in row["epoch_s"].items():
+            assert seconds == min(row["all_epoch_s"][name]) > 0
+            assert row["x_standard"][name] == pytest.approx(seconds / row["epoch_s"]["standard"])
+    acc = doc["accuracy"]
+    assert set(acc["variants"]) == {"spec-sat", "spec-sat --ascent momentum", "spec-sat programmed"}
+    assert set(acc["minus_full"]) == {"spec-sat --ascent momentum"}
+    cost, full, cheap = (acc["minus_full"]["spec-sat --ascent momentum"], acc["variants"]["spec-sat"],
+                         acc["variants"]["spec-sat --ascent momentum"])
+    assert cost["full"] == "spec-sat"
+    for mode in ("programmed", "compensated"):
+        assert len(full[mode]["mean"]) == len(full[mode]["worst"]) == 3 and len(full[mode]["worst_over_range"]) == 1
+        assert all(0.0 <= w <= m <= 1.0 for w, m in zip(full[mode]["worst"], full[mode]["mean"]))
+        assert full[mode]["worst_over_range"][0] == min(full[mode]["worst"])
+        assert cost[mode]["worst_over_range_pp"] == pytest.approx(
+            100 * (cheap[mode]["worst_over_range"][0] - full[mode]["worst_over_range"][0]))
+        assert cost[mode]["worst_over_range_pp_per_seed"] == [pytest.approx(cost[mode]["worst_over_range_pp"])]
+    # compensated, the fleet is judged with its common mode cancelled: -1 K and +1 K look like 0 K
+    assert abs(full["compensated"]["mean"][0] - full["compensated"]["mean"][1]) < 0.05
+
+
+@pytest.mark.slow
 def test_a_lot_streamed_reports_its_memory_and_rate():
     """benchmarks/compute.py's lot (10^4 chips in --quick): every chip evaluated, memory and rates reported."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compute.py"), "--quick", "--only", "million",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -203,6 +204,41 @@ def test_momentum_ascent_takes_one_pass_and_differs_from_the_gradient_ascent(tin
     spec = train(tiny_digits, TrainConfig(method="spec-sat", epochs=1, hidden=[8], ascent="momentum",
                                           robust_to=str(SHIPPED_PROCESS)))
     assert math.isfinite(spec.history[-1].loss)
+
+
+@pytest.mark.parametrize("settings", [
+    {"method": "spec-sat", "drift_compensation": False},
+    {"method": "spec-sat", "drift_compensation": False, "ascent": "momentum"},
+    {"method": "spec-sat", "sat_every": 2},
+    {"method": "sat", "noise": 0.05},
+])
+def test_a_front_end_runs_once_a_step_and_changes_no_bit(tiny_digits, monkeypatch: pytest.MonkeyPatch,
+                                                         settings: dict) -> None:
+    """The adversary moves only the on-chip controls, so the step computes the front end's features once for all
+    its passes (issue 26): the model it trains is the one separate whole forwards train, bit for bit."""
+    from pnndeploy.training import adversary
+    from pnndeploy.training.loop import train
+    from pnndeploy.training.model import FrontEnd
+
+    images = dataclasses.replace(tiny_digits, image_shape=(1, 8, 8))     # the 8x8 digits are images
+    config = TrainConfig(**settings, conv=[4], kernel=3, batch_norm=True, hidden=[16, 8], onchip=2, epochs=1,
+                         **({"robust_to": str(SHIPPED_PROCESS)} if settings["method"] == "spec-sat" else {}))
+    calls = {"train": 0}
+    forward = FrontEnd.forward
+
+    def counted(self: FrontEnd, x: torch.Tensor) -> torch.Tensor:
+        calls["train"] += self.training
+        return forward(self, x)
+
+    monkeypatch.setattr(FrontEnd, "forward", counted)
+    once = train(images, config)
+    steps = -(-len(images.y_train) // config.batch_size)
+    assert calls["train"] == steps
+    monkeypatch.setattr(adversary, "passes", lambda model, xb, perturbed: ((lambda: model(xb)),) * 2)
+    whole = train(images, config)
+    assert calls["train"] > 2 * steps                 # the whole forwards did run the front end at every pass
+    for (name, a), b in zip(once.model.state_dict().items(), whole.model.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -253,8 +253,15 @@ class PNN(nn.Module):
         self.clipped: list[int] = [0] * len(self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.front is not None:
-            x = self.front(x)
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the on-chip layers take: the digital front end's output (``x`` itself without one).  A step that
+        perturbs only the on-chip layers computes it once for all its passes (:mod:`~pnndeploy.training.adversary`)."""
+        return self.front(x) if self.front is not None else x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The on-chip layers (ReLU in electronics between them) on :meth:`features`' output."""
         for k, layer in enumerate(self.layers):
             x = layer(x)
             if k < len(self.layers) - 1:
