@@ -326,9 +326,15 @@ def test_outputs_are_placed_off_rows_with_faulty_rings(faulty_fleet, model_file,
     # the placement travels with the deployment file, and a forged one is refused
     path = write_deployment(deployment, tmp_path / "d.h5")
     assert np.array_equal(read_deployment(path).layers[-1].rows, last.rows)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"] == 2                 # an unplaced deployment stays format 1
     with h5py.File(path, "a") as f:
         f["settings"][last.name].attrs["rows"] = np.array([0, 0, 1])
     with pytest.raises(Exception, match="not distinct rows"):
+        read_deployment(path)
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = 3
+    with pytest.raises(Exception, match="upgrade pnndeploy"):
         read_deployment(path)
 
 

@@ -23,6 +23,9 @@ from pnndeploy.platforms.base import CLIP_CAUSES, Clipping
 from pnndeploy.untrusted import FileProblem, brief
 
 DEPLOYMENT_FORMAT = 1
+#: The format of a deployment with a placed layer (``rows``): a reader that does not know placement must refuse it
+#: rather than read a layer's padding rows as outputs.
+PLACED_FORMAT = 2
 
 
 @dataclass
@@ -82,7 +85,8 @@ def write_deployment(deployment: Deployment, path: str | Path) -> Path:
     try:
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w", libver=HDF5_LIBVER) as f:
-                f.attrs["format_version"] = DEPLOYMENT_FORMAT
+                placed = any(layer.rows is not None for layer in deployment.layers)
+                f.attrs["format_version"] = PLACED_FORMAT if placed else DEPLOYMENT_FORMAT
                 f.attrs["device_id"] = deployment.device_id
                 f.attrs["model_sha256"] = deployment.model_sha256
                 f.attrs["model_path"] = deployment.model_path
@@ -121,6 +125,10 @@ def read_deployment(path: str | Path) -> Deployment:
     fix = "regenerate it with `pnndeploy transfer`"
     try:
         with open_hdf5(path) as f:
+            version = f.attrs.get("format_version", DEPLOYMENT_FORMAT)
+            if not isinstance(version, (int, np.integer)) or not DEPLOYMENT_FORMAT <= int(version) <= PLACED_FORMAT:
+                raise PnnError(f"deployment {path}: format_version {brief(version, 20)} is not one this pnndeploy "
+                               f"reads ({DEPLOYMENT_FORMAT} or {PLACED_FORMAT}); upgrade pnndeploy or {fix}")
             settings = f["settings"]
             for name, ds in settings.items():
                 if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiu":
