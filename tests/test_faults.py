@@ -110,6 +110,9 @@ def test_fault_fields_round_trip(faulty_fleet, tmp_path):
     (lambda f: (f["fabrication"].__delitem__("faulty"),
                 f["fabrication"].create_dataset("faulty", data=np.zeros((16, 16))).attrs.__setitem__(
                     "units", "1")), "expected an integer"),
+    (lambda f: f["fabrication"]["stuck_setting"].__setitem__((0, 0), 1.5)
+     if f["fabrication"]["faulty"][0, 0] != 2 else f["fabrication"]["stuck_setting"].__setitem__((0, 1), 0.0),
+     "not 0 on a device that is not stuck"),
 ])
 def test_bad_fault_fields_are_refused(faulty_fleet, tmp_path, edit, fragment):
     import shutil
@@ -138,8 +141,13 @@ def test_a_faulty_ring_ignores_its_setting_in_the_simulation(faulty_fleet, model
     assert held.any()
     applied = realised_settings(platform, layer.settings, profile.fabrication, profile.shape)
     assert np.array_equal(applied[~held], layer.settings[~held])
-    stuck = platform.per_setting(profile.fabrication["stuck_setting"], layer.settings.shape, profile.shape)
-    assert np.array_equal(applied[held], stuck[held])
+    assert np.all(applied[held] == 0)          # the channel applies nothing; a stuck drive is in the resting truth
+    from pnndeploy.platforms.faults import resting_truth
+
+    rest = resting_truth(platform, profile.fabrication, profile.environment.crosstalk, profile.shape)
+    stuck = profile.fabrication["faulty"] == 2
+    np.testing.assert_allclose((rest["resonance_offset"] - profile.fabrication["resonance_offset"])[stuck],
+                               profile.fabrication["stuck_setting"][stuck], atol=0.02 * 2 * 3.0)
     # programming anything else on the faulty rings changes nothing the chip does
     other = copy.deepcopy(deployment)
     other.layers[0].settings = np.where(held, 2.5, layer.settings)
@@ -219,7 +227,7 @@ def test_mapping_holds_faulty_rings_and_counts_them(faulty_fleet, model_file):
         assert layer.clipping.faulty == int(used.sum())
         assert np.all(np.abs(layer.settings[held]) <= (6.0 / 4095))           # set to rest (0 on the DAC grid)
         assert blind.layers[k].clipping.faulty == 0 and blind.layers[k].rows is None
-    assert isinstance(aware.clipping, Clipping)
+    assert aware.clipping.faulty == sum(layer.clipping.faulty for layer in aware.layers) > 0
     # the model file records its layers' input moments, which the row compensation uses
     assert set(model.input_moments) == {layer.name for layer in model.layers}
 
@@ -261,6 +269,7 @@ def test_transfer_reports_faulty_devices_and_their_cost(cli, faulty_fleet, model
     ({"nolayer": {"second_moment": [[1.0]]}}, "names no on-chip layer"),
     ({"layer0": {"second_moment": "x"}}, "not a matrix"),
     ({"layer0": {"second_moment": [[1.0, 2.0], [0.0, 1.0]]}}, "symmetric"),
+    ({"layer0": {"second_moment": [[1.0, 2.0], [2.0, 1.0]]}}, "positive semi-definite"),   # would break the solve
 ])
 def test_bad_input_moments_are_the_files_error(value, fragment):
     class Layer:
@@ -369,3 +378,50 @@ def test_the_cli_defaults_are_the_calibrations_own():
         assert params["max_residual"].default == DEFAULT_MAX_RESIDUAL
     points = {p.name: p for p in main.commands["calibrate"].params}["points"].type
     assert (points.min, points.max) == (MIN_POINTS, MAX_POINTS)
+
+
+def test_a_stuck_heater_warms_its_neighbours_in_every_tile_as_the_calibration_says(faulty_spec):
+    """With no calibration error and no noise, what the mapper's calibrated model of a chip with stuck rings
+    realises is what the simulator realises, for a layer whose last tile is partial (20 inputs on 16 columns)."""
+    spec = copy.deepcopy(faulty_spec)
+    spec["faults"] = {"stuck_fraction": 0.1}
+    spec["calibration"]["resonance_offset_sigma_nm"] = 0.0
+    spec["calibration"]["param_rel_sigma"] = {"gamma": 0.0, "a": 0.0}
+    spec["environment"]["detector_noise"] = 0.0
+    chip = generate_chip(check_process(spec), "chipS", seed=5)
+    platform = get_platform("mrr")
+    shape = (12, 20)
+    rng = np.random.default_rng(0)
+    W = rng.uniform(-0.5, 0.8, shape)
+    from types import SimpleNamespace
+
+    mapped = platform.map_layer(W, np.ones(shape), chip.calibration, chip.environment, chip.shape, None, shape)
+    model = SimpleNamespace(layers=[SimpleNamespace(weight_shape=shape, gain=np.ones(12), bias=np.zeros(12))],
+                            platform="mrr", platform_params={})
+    deployment = SimpleNamespace(layers=[SimpleNamespace(settings=mapped.settings, rows=None)])
+    fleet = SimulatedFleet.__new__(SimulatedFleet)          # only the layer state is needed here
+    fleet.platform, fleet.array, fleet.device = platform, chip.shape, "cpu"
+    state = fleet._layer(0, shape, [chip], [deployment])
+    import torch
+
+    from pnndeploy.platforms.base import ChipState
+
+    simulated = platform.logical_weights(state, slice(0, 1), ChipState(torch.tensor(0.0)))[0].double().numpy()
+    from pnndeploy.platforms.mrr import _neighbour_settings
+    from pnndeploy.platforms.tiling import ring_index
+
+    ri, ci = ring_index(shape, chip.shape)
+    held = chip.calibration["faulty"][ri, ci] > 0
+    applied = np.where(held, 0.0, mapped.settings)
+    cal = {k: chip.calibration[k][ri, ci] for k in ("gamma", "a")}
+    modelled = platform.transfer(applied + chip.calibration["resonance_offset"][ri, ci]
+                                 + 0.02 * _neighbour_settings(applied, ci, chip.shape), **cal)
+    assert held.any() and np.abs(simulated - modelled).max() < 1e-5
+    del model
+
+
+def test_uncalibrated_transfer_does_not_claim_to_map_around_faults(cli, faulty_fleet, model_file):
+    result = cli("transfer", "--model", model_file, "--device", "chipA", "--profiles", faulty_fleet, "--json",
+                 "--no-save", "--uncalibrated")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["devices"][0]["faults"]["compensated"] is False

@@ -23,7 +23,7 @@ from pnndeploy import __version__
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.profiles import DeviceProfile, read_profile
-from pnndeploy.platforms.faults import faulty_mask, realised_settings, swept_truth
+from pnndeploy.platforms.faults import faulty_mask, realised_settings, resting_profile
 from pnndeploy.platforms.base import ChipState
 
 #: Default std of the noise on every measured output (weight units), on top of the weight noise.
@@ -123,8 +123,8 @@ class SimulatedChip(ChipBackend):
             lo, hi = self.profile.environment.heater_range
             settings = np.clip(settings, lo, hi)      # the DAC cannot drive beyond its range
             settings = realised_settings(self.platform, settings, self.profile.fabrication, self.profile.shape)
-            state = self.platform.fleet_layer((out_f, in_f), [settings], [self.profile], self.profile.shape,
-                                              "cpu", torch.float64)
+            state = self.platform.fleet_layer((out_f, in_f), [settings], [resting_profile(self.platform, self.profile)],
+                                              self.profile.shape, "cpu", torch.float64)
             self.slots[layer.index] = ((out_f, in_f), state)
             self._noise.pop(layer.index, None)
 
@@ -175,11 +175,10 @@ class SimulatedChip(ChipBackend):
             raise BackendError(f"sweep devices must be pairs of rows in 0..{R - 1} and cols in 0..{C - 1}")
         lo, hi = self.profile.environment.heater_range
         h = np.clip(np.asarray(controls, np.float64), lo, hi)[None, :].repeat(len(rows), axis=0)
-        truth = self.profile.fabrication
-        faulty = faulty_mask(truth)
-        if faulty is not None:                    # a faulty device holds its stuck drive through the sweep,
-            h = np.where(faulty[rows, cols][:, None], truth["stuck_setting"][rows, cols][:, None], h)
-            truth = swept_truth(self.platform, truth, self.profile.environment.crosstalk, self.profile.shape)
+        faulty = faulty_mask(self.profile.fabrication)
+        if faulty is not None:                    # a faulty device ignores the sweep (its stuck drive, and that of
+            h = np.where(faulty[rows, cols][:, None], 0.0, h)      # a stuck neighbour, are in the resting truth)
+        truth = resting_profile(self.platform, self.profile).fabrication
         W = self.platform.device_response(truth, self.profile.environment.drift_coefficient,
                                           rows, cols, h, self.temperature_C - self.reference_C)
         sigma = float(np.hypot(self.profile.environment.detector_noise, self.measurement_noise))

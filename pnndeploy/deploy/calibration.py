@@ -26,7 +26,7 @@ from pnndeploy.compute import CPU, Compute
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.profiles import CalibrationRecord, DeviceProfile
 from pnndeploy.platforms import get_platform
-from pnndeploy.platforms.faults import swept_truth
+from pnndeploy.platforms.faults import resting_truth
 
 #: Sweep points per device unless asked otherwise (spaced on the DAC grid over the heater range).
 DEFAULT_POINTS = 1024
@@ -122,8 +122,8 @@ def error_vs_truth(profile: DeviceProfile, fields: dict[str, np.ndarray]) -> dic
     if not works.any():
         return None
     # what a sweep can measure: a stuck neighbour's heat is part of a device's offset then
-    truth = swept_truth(get_platform(profile.platform), profile.fabrication, profile.environment.crosstalk,
-                        profile.shape)
+    truth = resting_truth(get_platform(profile.platform), profile.fabrication, profile.environment.crosstalk,
+                          profile.shape)
     out: dict[str, dict[str, float]] = {
         k: {"rms": _rms((fields[k] - truth[k])[works]),
             "max_abs": float(np.abs(fields[k] - truth[k])[works].max()),

@@ -435,11 +435,10 @@ def import_calibration(profile: DeviceProfile, path: str | Path, max_residual: f
                                float(profile.calibration_temperature_C if temperature is None else temperature),
                                "profile (the file records none)" if temperature is None else "--temperature",
                                now, source=source)
-    if kind == "sweeps":
-        try:
-            check_fit(result, max_residual, max_faulty)
-        except PnnError as exc:
-            raise table.fail(str(exc)) from None
+    try:                      # a file flagging most devices is a failed measurement whichever kind it holds
+        check_fit(result, max_residual if kind == "sweeps" else np.inf, max_faulty)
+    except PnnError as exc:
+        raise table.fail(str(exc)) from None
     check_ranges(table, fields, platform, profile, entry)
     result.error_vs_truth = error_vs_truth(profile, fields)
     return result, table, kind

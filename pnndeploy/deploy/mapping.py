@@ -28,7 +28,7 @@ from pnndeploy.formats.deployments import Deployment, LayerDeployment
 from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
 from pnndeploy.platforms import get_platform, platform_for
-from pnndeploy.platforms.faults import faulty_mask
+from pnndeploy.platforms.faults import faulty_mask, resting_truth
 
 
 def check_compatible(model: ExportedModel, profile: DeviceProfile) -> None:
@@ -133,17 +133,21 @@ def uncalibrated(profile: DeviceProfile) -> DeviceProfile:
 
 def repaired(profile: DeviceProfile) -> DeviceProfile:
     """A simulated chip as it would be had its faulty devices worked: the same chip otherwise (every other drawn
-    number, its environment), each faulty device's truth without its fault and its calibrated offset the truth's
-    (the few devices a recalibration would then measure).  What `transfer` compares a chip with to say what its
-    faults cost."""
+    number, its environment), each faulty device's truth without its fault and calibrated to its truth (the few
+    devices a recalibration would then measure), and its neighbours' calibrated offsets without a stuck drive's
+    heat.  What `transfer` compares a chip with to say what its faults cost."""
     platform = get_platform(profile.platform)
     faulty = faulty_mask(profile.fabrication)
     if faulty is None:
         return profile
+    rest = resting_truth(platform, profile.fabrication, profile.environment.crosstalk, profile.shape)
     fabrication = {k: v for k, v in profile.fabrication.items() if k not in ("faulty", "stuck_setting")}
     calibration = {k: v for k, v in profile.calibration.items() if k != "faulty"}
-    calibration[platform.offset_name] = np.where(faulty, fabrication[platform.offset_name],
-                                                 calibration[platform.offset_name])
+    name = platform.offset_name
+    calibration[name] = calibration[name] - (rest[name] - fabrication[name])      # no stuck drive, no spill
+    for key in (name, *platform.param_units):
+        calibration[key] = np.where(faulty if np.shape(faulty) == np.shape(fabrication[key]) else False,
+                                    fabrication[key], calibration[key])
     return dataclasses.replace(profile, fabrication=fabrication, calibration=calibration)
 
 

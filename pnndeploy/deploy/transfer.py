@@ -49,6 +49,9 @@ class PreparedFleet:
     hardware: dict[str, HardwareChip] = field(default_factory=dict)
     #: Where the deployments go once every chip has been measured (None: not written).
     save_dir: Path | None = None
+    #: False when the chips were mapped through the nominal device (``transfer --uncalibrated``): blind to their
+    #: calibration, faulty devices included.
+    calibrated: bool = True
 
     @property
     def real_devices(self) -> list[str]:
@@ -179,7 +182,7 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
     fleet = (SimulatedFleet(model, [p for p, _ in simulated], [d for _, d in simulated], compute)   # one array
              if simulated else None)
     prepared = PreparedFleet(model, data, profile_list, deployments, [None] * len(profile_list), fleet,
-                             save_dir=None if save_dir is None else Path(save_dir))
+                             save_dir=None if save_dir is None else Path(save_dir), calibrated=calibrated)
     try:
         for profile, deployment in zip(profile_list, deployments):
             if profile.backend is not None:
@@ -209,7 +212,8 @@ def accuracy_if_working(prepared: PreparedFleet, conditions: Conditions) -> dict
     if not broken:
         return {}
     twins = [repaired(p) for p in broken]
-    fleet = SimulatedFleet(prepared.model, twins, map_models(prepared.model, twins), prepared.fleet.compute)
+    mapped = map_models(prepared.model, twins if prepared.calibrated else [uncalibrated(p) for p in twins])
+    fleet = SimulatedFleet(prepared.model, twins, mapped, prepared.fleet.compute)
     acc = fleet.accuracy(prepared.data.X, prepared.data.y, conditions)
     return {p.device_id: float(a) for p, a in zip(broken, acc)}
 
@@ -223,8 +227,10 @@ def _faults(prepared: PreparedFleet, profile: DeviceProfile, accuracy: float | N
     platform = get_platform(profile.platform)
     per_weight = platform.linear and platform.held_weights(profile.calibration, profile.shape,
                                                            prepared.model.layers[0].shape) is not None
-    # a ring's row makes up for it with the model's input moments; a mesh's fit works around it by itself
-    compensated = bool(prepared.model.input_moments) if per_weight else platform.faults_supported
+    # a ring bank places its outputs off them and its rows make up with the model's input moments (every layer
+    # needs them); a mesh's fit works around them by itself; a mapping through the nominal device knows nothing
+    moments = all(layer.name in prepared.model.input_moments for layer in prepared.model.layers)
+    compensated = prepared.calibrated and (moments if per_weight else platform.faults_supported)
     return fault_document(profile.devices, int(flagged.sum()), compensated, accuracy, if_working)
 
 

@@ -48,8 +48,8 @@ def moments_json(moments: Mapping[str, np.ndarray], samples: int) -> dict[str, A
 
 def parse_input_moments(where: str, value: Any, layers: Sequence[Any]) -> dict[str, np.ndarray]:
     """The recorded moments of a model file (``{}`` when it records none), each checked against its layer: a
-    square matrix of the layer's inputs, finite, symmetric, with a non-negative diagonal.  Anything else is the
-    file's error, in one line."""
+    square matrix of the layer's inputs, finite, symmetric and positive semi-definite (what makes every row's
+    ridge-regularised solve well posed).  Anything else is the file's error, in one line."""
     if value is None:
         return {}
     fix = "the file was edited or corrupted; re-export it with `pnndeploy train`"
@@ -68,9 +68,11 @@ def parse_input_moments(where: str, value: Any, layers: Sequence[Any]) -> dict[s
             m = np.asarray(entry["second_moment"], dtype=np.float64)
         except (TypeError, KeyError, ValueError, OverflowError):
             raise ModelFileError(f"{where}: input_moments of layer {name!r} is not a matrix of numbers; {fix}") from None
-        if m.shape != (n, n) or not np.all(np.isfinite(m)) or np.any(np.diag(m) < 0) \
-                or not np.allclose(m, m.T, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(m).max()))):
-            raise ModelFileError(f"{where}: input_moments of layer {name!r} is not a finite symmetric {n} x {n} "
-                                 f"matrix with a non-negative diagonal; {fix}")
+        scale = max(1.0, float(np.abs(m).max())) if m.size and np.all(np.isfinite(m)) else 1.0
+        if m.shape != (n, n) or not np.all(np.isfinite(m)) \
+                or not np.allclose(m, m.T, rtol=1e-5, atol=1e-6 * scale) \
+                or float(np.linalg.eigvalsh((m + m.T) / 2).min()) < -1e-5 * scale:
+            raise ModelFileError(f"{where}: input_moments of layer {name!r} is not a finite, symmetric, positive "
+                                 f"semi-definite {n} x {n} matrix (a second moment is one); {fix}")
         out[name] = m
     return out

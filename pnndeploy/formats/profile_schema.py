@@ -352,7 +352,11 @@ def _check_fault_fields(c: _Checker, grp: h5py.Group, section: str, platform: Pl
         c.add(f"'{where}/faulty' holds codes other than {', '.join(map(str, codes))} (0 works, 1 dead"
               + (", 2 stuck)" if STUCK in codes else " or stuck)"))
     if with_drive:
-        c.dataset(grp, "stuck_setting", device_shape, "float", units["stuck_setting"])
+        drive = c.dataset(grp, "stuck_setting", device_shape, "float", units["stuck_setting"])
+        if faulty is not None and drive is not None and faulty.shape == drive.shape \
+                and np.any((faulty != STUCK) & (drive != 0)):
+            c.add(f"'{where}/stuck_setting' is not 0 on a device that is not stuck (code 2); a working or dead "
+                  "device holds no drive")
     elif "stuck_setting" in grp:
         c.add(f"'{where}/stuck_setting' belongs to the fabrication truth only (a calibration folds a stuck "
               "drive into the offset)")

@@ -46,7 +46,7 @@ from pnndeploy.formats.profile_schema import (
     validate_profile,
 )
 from pnndeploy.platforms import Platform, get_platform
-from pnndeploy.platforms.faults import DEAD, STUCK
+from pnndeploy.platforms.faults import DEAD, STUCK, resting_truth
 
 # --------------------------------------------------------------------------- data classes
 
@@ -382,8 +382,14 @@ def profile_summary(profile: DeviceProfile, now: datetime | None = None) -> dict
     }
     if profile.fabrication is not None:
         out["faulty_truth"] = _fault_count(profile.fabrication, profile.devices, kinds=True)
+        # against the truth as the chip behaves at rest (a stuck drive and its spill are in its offsets), over the
+        # devices that work: a faulty one's calibration is what it realises, not an estimate of its parameters
+        truth = resting_truth(platform, profile.fabrication, env.crosstalk, tuple(profile.shape))
+        works = ~np.asarray(profile.fabrication.get("faulty", 0), dtype=bool) & \
+            ~np.asarray(profile.calibration.get("faulty", 0), dtype=bool)
         out["calibration_error"] = {
-            k: _stats(np.asarray(profile.calibration[k]) - np.asarray(profile.fabrication[k]), u)
+            k: _stats((np.asarray(profile.calibration[k]) - np.asarray(truth[k]))[
+                works if np.shape(works) == np.shape(truth[k]) and works.any() else ...], u)
             for k, u in fields.items()
         }
     return out

@@ -4,9 +4,9 @@ Real chips have them: a heater whose wire bond is open gives no heat (**dead**),
 shorted or latched holds one drive whatever is programmed (**stuck**).  Either way the device behaves as if it
 were set to a fixed value, its *stuck setting* (0 for a dead heater), and everything else about it (its
 fabrication offset, its thermal drift, its neighbours' crosstalk) still acts.  That one rule is the whole
-physics, the same on every platform whose settings drive devices one to one: the chip realises
-``where(faulty, stuck_setting, setting)`` and the platform's physics takes it from there
-(:func:`realised_settings`).
+physics, the same on every platform whose settings drive devices one to one: a faulty device's channel applies
+nothing (:func:`realised_settings`), and its stuck drive, with the heat it spills into its neighbours, is part of
+the chip's offsets (:func:`resting_truth`); the platform's physics takes it from there.
 
 Where the fields live (``profiles``):
 
@@ -22,6 +22,7 @@ A process spec draws them per chip with its optional ``faults`` section (:func:`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import numpy as np
@@ -60,27 +61,47 @@ def faulty_mask(fields: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
 
 def realised_settings(platform: Any, settings: np.ndarray, fabrication: Mapping[str, np.ndarray] | None,
                       layout: tuple[int, int]) -> np.ndarray:
-    """What a chip really applies when ``settings`` (one layer's, the platform's control shape) are programmed:
-    a faulty device's stuck setting in place of its own.  Without faults, ``settings`` itself."""
+    """What a chip's programmable channels really apply when ``settings`` (one layer's, the platform's control
+    shape) are programmed: 0 on a faulty device, whose stuck drive (if any) :func:`resting_truth` folds into the
+    offsets instead.  Without faults, ``settings`` itself."""
     mask = faulty_mask(fabrication)
     if mask is None:
         return settings
     settings = np.asarray(settings)
-    held = platform.per_setting(mask, settings.shape, layout)
-    stuck = platform.per_setting(np.asarray(fabrication["stuck_setting"], np.float64), settings.shape, layout)
-    return np.where(held, stuck, settings)
+    return np.where(platform.per_setting(mask, settings.shape, layout), 0.0, settings)
+
+
+def stuck_drives(fabrication: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Each device's stuck drive (control units): its ``stuck_setting`` where it is stuck, 0 elsewhere."""
+    return np.where(np.asarray(fabrication["faulty"]) == STUCK, np.asarray(fabrication["stuck_setting"], np.float64),
+                    0.0)
+
+
+def resting_truth(platform: Any, fabrication: Mapping[str, np.ndarray], crosstalk: float,
+                  layout: tuple[int, int]) -> Mapping[str, np.ndarray]:
+    """The truth with its faulty devices folded into the offsets, as the chip behaves whatever is programmed: a
+    stuck device's offset holds its drive, and its neighbours' offsets the heat that drive spills into them (a
+    stuck heater stays on in every tile of every layer, and through a sweep of its neighbour).  With this truth
+    and :func:`realised_settings` (0 on faulty devices), a platform's physics needs nothing else.  Without
+    faults, the truth itself."""
+    if faulty_mask(fabrication) is None:
+        return fabrication
+    stuck = stuck_drives(fabrication)
+    offset = np.asarray(fabrication[platform.offset_name], np.float64) + stuck
+    if crosstalk:
+        offset = offset + crosstalk * platform.device_spill(stuck, layout)
+    return {**fabrication, platform.offset_name: offset}
+
+
+def resting_profile(platform: Any, profile: Any) -> Any:
+    """A simulated chip's profile (a dataclass with ``fabrication``, ``environment`` and ``shape``) with its truth
+    at rest (:func:`resting_truth`): what the simulators hand the platform's physics.  Unchanged without faults."""
+    if profile.fabrication is None or faulty_mask(profile.fabrication) is None:
+        return profile
+    truth = resting_truth(platform, profile.fabrication, float(profile.environment.crosstalk), tuple(profile.shape))
+    return dataclasses.replace(profile, fabrication=truth)
 
 
 def calibrated_faults(fabrication: Mapping[str, np.ndarray]) -> np.ndarray:
     """The calibration's ``faulty`` of a simulated chip whose lab found every faulty device (0 or 1 per device)."""
     return (np.asarray(fabrication["faulty"]) != WORKS).astype(np.uint8)
-
-
-def swept_truth(platform: Any, fabrication: Mapping[str, np.ndarray], crosstalk: float,
-                layout: tuple[int, int]) -> Mapping[str, np.ndarray]:
-    """The truth as a sweep of one device at a time sees it: every other heater at 0, except a stuck one, which
-    stays on and warms its neighbours (their offset plus crosstalk times its drive).  Without faults, the truth."""
-    if faulty_mask(fabrication) is None or not crosstalk:
-        return fabrication
-    spill = crosstalk * platform.device_spill(np.asarray(fabrication["stuck_setting"], np.float64), layout)
-    return {**fabrication, platform.offset_name: np.asarray(fabrication[platform.offset_name]) + spill}

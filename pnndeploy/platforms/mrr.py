@@ -190,7 +190,7 @@ class MRRPlatform(LinearPlatform):
         weight = weight.astype(np.float64)
         unused = np.isnan(weight).all(axis=1)          # padding rows of a placed layer: not programmed
         if unused.any():
-            weight = np.where(unused[:, None], 1.0, weight)       # W = 1: far off resonance, the rest a ring takes
+            weight = np.where(unused[:, None], 1.0, weight)       # a finite stand-in: the row is held at 0
             held = unused[:, None] | (False if held is None else held)
         # the heater range, not the training range, limits what the chip can reach
         target, reachable = self.inverse(weight, sign, np.inf, **cal)
@@ -377,13 +377,14 @@ FLAT_NOISE_SPANS = 10.0
 
 def unresponsive(measured: np.ndarray) -> np.ndarray:
     """Per swept device (rows of ``measured``), whether its trace stays flat over the sweep: a dead or stuck
-    heater, or a resonance the heater range cannot reach.  Flat = its span (max - min) below :data:`FLAT_SPAN` and
+    heater, or a resonance the heater range cannot reach.  Flat = its span (max - min) below :data:`FLAT_SPAN`, or
     below :data:`FLAT_NOISE_SPANS` times its noise (the median step between neighbouring points, as a std: a
-    working ring's dip moves few of them)."""
+    working ring's dip moves few of them), so a noisy station's flat trace (span about 6 sigma) is still one.
+    A slow drift of the laser during a flat sweep is not: that trace is fitted, and refused as a bad fit."""
     measured = np.asarray(measured, np.float64)
-    span = measured.max(axis=1) - measured.min(axis=1)
-    if measured.shape[1] < 2:
+    if measured.ndim != 2 or measured.shape[1] < 2:
         return np.zeros(len(measured), dtype=bool)
+    span = measured.max(axis=1) - measured.min(axis=1)
     noise = np.median(np.abs(np.diff(measured, axis=1)), axis=1) / (0.6745 * np.sqrt(2.0))
     return (span < FLAT_SPAN) | (span < FLAT_NOISE_SPANS * noise)
 

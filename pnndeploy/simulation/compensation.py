@@ -77,10 +77,13 @@ class DriftCompensation:
 
 
 def _common_shift(fleet: SimulatedFleet, bias: np.ndarray, base: np.ndarray | None) -> np.ndarray:
-    """(chips, *device_shape) shift: each chip's bias on every control device, plus ``base`` (ageing)."""
+    """(chips, *device_shape) shift: each chip's bias on every control device that responds, plus ``base``
+    (ageing, which moves faulty devices too)."""
     shape = fleet.platform.device_shape(fleet.array)
     shift = np.broadcast_to(np.asarray(bias, np.float64).reshape(-1, *([1] * len(shape))),
                             (len(fleet), *shape)).copy()
+    if fleet.responds is not None:             # a bias is programmed: a faulty device ignores it
+        shift *= fleet.responds
     return shift if base is None else shift + base
 
 

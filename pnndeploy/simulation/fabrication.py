@@ -19,7 +19,7 @@ from pnndeploy.formats.process_spec import check_process, process_keys, process_
 from pnndeploy.formats.profile_folder import check_device_name
 from pnndeploy.formats.profile_schema import param_ranges
 from pnndeploy.formats.profiles import DeviceProfile, Environment, write_profile
-from pnndeploy.platforms.faults import calibrated_faults, draw_faults, swept_truth
+from pnndeploy.platforms.faults import calibrated_faults, draw_faults, resting_truth
 from pnndeploy.simulation.streams import device_rng
 
 # --------------------------------------------------------------------------- names and streams
@@ -118,9 +118,9 @@ def _add_faults(platform: Any, spec: Mapping[str, Any], device_id: str, seed: in
     drawn = draw_faults(spec, platform.device_shape(shape), heater_range, device_rng(device_id, seed, FAULT_STREAM))
     fabrication.update(drawn)
     calibration["faulty"] = calibrated_faults(drawn)
-    swept = swept_truth(platform, fabrication, crosstalk, shape)
-    calibration[platform.offset_name] = (calibration[platform.offset_name] + drawn["stuck_setting"]
-                                         + swept[platform.offset_name] - fabrication[platform.offset_name])
+    rest = resting_truth(platform, fabrication, crosstalk, shape)
+    calibration[platform.offset_name] = (calibration[platform.offset_name] + rest[platform.offset_name]
+                                         - fabrication[platform.offset_name])
 
 
 def make_fleet(process: Mapping[str, Any], count: int, prefix: str, seed: int,

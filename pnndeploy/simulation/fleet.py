@@ -28,7 +28,7 @@ from pnndeploy.formats.onnx_io import ExportedModel
 from pnndeploy.formats.profiles import DeviceProfile
 from pnndeploy.platforms import platform_for
 from pnndeploy.platforms.base import ChipState
-from pnndeploy.platforms.faults import realised_settings
+from pnndeploy.platforms.faults import faulty_mask, realised_settings, resting_profile
 from pnndeploy.simulation.streams import device_rng
 
 
@@ -94,6 +94,9 @@ class SimulatedFleet:
         self._front_cache: tuple[np.ndarray, Any] | None = None
         self._labels_cache: tuple[np.ndarray, Any, bool] | None = None
         self.shapes = [tuple(layer.weight_shape) for layer in model.layers]
+        #: (chips, *device_shape) True where a device responds to its setting (None: every device of every chip):
+        #: a bias programmed on top of the settings (drift compensation) does not reach a faulty one.
+        self.responds = _responds(self.platform, profiles)
         to_device = lambda a: torch.from_numpy(np.asarray(a, np.float32)).to(self.device)   # noqa: E731
         self.gains = [to_device(layer.gain) for layer in model.layers]
         self.biases = [to_device(layer.bias)[:, None] for layer in model.layers]
@@ -109,6 +112,7 @@ class SimulatedFleet:
         import torch
 
         layers = [d.layers[k] for d in deployments]
+        profiles = [resting_profile(self.platform, p) for p in profiles]     # faulty devices folded into the truth
         placed = [layer for layer in layers if layer.rows is not None]
         physical = (max(layer.settings.shape[0] for layer in placed), shape[1]) if placed else shape
         settings, rows = [], []
@@ -243,6 +247,15 @@ class SimulatedFleet:
                 if progress is not None:
                     progress(chips.stop - chips.start)
         return out
+
+
+def _responds(platform: Any, profiles: Sequence[DeviceProfile]) -> np.ndarray | None:
+    """Per chip and device, whether it responds to its setting (the truth's faults); None when all do."""
+    masks = [faulty_mask(p.fabrication) for p in profiles]
+    if all(m is None for m in masks):
+        return None
+    shape = platform.device_shape(profiles[0].shape)
+    return np.stack([np.ones(shape, dtype=bool) if m is None else ~m for m in masks])
 
 
 def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None) -> Any:
