@@ -19,7 +19,6 @@ from pnndeploy.formats.process_spec import check_process
 from pnndeploy.formats.profile_schema import validate_profile
 from pnndeploy.formats.profiles import read_profile, write_profile
 from pnndeploy.platforms import get_platform
-from pnndeploy.platforms.base import Clipping
 from pnndeploy.platforms.faults import DEAD, STUCK, realised_settings
 from pnndeploy.simulation.fabrication import generate_chip, make_fleet
 from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
@@ -396,8 +395,6 @@ def test_a_stuck_heater_warms_its_neighbours_in_every_tile_as_the_calibration_sa
     from types import SimpleNamespace
 
     mapped = platform.map_layer(W, np.ones(shape), chip.calibration, chip.environment, chip.shape, None, shape)
-    model = SimpleNamespace(layers=[SimpleNamespace(weight_shape=shape, gain=np.ones(12), bias=np.zeros(12))],
-                            platform="mrr", platform_params={})
     deployment = SimpleNamespace(layers=[SimpleNamespace(settings=mapped.settings, rows=None)])
     fleet = SimulatedFleet.__new__(SimulatedFleet)          # only the layer state is needed here
     fleet.platform, fleet.array, fleet.device = platform, chip.shape, "cpu"
@@ -417,7 +414,6 @@ def test_a_stuck_heater_warms_its_neighbours_in_every_tile_as_the_calibration_sa
     modelled = platform.transfer(applied + chip.calibration["resonance_offset"][ri, ci]
                                  + 0.02 * _neighbour_settings(applied, ci, chip.shape), **cal)
     assert held.any() and np.abs(simulated - modelled).max() < 1e-5
-    del model
 
 
 def test_uncalibrated_transfer_does_not_claim_to_map_around_faults(cli, faulty_fleet, model_file):
