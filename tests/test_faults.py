@@ -421,3 +421,15 @@ def test_uncalibrated_transfer_does_not_claim_to_map_around_faults(cli, faulty_f
                  "--no-save", "--uncalibrated")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["devices"][0]["faults"]["compensated"] is False
+
+
+def test_a_compensation_bias_does_not_reach_faulty_devices(faulty_fleet, model_file):
+    from pnndeploy.simulation.compensation import _common_shift
+
+    model = load_model(model_file)
+    profiles = [read_profile(p) for p in sorted(faulty_fleet.glob("*.h5"))]
+    fleet = SimulatedFleet(model, profiles, [map_model(model, p) for p in profiles])
+    shift = _common_shift(fleet, np.array([0.1, 0.2, 0.3]), None)
+    faulty = np.stack([p.fabrication["faulty"] > 0 for p in profiles])
+    assert faulty.any() and np.all(shift[faulty] == 0)
+    assert np.all(shift[~faulty] == np.broadcast_to(np.array([0.1, 0.2, 0.3])[:, None, None], faulty.shape)[~faulty])

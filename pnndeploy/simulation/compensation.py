@@ -82,8 +82,9 @@ def _common_shift(fleet: SimulatedFleet, bias: np.ndarray, base: np.ndarray | No
     shape = fleet.platform.device_shape(fleet.array)
     shift = np.broadcast_to(np.asarray(bias, np.float64).reshape(-1, *([1] * len(shape))),
                             (len(fleet), *shape)).copy()
-    if fleet.responds is not None:             # a bias is programmed: a faulty device ignores it
-        shift *= fleet.responds
+    responds = getattr(fleet, "responds", None)      # (a chip on a station ignores the bias by itself)
+    if responds is not None:                         # a bias is programmed: a faulty device ignores it
+        shift *= responds
     return shift if base is None else shift + base
 
 
