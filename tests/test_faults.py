@@ -433,3 +433,15 @@ def test_a_compensation_bias_does_not_reach_faulty_devices(faulty_fleet, model_f
     faulty = np.stack([p.fabrication["faulty"] > 0 for p in profiles])
     assert faulty.any() and np.all(shift[faulty] == 0)
     assert np.all(shift[~faulty] == np.broadcast_to(np.array([0.1, 0.2, 0.3])[:, None, None], faulty.shape)[~faulty])
+
+
+def test_fault_fields_on_a_platform_without_a_fault_model_are_refused(shipped_profiles_dir, tmp_path):
+    import shutil
+
+    path = tmp_path / "chipA.h5"
+    shutil.copyfile(shipped_profiles_dir / "freespace" / "chipA.h5", path)
+    with h5py.File(path, "a") as f:
+        shape = f["calibration"]["pixel_offset"].shape if "pixel_offset" in f["calibration"] else (2, 8, 8)
+        f["calibration"].create_dataset("faulty", data=np.zeros(shape, np.uint8)).attrs["units"] = "1"
+    problems = "; ".join(validate_profile(path))
+    assert "do not model them" in problems, problems
