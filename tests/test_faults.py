@@ -445,3 +445,17 @@ def test_fault_fields_on_a_platform_without_a_fault_model_are_refused(shipped_pr
         f["calibration"].create_dataset("faulty", data=np.zeros(shape, np.uint8)).attrs["units"] = "1"
     problems = "; ".join(validate_profile(path))
     assert "do not model them" in problems, problems
+
+
+def test_a_fleet_of_faulty_and_sound_ring_chips_maps_as_each_alone(faulty_fleet, shipped_profiles_dir, model_file):
+    from pnndeploy.deploy.mapping import map_models
+
+    model = load_model(model_file)
+    chips = [read_profile(faulty_fleet / "chipA.h5"), read_profile(shipped_profiles_dir / "chipA.h5"),
+             read_profile(faulty_fleet / "chipB.h5")]
+    together = map_models(model, chips)
+    for chip, deployment in zip(chips, together):
+        alone = map_model(model, chip)
+        for a, b in zip(alone.layers, deployment.layers):
+            assert np.array_equal(a.settings, b.settings) and a.clipping == b.clipping
+            assert (a.rows is None and b.rows is None) or np.array_equal(a.rows, b.rows)
