@@ -225,6 +225,18 @@ def test_a_flat_sweep_is_a_faulty_ring_not_a_fit():
     assert abs(fields["resonance_offset"][2] - 0.3) < 1e-2            # the working ring fitted as before
 
 
+def test_a_flat_sweep_under_a_drifting_laser_is_still_flat_and_a_dip_is_not():
+    from pnndeploy.platforms.mrr import unresponsive
+
+    h = np.linspace(-3, 3, 600)
+    rng = np.random.default_rng(1)
+    drift = 0.15 * (h - h[0]) / (h[-1] - h[0])                   # the laser's power creeps up 15 % of a unit
+    flat = 0.9 + drift + 0.003 * rng.standard_normal(600)
+    truth = {"resonance_offset": np.array([[-1.0]]), "gamma": np.array([[0.15]]), "a": np.array([[0.9]])}
+    dip = get_platform("mrr").device_response(truth, np.zeros((1, 1)), [0], [0], h, 0.0)[0] + drift
+    assert unresponsive(np.vstack([flat, dip])).tolist() == [True, False]
+
+
 def test_a_shallow_dip_is_still_no_calibration():
     platform = get_platform("mrr")
     h = np.linspace(-3, 3, 600)

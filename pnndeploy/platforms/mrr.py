@@ -377,14 +377,18 @@ FLAT_NOISE_SPANS = 10.0
 
 def unresponsive(measured: np.ndarray) -> np.ndarray:
     """Per swept device (rows of ``measured``), whether its trace stays flat over the sweep: a dead or stuck
-    heater, or a resonance the heater range cannot reach.  Flat = its span (max - min) below :data:`FLAT_SPAN`, or
-    below :data:`FLAT_NOISE_SPANS` times its noise (the median step between neighbouring points, as a std: a
-    working ring's dip moves few of them), so a noisy station's flat trace (span about 6 sigma) is still one.
-    A slow drift of the laser during a flat sweep is not: that trace is fitted, and refused as a bad fit."""
+    heater, or a resonance the heater range cannot reach.  Flat = the span (max - min) of the trace less its
+    straight-line fit below :data:`FLAT_SPAN`, or below :data:`FLAT_NOISE_SPANS` times its noise (the median step
+    between neighbouring points, as a std: a working ring's dip moves few of them), so a noisy station's flat trace
+    (span about 6 sigma) is still one, and so is one on which the laser's power drifted slowly during the sweep
+    (the line takes the drift; a resonance's dip is no line)."""
     measured = np.asarray(measured, np.float64)
     if measured.ndim != 2 or measured.shape[1] < 2:
         return np.zeros(len(measured), dtype=bool)
-    span = measured.max(axis=1) - measured.min(axis=1)
+    t = np.linspace(-1.0, 1.0, measured.shape[1])
+    slope = (measured - measured.mean(axis=1, keepdims=True)) @ t / (t @ t)
+    rest = measured - measured.mean(axis=1, keepdims=True) - slope[:, None] * t[None, :]
+    span = rest.max(axis=1) - rest.min(axis=1)
     noise = np.median(np.abs(np.diff(measured, axis=1)), axis=1) / (0.6745 * np.sqrt(2.0))
     return (span < FLAT_SPAN) | (span < FLAT_NOISE_SPANS * noise)
 
