@@ -398,7 +398,9 @@ def test_a_stuck_heater_warms_its_neighbours_in_every_tile_as_the_calibration_sa
     deployment = SimpleNamespace(layers=[SimpleNamespace(settings=mapped.settings, rows=None)])
     fleet = SimulatedFleet.__new__(SimulatedFleet)          # only the layer state is needed here
     fleet.platform, fleet.array, fleet.device = platform, chip.shape, "cpu"
-    state = fleet._layer(0, shape, [chip], [deployment])
+    from pnndeploy.platforms.faults import resting_profile
+
+    state = fleet._layer(0, shape, [resting_profile(platform, chip)], [deployment])
     import torch
 
     from pnndeploy.platforms.base import ChipState

@@ -57,6 +57,8 @@ class SimulatedChip(ChipBackend):
                                "can only be played from a simulated profile (`pnndeploy fleet make`)")
         self.profile = profile
         self.platform = profile.chip_platform
+        #: The truth the physics runs on: faulty devices folded into the offsets (:func:`resting_profile`), once.
+        self.resting = resting_profile(self.platform, profile)
         try:
             self.measurement_noise = float(self.options.get("measurement_noise", measurement_noise))
             seed = int(self.options.get("seed", seed))
@@ -123,7 +125,7 @@ class SimulatedChip(ChipBackend):
             lo, hi = self.profile.environment.heater_range
             settings = np.clip(settings, lo, hi)      # the DAC cannot drive beyond its range
             settings = realised_settings(self.platform, settings, self.profile.fabrication, self.profile.shape)
-            state = self.platform.fleet_layer((out_f, in_f), [settings], [resting_profile(self.platform, self.profile)],
+            state = self.platform.fleet_layer((out_f, in_f), [settings], [self.resting],
                                               self.profile.shape, "cpu", torch.float64)
             self.slots[layer.index] = ((out_f, in_f), state)
             self._noise.pop(layer.index, None)
@@ -178,7 +180,7 @@ class SimulatedChip(ChipBackend):
         faulty = faulty_mask(self.profile.fabrication)
         if faulty is not None:                    # a faulty device ignores the sweep (its stuck drive, and that of
             h = np.where(faulty[rows, cols][:, None], 0.0, h)      # a stuck neighbour, are in the resting truth)
-        truth = resting_profile(self.platform, self.profile).fabrication
+        truth = self.resting.fabrication
         W = self.platform.device_response(truth, self.profile.environment.drift_coefficient,
                                           rows, cols, h, self.temperature_C - self.reference_C)
         sigma = float(np.hypot(self.profile.environment.detector_noise, self.measurement_noise))

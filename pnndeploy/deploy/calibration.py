@@ -118,7 +118,8 @@ def error_vs_truth(profile: DeviceProfile, fields: dict[str, np.ndarray]) -> dic
     """Simulated chips: per field, rms and max |calibration - truth| of the new and the old calibration."""
     if profile.fabrication is None:
         return None
-    works = ~_faulty(fields) & ~_faulty(profile.fabrication) & ~_faulty(profile.calibration)
+    found, actual = _faulty(fields), _faulty(profile.fabrication)
+    works = ~found & ~actual & ~_faulty(profile.calibration)
     if not works.any():
         return None
     # what a sweep can measure: a stuck neighbour's heat is part of a device's offset then
@@ -129,10 +130,9 @@ def error_vs_truth(profile: DeviceProfile, fields: dict[str, np.ndarray]) -> dic
             "max_abs": float(np.abs(fields[k] - truth[k])[works].max()),
             "previous_rms": _rms((profile.calibration[k] - truth[k])[works])}
         for k in fields if k != "faulty"}
-    found, truth = _faulty(fields), _faulty(profile.fabrication)
-    if found.any() or truth.any():
-        out["faulty"] = {"found": int(found.sum()), "truth": int(truth.sum()),
-                         "missed": int((truth & ~found).sum()), "false_alarms": int((found & ~truth).sum())}
+    if found.any() or actual.any():
+        out["faulty"] = {"found": int(found.sum()), "truth": int(actual.sum()),
+                         "missed": int((actual & ~found).sum()), "false_alarms": int((found & ~actual).sum())}
     return out
 
 

@@ -41,16 +41,16 @@ def compensate_held(weight: np.ndarray, held: np.ndarray, values: np.ndarray,
     if moment is None or not held.any():
         return target
     M = np.asarray(moment, np.float64)
+    values = np.asarray(values, np.float64)
     ridge = RIDGE * max(float(np.mean(np.diag(M))), 1e-12)
     for i in np.flatnonzero(held.any(axis=1) & np.isfinite(target).all(axis=1)):    # (NaN: a padding row)
         fixed = held[i]
         free = ~fixed
         if not free.any():
             continue
-        error = np.asarray(values, np.float64)[i, fixed] - target[i, fixed]
         A = M[np.ix_(free, free)] + ridge * np.eye(int(free.sum()))
-        target[i, free] += np.linalg.solve(A, -M[np.ix_(free, fixed)] @ error)
-        target[i, fixed] = np.asarray(values, np.float64)[i, fixed]
+        target[i, free] += np.linalg.solve(A, -M[np.ix_(free, fixed)] @ (values[i, fixed] - target[i, fixed]))
+        target[i, fixed] = values[i, fixed]
     return target
 
 

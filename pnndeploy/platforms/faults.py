@@ -29,8 +29,6 @@ import numpy as np
 
 #: Fault codes of the fabrication truth (the calibration records 0 or 1).
 WORKS, DEAD, STUCK = 0, 1, 2
-#: What the codes mean, for errors and reports.
-FAULT_NAMES = {WORKS: "works", DEAD: "dead (no tuning)", STUCK: "stuck at one drive"}
 #: The keys of a process spec's ``faults`` section: fractions of the devices.
 FAULT_KEYS = ("dead_fraction", "stuck_fraction")
 #: At most this fraction of a chip's devices may be drawn faulty (a chip beyond it is scrap, not a test case).

@@ -101,18 +101,18 @@ class SimulatedFleet:
         self.gains = [to_device(layer.gain) for layer in model.layers]
         self.biases = [to_device(layer.bias)[:, None] for layer in model.layers]
         with compute.running():
-            self.layers: list[dict[str, Any]] = [self._layer(k, shape, profiles, deployments)
+            resting = [resting_profile(self.platform, p) for p in profiles]    # faulty devices folded in, once
+            self.layers: list[dict[str, Any]] = [self._layer(k, shape, resting, deployments)
                                                  for k, shape in enumerate(self.shapes)]
 
     def _layer(self, k: int, shape: tuple[int, int], profiles: Sequence[DeviceProfile],
                deployments: Sequence[Deployment]) -> dict[str, Any]:
-        """The platform's static state of layer ``k`` for every chip, from what each chip really applies (a faulty
-        device's held drive).  Where some chip's mapping moved the layer's outputs to other rows, every chip's
+        """The platform's static state of layer ``k`` for every chip (``profiles`` at rest, :func:`resting_profile`),
+        from what each chip's channels really apply (nothing on a faulty device).  Where some chip's mapping moved the layer's outputs to other rows, every chip's
         settings are padded to the same rows and ``rows`` (chips, out) says where each output sits."""
         import torch
 
         layers = [d.layers[k] for d in deployments]
-        profiles = [resting_profile(self.platform, p) for p in profiles]     # faulty devices folded into the truth
         placed = [layer for layer in layers if layer.rows is not None]
         physical = (max(layer.settings.shape[0] for layer in placed), shape[1]) if placed else shape
         settings, rows = [], []
