@@ -6,10 +6,12 @@ fc3 on the rings).  Steps, each timed:
 2. `pnndeploy train --init-from` with --epochs 0 (map only) and with spec-SAT for --finetune epochs;
 3. `pnndeploy train --config examples/paper/mrr-lenet5.yaml` with spec-SAT for --scratch epochs;
 4. `pnndeploy audit --fleet --temperature -1:1:0.5` on the default fleet: the worst chip over +-1 K as programmed
-   (the issue's figure) and after audit's drift compensation (bias, the strategy spec-SAT trains for).
+   and after audit's drift compensation (bias): the default spec-SAT is trained for the latter, spec-SAT with
+   `--train-args=--no-drift-compensation` (both runs) for the former.
 
     OMP_NUM_THREADS=1 python benchmarks/init_from.py                          # 5 vs 30 epochs
     OMP_NUM_THREADS=1 python benchmarks/init_from.py --scratch 10 --out bench  # a shorter comparison
+    OMP_NUM_THREADS=1 python benchmarks/init_from.py --seed 1 --train-args=--no-drift-compensation  # README's table
 """
 
 from __future__ import annotations
@@ -110,20 +112,26 @@ def main() -> None:
     parser.add_argument("--lr", default="0.01", help="the fine-tune's --lr (the scratch run keeps the config's)")
     parser.add_argument("--runs", default="mapped,finetuned,scratch", help="which runs, comma-separated")
     parser.add_argument("--lenet", type=Path, default=None, help="an exported LeNet to reuse (skips step 1)")
+    parser.add_argument("--seed", type=int, default=0, help="the PyTorch LeNet's seed and every run's --seed")
+    parser.add_argument("--train-args", default="",
+                        help="more `train` options for the fine-tune and the scratch run alike (space-separated), "
+                             "e.g. --no-drift-compensation")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     if args.lenet is None:
         lenet = args.out / "lenet-torch.onnx"
-        results["torch"] = torch_lenet(args.torch_epochs, 0, lenet)
+        results["torch"] = torch_lenet(args.torch_epochs, args.seed, lenet)
         print("torch", results["torch"], flush=True)
     else:
         lenet = args.lenet
-    common = ("--dataset", "digits28", "--onchip", "2", "--batch-size", "64", "--lr", args.lr,
-              *(("--init-mapping", args.mapping) if args.mapping else ()))
+    extra = tuple(args.train_args.split())
+    common = ("--dataset", "digits28", "--onchip", "2", "--batch-size", "64", "--lr", args.lr, "--seed", str(args.seed),
+              *(("--init-mapping", args.mapping) if args.mapping else ()), *extra)
     runs = {"mapped": ("train", *common, "--init-from", str(lenet), "--epochs", "0"),
             "finetuned": ("train", *common, "--init-from", str(lenet), "--epochs", str(args.finetune)),
-            "scratch": ("train", "--config", "examples/paper/mrr-lenet5.yaml", "--epochs", str(args.scratch))}
+            "scratch": ("train", "--config", "examples/paper/mrr-lenet5.yaml", "--epochs", str(args.scratch),
+                         "--seed", str(args.seed), *extra)}
     wanted = args.runs.split(",")
     for name, command in runs.items():
         if name not in wanted:

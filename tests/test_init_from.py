@@ -300,3 +300,40 @@ def test_the_default_import_mapping_is_balanced_and_recorded(cli, tmp_path: Path
     assert bad.exit_code == 2
     alone = cli("train", "--dataset", "digits28", "--init-mapping", "random", "--epochs", "1", "--out", out)
     assert alone.exit_code == 2 and "there is no --init-from" in alone.output
+
+
+# ------------------------------------------------------------------------------------ the front end's learning rate
+def _front_end_weights(path: Path) -> dict[str, np.ndarray]:
+    """The digital front end's initializers of a written model (conv and dense layers before the chip)."""
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+            if i.name.startswith("digital") and i.name != "digital.image_shape"}
+
+
+def test_an_imported_front_end_fine_tunes_at_a_tenth_of_the_rate_and_says_so(cli, tmp_path: Path, models) -> None:
+    """With --init-from the front end learns at 0.1 x --lr by default (recorded), --front-lr 0 leaves it exactly as
+    imported while the chip's layers still train, and a larger factor moves it further."""
+    common = ("train", "--dataset", "digits28", "--init-from", models["lenet"], "--onchip", "1", "--batch-size", "64",
+              "--method", "noise-aware")
+    mapped = tmp_path / "mapped.onnx"
+    assert cli(*common, "--epochs", "0", "--out", mapped).exit_code == 0
+    moved = {}
+    for factor in ("0", "0.1", "1"):
+        out = tmp_path / f"tuned-{factor}.onnx"
+        flags = () if factor == "0.1" else ("--front-lr", factor)
+        result = cli(*common, "--epochs", "1", *flags, "--out", out, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["init_from"]["front_lr"] == float(factor)
+        before, after = _front_end_weights(mapped), _front_end_weights(out)
+        moved[factor] = max(float(np.abs(after[k] - before[k]).max()) for k in before)
+        chip = load_model(out).layers[0].controls
+        assert not np.array_equal(chip, load_model(mapped).layers[0].controls)       # the chip's layer trained
+    assert moved["0"] == 0.0 and 0 < moved["0.1"] < moved["1"]
+
+
+def test_front_lr_needs_a_front_end(cli, tmp_path: Path) -> None:
+    result = cli("train", "--front-lr", "0.1", "--epochs", "1", "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 2 and "--front-lr 0.1" in result.output and "there is none" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
+    negative = cli("train", "--conv", "4", "--dataset", "digits28", "--front-lr", "-1", "--epochs", "1",
+                   "--out", tmp_path / "m.onnx")
+    assert negative.exit_code == 2 and "--front-lr" in negative.output

@@ -19,7 +19,7 @@ from pnndeploy.formats.yamlio import read_yaml_file
 from pnndeploy.platforms import PLATFORMS, get_platform
 from pnndeploy.training.methods import METHODS, get_method
 from pnndeploy.training.methods.base import SetupBox, box_setting, setting_names, setup_axes, setup_box
-from pnndeploy.training.settings import RunSettings, check, default_of, described, flag
+from pnndeploy.training.settings import IMPORTED_FRONT_LR, RunSettings, check, default_of, described, flag
 
 class _TrainConfigRules:
     """What a :class:`TrainConfig` does with its settings (the fields are generated: :func:`_setting_fields`)."""
@@ -74,6 +74,10 @@ class _TrainConfigRules:
         if self.kernel != KERNEL and not self.conv:
             raise ConfigError(f"--kernel {self.kernel} sizes the conv front end's kernels, and there is none; give "
                               "--conv too (e.g. --conv 6,16) or drop --kernel")
+        if self.front_lr is not None and not self.conv and not self.layer_split()[0]:
+            raise ConfigError(f"--front-lr {self.front_lr:g} sets the digital front end's learning rate, and there "
+                              "is none (every layer is on the chip); give --conv, or --onchip N to run the earlier "
+                              "dense layers in electronics, or drop --front-lr")
         if self.batch_norm and not self.conv and not self.layer_split()[0]:
             raise ConfigError("--batch-norm normalises the digital front end's layers, and there are none; give "
                               "--conv, or --onchip N to run the earlier dense layers in electronics, or drop "
@@ -101,6 +105,14 @@ class _TrainConfigRules:
     def misalignment_box(self) -> tuple[list[float], list[float]] | None:
         """(centre, half-widths) of FD-SAT's box over the platform's non-differentiable axes, or None."""
         return setup_box(self)
+
+    @property
+    def front_lr_factor(self) -> float:
+        """The front end's learning rate as a fraction of --lr: the given one, or a trained front end's (from
+        --init-from) gentler default, or 1."""
+        if self.front_lr is not None:
+            return float(self.front_lr)
+        return IMPORTED_FRONT_LR if self.init_from is not None else 1.0
 
     @property
     def control_noise(self) -> float:

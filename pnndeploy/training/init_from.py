@@ -97,7 +97,7 @@ def imported_model(config: Any, dataset: Dataset, net: ImportedNetwork) -> tuple
               "mapped_test_accuracy": accuracy(mapped, X_test, y_test), "onnxruntime_max_abs_diff": difference,
               "onnxruntime_samples": samples, "input_normalisation": normalisation,
               "batch_norms_folded": net.batch_norms,
-              "mapping": mapping}
+              "mapping": mapping, "front_lr": config.front_lr_factor}
     return (model if trains_weights else mapped).train(), record
 
 

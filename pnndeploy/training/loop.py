@@ -154,11 +154,25 @@ def _train(dataset: Dataset, config: TrainConfig, model: PNN, on_epoch: Callable
         model.cpu()
 
 
+def _optimizer(model: PNN, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam at --lr, the digital front end at --front-lr times it (at 0 its weights are left out: they never
+    move): a front end imported trained is fine-tuned gently.  At the full rate it is the one group it always was
+    (the golden runs, bit for bit)."""
+    factor = config.front_lr_factor
+    if model.front is None or factor == 1.0:
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    front = {id(p) for p in model.front.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in front], "lr": config.lr}]
+    if factor > 0:
+        groups.append({"params": list(model.front.parameters()), "lr": config.lr * factor})
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
 def _loop(model: PNN, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
           config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None,
           chip: InSituChip | None) -> TrainResult:
     method = get_method(config.method)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = _optimizer(model, config)
     n = X.shape[0]
     steps_per_epoch = -(-n // config.batch_size)
     step = method.start(model, config, optimizer, steps_per_epoch * config.epochs)

@@ -116,6 +116,11 @@ def check(f: Field, value: Any) -> None:
         raise ConfigError(f"{name} must be {wanted} (got {value})")
 
 
+#: The front end's learning rate, as a fraction of --lr, when it comes trained from --init-from: at the full rate
+#: five epochs of spec-SAT cost an imported LeNet about a point of its accuracy (README, Bring your own model).
+IMPORTED_FRONT_LR = 0.1
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """What every training run has, whatever its method: the model's shape, the data's passes, the seed."""
@@ -153,6 +158,14 @@ class RunSettings:
     batch_size: int = setting(32, minimum=1, help="Samples per step")
     lr: float = setting(0.01, positive=True, help="Adam learning rate")
     seed: int = setting(0, help="Seed for the split, the init and the shuffling")
+    front_lr: float | None = setting(
+        None, minimum=0.0, metavar="FACTOR", record_default=False,
+        default_text=f"{IMPORTED_FRONT_LR:g} with --init-from (a trained front end is fine-tuned, not learned "
+                     "again), else 1",
+        help="The digital front end's learning rate as a fraction of --lr (0: its weights are not trained; batch "
+             "norm statistics still follow the data); the on-chip layers and "
+             "their digital gain and bias keep --lr. Needs a front end (--conv, or --onchip N below the model's "
+             "linear layers)")
     init_from: str | None = setting(
         None, path=True, metavar="MODEL.onnx", record_default=False,
         help="Start from a plain digital ONNX model (Gemm/MatMul, Conv, BatchNormalization, Relu, MaxPool, input "
