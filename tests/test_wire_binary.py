@@ -264,7 +264,7 @@ def test_an_in_situ_training_gives_the_same_model_bit_for_bit_on_either_wire(tmp
 def test_a_hostile_binary_reply_is_one_line(station, monkeypatch):
     backend = _backend(station, "binary")
     claim = _head(1, b'{"version": "v", "programmed": true}') + _array(name=b"y", shape=(1 << 20, 1 << 20), data=b"")
-    monkeypatch.setattr(backend, "_read_limited", lambda response, where: claim)
+    monkeypatch.setattr(backend, "_read_limited", lambda headers, chunks, where: claim)
     with pytest.raises(BackendError) as err:
         backend.measure_layer(LayerProgram(0, (4, 6), np.zeros((4, 6))), np.ones((1, 6)))
     assert "malformed reply" in str(err.value) and "more than the limit" in str(err.value)
