@@ -44,6 +44,7 @@ class SimulatedChip(ChipBackend):
         self._seed = seed
         self._default_noise = measurement_noise
         self.slots: dict[int, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._truth: dict[tuple[int, int], dict[str, Any]] = {}     # per layer shape a slot holds
         self._noise: dict[int, Any] = {}
         self.profile: DeviceProfile | None = None
         if profile is not None:
@@ -59,6 +60,7 @@ class SimulatedChip(ChipBackend):
         self.platform = profile.chip_platform
         #: The truth the physics runs on: faulty devices folded into the offsets (:func:`resting_profile`), once.
         self.resting = resting_profile(self.platform, profile)
+        self._truth = {}
         try:
             self.measurement_noise = float(self.options.get("measurement_noise", measurement_noise))
             seed = int(self.options.get("seed", seed))
@@ -125,10 +127,22 @@ class SimulatedChip(ChipBackend):
             lo, hi = self.profile.environment.heater_range
             settings = np.clip(settings, lo, hi)      # the DAC cannot drive beyond its range
             settings = realised_settings(self.platform, settings, self.profile.fabrication, self.profile.shape)
-            state = self.platform.fleet_layer((out_f, in_f), [settings], [self.resting],
-                                              self.profile.shape, "cpu", torch.float64)
-            self.slots[layer.index] = ((out_f, in_f), state)
+            self.slots[layer.index] = ((out_f, in_f), self._layer_state((out_f, in_f), settings))
             self._noise.pop(layer.index, None)
+        held = {shape for shape, _ in self.slots.values()}
+        self._truth = {shape: truth for shape, truth in self._truth.items() if shape in held}   # slots bound it
+
+    def _layer_state(self, shape: tuple[int, int], settings: np.ndarray) -> dict[str, Any]:
+        """The platform's simulation state of a layer at ``settings``; where the platform can split it, the
+        truth gathered for the layer's shape is kept while a slot holds that shape (the same tensors, the same
+        bits), so re-programming a layer costs only its settings' part."""
+        if not hasattr(self.platform, "fleet_truth"):
+            return self.platform.fleet_layer(shape, [settings], [self.resting], self.profile.shape, "cpu",
+                                             torch.float64)
+        if shape not in self._truth:
+            self._truth[shape] = self.platform.fleet_truth(shape, [self.resting], self.profile.shape, "cpu",
+                                                           torch.float64)
+        return self.platform.fleet_programmed(self._truth[shape], [settings])
 
     def set_temperature(self, celsius: float) -> None:
         self._ready()
