@@ -138,52 +138,13 @@ def _peer(conn: Any) -> str:
     return f"{printable(str(host), 64)}:{port}"
 
 
-class CoalescedWrites:
-    """A transport whose writes within one turn of the event loop leave in one send (at the end of the turn, at
-    the end of a response, or before closing).
-
-    Why: uvicorn writes a reply's head and its body apart; with TCP_NODELAY each is a packet, and a client
-    waiting for the reply wakes for the head alone, then again for the body (issue 26: an exchange per layer
-    and pass of in-situ training).  Everything but ``write`` is the wrapped transport's."""
-
-    def __init__(self, transport: Any, loop: Any) -> None:
-        self._transport, self._loop, self._pending = transport, loop, []
-
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
-
-    def flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 def guarded_protocol(guard: ConnectionGuard) -> type:
     """uvicorn's h11 protocol class reporting to ``guard`` (pass it as ``uvicorn.Config(http=...)``)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: Any) -> None:
-            super().connection_made(CoalescedWrites(transport, self.loop))
+            super().connection_made(transport)
             guard.opened(self)
 
         def data_received(self, data: bytes) -> None:
@@ -191,7 +152,6 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
             guard.update(self)
 
         def on_response_complete(self) -> None:
-            self.transport.flush()                 # the reply leaves now, in one send
             super().on_response_complete()
             guard.update(self, served=True)
 
