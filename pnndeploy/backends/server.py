@@ -221,7 +221,10 @@ def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> dict
             return fn()
 
     async def readout() -> float:
-        """The station's readout latency (slept, not computed): reported apart from transport."""
+        """The station's readout latency (slept, not computed): reported apart from transport.  None configured
+        (``--latency-ms 0``), none slept: even a sleep of 0 costs the request a turn of the event loop."""
+        if settings.latency_s <= 0:
+            return 0.0
         start = time.perf_counter()
         await asyncio.sleep(settings.latency_s)
         return time.perf_counter() - start

@@ -45,6 +45,7 @@ class SimulatedChip(ChipBackend):
         self._default_noise = measurement_noise
         self.slots: dict[int, tuple[tuple[int, int], dict[str, Any]]] = {}
         self._truth: dict[tuple[int, int], dict[str, Any]] = {}     # per layer shape a slot holds
+        self._delta: tuple[float, torch.Tensor] | None = None
         self._noise: dict[int, Any] = {}
         self.profile: DeviceProfile | None = None
         if profile is not None:
@@ -173,13 +174,21 @@ class SimulatedChip(ChipBackend):
         x = np.asarray(x, np.float64)
         if x.ndim != 2 or x.shape[1] != in_f:
             raise BackendError(f"layer {layer} takes inputs of {in_f} values, got shape {x.shape}")
-        conditions = ChipState(torch.tensor(self.temperature_C - self.reference_C, dtype=torch.float64))
+        conditions = ChipState(self._delta_T())
         with torch.inference_mode():
             y = self.platform.fleet_forward(state, slice(0, 1), torch.from_numpy(np.ascontiguousarray(x.T)),
                                             conditions, self._detector_noise(layer))[0].T.numpy()
         if self.measurement_noise > 0:
             y = y + self.measurement_noise * self.rng.standard_normal(y.shape)
         return y
+
+    def _delta_T(self) -> torch.Tensor:
+        """The station's temperature less the truth's reference, as the tensor the physics takes: made once per
+        temperature (a measurement per layer and step asked for it anew; the tensors are never written)."""
+        delta = self.temperature_C - self.reference_C
+        if self._delta is None or self._delta[0] != delta:
+            self._delta = (delta, torch.tensor(delta, dtype=torch.float64))
+        return self._delta[1]
 
     def measure_transfer(self, rows: np.ndarray, cols: np.ndarray, controls: np.ndarray) -> np.ndarray:
         self._ready()
