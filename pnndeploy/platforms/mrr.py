@@ -14,6 +14,7 @@ common thermal shift moves every ring the same way.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -417,15 +418,34 @@ def _neighbour_settings(h: Any, ci: np.ndarray, layout: tuple[int, int]) -> Any:
 
 
 def _neighbour_sum(ci: np.ndarray, layout: tuple[int, int]) -> Callable[[Any], Any]:
-    """:func:`_neighbour_settings` for one ``ci`` and ``layout``, its masks made once.
+    """:func:`_neighbour_settings` for one ``ci`` and ``layout``, made once per distinct pair (a small cache keyed
+    by their values: a layer's ``ci`` is the same at every step).
 
     Why: the crosstalk solve calls it a dozen times per layer mapped, at every in-situ step; the masks were
-    half of its cost.  The sums are the same operations in the same order, so the same bits."""
+    half of its cost.  A numpy layer (out, in) is summed by a sparse matrix of ones (one product instead of five
+    array operations; each row adds its left neighbour to 0, then its right, as the masked sums do: the same
+    bits, signed zeros included); anything else (torch, stacked layers) by the masked sums."""
+    ci = np.ascontiguousarray(ci, np.int64)
+    return _neighbour_sum_of(ci.tobytes(), ci.shape, (int(layout[0]), int(layout[1])))
+
+
+@functools.lru_cache(maxsize=32)
+def _neighbour_sum_of(ci_bytes: bytes, shape: tuple[int, ...], layout: tuple[int, int]) -> Callable[[Any], Any]:
+    import scipy.sparse
+
+    ci = np.frombuffer(ci_bytes, np.int64).reshape(shape)
     in_f = ci.shape[-1]
     has_left = ci[:, 1:] > 0
     has_right = ((ci < layout[1] - 1) & (np.arange(in_f) < in_f - 1)[None, :])[:, :-1]
+    index = np.arange(ci.size).reshape(ci.shape)
+    rows = np.concatenate([index[:, 1:][has_left], index[:, :-1][has_right]])
+    cols = np.concatenate([index[:, :-1][has_left], index[:, 1:][has_right]])
+    ones = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(ci.size, ci.size))
+    ones.sort_indices()                             # left (lower column) first in every row
 
     def neighbours(h: Any) -> Any:
+        if isinstance(h, np.ndarray) and h.shape == ci.shape and h.dtype == np.float64:
+            return (ones @ h.reshape(-1)).reshape(h.shape)
         if isinstance(h, np.ndarray):
             where, zero, total, left, right = np.where, 0.0, np.zeros_like(h), has_left, has_right
         else:
