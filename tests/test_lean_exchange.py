@@ -20,7 +20,7 @@ from chip_server import ChipServer
 from pnndeploy.backends.base import BackendError, LayerProgram
 from pnndeploy.backends.frame import BINARY_TYPE, encode_frame
 from pnndeploy.backends.http import HttpBackend
-from test_security_network import EvilStation
+from test_security_network import EvilStation, tls_station  # noqa: F401 - a fixture
 
 INFO = (b'{"device_id": "chipB", "platform": "mrr", "array": [16, 16], "firmware": "evil", "supports": '
         b'["measure"], "wire": {"binary": "' + BINARY_TYPE.encode() + b'", "frame_version": 1}}')
@@ -172,3 +172,32 @@ def test_the_sparse_neighbour_sums_are_the_masked_sums_bit_for_bit():
             assert spill(h).tobytes() == masked.tobytes()
         stacked = rng.uniform(-3, 3, (2, *shape))                        # stacked layers: the masked sums
         assert np.array_equal(spill(stacked)[1], spill(stacked[1]))
+
+
+def test_the_lean_exchange_speaks_tls_and_verifies_the_station(cli, tls_station, tiny_fleet_dir, tmp_path):  # noqa: F811
+    """Over https the lean exchange verifies the station against the profile's CA as httpx does; a station whose
+    certificate that CA did not sign is one line, not retried."""
+    import shutil
+    import ssl
+
+    from pnndeploy.deploy.hardware import open_chip
+    from pnndeploy.formats.profiles import read_profile
+
+    server, pki, other = tls_station
+    folder = tmp_path / "profiles"
+    shutil.copytree(tiny_fleet_dir, folder)
+    made = cli("chip", "connect", "chipB", "--profiles", folder, "--address", server.url, "--token-file",
+               server.token_file, "--ca-file", pki["ca"])
+    assert made.exit_code == 0, made.output
+    backend = open_chip(read_profile(folder / "chipB-remote.h5"))
+    assert backend.binary
+    y, programmed = backend.measure_layer(LayerProgram(0, (4, 6), np.zeros((4, 6))), np.ones((2, 6)))
+    assert y.shape == (2, 4) and programmed
+    assert backend._lean._stream.get_extra_info("ssl_object") is not None
+    backend._lean.close()
+    backend._lean.tls = ssl.create_default_context(cafile=str(other["ca"]))
+    start = time.monotonic()
+    with pytest.raises(BackendError, match="TLS handshake failed.*certificate verify failed"):
+        backend.measure_layer(LayerProgram(0, (4, 6), np.zeros((4, 6))), np.ones((2, 6)))
+    assert time.monotonic() - start < 2.0
+    backend.close()
