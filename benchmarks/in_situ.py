@@ -10,12 +10,19 @@ measured; the station's configured readout latency (its Server-Timing) is report
     python benchmarks/in_situ.py                 # 3 seeds, 30 epochs (about 6 min on two cores)
     python benchmarks/in_situ.py --seeds 1 --epochs 5
     python benchmarks/in_situ.py --cost-only --epochs 5   # only the step costs (in silico, in process, JSON, binary)
+    python benchmarks/in_situ.py --cost-only --epochs 5 --rounds 5 --latency-ms 0   # on busy cores: medians
+
+On shared cores one run of each configuration after the other is at the mercy of the neighbours' load:
+``--rounds N`` runs every configuration N times, round after round, and reports each figure's median; the
+CPU time of a step (this process, plus the chip server's from Linux's /proc/PID/schedstat) is reported too,
+which the neighbours' load changes far less than the wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import shutil
 import subprocess
 import sys
@@ -31,6 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from chip_server import ChipServer  # noqa: E402
+from pnndeploy.backends.http import HttpBackend  # noqa: E402
 from pnndeploy.backends.simulated import SimulatedChip  # noqa: E402
 from pnndeploy.data.datasets import load_dataset  # noqa: E402
 from pnndeploy.deploy.hardware import open_chip  # noqa: E402
@@ -63,48 +71,74 @@ def open_wire(profile: Any, wire: str) -> InSituChip:
     return InSituChip(backend, profile)
 
 
-def step_costs(epochs: int, local: Any, remote: Any, tmp: Path) -> dict[str, dict]:
+def server_cpu_seconds(pid: int | None) -> float:
+    """CPU time the chip server's process has run, s (Linux's schedstat, ns); 0 where it cannot be read."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def step_costs(epochs: int, local: Any, remote: Any, tmp: Path, rounds: int = 1,
+               server_pid: int | None = None) -> dict[str, dict]:
     """ms per training step (batch 32) in silico, with the chip in this process, and over loopback HTTP on each
-    wire, for standard (PAT) and sat (SAT + PAT); the station's readout latency and chip time apart."""
+    wire, for standard (PAT) and sat (SAT + PAT); the station's readout latency and chip time apart; each
+    figure the median over ``rounds`` rounds of every configuration."""
     data = load_dataset("digits", seed=0)
     steps = epochs * -(-len(data.y_train) // 32)
     train_and_export(data, TrainConfig(method="sat", epochs=1, seed=0), tmp / "warm.onnx")    # imports, caches
-    costs: dict[str, dict] = {}
-    for label, make in (("in silico", lambda: None),
-                        ("chip in process", lambda: InSituChip(SimulatedChip(profile=local), local)),
-                        ("HTTP, JSON wire", lambda: open_wire(remote, "json")),
-                        ("HTTP, binary wire", lambda: open_wire(remote, "binary"))):
-        for method in ("standard", "sat"):
-            chip = make()
-            start = time.perf_counter()
-            train_and_export(data, TrainConfig(method=method, epochs=epochs, seed=0), tmp / "cost.onnx", chip=chip)
-            per_step = 1000 * (time.perf_counter() - start) / steps
-            backend = chip.backend if chip else None
-            station = getattr(backend, "station_seconds", {"readout": 0.0, "chip": 0.0})
-            costs[f"{method}, {label}"] = {
-                "method": method, "where": label, "ms_per_step": per_step,
-                "backend_ms_per_step": 1000 * chip.chip_seconds / steps if chip else 0.0,
-                "readout_ms_per_step": 1000 * station["readout"] / steps,
-                "server_chip_ms_per_step": 1000 * station["chip"] / steps,
-                "map_ms_per_step": 1000 * chip.map_seconds / steps if chip else 0.0,
-                "exchanges_per_step": getattr(backend, "exchanges", 0) / steps,
-                "kbytes_per_step": (getattr(backend, "bytes_sent", 0) + getattr(backend, "bytes_received", 0))
-                / 1000 / steps}
-            if backend is not None:
-                backend.close()
-            print(f"{method}, {label}: {costs[f'{method}, {label}']}", flush=True)
+    samples: dict[str, list[dict]] = {}
+    for _ in range(rounds):
+        for label, make in (("in silico", lambda: None),
+                            ("chip in process", lambda: InSituChip(SimulatedChip(profile=local), local)),
+                            ("HTTP, JSON wire", lambda: open_wire(remote, "json")),
+                            ("HTTP, binary wire", lambda: open_wire(remote, "binary"))):
+            for method in ("standard", "sat"):
+                cost = one_cost(data, steps, epochs, method, label, make(), tmp, server_pid)
+                samples.setdefault(f"{method}, {label}", []).append(cost)
+                print(f"{method}, {label}: {cost}", flush=True)
+    costs = {key: {name: (statistics.median(r[name] for r in runs) if isinstance(value, float) else value)
+                   for name, value in runs[0].items()} for key, runs in samples.items()}
     for cost in costs.values():
-        silico = costs[f"{cost['method']}, in silico"]["ms_per_step"]
-        cost["x_in_silico"] = cost["ms_per_step"] / silico
-        cost["x_in_silico_without_readout"] = (cost["ms_per_step"] - cost["readout_ms_per_step"]) / silico
+        silico = costs[f"{cost['method']}, in silico"]
+        cost["x_in_silico"] = cost["ms_per_step"] / silico["ms_per_step"]
+        cost["x_in_silico_without_readout"] = (cost["ms_per_step"] - cost["readout_ms_per_step"]) / silico["ms_per_step"]
+        cost["cpu_x_in_silico"] = cost["cpu_ms_per_step"] / silico["cpu_ms_per_step"]
     return costs
 
 
+def one_cost(data: Any, steps: int, epochs: int, method: str, label: str, chip: Any, tmp: Path,
+             server_pid: int | None) -> dict[str, Any]:
+    """One training's cost per step: wall and CPU (this process and, over HTTP, the server's) time, the
+    backend's, the station's readout and chip time, mapping, exchanges and bytes."""
+    server_cpu, cpu, start = server_cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    train_and_export(data, TrainConfig(method=method, epochs=epochs, seed=0), tmp / "cost.onnx", chip=chip)
+    per_step = 1000 * (time.perf_counter() - start) / steps
+    cpu = time.process_time() - cpu
+    backend = chip.backend if chip else None
+    if isinstance(backend, HttpBackend):
+        cpu += server_cpu_seconds(server_pid) - server_cpu
+    station = getattr(backend, "station_seconds", {"readout": 0.0, "chip": 0.0})
+    cost = {"method": method, "where": label, "ms_per_step": per_step, "cpu_ms_per_step": 1000 * cpu / steps,
+            "backend_ms_per_step": 1000 * chip.chip_seconds / steps if chip else 0.0,
+            "readout_ms_per_step": 1000 * station["readout"] / steps,
+            "server_chip_ms_per_step": 1000 * station["chip"] / steps,
+            "map_ms_per_step": 1000 * chip.map_seconds / steps if chip else 0.0,
+            "exchanges_per_step": getattr(backend, "exchanges", 0) / steps,
+            "kbytes_per_step": (getattr(backend, "bytes_sent", 0) + getattr(backend, "bytes_received", 0))
+            / 1000 / steps}
+    if backend is not None:
+        backend.close()
+    return {name: float(value) if isinstance(value, (int, float)) else value for name, value in cost.items()}
+
+
 def print_costs(costs: dict[str, dict]) -> None:
-    print("\n| step | ms per step | × in silico | × without readout | in the backend | of it readout latency | "
-          "of it server's chip | mapping | exchanges | kB |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| step | ms per step | × in silico | × without readout | CPU ms (client + server) | × in silico, CPU "
+          "| in the backend | of it readout latency | of it server's chip | mapping | exchanges | kB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, c in costs.items():
         print(f"| {label} | {c['ms_per_step']:.2f} | {c['x_in_silico']:.1f} | {c['x_in_silico_without_readout']:.1f} "
+              f"| {c['cpu_ms_per_step']:.2f} | {c['cpu_x_in_silico']:.1f} "
               f"| {c['backend_ms_per_step']:.2f} | {c['readout_ms_per_step']:.2f} | {c['server_chip_ms_per_step']:.2f}"
               f" | {c['map_ms_per_step']:.2f} | {c['exchanges_per_step']:.1f} | {c['kbytes_per_step']:.1f} |")
 
@@ -115,6 +149,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--latency-ms", type=float, default=2.0, help="the server's latency per measurement")
     parser.add_argument("--cost-only", action="store_true", help="only the step costs, not the accuracy runs")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the step costs; each figure their median")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows: list[dict] = []
@@ -149,7 +184,7 @@ def main() -> None:
                           flush=True)
                     if chip is not None:
                         chip.backend.close()
-            costs = step_costs(args.epochs, local, remote, tmp)
+            costs = step_costs(args.epochs, local, remote, tmp, args.rounds, server.process.pid)
     if rows:
         print("\n| method | chipA (trained on) | other 7 chips, mean | other 7, worst | nominal chip |\n"
               "|---|---|---|---|---|")

@@ -264,7 +264,7 @@ def test_an_in_situ_training_gives_the_same_model_bit_for_bit_on_either_wire(tmp
 def test_a_hostile_binary_reply_is_one_line(station, monkeypatch):
     backend = _backend(station, "binary")
     claim = _head(1, b'{"version": "v", "programmed": true}') + _array(name=b"y", shape=(1 << 20, 1 << 20), data=b"")
-    monkeypatch.setattr(backend, "_read_limited", lambda response, where: claim)
+    monkeypatch.setattr(backend, "_read_limited", lambda headers, chunks, where: claim)
     with pytest.raises(BackendError) as err:
         backend.measure_layer(LayerProgram(0, (4, 6), np.zeros((4, 6))), np.ones((1, 6)))
     assert "malformed reply" in str(err.value) and "more than the limit" in str(err.value)
@@ -297,3 +297,20 @@ def test_chip_connect_wire_json_trains_in_situ_over_json_and_a_bad_wire_is_one_l
     assert bad.exit_code == 2 and "pickle" in bad.output
     with pytest.raises(BackendError, match="wire='pickle': use one of auto, binary, json"):
         HttpBackend(station.url, {"wire": "pickle"})
+
+
+def test_the_lean_measure_route_answers_as_the_protocol_says_and_is_still_listed(station, tiny_fleet_dir):
+    """POST /v1/measure is served past FastAPI's layers: its refusals keep their statuses and JSON bodies (409 with
+    stale, 400, 413 with the connection closed), a GET is FastAPI's 405, and /openapi.json still lists it."""
+    headers = {"Authorization": f"Bearer {station.token_file.read_text().strip()}"}
+    x = np.ones((1, 6))
+    stale = _post(station, "/measure", encode_frame({"layer": 0, "base": "nope-1"}, {"x": x}))
+    assert stale.status_code == 409 and stale.json()["stale"] is True
+    not_object = _post(station, "/measure", b"[1, 2]", kind="application/json")
+    assert not_object.status_code == 400 and "not a JSON object" in not_object.json()["error"]
+    chunked = httpx.post(f"{station.url}/v1/measure", headers={**headers, "Content-Type": BINARY_TYPE},
+                         content=iter([bytes(9 * 1024 * 1024), bytes(9 * 1024 * 1024)]), timeout=20)
+    assert chunked.status_code == 413 and chunked.headers["connection"] == "close"      # counted as it arrives
+    assert httpx.get(f"{station.url}/v1/measure", headers=headers, timeout=5).status_code == 405
+    listed = httpx.get(f"{station.url}/openapi.json", headers=headers, timeout=5).json()
+    assert "post" in listed["paths"]["/v1/measure"]

@@ -22,8 +22,9 @@ import math
 import ssl
 import time
 from urllib.parse import urlsplit
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+import h11
 import numpy as np
 
 from pnndeploy.backends.base import BackendError, ChipBackend, ChipInfo, LayerProgram
@@ -57,6 +58,7 @@ class HttpBackend(ChipBackend):
         if self.wire not in WIRES:
             raise BackendError(f"backend option wire={self.wire!r}: use one of {', '.join(WIRES)}")
         self._client: Any = None
+        self._lean: Any = None          # binary-wire exchanges (:mod:`pnndeploy.backends.exchange`)
         self._deadline: Any = None
         self._info: ChipInfo | None = None
         self.binary = False
@@ -72,6 +74,7 @@ class HttpBackend(ChipBackend):
         import httpx
 
         from pnndeploy.backends.deadline import Deadline, deadline_transport
+        from pnndeploy.backends.exchange import Exchange
 
         where = f"chip server {self.address}"
         problem = plain_http_problem(self.kind, self.address, self.options)
@@ -81,10 +84,12 @@ class HttpBackend(ChipBackend):
         context = self._tls_context(where) if urlsplit(self.address).scheme == "https" else None
         self.close()
         self._deadline = Deadline()
+        common = {"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
         self._client = httpx.Client(base_url=f"{self.address}/{PROTOCOL}", timeout=httpx.Timeout(self.timeout),
                                     transport=deadline_transport(context, self._deadline), trust_env=False,
-                                    headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"},
-                                    follow_redirects=False)
+                                    headers=common, follow_redirects=False)
+        self._lean = Exchange(f"{self.address}/{PROTOCOL}", common, context or ssl.create_default_context(),
+                              self._deadline, self.timeout)
         try:
             reply, _ = self._request("GET", "/info")
             self._info = self._parse_info(reply)
@@ -131,6 +136,9 @@ class HttpBackend(ChipBackend):
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._lean is not None:
+            self._lean.close()
+            self._lean = None
 
     def info(self) -> ChipInfo:
         if self._info is None:
@@ -231,7 +239,12 @@ class HttpBackend(ChipBackend):
     def _request(self, method: str, path: str, body: dict | None = None,
                  arrays: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         """One request with bounded retries, each try within one ``timeout`` deadline: (the reply's fields, its
-        arrays) - arrays come as JSON array objects among the fields unless the reply was a binary frame."""
+        arrays) - arrays come as JSON array objects among the fields unless the reply was a binary frame.
+
+        A binary-wire request with arrays (a measurement) goes through the lean exchange (h11 on one kept-alive
+        socket: :mod:`pnndeploy.backends.exchange`), everything else through httpx; both under the same deadline,
+        retries, reply checks and errors."""
+        import httpcore
         import httpx
 
         from pnndeploy.backends.deadline import TlsFailure
@@ -241,56 +254,83 @@ class HttpBackend(ChipBackend):
         where = f"chip server {self.address}{'/' + PROTOCOL + path}"
         last = ""
         content, headers = self._encode(body, arrays, where)
+        exchange = self._lean_exchange if self.binary and arrays and content is not None else self._httpx_exchange
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
             self._deadline.at = time.monotonic() + self.timeout
             try:
-                with self._client.stream(method, path, content=content, headers=headers) as response:
-                    if response.status_code in _TRANSIENT_STATUS:
-                        last = f"HTTP {response.status_code}"
-                        continue
-                    raw = self._read_limited(response, where)
-                    kind = response.headers.get("content-type", "")
-                    self._count(response.headers.get("server-timing", ""), content, raw)
-            except httpx.TimeoutException:
+                status, kind, raw = exchange(method, path, content, headers, where)
+                if status in _TRANSIENT_STATUS:
+                    last = f"HTTP {status}"
+                    continue
+            except (httpx.TimeoutException, httpcore.TimeoutException):
                 last = f"no reply within --timeout {self.timeout:g} s"
                 continue
             except TlsFailure as exc:
                 raise BackendError(f"{where}: TLS handshake failed ({exc}); check that the station serves https "
                                    "(`chip serve --tls-cert`) and that the profile's backend ca_file names its CA "
                                    "certificate") from None
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError,
+                    httpcore.ConnectError, httpcore.RemoteProtocolError, httpcore.ReadError,
+                    httpcore.WriteError) as exc:
                 last = _connection_problem(exc)
                 continue
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, httpcore.ProtocolError, h11.ProtocolError) as exc:
                 raise BackendError(f"{where}: {type(exc).__name__}: {exc}") from None
             finally:
                 self._deadline.at = None
-            return self._decode(response.status_code, raw, kind, where)
+            return self._decode(status, raw, kind, where)
         hint = ("start it with `pnndeploy chip serve PROFILE` or check the profile's backend address"
                 if "refused" in last else "check the server and the network, or raise --timeout")
         raise BackendError(f"{where}: {last} after {self.retries + 1} tries; {hint}")
 
+    def _httpx_exchange(self, method: str, path: str, content: bytes | None, headers: dict[str, str],
+                        where: str) -> tuple[int, str, bytes]:
+        """One try through httpx: (status, content type, body; no body read for a transient status)."""
+        with self._client.stream(method, path, content=content, headers=headers) as response:
+            if response.status_code in _TRANSIENT_STATUS:
+                return response.status_code, "", b""
+            raw = self._read_limited(response.headers, response.iter_raw(), where)
+            self._count(response.headers.get("server-timing", ""), content, raw)
+            return response.status_code, response.headers.get("content-type", ""), raw
+
+    def _lean_exchange(self, method: str, path: str, content: bytes | None, headers: dict[str, str],
+                       where: str) -> tuple[int, str, bytes]:
+        """One try through the lean exchange, checked as :meth:`_httpx_exchange` checks httpx's replies."""
+        status, reply = self._lean.start(method, path, content or b"", headers)
+        try:
+            if status in _TRANSIENT_STATUS:
+                self._lean.close()
+                return status, "", b""
+            raw = self._read_limited(reply, self._lean.body(), where)
+        except BaseException:
+            self._lean.close()              # a reply refused half-read leaves the connection unusable
+            raise
+        self._count(reply.get("server-timing", ""), content, raw)
+        return status, reply.get("content-type", ""), raw
+
     @staticmethod
-    def _read_limited(response: Any, where: str) -> bytes:
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    def _read_limited(headers: Mapping[str, str], chunks: Iterable[bytes], where: str) -> bytes:
+        """The reply's body, refused (one line) when encoded (never inflated) or larger than the limit, declared
+        or as it arrives."""
+        encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise BackendError(f"{where}: the server sent a {encoding[:40]!r}-encoded reply though the client asked "
                                "for identity; a compressed reply is never inflated (it could expand without bound): "
                                "the server is misbehaving")
-        declared = response.headers.get("content-length")
+        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise BackendError(f"{where}: reply of {int(declared)} bytes is larger than the limit "
                                f"{MAX_BODY_BYTES}; the server is misbehaving")
-        chunks, size = [], 0
-        for chunk in response.iter_raw():
+        received, size = [], 0
+        for chunk in chunks:
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise BackendError(f"{where}: reply larger than the limit {MAX_BODY_BYTES} bytes; "
                                    "the server is misbehaving")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            received.append(chunk)
+        return b"".join(received)
 
     def _encode(self, body: dict | None, arrays: dict[str, np.ndarray] | None,
                 where: str) -> tuple[bytes | None, dict[str, str]]:

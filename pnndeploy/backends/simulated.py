@@ -44,6 +44,8 @@ class SimulatedChip(ChipBackend):
         self._seed = seed
         self._default_noise = measurement_noise
         self.slots: dict[int, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._truth: dict[tuple[int, int], dict[str, Any]] = {}     # per layer shape a slot holds
+        self._delta: tuple[float, torch.Tensor] | None = None
         self._noise: dict[int, Any] = {}
         self.profile: DeviceProfile | None = None
         if profile is not None:
@@ -59,6 +61,7 @@ class SimulatedChip(ChipBackend):
         self.platform = profile.chip_platform
         #: The truth the physics runs on: faulty devices folded into the offsets (:func:`resting_profile`), once.
         self.resting = resting_profile(self.platform, profile)
+        self._truth = {}
         try:
             self.measurement_noise = float(self.options.get("measurement_noise", measurement_noise))
             seed = int(self.options.get("seed", seed))
@@ -125,10 +128,22 @@ class SimulatedChip(ChipBackend):
             lo, hi = self.profile.environment.heater_range
             settings = np.clip(settings, lo, hi)      # the DAC cannot drive beyond its range
             settings = realised_settings(self.platform, settings, self.profile.fabrication, self.profile.shape)
-            state = self.platform.fleet_layer((out_f, in_f), [settings], [self.resting],
-                                              self.profile.shape, "cpu", torch.float64)
-            self.slots[layer.index] = ((out_f, in_f), state)
+            self.slots[layer.index] = ((out_f, in_f), self._layer_state((out_f, in_f), settings))
             self._noise.pop(layer.index, None)
+        held = {shape for shape, _ in self.slots.values()}
+        self._truth = {shape: truth for shape, truth in self._truth.items() if shape in held}   # slots bound it
+
+    def _layer_state(self, shape: tuple[int, int], settings: np.ndarray) -> dict[str, Any]:
+        """The platform's simulation state of a layer at ``settings``; where the platform can split it, the
+        truth gathered for the layer's shape is kept while a slot holds that shape (the same tensors, the same
+        bits), so re-programming a layer costs only its settings' part."""
+        if not hasattr(self.platform, "fleet_truth"):
+            return self.platform.fleet_layer(shape, [settings], [self.resting], self.profile.shape, "cpu",
+                                             torch.float64)
+        if shape not in self._truth:
+            self._truth[shape] = self.platform.fleet_truth(shape, [self.resting], self.profile.shape, "cpu",
+                                                           torch.float64)
+        return self.platform.fleet_programmed(self._truth[shape], [settings])
 
     def set_temperature(self, celsius: float) -> None:
         self._ready()
@@ -159,13 +174,21 @@ class SimulatedChip(ChipBackend):
         x = np.asarray(x, np.float64)
         if x.ndim != 2 or x.shape[1] != in_f:
             raise BackendError(f"layer {layer} takes inputs of {in_f} values, got shape {x.shape}")
-        conditions = ChipState(torch.tensor(self.temperature_C - self.reference_C, dtype=torch.float64))
+        conditions = ChipState(self._delta_T())
         with torch.inference_mode():
             y = self.platform.fleet_forward(state, slice(0, 1), torch.from_numpy(np.ascontiguousarray(x.T)),
                                             conditions, self._detector_noise(layer))[0].T.numpy()
         if self.measurement_noise > 0:
             y = y + self.measurement_noise * self.rng.standard_normal(y.shape)
         return y
+
+    def _delta_T(self) -> torch.Tensor:
+        """The station's temperature less the truth's reference, as the tensor the physics takes: made once per
+        temperature (a measurement per layer and step asked for it anew; the tensors are never written)."""
+        delta = self.temperature_C - self.reference_C
+        if self._delta is None or self._delta[0] != delta:
+            self._delta = (delta, torch.tensor(delta, dtype=torch.float64))
+        return self._delta[1]
 
     def measure_transfer(self, rows: np.ndarray, cols: np.ndarray, controls: np.ndarray) -> np.ndarray:
         self._ready()

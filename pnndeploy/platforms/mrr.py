@@ -14,8 +14,9 @@ common thermal shift moves every ring the same way.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -199,7 +200,7 @@ class MRRPlatform(LinearPlatform):
                                               environment.heater_range, held)
         settings, _ = quantise(wanted, environment.heater_range, environment.dac_bits)
         applied = settings if held is None else np.where(held, 0.0, settings)   # a faulty ring ignores its setting
-        realised = self.transfer(applied + offset + environment.crosstalk * _neighbour_settings(applied, ci, layout),
+        realised = self.transfer(applied + offset + environment.crosstalk * _neighbour_sum(ci, layout)(applied),
                                  **cal)
         used = ~unused
         clipping = Clipping.of(int(used.sum()) * weight.shape[1], reachable[used], inside[used],
@@ -235,8 +236,9 @@ class MRRPlatform(LinearPlatform):
         ignore it) and never counted out of range.  Zero crosstalk: ``goal`` clipped.
         """
         lo, hi = heater_range
-        h = solve_crosstalk(goal, crosstalk, lambda x: _neighbour_settings(x, ci, layout), (lo, hi), held=held)
-        free = goal - crosstalk * _neighbour_settings(h, ci, layout) if crosstalk else goal
+        spill = _neighbour_sum(ci, layout)
+        h = solve_crosstalk(goal, crosstalk, spill, (lo, hi), held=held)
+        free = goal - crosstalk * spill(h) if crosstalk else goal
         inside = (free >= lo) & (free <= hi)
         return h, inside if held is None else inside | held
 
@@ -247,6 +249,13 @@ class MRRPlatform(LinearPlatform):
 
         Crosstalk reaches only the neighbours in the same bank row of the same tile.
         """
+        return self.fleet_programmed(self.fleet_truth(weight_shape, profiles, layout, device, dtype), settings)
+
+    def fleet_truth(self, weight_shape: tuple[int, int], profiles: Sequence[Any], layout: tuple[int, int],
+                    device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
+        """What :meth:`fleet_layer` gathers from the chips' truth alone, whatever the settings: a simulated chip
+        keeps it per layer shape and re-programs a layer with :meth:`fleet_programmed` alone (in-situ training
+        re-programs every layer at every step; gathering was most of it)."""
         import torch
 
         dtype = dtype or torch.float32
@@ -256,16 +265,23 @@ class MRRPlatform(LinearPlatform):
         def gathered(arrays: list[np.ndarray]) -> Any:      # (chips, R, C) per ring -> (chips, out, in) per weight
             return stacked(arrays, device, dtype)[:, index[0], index[1]]
 
-        crosstalk = stacked([p.environment.crosstalk for p in profiles], device, dtype)[:, None, None]
-        h = stacked(settings, device, dtype)
-        offset = gathered([p.fabrication[self.offset_name] for p in profiles])
-        state = {
-            "ri": index[0], "ci": index[1],
-            "static": h + offset + crosstalk * _neighbour_settings(h, ci, layout),
-            "drift": gathered([p.environment.drift_coefficient for p in profiles]),
-        }
+        truth = {"ri": index[0], "ci": index[1], "device": device, "dtype": dtype,
+                 "crosstalk": stacked([p.environment.crosstalk for p in profiles], device, dtype)[:, None, None],
+                 "offset": gathered([p.fabrication[self.offset_name] for p in profiles]),
+                 "spill": _neighbour_sum(ci, layout),
+                 "drift": gathered([p.environment.drift_coefficient for p in profiles])}
         for name in self.param_units:
-            state[name] = gathered([p.fabrication[name] for p in profiles])
+            truth[name] = gathered([p.fabrication[name] for p in profiles])
+        return truth
+
+    def fleet_programmed(self, truth: dict[str, Any], settings: Sequence[np.ndarray]) -> dict[str, Any]:
+        """:meth:`fleet_layer`'s state from the chips' gathered ``truth`` (:meth:`fleet_truth`) and ``settings``
+        (the truth's tensors are shared, never written)."""
+        h = stacked(settings, truth["device"], truth["dtype"])
+        state = {"ri": truth["ri"], "ci": truth["ci"],
+                 "static": h + truth["offset"] + truth["crosstalk"] * truth["spill"](h), "drift": truth["drift"]}
+        for name in self.param_units:
+            state[name] = truth[name]
         return state
 
     def fleet_weights(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
@@ -398,18 +414,49 @@ def _neighbour_settings(h: Any, ci: np.ndarray, layout: tuple[int, int]) -> Any:
 
     ``h`` is (..., out, in), numpy or torch; ``ci`` the ring column of every weight (:func:`ring_index`).
     """
-    in_f = h.shape[-1]
+    return _neighbour_sum(ci, layout)(h)
+
+
+def _neighbour_sum(ci: np.ndarray, layout: tuple[int, int]) -> Callable[[Any], Any]:
+    """:func:`_neighbour_settings` for one ``ci`` and ``layout``, made once per distinct pair (a small cache keyed
+    by their values: a layer's ``ci`` is the same at every step).
+
+    Why: the crosstalk solve calls it a dozen times per layer mapped, at every in-situ step; the masks were
+    half of its cost.  A numpy layer (out, in) is summed by a sparse matrix of ones (one product instead of five
+    array operations; each row adds its left neighbour to 0, then its right, as the masked sums do: the same
+    bits, signed zeros included); anything else (torch, stacked layers) by the masked sums."""
+    ci = np.ascontiguousarray(ci, np.int64)
+    return _neighbour_sum_of(ci.tobytes(), ci.shape, (int(layout[0]), int(layout[1])))
+
+
+@functools.lru_cache(maxsize=32)
+def _neighbour_sum_of(ci_bytes: bytes, shape: tuple[int, ...], layout: tuple[int, int]) -> Callable[[Any], Any]:
+    import scipy.sparse
+
+    ci = np.frombuffer(ci_bytes, np.int64).reshape(shape)
+    in_f = ci.shape[-1]
     has_left = ci[:, 1:] > 0
     has_right = ((ci < layout[1] - 1) & (np.arange(in_f) < in_f - 1)[None, :])[:, :-1]
-    if isinstance(h, np.ndarray):
-        where, zero, neighbours = np.where, 0.0, np.zeros_like(h)
-    else:
-        import torch
+    index = np.arange(ci.size).reshape(ci.shape)
+    rows = np.concatenate([index[:, 1:][has_left], index[:, :-1][has_right]])
+    cols = np.concatenate([index[:, :-1][has_left], index[:, 1:][has_right]])
+    ones = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(ci.size, ci.size))
+    ones.sort_indices()                             # left (lower column) first in every row
 
-        has_left, has_right = torch.from_numpy(has_left).to(h.device), torch.from_numpy(has_right).to(h.device)
-        where, zero, neighbours = torch.where, h.new_zeros(()), torch.zeros_like(h)
-    neighbours[..., 1:] += where(has_left, h[..., :-1], zero)
-    neighbours[..., :-1] += where(has_right, h[..., 1:], zero)
+    def neighbours(h: Any) -> Any:
+        if isinstance(h, np.ndarray) and h.shape == ci.shape and h.dtype == np.float64:
+            return (ones @ h.reshape(-1)).reshape(h.shape)
+        if isinstance(h, np.ndarray):
+            where, zero, total, left, right = np.where, 0.0, np.zeros_like(h), has_left, has_right
+        else:
+            import torch
+
+            left, right = torch.from_numpy(has_left).to(h.device), torch.from_numpy(has_right).to(h.device)
+            where, zero, total = torch.where, h.new_zeros(()), torch.zeros_like(h)
+        total[..., 1:] += where(left, h[..., :-1], zero)
+        total[..., :-1] += where(right, h[..., 1:], zero)
+        return total
+
     return neighbours
 
 
