@@ -216,6 +216,23 @@ def test_a_chip_gives_the_same_outputs_alone_or_in_a_fleet(trained, process) -> 
     assert np.abs(together[0] - together[6]).max() > 0          # the chips differ (not a vacuous equality)
 
 
+def test_a_layer_state_split_into_truth_and_settings_is_the_whole_one(trained, process) -> None:
+    """fleet_programmed(fleet_truth(...), settings) is fleet_layer(...), tensor for tensor and bit for bit: a
+    simulated chip re-programmed in situ keeps the truth's part and must compute what a fresh layer computes."""
+    model, _ = trained
+    chips = _chips(process, 2)
+    platform = platform_for(model.platform, model.platform_params)
+    for k, layer in enumerate(model.layers):
+        settings = [map_model(model, chip).layers[k].settings for chip in chips]
+        shape, layout = layer.weight_shape, chips[0].shape
+        whole = platform.fleet_layer(shape, settings, chips, layout, "cpu", torch.float64)
+        split = platform.fleet_programmed(platform.fleet_truth(shape, chips, layout, "cpu", torch.float64), settings)
+        assert split.keys() == whole.keys()
+        for name, value in whole.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(split[name], value), f"layer {k}: {name} differs"
+
+
 def test_a_chip_calibrated_to_its_truth_realises_the_nominal_model(case: Case, trained, process) -> None:
     model, _ = trained
     chip = case.perfect(_chips(process, 1)[0])

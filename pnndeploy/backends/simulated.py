@@ -134,12 +134,9 @@ class SimulatedChip(ChipBackend):
         self._truth = {shape: truth for shape, truth in self._truth.items() if shape in held}   # slots bound it
 
     def _layer_state(self, shape: tuple[int, int], settings: np.ndarray) -> dict[str, Any]:
-        """The platform's simulation state of a layer at ``settings``; where the platform can split it, the
-        truth gathered for the layer's shape is kept while a slot holds that shape (the same tensors, the same
-        bits), so re-programming a layer costs only its settings' part."""
-        if not hasattr(self.platform, "fleet_truth"):
-            return self.platform.fleet_layer(shape, [settings], [self.resting], self.profile.shape, "cpu",
-                                             torch.float64)
+        """The platform's simulation state of a layer at ``settings``: the truth gathered for the layer's shape
+        (:meth:`~pnndeploy.platforms.base.Platform.fleet_truth`) is kept while a slot holds that shape (the same
+        tensors, the same bits), so re-programming a layer costs only its settings' part."""
         if shape not in self._truth:
             self._truth[shape] = self.platform.fleet_truth(shape, [self.resting], self.profile.shape, "cpu",
                                                            torch.float64)

@@ -452,6 +452,19 @@ class Platform(ABC):
         """What does not change between evaluations of one layer on these chips: torch tensors (float32 unless
         ``dtype`` says otherwise) with a leading chip axis, on the torch ``device``."""
 
+    def fleet_truth(self, weight_shape: tuple[int, int], profiles: Sequence[Any], layout: tuple[int, int],
+                    device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
+        """The part of :meth:`fleet_layer`'s state that the chips alone decide, whatever the settings: a chip
+        re-programmed at every in-situ step keeps it and pays only :meth:`fleet_programmed`.  By default nothing is
+        gathered ahead (the arguments are kept); a platform whose gathering costs overrides both."""
+        return {"weight_shape": weight_shape, "profiles": profiles, "layout": layout, "device": device,
+                "dtype": dtype}
+
+    def fleet_programmed(self, truth: dict[str, Any], settings: Sequence[np.ndarray]) -> dict[str, Any]:
+        """:meth:`fleet_layer`'s state from :meth:`fleet_truth` and the chips' ``settings``."""
+        return self.fleet_layer(truth["weight_shape"], settings, truth["profiles"], truth["layout"],
+                                truth["device"], truth["dtype"])
+
     @abstractmethod
     def fleet_forward(self, state: dict[str, Any], chips: slice, h: Any, conditions: ChipState,
                       noise: Any = None, gain: Any = None) -> Any:
