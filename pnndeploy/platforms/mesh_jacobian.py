@@ -40,17 +40,21 @@ def real_jacobian(phases: Any, n: int, ratios: Any) -> Any:
     e_theta, e_phi = torch.polar(torch.ones_like(theta), theta), torch.polar(torch.ones_like(phi), phi)
     a_theta = unit * e_theta[..., None] * (s2[..., None] * Lp + unit * c2[..., None] * Lq)
     b_theta = (s1 * e_phi)[..., None] * Pp + unit * c1[..., None] * Pq
-    J = phases.new_zeros((B, 2 * m + n, n, n))
-    J[:, :m] = _real_outer(a_theta, b_theta)
-    J[:, m:2 * m] = _real_outer(a_phi, Pp)
+    J = phases.new_empty((B, 2 * m + n, n, n))
+    _real_outer(a_theta, b_theta, J[:, :m])
+    _real_outer(a_phi, Pp, J[:, m:2 * m])
+    J[:, 2 * m:] = 0.0
     rows = torch.arange(n)
     J[:, 2 * m + rows, rows, :] = -U.imag                           # Re(i U[j, :]) on row j
     return J
 
 
-def _real_outer(a: Any, b: Any) -> Any:
-    """Re(a b^T) for batches of complex vectors (..., n): Re a Re b^T - Im a Im b^T."""
-    return a.real[..., :, None] * b.real[..., None, :] - a.imag[..., :, None] * b.imag[..., None, :]
+def _real_outer(a: Any, b: Any, out: Any) -> None:
+    """Re(a b^T) for batches of complex vectors (..., n) into ``out`` (..., n, n): [Re a, -Im a] [Re b; Im b], a
+    product of inner size 2 (one pass over ``out``, where the sum of two outer products took three)."""
+    import torch
+
+    out.copy_(torch.stack([a.real, -a.imag], -1) @ torch.stack([b.real, b.imag], -2))
 
 
 def _partial_products(entries: tuple[Any, Any, Any, Any], psi: Any, n: int) -> tuple[Any, Any, Any]:
@@ -87,10 +91,14 @@ def gauss_newton_metric(phases: Any, n: int, ratios: Any, weight: Any, free: Any
     nearly singular direction takes a bounded step.  ``free`` (B, n^2) bool: a fixed phase gets no step."""
     import torch
 
-    J = (real_jacobian(phases, n, ratios) * weight[:, None]).flatten(2)        # (B, n^2 phases, n^2 entries)
+    J = real_jacobian(phases, n, ratios)
+    if not bool(torch.all(weight == 1)):
+        J.mul_(weight[:, None])
+    J = J.flatten(2)                                                # (B, n^2 phases, n^2 entries)
     if free is not None:
-        J = J * free[..., None].to(J.dtype)
-    A = J @ J.transpose(1, 2)
-    A.diagonal(dim1=-2, dim2=-1).add_(damping)
+        J.mul_(free[..., None].to(J.dtype))
+    P = J.shape[1]
+    damped = torch.eye(P, dtype=J.dtype, device=J.device).mul_(2.0 * damping)
+    A = torch.baddbmm(damped, J, J.transpose(1, 2), alpha=2.0)      # 2 (J J^T + damping I), one pass
     factor, _ = torch.linalg.cholesky_ex(A)
-    return torch.cholesky_inverse(factor) / 2.0
+    return torch.cholesky_inverse(factor)
