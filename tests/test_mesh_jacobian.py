@@ -11,7 +11,7 @@ from pnndeploy.formats.process_spec import load_process
 from pnndeploy.platforms import get_platform, mzi
 from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.mesh import mesh_unitary, mzi_count
-from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, real_jacobian
+from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient, real_jacobian
 from pnndeploy.simulation.fabrication import generate_chip
 
 from test_platform_mzi import MZI_PROFILES, _layer
@@ -39,6 +39,34 @@ def test_real_jacobian_is_the_finite_difference_of_the_mesh(n: int) -> None:
                            for k in range(n * n)], 1)
     assert J.shape == (3, n * n, n, n)
     torch.testing.assert_close(J, numeric, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 16])
+def test_loss_and_gradient_by_hand_are_autograds(n: int) -> None:
+    """The hand-written sweep gives the fit's loss ||mask (Re U - target)||^2 and autograd's gradient of it, for a
+    mask with holes (padded rows and columns are such masks)."""
+    phases, ratios = _random_meshes(n, 4, seed=3)
+    g = torch.Generator().manual_seed(4)
+    target = 0.3 * torch.randn(4, n, n, dtype=torch.float64, generator=g)
+    mask = (torch.rand(4, n, n, generator=g) > 0.2).double()
+    x = phases.clone().requires_grad_(True)
+    loss = (mask * (mesh_unitary(x, n, ratios).real - target) ** 2).sum((-2, -1))
+    (expected,) = torch.autograd.grad(loss.sum(), x)
+    got_loss, got = loss_and_gradient(phases, n, ratios, target, mask)
+    torch.testing.assert_close(got_loss, loss.detach(), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+def test_loss_and_gradient_of_a_mesh_do_not_depend_on_its_batch() -> None:
+    """float32, as the fit runs: one mesh alone or among others, the same bits (the fleet determinism test's
+    premise)."""
+    n = 16
+    phases, ratios = (v.float() for v in _random_meshes(n, 7, seed=5))
+    target, mask = 0.3 * torch.randn(7, n, n), torch.ones(7, n, n)
+    loss, grad = loss_and_gradient(phases, n, ratios, target, mask)
+    for k in (0, 3, 6):
+        one_loss, one = loss_and_gradient(phases[k:k + 1], n, ratios[k:k + 1], target[k:k + 1], mask[k:k + 1])
+        assert torch.equal(one_loss, loss[k:k + 1]) and torch.equal(one, grad[k:k + 1])
 
 
 def test_metric_is_the_damped_gauss_newton_inverse_and_holds_fixed_phases() -> None:

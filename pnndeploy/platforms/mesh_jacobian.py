@@ -102,3 +102,99 @@ def gauss_newton_metric(phases: Any, n: int, ratios: Any, weight: Any, free: Any
     A = torch.baddbmm(damped, J, J.transpose(1, 2), alpha=2.0)      # 2 (J J^T + damping I), one pass
     factor, _ = torch.linalg.cholesky_ex(A)
     return torch.cholesky_inverse(factor)
+
+
+def loss_and_gradient(phases: Any, n: int, ratios: Any, target: Any, weight: Any) -> tuple[Any, Any]:
+    """||weight (Re U - target)||^2 per mesh (B,) and its gradient in the phases (B, n^2), by hand: one sweep
+    through the columns keeping the partial products P_c, one back with Z_c = L_c^T G (G the loss's gradient in
+    Re U) taking every MZI's 2 x 2 block K of Z_c P_c^T on the way.  Each column works on the pairs of rows its
+    MZIs mix (strided views: no gathers), and like :func:`mesh_unitary` a mesh's bits do not depend on the batch:
+    row products and sums over whole rows, per-MZI arithmetic in reals."""
+    import torch
+
+    m = mzi_count(n)
+    theta, phi, psi = phases[:, :m], phases[:, m:2 * m], phases[:, 2 * m:]
+    r1, r2 = ratios[..., 0], ratios[..., 1]
+    t = _mzi_entries(torch, theta, phi, r1, r2)
+    prefix = _forward(t, n)
+    screen = torch.complex(torch.cos(psi), torch.sin(psi))
+    V = screen[:, :, None] * prefix[:, n]
+    R = weight * (V.real - target)
+    loss = (R * R).sum((-2, -1))
+    G = 2.0 * weight * R
+    K = _backward(t, prefix, screen[:, :, None] * G, n)
+    grad = torch.empty_like(phases)
+    grad[:, 2 * m:] = -(G * V.imag).sum(-1)
+    _mzi_gradients(t, theta, phi, r1, r2, K, n, grad)
+    return loss, grad
+
+
+def _columns(n: int) -> list[tuple[int, slice]]:
+    """Each column's first mode and its MZIs' slice of the control order (a column's MZIs are listed together)."""
+    col, _ = mesh_layout(n)
+    out, first = [], 0
+    for c in range(n):
+        k = int((col == c).sum())
+        out.append((c % 2, slice(first, first + k)))
+        first += k
+    return out
+
+
+def _forward(t: tuple[Any, Any, Any, Any], n: int) -> Any:
+    """P_c = C_{c-1} ... C_0 for c = 0 .. N (B, N + 1, n, n): column c mixes rows (p, p + 1) of its MZIs."""
+    import torch
+
+    t00, t01, t10, t11 = t
+    B = t00.shape[0]
+    prefix = t00.new_empty((B, n + 1, n, n))
+    prefix[:, 0] = torch.eye(n, dtype=t00.dtype)
+    for c, (lo, sl) in enumerate(_columns(n)):
+        U, out = prefix[:, c], prefix[:, c + 1]
+        hi = lo + 2 * (sl.stop - sl.start)
+        a, b = U[:, lo:hi:2], U[:, lo + 1:hi:2]
+        out[:, lo:hi:2] = t00[:, sl, None] * a + t01[:, sl, None] * b
+        out[:, lo + 1:hi:2] = t10[:, sl, None] * a + t11[:, sl, None] * b
+        out[:, :lo], out[:, hi:] = U[:, :lo], U[:, hi:]
+    return prefix
+
+
+def _backward(t: tuple[Any, Any, Any, Any], prefix: Any, Z: Any, n: int) -> list[Any]:
+    """K00, K01, K10, K11 of every MZI (each (B, M)): K = Z_c P_c^T on its rows, with Z_{N-1} = S G and
+    Z_{c-1} = C_c^T Z_c (rows p, p + 1 of C_c^T Z: t00 Z_p + t10 Z_{p+1}, t01 Z_p + t11 Z_{p+1})."""
+    t00, t01, t10, t11 = t
+    K = [t00.new_empty(t00.shape) for _ in range(4)]
+    Z = Z.clone()
+    for c, (lo, sl) in reversed(list(enumerate(_columns(n)))):
+        hi = lo + 2 * (sl.stop - sl.start)
+        za, zb = Z[:, lo:hi:2], Z[:, lo + 1:hi:2]
+        pa, pb = prefix[:, c, lo:hi:2], prefix[:, c, lo + 1:hi:2]
+        for k, (z, p) in enumerate(((za, pa), (za, pb), (zb, pa), (zb, pb))):
+            K[k][:, sl] = (z * p).sum(-1)
+        if c:
+            new_a = t00[:, sl, None] * za + t10[:, sl, None] * zb
+            zb.copy_(t01[:, sl, None] * za + t11[:, sl, None] * zb)
+            za.copy_(new_a)
+    return K
+
+
+def _mzi_gradients(t: tuple[Any, Any, Any, Any], theta: Any, phi: Any, r1: Any, r2: Any, K: list[Any], n: int,
+                   grad: Any) -> None:
+    """d loss / d theta, d phi of every MZI into ``grad``: Re sum_ab K_ab dT_ab."""
+    import torch
+
+    m = mzi_count(n)
+    k = [(v.real, v.imag) for v in K]
+    t00, t10 = (t[0].real, t[0].imag), (t[2].real, t[2].imag)
+    # phi: Re(i (K00 t00 + K10 t10)) = -Im(...)
+    grad[:, m:2 * m] = -(_mul(k[0], t00)[1] + _mul(k[2], t10)[1])
+    # theta: -Im(e^{i theta} (s1 s2 e^{i phi} K00 + i c1 s2 K01 + i s1 c2 e^{i phi} K10 - c1 c2 K11))
+    s1, c1, s2, c2 = r1.sqrt(), (1 - r1).sqrt(), r2.sqrt(), (1 - r2).sqrt()
+    e_phi = (torch.cos(phi), torch.sin(phi))
+    a = _mul(e_phi, (s1 * s2 * k[0][0] - s1 * c2 * k[2][1], s1 * s2 * k[0][1] + s1 * c2 * k[2][0]))
+    total = (a[0] - c1 * s2 * k[1][1] - c1 * c2 * k[3][0], a[1] + c1 * s2 * k[1][0] - c1 * c2 * k[3][1])
+    grad[:, :m] = -_mul((torch.cos(theta), torch.sin(theta)), total)[1]
+
+
+def _mul(a: tuple[Any, Any], b: tuple[Any, Any]) -> tuple[Any, Any]:
+    """(re, im) of a complex product in real arithmetic (the same rounding in every vector lane)."""
+    return a[0] * b[0] - a[1] * b[1], a[0] * b[1] + a[1] * b[0]

@@ -46,7 +46,7 @@ from pnndeploy.errors import ModelFileError
 from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, LinearPlatform, PhaseControls, Platform, \
     Range, quantise, solve_crosstalk, stacked
 from pnndeploy.platforms.lbfgs import batched_lbfgs
-from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric
+from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient
 from pnndeploy.platforms.options import PlatformOption
 from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, mzi_count, \
     one_thread, phase_count, unitary_with_real_part
@@ -493,11 +493,7 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
     r = torch.from_numpy(np.repeat(np.asarray(ratios, np.float64), to * ti, axis=0)).to(dtype)
 
     def fun(x: Any, rows: Any) -> tuple[Any, Any]:
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = torch.sum(weight[rows] * (mesh_unitary(x, n, r[rows]).real - target[rows]) ** 2, dim=(-2, -1))
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        return loss.detach(), grad
+        return loss_and_gradient(x, n, r[rows], target[rows], weight[rows])
 
     with one_thread():
         free = None if not fixed.any() else torch.from_numpy(~fixed.reshape(-1, P))
