@@ -54,6 +54,10 @@ from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_l
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem):
 #: from a Gauss-Newton metric, 12 leave less residual than 80 from the identity did (benchmarks/mzi_bench.py).
 FIT_ITERATIONS = 12
+#: Iterations where a layer's blocks are padded (fewer weights than phases: the metric is singular there and
+#: damping alone steers those directions, so the fit converges more slowly): with 12, a few chips of the
+#: benchmark's 10 x 32 layer kept more residual than 80 plain iterations left them; with 16, none.
+PADDED_FIT_ITERATIONS = 16
 #: Damping of the Gauss-Newton metric the fit starts from (J^T J + damping I; J's entries are O(1)): 1e-3 let
 #: some blocks step too far (a worse residual on a fifth of the chips), 1e-1 slows every block.
 GN_DAMPING = 1e-2
@@ -235,7 +239,8 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         offsets, pre-compensate the known thermal crosstalk, wrap into the heater range and quantise.
 
         Every block of every chip is its own least-squares problem, solved together (:func:`batched_lbfgs`,
-        ``FIT_ITERATIONS`` steps at most, :data:`MAP_CHIPS_PER_BATCH` chips at a time); what the fit leaves is in
+        ``FIT_ITERATIONS`` steps at most, ``PADDED_FIT_ITERATIONS`` for a layer with padded blocks,
+        :data:`MAP_CHIPS_PER_BATCH` chips at a time); what the fit leaves is in
         the residual.  Shifters whose crosstalk-compensated setting falls outside the heater range count as
         clipped.  Shifters a calibration flags ``faulty`` ignore their setting: they are programmed at 0, held at
         what they then realise (offset + the neighbours' spill) and the others are fitted around them.
@@ -499,5 +504,7 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
         free = None if not fixed.any() else torch.from_numpy(~fixed.reshape(-1, P))
         x = torch.from_numpy(np.ascontiguousarray(x0)).to(dtype)
         metric = gauss_newton_metric(x, n, r, weight, free, GN_DAMPING)
-        x = batched_lbfgs(fun, x, free, FIT_ITERATIONS if iterations is None else iterations, metric=metric)
+        if iterations is None:
+            iterations = FIT_ITERATIONS if mask.all() else PADDED_FIT_ITERATIONS
+        x = batched_lbfgs(fun, x, free, iterations, metric=metric)
     return x.double().numpy().reshape(chips, to, ti, P)
