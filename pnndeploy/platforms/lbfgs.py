@@ -40,13 +40,14 @@ def two_loop(g: Any, S: Any, Y: Any, rho: Any, gamma: Any, metric: Any = None) -
     return -r
 
 
-def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any = None, iterations: int = 120,
+def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any = None, iterations: Any = 120,
                   history: int = 10, grad_tol: float = 1e-7, change_tol: float = 1e-12, metric: Any = None) -> Any:
     """Minimise each row of ``x0`` (problems, params) independently; returns the minimisers (a new tensor).
 
     ``fun(x, rows)`` gives the losses (k,) and gradients (k, params) of problems ``rows`` (a long tensor) at
     ``x`` (k, params).  ``free`` (problems, params) bool: parameters that may move (the others stay at their
-    ``x0`` value).  A problem stops after ``iterations`` steps, when its largest gradient entry is below
+    ``x0`` value).  A problem stops after ``iterations`` steps (an int, or a long tensor (problems,): each
+    problem's own), when its largest gradient entry is below
     ``grad_tol`` or when a step changes its loss or parameters by less than ``change_tol`` (which float32 cannot
     resolve below about 1e-7 of the values: there the line search's own limit ends a converged problem).
     ``metric`` (problems, params, params): each problem's initial inverse Hessian (say a Gauss-Newton one, so
@@ -66,7 +67,9 @@ def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any
     rho = x.new_zeros((B, history))
     gamma = torch.clamp(1.0 / g.abs().sum(-1).clamp_min(tiny), max=1.0)     # first step: at most 1 in |.|_1
     active = g.abs().amax(-1) > grad_tol
-    for _ in range(iterations):
+    limit = torch.as_tensor(iterations, device=x.device).expand(B)
+    for step_number in range(int(limit.max()) if B else 0):
+        active &= limit > step_number
         A = rows[active]
         if A.numel() == 0:
             break

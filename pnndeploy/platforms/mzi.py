@@ -58,6 +58,12 @@ FIT_ITERATIONS = 12
 #: damping alone steers those directions, so the fit converges more slowly): with 12, a few chips of the
 #: benchmark's 10 x 32 layer kept more residual than 80 plain iterations left them; with 16, none.
 PADDED_FIT_ITERATIONS = 16
+#: Iterations for the blocks of a chip with faulty shifters: a held phase breaks the closed-form start, the fit
+#: has far to go (with 12, 24 or 48 some chips kept more residual than before; with 80, as before, none did).
+FAULTY_FIT_ITERATIONS = 80
+#: Iterations of the second fit of a faulty chip with crosstalk (its held phases moved by the neighbours' spill):
+#: with 20 (as before) or 40, one or two chips of 16 kept more residual than before; with 80, none.
+REFIT_ITERATIONS = 80
 #: Damping of the Gauss-Newton metric the fit starts from (J^T J + damping I; J's entries are O(1)): 1e-3 let
 #: some blocks step too far (a worse residual on a fifth of the chips), 1e-1 slows every block.
 GN_DAMPING = 1e-2
@@ -239,7 +245,8 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         offsets, pre-compensate the known thermal crosstalk, wrap into the heater range and quantise.
 
         Every block of every chip is its own least-squares problem, solved together (:func:`batched_lbfgs`,
-        ``FIT_ITERATIONS`` steps at most, ``PADDED_FIT_ITERATIONS`` for a layer with padded blocks,
+        ``FIT_ITERATIONS`` steps at most, ``PADDED_FIT_ITERATIONS`` for a layer with padded blocks and
+        ``FAULTY_FIT_ITERATIONS`` for a chip with faulty shifters,
         :data:`MAP_CHIPS_PER_BATCH` chips at a time); what the fit leaves is in
         the residual.  Shifters whose crosstalk-compensated setting falls outside the heater range count as
         clipped.  Shifters a calibration flags ``faulty`` ignore their setting: they are programmed at 0, held at
@@ -277,7 +284,7 @@ class MZIPlatform(MeshDevices, LinearPlatform):
             # on those chips only (a chip's mapping must not depend on the chips mapped with it)
             held = offsets[redo, None, None, :] + crosstalk[redo, None, None, None] * _spill(settings[redo], n)
             again = _fit_phases(blocks, mask, realised[redo], ratios[redo], n, fixed[redo], held,
-                                FIT_ITERATIONS // 4, False)
+                                REFIT_ITERATIONS, False)
             settings[redo], redone = self._program(again, offsets[redo], faulty[redo], crosstalk[redo],
                                                    [environments[k] for k in redo], n)
             for k, clipping in zip(redo, redone):
@@ -504,7 +511,8 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
         free = None if not fixed.any() else torch.from_numpy(~fixed.reshape(-1, P))
         x = torch.from_numpy(np.ascontiguousarray(x0)).to(dtype)
         metric = gauss_newton_metric(x, n, r, weight, free, GN_DAMPING)
-        if iterations is None:
-            iterations = FIT_ITERATIONS if mask.all() else PADDED_FIT_ITERATIONS
+        if iterations is None:         # per block: those of a chip with faulty shifters have further to go
+            most = FIT_ITERATIONS if mask.all() else PADDED_FIT_ITERATIONS
+            iterations = most if free is None else torch.where(free.all(-1), most, FAULTY_FIT_ITERATIONS)
         x = batched_lbfgs(fun, x, free, iterations, metric=metric)
     return x.double().numpy().reshape(chips, to, ti, P)
