@@ -151,3 +151,24 @@ def test_each_problem_stops_at_its_own_iteration_limit() -> None:
     torch.testing.assert_close(mixed[0], batched_lbfgs(fun, x0, iterations=1)[0], atol=0, rtol=0)
     torch.testing.assert_close(mixed[2], batched_lbfgs(fun, x0, iterations=2)[2], atol=0, rtol=0)
     torch.testing.assert_close(mixed[1], torch.linalg.solve(Q[1], b[1]), atol=1e-5, rtol=0)      # ran on
+
+
+def test_a_mesh_above_the_metric_limit_is_fitted_from_the_identity(monkeypatch) -> None:
+    """The metric is phases^2 per block: past METRIC_MAX_PHASES the fit runs as before (no metric, the plain
+    iteration count) and still maps."""
+    process = load_process(MZI_PROFILES / "process.yaml")
+    chip = generate_chip(process, "chipJ0", seed=5)
+    W, controls = _layer(shape=(16, 32), seed=7)
+    args = (W, controls, chip.calibration, chip.environment, chip.shape, MZI.metadata())
+    with_metric = MZI.map_layer(*args)
+
+    def refuse(*a, **k):
+        raise AssertionError("no metric above the limit")
+
+    monkeypatch.setattr(mzi, "METRIC_MAX_PHASES", 16 * 16 - 1)
+    monkeypatch.setattr(mzi, "gauss_newton_metric", refuse)
+    plain = MZI.map_layer(*args)
+    _old_fit(monkeypatch)
+    monkeypatch.setattr(mzi, "gauss_newton_metric", refuse)
+    assert plain.residual == pytest.approx(MZI.map_layer(*args).residual, rel=1e-12)
+    assert with_metric.residual < plain.residual

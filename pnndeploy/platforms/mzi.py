@@ -67,6 +67,11 @@ REFIT_ITERATIONS = 80
 #: Damping of the Gauss-Newton metric the fit starts from (J^T J + damping I; J's entries are O(1)): 1e-3 let
 #: some blocks step too far (a worse residual on a fifth of the chips), 1e-1 slows every block.
 GN_DAMPING = 1e-2
+#: The largest mesh (in phases) fitted from a Gauss-Newton metric: the metric is phases^2 floats per block (4 MiB
+#: at 32 modes, 16 GiB at 256), and its factorisation phases^3; a larger mesh is fitted as before, from the
+#: identity, for ``PLAIN_FIT_ITERATIONS``.
+METRIC_MAX_PHASES = 32 * 32
+PLAIN_FIT_ITERATIONS = 80
 #: Bytes of realised weights a fleet keeps per layer for reuse under the same drift (a model of L layers: L times).
 MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
@@ -510,8 +515,10 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
     with one_thread():
         free = None if not fixed.any() else torch.from_numpy(~fixed.reshape(-1, P))
         x = torch.from_numpy(np.ascontiguousarray(x0)).to(dtype)
-        metric = gauss_newton_metric(x, n, r, weight, free, GN_DAMPING)
-        if iterations is None:         # per block: those of a chip with faulty shifters have further to go
+        metric = gauss_newton_metric(x, n, r, weight, free, GN_DAMPING) if P <= METRIC_MAX_PHASES else None
+        if iterations is None and metric is None:
+            iterations = PLAIN_FIT_ITERATIONS
+        elif iterations is None:       # per block: those of a chip with faulty shifters have further to go
             most = FIT_ITERATIONS if mask.all() else PADDED_FIT_ITERATIONS
             iterations = most if free is None else torch.where(free.all(-1), most, FAULTY_FIT_ITERATIONS)
         x = batched_lbfgs(fun, x, free, iterations, metric=metric)
