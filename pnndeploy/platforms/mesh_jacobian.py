@@ -1,4 +1,5 @@
-"""The Jacobian of a mesh's real part in its phases, in closed form: a Gauss-Newton metric for the mapping fit.
+"""Derivatives of a mesh's real part in its phases, in closed form, for the mapping fit: the Jacobian (a
+Gauss-Newton metric) and the fit loss's gradient (a forward and a backward sweep instead of autograd).
 
 Fitting a block's phases through a chip's mesh is a nearly square, ill-conditioned least-squares problem: a
 first-order method with a scalar initial Hessian (plain L-BFGS) needs many iterations.  Its Gauss-Newton metric
@@ -11,6 +12,9 @@ through one 2 x 2 block of C_c, so each of its phases moves U by an outer produc
 * dU/dphi   = i (L_c[:, p:p+2] T[:, 0]) (x) P_c[p, :]
 * dU/dtheta = i e^{i theta} (L_c[:, p:p+2] [s2, i c2]) (x) ([s1 e^{i phi}, i c1] P_c[p:p+2, :])
 * dU/dpsi_j = i U[j, :] on row j.
+
+The gradient of ||w (Re U - target)||^2 contracts the same products with G = 2 w (Re U - target): with
+Z_c = L_c^T G, each MZI's phases see only the 2 x 2 block of Z_c P_c^T on its modes (:func:`loss_and_gradient`).
 """
 
 from __future__ import annotations
