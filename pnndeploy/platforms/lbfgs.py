@@ -18,10 +18,11 @@ ARMIJO = 1e-4
 LINE_SEARCH_STEPS = 12
 
 
-def two_loop(g: Any, S: Any, Y: Any, rho: Any, gamma: Any) -> Any:
+def two_loop(g: Any, S: Any, Y: Any, rho: Any, gamma: Any, metric: Any = None) -> Any:
     """-H g for each problem: the L-BFGS two-loop recursion over (problems, history, params) pairs, newest first.
 
-    A pair with rho = 0 (curvature not positive) contributes nothing.
+    A pair with rho = 0 (curvature not positive) contributes nothing.  The initial inverse Hessian is gamma I, or
+    ``metric`` (problems, params, params) where given.
     """
     q = g.clone()
     alphas = []
@@ -29,22 +30,28 @@ def two_loop(g: Any, S: Any, Y: Any, rho: Any, gamma: Any) -> Any:
         a = rho[:, k] * (S[:, k] * q).sum(-1)
         q -= a[:, None] * Y[:, k]
         alphas.append(a)
-    r = gamma[:, None] * q
+    if metric is None:
+        r = gamma[:, None] * q
+    else:       # as a product with two columns: a matrix-vector product of one problem rounds otherwise (gemv)
+        r = (metric @ q[:, :, None].expand(-1, -1, 2))[:, :, 0]
     for k in reversed(range(S.shape[1])):
         b = rho[:, k] * (Y[:, k] * r).sum(-1)
         r += (alphas[k] - b)[:, None] * S[:, k]
     return -r
 
 
-def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any = None, iterations: int = 120,
-                  history: int = 10, grad_tol: float = 1e-7, change_tol: float = 1e-12) -> Any:
+def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any = None, iterations: Any = 120,
+                  history: int = 10, grad_tol: float = 1e-7, change_tol: float = 1e-12, metric: Any = None) -> Any:
     """Minimise each row of ``x0`` (problems, params) independently; returns the minimisers (a new tensor).
 
     ``fun(x, rows)`` gives the losses (k,) and gradients (k, params) of problems ``rows`` (a long tensor) at
     ``x`` (k, params).  ``free`` (problems, params) bool: parameters that may move (the others stay at their
-    ``x0`` value).  A problem stops after ``iterations`` steps, when its largest gradient entry is below
+    ``x0`` value).  A problem stops after ``iterations`` steps (an int, or a long tensor (problems,): each
+    problem's own), when its largest gradient entry is below
     ``grad_tol`` or when a step changes its loss or parameters by less than ``change_tol`` (which float32 cannot
     resolve below about 1e-7 of the values: there the line search's own limit ends a converged problem).
+    ``metric`` (problems, params, params): each problem's initial inverse Hessian (say a Gauss-Newton one, so
+    the first steps are Gauss-Newton steps) in place of the scaled identity L-BFGS otherwise starts from.
     """
     import torch
 
@@ -60,34 +67,38 @@ def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any
     rho = x.new_zeros((B, history))
     gamma = torch.clamp(1.0 / g.abs().sum(-1).clamp_min(tiny), max=1.0)     # first step: at most 1 in |.|_1
     active = g.abs().amax(-1) > grad_tol
-    for _ in range(iterations):
+    limit = torch.as_tensor(iterations, device=x.device).expand(B)
+    for step_number in range(int(limit.max()) if B else 0):
+        active &= limit > step_number
         A = rows[active]
         if A.numel() == 0:
             break
-        gA = g[A]
-        d = two_loop(gA, S[A], Y[A], rho[A], gamma[A])
+        # while every problem runs (most of a fit), a view: indexing would copy the history and metric each step
+        a = slice(None) if A.numel() == B else A
+        gA = g[a]
+        d = two_loop(gA, S[a], Y[a], rho[a], gamma[a], None if metric is None else metric[a])
         gd = (gA * d).sum(-1)
         uphill = gd >= 0
         if bool(uphill.any()):                  # a stale history: fall back to steepest descent for those
-            d[uphill] = -gA[uphill] * gamma[A][uphill, None]
+            d[uphill] = -gA[uphill] * gamma[a][uphill, None]
             gd = (gA * d).sum(-1)
-        t, f_new, g_new = _line_search(fun, x[A], A, f[A], gd, d, keep)
+        t, f_new, g_new = _line_search(fun, x[a], A, f[a], gd, d, keep)
         step = t[:, None] * d
-        moved = f_new < f[A]
+        moved = f_new < f[a]
         s, y = step, g_new - gA
         sy = (s * y).sum(-1)
         good = moved & (sy > 1e-10)
-        S[A] = torch.where(good[:, None, None], torch.cat([s[:, None], S[A][:, :-1]], 1), S[A])
-        Y[A] = torch.where(good[:, None, None], torch.cat([y[:, None], Y[A][:, :-1]], 1), Y[A])
-        rho[A] = torch.where(good[:, None], torch.cat([(1.0 / sy.clamp_min(tiny))[:, None], rho[A][:, :-1]], 1),
-                             rho[A])
-        gamma[A] = torch.where(good, sy / (y * y).sum(-1).clamp_min(tiny), gamma[A])
-        x[A] = torch.where(moved[:, None], x[A] + step, x[A])
-        change = (f[A] - f_new).abs()
-        f[A] = torch.where(moved, f_new, f[A])
-        g[A] = torch.where(moved[:, None], g_new, gA)
-        done = ~moved | (change < change_tol) | (step.abs().amax(-1) < change_tol) | (g[A].abs().amax(-1) <= grad_tol)
-        active[A] = ~done
+        S[a] = torch.where(good[:, None, None], torch.cat([s[:, None], S[a][:, :-1]], 1), S[a])
+        Y[a] = torch.where(good[:, None, None], torch.cat([y[:, None], Y[a][:, :-1]], 1), Y[a])
+        rho[a] = torch.where(good[:, None], torch.cat([(1.0 / sy.clamp_min(tiny))[:, None], rho[a][:, :-1]], 1),
+                             rho[a])
+        gamma[a] = torch.where(good, sy / (y * y).sum(-1).clamp_min(tiny), gamma[a])
+        x[a] = torch.where(moved[:, None], x[a] + step, x[a])
+        change = (f[a] - f_new).abs()
+        f[a] = torch.where(moved, f_new, f[a])
+        g[a] = torch.where(moved[:, None], g_new, gA)
+        done = ~moved | (change < change_tol) | (step.abs().amax(-1) < change_tol) | (g[a].abs().amax(-1) <= grad_tol)
+        active[a] = ~done
     return x
 
 

@@ -46,12 +46,34 @@ from pnndeploy.errors import ModelFileError
 from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, LinearPlatform, PhaseControls, Platform, \
     Range, quantise, solve_crosstalk, stacked
 from pnndeploy.platforms.lbfgs import batched_lbfgs
+from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient
 from pnndeploy.platforms.options import PlatformOption
 from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, mzi_count, \
     one_thread, phase_count, unitary_with_real_part
 
-#: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem).
-FIT_ITERATIONS = 80
+#: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem):
+#: from a Gauss-Newton metric, 12 leave less residual than 80 from the identity did (benchmarks/mzi_bench.py).
+FIT_ITERATIONS = 12
+#: Iterations where a layer's blocks are padded (fewer weights than phases: the metric is singular there and
+#: damping alone steers those directions, so the fit converges more slowly): with 12, 5 of 64 chips of the
+#: benchmark's 10 x 32 layer kept more residual than 80 plain iterations left them; with 18, none of 512.  (A
+#: chip's residual also jumps where a phase lands at the heater range's edge and the crosstalk compensation clips
+#: it: with 20, one chip's fit was better and its residual 2.6 times worse.)
+PADDED_FIT_ITERATIONS = 18
+#: Iterations for the blocks of a chip with faulty shifters: a held phase breaks the closed-form start, the fit
+#: has far to go (with 12, 24 or 48 some chips kept more residual than before; with 80, as before, none did).
+FAULTY_FIT_ITERATIONS = 80
+#: Iterations of the second fit of a faulty chip with crosstalk (its held phases moved by the neighbours' spill):
+#: with 20 (as before) or 40, one or two chips of 16 kept more residual than before; with 80, none.
+REFIT_ITERATIONS = 80
+#: Damping of the Gauss-Newton metric the fit starts from (J^T J + damping I; J's entries are O(1)): 1e-3 let
+#: some blocks step too far (a worse residual on a fifth of the chips), 1e-1 slows every block.
+GN_DAMPING = 1e-2
+#: The largest mesh (in phases) fitted from a Gauss-Newton metric: the metric is phases^2 floats per block (4 MiB
+#: at 32 modes, 16 GiB at 256), and its factorisation phases^3; a larger mesh is fitted as before, from the
+#: identity, for ``PLAIN_FIT_ITERATIONS``.
+METRIC_MAX_PHASES = 32 * 32
+PLAIN_FIT_ITERATIONS = 80
 #: Bytes of realised weights a fleet keeps per layer for reuse under the same drift (a model of L layers: L times).
 MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
@@ -230,7 +252,9 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         offsets, pre-compensate the known thermal crosstalk, wrap into the heater range and quantise.
 
         Every block of every chip is its own least-squares problem, solved together (:func:`batched_lbfgs`,
-        ``FIT_ITERATIONS`` steps at most, :data:`MAP_CHIPS_PER_BATCH` chips at a time); what the fit leaves is in
+        ``FIT_ITERATIONS`` steps at most, ``PADDED_FIT_ITERATIONS`` for a layer with padded blocks and
+        ``FAULTY_FIT_ITERATIONS`` for a chip with faulty shifters,
+        :data:`MAP_CHIPS_PER_BATCH` chips at a time); what the fit leaves is in
         the residual.  Shifters whose crosstalk-compensated setting falls outside the heater range count as
         clipped.  Shifters a calibration flags ``faulty`` ignore their setting: they are programmed at 0, held at
         what they then realise (offset + the neighbours' spill) and the others are fitted around them.
@@ -267,7 +291,7 @@ class MZIPlatform(MeshDevices, LinearPlatform):
             # on those chips only (a chip's mapping must not depend on the chips mapped with it)
             held = offsets[redo, None, None, :] + crosstalk[redo, None, None, None] * _spill(settings[redo], n)
             again = _fit_phases(blocks, mask, realised[redo], ratios[redo], n, fixed[redo], held,
-                                FIT_ITERATIONS // 4, False)
+                                REFIT_ITERATIONS, False)
             settings[redo], redone = self._program(again, offsets[redo], faulty[redo], crosstalk[redo],
                                                    [environments[k] for k in redo], n)
             for k, clipping in zip(redo, redone):
@@ -471,7 +495,9 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
     (chips, to, ti, n^2) the phase stays at ``held``.  ``ideal_start``: ``start`` is for the ideal mesh, so the
     fit starts from it corrected for each chip's couplers (:func:`corrected_phases`: most of the way in closed
     form, which cuts the iterations the fit needs by half or more).  Each block of each chip is one problem of
-    :func:`batched_lbfgs`, on one thread (many tiny problems: threads cost more than they give).
+    :func:`batched_lbfgs`, on one thread (many tiny problems: threads cost more than they give), whose initial
+    inverse Hessian is the block's Gauss-Newton metric at the start (:func:`gauss_newton_metric`): the fit is
+    nearly square and ill-conditioned, and from the identity L-BFGS needed 80 iterations where it now needs 12.
     """
     import torch
 
@@ -486,14 +512,16 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
     r = torch.from_numpy(np.repeat(np.asarray(ratios, np.float64), to * ti, axis=0)).to(dtype)
 
     def fun(x: Any, rows: Any) -> tuple[Any, Any]:
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = torch.sum(weight[rows] * (mesh_unitary(x, n, r[rows]).real - target[rows]) ** 2, dim=(-2, -1))
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        return loss.detach(), grad
+        return loss_and_gradient(x, n, r[rows], target[rows], weight[rows])
 
     with one_thread():
         free = None if not fixed.any() else torch.from_numpy(~fixed.reshape(-1, P))
-        x = batched_lbfgs(fun, torch.from_numpy(np.ascontiguousarray(x0)).to(dtype), free,
-                          FIT_ITERATIONS if iterations is None else iterations)
+        x = torch.from_numpy(np.ascontiguousarray(x0)).to(dtype)
+        metric = gauss_newton_metric(x, n, r, weight, free, GN_DAMPING) if P <= METRIC_MAX_PHASES else None
+        if iterations is None and metric is None:
+            iterations = PLAIN_FIT_ITERATIONS
+        elif iterations is None:       # per block: those of a chip with faulty shifters have further to go
+            most = FIT_ITERATIONS if mask.all() else PADDED_FIT_ITERATIONS
+            iterations = most if free is None else torch.where(free.all(-1), most, FAULTY_FIT_ITERATIONS)
+        x = batched_lbfgs(fun, x, free, iterations, metric=metric)
     return x.double().numpy().reshape(chips, to, ti, P)

@@ -1,0 +1,204 @@
+"""Derivatives of a mesh's real part in its phases, in closed form, for the mapping fit: the Jacobian (a
+Gauss-Newton metric) and the fit loss's gradient (a forward and a backward sweep instead of autograd).
+
+Fitting a block's phases through a chip's mesh is a nearly square, ill-conditioned least-squares problem: a
+first-order method with a scalar initial Hessian (plain L-BFGS) needs many iterations.  Its Gauss-Newton metric
+J^T J, taken once at the fit's start, makes the first steps Gauss-Newton steps and leaves L-BFGS to correct it.
+
+With U = S C_{N-1} ... C_0 (screen S, column c's matrix C_c, :mod:`pnndeploy.platforms.mesh`) and the partial
+products P_c = C_{c-1} ... C_0 and L_c = S C_{N-1} ... C_{c+1}, an MZI of column c on modes (p, p+1) enters U
+through one 2 x 2 block of C_c, so each of its phases moves U by an outer product (no autograd needed):
+
+* dU/dphi   = i (L_c[:, p:p+2] T[:, 0]) (x) P_c[p, :]
+* dU/dtheta = i e^{i theta} (L_c[:, p:p+2] [s2, i c2]) (x) ([s1 e^{i phi}, i c1] P_c[p:p+2, :])
+* dU/dpsi_j = i U[j, :] on row j.
+
+The gradient of ||w (Re U - target)||^2 contracts the same products with G = 2 w (Re U - target): with
+Z_c = L_c^T G, each MZI's phases see only the 2 x 2 block of Z_c P_c^T on its modes (:func:`loss_and_gradient`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pnndeploy.platforms.mesh import _column_gathers, _mzi_entries, mesh_layout, mzi_count
+
+
+def real_jacobian(phases: Any, n: int, ratios: Any) -> Any:
+    """d Re(U) / d phases of meshes (torch): (B, n^2 phases, n, n) from phases (B, n^2), ratios (B, M, 2)."""
+    import torch
+
+    m = mzi_count(n)
+    B = phases.shape[0]
+    theta, phi, psi = phases[:, :m], phases[:, m:2 * m], phases[:, 2 * m:]
+    r1, r2 = ratios[..., 0], ratios[..., 1]
+    t00, t01, t10, t11 = _mzi_entries(torch, theta, phi, r1, r2)
+    prefix, suffix, U = _partial_products((t00, t01, t10, t11), psi, n)
+    col, top = (torch.from_numpy(a) for a in mesh_layout(n))
+    Lt = suffix.transpose(-1, -2)                                   # Lt[:, c, j] = column j of L_c
+    Lp, Lq = Lt[:, col, top], Lt[:, col, top + 1]                   # (B, m, n)
+    Pp, Pq = prefix[:, col, top], prefix[:, col, top + 1]
+    unit = 1j
+    a_phi = unit * (Lp * t00[..., None] + Lq * t10[..., None])
+    s1, c1, s2, c2 = r1.sqrt(), (1 - r1).sqrt(), r2.sqrt(), (1 - r2).sqrt()
+    e_theta, e_phi = torch.polar(torch.ones_like(theta), theta), torch.polar(torch.ones_like(phi), phi)
+    a_theta = unit * e_theta[..., None] * (s2[..., None] * Lp + unit * c2[..., None] * Lq)
+    b_theta = (s1 * e_phi)[..., None] * Pp + unit * c1[..., None] * Pq
+    J = phases.new_empty((B, 2 * m + n, n, n))
+    _real_outer(a_theta, b_theta, J[:, :m])
+    _real_outer(a_phi, Pp, J[:, m:2 * m])
+    J[:, 2 * m:] = 0.0
+    rows = torch.arange(n)
+    J[:, 2 * m + rows, rows, :] = -U.imag                           # Re(i U[j, :]) on row j
+    return J
+
+
+def _real_outer(a: Any, b: Any, out: Any) -> None:
+    """Re(a b^T) for batches of complex vectors (..., n) into ``out`` (..., n, n): [Re a, -Im a] [Re b; Im b], a
+    product of inner size 2 (one pass over ``out``, where the sum of two outer products took three)."""
+    import torch
+
+    out.copy_(torch.stack([a.real, -a.imag], -1) @ torch.stack([b.real, b.imag], -2))
+
+
+def _partial_products(entries: tuple[Any, Any, Any, Any], psi: Any, n: int) -> tuple[Any, Any, Any]:
+    """(P_c for c = 0..N-1, L_c for c = 0..N-1, U), each (B, N, n, n) / (B, n, n): the mesh's column products
+    from the input side and from the output side (screen included)."""
+    import torch
+
+    t00, t01, t10, t11 = entries
+    B = t00.shape[0]
+    g0, g1, perm = (torch.from_numpy(a) for a in _column_gathers(n))
+    one = torch.ones((B, 1), dtype=t00.dtype)
+    d0 = torch.cat([t00, t11, one], dim=-1)[:, g0]                   # (B, column, row)
+    d1 = torch.cat([t01, t10, 0 * one], dim=-1)[:, g1]
+    C = t00.new_zeros((B, n, n, n))                                  # C[:, c] = column c's matrix
+    cols, rows = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    C[:, cols, rows, perm] = d1                                      # a mode without an MZI: perm is itself
+    C[:, cols, rows, rows] = d0                                      # and d0 (1) wins over d1 (0)
+    eye = torch.eye(n, dtype=t00.dtype).expand(B, n, n)
+    prefix = [eye]
+    for c in range(n - 1):
+        prefix.append(C[:, c] @ prefix[-1])
+    screen = torch.diag_embed(torch.polar(torch.ones_like(psi), psi).to(t00.dtype))
+    suffix = [screen]
+    for c in range(n - 1, 0, -1):
+        suffix.append(suffix[-1] @ C[:, c])
+    U = suffix[-1] @ C[:, 0]
+    return torch.stack(prefix, 1), torch.stack(suffix[::-1], 1), U
+
+
+def gauss_newton_metric(phases: Any, n: int, ratios: Any, weight: Any, free: Any = None,
+                        damping: float = 1e-3) -> Any:
+    """(2 (J^T J + damping I))^{-1} per mesh (B, n^2, n^2), J of ``weight`` * Re(U) (weight (B, n, n), a mask):
+    the inverse Hessian of the loss ||weight (Re U - target)||^2 in the Gauss-Newton approximation, damped so a
+    nearly singular direction takes a bounded step.  ``free`` (B, n^2) bool: a fixed phase gets no step."""
+    import torch
+
+    J = real_jacobian(phases, n, ratios)
+    if not bool(torch.all(weight == 1)):
+        J.mul_(weight[:, None])
+    J = J.flatten(2)                                                # (B, n^2 phases, n^2 entries)
+    if free is not None:
+        J.mul_(free[..., None].to(J.dtype))
+    P = J.shape[1]
+    damped = torch.eye(P, dtype=J.dtype, device=J.device).mul_(2.0 * damping)
+    A = torch.baddbmm(damped, J, J.transpose(1, 2), alpha=2.0)      # 2 (J J^T + damping I), one pass
+    factor, _ = torch.linalg.cholesky_ex(A)
+    return torch.cholesky_inverse(factor)
+
+
+def loss_and_gradient(phases: Any, n: int, ratios: Any, target: Any, weight: Any) -> tuple[Any, Any]:
+    """||weight (Re U - target)||^2 per mesh (B,) and its gradient in the phases (B, n^2), by hand: one sweep
+    through the columns keeping the partial products P_c, one back with Z_c = L_c^T G (G the loss's gradient in
+    Re U) taking every MZI's 2 x 2 block K of Z_c P_c^T on the way.  Each column works on the pairs of rows its
+    MZIs mix (strided views: no gathers), and like :func:`mesh_unitary` a mesh's bits do not depend on the batch:
+    row products and sums over whole rows, per-MZI arithmetic in reals."""
+    import torch
+
+    m = mzi_count(n)
+    theta, phi, psi = phases[:, :m], phases[:, m:2 * m], phases[:, 2 * m:]
+    r1, r2 = ratios[..., 0], ratios[..., 1]
+    t = _mzi_entries(torch, theta, phi, r1, r2)
+    prefix = _forward(t, n)
+    screen = torch.complex(torch.cos(psi), torch.sin(psi))
+    V = screen[:, :, None] * prefix[:, n]
+    R = weight * (V.real - target)
+    loss = (R * R).sum((-2, -1))
+    G = 2.0 * weight * R
+    K = _backward(t, prefix, screen[:, :, None] * G, n)
+    grad = torch.empty_like(phases)
+    grad[:, 2 * m:] = -(G * V.imag).sum(-1)
+    _mzi_gradients(t, theta, phi, r1, r2, K, n, grad)
+    return loss, grad
+
+
+def _columns(n: int) -> list[tuple[int, slice]]:
+    """Each column's first mode and its MZIs' slice of the control order (a column's MZIs are listed together)."""
+    col, _ = mesh_layout(n)
+    out, first = [], 0
+    for c in range(n):
+        k = int((col == c).sum())
+        out.append((c % 2, slice(first, first + k)))
+        first += k
+    return out
+
+
+def _forward(t: tuple[Any, Any, Any, Any], n: int) -> Any:
+    """P_c = C_{c-1} ... C_0 for c = 0 .. N (B, N + 1, n, n): column c mixes rows (p, p + 1) of its MZIs."""
+    import torch
+
+    t00, t01, t10, t11 = t
+    B = t00.shape[0]
+    prefix = t00.new_empty((B, n + 1, n, n))
+    prefix[:, 0] = torch.eye(n, dtype=t00.dtype)
+    for c, (lo, sl) in enumerate(_columns(n)):
+        U, out = prefix[:, c], prefix[:, c + 1]
+        hi = lo + 2 * (sl.stop - sl.start)
+        a, b = U[:, lo:hi:2], U[:, lo + 1:hi:2]
+        out[:, lo:hi:2] = t00[:, sl, None] * a + t01[:, sl, None] * b
+        out[:, lo + 1:hi:2] = t10[:, sl, None] * a + t11[:, sl, None] * b
+        out[:, :lo], out[:, hi:] = U[:, :lo], U[:, hi:]
+    return prefix
+
+
+def _backward(t: tuple[Any, Any, Any, Any], prefix: Any, Z: Any, n: int) -> list[Any]:
+    """K00, K01, K10, K11 of every MZI (each (B, M)): K = Z_c P_c^T on its rows, with Z_{N-1} = S G and
+    Z_{c-1} = C_c^T Z_c (rows p, p + 1 of C_c^T Z: t00 Z_p + t10 Z_{p+1}, t01 Z_p + t11 Z_{p+1})."""
+    t00, t01, t10, t11 = t
+    K = [t00.new_empty(t00.shape) for _ in range(4)]
+    Z = Z.clone()
+    for c, (lo, sl) in reversed(list(enumerate(_columns(n)))):
+        hi = lo + 2 * (sl.stop - sl.start)
+        za, zb = Z[:, lo:hi:2], Z[:, lo + 1:hi:2]
+        pa, pb = prefix[:, c, lo:hi:2], prefix[:, c, lo + 1:hi:2]
+        for k, (z, p) in enumerate(((za, pa), (za, pb), (zb, pa), (zb, pb))):
+            K[k][:, sl] = (z * p).sum(-1)
+        if c:
+            new_a = t00[:, sl, None] * za + t10[:, sl, None] * zb
+            zb.copy_(t01[:, sl, None] * za + t11[:, sl, None] * zb)
+            za.copy_(new_a)
+    return K
+
+
+def _mzi_gradients(t: tuple[Any, Any, Any, Any], theta: Any, phi: Any, r1: Any, r2: Any, K: list[Any], n: int,
+                   grad: Any) -> None:
+    """d loss / d theta, d phi of every MZI into ``grad``: Re sum_ab K_ab dT_ab."""
+    import torch
+
+    m = mzi_count(n)
+    k = [(v.real, v.imag) for v in K]
+    t00, t10 = (t[0].real, t[0].imag), (t[2].real, t[2].imag)
+    # phi: Re(i (K00 t00 + K10 t10)) = -Im(...)
+    grad[:, m:2 * m] = -(_mul(k[0], t00)[1] + _mul(k[2], t10)[1])
+    # theta: -Im(e^{i theta} (s1 s2 e^{i phi} K00 + i c1 s2 K01 + i s1 c2 e^{i phi} K10 - c1 c2 K11))
+    s1, c1, s2, c2 = r1.sqrt(), (1 - r1).sqrt(), r2.sqrt(), (1 - r2).sqrt()
+    e_phi = (torch.cos(phi), torch.sin(phi))
+    a = _mul(e_phi, (s1 * s2 * k[0][0] - s1 * c2 * k[2][1], s1 * s2 * k[0][1] + s1 * c2 * k[2][0]))
+    total = (a[0] - c1 * s2 * k[1][1] - c1 * c2 * k[3][0], a[1] + c1 * s2 * k[1][0] - c1 * c2 * k[3][1])
+    grad[:, :m] = -_mul((torch.cos(theta), torch.sin(theta)), total)[1]
+
+
+def _mul(a: tuple[Any, Any], b: tuple[Any, Any]) -> tuple[Any, Any]:
+    """(re, im) of a complex product in real arithmetic (the same rounding in every vector lane)."""
+    return a[0] * b[0] - a[1] * b[1], a[0] * b[1] + a[1] * b[0]

@@ -1,0 +1,174 @@
+"""The closed-form Jacobian of a mesh's real part, the Gauss-Newton metric built from it, and the fit that starts
+from that metric (pnndeploy/platforms/mesh_jacobian.py, batched_lbfgs's ``metric``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pnndeploy.formats.process_spec import load_process
+from pnndeploy.platforms import get_platform, mzi
+from pnndeploy.platforms.lbfgs import batched_lbfgs
+from pnndeploy.platforms.mesh import mesh_unitary, mzi_count
+from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient, real_jacobian
+from pnndeploy.simulation.fabrication import generate_chip
+
+from test_platform_mzi import MZI_PROFILES, _layer
+
+MZI = get_platform("mzi")
+
+
+def _random_meshes(n: int, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    phases = torch.rand(count, n * n, dtype=torch.float64, generator=g) * 2 * np.pi
+    ratios = 0.5 + 0.1 * torch.randn(count, mzi_count(n), 2, dtype=torch.float64, generator=g)
+    return phases, ratios
+
+
+@pytest.mark.parametrize("n", [2, 3, 6, 7])
+def test_real_jacobian_is_the_finite_difference_of_the_mesh(n: int) -> None:
+    """Every phase (theta, phi of every MZI, the output screen) of meshes with imperfect couplers, odd and even
+    sizes: the closed form agrees with central differences of mesh_unitary."""
+    phases, ratios = _random_meshes(n, 3)
+    J = real_jacobian(phases, n, ratios)
+    eps = 1e-6
+    basis = torch.eye(n * n, dtype=torch.float64)
+    numeric = torch.stack([(mesh_unitary(phases + eps * basis[k], n, ratios).real
+                            - mesh_unitary(phases - eps * basis[k], n, ratios).real) / (2 * eps)
+                           for k in range(n * n)], 1)
+    assert J.shape == (3, n * n, n, n)
+    torch.testing.assert_close(J, numeric, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 16])
+def test_loss_and_gradient_by_hand_are_autograds(n: int) -> None:
+    """The hand-written sweep gives the fit's loss ||mask (Re U - target)||^2 and autograd's gradient of it, for a
+    mask with holes (padded rows and columns are such masks)."""
+    phases, ratios = _random_meshes(n, 4, seed=3)
+    g = torch.Generator().manual_seed(4)
+    target = 0.3 * torch.randn(4, n, n, dtype=torch.float64, generator=g)
+    mask = (torch.rand(4, n, n, generator=g) > 0.2).double()
+    x = phases.clone().requires_grad_(True)
+    loss = (mask * (mesh_unitary(x, n, ratios).real - target) ** 2).sum((-2, -1))
+    (expected,) = torch.autograd.grad(loss.sum(), x)
+    got_loss, got = loss_and_gradient(phases, n, ratios, target, mask)
+    torch.testing.assert_close(got_loss, loss.detach(), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+def test_loss_and_gradient_of_a_mesh_do_not_depend_on_its_batch() -> None:
+    """float32, as the fit runs: one mesh alone or among others, the same bits (the fleet determinism test's
+    premise)."""
+    n = 16
+    phases, ratios = (v.float() for v in _random_meshes(n, 7, seed=5))
+    target, mask = 0.3 * torch.randn(7, n, n), torch.ones(7, n, n)
+    loss, grad = loss_and_gradient(phases, n, ratios, target, mask)
+    for k in (0, 3, 6):
+        one_loss, one = loss_and_gradient(phases[k:k + 1], n, ratios[k:k + 1], target[k:k + 1], mask[k:k + 1])
+        assert torch.equal(one_loss, loss[k:k + 1]) and torch.equal(one, grad[k:k + 1])
+
+
+def test_metric_is_the_damped_gauss_newton_inverse_and_holds_fixed_phases() -> None:
+    n = 4
+    phases, ratios = _random_meshes(n, 2, seed=1)
+    weight = torch.ones(2, n, n, dtype=torch.float64)
+    weight[:, 3] = 0.0                                                  # a padded output row
+    metric = gauss_newton_metric(phases, n, ratios, weight, damping=1e-2)
+    J = (real_jacobian(phases, n, ratios) * weight[:, None]).flatten(2)
+    expected = torch.linalg.inv(2 * (J @ J.transpose(1, 2) + 1e-2 * torch.eye(n * n, dtype=torch.float64)))
+    torch.testing.assert_close(metric, expected, atol=1e-9, rtol=1e-9)
+    free = torch.ones(2, n * n, dtype=torch.bool)
+    free[:, [0, 5, 13]] = False
+    held = gauss_newton_metric(phases, n, ratios, weight, free, damping=1e-2)
+    gradient = torch.randn(2, n * n, dtype=torch.float64) * free
+    step = (held @ gradient[..., None])[..., 0]
+    assert torch.all(step[~free] == 0)
+
+
+def test_an_exact_metric_solves_a_quadratic_in_one_step() -> None:
+    """With the inverse Hessian as its metric, batched L-BFGS's first step is the Newton step."""
+    g = torch.Generator().manual_seed(2)
+    R = torch.randn(3, 5, 5, dtype=torch.float64, generator=g)
+    Q = R @ R.transpose(1, 2) + 0.5 * torch.eye(5, dtype=torch.float64)
+    b = torch.randn(3, 5, dtype=torch.float64, generator=g)
+
+    def fun(x, rows):
+        Qx = (Q[rows] @ x[..., None])[..., 0]
+        return 0.5 * (x * Qx).sum(-1) - (b[rows] * x).sum(-1), Qx - b[rows]
+
+    x = batched_lbfgs(fun, torch.zeros(3, 5, dtype=torch.float64), iterations=1, metric=torch.linalg.inv(Q))
+    torch.testing.assert_close(x, torch.linalg.solve(Q, b), atol=1e-10, rtol=1e-10)
+    plain = batched_lbfgs(fun, torch.zeros(3, 5, dtype=torch.float64), iterations=1)
+    assert not torch.allclose(plain, torch.linalg.solve(Q, b), atol=1e-3)
+
+
+def _old_fit(monkeypatch) -> None:
+    """The fit this one replaced: L-BFGS from the identity, 80 iterations everywhere, 20 for a faulty chip's refit."""
+    monkeypatch.setattr(mzi, "gauss_newton_metric", lambda *a, **k: None)
+    for name in ("FIT_ITERATIONS", "PADDED_FIT_ITERATIONS", "FAULTY_FIT_ITERATIONS"):
+        monkeypatch.setattr(mzi, name, 80)
+    monkeypatch.setattr(mzi, "REFIT_ITERATIONS", 20)
+
+
+@pytest.mark.parametrize("shape, faults", [((16, 32), False), ((10, 32), False), ((16, 32), True)])
+def test_the_gauss_newton_fit_leaves_less_residual_than_the_old_fit(monkeypatch, shape, faults) -> None:
+    """The mapping fit from the Gauss-Newton metric against the fit it replaced, on the same chips: full and padded
+    blocks, and chips with faulty shifters (and crosstalk: the refit runs): less residual on average, no chip much
+    worse."""
+    process = load_process(MZI_PROFILES / "process.yaml")
+    chips = [generate_chip(process, f"chipJ{k}", seed=5) for k in range(4)]
+    calibrations = [c.calibration for c in chips]
+    if faults:
+        rng = np.random.default_rng(1)
+        for k, cal in enumerate(calibrations):
+            flags = np.zeros(cal["phase_offset"].shape, dtype=np.uint8)
+            flags[rng.choice(flags.size, 4, replace=False)] = 1
+            calibrations[k] = {**cal, "faulty": flags}
+    assert all(c.environment.crosstalk > 0 for c in chips)
+    W, controls = _layer(shape=shape, seed=7)
+    args = (W, controls, calibrations, [c.environment for c in chips], chips[0].shape, MZI.metadata())
+    now = np.array([m.residual for m in MZI.map_fleet_layer(*args)])
+    _old_fit(monkeypatch)
+    before = np.array([m.residual for m in MZI.map_fleet_layer(*args)])
+    assert now.mean() < before.mean()
+    assert np.all(now < 1.1 * before)
+
+
+def test_each_problem_stops_at_its_own_iteration_limit() -> None:
+    """Per-problem limits: a problem given one step is where one step leaves it alone, whatever the others run."""
+    g = torch.Generator().manual_seed(6)
+    R = torch.randn(3, 6, 6, dtype=torch.float64, generator=g)
+    Q = R @ R.transpose(1, 2) + 0.1 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(3, 6, dtype=torch.float64, generator=g)
+
+    def fun(x, rows):
+        Qx = (Q[rows] @ x[..., None])[..., 0]
+        return 0.5 * (x * Qx).sum(-1) - (b[rows] * x).sum(-1), Qx - b[rows]
+
+    x0 = torch.zeros(3, 6, dtype=torch.float64)
+    mixed = batched_lbfgs(fun, x0, iterations=torch.tensor([1, 30, 2]))
+    torch.testing.assert_close(mixed[0], batched_lbfgs(fun, x0, iterations=1)[0], atol=0, rtol=0)
+    torch.testing.assert_close(mixed[2], batched_lbfgs(fun, x0, iterations=2)[2], atol=0, rtol=0)
+    torch.testing.assert_close(mixed[1], torch.linalg.solve(Q[1], b[1]), atol=1e-5, rtol=0)      # ran on
+
+
+def test_a_mesh_above_the_metric_limit_is_fitted_from_the_identity(monkeypatch) -> None:
+    """The metric is phases^2 per block: past METRIC_MAX_PHASES the fit runs as before (no metric, the plain
+    iteration count) and still maps."""
+    process = load_process(MZI_PROFILES / "process.yaml")
+    chip = generate_chip(process, "chipJ0", seed=5)
+    W, controls = _layer(shape=(16, 32), seed=7)
+    args = (W, controls, chip.calibration, chip.environment, chip.shape, MZI.metadata())
+    with_metric = MZI.map_layer(*args)
+
+    def refuse(*a, **k):
+        raise AssertionError("no metric above the limit")
+
+    monkeypatch.setattr(mzi, "METRIC_MAX_PHASES", 16 * 16 - 1)
+    monkeypatch.setattr(mzi, "gauss_newton_metric", refuse)
+    plain = MZI.map_layer(*args)
+    _old_fit(monkeypatch)
+    monkeypatch.setattr(mzi, "gauss_newton_metric", refuse)
+    assert plain.residual == pytest.approx(MZI.map_layer(*args).residual, rel=1e-12)
+    assert with_metric.residual < plain.residual
