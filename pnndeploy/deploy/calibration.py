@@ -26,7 +26,7 @@ from pnndeploy.compute import CPU, Compute
 from pnndeploy.errors import PnnError
 from pnndeploy.formats.profiles import CalibrationRecord, DeviceProfile
 from pnndeploy.platforms import get_platform
-from pnndeploy.platforms.faults import faulty_mask, resting_truth
+from pnndeploy.platforms.faults import faulty_flags, resting_truth
 
 #: Sweep points per device unless asked otherwise (spaced on the DAC grid over the heater range).
 DEFAULT_POINTS = 1024
@@ -137,13 +137,10 @@ def error_vs_truth(profile: DeviceProfile, fields: dict[str, np.ndarray]) -> dic
 
 
 def _faulty(fields: dict[str, np.ndarray]) -> np.ndarray:
-    """The devices ``fields`` (a calibration, a fit, a truth) flag as faulty (:func:`faulty_mask`), as a mask of
-    the devices' shape even when it flags none."""
-    mask = faulty_mask(fields)
-    if mask is not None:
-        return mask
+    """The devices ``fields`` (a calibration, a fit, a truth) flag as faulty, as a mask of the devices' shape
+    even when it flags none (:func:`faulty_flags`)."""
     offset = next(v for k, v in fields.items() if k not in ("faulty", "stuck_setting"))
-    return np.zeros(np.shape(offset), dtype=bool)
+    return faulty_flags(fields, np.shape(offset))
 
 
 def _rms(values: np.ndarray) -> float:

@@ -57,6 +57,12 @@ def faulty_mask(fields: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+def faulty_flags(fields: Mapping[str, np.ndarray] | None, shape: tuple[int, ...]) -> np.ndarray:
+    """:func:`faulty_mask` as a mask of the devices' ``shape`` even where nothing is flagged (all False)."""
+    mask = faulty_mask(fields)
+    return np.zeros(shape, dtype=bool) if mask is None else mask.reshape(shape)
+
+
 def realised_settings(platform: Any, settings: np.ndarray, fabrication: Mapping[str, np.ndarray] | None,
                       layout: tuple[int, int]) -> np.ndarray:
     """What a chip's programmable channels really apply when ``settings`` (one layer's, the platform's control

@@ -45,6 +45,7 @@ import numpy as np
 from pnndeploy.errors import ModelFileError
 from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, LinearPlatform, PhaseControls, Platform, \
     Range, quantise, solve_crosstalk, stacked
+from pnndeploy.platforms.faults import faulty_flags
 from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient
 from pnndeploy.platforms.options import PlatformOption
@@ -278,7 +279,7 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         """:meth:`map_fleet_layer` for one batch of chips."""
         ratios = np.stack([np.asarray(c["splitter_ratio"], np.float64) for c in calibrations])
         offsets = np.stack([np.asarray(c[self.offset_name], np.float64) for c in calibrations])
-        faulty = np.stack([_faulty(c, offsets.shape[1]) for c in calibrations])           # (chips, n^2)
+        faulty = np.stack([faulty_flags(c, (offsets.shape[1],)) for c in calibrations])           # (chips, n^2)
         crosstalk = np.array([float(e.crosstalk) for e in environments])
         to, ti = blocks.shape[:2]
         fixed = np.broadcast_to(faulty[:, None, None, :], (len(calibrations), to, ti, faulty.shape[1]))
@@ -467,12 +468,6 @@ def _same(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
-
-
-def _faulty(calibration: Mapping[str, np.ndarray], count: int) -> np.ndarray:
-    """A calibration's faulty-shifter flags (count,), all False when it has none."""
-    flags = calibration.get("faulty")
-    return np.zeros(count, dtype=bool) if flags is None else np.asarray(flags, dtype=bool).reshape(count)
 
 
 def _residuals(settings: np.ndarray, offsets: np.ndarray, crosstalk: np.ndarray, ratios: np.ndarray,
