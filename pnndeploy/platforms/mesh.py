@@ -120,10 +120,7 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False)
         theta, phi, r1, r2 = (_padded(v, 0.5 if k > 1 else 0.0) for k, v in enumerate((theta, phi, r1, r2)))
     t00, t01, t10, t11 = (t[..., :m] for t in _mzi_entries(torch, theta, phi, r1, r2))
     batch = torch.broadcast_shapes(t00.shape[:-1], psi.shape[:-1])
-    g0, g1, perm = (torch.from_numpy(a).to(phases.device) for a in _column_gathers(n))
-    one = torch.ones((*t00.shape[:-1], 1), dtype=t00.dtype, device=phases.device)
-    d0 = torch.cat([t00, t11, one], dim=-1)[..., g0]                 # (..., column, row)
-    d1 = torch.cat([t01, t10, 0 * one], dim=-1)[..., g1]
+    d0, d1, perm = column_diagonals((t00, t01, t10, t11), n)
     if torch.is_grad_enabled() and (phases.requires_grad or (ratios is not None and ratios.requires_grad)):
         U = torch.eye(n, dtype=t00.dtype, device=phases.device).expand(*batch, n, n)
         for c in range(n):      # row-wise products (one factor per row): every lane of a row rounds alike
@@ -133,6 +130,20 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False)
     psi_ = _padded(psi, 0.0) if aligned else psi
     screen = torch.complex(torch.cos(psi_), torch.sin(psi_))[..., :n]
     return screen[..., :, None] * U
+
+
+def column_diagonals(entries: tuple[Any, Any, Any, Any], n: int) -> tuple[Any, Any, Any]:
+    """Every column's matrix as two diagonals (torch, (..., column, row)) from the MZIs' entries (t00, t01, t10,
+    t11), each (..., M): ``d0`` on the diagonal, ``d1`` on the pair-swapped one (:func:`_column_gathers`), and the
+    row permutation ``perm`` (column, row) that swaps each MZI's pair; a mode without an MZI keeps 1 and 0."""
+    import torch
+
+    t00, t01, t10, t11 = entries
+    g0, g1, perm = (torch.from_numpy(a).to(t00.device) for a in _column_gathers(n))
+    one = torch.ones((*t00.shape[:-1], 1), dtype=t00.dtype, device=t00.device)
+    d0 = torch.cat([t00, t11, one], dim=-1)[..., g0]
+    d1 = torch.cat([t01, t10, 0 * one], dim=-1)[..., g1]
+    return d0, d1, perm
 
 
 def _columns_in_place(d0: Any, d1: Any, perm: Any, batch: Any, n: int) -> Any:

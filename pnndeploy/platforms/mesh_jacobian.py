@@ -19,9 +19,10 @@ Z_c = L_c^T G, each MZI's phases see only the 2 x 2 block of Z_c P_c^T on its mo
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
-from pnndeploy.platforms.mesh import _column_gathers, _mzi_entries, mesh_layout, mzi_count
+from pnndeploy.platforms.mesh import _mzi_entries, column_diagonals, mesh_layout, mzi_count
 
 
 def real_jacobian(phases: Any, n: int, ratios: Any) -> Any:
@@ -66,12 +67,9 @@ def _partial_products(entries: tuple[Any, Any, Any, Any], psi: Any, n: int) -> t
     from the input side and from the output side (screen included)."""
     import torch
 
-    t00, t01, t10, t11 = entries
+    t00 = entries[0]
     B = t00.shape[0]
-    g0, g1, perm = (torch.from_numpy(a) for a in _column_gathers(n))
-    one = torch.ones((B, 1), dtype=t00.dtype)
-    d0 = torch.cat([t00, t11, one], dim=-1)[:, g0]                   # (B, column, row)
-    d1 = torch.cat([t01, t10, 0 * one], dim=-1)[:, g1]
+    d0, d1, perm = column_diagonals(entries, n)                       # (B, column, row)
     C = t00.new_zeros((B, n, n, n))                                  # C[:, c] = column c's matrix
     cols, rows = torch.arange(n)[:, None], torch.arange(n)[None, :]
     C[:, cols, rows, perm] = d1                                      # a mode without an MZI: perm is itself
@@ -133,15 +131,17 @@ def loss_and_gradient(phases: Any, n: int, ratios: Any, target: Any, weight: Any
     return loss, grad
 
 
-def _columns(n: int) -> list[tuple[int, slice]]:
-    """Each column's first mode and its MZIs' slice of the control order (a column's MZIs are listed together)."""
+@lru_cache(maxsize=None)
+def _columns(n: int) -> tuple[tuple[int, slice], ...]:
+    """Each column's first mode and its MZIs' slice of the control order (a column's MZIs are listed together);
+    made once per mesh size (every evaluation of the fit sweeps them twice)."""
     col, _ = mesh_layout(n)
     out, first = [], 0
     for c in range(n):
         k = int((col == c).sum())
         out.append((c % 2, slice(first, first + k)))
         first += k
-    return out
+    return tuple(out)
 
 
 def _forward(t: tuple[Any, Any, Any, Any], n: int) -> Any:
