@@ -86,17 +86,23 @@ def test_metric_is_the_damped_gauss_newton_inverse_and_holds_fixed_phases() -> N
     assert torch.all(step[~free] == 0)
 
 
-def test_an_exact_metric_solves_a_quadratic_in_one_step() -> None:
-    """With the inverse Hessian as its metric, batched L-BFGS's first step is the Newton step."""
-    g = torch.Generator().manual_seed(2)
-    R = torch.randn(3, 5, 5, dtype=torch.float64, generator=g)
-    Q = R @ R.transpose(1, 2) + 0.5 * torch.eye(5, dtype=torch.float64)
-    b = torch.randn(3, 5, dtype=torch.float64, generator=g)
+def _quadratics(seed: int, size: int, ridge: float):
+    """Three random convex quadratics 0.5 x^T Q x - b^T x (Q, b) and their batched_lbfgs objective."""
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(3, size, size, dtype=torch.float64, generator=g)
+    Q = R @ R.transpose(1, 2) + ridge * torch.eye(size, dtype=torch.float64)
+    b = torch.randn(3, size, dtype=torch.float64, generator=g)
 
     def fun(x, rows):
         Qx = (Q[rows] @ x[..., None])[..., 0]
         return 0.5 * (x * Qx).sum(-1) - (b[rows] * x).sum(-1), Qx - b[rows]
 
+    return Q, b, fun
+
+
+def test_an_exact_metric_solves_a_quadratic_in_one_step() -> None:
+    """With the inverse Hessian as its metric, batched L-BFGS's first step is the Newton step."""
+    Q, b, fun = _quadratics(seed=2, size=5, ridge=0.5)
     x = batched_lbfgs(fun, torch.zeros(3, 5, dtype=torch.float64), iterations=1, metric=torch.linalg.inv(Q))
     torch.testing.assert_close(x, torch.linalg.solve(Q, b), atol=1e-10, rtol=1e-10)
     plain = batched_lbfgs(fun, torch.zeros(3, 5, dtype=torch.float64), iterations=1)
@@ -137,15 +143,7 @@ def test_the_gauss_newton_fit_leaves_less_residual_than_the_old_fit(monkeypatch,
 
 def test_each_problem_stops_at_its_own_iteration_limit() -> None:
     """Per-problem limits: a problem given one step is where one step leaves it alone, whatever the others run."""
-    g = torch.Generator().manual_seed(6)
-    R = torch.randn(3, 6, 6, dtype=torch.float64, generator=g)
-    Q = R @ R.transpose(1, 2) + 0.1 * torch.eye(6, dtype=torch.float64)
-    b = torch.randn(3, 6, dtype=torch.float64, generator=g)
-
-    def fun(x, rows):
-        Qx = (Q[rows] @ x[..., None])[..., 0]
-        return 0.5 * (x * Qx).sum(-1) - (b[rows] * x).sum(-1), Qx - b[rows]
-
+    Q, b, fun = _quadratics(seed=6, size=6, ridge=0.1)
     x0 = torch.zeros(3, 6, dtype=torch.float64)
     mixed = batched_lbfgs(fun, x0, iterations=torch.tensor([1, 30, 2]))
     torch.testing.assert_close(mixed[0], batched_lbfgs(fun, x0, iterations=1)[0], atol=0, rtol=0)
