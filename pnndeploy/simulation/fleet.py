@@ -108,8 +108,9 @@ class SimulatedFleet:
     def _layer(self, k: int, shape: tuple[int, int], profiles: Sequence[DeviceProfile],
                deployments: Sequence[Deployment]) -> dict[str, Any]:
         """The platform's static state of layer ``k`` for every chip (``profiles`` at rest, :func:`resting_profile`),
-        from what each chip's channels really apply (nothing on a faulty device).  Where some chip's mapping moved the layer's outputs to other rows, every chip's
-        settings are padded to the same rows and ``rows`` (chips, out) says where each output sits."""
+        from what each chip's channels really apply (nothing on a faulty device).  Where some chip's mapping moved
+        the layer's outputs to other rows, every chip's settings are padded to the same rows and ``rows`` (chips,
+        out) says where each output sits."""
         import torch
 
         layers = [d.layers[k] for d in deployments]
