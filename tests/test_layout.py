@@ -37,6 +37,7 @@ LAYERS = {
     "atomic": 0,
     "untrusted": 0,
     "compute": 1,
+    "threads": 0,
     "": 0,            # pnndeploy itself: only __version__ (any other name counts as its module's)
 }
 

@@ -47,9 +47,10 @@ from pnndeploy.platforms.axes import PerturbationAxis, move_along
 from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, PhaseControls, Platform, Range, quantise, \
     stacked
 from pnndeploy.platforms.imaging import resample
-from pnndeploy.platforms.mesh import TWO_PI, one_thread
+from pnndeploy.platforms.mesh import TWO_PI
 from pnndeploy.platforms.optics import angular_spectrum, intensity
 from pnndeploy.platforms.options import PlatformOption
+from pnndeploy.threads import one_thread
 
 #: Masks of a setup (the paper's two).
 MASKS = 2

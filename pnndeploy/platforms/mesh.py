@@ -22,10 +22,9 @@ the diagonal to the output screen).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -106,7 +105,7 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False)
     cos, sin and complex product round differently from its scalar ones, and which elements take the scalar
     path depends on where a vector loop (or a thread's share of it) ends.  So each mesh's per-MZI and per-mode
     vectors are padded to whole vector blocks (:data:`ALIGN` elements), and the caller runs this on one thread
-    (:func:`one_thread`) so no thread boundary falls inside a mesh; the column products go row by row.
+    (:func:`pnndeploy.threads.one_thread`) so no thread boundary falls inside a mesh; the column products go row by row.
     """
     import torch
 
@@ -175,19 +174,6 @@ def _padded(values: Any, fill: float) -> Any:
         return values.contiguous()
     pad = torch.full((*values.shape[:-1], extra), fill, dtype=values.dtype, device=values.device)
     return torch.cat([values, pad], dim=-1)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """torch on one intra-op thread for the duration (elementwise work whose bits must not depend on a split)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # ------------------------------------------------------------------------------------------ decomposition

@@ -50,7 +50,8 @@ from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient
 from pnndeploy.platforms.options import PlatformOption
 from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, mzi_count, \
-    one_thread, phase_count, unitary_with_real_part
+    phase_count, unitary_with_real_part
+from pnndeploy.threads import each_on_one_thread, one_thread
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem):
 #: from a Gauss-Newton metric, 12 leave less residual than 80 from the identity did (benchmarks/mzi_bench.py).
@@ -355,6 +356,8 @@ class MZIPlatform(MeshDevices, LinearPlatform):
 
     def _realise(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
         """:meth:`fleet_weights` computed: the meshes of the chips in ``chips`` realised under ``conditions``."""
+        import torch
+
         out_f, in_f, n = state["shape"]
         phases = state["static"][chips] + state["drift"][chips] * conditions.temperature(3)
         if conditions.control_shift is not None:
@@ -363,11 +366,16 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         chips_n, to, ti = phases.shape[:3]
         W = phases.new_empty((chips_n, out_f, in_f))
         step = max(1, MESHES_PER_PASS // (to * ti))      # a pass's buffers stay in cache: twice as fast as one pass
-        with one_thread():          # a chip's mesh the same bits in any batch (see mesh_unitary)
-            for first in range(0, chips_n, step):
-                part = slice(first, first + step)
-                U = mesh_unitary(phases[part], n, ratios[part], aligned=True)    # (chips, to, ti, n, n)
-                W[part] = U.real.permute(0, 1, 3, 2, 4).reshape(-1, to * n, ti * n)[:, :out_f, :in_f]
+
+        def realise(part: slice) -> None:
+            U = mesh_unitary(phases[part], n, ratios[part], aligned=True)        # (chips, to, ti, n, n)
+            W[part] = U.real.permute(0, 1, 3, 2, 4).reshape(-1, to * n, ti * n)[:, :out_f, :in_f]
+
+        # a chip's mesh the same bits in any batch and on any thread count (see mesh_unitary): whole passes are
+        # spread over the compute's threads, each on one intra-op thread
+        passes = [slice(first, first + step) for first in range(0, chips_n, step)]
+        threads = torch.get_num_threads() if phases.device.type == "cpu" else 1
+        each_on_one_thread(realise, passes, threads)
         return W
 
 

@@ -28,9 +28,10 @@ import numpy as np
 
 from pnndeploy.errors import ConfigError, ModelFileError
 from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, Platform, quantise, stacked
-from pnndeploy.platforms.mesh import mesh_unitary, one_thread, phase_count
+from pnndeploy.platforms.mesh import mesh_unitary, phase_count
 from pnndeploy.platforms.mzi import MeshDevices, _precompensate, _spill
 from pnndeploy.platforms.optics import onnx_intensity_of_linear
+from pnndeploy.threads import one_thread
 
 #: The floor of the norm the intensities are divided by (torch's ``normalize``): no light gives zeros, not NaN.
 NORM_EPS = 1e-12

@@ -1,0 +1,105 @@
+"""Pieces of torch work on the compute's threads (pnndeploy.threads): order, single-threaded pieces, the caller's
+modes, errors after every piece, and an MZI fleet's meshes realised in passes on several threads the same bits as
+on one."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pnndeploy.threads import each_on_one_thread, one_thread
+
+
+def test_pieces_come_back_in_order_from_several_threads_each_single_threaded() -> None:
+    seen: list[tuple[str, int]] = []
+
+    def work(k: int) -> int:
+        time.sleep(0.01 * (k % 3))                   # finish out of order
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return k * k
+
+    before = torch.get_num_threads()
+    assert each_on_one_thread(work, list(range(8)), threads=3) == [k * k for k in range(8)]
+    assert torch.get_num_threads() == before
+    assert {n for _, n in seen} == {1}
+    names = {name for name, _ in seen}
+    assert len(names) > 1 and all(name.startswith("pnndeploy-piece") for name in names)
+
+
+def test_one_thread_or_one_piece_runs_here_in_order() -> None:
+    here = threading.current_thread().name
+    assert each_on_one_thread(lambda k: (threading.current_thread().name, k), [1, 2], threads=1) == [(here, 1),
+                                                                                                   (here, 2)]
+    assert each_on_one_thread(lambda k: threading.current_thread().name, [0], threads=4) == [here]
+
+
+def test_pieces_run_under_the_callers_inference_and_grad_modes() -> None:
+    def modes(_: int) -> tuple[bool, bool]:
+        return torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    with torch.inference_mode():
+        assert set(each_on_one_thread(modes, [0, 1, 2], threads=2)) == {(True, False)}
+    with torch.no_grad():
+        assert set(each_on_one_thread(modes, [0, 1, 2], threads=2)) == {(False, False)}
+    assert set(each_on_one_thread(modes, [0, 1, 2], threads=2)) == {(False, True)}
+
+
+def test_an_error_in_a_piece_is_raised_once_every_piece_has_finished() -> None:
+    finished: list[int] = []
+
+    def work(k: int) -> None:
+        if k == 0:
+            raise ValueError("piece 0 failed")
+        time.sleep(0.05)
+        finished.append(k)
+
+    with pytest.raises(ValueError, match="piece 0 failed"):
+        each_on_one_thread(work, [0, 1, 2, 3], threads=2)
+    assert sorted(finished) == [1, 2, 3]             # none left running behind the caller
+
+
+def test_pieces_inside_a_piece_run_in_that_piece() -> None:
+    def outer(k: int) -> list[str]:
+        return each_on_one_thread(lambda j: threading.current_thread().name, [0, 1], threads=2)
+
+    for names in each_on_one_thread(outer, [0, 1], threads=2):
+        assert len(set(names)) == 1                  # no second level of pool work (it could wait on itself)
+
+
+def test_one_thread_restores_the_count() -> None:
+    before = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_mzi_meshes_realised_in_passes_on_several_threads_are_the_bits_of_one(monkeypatch) -> None:
+    """A small pass size makes a 12-chip fleet many passes, spread over 3 threads: every chip's realised weights
+    are the bits of the same chip realised alone on one thread."""
+    from pnndeploy.platforms import mzi
+    from pnndeploy.platforms.base import ChipState
+    from pnndeploy.platforms.mesh import mzi_count, phase_count
+
+    monkeypatch.setattr(mzi, "MESHES_PER_PASS", 4)
+    platform = mzi.MZIPlatform()
+    n, chips, (to, ti) = 4, 12, (2, 3)
+    rng = np.random.default_rng(3)
+    state = {"static": torch.from_numpy(rng.uniform(0, 6.3, (chips, to, ti, phase_count(n))).astype(np.float32)),
+             "drift": torch.from_numpy(rng.normal(0, 0.1, (chips, 1, 1, phase_count(n))).astype(np.float32)),
+             "ratios": torch.from_numpy(rng.uniform(0.45, 0.55, (chips, 1, 1, mzi_count(n), 2)).astype(np.float32)),
+             "shape": (7, 10, n)}
+    conditions = ChipState(delta_T=torch.linspace(-1, 1, chips))
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        together = platform._realise(state, slice(0, chips), conditions)
+    finally:
+        torch.set_num_threads(before)
+    for k in range(chips):
+        alone = platform._realise({**state, **{key: state[key][k:k + 1] for key in ("static", "drift", "ratios")}},
+                                  slice(0, 1), ChipState(delta_T=conditions.delta_T[k:k + 1]))
+        assert torch.equal(together[k], alone[0]), f"chip {k}"
