@@ -50,7 +50,7 @@ from pnndeploy.platforms.imaging import resample
 from pnndeploy.platforms.mesh import TWO_PI
 from pnndeploy.platforms.optics import angular_spectrum, intensity
 from pnndeploy.platforms.options import PlatformOption
-from pnndeploy.threads import one_thread
+from pnndeploy.threads import each_on_one_thread, one_thread
 
 #: Masks of a setup (the paper's two).
 MASKS = 2
@@ -315,27 +315,31 @@ class D2NNPlatform(PhaseControls, Platform):
 
     def fleet_forward(self, state: dict[str, Any], chips: slice, h: Any, conditions: ChipState,
                       noise: Any = None, gain: Any = None) -> Any:
-        """One setup at a time, in sample chunks, on one thread: a chip's outputs do not depend on the chips beside
-        it or on the threads (a thread split would send some pixels of a complex product or a sine through a
-        scalar path that rounds otherwise), and a 128 x 128 setup's fields stay within memory."""
+        """One setup at a time, in sample chunks, each on one intra-op thread: a chip's outputs do not depend on the
+        chips beside it or on the threads (a thread split would send some pixels of a complex product or a sine
+        through a scalar path that rounds otherwise), and a 128 x 128 setup's fields stay within memory.  The
+        setups are spread over the compute's threads (:func:`each_on_one_thread`), one setup a piece."""
         import torch
 
         index = range(state["static"].shape[0])[chips]
         dT = conditions.delta_T
         moved = self._moved(state["misalignment"][chips], conditions.perturbation)
-        outs = []
-        for c, chip in enumerate(index):
-            with one_thread():
-                phases = state["drift"][chip] * (dT if dT.ndim == 0 else dT[c])
-                phases = phases + state["static"][chip]
-                if conditions.control_shift is not None:
-                    phases = phases + conditions.control_shift[c]
-                masks = torch.polar(state["transmission"][chip].clone(), phases)        # (2, n, n)
-                masks = torch.stack([misaligned(masks[m], *moved[c, :, m]) for m in range(MASKS)])
-                x = h.T if h.dim() == 2 else h[c].T
-                chunk = max(1, CHUNK_PIXELS // self.grid ** 2)
-                outs.append(torch.cat([self._outputs(masks, x[k:k + chunk], state["shape"])
-                                       for k in range(0, x.shape[0], chunk)]).T)
+
+        def one_setup(c: int) -> Any:
+            chip = index[c]
+            phases = state["drift"][chip] * (dT if dT.ndim == 0 else dT[c])
+            phases = phases + state["static"][chip]
+            if conditions.control_shift is not None:
+                phases = phases + conditions.control_shift[c]
+            masks = torch.polar(state["transmission"][chip].clone(), phases)            # (2, n, n)
+            masks = torch.stack([misaligned(masks[m], *moved[c, :, m]) for m in range(MASKS)])
+            x = h.T if h.dim() == 2 else h[c].T
+            chunk = max(1, CHUNK_PIXELS // self.grid ** 2)
+            return torch.cat([self._outputs(masks, x[k:k + chunk], state["shape"])
+                              for k in range(0, x.shape[0], chunk)]).T
+
+        threads = torch.get_num_threads() if h.device.type == "cpu" else 1
+        outs = each_on_one_thread(one_setup, list(range(len(index))), threads)
         y = torch.stack(outs)                                                       # (chips, out, samples)
         if noise is not None:
             y = y + noise[:, :, None]
