@@ -174,6 +174,40 @@ def test_the_sparse_neighbour_sums_are_the_masked_sums_bit_for_bit():
         assert np.array_equal(spill(stacked)[1], spill(stacked[1]))
 
 
+def test_the_sparse_neighbour_sums_of_cpu_tensors_are_the_masked_sums_bit_for_bit():
+    """A chip server's program and a fleet's layers (float64 tensors, one chip or stacked) take the sparse product
+    too: the same bits as the masked sums they had, signed zeros, NaN and inf included; a tensor that needs a
+    gradient, or float32, keeps the masked sums."""
+    import torch
+
+    from pnndeploy.platforms.mrr import _neighbour_sum
+    from pnndeploy.platforms.tiling import ring_index
+
+    rng = np.random.default_rng(1)
+    for shape, layout in (((32, 64), (16, 16)), ((10, 32), (16, 16)), ((7, 5), (3, 4)), ((1, 1), (2, 2))):
+        _, ci = ring_index(shape, layout)
+        spill = _neighbour_sum(ci, layout)
+        left = torch.from_numpy(ci[:, 1:] > 0)
+        right = torch.from_numpy(((ci < layout[1] - 1) & (np.arange(shape[1]) < shape[1] - 1)[None, :])[:, :-1])
+        for chips in (1, 3):
+            h = rng.uniform(-3, 3, (chips, *shape))
+            for value, share in ((-0.0, 0.2), (0.0, 0.2), (np.nan, 0.02), (-np.inf, 0.02)):
+                h[rng.random(h.shape) < share] = value
+            t = torch.from_numpy(h)
+            masked = torch.zeros_like(t)                                   # the sums as they were written
+            masked[..., 1:] += torch.where(left, t[..., :-1], t.new_zeros(()))
+            masked[..., :-1] += torch.where(right, t[..., 1:], t.new_zeros(()))
+            with torch.inference_mode():
+                got = spill(t.clone())
+            assert got.shape == t.shape and got.dtype == torch.float64
+            assert got.numpy().tobytes() == masked.numpy().tobytes()
+        graded = torch.from_numpy(rng.uniform(-3, 3, (2, *shape))).requires_grad_()
+        spill(graded).sum().backward()                                     # the masked sums: a gradient
+        assert graded.grad is not None
+        single = torch.from_numpy(rng.uniform(-3, 3, (1, *shape))).float()
+        assert spill(single).dtype == torch.float32
+
+
 def test_the_lean_exchange_speaks_tls_and_verifies_the_station(cli, tls_station, tiny_fleet_dir, tmp_path):  # noqa: F811
     """Over https the lean exchange verifies the station against the profile's CA as httpx does; a station whose
     certificate that CA did not sign is one line, not retried."""

@@ -79,6 +79,10 @@ class ChipBackend(ABC):
     kind: str = ""
     #: What the user decided for this run (set by :func:`pnndeploy.backends.open_backend` before ``open``).
     trust: Trust = Trust()
+    #: Whether :meth:`measure_layer` takes ``meanwhile=``: work it may run (at most once) while the station
+    #: measures, so that a caller's next computation overlaps the station's (the http backend's binary wire).
+    #: A subclass that overrides ``measure_layer`` without that argument sets it False.
+    measures_meanwhile: bool = False
 
     def __init__(self, address: str = "", options: Mapping[str, Any] | None = None, timeout: float = 10.0) -> None:
         self.address = address

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import h11
@@ -69,15 +69,21 @@ class Exchange:
             self._stream, self._conn = stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         return self._stream, self._conn
 
-    def start(self, method: str, path: str, content: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    def start(self, method: str, path: str, content: bytes, headers: dict[str, str],
+              meanwhile: Callable[[], None] | None = None) -> tuple[int, dict[str, str]]:
         """Send a request (its head and body in one write) and read the reply's head: (status, headers with
-        lower-case names; a repeated header's values joined by ", ").  Read its body with :meth:`body`."""
+        lower-case names; a repeated header's values joined by ", ").  Read its body with :meth:`body`.
+
+        ``meanwhile``: work run once the request is sent, before the reply is read: the station answers while it
+        runs (an in-situ step maps its next layer there).  What it raises closes the connection and propagates."""
         stream, conn = self._connection()
         try:
             head = h11.Request(method=method, target=self.prefix + path,
                                headers=[*self.headers, *headers.items(), ("Content-Length", str(len(content)))])
             stream.write(conn.send(head) + conn.send(h11.Data(data=content)) + conn.send(h11.EndOfMessage()),
                          self.timeout)
+            if meanwhile is not None:
+                meanwhile()
             while True:
                 event = self._next(stream, conn)
                 if isinstance(event, h11.Response):

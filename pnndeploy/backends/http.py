@@ -22,7 +22,8 @@ import math
 import ssl
 import time
 from urllib.parse import urlsplit
-from typing import Any, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import h11
 import numpy as np
@@ -44,6 +45,7 @@ class HttpBackend(ChipBackend):
     """A chip server reached over HTTP (httpx: timeouts, connection reuse, streamed replies)."""
 
     kind = "http"
+    measures_meanwhile = True
 
     def __init__(self, address: str = "", options: Mapping[str, Any] | None = None, timeout: float = 10.0) -> None:
         super().__init__(address.rstrip("/"), options, timeout)
@@ -172,23 +174,27 @@ class HttpBackend(ChipBackend):
             raise BackendError(f"chip server {self.address}: /infer returned {y.shape[0]} outputs for {len(x)} inputs")
         return y
 
-    def measure_layer(self, program: LayerProgram, x: np.ndarray) -> tuple[np.ndarray, bool]:
+    def measure_layer(self, program: LayerProgram, x: np.ndarray,
+                      meanwhile: Callable[[], None] | None = None) -> tuple[np.ndarray, bool]:
         """One exchange per batch (``/v1/measure``): the layer's settings ride with its first batch, only those
         that changed since the version the server named (none when none changed); a 409 (the server restarted,
-        or another client programmed the slot) re-sends them in full, once."""
+        or another client programmed the slot) re-sends them in full, once.  ``meanwhile`` runs at most once,
+        while the station answers a binary-wire exchange (not at all on the JSON wire)."""
         if "measure" not in self.info().supports:
             return super().measure_layer(program, x)
+        once = _once(meanwhile)
         try:
-            return self._measure_layer(program, x)
+            return self._measure_layer(program, x, once)
         except Stale:
             self._held.pop(int(program.index), None)
         try:
-            return self._measure_layer(program, x)
+            return self._measure_layer(program, x, once)
         except Stale as exc:
             raise BackendError(f"chip server {self.address}: layer {program.index} was re-programmed by someone "
                                f"else while it was measured ({exc}); one client per chip, please") from None
 
-    def _measure_layer(self, program: LayerProgram, x: np.ndarray) -> tuple[np.ndarray, bool]:
+    def _measure_layer(self, program: LayerProgram, x: np.ndarray,
+                       meanwhile: Callable[[], None] | None) -> tuple[np.ndarray, bool]:
         index, settings = int(program.index), np.array(program.settings, np.float64)     # held below: a copy
         fields: dict[str, Any] = {"layer": index, "weight_shape": [int(n) for n in program.weight_shape]}
         arrays: dict[str, np.ndarray] = {}
@@ -204,7 +210,7 @@ class HttpBackend(ChipBackend):
                 arrays["settings"] = settings
         step, ys, programmed = max(1, self.info().max_batch), [], False
         for start in range(0, max(len(x), 1), step):
-            reply = self._request("POST", "/measure", fields, {**arrays, "x": x[start:start + step]})
+            reply = self._request("POST", "/measure", fields, {**arrays, "x": x[start:start + step]}, meanwhile)
             version = reply[0].get("version")
             if not isinstance(version, str) or len(version) > 64:
                 raise BackendError(f"chip server {self.address}: malformed /measure reply (no program version)")
@@ -237,13 +243,14 @@ class HttpBackend(ChipBackend):
 
     # ------------------------------------------------------------------------------------------ transport
     def _request(self, method: str, path: str, body: dict | None = None,
-                 arrays: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+                 arrays: dict[str, np.ndarray] | None = None,
+                 meanwhile: Callable[[], None] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         """One request with bounded retries, each try within one ``timeout`` deadline: (the reply's fields, its
         arrays) - arrays come as JSON array objects among the fields unless the reply was a binary frame.
 
         A binary-wire request with arrays (a measurement) goes through the lean exchange (h11 on one kept-alive
         socket: :mod:`pnndeploy.backends.exchange`), everything else through httpx; both under the same deadline,
-        retries, reply checks and errors."""
+        retries, reply checks and errors.  ``meanwhile``: run by the lean exchange between request and reply."""
         import httpcore
         import httpx
 
@@ -254,7 +261,8 @@ class HttpBackend(ChipBackend):
         where = f"chip server {self.address}{'/' + PROTOCOL + path}"
         last = ""
         content, headers = self._encode(body, arrays, where)
-        exchange = self._lean_exchange if self.binary and arrays and content is not None else self._httpx_exchange
+        lean = self.binary and arrays and content is not None
+        exchange = partial(self._lean_exchange, meanwhile=meanwhile) if lean else self._httpx_exchange
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
@@ -296,9 +304,9 @@ class HttpBackend(ChipBackend):
             return response.status_code, response.headers.get("content-type", ""), raw
 
     def _lean_exchange(self, method: str, path: str, content: bytes | None, headers: dict[str, str],
-                       where: str) -> tuple[int, str, bytes]:
+                       where: str, meanwhile: Callable[[], None] | None = None) -> tuple[int, str, bytes]:
         """One try through the lean exchange, checked as :meth:`_httpx_exchange` checks httpx's replies."""
-        status, reply = self._lean.start(method, path, content or b"", headers)
+        status, reply = self._lean.start(method, path, content or b"", headers, meanwhile)
         try:
             if status in _TRANSIENT_STATUS:
                 self._lean.close()
@@ -387,6 +395,19 @@ class HttpBackend(ChipBackend):
         if doc is None:
             raise BackendError(f"{where}: malformed reply ({problem}); is this a pnndeploy chip server?")
         return doc, {}
+
+
+def _once(work: Callable[[], None] | None) -> Callable[[], None] | None:
+    """``work`` run on the first call only (None stays None): a retried or re-sent exchange does not repeat it."""
+    if work is None:
+        return None
+    pending = [work]
+
+    def run() -> None:
+        if pending:
+            pending.pop()()
+
+    return run
 
 
 def check_url(address: str) -> None:
