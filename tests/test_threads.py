@@ -103,37 +103,3 @@ def test_mzi_meshes_realised_in_passes_on_several_threads_are_the_bits_of_one(mo
         alone = platform._realise({**state, **{key: state[key][k:k + 1] for key in ("static", "drift", "ratios")}},
                                   slice(0, 1), ChipState(delta_T=conditions.delta_T[k:k + 1]))
         assert torch.equal(together[k], alone[0]), f"chip {k}"
-
-
-def test_mzi_mapping_batches_on_several_threads_are_the_bits_of_one(monkeypatch) -> None:
-    """Batches of one chip each (one with faulty shifters), mapped on 3 threads and on 1: the same settings,
-    residuals and clippings, bit for bit (the batches are the same; only where they run differs)."""
-    from pathlib import Path
-
-    from pnndeploy.formats.process_spec import load_process
-    from pnndeploy.platforms import get_platform, mzi
-    from pnndeploy.simulation.fabrication import generate_chip
-
-    monkeypatch.setattr(mzi, "MAP_CHIPS_PER_BATCH", 1)
-    platform = get_platform("mzi")
-    process = load_process(Path(__file__).resolve().parents[1] / "device_profiles" / "mzi" / "process.yaml")
-    chips = [generate_chip(process, f"thr{k}", seed=12) for k in range(4)]
-    flags = np.zeros(chips[2].calibration["phase_offset"].shape, dtype=np.uint8)
-    flags[[5, 60]] = 1
-    chips[2].calibration = {**chips[2].calibration, "faulty": flags}
-    shape = (16, 32)
-    controls = platform.init_controls(shape, torch.Generator().manual_seed(2))
-    weight = platform.nominal_weights(controls.double(), shape).numpy()
-
-    def mapped(threads: int) -> list:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return platform.map_fleet_layer(weight, controls.numpy(), [c.calibration for c in chips],
-                                            [c.environment for c in chips], chips[0].shape, platform.metadata())
-        finally:
-            torch.set_num_threads(before)
-
-    for one, several in zip(mapped(1), mapped(3)):
-        np.testing.assert_array_equal(one.settings, several.settings)
-        assert one.residual == several.residual and one.clipping == several.clipping

@@ -268,17 +268,11 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         blocks = _blocks(weight.astype(np.float64), n)
         mask = _blocks(np.ones(weight.shape), n) > 0
         start = controls.astype(np.float64)
-        parts = [slice(first, first + MAP_CHIPS_PER_BATCH) for first in range(0, len(calibrations),
-                                                                               MAP_CHIPS_PER_BATCH)]
-
-        def batch(part: slice) -> list[LayerMapping]:
-            return self._map_chips(blocks, mask, start, calibrations[part], environments[part], n)
-
-        import torch
-
-        # the batches are independent (a chip's mapping does not depend on the chips mapped with it): they are
-        # spread over torch's threads, each batch's fit on one intra-op thread as before
-        return [m for done in each_on_one_thread(batch, parts, torch.get_num_threads()) for m in done]
+        out: list[LayerMapping] = []
+        for first in range(0, len(calibrations), MAP_CHIPS_PER_BATCH):
+            part = slice(first, first + MAP_CHIPS_PER_BATCH)
+            out += self._map_chips(blocks, mask, start, calibrations[part], environments[part], n)
+        return out
 
     def _map_chips(self, blocks: np.ndarray, mask: np.ndarray, start: np.ndarray,
                    calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
