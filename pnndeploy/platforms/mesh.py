@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 TWO_PI = 2.0 * math.pi
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @lru_cache(maxsize=None)
@@ -188,6 +191,25 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def one_thread_each(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(item) for item in items]``, the items shared out over as many Python threads as torch has intra-op
+    threads, every torch op on one thread (:func:`one_thread`): each item's bits are those of a run on one thread,
+    and independent items (a fleet's batches of chips) use every core without one op split across them (torch
+    and numpy release the GIL inside their ops)."""
+    import torch
+
+    workers = min(len(items), torch.get_num_threads())
+    if workers <= 1:
+        return [fn(item) for item in items]
+
+    def alone(item: T) -> R:
+        with one_thread():          # this thread's own setting (torch keeps one per thread)
+            return fn(item)
+
+    with one_thread(), ThreadPoolExecutor(workers) as pool:     # new threads start from one intra-op thread
+        return list(pool.map(alone, items))
 
 
 # ------------------------------------------------------------------------------------------ decomposition

@@ -50,7 +50,7 @@ from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient
 from pnndeploy.platforms.options import PlatformOption
 from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, mzi_count, \
-    one_thread, phase_count, unitary_with_real_part
+    one_thread, one_thread_each, phase_count, unitary_with_real_part
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem):
 #: from a Gauss-Newton metric, 12 leave less residual than 80 from the identity did (benchmarks/mzi_bench.py).
@@ -267,11 +267,10 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         blocks = _blocks(weight.astype(np.float64), n)
         mask = _blocks(np.ones(weight.shape), n) > 0
         start = controls.astype(np.float64)
-        out: list[LayerMapping] = []
-        for first in range(0, len(calibrations), MAP_CHIPS_PER_BATCH):
-            part = slice(first, first + MAP_CHIPS_PER_BATCH)
-            out += self._map_chips(blocks, mask, start, calibrations[part], environments[part], n)
-        return out
+        parts = [slice(k, k + MAP_CHIPS_PER_BATCH) for k in range(0, len(calibrations), MAP_CHIPS_PER_BATCH)]
+        mapped = one_thread_each(lambda part: self._map_chips(blocks, mask, start, calibrations[part],
+                                                              environments[part], n), parts)
+        return [m for batch in mapped for m in batch]
 
     def _map_chips(self, blocks: np.ndarray, mask: np.ndarray, start: np.ndarray,
                    calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
