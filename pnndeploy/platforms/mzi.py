@@ -79,7 +79,8 @@ PLAIN_FIT_ITERATIONS = 80
 MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
 MESHES_PER_PASS = 256
-#: Chips whose blocks are fitted together: enough to amortise torch's per-call cost, few enough to stay in cache.
+#: Chips whose blocks are fitted together: enough to amortise torch's per-call cost, few enough to stay in cache
+#: (8 or 16 a batch were slower, 64 no faster); the batches run side by side on torch's threads.
 MAP_CHIPS_PER_BATCH = 32
 #: Precision of the fit (the residual is always computed in float64).
 FIT_DTYPE = "float32"
@@ -255,7 +256,8 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         Every block of every chip is its own least-squares problem, solved together (:func:`batched_lbfgs`,
         ``FIT_ITERATIONS`` steps at most, ``PADDED_FIT_ITERATIONS`` for a layer with padded blocks and
         ``FAULTY_FIT_ITERATIONS`` for a chip with faulty shifters,
-        :data:`MAP_CHIPS_PER_BATCH` chips at a time); what the fit leaves is in
+        :data:`MAP_CHIPS_PER_BATCH` chips at a time, as many batches at once as torch has threads, each on one
+        (:func:`one_thread_each`)); what the fit leaves is in
         the residual.  Shifters whose crosstalk-compensated setting falls outside the heater range count as
         clipped.  Shifters a calibration flags ``faulty`` ignore their setting: they are programmed at 0, held at
         what they then realise (offset + the neighbours' spill) and the others are fitted around them.
@@ -489,7 +491,8 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
     (chips, to, ti, n^2) the phase stays at ``held``.  ``ideal_start``: ``start`` is for the ideal mesh, so the
     fit starts from it corrected for each chip's couplers (:func:`corrected_phases`: most of the way in closed
     form, which cuts the iterations the fit needs by half or more).  Each block of each chip is one problem of
-    :func:`batched_lbfgs`, on one thread (many tiny problems: threads cost more than they give), whose initial
+    :func:`batched_lbfgs`, on one thread (many tiny problems: splitting an op costs more than it gives; the
+    batches of chips use the other threads), whose initial
     inverse Hessian is the block's Gauss-Newton metric at the start (:func:`gauss_newton_metric`): the fit is
     nearly square and ill-conditioned, and from the identity L-BFGS needed 80 iterations where it now needs 12.
     """
