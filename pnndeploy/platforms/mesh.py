@@ -193,14 +193,14 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def one_thread_each(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+def one_thread_each(fn: Callable[[T], R], items: Sequence[T], most: int | None = None) -> list[R]:
     """``[fn(item) for item in items]``, the items shared out over as many Python threads as torch has intra-op
-    threads, every torch op on one thread (:func:`one_thread`): each item's bits are those of a run on one thread,
-    and independent items (a fleet's batches of chips) use every core without one op split across them (torch
-    and numpy release the GIL inside their ops)."""
+    threads (at most ``most``), every torch op on one thread (:func:`one_thread`): each item's bits are those of a
+    run on one thread, and independent items (a fleet's batches of chips) use every core without one op split
+    across them (torch and numpy release the GIL inside their ops)."""
     import torch
 
-    workers = min(len(items), torch.get_num_threads())
+    workers = min(len(items), torch.get_num_threads(), len(items) if most is None else max(1, most))
     if workers <= 1:
         return [fn(item) for item in items]
 

@@ -82,6 +82,9 @@ MESHES_PER_PASS = 256
 #: Chips whose blocks are fitted together: enough to amortise torch's per-call cost, few enough to stay in cache
 #: (8 or 16 a batch were slower, 64 no faster); the batches run side by side on torch's threads.
 MAP_CHIPS_PER_BATCH = 32
+#: Memory the batches mapped side by side may hold together (a large layer's batch alone may exceed it: then one
+#: batch at a time, as before threads).
+MAP_THREADS_BYTES = 2 * 2 ** 30
 #: Precision of the fit (the residual is always computed in float64).
 FIT_DTYPE = "float32"
 #: The largest mesh an option or a model file may ask for (a 256-mode mesh has 65,536 phases).
@@ -270,8 +273,11 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         mask = _blocks(np.ones(weight.shape), n) > 0
         start = controls.astype(np.float64)
         parts = [slice(k, k + MAP_CHIPS_PER_BATCH) for k in range(0, len(calibrations), MAP_CHIPS_PER_BATCH)]
+        # a batch's fit holds about three phases^2 matrices of float32 per block (J, J J^T, the metric)
+        batch_bytes = 12 * MAP_CHIPS_PER_BATCH * blocks.shape[0] * blocks.shape[1] * phase_count(n) ** 2
         mapped = one_thread_each(lambda part: self._map_chips(blocks, mask, start, calibrations[part],
-                                                              environments[part], n), parts)
+                                                              environments[part], n), parts,
+                                 most=MAP_THREADS_BYTES // batch_bytes)
         return [m for batch in mapped for m in batch]
 
     def _map_chips(self, blocks: np.ndarray, mask: np.ndarray, start: np.ndarray,
