@@ -6,7 +6,8 @@ The model is the one ``benchmarks/run.py`` times the MZI fleet with (SAT, digits
 mesh, 3 epochs).  Mapping is timed as it runs now (:func:`map_models`, every chip's blocks fitted together) and,
 on the first ``--legacy-chips`` chips, as it ran before (one chip at a time, all blocks of a layer in one
 ``torch.optim.LBFGS`` with a strong-Wolfe line search, 120 iterations: kept here as the reference), in this one
-process, with both residuals on the same chips.  The Ray lot is generated, mapped and evaluated inside the Ray
+process, with both residuals on the same chips.  The batched mapping runs its batches of chips on as many threads
+as torch has (``threads`` in its rows: ``OMP_NUM_THREADS=1`` for the one-thread figure), the reference on one.  The Ray lot is generated, mapped and evaluated inside the Ray
 tasks (the driver never holds its profiles).  Run nothing else meanwhile; the figures are the best of
 ``--repeats`` where repeated.
 """
@@ -96,7 +97,8 @@ def mapping(model: Any, process: dict, sizes: list[int], legacy: int) -> dict:
         seconds = time.perf_counter() - t0
         res = np.array([[layer.residual for layer in d.layers] for d in deployments])
         rows.append({"chips": size, "ms_per_chip": 1000 * seconds / size, "residual_mean": res.mean(0).tolist(),
-                     "residual_max": res.max(0).tolist(), "clipped": int(sum(d.clipped for d in deployments))})
+                     "residual_max": res.max(0).tolist(), "clipped": int(sum(d.clipped for d in deployments)),
+                     "threads": torch.get_num_threads()})
     chips = make_chips(legacy, process)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

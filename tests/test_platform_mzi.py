@@ -17,7 +17,7 @@ from pnndeploy.deploy.mapping import map_model, uncalibrated
 from pnndeploy.formats.onnx_io import load_model
 from pnndeploy.formats.process_spec import load_process
 from pnndeploy.formats.profiles import read_profile
-from pnndeploy.platforms import get_platform
+from pnndeploy.platforms import get_platform, mzi
 from pnndeploy.platforms.base import ChipState
 from pnndeploy.platforms.mesh import TWO_PI, decompose, mesh_layout, mzi_count, phase_count, unitary_with_real_part
 from pnndeploy.platforms.mesh import mesh_unitary as mesh_unitary_torch
@@ -278,6 +278,31 @@ def test_a_fleet_mapped_at_once_is_each_chip_mapped_alone_whatever_the_batch() -
     for k, mapped in zip((2, 1), other):
         np.testing.assert_allclose(mapped.settings, fleet[k].settings, atol=1e-6)
     assert not np.allclose(fleet[0].settings, fleet[1].settings)           # the chips differ
+
+
+def test_batches_of_chips_mapped_on_several_threads_are_the_one_threads(monkeypatch) -> None:
+    """With torch on two threads the batches of chips are mapped side by side (one Python thread each): every
+    chip's settings, residual and clipping are those of the mapping on one thread, bit for bit, and torch keeps
+    the caller's thread count."""
+    chips = _pool(3)
+    flags = np.zeros(chips[1].calibration["phase_offset"].shape, dtype=np.uint8)
+    flags[[5, 60]] = 1
+    chips[1] = _with_faults(chips[1], flags)              # one batch runs the faulty chip's longer fit and refit
+    W, controls = _layer(shape=(10, 32))
+    monkeypatch.setattr(mzi, "MAP_CHIPS_PER_BATCH", 1)
+    args = (W, controls, [c.calibration for c in chips], [c.environment for c in chips], chips[0].shape,
+            MZI.metadata())
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = MZI.map_fleet_layer(*args)
+        torch.set_num_threads(2)
+        shared = MZI.map_fleet_layer(*args)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(alone, shared):
+        assert np.array_equal(a.settings, b.settings) and a.residual == b.residual and a.clipping == b.clipping
 
 
 def test_map_models_is_map_model_per_chip(mzi_model) -> None:

@@ -32,8 +32,9 @@ def two_loop(g: Any, S: Any, Y: Any, rho: Any, gamma: Any, metric: Any = None) -
         alphas.append(a)
     if metric is None:
         r = gamma[:, None] * q
-    else:       # as a product with two columns: a matrix-vector product of one problem rounds otherwise (gemv)
-        r = (metric @ q[:, :, None].expand(-1, -1, 2))[:, :, 0]
+    else:       # q^T H (H is symmetric): a row times the matrix streams H row by row, 3 to 4 times faster than
+        # H q (a column product reads it across), and one problem rounds as it does in any batch
+        r = (q[:, None, :] @ metric)[:, 0]
     for k in reversed(range(S.shape[1])):
         b = rho[:, k] * (Y[:, k] * r).sum(-1)
         r += (alphas[k] - b)[:, None] * S[:, k]

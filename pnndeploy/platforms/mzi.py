@@ -80,8 +80,12 @@ PLAIN_FIT_ITERATIONS = 80
 MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
 MESHES_PER_PASS = 256
-#: Chips whose blocks are fitted together: enough to amortise torch's per-call cost, few enough to stay in cache.
+#: Chips whose blocks are fitted together: enough to amortise torch's per-call cost, few enough to stay in cache
+#: (8 or 16 a batch were slower, 64 no faster); the batches run side by side on torch's threads.
 MAP_CHIPS_PER_BATCH = 32
+#: Memory the batches mapped side by side may hold together (a large layer's batch alone may exceed it: then one
+#: batch at a time, as before threads).
+MAP_THREADS_BYTES = 2 * 2 ** 30
 #: Precision of the fit (the residual is always computed in float64).
 FIT_DTYPE = "float32"
 #: The largest mesh an option or a model file may ask for (a 256-mode mesh has 65,536 phases).
@@ -256,7 +260,8 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         Every block of every chip is its own least-squares problem, solved together (:func:`batched_lbfgs`,
         ``FIT_ITERATIONS`` steps at most, ``PADDED_FIT_ITERATIONS`` for a layer with padded blocks and
         ``FAULTY_FIT_ITERATIONS`` for a chip with faulty shifters,
-        :data:`MAP_CHIPS_PER_BATCH` chips at a time); what the fit leaves is in
+        :data:`MAP_CHIPS_PER_BATCH` chips at a time, as many batches at once as torch has threads, each on one
+        intra-op thread (:func:`each_on_one_thread`)); what the fit leaves is in
         the residual.  Shifters whose crosstalk-compensated setting falls outside the heater range count as
         clipped.  Shifters a calibration flags ``faulty`` ignore their setting: they are programmed at 0, held at
         what they then realise (offset + the neighbours' spill) and the others are fitted around them.
@@ -264,15 +269,19 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         The fit starts from the trained phases (so SAT's flat region is kept): the chip's mesh is the model's,
         which mapping checks first (a chip of another mesh size is refused, :meth:`Platform.mismatch`).
         """
+        import torch
+
         n = layout[0]
         blocks = _blocks(weight.astype(np.float64), n)
         mask = _blocks(np.ones(weight.shape), n) > 0
         start = controls.astype(np.float64)
-        out: list[LayerMapping] = []
-        for first in range(0, len(calibrations), MAP_CHIPS_PER_BATCH):
-            part = slice(first, first + MAP_CHIPS_PER_BATCH)
-            out += self._map_chips(blocks, mask, start, calibrations[part], environments[part], n)
-        return out
+        parts = [slice(k, k + MAP_CHIPS_PER_BATCH) for k in range(0, len(calibrations), MAP_CHIPS_PER_BATCH)]
+        # a batch's fit holds about three phases^2 matrices of float32 per block (J, J J^T, the metric)
+        batch_bytes = 12 * MAP_CHIPS_PER_BATCH * blocks.shape[0] * blocks.shape[1] * phase_count(n) ** 2
+        threads = max(1, min(torch.get_num_threads(), MAP_THREADS_BYTES // batch_bytes))
+        mapped = each_on_one_thread(lambda part: self._map_chips(blocks, mask, start, calibrations[part],
+                                                                 environments[part], n), parts, threads)
+        return [m for batch in mapped for m in batch]
 
     def _map_chips(self, blocks: np.ndarray, mask: np.ndarray, start: np.ndarray,
                    calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
@@ -498,7 +507,8 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
     (chips, to, ti, n^2) the phase stays at ``held``.  ``ideal_start``: ``start`` is for the ideal mesh, so the
     fit starts from it corrected for each chip's couplers (:func:`corrected_phases`: most of the way in closed
     form, which cuts the iterations the fit needs by half or more).  Each block of each chip is one problem of
-    :func:`batched_lbfgs`, on one thread (many tiny problems: threads cost more than they give), whose initial
+    :func:`batched_lbfgs`, on one thread (many tiny problems: splitting an op costs more than it gives; the
+    batches of chips use the other threads), whose initial
     inverse Hessian is the block's Gauss-Newton metric at the start (:func:`gauss_newton_metric`): the fit is
     nearly square and ill-conditioned, and from the identity L-BFGS needed 80 iterations where it now needs 12.
     """
