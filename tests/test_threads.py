@@ -1,13 +1,12 @@
 """Pieces of torch work on the compute's threads (pnndeploy.threads): order, single-threaded pieces, the caller's
-modes, errors after every piece, and an MZI fleet's meshes realised in passes on several threads the same bits as
-on one."""
+modes, errors after every piece, pieces inside pieces.  Platforms' uses (MZI mapping, diffractive fleets) are
+checked bit for bit against one thread in their own tests and the conformance suite."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -75,31 +74,3 @@ def test_one_thread_restores_the_count() -> None:
     with one_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
-
-
-def test_mzi_meshes_realised_in_passes_on_several_threads_are_the_bits_of_one(monkeypatch) -> None:
-    """A small pass size makes a 12-chip fleet many passes, spread over 3 threads: every chip's realised weights
-    are the bits of the same chip realised alone on one thread."""
-    from pnndeploy.platforms import mzi
-    from pnndeploy.platforms.base import ChipState
-    from pnndeploy.platforms.mesh import mzi_count, phase_count
-
-    monkeypatch.setattr(mzi, "MESHES_PER_PASS", 4)
-    platform = mzi.MZIPlatform()
-    n, chips, (to, ti) = 4, 12, (2, 3)
-    rng = np.random.default_rng(3)
-    state = {"static": torch.from_numpy(rng.uniform(0, 6.3, (chips, to, ti, phase_count(n))).astype(np.float32)),
-             "drift": torch.from_numpy(rng.normal(0, 0.1, (chips, 1, 1, phase_count(n))).astype(np.float32)),
-             "ratios": torch.from_numpy(rng.uniform(0.45, 0.55, (chips, 1, 1, mzi_count(n), 2)).astype(np.float32)),
-             "shape": (7, 10, n)}
-    conditions = ChipState(delta_T=torch.linspace(-1, 1, chips))
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        together = platform._realise(state, slice(0, chips), conditions)
-    finally:
-        torch.set_num_threads(before)
-    for k in range(chips):
-        alone = platform._realise({**state, **{key: state[key][k:k + 1] for key in ("static", "drift", "ratios")}},
-                                  slice(0, 1), ChipState(delta_T=conditions.delta_T[k:k + 1]))
-        assert torch.equal(together[k], alone[0]), f"chip {k}"
