@@ -3,14 +3,14 @@
 Some work must run on one intra-op thread so that a chip's result is the same bits whatever chips it is computed
 with and however many threads run: torch's vectorised elementwise ops round differently from their scalar
 remainders, and where a thread's share begins moves that boundary (:func:`one_thread`).  That left all cores but
-one idle where the work is large: an MZI mapping's fit of every block of every chip, a diffractive fleet's
+one idle where the work is large: a mesh mapper's fit of every block of every chip, a fleet's optical
 propagations.  :func:`each_on_one_thread` gives the cores back without touching the bits: the work is cut where
 it is independent anyway (whole batches of chips, whole setups), and each piece runs on a Python thread of a
 small shared pool, its torch ops single-threaded (torch releases the GIL inside an op, so the pieces run at once).
 
 Pieces that are short and follow torch's own multi-threaded ops gain nothing: after a parallel region torch's
-OpenMP workers spin on the other cores for a while, and a piece run beside them shares its core (an MZI fleet's
-mesh passes between its matmuls were slower on two threads than on one).
+OpenMP workers spin on the other cores for a while, and a piece run beside them shares its core (a fleet's mesh
+passes between its matmuls were slower on two threads than on one).
 """
 
 from __future__ import annotations
