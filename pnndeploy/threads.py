@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -43,13 +43,14 @@ def one_thread() -> Iterator[None]:
 
 
 def each_on_one_thread(work: Callable[[T], Any], pieces: Sequence[T], threads: int) -> list[Any]:
-    """``[work(p) for p in pieces]``, the pieces spread over up to ``threads`` Python threads, torch on one
+    """``[work(p) for p in pieces]``, the pieces spread over at most ``threads`` Python threads, torch on one
     intra-op thread throughout; results in the pieces' order.
 
     The pieces must be independent (disjoint outputs); each runs under the caller's inference and grad modes.
-    An exception in a piece is raised here once every piece
-    has finished (none is left running behind the caller).  Called from inside a piece, or with one thread or one
-    piece, it runs the pieces in this thread, in order.
+    After a piece raises, no further piece starts, and the first error (in the pieces' order) is raised here once
+    the pieces already running have finished; an interrupt of the caller waits for those too (nothing is left
+    running behind the caller).  Called from inside a piece, or with one thread or one piece, it runs the pieces
+    in this thread, in order.
     """
     with one_thread():
         if threads <= 1 or len(pieces) <= 1 or getattr(_inside, "active", False):
@@ -57,23 +58,44 @@ def each_on_one_thread(work: Callable[[T], Any], pieces: Sequence[T], threads: i
         import torch
 
         modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())    # thread-local in torch
-        pool = _shared_pool(min(threads, len(pieces)))
-        futures = [pool.submit(_marked, work, piece, modes) for piece in pieces]
-        errors = [f.exception() for f in futures]          # waits for all of them
+        results: list[Any] = [None] * len(pieces)
+        errors: list[BaseException | None] = [None] * len(pieces)
+        queue, lock, stop = iter(range(len(pieces))), threading.Lock(), threading.Event()
+
+        def runner() -> None:
+            while not stop.is_set():
+                with lock:
+                    k = next(queue, None)
+                if k is None:
+                    return
+                try:
+                    results[k] = work(pieces[k])
+                except BaseException as exc:            # noqa: BLE001 - raised in the caller's thread below
+                    errors[k] = exc
+                    stop.set()
+
+        workers = min(threads, len(pieces))
+        runners = [_shared_pool(workers).submit(_marked, runner, modes) for _ in range(workers)]
+        try:
+            wait(runners)
+        except BaseException:
+            stop.set()
+            wait(runners)
+            raise
         for error in errors:
             if error is not None:
                 raise error
-        return [f.result() for f in futures]
+        return results
 
 
-def _marked(work: Callable[[T], Any], piece: T, modes: tuple[bool, bool]) -> Any:
-    """``work(piece)`` on a pool thread, under the caller's inference and grad modes (torch keeps them per thread)."""
+def _marked(runner: Callable[[], None], modes: tuple[bool, bool]) -> None:
+    """``runner()`` on a pool thread, under the caller's inference and grad modes (torch keeps them per thread)."""
     import torch
 
     _inside.active = True
     try:
         with torch.inference_mode(modes[0]), torch.set_grad_enabled(modes[1]):
-            return work(piece)
+            runner()
     finally:
         _inside.active = False
 

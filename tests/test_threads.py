@@ -4,6 +4,8 @@ checked bit for bit against one thread in their own tests and the conformance su
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -47,18 +49,69 @@ def test_pieces_run_under_the_callers_inference_and_grad_modes() -> None:
     assert set(each_on_one_thread(modes, [0, 1, 2], threads=2)) == {(False, True)}
 
 
-def test_an_error_in_a_piece_is_raised_once_every_piece_has_finished() -> None:
+def test_after_an_error_no_piece_starts_and_none_runs_behind_the_caller() -> None:
+    started: list[int] = []
     finished: list[int] = []
 
     def work(k: int) -> None:
-        if k == 0:
-            raise ValueError("piece 0 failed")
+        started.append(k)
+        if k == 1:
+            raise ValueError("piece 1 failed")
         time.sleep(0.05)
         finished.append(k)
 
-    with pytest.raises(ValueError, match="piece 0 failed"):
-        each_on_one_thread(work, [0, 1, 2, 3], threads=2)
-    assert sorted(finished) == [1, 2, 3]             # none left running behind the caller
+    with pytest.raises(ValueError, match="piece 1 failed"):
+        each_on_one_thread(work, list(range(20)), threads=2)
+    seen = (len(started), len(finished))
+    time.sleep(0.2)
+    assert (len(started), len(finished)) == seen                 # nothing still running
+    assert len(started) < 20 and sorted(finished) == sorted(k for k in started if k != 1)
+
+
+def test_an_interrupted_caller_waits_for_the_running_pieces_and_starts_no_more() -> None:
+    started: list[int] = []
+    finished: list[int] = []
+
+    def work(k: int) -> None:
+        started.append(k)
+        time.sleep(0.1)
+        finished.append(k)
+
+    timer = threading.Timer(0.15, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            each_on_one_thread(work, list(range(20)), threads=2)
+    finally:
+        timer.cancel()
+    assert sorted(finished) == sorted(started) and len(started) < 20
+    time.sleep(0.25)
+    assert len(started) == len(finished) < 20
+
+
+def test_the_first_error_in_the_pieces_order_is_raised() -> None:
+    def work(k: int) -> None:
+        time.sleep(0.05 * (3 - k))
+        raise ValueError(f"piece {k}")
+
+    with pytest.raises(ValueError, match="piece 0"):
+        each_on_one_thread(work, [0, 1], threads=2)
+
+
+def test_no_more_pieces_run_at_once_than_asked_even_on_a_larger_pool() -> None:
+    each_on_one_thread(lambda k: k, list(range(8)), threads=4)        # the shared pool grows to 4 workers
+    running, most, lock = [0], [0], threading.Lock()
+
+    def work(k: int) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+
+    each_on_one_thread(work, list(range(8)), threads=2)
+    assert most[0] == 2
 
 
 def test_pieces_inside_a_piece_run_in_that_piece() -> None:
