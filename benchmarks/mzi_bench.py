@@ -7,8 +7,8 @@ mesh, 3 epochs).  Mapping is timed as it runs now (:func:`map_models`, every chi
 on the first ``--legacy-chips`` chips, as it ran before (one chip at a time, all blocks of a layer in one
 ``torch.optim.LBFGS`` with a strong-Wolfe line search, 120 iterations: kept here as the reference), in this one
 process, with both residuals on the same chips.  The batched mapping runs its batches of chips on as many threads
-as torch has (``threads`` in its rows: ``OMP_NUM_THREADS=1`` for the one-thread figure), the reference on one.  The Ray lot is generated, mapped and evaluated inside the Ray
-tasks (the driver never holds its profiles).  Run nothing else meanwhile; the figures are the best of
+as torch has (``threads`` in its rows: ``OMP_NUM_THREADS=1`` for the one-thread figure), the reference on one.
+The Ray lot is generated, mapped and evaluated inside the Ray tasks (the driver never holds its profiles).  Run nothing else meanwhile; the figures are the best of
 ``--repeats`` where repeated.
 """
 
