@@ -127,3 +127,25 @@ def test_one_thread_restores_the_count() -> None:
     with one_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def _pieces_in_a_child(queue) -> None:
+    queue.put(each_on_one_thread(lambda k: k + 1, [1, 2, 3], threads=2))
+
+
+def test_a_forked_child_runs_pieces_on_a_pool_of_its_own() -> None:
+    """The parent's pool threads do not exist in a forked child (Ray and multiprocessing fork): the child starts its
+    own pool instead of waiting forever on the parent's."""
+    import multiprocessing
+
+    each_on_one_thread(lambda k: time.sleep(0.05), [0, 1], threads=2)   # the parent's pool: two idle workers
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_pieces_in_a_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+    assert queue.get(timeout=5) == [2, 3, 4]
