@@ -553,3 +553,27 @@ def test_demo_refuses_a_fleet_of_another_platform_before_training(cli, one_line_
     one_line_error(cli("demo", "--platform", "mzi", "--quick", "--profiles", REPO / "device_profiles"),
                    "holds mrr chips but the demo is for mzi")
     assert not (tmp_path / "reports").exists()
+
+
+def test_transfer_maps_with_the_threads_it_was_given(tmp_path, monkeypatch) -> None:
+    """--threads bounds the mapping too: the batches of chips go side by side on as many threads as the compute
+    has, one with --threads 1 (the mapping ran outside the compute's threads before)."""
+    from pnndeploy.compute import Compute
+    from pnndeploy.deploy.transfer import prepare_fleet
+    from pnndeploy.training.config import TrainConfig
+    from pnndeploy.training.pipeline import train_and_export
+
+    path = tmp_path / "mzi.onnx"
+    train_and_export("digits", TrainConfig(platform="mzi", epochs=1, hidden=[16]), path)
+    seen: list[int] = []
+    original = mzi.each_on_one_thread
+
+    def spy(work, pieces, threads):
+        seen.append(threads)
+        return original(work, pieces, threads)
+
+    monkeypatch.setattr(mzi, "each_on_one_thread", spy)
+    for threads in (1, 2):
+        seen.clear()
+        prepare_fleet(path, [], True, MZI_PROFILES, save_dir=None, compute=Compute("cpu", threads)).close()
+        assert seen and set(seen) == {threads}

@@ -173,8 +173,9 @@ def prepare_fleet(model_path: str | Path, devices: Sequence[str], use_fleet: boo
                            f"{profile.device_id!r}; remove the copy or regenerate one of them")
         seen[profile.device_id] = path
         profile_list.append(profile)
-    deployments = map_fleet(model, [profile if calibrated else uncalibrated(profile) for profile in profile_list],
-                            executor, address, chips_per_task)
+    with compute.running():       # --threads bounds the mapping too (a mesh maps batches of chips side by side)
+        deployments = map_fleet(model, [profile if calibrated else uncalibrated(profile) for profile in profile_list],
+                                executor, address, chips_per_task)
     if not calibrated:
         save_dir = None          # a deployment made blind to the chip is not one to program it with later
     # chips without truth or backend are mapped and written too (that is what a lab programs)
@@ -212,7 +213,8 @@ def accuracy_if_working(prepared: PreparedFleet, conditions: Conditions) -> dict
     if not broken:
         return {}
     twins = [repaired(p) for p in broken]
-    mapped = map_models(prepared.model, twins if prepared.calibrated else [uncalibrated(p) for p in twins])
+    with prepared.fleet.compute.running():
+        mapped = map_models(prepared.model, twins if prepared.calibrated else [uncalibrated(p) for p in twins])
     fleet = SimulatedFleet(prepared.model, twins, mapped, prepared.fleet.compute)
     acc = fleet.accuracy(prepared.data.X, prepared.data.y, conditions)
     return {p.device_id: float(a) for p, a in zip(broken, acc)}

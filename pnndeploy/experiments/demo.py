@@ -61,8 +61,9 @@ def uncalibrated_accuracy(prepared: PreparedFleet) -> list[float]:
     """Accuracy of each simulated chip when the model is mapped through the nominal device, not the calibration."""
     fleet = prepared.require_simulated("an uncalibrated transfer")
     profiles = [p for p in prepared.profiles if p.simulated]
-    blind = SimulatedFleet(prepared.model, profiles, map_models(prepared.model, [uncalibrated(p) for p in profiles]),
-                           fleet.compute)
+    with fleet.compute.running():
+        mapped = map_models(prepared.model, [uncalibrated(p) for p in profiles])
+    blind = SimulatedFleet(prepared.model, profiles, mapped, fleet.compute)
     assert blind.device_ids == fleet.device_ids
     return [float(a) for a in blind.accuracy(prepared.data.X, prepared.data.y)]
 
