@@ -9,7 +9,10 @@ On a GPU it measures, each beside the same work on this machine's CPU (every cor
   rings) on a 60,000-sample MNIST-shaped set, per method (standard, spec-sat) and a plain PyTorch model of the
   same shape: samples per second of the fastest epoch;
 * fleets of 10^4, 10^5 and 10^6 ring chips (64 -> 32 -> 10, 360 samples, dT = 0.5 K, detector noise on) streamed
-  through the simulator in chunks: chips per second, the CPU at 10^4 for scale.
+  through the simulator in chunks: chips per second, the CPU at 10^4 for scale;
+* MZI fleets (benchmarks/run.py's model: 64 -> 32 -> 10 on 16-mode meshes, 360 samples) of 512 and 4,096 chips,
+  each evaluation at a new drift (every mesh realised again), against the same shapes' plain matmuls on the same
+  device: issue 26's "25 % of the roofline", which the CPU does not reach (README, "MZI lots at scale").
 """
 
 from __future__ import annotations
@@ -51,6 +54,67 @@ def training(device: str, samples: int, epochs: int, batch: int) -> list[dict]:
     return rows
 
 
+def mzi_fleets(device: str, sizes: list[int], repeats: int = 5) -> list[dict]:
+    """MZI fleet evaluation at a new drift on ``device`` and the matmul roofline of the same shapes there."""
+    import tempfile
+
+    from run import make_chips
+
+    from pnndeploy.data.datasets import load_dataset
+    from pnndeploy.deploy.mapping import map_models
+    from pnndeploy.deploy.transfer import load_evaluation_data
+    from pnndeploy.formats.onnx_io import load_model
+    from pnndeploy.formats.process_spec import load_process
+    from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
+    from pnndeploy.training.pipeline import train_and_export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mzi.onnx"
+        train_and_export(load_dataset("digits", seed=0), TrainConfig(platform="mzi", method="sat", epochs=3, seed=0,
+                                                                     hidden=[32]), path)
+        model = load_model(path)
+    data = load_evaluation_data(model)
+    process = load_process(HERE.parent / "device_profiles" / "mzi" / "process.yaml")
+    deployments = map_models(model, make_chips(8, process))
+    rows = []
+    for n in sizes:
+        fleet = SimulatedFleet(model, make_chips(n, process), [deployments[k % 8] for k in range(n)], Compute(device))
+        fleet.accuracy(data.X, data.y, Conditions(delta_T=0.5))                  # warm-up (kernels, caches)
+        cold = min(_timed(lambda r=r: fleet.accuracy(data.X, data.y, Conditions(delta_T=0.5 + 1e-3 * (r + 1))),
+                          device) for r in range(repeats))
+        matmul = _matmul_seconds(model, n, data.X.shape[0], device, repeats)
+        rows.append({"chips": n, "device": device, "new_drift_s": cold, "matmul_s": matmul,
+                     "roofline_fraction": matmul / cold})
+    return rows
+
+
+def _timed(work, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    work()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _matmul_seconds(model, chips: int, samples: int, device: str, repeats: int) -> float:
+    """Plain matmuls of the fleet's shapes on ``device`` (float32, random data): the first layer's shared input
+    as one GEMM, the later layers as batched matmuls (benchmarks/run.py's roofline, on the device)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    first, *rest = [torch.randn((chips, *layer.weight.shape), generator=g, device=device) for layer in model.layers]
+    x = torch.rand((model.n_features, samples), generator=g, device=device)
+    hidden = [torch.rand((chips, W.shape[2], samples), generator=g, device=device) for W in rest]
+
+    def run() -> None:
+        first.reshape(-1, first.shape[2]) @ x
+        for W, h in zip(rest, hidden):
+            torch.bmm(W, h)
+
+    run()
+    return min(_timed(run, device) for _ in range(repeats))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compute", default="cuda", help="the CUDA device (default cuda, i.e. cuda:0)")
@@ -71,6 +135,8 @@ def main() -> None:
     sizes = [10_000] if args.quick else [10_000, 100_000, 1_000_000]
     doc["fleet"] = [million(n, 1024, 8192, Compute(compute.device)) for n in sizes]
     doc["fleet_cpu_10k"] = million(10_000, 1024, 1024, Compute("cpu"))
+    doc["mzi_fleet"] = mzi_fleets(compute.device, [512] if args.quick else [512, 4096])
+    doc["mzi_fleet_cpu_512"] = mzi_fleets("cpu", [512])
     doc["total_s"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -82,6 +148,9 @@ def main() -> None:
     for m in doc["fleet"] + [doc["fleet_cpu_10k"]]:
         print(f"  {m['chips']:>9,} chips on {m['device']}: {m['evaluate_s']:.1f} s, {m['chips_per_s']:,.0f} chips/s, "
               f"peak RSS {m['peak_rss_mb']:.0f} MB")
+    for m in doc["mzi_fleet"] + doc["mzi_fleet_cpu_512"]:
+        print(f"  MZI fleet, {m['chips']:>5,} chips on {m['device']}: {1e3 * m['new_drift_s']:.1f} ms at a new drift, "
+              f"matmuls {1e3 * m['matmul_s']:.2f} ms: {100 * m['roofline_fraction']:.1f} % of the roofline")
 
 
 if __name__ == "__main__":
