@@ -58,21 +58,15 @@ def mzi_fleets(device: str, sizes: list[int], repeats: int = 5) -> list[dict]:
     """MZI fleet evaluation at a new drift on ``device`` and the matmul roofline of the same shapes there."""
     import tempfile
 
-    from run import make_chips
+    from run import make_chips, mzi_benchmark_model
 
-    from pnndeploy.data.datasets import load_dataset
     from pnndeploy.deploy.mapping import map_models
     from pnndeploy.deploy.transfer import load_evaluation_data
-    from pnndeploy.formats.onnx_io import load_model
     from pnndeploy.formats.process_spec import load_process
     from pnndeploy.simulation.fleet import Conditions, SimulatedFleet
-    from pnndeploy.training.pipeline import train_and_export
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "mzi.onnx"
-        train_and_export(load_dataset("digits", seed=0), TrainConfig(platform="mzi", method="sat", epochs=3, seed=0,
-                                                                     hidden=[32]), path)
-        model = load_model(path)
+        model = mzi_benchmark_model(Path(tmp) / "mzi.onnx")
     data = load_evaluation_data(model)
     process = load_process(HERE.parent / "device_profiles" / "mzi" / "process.yaml")
     deployments = map_models(model, make_chips(8, process))

@@ -29,18 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import make_chips, mzi_fleet_rows  # noqa: E402
+from run import make_chips, mzi_benchmark_model, mzi_fleet_rows  # noqa: E402
 
-from pnndeploy.data.datasets import load_dataset  # noqa: E402
 from pnndeploy.deploy.executors import lot_accuracy, ray_session, run_tasks  # noqa: E402
 from pnndeploy.deploy.mapping import map_models  # noqa: E402
 from pnndeploy.deploy.transfer import load_evaluation_data  # noqa: E402
-from pnndeploy.formats.onnx_io import load_model  # noqa: E402
 from pnndeploy.formats.process_spec import load_process  # noqa: E402
 from pnndeploy.simulation.fabrication import chip_names, generate_chip  # noqa: E402
 from pnndeploy.simulation.fleet import Conditions  # noqa: E402
-from pnndeploy.training.config import TrainConfig  # noqa: E402
-from pnndeploy.training.pipeline import train_and_export  # noqa: E402
 
 PROCESS = ROOT / "device_profiles" / "mzi" / "process.yaml"
 #: The iterations of the per-chip fit before the batched one (the reference).
@@ -155,10 +151,7 @@ def main() -> None:
     process = load_process(PROCESS)
     doc: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "mzi.onnx"
-        train_and_export(load_dataset("digits", seed=0), TrainConfig(platform="mzi", method="sat", epochs=3, seed=0,
-                                                                 hidden=[32]), path)
-        model = load_model(path)
+        model = mzi_benchmark_model(Path(tmp) / "mzi.onnx")
         data = load_evaluation_data(model)
         if "mapping" not in args.skip:
             doc["mapping"] = mapping(model, process, args.sizes, args.legacy_chips)

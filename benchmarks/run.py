@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,13 +149,18 @@ def fleet_throughput(model, data, process, sizes, repeats: int, loop_limit: int)
     return rows
 
 
+def mzi_benchmark_model(path: Path, epochs: int = 3) -> Any:
+    """The MZI benchmarks' model (SAT, digits, 64 -> 32 -> 10 on 16-mode meshes), trained, written to ``path``
+    and loaded."""
+    train_and_export(load_dataset("digits", seed=0), TrainConfig(platform="mzi", method="sat", epochs=epochs, seed=0,
+                                                             hidden=[32]), path)
+    return load_model(path)
+
+
 def mzi_fleet_throughput(tmp: Path, sizes: list[int], repeats: int, epochs: int, mapped: int = 8) -> list[dict]:
     """MZI fleet evaluation at each size, against the matmul roofline of the same shapes (:func:`mzi_fleet_rows`)."""
     process = load_process(ROOT / "device_profiles" / "mzi" / "process.yaml")
-    path = tmp / "mzi.onnx"
-    train_and_export(load_dataset("digits", seed=0), TrainConfig(platform="mzi", method="sat", epochs=epochs, seed=0,
-                                                             hidden=[32]), path)
-    model = load_model(path)
+    model = mzi_benchmark_model(tmp / "mzi.onnx", epochs)
     return mzi_fleet_rows(model, load_evaluation_data(model), process, sizes, repeats, mapped)
 
 
