@@ -11,7 +11,8 @@ from pnndeploy.formats.process_spec import load_process
 from pnndeploy.platforms import get_platform, mzi
 from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.mesh import mesh_unitary, mzi_count
-from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient, real_jacobian
+from pnndeploy.platforms.mesh_jacobian import SPD_LEAF, gauss_newton_metric, loss_and_gradient, real_jacobian, \
+    spd_inverse
 from pnndeploy.simulation.fabrication import generate_chip
 
 from test_platform_mzi import MZI_PROFILES, _layer
@@ -84,6 +85,44 @@ def test_metric_is_the_damped_gauss_newton_inverse_and_holds_fixed_phases() -> N
     gradient = torch.randn(2, n * n, dtype=torch.float64) * free
     step = (held @ gradient[..., None])[..., 0]
     assert torch.all(step[~free] == 0)
+
+
+@pytest.mark.parametrize("size", [1, 5, SPD_LEAF, SPD_LEAF + 1, 2 * SPD_LEAF + 3, 256])
+def test_spd_inverse_by_halves_is_the_inverse(size: int) -> None:
+    g = torch.Generator().manual_seed(size)
+    R = torch.randn(3, size, size, dtype=torch.float64, generator=g)
+    A = R @ R.transpose(1, 2) + 1e-3 * torch.eye(size, dtype=torch.float64)       # condition up to about 1e7
+    inverse = spd_inverse(A)
+    torch.testing.assert_close(inverse, torch.linalg.inv(A), rtol=1e-6, atol=1e-6 * float(inverse.abs().max()))
+    torch.testing.assert_close(inverse, inverse.transpose(1, 2), rtol=1e-9, atol=1e-9 * float(inverse.abs().max()))
+
+
+def test_spd_inverse_of_a_matrix_does_not_depend_on_its_batch() -> None:
+    """A chip's mapping must not depend on the chips mapped with it: each inverse has the same bits alone."""
+    g = torch.Generator().manual_seed(3)
+    R = torch.randn(6, 200, 200, generator=g)
+    A = R @ R.transpose(1, 2) + 0.1 * torch.eye(200)
+    together = spd_inverse(A)
+    for k in (0, 4):
+        assert torch.equal(spd_inverse(A[k:k + 1])[0], together[k])
+
+
+def test_metric_of_a_16_mode_mesh_holds_fixed_phases_exactly() -> None:
+    """At 16 modes (256 phases) the metric is inverted by halves: a fixed phase still gets exactly no step, and the
+    float32 metric is the float64 one to the precision its conditioning allows."""
+    n = 16
+    phases, ratios = _random_meshes(n, 2, seed=4)
+    weight = torch.ones(2, n, n, dtype=torch.float64)
+    free = torch.ones(2, n * n, dtype=torch.bool)
+    free[0, [0, 7, 130, 250]] = False                                   # both halves of the metric
+    exact = gauss_newton_metric(phases, n, ratios, weight, free, damping=1e-2)
+    metric = gauss_newton_metric(phases.float(), n, ratios.float(), weight.float(), free, damping=1e-2)
+    step = (metric @ (torch.randn(2, n * n) * free)[..., None])[..., 0]
+    assert torch.all(step[~free] == 0)
+    held = metric[0][~free[0]]                                          # their rows: 1 / (2 damping) on the diagonal
+    assert torch.all(held[:, free[0]] == 0)
+    error = (metric.double() - exact).norm(dim=(1, 2)) / exact.norm(dim=(1, 2))
+    assert float(error.max()) < 1e-3
 
 
 def _quadratics(seed: int, size: int, ridge: float):

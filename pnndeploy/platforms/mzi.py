@@ -80,9 +80,11 @@ PLAIN_FIT_ITERATIONS = 80
 MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
 MESHES_PER_PASS = 256
-#: Chips whose blocks are fitted together: enough to amortise torch's per-call cost, few enough to stay in cache
-#: (8 or 16 a batch were slower, 64 no faster); the batches run side by side on torch's threads.
-MAP_CHIPS_PER_BATCH = 32
+#: Chips whose blocks are fitted together: enough to amortise torch's per-call cost; the batches run side by side
+#: on torch's threads.  On one thread 32 and 64 cost the same (8 or 16 were slower); on two, a batch of 64 holds
+#: the interpreter lock (dispatching torch's ops) for less of its time: 25.7 -> 23.6 ms a chip at 512 chips
+#: (128: no faster).
+MAP_CHIPS_PER_BATCH = 64
 #: Memory the batches mapped side by side may hold together (a large layer's batch alone may exceed it: then one
 #: batch at a time, as before threads).
 MAP_THREADS_BYTES = 2 * 2 ** 30
