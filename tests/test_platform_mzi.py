@@ -225,6 +225,30 @@ def test_crosstalk_precompensation_meets_every_target_phase(crosstalk) -> None:
     assert _precompensate(target, 0.0, 16, 0.0, TWO_PI)[1].sum() == 0
 
 
+def test_chips_programmed_together_get_the_settings_each_gets_alone() -> None:
+    """Mapping programs a batch's chips in groups of the same crosstalk, heater range and DAC; each chip's turns
+    stop on its own, so its settings and clippings are bit for bit those it gets alone (faulty shifters, a chip
+    without crosstalk, a range without headroom that needs several turns)."""
+    from types import SimpleNamespace
+
+    n, chips = 16, 12
+    rng = np.random.default_rng(11)
+    realised = rng.uniform(-8.0, 8.0, (chips, 2, 3, phase_count(n)))
+    offsets = rng.normal(0.0, 0.3, (chips, phase_count(n)))
+    faulty = rng.random((chips, phase_count(n))) < 0.02
+    crosstalk = np.where(np.arange(chips) % 4 == 0, 0.03, 0.01)
+    crosstalk[5] = 0.0
+    environments = [SimpleNamespace(heater_range=(0.0, TWO_PI + (0.05 if k % 3 else 0.0)), dac_bits=12 - k % 2)
+                    for k in range(chips)]
+    together, clippings = MZI._program(realised, offsets, faulty, crosstalk, environments, n)
+    assert len({(float(c), e.heater_range, e.dac_bits) for c, e in zip(crosstalk, environments)}) < chips
+    assert sum(c.range for c in clippings) > 0 and sum(c.faulty for c in clippings) > 0
+    for k in range(chips):
+        alone, (clipping,) = MZI._program(realised[k:k + 1], offsets[k:k + 1], faulty[k:k + 1], crosstalk[k:k + 1],
+                                          environments[k:k + 1], n)
+        assert np.array_equal(alone[0].view(np.int64), together[k].view(np.int64)) and clipping == clippings[k]
+
+
 def test_corrected_phases_make_an_imperfect_mesh_realise_the_ideal_one() -> None:
     """Where every MZI's power split is within its couplers' reach the correction is exact (U, not only Re U);
     elsewhere it starts a fit far nearer than the uncorrected phases."""

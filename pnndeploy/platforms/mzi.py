@@ -314,17 +314,24 @@ class MZIPlatform(MeshDevices, LinearPlatform):
 
     def _program(self, realised: np.ndarray, offsets: np.ndarray, faulty: np.ndarray, crosstalk: np.ndarray,
                  environments: Sequence[Any], n: int) -> tuple[np.ndarray, list[Clipping]]:
-        """Each chip's DAC settings for realised phases (chips, to, ti, n^2), and what was clipped, by cause."""
+        """Each chip's DAC settings for realised phases (chips, to, ti, n^2), and what was clipped, by cause.
+
+        Chips of the same crosstalk, heater range and DAC are programmed together (a lot's chips usually share
+        them: one pass of numpy's ops over all of them instead of one per chip), each as it would be alone."""
         settings = np.empty_like(realised)
-        clippings = []
+        inside = np.empty(realised.shape, dtype=bool)
+        broken = np.broadcast_to(faulty[:, None, None, :], realised.shape)
+        groups: dict[tuple[float, float, float, int], list[int]] = {}
         for k, env in enumerate(environments):
-            lo, hi = env.heater_range
-            broken = np.broadcast_to(faulty[k], realised.shape[1:])
-            wanted, unmet = _precompensate(realised[k] - offsets[k], float(crosstalk[k]), n, lo, hi, broken)
-            settings[k], inside = quantise(wanted, (lo, hi), env.dac_bits)
-            settings[k][broken] = 0.0
-            clippings.append(Clipping.of(settings[k].size, inside=~unmet & inside, faulty=broken))
-        return settings, clippings
+            groups.setdefault((float(crosstalk[k]), *map(float, env.heater_range), int(env.dac_bits)), []).append(k)
+        for (c, lo, hi, bits), members in groups.items():
+            ks = np.asarray(members)
+            wanted, unmet = _precompensate_chips(realised[ks] - offsets[ks, None, None, :], c, n, lo, hi, broken[ks])
+            quantised, reachable = quantise(wanted, (lo, hi), bits)
+            settings[ks] = np.where(broken[ks], 0.0, quantised)
+            inside[ks] = ~unmet & reachable
+        return settings, [Clipping.of(settings[k].size, inside=inside[k], faulty=broken[k])
+                          for k in range(len(environments))]
 
     # ------------------------------------------------------------------------------------- simulation
     def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],
@@ -439,24 +446,38 @@ def _precompensate(target: np.ndarray, crosstalk: float, n: int, lo: float, hi: 
 
     A shifter's phase is raised by a fraction of its neighbours' settings (heat spreads in the column), which the
     profile states.  The linear system is solved for fixed whole turns of the targets (:func:`solve_crosstalk`,
-    a fixed-point iteration); a setting that lands outside the range moves its target by one turn and the system is solved again.  Wrapping inside the iteration instead
-    would change a neighbour's spill by 2 pi * crosstalk at every wrap and need not converge.  ``held``: faulty
-    shifters, set to 0 (and never counted as unmet).
+    a fixed-point iteration); a setting that lands outside the range moves its target by one turn and the system
+    is solved again.  Wrapping inside the iteration instead would change a neighbour's spill by 2 pi * crosstalk
+    at every wrap and need not converge.  ``held``: faulty shifters, set to 0 (and never counted as unmet).
     """
+    wanted, unmet = _precompensate_chips(target[None], crosstalk, n, lo, hi, None if held is None else held[None],
+                                         turns)
+    return wanted[0], unmet[0]
+
+
+def _precompensate_chips(target: np.ndarray, crosstalk: float, n: int, lo: float, hi: float,
+                         held: np.ndarray | None = None, turns: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_precompensate` of several chips that share their crosstalk and heater range (``target`` and
+    ``held`` with a leading chip axis), each as it would be alone: a chip's turns stop when its own settings are
+    in range (solving again could move its converged settings by a rounding)."""
     goal = lo + np.mod(target - lo, TWO_PI)
     if held is not None:
         goal = np.where(held, 0.0, goal)
     h = goal.copy()
     if not crosstalk:
         return h, np.zeros(h.shape, dtype=bool)
+    todo = np.arange(len(h))
     for _ in range(turns):
-        h = solve_crosstalk(goal, crosstalk, lambda x: _spill(x, n), start=h, held=held)
-        below, above = h < lo, h > hi
-        if held is not None:
-            below, above = below & ~held, above & ~held
-        if not (below.any() or above.any()):
+        kept = None if held is None else held[todo]
+        h[todo] = solve_crosstalk(goal[todo], crosstalk, lambda x: _spill(x, n), start=h[todo], held=kept)
+        below, above = h[todo] < lo, h[todo] > hi
+        if kept is not None:
+            below, above = below & ~kept, above & ~kept
+        moved = (below | above).reshape(len(todo), -1).any(axis=1)
+        if not moved.any():
             break
-        goal = goal + TWO_PI * (below.astype(float) - above.astype(float))
+        goal[todo[moved]] += TWO_PI * (below[moved].astype(float) - above[moved].astype(float))
+        todo = todo[moved]
     outside = (h < lo) | (h > hi)
     if held is not None:
         outside &= ~held
