@@ -313,7 +313,7 @@ def test_batches_of_chips_mapped_on_several_threads_are_the_one_threads(monkeypa
     flags[[5, 60]] = 1
     chips[1] = _with_faults(chips[1], flags)              # one batch runs the faulty chip's longer fit and refit
     W, controls = _layer(shape=(10, 32))
-    monkeypatch.setattr(mzi, "MAP_CHIPS_PER_BATCH", 1)
+    monkeypatch.setattr(mzi, "MAP_BATCH_BYTES", 1)                  # one chip a batch
     args = (W, controls, [c.calibration for c in chips], [c.environment for c in chips], chips[0].shape,
             MZI.metadata())
     previous = torch.get_num_threads()

@@ -80,13 +80,13 @@ PLAIN_FIT_ITERATIONS = 80
 MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
 MESHES_PER_PASS = 256
-#: Chips whose blocks are fitted together: enough to amortise torch's per-call cost; the batches run side by side
-#: on torch's threads.  On one thread 32 and 64 cost the same (8 or 16 were slower); on two, a batch of 64 holds
-#: the interpreter lock (dispatching torch's ops) for less of its time: 25.7 -> 23.6 ms a chip at 512 chips
-#: (128: no faster).
-MAP_CHIPS_PER_BATCH = 64
+#: Memory a batch of chips fitted together may hold (about three phases^2 matrices of float32 a block: J, J J^T,
+#: the metric): 512 blocks of a 16-mode mesh.  Enough to amortise torch's per-call cost, which on two threads is
+#: also time holding the interpreter lock (dispatching ops): batches of 64 chips of the benchmark's 32 x 64 layer
+#: mapped 512 chips in 23.6 ms a chip where 32 took 25.7 (128: no faster); larger meshes fit fewer blocks at once.
+MAP_BATCH_BYTES = 12 * 512 * 256 ** 2
 #: Memory the batches mapped side by side may hold together (a large layer's batch alone may exceed it: then one
-#: batch at a time, as before threads).
+#: batch at a time).
 MAP_THREADS_BYTES = 2 * 2 ** 30
 #: Precision of the fit (the residual is always computed in float64).
 FIT_DTYPE = "float32"
@@ -262,7 +262,7 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         Every block of every chip is its own least-squares problem, solved together (:func:`batched_lbfgs`,
         ``FIT_ITERATIONS`` steps at most, ``PADDED_FIT_ITERATIONS`` for a layer with padded blocks and
         ``FAULTY_FIT_ITERATIONS`` for a chip with faulty shifters,
-        :data:`MAP_CHIPS_PER_BATCH` chips at a time, as many batches at once as torch has threads, each on one
+        in batches of chips of at most :data:`MAP_BATCH_BYTES`, as many at once as torch has threads, each on one
         intra-op thread (:func:`each_on_one_thread`)); what the fit leaves is in
         the residual.  Shifters whose crosstalk-compensated setting falls outside the heater range count as
         clipped.  Shifters a calibration flags ``faulty`` ignore their setting: they are programmed at 0, held at
@@ -277,10 +277,11 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         blocks = _blocks(weight.astype(np.float64), n)
         mask = _blocks(np.ones(weight.shape), n) > 0
         start = controls.astype(np.float64)
-        parts = [slice(k, k + MAP_CHIPS_PER_BATCH) for k in range(0, len(calibrations), MAP_CHIPS_PER_BATCH)]
-        # a batch's fit holds about three phases^2 matrices of float32 per block (J, J J^T, the metric)
-        batch_bytes = 12 * MAP_CHIPS_PER_BATCH * blocks.shape[0] * blocks.shape[1] * phase_count(n) ** 2
-        threads = max(1, min(torch.get_num_threads(), MAP_THREADS_BYTES // batch_bytes))
+        chip_bytes = 12 * blocks.shape[0] * blocks.shape[1] * phase_count(n) ** 2
+        # batches as large as MAP_BATCH_BYTES allows, but one for each thread at least (a small fleet)
+        size = max(1, min(MAP_BATCH_BYTES // chip_bytes, -(-len(calibrations) // torch.get_num_threads())))
+        parts = [slice(k, k + size) for k in range(0, len(calibrations), size)]
+        threads = max(1, min(torch.get_num_threads(), MAP_THREADS_BYTES // (size * chip_bytes)))
         mapped = each_on_one_thread(lambda part: self._map_chips(blocks, mask, start, calibrations[part],
                                                                  environments[part], n), parts, threads)
         return [m for batch in mapped for m in batch]
