@@ -11,8 +11,8 @@ from pnndeploy.formats.process_spec import load_process
 from pnndeploy.platforms import get_platform, mzi
 from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.mesh import mesh_unitary, mzi_count
-from pnndeploy.platforms.mesh_jacobian import SPD_LEAF, gauss_newton_metric, loss_and_gradient, real_jacobian, \
-    spd_inverse
+from pnndeploy.platforms.mesh_jacobian import PAIR_PRODUCT_MODES, SPD_LEAF, gauss_newton_metric, \
+    loss_and_gradient, real_jacobian, spd_inverse
 from pnndeploy.simulation.fabrication import generate_chip
 
 from test_platform_mzi import MZI_PROFILES, _layer
@@ -42,7 +42,7 @@ def test_real_jacobian_is_the_finite_difference_of_the_mesh(n: int) -> None:
     torch.testing.assert_close(J, numeric, atol=1e-8, rtol=0)
 
 
-@pytest.mark.parametrize("n", [2, 3, 7, 16])
+@pytest.mark.parametrize("n", [2, 3, 7, 16, PAIR_PRODUCT_MODES + 1])
 def test_loss_and_gradient_by_hand_are_autograds(n: int) -> None:
     """The hand-written sweep gives the fit's loss ||mask (Re U - target)||^2 and autograd's gradient of it, for a
     mask with holes (padded rows and columns are such masks)."""
@@ -58,14 +58,16 @@ def test_loss_and_gradient_by_hand_are_autograds(n: int) -> None:
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
 
 
-def test_loss_and_gradient_of_a_mesh_do_not_depend_on_its_batch() -> None:
+@pytest.mark.parametrize("n", [16, PAIR_PRODUCT_MODES, PAIR_PRODUCT_MODES + 40])
+def test_loss_and_gradient_of_a_mesh_do_not_depend_on_its_batch(n: int) -> None:
     """float32, as the fit runs: one mesh alone or among others, the same bits (the fleet determinism test's
-    premise)."""
-    n = 16
-    phases, ratios = (v.float() for v in _random_meshes(n, 7, seed=5))
-    target, mask = 0.3 * torch.randn(7, n, n), torch.ones(7, n, n)
+    premise), on both sides of the backward sweep's PAIR_PRODUCT_MODES (matrix products of row pairs below it,
+    elementwise sweeps above: matrix products that large went through BLAS and rounded by batch)."""
+    count = 7 if n < 100 else 3
+    phases, ratios = (v.float() for v in _random_meshes(n, count, seed=5))
+    target, mask = 0.3 * torch.randn(count, n, n), torch.ones(count, n, n)
     loss, grad = loss_and_gradient(phases, n, ratios, target, mask)
-    for k in (0, 3, 6):
+    for k in sorted({0, count // 2, count - 1}):
         one_loss, one = loss_and_gradient(phases[k:k + 1], n, ratios[k:k + 1], target[k:k + 1], mask[k:k + 1])
         assert torch.equal(one_loss, loss[k:k + 1]) and torch.equal(one, grad[k:k + 1])
 

@@ -90,6 +90,10 @@ def _partial_products(entries: tuple[Any, Any, Any, Any], psi: Any, n: int) -> t
 #: mesh) stay below the allocator's reuse threshold (larger arrays are fresh pages from the kernel every time: a
 #: batch of 256 at once spent a third of the metric in page faults).
 METRIC_MESHES_PER_PASS = 16
+#: The largest mesh whose backward sweep takes its row pairs' 2 x 2 products as matrix products: torch loops over
+#: products of fewer than 400 multiply-adds itself (2 x 2 x n here), mesh by mesh; above, BLAS may round a mesh
+#: differently in another batch (the elementwise sweep does not).
+PAIR_PRODUCT_MODES = 64
 #: The order below which :func:`spd_inverse` inverts through a Cholesky factor (LAPACK) rather than by halves.
 SPD_LEAF = 64
 
@@ -100,8 +104,6 @@ def gauss_newton_metric(phases: Any, n: int, ratios: Any, weight: Any, free: Any
     the inverse Hessian of the loss ||weight (Re U - target)||^2 in the Gauss-Newton approximation, damped so a
     nearly singular direction takes a bounded step.  ``free`` (B, n^2) bool: a fixed phase gets no step.  Formed
     :data:`METRIC_MESHES_PER_PASS` meshes at a time (a mesh's metric does not depend on the others)."""
-    import torch
-
     B, P = phases.shape
     out = phases.new_empty((B, P, P))
     for k in range(0, B, METRIC_MESHES_PER_PASS):
@@ -229,7 +231,32 @@ def _forward(t: tuple[Any, Any, Any, Any], n: int) -> Any:
 
 def _backward(t: tuple[Any, Any, Any, Any], prefix: Any, Z: Any, n: int) -> list[Any]:
     """K00, K01, K10, K11 of every MZI (each (B, M)): K = Z_c P_c^T on its rows, with Z_{N-1} = S G and
-    Z_{c-1} = C_c^T Z_c (rows p, p + 1 of C_c^T Z: t00 Z_p + t10 Z_{p+1}, t01 Z_p + t11 Z_{p+1})."""
+    Z_{c-1} = C_c^T Z_c (rows p, p + 1 of C_c^T Z: t00 Z_p + t10 Z_{p+1}, t01 Z_p + t11 Z_{p+1}).
+
+    Up to :data:`PAIR_PRODUCT_MODES` modes each column is two products of 2 x 2 (or 2 x n) blocks over its row
+    pairs, a handful of torch's ops where elementwise products and sums take 28 (on two threads each op's
+    dispatch holds the interpreter lock): torch computes products this small mesh by mesh in its own loop, so a
+    mesh's bits do not depend on the batch.  Larger products go to BLAS, whose rounding can depend on the batch."""
+    import torch
+
+    if n > PAIR_PRODUCT_MODES:
+        return _backward_elementwise(t, prefix, Z, n)
+    t00, t01, t10, t11 = t
+    B, M = t00.shape
+    K = t00.new_empty((B, M, 2, 2))
+    Z = Z.clone()
+    transposed = torch.stack((torch.stack((t00, t10), -1), torch.stack((t01, t11), -1)), -2)     # T^T
+    for c, (lo, sl) in reversed(list(enumerate(_columns(n)))):
+        k = sl.stop - sl.start
+        pairs = Z[:, lo:lo + 2 * k].view(B, k, 2, n)
+        torch.matmul(pairs, prefix[:, c, lo:lo + 2 * k].view(B, k, 2, n).transpose(-1, -2), out=K[:, sl])
+        if c:
+            pairs.copy_(transposed[:, sl] @ pairs)
+    return [K[..., 0, 0], K[..., 0, 1], K[..., 1, 0], K[..., 1, 1]]
+
+
+def _backward_elementwise(t: tuple[Any, Any, Any, Any], prefix: Any, Z: Any, n: int) -> list[Any]:
+    """:func:`_backward` by elementwise products and row sums (any mesh size)."""
     t00, t01, t10, t11 = t
     K = [t00.new_empty(t00.shape) for _ in range(4)]
     Z = Z.clone()
