@@ -212,20 +212,29 @@ def _columns(n: int) -> tuple[tuple[int, slice], ...]:
 
 
 def _forward(t: tuple[Any, Any, Any, Any], n: int) -> Any:
-    """P_c = C_{c-1} ... C_0 for c = 0 .. N (B, N + 1, n, n): column c mixes rows (p, p + 1) of its MZIs."""
+    """P_c = C_{c-1} ... C_0 for c = 0 .. N (B, N + 1, n, n): column c mixes rows (p, p + 1) of its MZIs.
+
+    Written for few Python calls per column (each holds the interpreter lock while it dispatches, which two
+    mapping threads share): the entries are split by column once, sums land in place, empty copies are skipped."""
     import torch
 
-    t00, t01, t10, t11 = t
-    B = t00.shape[0]
-    prefix = t00.new_empty((B, n + 1, n, n))
-    prefix[:, 0] = torch.eye(n, dtype=t00.dtype)
-    for c, (lo, sl) in enumerate(_columns(n)):
-        U, out = prefix[:, c], prefix[:, c + 1]
+    B = t[0].shape[0]
+    prefix = t[0].new_empty((B, n + 1, n, n))
+    prefix[:, 0] = torch.eye(n, dtype=t[0].dtype)
+    slabs = prefix.unbind(1)
+    columns = _columns(n)
+    sizes = [sl.stop - sl.start for _, sl in columns]
+    entries = zip(*(torch.split(v[:, :, None], sizes, dim=1) for v in t))
+    for c, ((lo, sl), (t00, t01, t10, t11)) in enumerate(zip(columns, entries)):
+        U, out = slabs[c], slabs[c + 1]
         hi = lo + 2 * (sl.stop - sl.start)
         a, b = U[:, lo:hi:2], U[:, lo + 1:hi:2]
-        out[:, lo:hi:2] = t00[:, sl, None] * a + t01[:, sl, None] * b
-        out[:, lo + 1:hi:2] = t10[:, sl, None] * a + t11[:, sl, None] * b
-        out[:, :lo], out[:, hi:] = U[:, :lo], U[:, hi:]
+        torch.add(t00 * a, t01 * b, out=out[:, lo:hi:2])
+        torch.add(t10 * a, t11 * b, out=out[:, lo + 1:hi:2])
+        if lo:
+            out[:, :lo] = U[:, :lo]
+        if hi < n:
+            out[:, hi:] = U[:, hi:]
     return prefix
 
 
