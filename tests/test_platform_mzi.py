@@ -304,6 +304,22 @@ def test_a_fleet_mapped_at_once_is_each_chip_mapped_alone_whatever_the_batch() -
     assert not np.allclose(fleet[0].settings, fleet[1].settings)           # the chips differ
 
 
+def test_mapping_batches_are_sized_by_memory() -> None:
+    """Batches of chips: 512 blocks of a 16-mode mesh (its metric is most of a batch's memory), more chips of a
+    layer of fewer blocks, one chip of a huge layer; a mesh fitted without a metric (above 32 modes) counts what
+    its fit holds instead (not a metric it never forms); a small fleet still gives every thread a batch."""
+    from pnndeploy.platforms.mzi import _map_batches
+
+    assert _map_batches(512, 8, 16, 2) == (64, 2)                 # the benchmark's 32 x 64 layer
+    assert _map_batches(512, 2, 16, 2) == (256, 2)                # its 10 x 32 layer
+    assert _map_batches(512, 256, 16, 2) == (2, 2)                # a 256 x 256 layer
+    assert _map_batches(10, 8, 16, 2) == (5, 2)                   # a small fleet: both threads
+    assert _map_batches(3, 8, 16, 1) == (3, 1)
+    assert _map_batches(512, 10 ** 6, 16, 4) == (1, 1)            # a batch alone above MAP_THREADS_BYTES
+    size, threads = _map_batches(512, 1, 64, 2)                   # a 64-mode mesh, no metric: many blocks a batch
+    assert size >= 32 and threads == 2
+
+
 def test_batches_of_chips_mapped_on_several_threads_are_the_one_threads(monkeypatch) -> None:
     """With torch on two threads the batches of chips are mapped side by side (one Python thread each): every
     chip's settings, residual and clipping are those of the mapping on one thread, bit for bit, and torch keeps

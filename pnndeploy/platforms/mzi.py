@@ -80,8 +80,8 @@ PLAIN_FIT_ITERATIONS = 80
 MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
 MESHES_PER_PASS = 256
-#: Memory a batch of chips fitted together may hold (about three phases^2 matrices of float32 a block: J, J J^T,
-#: the metric): 512 blocks of a 16-mode mesh.  Enough to amortise torch's per-call cost, which on two threads is
+#: Memory a batch of chips fitted together may hold (:func:`_map_batches` estimates a block's: three phases^2
+#: matrices of float32 where a metric is formed): 512 blocks of a 16-mode mesh.  Enough to amortise torch's per-call cost, which on two threads is
 #: also time holding the interpreter lock (dispatching ops): batches of 64 chips of the benchmark's 32 x 64 layer
 #: mapped 512 chips in 23.6 ms a chip where 32 took 25.7 (128: no faster); larger meshes fit fewer blocks at once.
 MAP_BATCH_BYTES = 12 * 512 * 256 ** 2
@@ -277,11 +277,9 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         blocks = _blocks(weight.astype(np.float64), n)
         mask = _blocks(np.ones(weight.shape), n) > 0
         start = controls.astype(np.float64)
-        chip_bytes = 12 * blocks.shape[0] * blocks.shape[1] * phase_count(n) ** 2
-        # batches as large as MAP_BATCH_BYTES allows, but one for each thread at least (a small fleet)
-        size = max(1, min(MAP_BATCH_BYTES // chip_bytes, -(-len(calibrations) // torch.get_num_threads())))
+        size, threads = _map_batches(len(calibrations), blocks.shape[0] * blocks.shape[1], n,
+                                     torch.get_num_threads())
         parts = [slice(k, k + size) for k in range(0, len(calibrations), size)]
-        threads = max(1, min(torch.get_num_threads(), MAP_THREADS_BYTES // (size * chip_bytes)))
         mapped = each_on_one_thread(lambda part: self._map_chips(blocks, mask, start, calibrations[part],
                                                                  environments[part], n), parts, threads)
         return [m for batch in mapped for m in batch]
@@ -393,6 +391,20 @@ class MZIPlatform(MeshDevices, LinearPlatform):
                 U = mesh_unitary(phases[part], n, ratios[part], aligned=True)    # (chips, to, ti, n, n)
                 W[part] = U.real.permute(0, 1, 3, 2, 4).reshape(-1, to * n, ti * n)[:, :out_f, :in_f]
         return W
+
+
+def _map_batches(chips: int, blocks_per_chip: int, n: int, threads: int) -> tuple[int, int]:
+    """(chips a batch, batches at once) for mapping ``chips`` chips: batches as large as :data:`MAP_BATCH_BYTES`
+    allows (a chip at least), but one for each thread at least where the fleet is small, and only as many at once
+    as :data:`MAP_THREADS_BYTES` allows."""
+    P = phase_count(n)
+    if P <= METRIC_MAX_PHASES:          # J, J J^T and the metric, phases^2 float32 each
+        block_bytes = 12 * P * P
+    else:                               # the sweep's partial products (complex64) and the L-BFGS history
+        block_bytes = 8 * (n + 1) * n * n + 100 * P
+    chip_bytes = block_bytes * blocks_per_chip
+    size = max(1, min(MAP_BATCH_BYTES // chip_bytes, -(-chips // threads)))
+    return size, max(1, min(threads, MAP_THREADS_BYTES // (size * chip_bytes)))
 
 
 def _decompose_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
