@@ -127,6 +127,27 @@ def test_metric_of_a_16_mode_mesh_holds_fixed_phases_exactly() -> None:
     assert float(error.max()) < 1e-3
 
 
+def test_metric_of_a_mesh_does_not_depend_on_its_batch_or_on_shared_arguments() -> None:
+    """More meshes than one pass of the metric: each mesh's metric is the same bits alone; a weight, ratios or
+    free mask given once (leading size 1) serves every mesh of every pass."""
+    from pnndeploy.platforms.mesh_jacobian import METRIC_MESHES_PER_PASS
+
+    n, count = 4, METRIC_MESHES_PER_PASS + 5
+    phases, ratios = (v.float() for v in _random_meshes(n, count, seed=6))
+    weight = torch.ones(count, n, n)
+    weight[:, 3] = 0.0
+    free = torch.ones(count, n * n, dtype=torch.bool)
+    free[:, 2] = False
+    metric = gauss_newton_metric(phases, n, ratios, weight, free, damping=1e-2)
+    for k in (0, METRIC_MESHES_PER_PASS + 3):
+        alone = gauss_newton_metric(phases[k:k + 1], n, ratios[k:k + 1], weight[k:k + 1], free[k:k + 1], 1e-2)
+        assert torch.equal(alone[0], metric[k])
+    shared = gauss_newton_metric(phases, n, ratios[:1].expand(count, -1, -1).clone(), weight[:1], free[:1], 1e-2)
+    each = gauss_newton_metric(phases, n, ratios[:1].expand(count, -1, -1).clone(), weight, free, 1e-2)
+    assert torch.equal(shared, each)
+    assert torch.equal(gauss_newton_metric(phases, n, ratios[:1], weight, free, 1e-2), each)
+
+
 def _quadratics(seed: int, size: int, ridge: float):
     """Three random convex quadratics 0.5 x^T Q x - b^T x (Q, b) and their batched_lbfgs objective."""
     g = torch.Generator().manual_seed(seed)

@@ -247,6 +247,17 @@ def test_chips_programmed_together_get_the_settings_each_gets_alone() -> None:
         alone, (clipping,) = MZI._program(realised[k:k + 1], offsets[k:k + 1], faulty[k:k + 1], crosstalk[k:k + 1],
                                           environments[k:k + 1], n)
         assert np.array_equal(alone[0].view(np.int64), together[k].view(np.int64)) and clipping == clippings[k]
+    # before quantisation too (the DAC's grid would hide a last bit): chips of one crosstalk and range, solved
+    # together and alone, including chips whose turns end at different rounds
+    from pnndeploy.platforms.mzi import _precompensate_chips
+
+    broken = np.broadcast_to(faulty[:, None, None, :], realised.shape)
+    wanted, unmet = _precompensate_chips(realised - offsets[:, None, None, :], 0.01, n, 0.0, TWO_PI, broken)
+    for k in range(chips):
+        one, one_unmet = _precompensate_chips(realised[k:k + 1] - offsets[k:k + 1, None, None, :], 0.01, n, 0.0,
+                                              TWO_PI, broken[k:k + 1])
+        assert np.array_equal(one[0].view(np.int64), wanted[k].view(np.int64))
+        assert np.array_equal(one_unmet[0], unmet[k])
 
 
 def test_corrected_phases_make_an_imperfect_mesh_realise_the_ideal_one() -> None:
@@ -318,6 +329,29 @@ def test_mapping_batches_are_sized_by_memory() -> None:
     assert _map_batches(512, 10 ** 6, 16, 4) == (1, 1)            # a batch alone above MAP_THREADS_BYTES
     size, threads = _map_batches(512, 1, 64, 2)                   # a 64-mode mesh, no metric: many blocks a batch
     assert size >= 32 and threads == 2
+
+
+def test_a_chips_mapping_does_not_depend_on_its_batch(monkeypatch) -> None:
+    """Batch sizes now follow the fleet and the threads: a chip mapped in a batch of all, or alone, or in
+    another order gets the same settings, residual and clipping, bit for bit (a faulty chip included)."""
+    chips = _pool(4)
+    flags = np.zeros(chips[2].calibration["phase_offset"].shape, dtype=np.uint8)
+    flags[[3, 40]] = 1
+    chips[2] = _with_faults(chips[2], flags)
+    W, controls = _layer(shape=(10, 32))
+
+    def mapped(pool):
+        return MZI.map_fleet_layer(W, controls, [c.calibration for c in pool], [c.environment for c in pool],
+                                   pool[0].shape, MZI.metadata())
+
+    together = mapped(chips)
+    reversed_ = mapped(chips[::-1])[::-1]
+    monkeypatch.setattr(mzi, "MAP_BATCH_BYTES", 1)                  # one chip a batch
+    alone = mapped(chips)
+    for a, b, c in zip(together, reversed_, alone):
+        for other in (b, c):
+            assert np.array_equal(a.settings.view(np.int64), other.settings.view(np.int64))
+            assert a.residual == other.residual and a.clipping == other.clipping
 
 
 def test_batches_of_chips_mapped_on_several_threads_are_the_one_threads(monkeypatch) -> None:

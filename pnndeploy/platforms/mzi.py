@@ -69,7 +69,8 @@ FAULTY_FIT_ITERATIONS = 80
 #: with 20 (as before) or 40, one or two chips of 16 kept more residual than before; with 80, none.
 REFIT_ITERATIONS = 80
 #: Damping of the Gauss-Newton metric the fit starts from (J^T J + damping I; J's entries are O(1)): 1e-3 let
-#: some blocks step too far (a worse residual on a fifth of the chips), 1e-1 slows every block.
+#: some blocks step too far (a worse residual on a fifth of the chips), 1e-1 slows every block.  (Lower damping
+#: also costs the metric's float32 inverse accuracy: mesh_jacobian.spd_inverse_by_halves.)
 GN_DAMPING = 1e-2
 #: The largest mesh (in phases) fitted from a Gauss-Newton metric: the metric is phases^2 floats per block (4 MiB
 #: at 32 modes, 16 GiB at 256), and its factorisation phases^3; a larger mesh is fitted as before, from the
@@ -80,11 +81,11 @@ PLAIN_FIT_ITERATIONS = 80
 MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
 MESHES_PER_PASS = 256
-#: Memory a batch of chips fitted together may hold (:func:`_map_batches` estimates a block's: three phases^2
-#: matrices of float32 where a metric is formed): 512 blocks of a 16-mode mesh.  Enough to amortise torch's per-call cost, which on two threads is
-#: also time holding the interpreter lock (dispatching ops): batches of 64 chips of the benchmark's 32 x 64 layer
-#: mapped 512 chips in 23.6 ms a chip where 32 took 25.7 (128: no faster); larger meshes fit fewer blocks at once.
-MAP_BATCH_BYTES = 12 * 512 * 256 ** 2
+#: Memory a batch of chips fitted together may hold (:func:`_map_batches` estimates a block's): 512 blocks of a
+#: 16-mode mesh.  Enough to amortise torch's per-call cost, which on two threads is also time holding the
+#: interpreter lock (dispatching ops): batches of 64 chips of the benchmark's 32 x 64 layer mapped 512 chips in
+#: 23.6 ms a chip where 32 took 25.7 (128: no faster); larger meshes fit fewer blocks at once.
+MAP_BATCH_BYTES = 8 * 512 * 256 ** 2
 #: Memory the batches mapped side by side may hold together (a large layer's batch alone may exceed it: then one
 #: batch at a time).
 MAP_THREADS_BYTES = 2 * 2 ** 30
@@ -398,8 +399,8 @@ def _map_batches(chips: int, blocks_per_chip: int, n: int, threads: int) -> tupl
     allows (a chip at least), but one for each thread at least where the fleet is small, and only as many at once
     as :data:`MAP_THREADS_BYTES` allows."""
     P = phase_count(n)
-    if P <= METRIC_MAX_PHASES:          # J, J J^T and the metric, phases^2 float32 each
-        block_bytes = 12 * P * P
+    if P <= METRIC_MAX_PHASES:          # the metric and its rows' copy once some blocks stop, phases^2 float32
+        block_bytes = 8 * P * P         # each (J and J J^T are formed a few meshes at a time)
     else:                               # the sweep's partial products (complex64) and the L-BFGS history
         block_bytes = 8 * (n + 1) * n * n + 100 * P
     chip_bytes = block_bytes * blocks_per_chip
