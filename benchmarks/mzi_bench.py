@@ -8,8 +8,8 @@ on the first ``--legacy-chips`` chips, as it ran before (one chip at a time, all
 ``torch.optim.LBFGS`` with a strong-Wolfe line search, 120 iterations: kept here as the reference), in this one
 process, with both residuals on the same chips.  The batched mapping runs its batches of chips on as many threads
 as torch has (``threads`` in its rows: ``OMP_NUM_THREADS=1`` for the one-thread figure), the reference on one.
-The Ray lot is generated, mapped and evaluated inside the Ray tasks (the driver never holds its profiles).  Run nothing else meanwhile; the figures are the best of
-``--repeats`` where repeated.
+The Ray lot is generated, mapped and evaluated inside the Ray tasks (the driver never holds its profiles).  Run
+nothing else meanwhile; the figures are the best of ``--repeats`` where repeated.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 
+#: Memory the pieces run side by side may hold together, whatever the cores (a piece's own size is its caller's
+#: estimate): a large piece alone may exceed it, and then runs alone.
+PIECES_BYTES = 2 * 2 ** 30
+
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
@@ -40,6 +44,12 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def threads_within_memory(threads: int, piece_bytes: int) -> int:
+    """How many of ``threads`` may run pieces of ``piece_bytes`` side by side within :data:`PIECES_BYTES` (one at
+    least)."""
+    return max(1, min(threads, PIECES_BYTES // max(1, piece_bytes)))
 
 
 def each_on_one_thread(work: Callable[[T], Any], pieces: Sequence[T], threads: int) -> list[Any]:

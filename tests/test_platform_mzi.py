@@ -326,7 +326,7 @@ def test_mapping_batches_are_sized_by_memory() -> None:
     assert _map_batches(512, 256, 16, 2) == (2, 2)                # a 256 x 256 layer
     assert _map_batches(10, 8, 16, 2) == (5, 2)                   # a small fleet: both threads
     assert _map_batches(3, 8, 16, 1) == (3, 1)
-    assert _map_batches(512, 10 ** 6, 16, 4) == (1, 1)            # a batch alone above MAP_THREADS_BYTES
+    assert _map_batches(512, 10 ** 6, 16, 4) == (1, 1)            # a batch alone above PIECES_BYTES
     size, threads = _map_batches(512, 1, 64, 2)                   # a 64-mode mesh, no metric: many blocks a batch
     assert size >= 32 and threads == 2
 

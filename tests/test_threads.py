@@ -149,3 +149,13 @@ def test_a_forked_child_runs_pieces_on_a_pool_of_its_own() -> None:
         child.kill()
     assert not alive and child.exitcode == 0
     assert queue.get(timeout=5) == [2, 3, 4]
+
+
+def test_pieces_side_by_side_stay_within_memory() -> None:
+    """As many threads as PIECES_BYTES holds pieces of the given size, one at least (a huge piece runs alone)."""
+    from pnndeploy.threads import PIECES_BYTES, threads_within_memory
+
+    assert threads_within_memory(8, PIECES_BYTES // 3) == 3
+    assert threads_within_memory(2, PIECES_BYTES // 3) == 2
+    assert threads_within_memory(8, 2 * PIECES_BYTES) == 1
+    assert threads_within_memory(1, 1) == 1

@@ -50,7 +50,7 @@ from pnndeploy.platforms.imaging import resample
 from pnndeploy.platforms.mesh import TWO_PI
 from pnndeploy.platforms.optics import angular_spectrum, intensity
 from pnndeploy.platforms.options import PlatformOption
-from pnndeploy.threads import each_on_one_thread, one_thread
+from pnndeploy.threads import each_on_one_thread, one_thread, threads_within_memory
 
 #: Masks of a setup (the paper's two).
 MASKS = 2
@@ -318,8 +318,8 @@ class D2NNPlatform(PhaseControls, Platform):
         """One setup at a time, in sample chunks, each on one intra-op thread: a chip's outputs do not depend on the
         chips beside it or on the threads (a thread split would send some pixels of a complex product or a sine
         through a scalar path that rounds otherwise), and a 128 x 128 setup's fields stay within memory.  The
-        setups are spread over the compute's threads (:func:`each_on_one_thread`), one setup a piece, as many at once as
-        :data:`FLEET_THREADS_BYTES` holds."""
+        setups are spread over the compute's threads (:func:`each_on_one_thread`), one setup a piece, as many at
+        once as :func:`threads_within_memory` allows for :data:`SETUP_BYTES` each."""
         import torch
 
         index = range(state["static"].shape[0])[chips]
@@ -339,7 +339,7 @@ class D2NNPlatform(PhaseControls, Platform):
             return torch.cat([self._outputs(masks, x[k:k + chunk], state["shape"])
                               for k in range(0, x.shape[0], chunk)]).T
 
-        threads = min(torch.get_num_threads(), FLEET_THREADS_BYTES // SETUP_BYTES) if h.device.type == "cpu" else 1
+        threads = threads_within_memory(torch.get_num_threads(), SETUP_BYTES) if h.device.type == "cpu" else 1
         outs = each_on_one_thread(one_setup, list(range(len(index))), threads)
         y = torch.stack(outs)                                                       # (chips, out, samples)
         if noise is not None:
@@ -405,10 +405,9 @@ FIT_ITERATIONS = 100
 #: Samples x grid^2 per propagation in fleet evaluation: a chunk's padded fields (samples x 4 grid^2 complex64)
 #: stay near 32 MiB each whatever the grid (256 samples at 64 x 64, 4 at 512 x 512).
 CHUNK_PIXELS = 1 << 20
-#: What one setup's evaluation holds at once (a few of its chunk's padded fields, each ~32 MiB), and the memory the
-#: setups evaluated side by side on the compute's threads may hold together: at most 16 at once, whatever the cores.
+#: What one setup's evaluation holds at once (a few of its chunk's padded fields, each ~32 MiB): within
+#: :data:`pnndeploy.threads.PIECES_BYTES`, at most 16 setups side by side, whatever the cores.
 SETUP_BYTES = 4 * 4 * CHUNK_PIXELS * 8
-FLEET_THREADS_BYTES = 2 * 2 ** 30
 
 
 def misaligned(mask: Any, rotation_deg: Any, shift_x: Any, shift_y: Any) -> Any:

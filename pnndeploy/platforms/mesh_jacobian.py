@@ -160,8 +160,8 @@ def spd_inverse_by_halves(A11: Any, A12: Any, A22: Any, out: Any = None) -> Any:
     and its inverse, but as batched matrix products: a batch of 256 x 256 metrics in about 0.6 of LAPACK's time
     (and its lower left block need not be formed).  Less accurate than the Cholesky inverse (an explicit A11^-1
     feeds S): in float32 at the fit's damping (1e-2) within about 1e-3 of the exact metric on 16- and 32-mode
-    meshes (Cholesky: 4e-5), at 1e-3 about 1e-2 to 1e-1; ample for an L-BFGS preconditioner, not for a solve.  ``out``: where to write it (a new tensor by
-    default; written quarter by quarter, no copy of the whole)."""
+    meshes (Cholesky: 4e-5), at 1e-3 about 1e-2 to 1e-1; ample for an L-BFGS preconditioner, not for a solve.
+    ``out``: where to write it (a new tensor by default; written quarter by quarter, no copy of the whole)."""
     import torch
 
     h = A11.shape[-1]

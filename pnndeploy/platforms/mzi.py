@@ -51,7 +51,7 @@ from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_grad
 from pnndeploy.platforms.options import PlatformOption
 from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, mzi_count, \
     phase_count, unitary_with_real_part
-from pnndeploy.threads import each_on_one_thread, one_thread
+from pnndeploy.threads import each_on_one_thread, one_thread, threads_within_memory
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem):
 #: from a Gauss-Newton metric, 12 leave less residual than 80 from the identity did (benchmarks/mzi_bench.py).
@@ -86,9 +86,6 @@ MESHES_PER_PASS = 256
 #: interpreter lock (dispatching ops): batches of 64 chips of the benchmark's 32 x 64 layer mapped 512 chips in
 #: 23.6 ms a chip where 32 took 25.7 (128: no faster); larger meshes fit fewer blocks at once.
 MAP_BATCH_BYTES = 8 * 512 * 256 ** 2
-#: Memory the batches mapped side by side may hold together (a large layer's batch alone may exceed it: then one
-#: batch at a time).
-MAP_THREADS_BYTES = 2 * 2 ** 30
 #: Precision of the fit (the residual is always computed in float64).
 FIT_DTYPE = "float32"
 #: The largest mesh an option or a model file may ask for (a 256-mode mesh has 65,536 phases).
@@ -397,7 +394,7 @@ class MZIPlatform(MeshDevices, LinearPlatform):
 def _map_batches(chips: int, blocks_per_chip: int, n: int, threads: int) -> tuple[int, int]:
     """(chips a batch, batches at once) for mapping ``chips`` chips: batches as large as :data:`MAP_BATCH_BYTES`
     allows (a chip at least), but one for each thread at least where the fleet is small, and only as many at once
-    as :data:`MAP_THREADS_BYTES` allows."""
+    as :func:`threads_within_memory` allows."""
     P = phase_count(n)
     if P <= METRIC_MAX_PHASES:          # the metric and its rows' copy once some blocks stop, phases^2 float32
         block_bytes = 8 * P * P         # each (J and J J^T are formed a few meshes at a time)
@@ -405,7 +402,7 @@ def _map_batches(chips: int, blocks_per_chip: int, n: int, threads: int) -> tupl
         block_bytes = 8 * (n + 1) * n * n + 100 * P
     chip_bytes = block_bytes * blocks_per_chip
     size = max(1, min(MAP_BATCH_BYTES // chip_bytes, -(-chips // threads)))
-    return size, max(1, min(threads, MAP_THREADS_BYTES // (size * chip_bytes)))
+    return size, threads_within_memory(threads, size * chip_bytes)
 
 
 def _decompose_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
