@@ -326,7 +326,8 @@ def test_mapping_batches_are_sized_by_memory() -> None:
     assert _map_batches(512, 256, 16, 2) == (2, 2)                # a 256 x 256 layer
     assert _map_batches(10, 8, 16, 2) == (5, 2)                   # a small fleet: both threads
     assert _map_batches(3, 8, 16, 1) == (3, 1)
-    assert _map_batches(512, 10 ** 6, 16, 4) == (1, 1)            # a batch alone above PIECES_BYTES
+    assert _map_batches(512, 10 ** 6, 16, 4) == (1, 4)            # a chip above a batch: fitted in pieces of a
+    #                                                               batch's size, so four at once stay in PIECES_BYTES
     size, threads = _map_batches(512, 1, 64, 2)                   # a 64-mode mesh, no metric: many blocks a batch
     assert size >= 32 and threads == 2
 
@@ -352,6 +353,39 @@ def test_a_chips_mapping_does_not_depend_on_its_batch(monkeypatch) -> None:
         for other in (b, c):
             assert np.array_equal(a.settings.view(np.int64), other.settings.view(np.int64))
             assert a.residual == other.residual and a.clipping == other.clipping
+
+
+def test_a_chip_larger_than_a_batch_is_fitted_in_pieces_of_its_blocks(monkeypatch) -> None:
+    """A chip whose layer alone holds more than a batch may (a 3072 x 512 layer on 32-mode meshes: 12 GiB of
+    metrics) is fitted a piece of its blocks at a time: no fit holds more blocks than a piece, and every block
+    gets the bits it gets when all are fitted at once (each block is its own problem), a faulty chip's too."""
+    from pnndeploy.platforms import lbfgs
+
+    chips = _pool(2)
+    flags = np.zeros(chips[1].calibration["phase_offset"].shape, dtype=np.uint8)
+    flags[[5, 60]] = 1
+    chips[1] = _with_faults(chips[1], flags)
+    W, controls = _layer(shape=(40, 48))                      # 3 x 3 blocks of a 16-mode mesh a chip
+
+    def mapped():
+        return MZI.map_fleet_layer(W, controls, [c.calibration for c in chips], [c.environment for c in chips],
+                                   chips[0].shape, MZI.metadata())
+
+    whole = mapped()
+    sizes, fit = [], lbfgs.batched_lbfgs
+
+    def spy(fun, x0, *args, **kwargs):
+        sizes.append(len(x0))
+        return fit(fun, x0, *args, **kwargs)
+
+    monkeypatch.setattr(mzi, "batched_lbfgs", spy)
+    monkeypatch.setattr(mzi, "MAP_BATCH_BYTES", 4 * mzi._block_bytes(16))       # a piece: 4 blocks
+    assert mzi._map_batches(2, 9, 16, 1) == (1, 1)
+    pieces = mapped()
+    assert sizes and max(sizes) == 4 and sum(sizes) > 2 * 9      # pieces of 4 blocks (and the faulty chip's refit)
+    for a, b in zip(whole, pieces):
+        assert np.array_equal(a.settings.view(np.int64), b.settings.view(np.int64))
+        assert a.residual == b.residual and a.clipping == b.clipping
 
 
 def test_batches_of_chips_mapped_on_several_threads_are_the_one_threads(monkeypatch) -> None:

@@ -84,7 +84,8 @@ MESHES_PER_PASS = 256
 #: Memory a batch of chips fitted together may hold (:func:`_map_batches` estimates a block's): 512 blocks of a
 #: 16-mode mesh.  Enough to amortise torch's per-call cost, which on two threads is also time holding the
 #: interpreter lock (dispatching ops): batches of 64 chips of the benchmark's 32 x 64 layer mapped 512 chips in
-#: 23.6 ms a chip where 32 took 25.7 (128: no faster); larger meshes fit fewer blocks at once.
+#: 23.6 ms a chip where 32 took 25.7 (128: no faster); larger meshes fit fewer blocks at once, and a chip whose
+#: layer alone holds more (a 3072 x 512 layer on 32-mode meshes: 12 GiB) is fitted in pieces of its blocks.
 MAP_BATCH_BYTES = 8 * 512 * 256 ** 2
 #: Precision of the fit (the residual is always computed in float64).
 FIT_DTYPE = "float32"
@@ -260,8 +261,8 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         Every block of every chip is its own least-squares problem, solved together (:func:`batched_lbfgs`,
         ``FIT_ITERATIONS`` steps at most, ``PADDED_FIT_ITERATIONS`` for a layer with padded blocks and
         ``FAULTY_FIT_ITERATIONS`` for a chip with faulty shifters,
-        in batches of chips of at most :data:`MAP_BATCH_BYTES`, as many at once as torch has threads, each on one
-        intra-op thread (:func:`each_on_one_thread`)); what the fit leaves is in
+        in batches of chips of at most :data:`MAP_BATCH_BYTES` (a larger chip in pieces of its blocks), as many at
+        once as torch has threads, each on one intra-op thread (:func:`each_on_one_thread`)); what the fit leaves is in
         the residual.  Shifters whose crosstalk-compensated setting falls outside the heater range count as
         clipped.  Shifters a calibration flags ``faulty`` ignore their setting: they are programmed at 0, held at
         what they then realise (offset + the neighbours' spill) and the others are fitted around them.
@@ -395,14 +396,23 @@ def _map_batches(chips: int, blocks_per_chip: int, n: int, threads: int) -> tupl
     """(chips a batch, batches at once) for mapping ``chips`` chips: batches as large as :data:`MAP_BATCH_BYTES`
     allows (a chip at least), but one for each thread at least where the fleet is small, and only as many at once
     as :func:`threads_within_memory` allows."""
+    chip_bytes = _block_bytes(n) * blocks_per_chip
+    size = max(1, min(MAP_BATCH_BYTES // chip_bytes, -(-chips // threads)))
+    # a chip above the limit is fitted in pieces of blocks (:func:`_fit_phases`): a piece is what a batch holds
+    return size, threads_within_memory(threads, min(size * chip_bytes, _piece_blocks(n) * _block_bytes(n)))
+
+
+def _block_bytes(n: int) -> int:
+    """Memory the fit of one block of an ``n``-mode mesh holds, bytes (what :data:`MAP_BATCH_BYTES` counts)."""
     P = phase_count(n)
     if P <= METRIC_MAX_PHASES:          # the metric and its rows' copy once some blocks stop, phases^2 float32
-        block_bytes = 8 * P * P         # each (J and J J^T are formed a few meshes at a time)
-    else:                               # the sweep's partial products (complex64) and the L-BFGS history
-        block_bytes = 8 * (n + 1) * n * n + 100 * P
-    chip_bytes = block_bytes * blocks_per_chip
-    size = max(1, min(MAP_BATCH_BYTES // chip_bytes, -(-chips // threads)))
-    return size, threads_within_memory(threads, size * chip_bytes)
+        return 8 * P * P                # each (J and J J^T are formed a few meshes at a time)
+    return 8 * (n + 1) * n * n + 100 * P    # the sweep's partial products (complex64) and the L-BFGS history
+
+
+def _piece_blocks(n: int) -> int:
+    """Blocks fitted together at most (a piece of a batch): :data:`MAP_BATCH_BYTES` of them, one at least."""
+    return max(1, MAP_BATCH_BYTES // _block_bytes(n))
 
 
 def _decompose_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -555,17 +565,30 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
     weight = torch.from_numpy(np.broadcast_to(mask, (chips, *mask.shape)).reshape(-1, n, n).astype(np.float32)).to(dtype)
     r = torch.from_numpy(np.repeat(np.asarray(ratios, np.float64), to * ti, axis=0)).to(dtype)
 
-    def fun(x: Any, rows: Any) -> tuple[Any, Any]:
-        return loss_and_gradient(x, n, r[rows], target[rows], weight[rows])
-
     with one_thread():
         free = None if not fixed.any() else torch.from_numpy(~fixed.reshape(-1, P))
         x = torch.from_numpy(np.ascontiguousarray(x0)).to(dtype)
-        metric = gauss_newton_metric(x, n, r, weight, free, GN_DAMPING) if P <= METRIC_MAX_PHASES else None
-        if iterations is None and metric is None:
+        metric = P <= METRIC_MAX_PHASES
+        if iterations is None and not metric:
             iterations = PLAIN_FIT_ITERATIONS
         elif iterations is None:       # per block: those of a chip with faulty shifters have further to go
             most = FIT_ITERATIONS if mask.all() else PADDED_FIT_ITERATIONS
             iterations = most if free is None else torch.where(free.all(-1), most, FAULTY_FIT_ITERATIONS)
-        x = batched_lbfgs(fun, x, free, iterations, metric=metric)
+        step = _piece_blocks(n)         # every block is its own problem: pieces give each block the same bits
+        for first in range(0, len(x), step):
+            part = slice(first, first + step)
+            x[part] = _fit_piece(x[part], n, r[part], target[part], weight[part],
+                                 None if free is None else free[part],
+                                 iterations[part] if isinstance(iterations, torch.Tensor) else iterations, metric)
     return x.double().numpy().reshape(chips, to, ti, P)
+
+
+def _fit_piece(x: Any, n: int, ratios: Any, target: Any, weight: Any, free: Any, iterations: Any,
+               metric: bool) -> Any:
+    """:func:`_fit_phases` for a piece of its blocks (torch, one row each), from a Gauss-Newton ``metric`` or
+    from the identity."""
+    def fun(x: Any, rows: Any) -> tuple[Any, Any]:
+        return loss_and_gradient(x, n, ratios[rows], target[rows], weight[rows])
+
+    start = gauss_newton_metric(x, n, ratios, weight, free, GN_DAMPING) if metric else None
+    return batched_lbfgs(fun, x, free, iterations, metric=start)
