@@ -388,6 +388,37 @@ def test_a_chip_larger_than_a_batch_is_fitted_in_pieces_of_its_blocks(monkeypatc
         assert a.residual == b.residual and a.clipping == b.clipping
 
 
+def test_fleet_passes_cover_every_block_once_within_a_pass() -> None:
+    """A fleet's meshes are realised a pass at a time: whole chips a pass, or rows of a large chip's blocks; every
+    block of every chip in exactly one pass, no pass above its size unless one row of blocks is larger."""
+    from pnndeploy.platforms.mzi import _passes
+
+    for chips, to, ti, per_pass in ((7, 2, 4, 256), (7, 2, 4, 8), (3, 5, 3, 7), (2, 4, 6, 4), (5, 1, 1, 1)):
+        seen = np.zeros((chips, to, ti), dtype=int)
+        for part, rows in _passes(chips, to, ti, per_pass):
+            seen[part, rows] += 1
+            held = len(range(*part.indices(chips))) * len(range(*rows.indices(to))) * ti
+            assert held <= max(per_pass, ti)
+        assert (seen == 1).all()
+
+
+@pytest.mark.parametrize("per_pass", [1, 3, 4, 9, 256])
+def test_a_fleets_weights_are_the_same_bits_whatever_its_passes(monkeypatch, per_pass: int) -> None:
+    """Realising a fleet's meshes in passes of any size (whole chips, rows of a chip's blocks, one mesh) gives
+    every weight the bits of one pass of everything (each mesh aligned, one thread), at a drift and a shift."""
+    chips = _pool(3)
+    shape = (40, 48)                                        # 3 x 3 blocks of a 16-mode mesh a chip
+    rng = np.random.default_rng(5)
+    settings = [rng.uniform(0, 2 * np.pi, MZI.control_shape(shape)) for _ in chips]
+    state = MZI.fleet_layer(shape, settings, chips, chips[0].shape)
+    conditions = ChipState(torch.tensor([0.3, -0.7, 1.1]), torch.full((3, 256), 0.01))
+    monkeypatch.setattr(mzi, "meshes_per_pass", lambda n: 10 ** 6)
+    whole = MZI._realise(state, slice(0, 3), conditions)
+    monkeypatch.setattr(mzi, "meshes_per_pass", lambda n: per_pass)
+    parts = MZI._realise(state, slice(0, 3), conditions)
+    assert torch.equal(whole, parts) and whole.shape == (3, *shape)
+
+
 def test_batches_of_chips_mapped_on_several_threads_are_the_one_threads(monkeypatch) -> None:
     """With torch on two threads the batches of chips are mapped side by side (one Python thread each): every
     chip's settings, residual and clipping are those of the mapping on one thread, bit for bit, and torch keeps

@@ -19,6 +19,7 @@ from pnndeploy.errors import ConfigError, ModelFileError, ProfileError
 from pnndeploy.formats.onnx_io import load_model
 from pnndeploy.formats.process_spec import check_process, load_process, process_platform
 from pnndeploy.platforms import get_platform, platform_for
+from pnndeploy.platforms.base import ChipState
 from pnndeploy.platforms.mesh import TWO_PI, mesh_layout, mesh_unitary, mzi_count, phase_count
 from pnndeploy.platforms.mzi import MZIPlatform
 from pnndeploy.platforms.mzi_intensity import MZIIntensityPlatform
@@ -148,6 +149,26 @@ def test_a_lossless_mesh_conserves_power(ideal: bool) -> None:
     ports = np.abs(x @ U.T) ** 2
     np.testing.assert_allclose(ports.sum(1), (x ** 2).sum(1), rtol=1e-12)
     assert len(mesh_layout(n)[0]) == mzi_count(n)
+
+
+def test_a_fleets_read_out_is_the_same_bits_whatever_its_passes(monkeypatch) -> None:
+    """The fleet realises its meshes a pass at a time (:func:`~pnndeploy.platforms.mesh.meshes_per_pass`): every
+    chip's port powers are the bits of one pass of all chips, whatever the pass size."""
+    import pnndeploy.platforms.mzi_intensity as module
+
+    platform = intensity_mesh(6)
+    process = load_process(INTENSITY6)
+    chips = [generate_chip(process, f"chipP{k}", seed=3) for k in range(5)]
+    rng = np.random.default_rng(2)
+    settings = [rng.uniform(0, 2 * np.pi, platform.control_shape((3, 4))) for _ in chips]
+    state = platform.fleet_layer((3, 4), settings, chips, chips[0].shape)
+    x = torch.from_numpy(rng.random((4, 7))).float()
+    conditions = ChipState(torch.tensor(0.4))
+    outputs = []
+    for per_pass in (10 ** 6, 2, 1):
+        monkeypatch.setattr(module, "meshes_per_pass", lambda n, per_pass=per_pass: per_pass)
+        outputs.append(platform.fleet_forward(state, slice(0, 5), x, conditions))
+    assert all(torch.equal(outputs[0], other) for other in outputs[1:]) and outputs[0].shape == (5, 3, 7)
 
 
 def test_the_onnx_layer_is_the_nominal_read_out_in_onnxruntime() -> None:

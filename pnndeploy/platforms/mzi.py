@@ -49,8 +49,8 @@ from pnndeploy.platforms.faults import faulty_flags
 from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient
 from pnndeploy.platforms.options import PlatformOption
-from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, mzi_count, \
-    phase_count, unitary_with_real_part
+from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, \
+    meshes_per_pass, mzi_count, phase_count, unitary_with_real_part
 from pnndeploy.threads import each_on_one_thread, one_thread, threads_within_memory
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem):
@@ -79,8 +79,6 @@ METRIC_MAX_PHASES = 32 * 32
 PLAIN_FIT_ITERATIONS = 80
 #: Bytes of realised weights a fleet keeps per layer for reuse under the same drift (a model of L layers: L times).
 MAX_CACHED_BYTES = 256 * 2 ** 20
-#: Meshes realised in one pass of the fleet's column products (about 256 x 2 KB of complex64 per buffer).
-MESHES_PER_PASS = 256
 #: Memory a batch of chips fitted together may hold (:func:`_map_batches` estimates a block's): 512 blocks of a
 #: 16-mode mesh.  Enough to amortise torch's per-call cost, which on two threads is also time holding the
 #: interpreter lock (dispatching ops): batches of 64 chips of the benchmark's 32 x 64 layer mapped 512 chips in
@@ -379,17 +377,29 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         ratios = state["ratios"][chips]
         chips_n, to, ti = phases.shape[:3]
         W = phases.new_empty((chips_n, out_f, in_f))
-        step = max(1, MESHES_PER_PASS // (to * ti))      # a pass's buffers stay in cache: twice as fast as one pass
 
         # one intra-op thread: a chip's mesh the same bits in any batch (see mesh_unitary).  Not spread over the
         # compute's threads (threads.each_on_one_thread): right after the fleet's matmuls torch's OpenMP workers
-        # spin on the other cores, and passes run beside them were slower on two cores (64 chips 10.7 -> 13.9 ms)
+        # spin on the other cores, and passes run beside them were slower on two cores (64 chips 10.7 -> 13.9 ms;
+        # realising alone, without matmuls between, no faster either: 512 chips 69.6 -> 73.2 ms)
         with one_thread():
-            for first in range(0, chips_n, step):
-                part = slice(first, first + step)
-                U = mesh_unitary(phases[part], n, ratios[part], aligned=True)    # (chips, to, ti, n, n)
-                W[part] = U.real.permute(0, 1, 3, 2, 4).reshape(-1, to * n, ti * n)[:, :out_f, :in_f]
+            for part, rows in _passes(chips_n, to, ti, meshes_per_pass(n)):
+                U = mesh_unitary(phases[part, rows], n, ratios[part], aligned=True)    # (chips, rows, ti, n, n)
+                top = rows.start * n
+                block = U.real.permute(0, 1, 3, 2, 4).reshape(U.shape[0], -1, ti * n)
+                W[part, top:top + block.shape[1]] = block[:, :out_f - top, :in_f]
         return W
+
+
+def _passes(chips: int, to: int, ti: int, per_pass: int) -> list[tuple[slice, slice]]:
+    """(chips, block rows) of each pass of a fleet's meshes (``to`` x ``ti`` blocks a chip), ``per_pass`` meshes
+    at most: whole chips a pass, or for a chip of more blocks than a pass holds, rows of its blocks at a time (a
+    row at least).  A pass's buffers then stay in cache: twice as fast as realising a batch in one pass."""
+    if to * ti <= per_pass:
+        step = per_pass // (to * ti)
+        return [(slice(c, c + step), slice(0, to)) for c in range(0, chips, step)]
+    rows = max(1, per_pass // ti)
+    return [(slice(c, c + 1), slice(r, r + rows)) for c in range(chips) for r in range(0, to, rows)]
 
 
 def _map_batches(chips: int, blocks_per_chip: int, n: int, threads: int) -> tuple[int, int]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from pnndeploy.errors import ConfigError, ModelFileError
 from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, Platform, quantise, stacked
-from pnndeploy.platforms.mesh import mesh_unitary, phase_count
+from pnndeploy.platforms.mesh import mesh_unitary, meshes_per_pass, phase_count
 from pnndeploy.platforms.mzi import MeshDevices, _precompensate, _spill
 from pnndeploy.platforms.optics import onnx_intensity_of_linear
 from pnndeploy.threads import one_thread
@@ -121,8 +121,10 @@ class MZIIntensityPlatform(MeshDevices, Platform):
         phases = state["static"][chips] + state["drift"][chips] * conditions.temperature(1)
         if conditions.control_shift is not None:
             phases = phases + conditions.control_shift
+        ratios, step = state["ratios"][chips], meshes_per_pass(self.modes)     # passes that stay in cache
         with one_thread():          # a chip's mesh the same bits in any batch (see mesh_unitary)
-            U = self._fields(phases, in_f, state["ratios"][chips], aligned=True)         # (chips, N, in)
+            U = torch.cat([self._fields(phases[c:c + step], in_f, ratios[c:c + step], aligned=True)
+                           for c in range(0, len(phases), step)])                          # (chips, N, in)
         h = h.expand(U.shape[0], *h.shape) if h.dim() == 2 else h
         # the real inputs' field as two real GEMMs per chip (a chip's bits then do not depend on its batch)
         ports = torch.bmm(U.real.contiguous(), h) ** 2 + torch.bmm(U.imag.contiguous(), h) ** 2   # (chips, N, S)
