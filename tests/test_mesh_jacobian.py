@@ -109,6 +109,40 @@ def test_spd_inverse_of_a_matrix_does_not_depend_on_its_batch() -> None:
         assert torch.equal(spd_inverse(A[k:k + 1])[0], together[k])
 
 
+@pytest.mark.parametrize("size, where", [(5, "leaf"), (100, "first half"), (100, "Schur complement")])
+def test_a_matrix_that_is_not_positive_definite_gets_nan_not_a_partial_inverse(size: int, where: str) -> None:
+    """A failed Cholesky factor (a metric not positive definite in float32) gives that matrix NaN throughout,
+    through the halves too; the others of the batch keep their bits."""
+    g = torch.Generator().manual_seed(size)
+    R = torch.randn(3, size, size, generator=g)
+    A = R @ R.transpose(1, 2) + 0.1 * torch.eye(size)
+    bad = A.clone()
+    if where == "Schur complement":                   # A11 fine, S = A22 - A12^T A11^-1 A12 indefinite
+        bad[1, size - 1, size - 1] = -50.0
+    else:
+        bad[1, 0, 0] = -50.0
+    inverse = spd_inverse(bad)
+    assert torch.isnan(inverse[1]).all()
+    for k in (0, 2):
+        assert torch.equal(inverse[k], spd_inverse(A)[k])
+
+
+def test_a_problem_without_a_metric_still_descends() -> None:
+    """A problem whose metric is NaN (spd_inverse could not form it) steps by steepest descent instead of stopping
+    at its start; the others run as they run without it."""
+    Q, b, fun = _quadratics(seed=4, size=5, ridge=0.5)
+    x0 = torch.zeros(3, 5, dtype=torch.float64)
+    metric = torch.linalg.inv(Q)
+    broken = metric.clone()
+    broken[1] = float("nan")
+    x = batched_lbfgs(fun, x0, iterations=20, metric=broken)
+    good = batched_lbfgs(fun, x0, iterations=20, metric=metric)
+    assert torch.equal(x[0], good[0]) and torch.equal(x[2], good[2])
+    losses = fun(torch.cat([x0[1:2], x[1:2]]), torch.tensor([1, 1]))[0]
+    assert torch.isfinite(x[1]).all() and losses[1] < losses[0] - 0.5 * abs(float(losses[0]) - float(
+        fun(torch.linalg.solve(Q[1], b[1])[None], torch.tensor([1]))[0]))
+
+
 def test_metric_of_a_16_mode_mesh_holds_fixed_phases_exactly() -> None:
     """At 16 modes (256 phases) the metric is inverted by halves: a fixed phase still gets exactly no step, and the
     float32 metric is the float64 one to the precision its conditioning allows."""

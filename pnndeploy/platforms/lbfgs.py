@@ -79,7 +79,7 @@ def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any
         gA = g[a]
         d = two_loop(gA, S[a], Y[a], rho[a], gamma[a], None if metric is None else metric[a])
         gd = (gA * d).sum(-1)
-        uphill = gd >= 0
+        uphill = ~(gd < 0)                      # NaN too: a metric that could not be formed (spd_inverse)
         if bool(uphill.any()):                  # a stale history: fall back to steepest descent for those
             d[uphill] = -gA[uphill] * gamma[a][uphill, None]
             gd = (gA * d).sum(-1)

@@ -140,13 +140,18 @@ def _metric(phases: Any, n: int, ratios: Any, weight: Any, free: Any, damping: f
 
 def spd_inverse(A: Any) -> Any:
     """Inverses of symmetric positive definite matrices (B, n, n): a Cholesky factor's (LAPACK) up to order
-    :data:`SPD_LEAF`, :func:`spd_inverse_by_halves` above it."""
+    :data:`SPD_LEAF`, :func:`spd_inverse_by_halves` above it.  A matrix that is not positive definite in its
+    precision (the factorisation fails) gets NaN throughout, never an inverse of its partial factor: the NaN
+    carries through the halves to the whole inverse, and the fit then steps by steepest descent there."""
     import torch
 
     n = A.shape[-1]
     if n <= SPD_LEAF:
-        factor, _ = torch.linalg.cholesky_ex(A)
-        return torch.cholesky_inverse(factor)
+        factor, info = torch.linalg.cholesky_ex(A)
+        inverse = torch.cholesky_inverse(factor)
+        if bool(info.any()):
+            inverse[info != 0] = float("nan")
+        return inverse
     h = n // 2
     return spd_inverse_by_halves(A[:, :h, :h], A[:, :h, h:], A[:, h:, h:])
 
