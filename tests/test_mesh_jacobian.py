@@ -127,20 +127,19 @@ def test_a_matrix_that_is_not_positive_definite_gets_nan_not_a_partial_inverse(s
         assert torch.equal(inverse[k], spd_inverse(A)[k])
 
 
-def test_a_problem_without_a_metric_still_descends() -> None:
-    """A problem whose metric is NaN (spd_inverse could not form it) steps by steepest descent instead of stopping
-    at its start; the others run as they run without it."""
+def test_a_problem_whose_metric_could_not_be_formed_runs_as_plain_lbfgs() -> None:
+    """A problem whose metric is NaN (spd_inverse could not form it) starts from gamma I, as without a metric: its
+    result is plain L-BFGS's, bit for bit, not its start; the others run as they run without it."""
     Q, b, fun = _quadratics(seed=4, size=5, ridge=0.5)
     x0 = torch.zeros(3, 5, dtype=torch.float64)
     metric = torch.linalg.inv(Q)
     broken = metric.clone()
     broken[1] = float("nan")
     x = batched_lbfgs(fun, x0, iterations=20, metric=broken)
-    good = batched_lbfgs(fun, x0, iterations=20, metric=metric)
-    assert torch.equal(x[0], good[0]) and torch.equal(x[2], good[2])
-    losses = fun(torch.cat([x0[1:2], x[1:2]]), torch.tensor([1, 1]))[0]
-    assert torch.isfinite(x[1]).all() and losses[1] < losses[0] - 0.5 * abs(float(losses[0]) - float(
-        fun(torch.linalg.solve(Q[1], b[1])[None], torch.tensor([1]))[0]))
+    assert torch.equal(x[0], batched_lbfgs(fun, x0, iterations=20, metric=metric)[0])
+    assert torch.equal(x[2], batched_lbfgs(fun, x0, iterations=20, metric=metric)[2])
+    assert torch.equal(x[1], batched_lbfgs(fun, x0, iterations=20)[1])
+    torch.testing.assert_close(x[1], torch.linalg.solve(Q[1], b[1]), atol=1e-6, rtol=0)
 
 
 def test_metric_of_a_16_mode_mesh_holds_fixed_phases_exactly() -> None:

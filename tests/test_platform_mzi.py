@@ -326,8 +326,8 @@ def test_mapping_batches_are_sized_by_memory() -> None:
     assert _map_batches(512, 256, 16, 2) == (2, 2)                # a 256 x 256 layer
     assert _map_batches(10, 8, 16, 2) == (5, 2)                   # a small fleet: both threads
     assert _map_batches(3, 8, 16, 1) == (3, 1)
-    assert _map_batches(512, 10 ** 6, 16, 4) == (1, 4)            # a chip above a batch: fitted in pieces of a
-    #                                                               batch's size, so four at once stay in PIECES_BYTES
+    assert _map_batches(512, 1536, 32, 4) == (1, 4)               # a chip above a batch (12 GiB of metrics): fitted
+    #                                                               in pieces, four chips' pieces within PIECES_BYTES
     size, threads = _map_batches(512, 1, 64, 2)                   # a 64-mode mesh, no metric: many blocks a batch
     assert size >= 32 and threads == 2
 
@@ -402,12 +402,13 @@ def test_fleet_passes_cover_every_block_once_within_a_pass() -> None:
         assert (seen == 1).all()
 
 
-@pytest.mark.parametrize("per_pass", [1, 3, 4, 9, 256])
-def test_a_fleets_weights_are_the_same_bits_whatever_its_passes(monkeypatch, per_pass: int) -> None:
-    """Realising a fleet's meshes in passes of any size (whole chips, rows of a chip's blocks, one mesh) gives
-    every weight the bits of one pass of everything (each mesh aligned, one thread), at a drift and a shift."""
-    chips = _pool(3)
-    shape = (40, 48)                                        # 3 x 3 blocks of a 16-mode mesh a chip
+@pytest.mark.parametrize("shape", [(40, 48), (40, 33)])
+@pytest.mark.parametrize("per_pass", [1, 3, 4, 6, 9, 256])
+def test_a_fleets_weights_are_the_same_bits_whatever_its_passes(monkeypatch, per_pass: int, shape) -> None:
+    """Realising a fleet's meshes in passes of any size (whole chips, rows of a chip's blocks, a short last group
+    of rows, one mesh) gives every weight the bits of one pass of everything (each mesh aligned, one thread), at a
+    drift and a shift; padded blocks cropped on both sides."""
+    chips = _pool(3)                                        # 3 x 3 blocks of a 16-mode mesh a chip
     rng = np.random.default_rng(5)
     settings = [rng.uniform(0, 2 * np.pi, MZI.control_shape(shape)) for _ in chips]
     state = MZI.fleet_layer(shape, settings, chips, chips[0].shape)

@@ -169,6 +169,7 @@ def test_a_fleets_read_out_is_the_same_bits_whatever_its_passes(monkeypatch) -> 
         monkeypatch.setattr(module, "meshes_per_pass", lambda n, per_pass=per_pass: per_pass)
         outputs.append(platform.fleet_forward(state, slice(0, 5), x, conditions))
     assert all(torch.equal(outputs[0], other) for other in outputs[1:]) and outputs[0].shape == (5, 3, 7)
+    assert platform.fleet_forward(state, slice(2, 2), x, conditions).shape == (0, 3, 7)       # no chips: none
 
 
 def test_the_onnx_layer_is_the_nominal_read_out_in_onnxruntime() -> None:

@@ -22,8 +22,11 @@ def two_loop(g: Any, S: Any, Y: Any, rho: Any, gamma: Any, metric: Any = None) -
     """-H g for each problem: the L-BFGS two-loop recursion over (problems, history, params) pairs, newest first.
 
     A pair with rho = 0 (curvature not positive) contributes nothing.  The initial inverse Hessian is gamma I, or
-    ``metric`` (problems, params, params) where given.
+    ``metric`` (problems, params, params) where given, except for a problem whose metric gives a non-finite step
+    (one that could not be formed): that problem starts from gamma I, as without a metric.
     """
+    import torch
+
     q = g.clone()
     alphas = []
     for k in range(S.shape[1]):
@@ -35,6 +38,9 @@ def two_loop(g: Any, S: Any, Y: Any, rho: Any, gamma: Any, metric: Any = None) -
     else:       # q^T H (H is symmetric): a row times the matrix streams H row by row, 3 to 4 times faster than
         # H q (a column product reads it across), and one problem rounds as it does in any batch
         r = (q[:, None, :] @ metric)[:, 0]
+        missing = ~torch.isfinite(r).all(-1)            # a metric that could not be formed (NaN: spd_inverse)
+        if bool(missing.any()):
+            r = torch.where(missing[:, None], gamma[:, None] * q, r)
     for k in reversed(range(S.shape[1])):
         b = rho[:, k] * (Y[:, k] * r).sum(-1)
         r += (alphas[k] - b)[:, None] * S[:, k]
@@ -79,7 +85,7 @@ def batched_lbfgs(fun: Callable[[Any, Any], tuple[Any, Any]], x0: Any, free: Any
         gA = g[a]
         d = two_loop(gA, S[a], Y[a], rho[a], gamma[a], None if metric is None else metric[a])
         gd = (gA * d).sum(-1)
-        uphill = ~(gd < 0)                      # NaN too: a metric that could not be formed (spd_inverse)
+        uphill = ~(gd < 0)                      # NaN too: a step that is not a number is not downhill
         if bool(uphill.any()):                  # a stale history: fall back to steepest descent for those
             d[uphill] = -gA[uphill] * gamma[a][uphill, None]
             gd = (gA * d).sum(-1)

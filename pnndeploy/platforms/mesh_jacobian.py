@@ -142,7 +142,8 @@ def spd_inverse(A: Any) -> Any:
     """Inverses of symmetric positive definite matrices (B, n, n): a Cholesky factor's (LAPACK) up to order
     :data:`SPD_LEAF`, :func:`spd_inverse_by_halves` above it.  A matrix that is not positive definite in its
     precision (the factorisation fails) gets NaN throughout, never an inverse of its partial factor: the NaN
-    carries through the halves to the whole inverse, and the fit then steps by steepest descent there."""
+    carries through the halves to the whole inverse, and the fit then starts that block from gamma I (plain
+    L-BFGS, :func:`~pnndeploy.platforms.lbfgs.two_loop`)."""
     import torch
 
     n = A.shape[-1]

@@ -408,7 +408,8 @@ def _map_batches(chips: int, blocks_per_chip: int, n: int, threads: int) -> tupl
     as :func:`threads_within_memory` allows."""
     chip_bytes = _block_bytes(n) * blocks_per_chip
     size = max(1, min(MAP_BATCH_BYTES // chip_bytes, -(-chips // threads)))
-    # a chip above the limit is fitted in pieces of blocks (:func:`_fit_phases`): a piece is what a batch holds
+    # a chip above the limit is fitted in pieces of blocks (:func:`_fit_phases`): a piece's metrics are what a batch
+    # holds (the chip's per-block targets, phases and settings, tens of KiB a block, are still held whole)
     return size, threads_within_memory(threads, min(size * chip_bytes, _piece_blocks(n) * _block_bytes(n)))
 
 

@@ -123,8 +123,9 @@ class MZIIntensityPlatform(MeshDevices, Platform):
             phases = phases + conditions.control_shift
         ratios, step = state["ratios"][chips], meshes_per_pass(self.modes)     # passes that stay in cache
         with one_thread():          # a chip's mesh the same bits in any batch (see mesh_unitary)
-            U = torch.cat([self._fields(phases[c:c + step], in_f, ratios[c:c + step], aligned=True)
-                           for c in range(0, len(phases), step)])                          # (chips, N, in)
+            parts = [self._fields(phases[c:c + step], in_f, ratios[c:c + step], aligned=True)
+                     for c in range(0, len(phases), step)]
+            U = torch.cat(parts) if parts else self._fields(phases, in_f, ratios, aligned=True)   # (chips, N, in)
         h = h.expand(U.shape[0], *h.shape) if h.dim() == 2 else h
         # the real inputs' field as two real GEMMs per chip (a chip's bits then do not depend on its batch)
         ports = torch.bmm(U.real.contiguous(), h) ** 2 + torch.bmm(U.imag.contiguous(), h) ** 2   # (chips, N, S)
