@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,26 +23,23 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pnndeploy.formats.process_spec import load_process  # noqa: E402
 from pnndeploy.platforms import get_platform  # noqa: E402
 from pnndeploy.platforms.base import ChipState  # noqa: E402
 from pnndeploy.simulation.fabrication import generate_chip  # noqa: E402
+from run import best_of  # noqa: E402
 
 COHERENT_SHAPE = (128, 128)
 INTENSITY_SHAPE = (10, 64)
 SAMPLES = 360
 
 
-def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    """The fastest of ``repeats`` timed calls, after one untimed (first-call costs: imports, caches)."""
+def warm_best_of(fn: Callable[[], Any], repeats: int) -> float:
+    """:func:`run.best_of` after one untimed call (first-call costs: imports, caches)."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_of(fn, repeats)
 
 
 def new_drifts() -> Callable[[], ChipState]:
@@ -60,7 +56,7 @@ def coherent_row(n: int, chips: int, repeats: int) -> dict:
     settings = np.random.default_rng(0).uniform(0, 2 * np.pi, platform.control_shape(COHERENT_SHAPE))
     state = platform.fleet_layer(COHERENT_SHAPE, [settings] * chips, [chip] * chips, chip.shape)
     drift = new_drifts()
-    seconds = best_of(lambda: platform.fleet_weights(state, slice(0, chips), drift()), repeats)
+    seconds = warm_best_of(lambda: platform.fleet_weights(state, slice(0, chips), drift()), repeats)
     meshes = chips * (COHERENT_SHAPE[0] // n) * (COHERENT_SHAPE[1] // n)
     return {"read_out": "coherent", "modes": n, "chips": chips, "layer": list(COHERENT_SHAPE), "seconds": seconds,
             "us_per_mesh": 1e6 * seconds / meshes}
@@ -73,7 +69,7 @@ def intensity_row(chips: int, repeats: int) -> dict:
     state = platform.fleet_layer(INTENSITY_SHAPE, [settings] * chips, [chip] * chips, chip.shape)
     x = torch.rand(INTENSITY_SHAPE[1], SAMPLES, generator=torch.Generator().manual_seed(0))
     drift = new_drifts()
-    seconds = best_of(lambda: platform.fleet_forward(state, slice(0, chips), x, drift()), repeats)
+    seconds = warm_best_of(lambda: platform.fleet_forward(state, slice(0, chips), x, drift()), repeats)
     return {"read_out": "intensity", "modes": 64, "chips": chips, "layer": list(INTENSITY_SHAPE), "seconds": seconds,
             "us_per_mesh": 1e6 * seconds / chips, "samples": SAMPLES}
 
