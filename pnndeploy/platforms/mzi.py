@@ -579,8 +579,8 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
     with one_thread():
         free = None if not fixed.any() else torch.from_numpy(~fixed.reshape(-1, P))
         x = torch.from_numpy(np.ascontiguousarray(x0)).to(dtype)
-        metric = P <= METRIC_MAX_PHASES
-        if iterations is None and not metric:
+        with_metric = P <= METRIC_MAX_PHASES
+        if iterations is None and not with_metric:
             iterations = PLAIN_FIT_ITERATIONS
         elif iterations is None:       # per block: those of a chip with faulty shifters have further to go
             most = FIT_ITERATIONS if mask.all() else PADDED_FIT_ITERATIONS
@@ -590,16 +590,16 @@ def _fit_phases(blocks: np.ndarray, mask: np.ndarray, start: np.ndarray, ratios:
             part = slice(first, first + step)
             x[part] = _fit_piece(x[part], n, r[part], target[part], weight[part],
                                  None if free is None else free[part],
-                                 iterations[part] if isinstance(iterations, torch.Tensor) else iterations, metric)
+                                 iterations[part] if isinstance(iterations, torch.Tensor) else iterations, with_metric)
     return x.double().numpy().reshape(chips, to, ti, P)
 
 
 def _fit_piece(x: Any, n: int, ratios: Any, target: Any, weight: Any, free: Any, iterations: Any,
-               metric: bool) -> Any:
-    """:func:`_fit_phases` for a piece of its blocks (torch, one row each), from a Gauss-Newton ``metric`` or
-    from the identity."""
+               with_metric: bool) -> Any:
+    """:func:`_fit_phases` for a piece of its blocks (torch, one row each), from a Gauss-Newton metric
+    (``with_metric``) or from the identity."""
     def fun(x: Any, rows: Any) -> tuple[Any, Any]:
         return loss_and_gradient(x, n, ratios[rows], target[rows], weight[rows])
 
-    start = gauss_newton_metric(x, n, ratios, weight, free, GN_DAMPING) if metric else None
+    start = gauss_newton_metric(x, n, ratios, weight, free, GN_DAMPING) if with_metric else None
     return batched_lbfgs(fun, x, free, iterations, metric=start)
