@@ -31,7 +31,7 @@ from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, Platform
 from pnndeploy.platforms.mesh import mesh_unitary, meshes_per_pass, phase_count
 from pnndeploy.platforms.mzi import MeshDevices, _precompensate, _spill
 from pnndeploy.platforms.optics import onnx_intensity_of_linear
-from pnndeploy.threads import one_thread
+from pnndeploy.threads import each_on_one_thread, one_thread
 
 #: The floor of the norm the intensities are divided by (torch's ``normalize``): no light gives zeros, not NaN.
 NORM_EPS = 1e-12
@@ -135,6 +135,19 @@ class MZIIntensityPlatform(MeshDevices, Platform):
         return y if gain is None else y * gain[:, None]
 
     # ---------------------------------------------------------------------------------------- mapping
+    def map_fleet_layer(self, weight: np.ndarray | None, controls: np.ndarray,
+                        calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
+                        layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                        weight_shape: tuple[int, int] | None = None) -> list[LayerMapping]:
+        """Each chip's :meth:`map_layer` (a fit of its own, seconds at 64 modes), the chips spread over torch's
+        threads (:func:`each_on_one_thread`): every chip's fit runs on one intra-op thread either way, so its
+        settings and residual are the bits it gets alone, on any number of threads."""
+        import torch
+
+        chips = list(zip(calibrations, environments))
+        return each_on_one_thread(lambda chip: self.map_layer(weight, controls, chip[0], chip[1], layout, params,
+                                                              weight_shape), chips, torch.get_num_threads())
+
     def map_layer(self, weight: np.ndarray | None, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
                   environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
                   weight_shape: tuple[int, int] | None = None) -> LayerMapping:
@@ -143,11 +156,18 @@ class MZIIntensityPlatform(MeshDevices, Platform):
 
         A port's power for real inputs is the quadratic form x^T Re(conj(u_k) u_k^T) x of its row u_k: the fit
         matches those N forms (blind, as the detectors are, to each port's phase), from the trained phases; the
-        residual is the Frobenius distance left between them."""
+        residual is the Frobenius distance left between them.  All on one intra-op thread: the residual's sum
+        over a 64-mode mesh's forms split over two threads rounded otherwise than on one."""
+        with one_thread():
+            return self._map_layer(controls, calibration, environment, layout, tuple(weight_shape))
+
+    def _map_layer(self, controls: np.ndarray, calibration: Mapping[str, np.ndarray], environment: Any,
+                   layout: tuple[int, int], weight_shape: tuple[int, int]) -> LayerMapping:
+        """:meth:`map_layer`, on the caller's threads."""
         import torch
 
         n = layout[0]
-        in_f = tuple(weight_shape)[1]
+        in_f = weight_shape[1]
         ratios = torch.from_numpy(np.asarray(calibration["splitter_ratio"], np.float64))
         start = torch.from_numpy(np.asarray(controls, np.float64))
         target = _port_forms(self._fields(start, in_f))
@@ -161,8 +181,7 @@ class MZIIntensityPlatform(MeshDevices, Platform):
             value.backward()
             return value
 
-        with one_thread():
-            optimiser.step(loss)
+        optimiser.step(loss)
         offset = calibration[self.offset_name]
         lo, hi = environment.heater_range
         wanted, unmet = _precompensate(phases.detach().numpy() - offset, float(environment.crosstalk), n, lo, hi)
