@@ -163,7 +163,7 @@ class MZIIntensityPlatform(MeshDevices, Platform):
 
     def _map_layer(self, controls: np.ndarray, calibration: Mapping[str, np.ndarray], environment: Any,
                    layout: tuple[int, int], weight_shape: tuple[int, int]) -> LayerMapping:
-        """:meth:`map_layer`, on the caller's threads."""
+        """The work of :meth:`map_layer`, which runs it on one intra-op thread."""
         import torch
 
         n = layout[0]
