@@ -172,10 +172,9 @@ def test_a_fleets_read_out_is_the_same_bits_whatever_its_passes(monkeypatch) -> 
     assert platform.fleet_forward(state, slice(2, 2), x, conditions).shape == (0, 3, 7)       # no chips: none
 
 
-def test_a_fleet_is_mapped_chip_by_chip_on_every_thread_with_each_chips_bits() -> None:
-    """map_fleet_layer spreads the chips' fits over torch's threads: each chip's settings, residual and clipping
-    are those map_layer gives it alone, bit for bit, whether torch runs on one thread or two; torch keeps the
-    caller's thread count."""
+def test_a_fleets_chips_get_their_own_mapping_on_one_thread_or_two() -> None:
+    """map_fleet_layer gives each chip the settings, residual and clipping map_layer gives it alone, bit for bit,
+    whether torch runs on one thread or two; torch keeps the caller's thread count."""
     platform = intensity_mesh(6)
     process = load_process(INTENSITY6)
     chips = [generate_chip(process, f"chipQ{k}", seed=4) for k in range(3)]
@@ -217,6 +216,26 @@ def test_a_64_mode_mapping_is_the_same_bits_on_one_thread_or_two() -> None:
     finally:
         torch.set_num_threads(previous)
     assert np.array_equal(mapped[0].settings, mapped[1].settings) and mapped[0].residual == mapped[1].residual
+
+
+@pytest.mark.parametrize("n, in_f", [(6, 4), (16, 16), (65, 7)])
+def test_the_port_losss_gradient_by_hand_is_autograds(n: int, in_f: int) -> None:
+    """The fit's loss sum_k ||form_k - target_k||^2 and its gradient in every phase, by the mesh's sweeps
+    (complex_loss_and_gradient with _port_loss), against autograd through mesh_unitary; meshes of a batch with
+    their own couplers; 65 modes takes the elementwise backward sweep."""
+    from pnndeploy.platforms.mesh_jacobian import complex_loss_and_gradient
+    from pnndeploy.platforms.mzi_intensity import _port_forms, _port_loss
+
+    g = torch.Generator().manual_seed(n)
+    phases = torch.rand(3, n * n, dtype=torch.float64, generator=g) * TWO_PI
+    ratios = 0.5 + 0.05 * torch.randn(3, mzi_count(n), 2, dtype=torch.float64, generator=g)
+    target = _port_forms(mesh_unitary(torch.rand(3, n * n, dtype=torch.float64, generator=g) * TWO_PI, n)[..., :in_f])
+    loss, grad = complex_loss_and_gradient(phases, n, ratios, lambda U: _port_loss(U, target, in_f))
+    x = phases.clone().requires_grad_(True)
+    reference = ((_port_forms(mesh_unitary(x, n, ratios)[..., :in_f]) - target) ** 2).sum((-3, -2, -1))
+    reference.sum().backward()
+    torch.testing.assert_close(loss, reference.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, x.grad, rtol=1e-9, atol=1e-10 * float(x.grad.abs().max()))
 
 
 def test_the_onnx_layer_is_the_nominal_read_out_in_onnxruntime() -> None:

@@ -20,7 +20,7 @@ Z_c = L_c^T G, each MZI's phases see only the 2 x 2 block of Z_c P_c^T on its mo
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from pnndeploy.platforms.mesh import _mzi_entries, column_diagonals, mesh_layout, mzi_count
 
@@ -193,20 +193,50 @@ def loss_and_gradient(phases: Any, n: int, ratios: Any, target: Any, weight: Any
     import torch
 
     m = mzi_count(n)
-    theta, phi, psi = phases[:, :m], phases[:, m:2 * m], phases[:, 2 * m:]
-    r1, r2 = ratios[..., 0], ratios[..., 1]
-    t = _mzi_entries(torch, theta, phi, r1, r2)
-    prefix = _forward(t, n)
-    screen = torch.complex(torch.cos(psi), torch.sin(psi))
-    V = screen[:, :, None] * prefix[:, n]
+    t, prefix, screen, V = _sweep(phases, n, ratios)
     R = weight * (V.real - target)
     loss = (R * R).sum((-2, -1))
     G = 2.0 * weight * R
     K = _backward(t, prefix, screen[:, :, None] * G, n)
     grad = torch.empty_like(phases)
     grad[:, 2 * m:] = -(G * V.imag).sum(-1)
-    _mzi_gradients(t, theta, phi, r1, r2, K, n, grad)
+    _mzi_gradients(t, phases[:, :m], phases[:, m:2 * m], ratios[..., 0], ratios[..., 1], K, n, grad)
     return loss, grad
+
+
+def complex_loss_and_gradient(phases: Any, n: int, ratios: Any,
+                              loss_of: Callable[[Any], tuple[Any, Any]]) -> tuple[Any, Any]:
+    """A loss of the whole complex U (B,) and its gradient in the phases (B, n^2), by the sweeps of
+    :func:`loss_and_gradient`: ``loss_of(U)`` gives the loss and G = dL/dRe U + i dL/dIm U (B, n, n).
+
+    dL = Re sum conj(G) dU, and dU = S dP_N (S the output screen), so the backward sweep starts from
+    Z = S conj(G) (for a loss of Re U alone, G is real and this is :func:`loss_and_gradient`'s S G); an output
+    phase psi_k turns row k by e^{i psi_k}: dL/dpsi_k = -sum_j Im(conj(G_kj) U_kj).  The loss a mesh read by
+    intensity is fitted with (:mod:`~pnndeploy.platforms.mzi_intensity`) depends on Im U too."""
+    import torch
+
+    m = mzi_count(n)
+    t, prefix, screen, V = _sweep(phases, n, ratios)
+    loss, G = loss_of(V)
+    G = G.conj()
+    K = _backward(t, prefix, screen[:, :, None] * G, n)
+    grad = torch.empty_like(phases)
+    grad[:, 2 * m:] = -(G * V).imag.sum(-1)
+    _mzi_gradients(t, phases[:, :m], phases[:, m:2 * m], ratios[..., 0], ratios[..., 1], K, n, grad)
+    return loss, grad
+
+
+def _sweep(phases: Any, n: int, ratios: Any) -> tuple[tuple[Any, Any, Any, Any], Any, Any, Any]:
+    """The forward sweep of the gradients: (the MZIs' entries, the partial products P_0 .. P_N, the output
+    screen e^{i psi}, U = S P_N) of meshes at ``phases`` (B, n^2) with splitting ratios (B, M, 2)."""
+    import torch
+
+    m = mzi_count(n)
+    t = _mzi_entries(torch, phases[:, :m], phases[:, m:2 * m], ratios[..., 0], ratios[..., 1])
+    prefix = _forward(t, n)
+    psi = phases[:, 2 * m:]
+    screen = torch.complex(torch.cos(psi), torch.sin(psi))
+    return t, prefix, screen, screen[:, :, None] * prefix[:, n]
 
 
 @lru_cache(maxsize=None)
