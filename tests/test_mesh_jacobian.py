@@ -72,6 +72,31 @@ def test_loss_and_gradient_of_a_mesh_do_not_depend_on_its_batch(n: int) -> None:
         assert torch.equal(one_loss, loss[k:k + 1]) and torch.equal(one, grad[k:k + 1])
 
 
+@pytest.mark.parametrize("n", [3, 8, 65])
+def test_the_gradient_of_a_loss_of_the_complex_unitary_is_autograds(n: int) -> None:
+    """complex_loss_and_gradient for a loss of Re U and Im U unevenly (sum A Re U + B Im U + C Re U (Im U)^2, so
+    that the output phases' gradients matter, which a port-power loss leaves at zero), meshes with their own
+    couplers, against autograd through mesh_unitary; 65 modes takes the elementwise backward sweep."""
+    from pnndeploy.platforms.mesh_jacobian import complex_loss_and_gradient
+
+    g = torch.Generator().manual_seed(n)
+    A, B, C = (torch.randn(3, n, n, dtype=torch.float64, generator=g) for _ in range(3))
+    phases = torch.rand(3, n * n, dtype=torch.float64, generator=g) * 2 * np.pi
+    ratios = 0.5 + 0.08 * torch.randn(3, mzi_count(n), 2, dtype=torch.float64, generator=g)
+
+    def loss(U):
+        return (A * U.real + B * U.imag + C * U.real * U.imag ** 2).sum((-2, -1))
+
+    value, grad = complex_loss_and_gradient(phases, n, ratios, lambda U: (
+        loss(U), torch.complex(A + C * U.imag ** 2, B + 2 * C * U.real * U.imag)))
+    x = phases.clone().requires_grad_(True)
+    reference = loss(mesh_unitary(x, n, ratios))
+    reference.sum().backward()
+    torch.testing.assert_close(value, reference.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, x.grad, rtol=1e-9, atol=1e-10 * float(x.grad.abs().max()))
+    assert float(x.grad[:, -n:].abs().max()) > 1e-3                 # the output phases' gradients are tested
+
+
 def test_metric_is_the_damped_gauss_newton_inverse_and_holds_fixed_phases() -> None:
     n = 4
     phases, ratios = _random_meshes(n, 2, seed=1)

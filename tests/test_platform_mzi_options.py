@@ -172,34 +172,6 @@ def test_a_fleets_read_out_is_the_same_bits_whatever_its_passes(monkeypatch) -> 
     assert platform.fleet_forward(state, slice(2, 2), x, conditions).shape == (0, 3, 7)       # no chips: none
 
 
-def test_a_fleets_chips_get_their_own_mapping_on_one_thread_or_two() -> None:
-    """map_fleet_layer gives each chip the settings, residual and clipping map_layer gives it alone, bit for bit,
-    whether torch runs on one thread or two; torch keeps the caller's thread count."""
-    platform = intensity_mesh(6)
-    process = load_process(INTENSITY6)
-    chips = [generate_chip(process, f"chipQ{k}", seed=4) for k in range(3)]
-    controls = np.random.default_rng(1).uniform(0, 2 * np.pi, platform.control_shape((3, 4)))
-    args = (None, controls, [c.calibration for c in chips], [c.environment for c in chips], chips[0].shape,
-            platform.metadata(), (3, 4))
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        fleet = platform.map_fleet_layer(*args)
-        assert torch.get_num_threads() == 2
-        alone_two = [platform.map_layer(None, controls, c.calibration, c.environment, c.shape, platform.metadata(),
-                                        (3, 4)) for c in chips]
-        torch.set_num_threads(1)
-        alone_one = [platform.map_layer(None, controls, c.calibration, c.environment, c.shape, platform.metadata(),
-                                        (3, 4)) for c in chips]
-    finally:
-        torch.set_num_threads(previous)
-    for mapped, two, one in zip(fleet, alone_two, alone_one):
-        for other in (two, one):
-            assert np.array_equal(mapped.settings, other.settings) and mapped.residual == other.residual
-            assert mapped.clipping == other.clipping
-    assert not np.array_equal(fleet[0].settings, fleet[1].settings)          # the chips differ
-
-
 def test_a_64_mode_mapping_is_the_same_bits_on_one_thread_or_two() -> None:
     """The residual of a 64-mode mesh's mapping sums 64 x 64 x 64 port forms: split over two threads that sum
     rounded otherwise (seen: 0.11982067278614034 against ...32); the whole mapping now runs on one intra-op

@@ -1,5 +1,6 @@
-"""Derivatives of a mesh's real part in its phases, in closed form, for the mapping fit: the Jacobian (a
-Gauss-Newton metric) and the fit loss's gradient (a forward and a backward sweep instead of autograd).
+"""Derivatives of a mesh's unitary in its phases, in closed form, for the mapping fits: the Jacobian of its real
+part (a Gauss-Newton metric) and the fit loss's gradient (a forward and a backward sweep instead of autograd), for
+a loss of Re U (the coherent mesh) or of the complex U (the mesh read by intensity).
 
 Fitting a block's phases through a chip's mesh is a nearly square, ill-conditioned least-squares problem: a
 first-order method with a scalar initial Hessian (plain L-BFGS) needs many iterations.  Its Gauss-Newton metric
@@ -280,7 +281,8 @@ def _forward(t: tuple[Any, Any, Any, Any], n: int) -> Any:
 
 
 def _backward(t: tuple[Any, Any, Any, Any], prefix: Any, Z: Any, n: int) -> list[Any]:
-    """K00, K01, K10, K11 of every MZI (each (B, M)): K = Z_c P_c^T on its rows, with Z_{N-1} = S G and
+    """K00, K01, K10, K11 of every MZI (each (B, M)): K = Z_c P_c^T on its rows, with Z_{N-1} = S G (S conj(G)
+    for a loss of the complex U, :func:`complex_loss_and_gradient`) and
     Z_{c-1} = C_c^T Z_c (rows p, p + 1 of C_c^T Z: t00 Z_p + t10 Z_{p+1}, t01 Z_p + t11 Z_{p+1}).
 
     Up to :data:`PAIR_PRODUCT_MODES` modes each column is two products of 2 x 2 (or 2 x n) blocks over its row

@@ -168,7 +168,7 @@ class MZIIntensityPlatform(MeshDevices, Platform):
         optimiser = torch.optim.LBFGS([phases], max_iter=FIT_ITERATIONS, tolerance_grad=1e-10,
                                       tolerance_change=1e-14, history_size=20, line_search_fn="strong_wolfe")
 
-        def loss() -> Any:        # the gradient by hand (:func:`_port_loss`), 2.3x faster than autograd at 64 modes
+        def loss() -> Any:        # the gradient by hand (:func:`_port_loss`), 2x faster than autograd at 64 modes
             with torch.no_grad():
                 value, grad = complex_loss_and_gradient(phases.detach()[None], n, ratios[None],
                                                         partial(_port_loss, target=target, in_f=in_f))
@@ -201,7 +201,9 @@ def _port_forms(U: Any) -> Any:
 def _port_loss(U: Any, target: Any, in_f: int) -> tuple[Any, Any]:
     """sum_k ||form_k - target_k||^2 of meshes U (B, N, N) driven on their first ``in_f`` inputs, and its
     gradient G = dL/dRe U + i dL/dIm U (:func:`~pnndeploy.platforms.mesh_jacobian.complex_loss_and_gradient`):
-    with R_k = form_k - target_k (symmetric), dL/dRe u_k = 4 R_k Re u_k and dL/dIm u_k = 4 R_k Im u_k."""
+    with R_k = form_k - target_k (symmetric), dL/dRe u_k = 4 R_k Re u_k and dL/dIm u_k = 4 R_k Im u_k.  Used one
+    mesh at a time: its products' bits may depend on the meshes computed with it (a batched fit would need that
+    made batch-independent first, as :func:`~pnndeploy.platforms.mesh_jacobian.loss_and_gradient` is)."""
     import torch
 
     V = U[..., :in_f]
