@@ -191,18 +191,11 @@ def loss_and_gradient(phases: Any, n: int, ratios: Any, target: Any, weight: Any
     Re U) taking every MZI's 2 x 2 block K of Z_c P_c^T on the way.  Each column works on the pairs of rows its
     MZIs mix (strided views: no gathers), and like :func:`mesh_unitary` a mesh's bits do not depend on the batch:
     row products and sums over whole rows, per-MZI arithmetic in reals."""
-    import torch
-
-    m = mzi_count(n)
     t, prefix, screen, V = _sweep(phases, n, ratios)
     R = weight * (V.real - target)
     loss = (R * R).sum((-2, -1))
     G = 2.0 * weight * R
-    K = _backward(t, prefix, screen[:, :, None] * G, n)
-    grad = torch.empty_like(phases)
-    grad[:, 2 * m:] = -(G * V.imag).sum(-1)
-    _mzi_gradients(t, phases[:, :m], phases[:, m:2 * m], ratios[..., 0], ratios[..., 1], K, n, grad)
-    return loss, grad
+    return loss, _phase_gradient(phases, n, ratios, t, prefix, screen[:, :, None] * G, -(G * V.imag).sum(-1))
 
 
 def complex_loss_and_gradient(phases: Any, n: int, ratios: Any,
@@ -214,17 +207,24 @@ def complex_loss_and_gradient(phases: Any, n: int, ratios: Any,
     Z = S conj(G) (for a loss of Re U alone, G is real and this is :func:`loss_and_gradient`'s S G); an output
     phase psi_k turns row k by e^{i psi_k}: dL/dpsi_k = -sum_j Im(conj(G_kj) U_kj).  The loss a mesh read by
     intensity is fitted with (:mod:`~pnndeploy.platforms.mzi_intensity`) depends on Im U too."""
-    import torch
-
-    m = mzi_count(n)
     t, prefix, screen, V = _sweep(phases, n, ratios)
     loss, G = loss_of(V)
     G = G.conj()
-    K = _backward(t, prefix, screen[:, :, None] * G, n)
+    return loss, _phase_gradient(phases, n, ratios, t, prefix, screen[:, :, None] * G, -(G * V).imag.sum(-1))
+
+
+def _phase_gradient(phases: Any, n: int, ratios: Any, t: tuple[Any, Any, Any, Any], prefix: Any, Z: Any,
+                    psi_gradient: Any) -> Any:
+    """The gradient in every phase (B, n^2) from the forward sweep (``t``, ``prefix``: :func:`_sweep`), the
+    backward sweep's start ``Z`` (S G or S conj(G)) and the output phases' gradient."""
+    import torch
+
+    m = mzi_count(n)
+    K = _backward(t, prefix, Z, n)
     grad = torch.empty_like(phases)
-    grad[:, 2 * m:] = -(G * V).imag.sum(-1)
+    grad[:, 2 * m:] = psi_gradient
     _mzi_gradients(t, phases[:, :m], phases[:, m:2 * m], ratios[..., 0], ratios[..., 1], K, n, grad)
-    return loss, grad
+    return grad
 
 
 def _sweep(phases: Any, n: int, ratios: Any) -> tuple[tuple[Any, Any, Any, Any], Any, Any, Any]:
