@@ -4,12 +4,12 @@ Trains standard and SAT in silico, and PAT (standard in situ) and SAT + PAT (sat
 reached through `pnndeploy chip serve` on loopback, for a few seeds; maps each model onto the
 default fleet and reports its accuracy on chipA and on the seven other chips.  It also times a
 training step in silico, in situ with the chip in this process (no network) and in situ over
-HTTP with the JSON wire and with the binary wire, so the network's share of the in-situ cost is
+HTTP with the JSON wire, the binary wire and the stream (binary frames on a WebSocket), so the network's share of the in-situ cost is
 measured; the station's configured readout latency (its Server-Timing) is reported apart.
 
     python benchmarks/in_situ.py                 # 3 seeds, 30 epochs (about 6 min on two cores)
     python benchmarks/in_situ.py --seeds 1 --epochs 5
-    python benchmarks/in_situ.py --cost-only --epochs 5   # only the step costs (in silico, in process, JSON, binary)
+    python benchmarks/in_situ.py --cost-only --epochs 5   # only the step costs (in silico, in process, JSON, binary, stream)
     python benchmarks/in_situ.py --cost-only --epochs 5 --rounds 5 --latency-ms 0   # on busy cores: medians
 
 On shared cores one run of each configuration after the other is at the mercy of the neighbours' load:
@@ -64,7 +64,7 @@ def connect(folder: Path, url: str, token: Path) -> None:
 
 
 def open_wire(profile: Any, wire: str) -> InSituChip:
-    """The remote chip reached over ``wire`` (json or binary), for in-situ training."""
+    """The remote chip reached over ``wire`` (json, binary or stream), for in-situ training."""
     backend = open_chip(profile, 10.0)
     backend.wire = wire
     backend.open()
@@ -92,7 +92,8 @@ def step_costs(epochs: int, local: Any, remote: Any, tmp: Path, rounds: int = 1,
         for label, make in (("in silico", lambda: None),
                             ("chip in process", lambda: InSituChip(SimulatedChip(profile=local), local)),
                             ("HTTP, JSON wire", lambda: open_wire(remote, "json")),
-                            ("HTTP, binary wire", lambda: open_wire(remote, "binary"))):
+                            ("HTTP, binary wire", lambda: open_wire(remote, "binary")),
+                            ("HTTP, stream", lambda: open_wire(remote, "stream"))):
             for method in ("standard", "sat"):
                 cost = one_cost(data, steps, epochs, method, label, make(), tmp, server_pid)
                 samples.setdefault(f"{method}, {label}", []).append(cost)

@@ -33,7 +33,7 @@ def test_the_lean_binary_exchange_measures_what_the_json_wire_measures(tmp_path,
     rng = np.random.default_rng(3)
     settings, x = rng.uniform(lo, hi, (4, 6)), rng.random((5, 6))
     ys = {}
-    for wire in ("json", "binary"):                       # a fresh station each: the same detector-noise draws
+    for wire in ("json", "binary", "stream"):             # a fresh station each: the same detector-noise draws
         with ChipServer(tiny_fleet_dir / "chipA.h5", tmp_path / wire, "--measurement-noise", "0", idle=60,
                         max_requests=100) as server:
             monkeypatch.setenv("PNNDEPLOY_CHIP_TOKEN", server.token_file.read_text().strip())
@@ -41,9 +41,10 @@ def test_the_lean_binary_exchange_measures_what_the_json_wire_measures(tmp_path,
             backend.open()
             ys[wire] = [backend.measure_layer(LayerProgram(1, (4, 6), settings + k * 1e-3), x)[0] for k in (0, 0, 1)]
             assert (backend._lean._stream is not None) == (wire == "binary")    # httpx never opened it
+            assert (backend._stream._socket is not None) == (wire == "stream")
             backend.close()
-    for a, b in zip(ys["json"], ys["binary"]):
-        assert a.tobytes() == b.tobytes()
+    for a, b, c in zip(ys["json"], ys["binary"], ys["stream"]):
+        assert a.tobytes() == b.tobytes() == c.tobytes()
 
 
 @pytest.fixture(autouse=True)
@@ -208,9 +209,11 @@ def test_the_sparse_neighbour_sums_of_cpu_tensors_are_the_masked_sums_bit_for_bi
         assert spill(single).dtype == torch.float32
 
 
-def test_the_lean_exchange_speaks_tls_and_verifies_the_station(cli, tls_station, tiny_fleet_dir, tmp_path):  # noqa: F811
-    """Over https the lean exchange verifies the station against the profile's CA as httpx does; a station whose
-    certificate that CA did not sign is one line, not retried."""
+@pytest.mark.parametrize("wire", ["binary", "stream"])
+def test_the_lean_exchange_speaks_tls_and_verifies_the_station(cli, tls_station, tiny_fleet_dir, tmp_path,  # noqa: F811
+                                                              wire):
+    """Over https the lean exchange and the stream (wss) verify the station against the profile's CA as httpx
+    does; a station whose certificate that CA did not sign is one line, not retried."""
     import shutil
     import ssl
 
@@ -221,15 +224,16 @@ def test_the_lean_exchange_speaks_tls_and_verifies_the_station(cli, tls_station,
     folder = tmp_path / "profiles"
     shutil.copytree(tiny_fleet_dir, folder)
     made = cli("chip", "connect", "chipB", "--profiles", folder, "--address", server.url, "--token-file",
-               server.token_file, "--ca-file", pki["ca"])
+               server.token_file, "--ca-file", pki["ca"], "--wire", wire)
     assert made.exit_code == 0, made.output
     backend = open_chip(read_profile(folder / "chipB-remote.h5"))
-    assert backend.binary
+    assert backend.binary and backend.streamed == (wire == "stream")
     y, programmed = backend.measure_layer(LayerProgram(0, (4, 6), np.zeros((4, 6))), np.ones((2, 6)))
     assert y.shape == (2, 4) and programmed
-    assert backend._lean._stream.get_extra_info("ssl_object") is not None
-    backend._lean.close()
-    backend._lean.tls = ssl.create_default_context(cafile=str(other["ca"]))
+    exchange = backend._stream if wire == "stream" else backend._lean
+    assert (exchange._socket if wire == "stream" else exchange._stream).get_extra_info("ssl_object") is not None
+    exchange.close()
+    exchange.endpoint.tls = ssl.create_default_context(cafile=str(other["ca"]))
     start = time.monotonic()
     with pytest.raises(BackendError, match="TLS handshake failed.*certificate verify failed"):
         backend.measure_layer(LayerProgram(0, (4, 6), np.zeros((4, 6))), np.ones((2, 6)))

@@ -180,7 +180,9 @@ def test_the_server_refuses_hostile_binary_bodies_with_a_json_400_and_keeps_serv
 def test_a_client_that_asks_for_json_gets_json(station, tiny_fleet_dir):
     headers = {"Authorization": f"Bearer {station.token_file.read_text().strip()}"}
     info = httpx.get(f"{station.url}/v1/info", headers=headers, timeout=5).json()
-    assert info["wire"] == {"binary": BINARY_TYPE, "frame_version": 1} and "measure" in info["supports"]
+    assert info["wire"] == {"binary": BINARY_TYPE, "frame_version": 1, "stream": {
+        "path": "/v1/stream", "subprotocol": "pnndeploy.stream.v1",
+        "serves": ["/v1/infer", "/v1/measure", "/v1/measure_transfer"]}} and "measure" in info["supports"]
     from pnndeploy.backends.wire import encode_array
 
     body = {"layer": 0, "weight_shape": [4, 6], "settings": encode_array(_settings(tiny_fleet_dir)),
@@ -248,18 +250,24 @@ def _in_situ(server: ChipServer, wire: str, tiny_fleet_dir: Path, digits, out: P
 def test_an_in_situ_training_gives_the_same_model_bit_for_bit_on_either_wire(tmp_path, tiny_fleet_dir, tiny_digits,
                                                                            monkeypatch):
     results = {}
-    for wire in ("json", "binary"):                                      # a fresh station each: same noise draws
+    for wire in ("json", "binary", "stream"):                            # a fresh station each: same noise draws
         with ChipServer(tiny_fleet_dir / "chipA.h5", tmp_path / wire, idle=60, max_requests=500) as server:
             monkeypatch.setenv("PNNDEPLOY_CHIP_TOKEN", server.token_file.read_text().strip())
             results[wire] = _in_situ(server, wire, tiny_fleet_dir, tiny_digits, tmp_path / f"{wire}.onnx")
-    (json_model, json_backend), (binary_model, binary_backend) = results["json"], results["binary"]
-    assert len(json_model) == len(binary_model)
-    for a, b in zip(json_model, binary_model):
-        assert a.tobytes() == b.tobytes()
+            if wire == "stream":                                         # every measurement a message on it
+                assert server.requests_logged("/v1/stream") == 1
+                assert server.requests_logged("/v1/measure") == results[wire][1].exchanges - 1
+                assert " STREAM /v1/measure 200 " in server.log.read_text()
+    (json_model, json_backend), (binary_model, binary_backend), (stream_model, stream_backend) = results.values()
+    assert len(json_model) == len(binary_model) == len(stream_model)
+    for a, b, c in zip(json_model, binary_model, stream_model):
+        assert a.tobytes() == b.tobytes() == c.tobytes()
     steps = -(-160 // 32)
-    assert json_backend.exchanges == binary_backend.exchanges == 1 + 2 * 2 * steps   # info + SAT's 2 passes x 2
+    assert json_backend.exchanges == binary_backend.exchanges == stream_backend.exchanges == 1 + 2 * 2 * steps
     assert binary_backend.bytes_sent < 0.8 * json_backend.bytes_sent
-    assert binary_backend.station_seconds["chip"] > 0
+    assert stream_backend.bytes_sent == binary_backend.bytes_sent      # the same frames, in messages
+    assert binary_backend.station_seconds["chip"] > 0 and stream_backend.station_seconds["chip"] > 0
+    assert not binary_backend.streamed and stream_backend.streamed
 
 
 def test_a_hostile_binary_reply_is_one_line(station, monkeypatch):
@@ -296,7 +304,7 @@ def test_chip_connect_wire_json_trains_in_situ_over_json_and_a_bad_wire_is_one_l
     assert station.requests_logged("/v1/measure") - before == 2 * -(-1437 // 32)
     bad = cli("chip", "connect", "chipA", "--profiles", folder, "--address", station.url, "--wire", "pickle")
     assert bad.exit_code == 2 and "pickle" in bad.output
-    with pytest.raises(BackendError, match="wire='pickle': use one of auto, binary, json"):
+    with pytest.raises(BackendError, match="wire='pickle': use one of auto, stream, binary, json"):
         HttpBackend(station.url, {"wire": "pickle"})
 
 

@@ -31,19 +31,36 @@ MAX_HEAD_BYTES = 16 * 1024
 READ_BYTES = 65536
 
 
-class Exchange:
-    """HTTP/1.1 requests to one server (``base_url``: scheme, host, port, path prefix) on one connection."""
+class Endpoint:
+    """Where a server is (``base_url``: scheme, host, port, path prefix) and how to reach it: a TCP connection
+    within a deadline, TLS (verified by ``ssl_context``) for https."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None,
-                 deadline: Deadline, timeout: float) -> None:
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext | None, deadline: Deadline) -> None:
         parts = urlsplit(base_url)
         self.host, self.tls = parts.hostname or "", ssl_context if parts.scheme == "https" else None
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.prefix = parts.path.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        default = self.port == (443 if parts.scheme == "https" else 80)
-        self.headers = [("Host", host if default else f"{host}:{self.port}"), *headers.items()]
-        self.timeout, self.network = timeout, DeadlineBackend(deadline)
+        self.host_header = host if self.port == (443 if parts.scheme == "https" else 80) else f"{host}:{self.port}"
+        self.network = DeadlineBackend(deadline)
+
+    def connect(self, timeout: float) -> httpcore.NetworkStream:
+        """A new connection (TLS handshake done), every step within the deadline."""
+        stream = self.network.connect_tcp(self.host, self.port, timeout=timeout)
+        if self.tls is not None:
+            stream = stream.start_tls(self.tls, server_hostname=self.host, timeout=timeout)
+        return stream
+
+
+class Exchange:
+    """HTTP/1.1 requests to one server (``base_url``: scheme, host, port, path prefix) on one connection."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None,
+                 deadline: Deadline, timeout: float) -> None:
+        self.endpoint = Endpoint(base_url, ssl_context, deadline)
+        self.prefix = self.endpoint.prefix
+        self.headers = [("Host", self.endpoint.host_header), *headers.items()]
+        self.timeout = timeout
         self._stream: httpcore.NetworkStream | None = None
         self._conn: h11.Connection | None = None
         self._idle_since = 0.0
@@ -55,18 +72,14 @@ class Exchange:
         self._stream = self._conn = None
 
     def _connection(self) -> tuple[httpcore.NetworkStream, h11.Connection]:
-        """The open connection, or a new one when there is none, the last reply was not read to its end, it
-        idled past the keep-alive, or the server closed it (readable while idle: its end of file, or bytes nobody
-        asked for)."""
+        """The open connection, or a new one when there is none, the last reply was not read to its end, or it
+        is :func:`stale`."""
         if self._stream is not None and (self._conn is None or self._conn.our_state is not h11.IDLE
-                                         or time.monotonic() - self._idle_since > KEEPALIVE_S
-                                         or self._stream.get_extra_info("is_readable")):
+                                         or stale(self._stream, self._idle_since)):
             self.close()
         if self._stream is None:
-            stream = self.network.connect_tcp(self.host, self.port, timeout=self.timeout)
-            if self.tls is not None:
-                stream = stream.start_tls(self.tls, server_hostname=self.host, timeout=self.timeout)
-            self._stream, self._conn = stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+            self._stream = self.endpoint.connect(self.timeout)
+            self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         return self._stream, self._conn
 
     def start(self, method: str, path: str, content: bytes, headers: dict[str, str],
@@ -132,3 +145,9 @@ class Exchange:
                 raise httpcore.RemoteProtocolError("the server closed the connection without a complete reply")
             elif not isinstance(event, h11.InformationalResponse):
                 return event
+
+
+def stale(stream: httpcore.NetworkStream, idle_since: float) -> bool:
+    """Whether a kept-alive connection must not be reused: idle past the keep-alive, or closed by the server
+    (readable while idle: its end of file, or bytes nobody asked for)."""
+    return time.monotonic() - idle_since > KEEPALIVE_S or bool(stream.get_extra_info("is_readable"))

@@ -18,6 +18,10 @@ protocol, which reads the peer's state from h11's own state machine.
   never sent one go first), so a connection that sends its request at once is served.
   When none is waiting, the new one is refused (closed).
 
+The same holds for a connection upgraded to the stream (a WebSocket,
+:mod:`pnndeploy.backends.stream`): it keeps its place under the limits, waits at most
+``header_timeout`` for its next message and ``body_timeout`` for the rest of one begun.
+
 Drops are logged as one escaped line each; they are not requests and do not count
 toward ``--max-requests``.
 """
@@ -66,8 +70,7 @@ class ConnectionGuard:
             return
         state = conn.guard
         state["served"] += served
-        their = conn.conn.their_state
-        phase = "wait" if their is h11.IDLE else "body" if their is h11.SEND_BODY else "busy"
+        phase = conn.guard_phase()
         if phase == state["phase"]:
             return
         state["phase"], state["since"] = phase, time.monotonic()
@@ -143,6 +146,14 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11Protocol(H11Protocol):
+        def guard_phase(self) -> str:
+            their = self.conn.their_state
+            return "wait" if their is h11.IDLE else "body" if their is h11.SEND_BODY else "busy"
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            guard.closed(self)               # the WebSocket protocol that takes the connection over opens anew
+            super().handle_websocket_upgrade(event)
+
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             guard.opened(self)
@@ -164,3 +175,45 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
             super().connection_lost(exc)
 
     return GuardedH11Protocol
+
+
+def guarded_ws_protocol(guard: ConnectionGuard) -> type:
+    """uvicorn's wsproto WebSocket protocol reporting to ``guard`` (``uvicorn.Config(ws=...)``): a connection
+    upgraded to the stream.  Its phase: busy from its handshake until the application accepted it, and while
+    the application answers a message; body while a message has begun but not ended; wait otherwise."""
+    from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+    class GuardedWSProtocol(WSProtocol):
+        unanswered, partial = 0, False          # messages the application has not answered; one begun, not ended
+
+        def guard_phase(self) -> str:
+            if not self.handshake_complete or self.unanswered:
+                return "busy"
+            return "body" if self.partial else "wait"
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            guard.opened(self)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            guard.update(self)
+
+        def handle_message(self, event: Any) -> None:
+            super().handle_message(event)
+            self.partial = not event.message_finished
+            self.unanswered += bool(event.message_finished and not self.close_sent)
+
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if message["type"] == "websocket.send":
+                self.unanswered = max(0, self.unanswered - 1)
+                guard.update(self, served=True)
+            else:
+                guard.update(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            guard.closed(self)
+            super().connection_lost(exc)
+
+    return GuardedWSProtocol

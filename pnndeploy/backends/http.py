@@ -37,8 +37,9 @@ from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, encode_
 #: Retries after the first try of a request that failed transiently, and the first backoff (doubles each time).
 RETRIES, BACKOFF_S = 3, 0.2
 _TRANSIENT_STATUS = {502, 503, 504}
-#: The wires a client may ask for (backend option ``wire``): auto (binary when the server offers it), binary, json.
-WIRES = ("auto", "binary", "json")
+#: The wires a client may ask for (backend option ``wire``): auto (the stream, else binary, as the server offers),
+#: stream (binary frames on a WebSocket), binary (a binary frame per HTTP request), json.
+WIRES = ("auto", "stream", "binary", "json")
 
 
 class HttpBackend(ChipBackend):
@@ -61,9 +62,11 @@ class HttpBackend(ChipBackend):
             raise BackendError(f"backend option wire={self.wire!r}: use one of {', '.join(WIRES)}")
         self._client: Any = None
         self._lean: Any = None          # binary-wire exchanges (:mod:`pnndeploy.backends.exchange`)
+        self._stream: Any = None        # the same on the stream (:mod:`pnndeploy.backends.stream`)
         self._deadline: Any = None
         self._info: ChipInfo | None = None
-        self.binary = False
+        self.binary = self.streamed = False
+        self.stream_paths: frozenset[str] = frozenset()     # the paths the server serves on its stream
         #: Per slot, the program version the server named and the settings it holds under it.
         self._held: dict[int, tuple[str, np.ndarray]] = {}
         #: The station's own time reported in Server-Timing (readout latency, chip), s; request bodies sent
@@ -77,6 +80,7 @@ class HttpBackend(ChipBackend):
 
         from pnndeploy.backends.deadline import Deadline, deadline_transport
         from pnndeploy.backends.exchange import Exchange
+        from pnndeploy.backends.stream import Stream
 
         where = f"chip server {self.address}"
         problem = plain_http_problem(self.kind, self.address, self.options)
@@ -92,18 +96,36 @@ class HttpBackend(ChipBackend):
                                     headers=common, follow_redirects=False)
         self._lean = Exchange(f"{self.address}/{PROTOCOL}", common, context or ssl.create_default_context(),
                               self._deadline, self.timeout)
+        self._stream = Stream(f"{self.address}/{PROTOCOL}", common, context or ssl.create_default_context(),
+                              self._deadline, self.timeout)
         try:
             reply, _ = self._request("GET", "/info")
             self._info = self._parse_info(reply)
-            offered = reply.get("wire", {}).get("binary") if isinstance(reply.get("wire"), dict) else None
-            if self.wire == "binary" and offered != BINARY_TYPE:
-                raise BackendError(f"{where}: backend option wire=binary, but the server offers no "
-                                   f"{BINARY_TYPE} wire; use wire=json or wire=auto")
-            self.binary = self.wire != "json" and offered == BINARY_TYPE
+            self.binary, self.streamed = self._wires(reply.get("wire"), where)
         except BaseException:
             self.close()
             raise
         return self._info
+
+    def _wires(self, offered: Any, where: str) -> tuple[bool, bool]:
+        """(binary, stream): which of the server's offered wires (its /info ``wire``) this client uses, as the
+        backend option ``wire`` asks; the stream only at the path and subprotocol this client speaks."""
+        from pnndeploy.backends.stream import SUBPROTOCOL
+
+        offered = offered if isinstance(offered, dict) else {}
+        binary = offered.get("binary") == BINARY_TYPE
+        stream = offered.get("stream") if isinstance(offered.get("stream"), dict) else {}
+        serves = stream.get("serves") if isinstance(stream.get("serves"), list) else []
+        self.stream_paths = frozenset(p for p in serves[:64] if isinstance(p, str))
+        stream = binary and bool(self.stream_paths) and stream.get("path") == f"/{PROTOCOL}/stream" \
+            and stream.get("subprotocol") == SUBPROTOCOL
+        if self.wire == "binary" and not binary:
+            raise BackendError(f"{where}: backend option wire=binary, but the server offers no {BINARY_TYPE} wire; "
+                               "use wire=json or wire=auto")
+        if self.wire == "stream" and not stream:
+            raise BackendError(f"{where}: backend option wire=stream, but the server offers no stream of "
+                               f"subprotocol {SUBPROTOCOL}; use wire=binary, wire=json or wire=auto")
+        return self.wire in ("auto", "stream", "binary") and binary, self.wire in ("auto", "stream") and stream
 
     def _tls_context(self, where: str) -> ssl.SSLContext:
         """Verification against the profile's ca_file (a name in its tokens folder), else the system's store."""
@@ -138,9 +160,10 @@ class HttpBackend(ChipBackend):
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self._lean is not None:
-            self._lean.close()
-            self._lean = None
+        for exchange in (self._lean, self._stream):
+            if exchange is not None:
+                exchange.close()
+        self._lean = self._stream = None
 
     def info(self) -> ChipInfo:
         if self._info is None:
@@ -248,9 +271,10 @@ class HttpBackend(ChipBackend):
         """One request with bounded retries, each try within one ``timeout`` deadline: (the reply's fields, its
         arrays) - arrays come as JSON array objects among the fields unless the reply was a binary frame.
 
-        A binary-wire request with arrays (a measurement) goes through the lean exchange (h11 on one kept-alive
-        socket: :mod:`pnndeploy.backends.exchange`), everything else through httpx; both under the same deadline,
-        retries, reply checks and errors.  ``meanwhile``: run by the lean exchange between request and reply."""
+        A binary-wire request with arrays (a measurement) goes through the stream where it is used (a WebSocket:
+        :mod:`pnndeploy.backends.stream`), else the lean exchange (h11 on one kept-alive socket:
+        :mod:`pnndeploy.backends.exchange`), everything else through httpx; all under the same deadline, retries,
+        reply checks and errors.  ``meanwhile``: run by the stream or lean exchange between request and reply."""
         import httpcore
         import httpx
 
@@ -262,7 +286,9 @@ class HttpBackend(ChipBackend):
         last = ""
         content, headers = self._encode(body, arrays, where)
         lean = self.binary and arrays and content is not None
-        exchange = partial(self._lean_exchange, meanwhile=meanwhile) if lean else self._httpx_exchange
+        streamed = self.streamed and f"/{PROTOCOL}{path}" in self.stream_paths
+        exchange = partial(self._stream_exchange if streamed else self._lean_exchange,
+                           meanwhile=meanwhile) if lean else self._httpx_exchange
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
@@ -317,6 +343,23 @@ class HttpBackend(ChipBackend):
             raise
         self._count(reply.get("server-timing", ""), content, raw)
         return status, reply.get("content-type", ""), raw
+
+    def _stream_exchange(self, method: str, path: str, content: bytes | None, headers: dict[str, str],
+                         where: str, meanwhile: Callable[[], None] | None = None) -> tuple[int, str, bytes]:
+        """One try on the stream (a POST's body as a message), checked as the other exchanges' replies are."""
+        from pnndeploy.backends.stream import Misbehaving
+
+        try:
+            status, timing, raw = self._stream.exchange(f"/{PROTOCOL}{path}", content or b"", meanwhile)
+        except Misbehaving as exc:
+            raise BackendError(f"{where}: {exc}; the server is misbehaving") from None
+        if status in _TRANSIENT_STATUS:
+            return status, "", b""
+        if len(raw) > MAX_BODY_BYTES:
+            raise BackendError(f"{where}: reply larger than the limit {MAX_BODY_BYTES} bytes; the server is "
+                               "misbehaving")
+        self._count(timing, content, raw)
+        return status, BINARY_TYPE if status < 400 else "application/json", raw
 
     @staticmethod
     def _read_limited(headers: Mapping[str, str], chunks: Iterable[bytes], where: str) -> bytes:

@@ -35,9 +35,11 @@ from fastapi.responses import JSONResponse, Response
 from pnndeploy.backends.base import BackendError, LayerProgram
 from pnndeploy.backends.frame import BINARY_TYPE, VERSION as FRAME_VERSION, decode_frame, encode_frame, is_binary, \
     json_message
-from pnndeploy.backends.guard import ConnectionGuard, guarded_protocol, printable
+from pnndeploy.backends.guard import ConnectionGuard, guarded_protocol, guarded_ws_protocol, printable
 from pnndeploy.backends.simulated import SimulatedChip
 from pnndeploy.backends.slots import Slots, Stale
+from pnndeploy.backends.stream import SUBPROTOCOL, envelope_bytes, server_timing
+from pnndeploy.backends.stream_server import Handler, StreamEndpoint
 from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, field_array, loads_object
 
 #: Misbehaviours the server can be told to show on /infer (tests of the client's fault handling).
@@ -92,21 +94,36 @@ def create_app(chip: SimulatedChip, settings: ServerSettings, on_request: Callab
                   description=f"One {chip.profile.platform} chip ({chip.profile.device_id}); protocol {PROTOCOL}.")
     if len(settings.token) < 16:
         raise BackendError("the chip server needs a token of at least 16 characters")
-    lean = _routes(app, chip, settings)
-    return _guard(app, settings, printable(chip.profile.device_id, 64), on_request, lean)
+    lean, streamed = _routes(app, chip, settings)
+    return _guard(app, settings, printable(chip.profile.device_id, 64), on_request, lean, streamed)
 
 
 def _guard(app: Any, settings: ServerSettings, name: str, on_request: Callable[[], None] | None,
-           lean: dict[tuple[str, str], Callable] | None = None) -> Any:
+           lean: dict[tuple[str, str], Callable] | None = None, streamed: dict[str, Handler] | None = None) -> Any:
     """Every request: the token (401) and declared size (413) checked before the app sees it, one escaped log
     line, counted (refused and failed ones too), and never a traceback: an unexpected error is a one-line 500.
 
     ``lean``: (method, path) -> a plain ASGI handler that serves that route past the token and size checks
-    without FastAPI's layers (the in-situ hot path, ``POST /v1/measure``); every other request goes to ``app``."""
+    without FastAPI's layers (the in-situ hot path, ``POST /v1/measure``); every other request goes to ``app``.
+    ``streamed``: path -> the handler of that path's messages on the stream (a WebSocket at ``/v1/stream``,
+    :class:`~pnndeploy.backends.stream_server.StreamEndpoint`: the same token, logging and counting)."""
     token = settings.token.encode()
     lean = lean or {}
 
+    def authorized(scope: dict) -> bool:
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        return given.startswith(b"Bearer ") and hmac.compare_digest(given[7:], token)
+
+    def log(scope: dict, method: str, path: str, status: int, size: Any, seconds: float, failure: str) -> None:
+        client = scope.get("client") or ("-", 0)
+        _log(f"chip {name}: {printable(str(client[0]), 64)} {printable(method, 16)} {printable(path)} "
+             f"{status or '-'} {printable(str(size), 24) or 0} B {1000 * seconds:.1f} ms{failure}")
+
+    stream = StreamEndpoint(streamed or {}, authorized, _refusal_of, log, on_request)
+
     async def guarded(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "websocket":
+            return await stream(scope, receive, send)
         if scope["type"] != "http":
             return await app(scope, receive, send)
         start, status = time.perf_counter(), [0]
@@ -117,10 +134,10 @@ def _guard(app: Any, settings: ServerSettings, name: str, on_request: Callable[[
             await send(message)
 
         headers = {k.decode("latin-1"): v for k, v in scope["headers"]}
-        given, size = headers.get("authorization", b""), headers.get("content-length", b"").decode("latin-1")
+        size = headers.get("content-length", b"").decode("latin-1")
         failure = ""
         try:
-            if not (given.startswith(b"Bearer ") and hmac.compare_digest(given[7:], token)):
+            if not authorized(scope):
                 await _error(401, "missing or wrong token; send 'Authorization: Bearer TOKEN'")(scope, receive,
                                                                                               send_status)
             elif size and (not size.isdigit() or int(size) > settings.max_body_bytes):
@@ -133,10 +150,7 @@ def _guard(app: Any, settings: ServerSettings, name: str, on_request: Callable[[
             if not status[0]:
                 await _error(500, "the server failed on this request; see its log")(scope, receive, send_status)
         finally:
-            client = scope.get("client") or ("-", 0)
-            _log(f"chip {name}: {printable(str(client[0]), 64)} {printable(scope['method'], 16)} "
-                 f"{printable(scope['path'])} {status[0] or '-'} {printable(size, 24) or 0} B "
-                 f"{1000 * (time.perf_counter() - start):.1f} ms{failure}")
+            log(scope, scope["method"], scope["path"], status[0], size, time.perf_counter() - start, failure)
             if on_request is not None:
                 on_request()
 
@@ -176,25 +190,35 @@ async def _read_message(request: Request, settings: ServerSettings) -> tuple[dic
 def _reply(request: Request, fields: dict, arrays: dict[str, np.ndarray], timing: dict[str, float]) -> Response:
     """A measurement's reply in the wire the client accepts (a frame if its Accept names it, else JSON), with
     the server's own time in a Server-Timing header (ms): ``readout`` (the station's latency), ``chip``."""
-    headers = {"Server-Timing": ", ".join(f"{name};dur={1000 * seconds:.3f}" for name, seconds in timing.items())}
+    headers = {"Server-Timing": server_timing(timing)}
     if BINARY_TYPE in request.headers.get("accept", ""):
         return Response(encode_frame(fields, arrays), media_type=BINARY_TYPE, headers=headers)
     return JSONResponse(json_message(fields, arrays), headers=headers)
 
 
-def _refusal(exc: Exception) -> Response | None:
-    """The JSON error reply of a refused request (None: not a refusal, a bug): 409 for a :class:`Stale` version,
-    400 for what the chip or the decoder refuses and for out-of-range numbers, the status of a :class:`Refused`
-    (connection closed).  One mapping for the FastAPI routes and the lean one."""
+def _refusal_of(exc: Exception) -> tuple[int, dict, bool] | None:
+    """What a refused request gets: (status, JSON error object, whether the connection closes); None: not a
+    refusal, a bug.  409 for a :class:`Stale` version, 400 for what the chip or the decoder refuses and for
+    out-of-range numbers, the status of a :class:`Refused` (connection closed).  One mapping for the FastAPI
+    routes, the lean one and the stream."""
     if isinstance(exc, Stale):
-        return JSONResponse({"error": str(exc), "stale": True}, status_code=409)
+        return 409, {"error": str(exc), "stale": True}, False
     if isinstance(exc, BackendError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return 400, {"error": str(exc)}, False
     if isinstance(exc, Refused):
-        return _error(exc.status, str(exc))
+        return exc.status, {"error": str(exc)}, True
     if isinstance(exc, (OverflowError, ValueError)):
-        return JSONResponse({"error": f"a number in the request is out of range ({exc})"}, status_code=400)
+        return 400, {"error": f"a number in the request is out of range ({exc})"}, False
     return None
+
+
+def _refusal(exc: Exception) -> Response | None:
+    """The JSON error reply of a refused request (:func:`_refusal_of`; None: a bug)."""
+    refused = _refusal_of(exc)
+    if refused is None:
+        return None
+    status, doc, close = refused
+    return _error(status, doc["error"]) if close else JSONResponse(doc, status_code=status)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -207,10 +231,13 @@ def _error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, refused)
 
 
-def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> dict[tuple[str, str], Callable]:
-    """The protocol's routes on ``app``; returns the lean handlers :func:`_guard` serves past FastAPI."""
+def _routes(app: FastAPI, chip: SimulatedChip,
+            settings: ServerSettings) -> tuple[dict[tuple[str, str], Callable], dict[str, Handler]]:
+    """The protocol's routes on ``app``; returns the lean handlers :func:`_guard` serves past FastAPI and the
+    stream's handlers."""
     lock = threading.Lock()
     slots = Slots(chip)
+    streamed: dict[str, Handler] = {}         # the stream's handlers by path, filled below
     _error_handlers(app)
 
     async def body(request: Request) -> tuple[dict, dict[str, np.ndarray]]:
@@ -233,7 +260,9 @@ def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> dict
     async def info() -> Any:
         reply = run(chip.info).to_dict()
         return {**reply, "supports": sorted({*reply["supports"], "measure"}), "protocol": PROTOCOL,
-                "wire": {"binary": BINARY_TYPE, "frame_version": FRAME_VERSION}}
+                "wire": {"binary": BINARY_TYPE, "frame_version": FRAME_VERSION,
+                         "stream": {"path": f"/{PROTOCOL}/stream", "subprotocol": SUBPROTOCOL,
+                                    "serves": sorted(streamed)}}}
 
     @app.post(f"/{PROTOCOL}/program")
     async def program(request: Request) -> Any:
@@ -257,32 +286,59 @@ def _routes(app: FastAPI, chip: SimulatedChip, settings: ServerSettings) -> dict
         run(lambda: chip.set_temperature(float(celsius)))
         return {"temperature_C": chip.temperature_C}
 
-    @app.post(f"/{PROTOCOL}/infer")
-    async def infer(request: Request) -> Any:
-        doc, arrays = await body(request)
+    async def infer_message(doc: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
         layer = doc.get("layer")
         if not isinstance(layer, int) or isinstance(layer, bool):
             raise BackendError("'layer' must be an integer slot")
         x = _inputs(doc, arrays, chip, finite=False)
         y, seconds = run(lambda: _timed(chip.infer, layer, x))
-        return await _measured(request, {}, y, {"readout": await readout(), "chip": seconds}, settings)
+        return {}, {"y": y}, {"readout": await readout(), "chip": seconds}
+
+    async def transfer_message(doc: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
+        rows, cols, controls = _sweep(doc, arrays, chip)
+        W, seconds = run(lambda: _timed(chip.measure_transfer, np.asarray(rows), np.asarray(cols), controls))
+        return {}, {"weights": W}, {"readout": await readout(), "chip": seconds}
+
+    @app.post(f"/{PROTOCOL}/infer")
+    async def infer(request: Request) -> Any:
+        fields, arrays, timing = await infer_message(*await body(request))
+        return await _measured(request, fields, arrays["y"], timing, settings)
 
     @app.post(f"/{PROTOCOL}/measure_transfer")
     async def measure_transfer(request: Request) -> Any:
-        rows, cols, controls = _sweep(*await body(request), chip)
-        W, seconds = run(lambda: _timed(chip.measure_transfer, np.asarray(rows), np.asarray(cols), controls))
-        return _reply(request, {}, {"weights": W}, {"readout": await readout(), "chip": seconds})
+        return _reply(request, *await transfer_message(*await body(request)))
 
-    return {("POST", f"/{PROTOCOL}/measure"): _measure_route(app, chip, settings, slots, body, run, readout)}
+    lean, measure_message = _measure_route(app, chip, settings, slots, body, run, readout)
+    streamed.update({f"/{PROTOCOL}/infer": _streamed(infer_message, settings),
+                     f"/{PROTOCOL}/measure": _streamed(measure_message, settings),
+                     f"/{PROTOCOL}/measure_transfer": _streamed(transfer_message, None)})
+    return {("POST", f"/{PROTOCOL}/measure"): lean}, streamed
+
+
+def _streamed(message: Callable, settings: ServerSettings | None) -> Handler:
+    """A route's (fields, arrays) -> (fields, arrays, time) as the stream's handler: its reply as a binary frame,
+    misbehaving as ``settings.fault`` says where ``settings`` is given (the routes that measure)."""
+
+    async def handler(doc: dict, arrays: dict[str, np.ndarray]) -> tuple[bytes, dict[str, float]]:
+        fields, out, timing = await message(doc, arrays)
+        if settings is not None:
+            y, raw = await _misbehave(out["y"], settings)
+            if raw is not None:
+                return raw, timing
+            out = {"y": y}
+        return encode_frame(fields, out), timing
+
+    return handler
 
 
 def _measure_route(app: FastAPI, chip: SimulatedChip, settings: ServerSettings, slots: Slots, body: Callable,
-                   run: Callable, readout: Callable) -> Callable:
-    """``POST /v1/measure`` on ``app`` (so that /docs lists it) and as the lean ASGI handler that serves it."""
+                   run: Callable, readout: Callable) -> tuple[Callable, Callable]:
+    """``POST /v1/measure`` on ``app`` (so that /docs lists it) and as the lean ASGI handler that serves it:
+    (the lean handler, the measurement from a request's (fields, arrays) for the stream)."""
 
-    async def measured(request: Request) -> Response:
-        """Program one layer (fully, by its changes since version ``base``, or not at all) and measure it."""
-        doc, arrays = await body(request)
+    async def measure_message(doc: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
+        """Program one layer (fully, by its changes since version ``base``, or not at all) and measure it:
+        (reply fields, arrays, the station's time)."""
         layer, shape = _slot(doc, "the request", "settings" in doc or "settings" in arrays)
         change = [field_array(doc, arrays, name, finite=True, mask=name == "mask")
                   if name in doc or name in arrays else None for name in ("settings", "mask", "values")]
@@ -294,8 +350,12 @@ def _measure_route(app: FastAPI, chip: SimulatedChip, settings: ServerSettings, 
             return version, programmed, chip.infer(layer, x), time.perf_counter() - start
 
         version, programmed, y, seconds = run(work)
-        return await _measured(request, {"version": version, "programmed": programmed}, y,
-                               {"readout": await readout(), "chip": seconds}, settings)
+        return ({"version": version, "programmed": programmed}, {"y": y},
+                {"readout": await readout(), "chip": seconds})
+
+    async def measured(request: Request) -> Response:
+        fields, arrays, timing = await measure_message(*await body(request))
+        return await _measured(request, fields, arrays["y"], timing, settings)
 
     @app.post(f"/{PROTOCOL}/measure")
     async def measure(request: Request) -> Any:
@@ -315,7 +375,7 @@ def _measure_route(app: FastAPI, chip: SimulatedChip, settings: ServerSettings, 
                 raise
         await response(scope, receive, send)
 
-    return lean_measure
+    return lean_measure, measure_message
 
 
 def _sweep(doc: dict, arrays: dict[str, np.ndarray], chip: SimulatedChip) -> tuple[list, list, np.ndarray]:
@@ -361,18 +421,27 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     return fn(*args), time.perf_counter() - start
 
 
-async def _measured(request: Request, fields: dict, y: np.ndarray, timing: dict[str, float],
-                    settings: ServerSettings) -> Response:
-    """The reply of a measurement, misbehaving as ``settings.fault`` says (tests of the client)."""
+async def _misbehave(y: np.ndarray, settings: ServerSettings) -> tuple[np.ndarray, bytes | None]:
+    """A measurement's ``y`` as ``settings.fault`` has it, or the body the fault sends in place of a reply
+    (tests of the client's fault handling)."""
     if settings.fault == "stall":
         await asyncio.sleep(STALL_S)
     if settings.fault == "malformed":
-        return Response(b'{"y": [1, 2', media_type="application/json")
+        return y, b'{"y": [1, 2'
     if settings.fault == "oversized":
-        return Response(b" " * (MAX_BODY_BYTES + 1024), media_type="application/json")
+        return y, b" " * (MAX_BODY_BYTES + 1024)
     if settings.fault == "nan":
         y = y.copy()
         y[0] = np.nan
+    return y, None
+
+
+async def _measured(request: Request, fields: dict, y: np.ndarray, timing: dict[str, float],
+                    settings: ServerSettings) -> Response:
+    """The reply of a measurement, misbehaving as ``settings.fault`` says."""
+    y, raw = await _misbehave(y, settings)
+    if raw is not None:
+        return Response(raw, media_type="application/json")
     return _reply(request, fields, {"y": y}, timing)
 
 
@@ -418,7 +487,12 @@ def serve(chip: SimulatedChip, settings: ServerSettings, sock: socket.socket) ->
 
     guard = ConnectionGuard(settings, lambda line: _log(f"chip {name}: {line}"), on_request)
     _quiet_uvicorn_log(name)
+    # the stream (a WebSocket): wsproto under the guard, a message at most a body and its envelope, never
+    # compressed (an inflated message could exceed any limit), no pings of the server's own (the guard's
+    # deadlines bound an idle stream)
     config = uvicorn.Config(create_app(chip, settings, on_request), http=guarded_protocol(guard),
+                            ws=guarded_ws_protocol(guard), ws_max_size=settings.max_body_bytes + envelope_bytes(),
+                            ws_per_message_deflate=False, ws_ping_interval=None, ws_ping_timeout=None,
                             log_config=None, access_log=False, lifespan="off", timeout_keep_alive=5,
                             timeout_graceful_shutdown=2, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                             ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,

@@ -259,9 +259,10 @@ def _install_credential(source: str, folder: Any, name: str, flag: str, secret: 
                    "the profile. Without it the system's certificate store verifies the station.")
 @insecure_option
 @click.option("--name", default=None, help="Device name of the new profile (default: DEVICE-remote).")
-@click.option("--wire", type=click.Choice(["auto", "binary", "json"]), default="auto", show_default=True,
-              help="http: how arrays travel: binary frames when the station offers them (auto), always, or JSON "
-                   "with base64 arrays (a station that speaks only JSON).")
+@click.option("--wire", type=click.Choice(["auto", "stream", "binary", "json"]), default="auto", show_default=True,
+              help="http: how arrays travel: as the station offers (auto: binary frames on its WebSocket stream, else "
+                   "one binary frame per HTTP request, else JSON), on the stream only, as a binary frame per request "
+                   "only, or JSON with base64 arrays (a station that speaks only JSON).")
 def connect(device: str, profiles: str | None, address: str, kind: str, token_file: str | None,
             ca_file: str | None, insecure: bool, name: str | None, wire: str) -> None:
     """Write a profile of DEVICE that reaches the chip through a station instead of simulating it.
