@@ -256,6 +256,42 @@ def _routes(app: FastAPI, chip: SimulatedChip,
         await asyncio.sleep(settings.latency_s)
         return time.perf_counter() - start
 
+    _control_routes(app, chip, slots, body, run, streamed)
+
+    async def infer_message(doc: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
+        layer = doc.get("layer")
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise BackendError("'layer' must be an integer slot")
+        x = _inputs(doc, arrays, chip, finite=False)
+        y, seconds = run(lambda: _timed(chip.infer, layer, x))
+        return {}, {"y": y}, {"readout": await readout(), "chip": seconds}
+
+    async def transfer_message(doc: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
+        rows, cols, controls = _sweep(doc, arrays, chip)
+        W, seconds = run(lambda: _timed(chip.measure_transfer, np.asarray(rows), np.asarray(cols), controls))
+        return {}, {"weights": W}, {"readout": await readout(), "chip": seconds}
+
+    @app.post(f"/{PROTOCOL}/infer")
+    async def infer(request: Request) -> Any:
+        fields, arrays, timing = await infer_message(*await body(request))
+        return await _measured(request, fields, arrays["y"], timing, settings)
+
+    @app.post(f"/{PROTOCOL}/measure_transfer")
+    async def measure_transfer(request: Request) -> Any:
+        return _reply(request, *await transfer_message(*await body(request)))
+
+    lean, measure_message = _measure_route(app, chip, settings, slots, body, run, readout)
+    streamed.update({f"/{PROTOCOL}/infer": _streamed(infer_message, settings),
+                     f"/{PROTOCOL}/measure": _streamed(measure_message, settings),
+                     f"/{PROTOCOL}/measure_transfer": _streamed(transfer_message, None)})
+    return {("POST", f"/{PROTOCOL}/measure"): lean}, streamed
+
+
+def _control_routes(app: FastAPI, chip: SimulatedChip, slots: Slots, body: Callable, run: Callable,
+                    streamed: dict[str, Handler]) -> None:
+    """The JSON routes that describe and set up the chip: /info (the wires offered, the paths the stream serves:
+    ``streamed``, filled by the time a request comes), /program and /temperature."""
+
     @app.get(f"/{PROTOCOL}/info")
     async def info() -> Any:
         reply = run(chip.info).to_dict()
@@ -285,34 +321,6 @@ def _routes(app: FastAPI, chip: SimulatedChip,
             raise BackendError("'celsius' must be a number")
         run(lambda: chip.set_temperature(float(celsius)))
         return {"temperature_C": chip.temperature_C}
-
-    async def infer_message(doc: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
-        layer = doc.get("layer")
-        if not isinstance(layer, int) or isinstance(layer, bool):
-            raise BackendError("'layer' must be an integer slot")
-        x = _inputs(doc, arrays, chip, finite=False)
-        y, seconds = run(lambda: _timed(chip.infer, layer, x))
-        return {}, {"y": y}, {"readout": await readout(), "chip": seconds}
-
-    async def transfer_message(doc: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
-        rows, cols, controls = _sweep(doc, arrays, chip)
-        W, seconds = run(lambda: _timed(chip.measure_transfer, np.asarray(rows), np.asarray(cols), controls))
-        return {}, {"weights": W}, {"readout": await readout(), "chip": seconds}
-
-    @app.post(f"/{PROTOCOL}/infer")
-    async def infer(request: Request) -> Any:
-        fields, arrays, timing = await infer_message(*await body(request))
-        return await _measured(request, fields, arrays["y"], timing, settings)
-
-    @app.post(f"/{PROTOCOL}/measure_transfer")
-    async def measure_transfer(request: Request) -> Any:
-        return _reply(request, *await transfer_message(*await body(request)))
-
-    lean, measure_message = _measure_route(app, chip, settings, slots, body, run, readout)
-    streamed.update({f"/{PROTOCOL}/infer": _streamed(infer_message, settings),
-                     f"/{PROTOCOL}/measure": _streamed(measure_message, settings),
-                     f"/{PROTOCOL}/measure_transfer": _streamed(transfer_message, None)})
-    return {("POST", f"/{PROTOCOL}/measure"): lean}, streamed
 
 
 def _streamed(message: Callable, settings: ServerSettings | None) -> Handler:
