@@ -141,11 +141,31 @@ def _peer(conn: Any) -> str:
     return f"{printable(str(host), 64)}:{port}"
 
 
+def _reporting(guard: ConnectionGuard) -> type:
+    """What every guarded protocol reports to ``guard``: opened, bytes arrived, closed (a mixin before the
+    protocol class; each protocol says its own phase in ``guard_phase``)."""
+
+    class Reporting:
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)  # type: ignore[misc]
+            guard.opened(self)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)  # type: ignore[misc]
+            guard.update(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            guard.closed(self)
+            super().connection_lost(exc)  # type: ignore[misc]
+
+    return Reporting
+
+
 def guarded_protocol(guard: ConnectionGuard) -> type:
     """uvicorn's h11 protocol class reporting to ``guard`` (pass it as ``uvicorn.Config(http=...)``)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class GuardedH11Protocol(H11Protocol):
+    class GuardedH11Protocol(_reporting(guard), H11Protocol):  # type: ignore[misc]
         def guard_phase(self) -> str:
             their = self.conn.their_state
             return "wait" if their is h11.IDLE else "body" if their is h11.SEND_BODY else "busy"
@@ -154,14 +174,6 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
             guard.closed(self)               # the WebSocket protocol that takes the connection over opens anew
             super().handle_websocket_upgrade(event)
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            guard.opened(self)
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            guard.update(self)
-
         def on_response_complete(self) -> None:
             super().on_response_complete()
             guard.update(self, served=True)
@@ -169,10 +181,6 @@ def guarded_protocol(guard: ConnectionGuard) -> type:
         def send_400_response(self, msg: str) -> None:
             guard.malformed(self)
             super().send_400_response(msg)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            guard.closed(self)
-            super().connection_lost(exc)
 
     return GuardedH11Protocol
 
@@ -183,21 +191,13 @@ def guarded_ws_protocol(guard: ConnectionGuard) -> type:
     the application answers a message; body while a message has begun but not ended; wait otherwise."""
     from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
-    class GuardedWSProtocol(WSProtocol):
+    class GuardedWSProtocol(_reporting(guard), WSProtocol):  # type: ignore[misc]
         unanswered, partial = 0, False          # messages the application has not answered; one begun, not ended
 
         def guard_phase(self) -> str:
             if not self.handshake_complete or self.unanswered:
                 return "busy"
             return "body" if self.partial else "wait"
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            guard.opened(self)
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            guard.update(self)
 
         def handle_message(self, event: Any) -> None:
             super().handle_message(event)
@@ -211,9 +211,5 @@ def guarded_ws_protocol(guard: ConnectionGuard) -> type:
                 guard.update(self, served=True)
             else:
                 guard.update(self)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            guard.closed(self)
-            super().connection_lost(exc)
 
     return GuardedWSProtocol
