@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pytest
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection, RejectData,
+from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection,
                             Request, TextMessage)
 from wsproto.extensions import PerMessageDeflate
 
@@ -260,6 +260,60 @@ def test_waiting_streams_count_toward_the_connection_limits(station):
     _no_traceback(station, "(--max-client-connections)")
 
 
+def test_a_peer_that_does_not_read_its_replies_is_dropped_at_the_body_deadline(tmp_path, tiny_fleet_dir):
+    """Requests sent, replies never read: the server's writes back up; the guard aborts the stream once writing has
+    been paused for --body-timeout (+1 s), serves others meanwhile, and nothing is left waiting on the peer: the
+    server stops at once (a stream only closed, not aborted, would hold its task until the shutdown's timeout)."""
+    with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path, "--header-timeout", "3", "--body-timeout", "1",
+                    idle=30) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", server.port))
+        ws = WSConnection(ConnectionType.CLIENT)
+        sock.sendall(ws.send(Request(host="x", target="/v1/stream", subprotocols=[SUBPROTOCOL],
+                                     extra_headers=[(b"authorization", f"Bearer {_token(server)}".encode())])))
+        while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+            ws.receive_data(sock.recv(4096))
+        big = encode_request("/v1/measure", encode_frame({"layer": 0, "weight_shape": [4, 6]},
+                                                         {"settings": np.zeros((4, 6)), "x": np.ones((256, 6))}))
+        start, dropped = time.monotonic(), False
+        try:
+            sock.settimeout(0.2)
+            while time.monotonic() - start < ATTACK_S and not dropped:
+                try:
+                    sock.sendall(ws.send(Message(data=big)))
+                except socket.timeout:
+                    pass
+                except OSError:
+                    break
+                dropped = "reply not read within 1 s (--body-timeout)" in server.log.read_text()
+            assert time.monotonic() - start < 8.0
+            other = RawStream(server.port, _token(server))                # the server still serves
+            assert other.ask(encode_request("/v1/measure", _measure_body()))[0] == 200
+            other.close()
+            stopping = time.monotonic()
+            server.stop()
+            assert time.monotonic() - stopping < 1.5
+        finally:
+            sock.close()
+    log = _no_traceback(server, "reply not read within 1 s (--body-timeout)")
+    assert "Cancel" not in log                                            # no task left hanging on the peer
+
+
+def test_a_stream_whose_measurement_takes_long_is_not_dropped_while_it_is_answered(tmp_path, tiny_fleet_dir):
+    with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path, "--latency-ms", "2500", "--header-timeout", "1",
+                    "--body-timeout", "0.5", idle=30) as server:
+        raw = RawStream(server.port, _token(server))
+        try:
+            start = time.monotonic()
+            status, timing, _ = raw.ask(encode_request("/v1/measure", _measure_body()))
+            assert status == 200 and 2.4 < time.monotonic() - start < 4.0 and "readout;dur=25" in timing
+        finally:
+            raw.close()
+        assert "dropped" not in _no_traceback(server, " STREAM /v1/measure 200 ")
+
+
 def test_every_message_counts_toward_max_requests(tmp_path, tiny_fleet_dir):
     with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path, max_requests=4) as server:
         raw = RawStream(server.port, _token(server))                     # 1: the handshake
@@ -373,6 +427,57 @@ def test_a_hostile_stream_is_one_line_within_one_deadline(misbehave, fragment, c
         head = evil.requests[-1].lower()
         assert b"upgrade: websocket" in head and b"authorization: bearer " in head
         assert b"sec-websocket-protocol: " + SUBPROTOCOL.encode() in head and b"sec-websocket-extensions" not in head
+        backend.close()
+    finally:
+        evil.close()
+
+
+def _reply_of(y: float) -> bytes:
+    return _frame(encode_reply(200, "chip;dur=0.1", encode_frame({"version": "v-1", "programmed": True},
+                                                                 {"y": np.full((1, 4), y)})))
+
+
+def test_a_ping_is_answered_while_the_reply_waits():
+    def ping_first(conn: socket.socket, ws: WSConnection) -> None:
+        from wsproto.events import Ping, Pong
+
+        conn.sendall(ws.send(Ping(b"are-you-there")))
+        while True:                                                      # no reply before the pong
+            ws.receive_data(conn.recv(65536))
+            if any(isinstance(e, Pong) and e.payload == b"are-you-there" for e in ws.events()):
+                break
+        conn.sendall(_reply_of(7.0))
+
+    evil = _evil_stream(ping_first)
+    try:
+        backend = HttpBackend(evil.url, {"wire": "stream", "retries": 0}, timeout=2.0)
+        backend.open()
+        y, _ = backend.measure_layer(LayerProgram(0, (4, 16), np.zeros((4, 16))), np.ones((1, 16)))
+        assert (y == 7.0).all()
+        backend.close()
+    finally:
+        evil.close()
+
+
+@pytest.mark.parametrize("after", ["extra-reply", "close"])
+def test_what_comes_with_a_reply_closes_the_stream_so_it_is_never_out_of_step(after):
+    """A station that sends more than the reply in the same packet (another reply, or a close frame): the
+    client takes the reply it asked for and opens a new stream for the next exchange, without a retry."""
+    def more(conn: socket.socket, ws: WSConnection) -> None:
+        tail = _reply_of(99.0) if after == "extra-reply" else _frame(struct.pack(">H", 1000), opcode=0x8)
+        conn.sendall(_reply_of(float(calls[0])) + tail)
+        calls[0] += 1
+
+    calls = [1]
+    evil = _evil_stream(more)
+    try:
+        backend = HttpBackend(evil.url, {"wire": "stream", "retries": 0}, timeout=2.0)
+        backend.open()
+        for k in (1, 2, 3):
+            y, _ = backend.measure_layer(LayerProgram(0, (4, 16), np.zeros((4, 16))), np.full((1, 16), k))
+            assert (y == k).all()                                         # each the reply to its own request
+            assert backend._stream._socket is None
+        assert len(evil.requests) == 1 + 3                                # /info, then one stream each
         backend.close()
     finally:
         evil.close()

@@ -12,6 +12,8 @@ protocol, which reads the peer's state from h11's own state machine.
   dropped after ``header_timeout`` seconds, however slowly bytes trickle in;
 * body: a request's body must be complete within ``body_timeout`` (+ a grace
   second, the application answers 408 first) after its headers;
+* reply: a reply the peer does not read (the transport's buffer full, writing
+  paused) must drain within ``body_timeout`` (+ the grace second);
 * limits: at most ``max_connections`` open connections and ``max_client_connections``
   per client address; a new connection beyond either limit drops the one of that
   scope that has waited longest without sending a complete request (connections that
@@ -20,7 +22,9 @@ protocol, which reads the peer's state from h11's own state machine.
 
 The same holds for a connection upgraded to the stream (a WebSocket,
 :mod:`pnndeploy.backends.stream`): it keeps its place under the limits, waits at most
-``header_timeout`` for its next message and ``body_timeout`` for the rest of one begun.
+``header_timeout`` for its next message, ``body_timeout`` for the rest of one begun and
+for its peer to read a reply.  A dropped connection is aborted, not closed: a close
+waits for the transport's buffer to drain, which a peer that does not read never lets happen.
 
 Drops are logged as one escaped line each; they are not requests and do not count
 toward ``--max-requests``.
@@ -70,7 +74,7 @@ class ConnectionGuard:
             return
         state = conn.guard
         state["served"] += served
-        phase = conn.guard_phase()
+        phase = "write" if getattr(conn, "write_blocked", False) else conn.guard_phase()
         if phase == state["phase"]:
             return
         state["phase"], state["since"] = phase, time.monotonic()
@@ -85,6 +89,10 @@ class ConnectionGuard:
             state["timer"] = conn.loop.call_later(self.settings.body_timeout + BODY_GRACE_S, self._expire, conn,
                                                   f"request body not complete within "
                                                   f"{self.settings.body_timeout:g} s (--body-timeout)")
+        elif phase == "write":
+            state["timer"] = conn.loop.call_later(self.settings.body_timeout + BODY_GRACE_S, self._expire, conn,
+                                                  f"reply not read within {self.settings.body_timeout:g} s "
+                                                  "(--body-timeout)")
 
     def closed(self, conn: Any) -> None:
         self._forget(conn)
@@ -97,10 +105,10 @@ class ConnectionGuard:
             self.on_malformed()
 
     def drop_unfinished(self) -> None:
-        """At shutdown: close every connection still waiting for (the rest of) a request."""
-        for conn in [c for c in self.live if c.guard["phase"] in ("wait", "body")]:
+        """At shutdown: close every connection still waiting for (the rest of) a request or for its peer to read."""
+        for conn in [c for c in self.live if c.guard["phase"] in ("wait", "body", "write")]:
             self._forget(conn)
-            conn.transport.close()
+            conn.transport.abort()
 
     # ------------------------------------------------------------------ helpers
     def _drop_longest_waiting(self, scope: list[Any], why: str) -> bool:
@@ -111,14 +119,14 @@ class ConnectionGuard:
         idle = time.monotonic() - victim.guard["since"]
         self.log(f"{_peer(victim)} dropped: {why}; it waited longest ({idle:.1f} s) without a complete request")
         self._forget(victim)
-        victim.transport.close()
+        victim.transport.abort()
         return True
 
     def _expire(self, conn: Any, why: str) -> None:
         if conn in self.live:
             self.log(f"{_peer(conn)} dropped: {why}")
             self._forget(conn)
-            conn.transport.close()
+            conn.transport.abort()            # close() would wait for a reply the peer does not read
 
     def _forget(self, conn: Any) -> None:
         self.live.pop(conn, None)
@@ -142,10 +150,22 @@ def _peer(conn: Any) -> str:
 
 
 def _reporting(guard: ConnectionGuard) -> type:
-    """What every guarded protocol reports to ``guard``: opened, bytes arrived, closed (a mixin before the
-    protocol class; each protocol says its own phase in ``guard_phase``)."""
+    """What every guarded protocol reports to ``guard``: opened, bytes arrived, writing paused and resumed,
+    closed (a mixin before the protocol class; each protocol says its own phase in ``guard_phase``)."""
 
     class Reporting:
+        write_blocked = False                 # the transport's buffer is full: the peer does not read
+
+        def pause_writing(self) -> None:
+            self.write_blocked = True
+            super().pause_writing()  # type: ignore[misc]
+            guard.update(self)
+
+        def resume_writing(self) -> None:
+            self.write_blocked = False
+            super().resume_writing()  # type: ignore[misc]
+            guard.update(self)
+
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)  # type: ignore[misc]
             guard.opened(self)

@@ -106,9 +106,10 @@ class Stream:
     """Exchanges with one server on one WebSocket (``base_url``: scheme, host, port, path prefix such as /v1).
 
     Every connect, handshake, write and read waits at most until ``deadline``; the socket is closed after
-    :data:`~pnndeploy.backends.deadline.KEEPALIVE_S` idle, when the server closed it, and after anything
-    that went wrong mid-exchange, so the next exchange starts clean.  Errors are httpcore's, as the lean
-    HTTP exchange raises them."""
+    :data:`~pnndeploy.backends.deadline.KEEPALIVE_S` idle, when the server closed it, when more than the reply
+    came with it (:meth:`_drain`), and after anything that went wrong mid-exchange, so the next exchange starts
+    in step.  Errors are httpcore's, as the lean HTTP exchange raises them (:class:`Misbehaving` where retrying
+    cannot help)."""
 
     def __init__(self, base_url: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None,
                  deadline: Deadline, timeout: float) -> None:
@@ -139,6 +140,7 @@ class Stream:
             if meanwhile is not None:
                 meanwhile()
             reply = self._message()
+            self._drain()
         except BaseException:
             self.close()
             raise
@@ -191,6 +193,20 @@ class Stream:
                 raise httpcore.RemoteProtocolError("the server's refusal of the stream is larger than the limit")
             more = not data.body_finished
         return status, "", body
+
+    def _drain(self) -> None:
+        """After a reply: answer the pings already read; anything else already read (a close, a message nobody
+        asked for) closes the stream, which would otherwise be out of step with its requests.  (An incomplete
+        frame left in wsproto's buffer is not visible here; an honest station sends none, and a dishonest one can
+        lie in its replies anyway.)"""
+        from wsproto.events import Ping, Pong
+
+        for event in self._ws.events():
+            if isinstance(event, Ping):
+                self._socket.write(self._ws.send(event.response()), self.timeout)
+            elif not isinstance(event, Pong):
+                self.close()
+                return
 
     def _message(self) -> bytes:
         """The next whole binary message (pings answered on the way), at most :data:`MAX_MESSAGE_BYTES`."""
