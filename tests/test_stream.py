@@ -27,8 +27,8 @@ from pnndeploy.backends.base import BackendError, LayerProgram
 from pnndeploy.backends.deadline import Deadline
 from pnndeploy.backends.frame import BINARY_TYPE, decode_frame, encode_frame
 from pnndeploy.backends.http import HttpBackend
-from pnndeploy.backends.stream import (MAX_MESSAGE_BYTES, SUBPROTOCOL, Stream, decode_reply, decode_request,
-                                       encode_reply, encode_request)
+from pnndeploy.backends.stream import (MAX_MESSAGE_BYTES, SUBPROTOCOL, Refused, Stream, decode_reply,
+                                       decode_request, encode_reply, encode_request)
 from pnndeploy.backends.wire import MAX_BODY_BYTES, WireError
 from test_security_network import ATTACK_S, EvilStation, _closed, _no_traceback, _token
 
@@ -511,12 +511,52 @@ def test_a_station_without_the_stream_is_reached_over_http_and_wire_stream_says_
         evil.close()
 
 
+def test_behind_a_proxy_that_refuses_websockets_auto_goes_over_http_and_stream_says_why():
+    """/v1/info offers the stream, but the upgrade comes back as a plain 404 (a reverse proxy that does not pass
+    WebSockets on): wire=auto measures over HTTP from then on; wire=stream is one line naming the refusal."""
+    frame = encode_frame({"version": "v-1", "programmed": True}, {"y": np.full((1, 4), 5.0)})
+
+    def proxy(conn: socket.socket) -> None:
+        head = evil.requests[-1]
+        if head.startswith(b"GET /v1/info"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(INFO) + INFO)
+        elif head.startswith(b"GET /v1/stream"):
+            refusal = b'{"detail": "Not Found"}'
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(refusal) + refusal)
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + BINARY_TYPE.encode() + b"\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(frame) + frame)
+
+    evil = EvilStation(proxy)
+    try:
+        auto = HttpBackend(evil.url, {"wire": "auto", "retries": 0}, timeout=2.0)
+        auto.open()
+        assert auto.streamed
+        for _ in range(2):
+            y, _ = auto.measure_layer(LayerProgram(0, (4, 16), np.zeros((4, 16))), np.ones((1, 16)))
+            assert (y == 5.0).all()
+        assert not auto.streamed
+        assert [r.split(b" ")[1] for r in evil.requests] == [b"/v1/info", b"/v1/stream", b"/v1/measure",
+                                                               b"/v1/measure"]    # the stream tried once
+        auto.close()
+        insist = HttpBackend(evil.url, {"wire": "stream", "retries": 0}, timeout=2.0)
+        insist.open()
+        with pytest.raises(BackendError, match="HTTP 404: Not Found"):
+            insist.measure_layer(LayerProgram(0, (4, 16), np.zeros((4, 16))), np.ones((1, 16)))
+        insist.close()
+    finally:
+        evil.close()
+
+
 def test_a_refused_handshake_reads_as_the_http_refusal(tmp_path, tiny_fleet_dir):
     with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path, idle=30) as server:
         url = f"{server.url}/v1"
         wrong = Stream(url, {"Authorization": "Bearer not-the-token-at-all"}, None, Deadline(), 2.0)
-        status, timing, body = wrong.exchange("/v1/measure", _measure_body())
-        assert (status, timing) == (401, "") and "missing or wrong token" in json.loads(body)["error"]
+        with pytest.raises(Refused) as refused:
+            wrong.exchange("/v1/measure", _measure_body())
+        assert refused.value.status == 401 and "missing or wrong token" in json.loads(refused.value.body)["error"]
         assert wrong._socket is None
         right = Stream(url, {"Authorization": f"Bearer {_token(server)}"}, None, Deadline(), 2.0)
         status, _, body = right.exchange("/v1/measure", _measure_body())

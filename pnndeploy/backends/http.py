@@ -346,13 +346,22 @@ class HttpBackend(ChipBackend):
 
     def _stream_exchange(self, method: str, path: str, content: bytes | None, headers: dict[str, str],
                          where: str, meanwhile: Callable[[], None] | None = None) -> tuple[int, str, bytes]:
-        """One try on the stream (a POST's body as a message), checked as the other exchanges' replies are."""
-        from pnndeploy.backends.stream import Misbehaving
+        """One try on the stream (a POST's body as a message), checked as the other exchanges' replies are.
+
+        A refused handshake is that HTTP reply (a wrong token: 401), except that with ``wire=auto`` a refusal
+        that is not about the token means something on the way does not pass WebSockets on (a proxy): this and
+        every later exchange go over HTTP (:meth:`_lean_exchange`), as to a station without the stream."""
+        from pnndeploy.backends.stream import Misbehaving, Refused
 
         try:
             status, timing, raw = self._stream.exchange(f"/{PROTOCOL}{path}", content or b"", meanwhile)
         except Misbehaving as exc:
             raise BackendError(f"{where}: {exc}; the server is misbehaving") from None
+        except Refused as exc:
+            if self.wire == "auto" and exc.status not in (401, 403) and exc.status not in _TRANSIENT_STATUS:
+                self.streamed = False
+                return self._lean_exchange(method, path, content, headers, where, meanwhile)
+            return exc.status, "application/json", exc.body[:MAX_BODY_BYTES]
         if status in _TRANSIENT_STATUS:
             return status, "", b""
         if len(raw) > MAX_BODY_BYTES:

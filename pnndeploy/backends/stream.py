@@ -55,6 +55,16 @@ _PATH = re.compile(r"/[a-z0-9_/]*")
 _STATUS = struct.Struct("<HH")
 
 
+class Refused(Exception):
+    """The server answered the stream's handshake with an HTTP reply instead of accepting it (``status``, its
+    ``body`` up to the limit): a wrong token, or something between client and station that does not pass
+    WebSockets on (a proxy: 400, 404, 426...)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status, self.body = status, body
+
+
 class Misbehaving(Exception):
     """The server broke the stream's protocol (a reply too large or malformed, text where bytes belong, a
     foreign subprotocol): never retried, reported as the server misbehaving."""
@@ -127,15 +137,12 @@ class Stream:
     def exchange(self, path: str, body: bytes,
                  meanwhile: Callable[[], None] | None = None) -> tuple[int, str, bytes]:
         """Send ``body`` for ``path`` and read the reply: (status, Server-Timing text, body).  A refused
-        handshake is its HTTP reply (the status, no timing, its body up to the limit).  ``meanwhile`` runs once
-        the request is sent, before the reply is read."""
+        handshake raises :class:`Refused` (nothing was sent).  ``meanwhile`` runs once the request is sent, before
+        the reply is read."""
         from wsproto.events import BytesMessage
 
         try:
-            refused = self._connect()
-            if refused is not None:
-                self.close()
-                return refused
+            self._connect()
             self._socket.write(self._ws.send(BytesMessage(data=encode_request(path, body))), self.timeout)
             if meanwhile is not None:
                 meanwhile()
@@ -152,26 +159,26 @@ class Stream:
             raise Misbehaving(f"malformed stream reply ({exc})") from None
 
     # ------------------------------------------------------------------ helpers
-    def _connect(self) -> tuple[int, str, bytes] | None:
-        """Keep the open stream unless :func:`~pnndeploy.backends.exchange.stale`, else open one: None when
-        open, a refused handshake's (status, "", body) otherwise."""
+    def _connect(self) -> None:
+        """Keep the open stream unless :func:`~pnndeploy.backends.exchange.stale`, else open one (:class:`Refused`
+        when the server will not)."""
         from wsproto import ConnectionType, WSConnection
         from wsproto.events import Request
 
         if self._socket is not None and stale(self._socket, self._idle_since):
             self.close()
         if self._socket is not None:
-            return None
+            return
         self._socket = self.endpoint.connect(self.timeout)
         self._ws = WSConnection(ConnectionType.CLIENT)
         request = Request(host=self.endpoint.host_header, target=f"{self.endpoint.prefix}/stream",
                           subprotocols=[SUBPROTOCOL],
                           extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()])
         self._socket.write(self._ws.send(request), self.timeout)
-        return self._handshake()
+        self._handshake()
 
-    def _handshake(self) -> tuple[int, str, bytes] | None:
-        """None when the server accepted the stream with our subprotocol; its refusal (status, "", body)."""
+    def _handshake(self) -> None:
+        """Return when the server accepted the stream with our subprotocol; :class:`Refused` with its reply."""
         from wsproto.events import AcceptConnection, RejectConnection, RejectData
 
         event = self._event()
@@ -179,7 +186,7 @@ class Stream:
             if event.subprotocol != SUBPROTOCOL:
                 raise Misbehaving(f"the server accepted the stream with subprotocol "
                                                    f"{str(event.subprotocol)[:40]!r}, not {SUBPROTOCOL!r}")
-            return None
+            return
         if not isinstance(event, RejectConnection):
             raise httpcore.RemoteProtocolError(f"the server answered the stream's handshake with "
                                                f"{type(event).__name__}")
@@ -192,7 +199,7 @@ class Stream:
             if len(body) > MAX_BODY_BYTES:
                 raise httpcore.RemoteProtocolError("the server's refusal of the stream is larger than the limit")
             more = not data.body_finished
-        return status, "", body
+        raise Refused(status, body)
 
     def _drain(self) -> None:
         """After a reply: answer the pings already read; anything else already read (a close, a message nobody
