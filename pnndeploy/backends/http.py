@@ -353,6 +353,8 @@ class HttpBackend(ChipBackend):
         every later exchange go over HTTP (:meth:`_lean_exchange`), as to a station without the stream."""
         from pnndeploy.backends.stream import Misbehaving, Refused
 
+        if not self.streamed:                 # given up on a try before this one: the stream is not passed on
+            return self._lean_exchange(method, path, content, headers, where, meanwhile)
         try:
             status, timing, raw = self._stream.exchange(f"/{PROTOCOL}{path}", content or b"", meanwhile)
         except Misbehaving as exc:

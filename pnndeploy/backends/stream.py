@@ -185,7 +185,7 @@ class Stream:
         if isinstance(event, AcceptConnection):
             if event.subprotocol != SUBPROTOCOL:
                 raise Misbehaving(f"the server accepted the stream with subprotocol "
-                                                   f"{str(event.subprotocol)[:40]!r}, not {SUBPROTOCOL!r}")
+                                  f"{str(event.subprotocol)[:40]!r}, not {SUBPROTOCOL!r}")
             return
         if not isinstance(event, RejectConnection):
             raise httpcore.RemoteProtocolError(f"the server answered the stream's handshake with "
