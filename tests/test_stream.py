@@ -301,6 +301,53 @@ def test_a_peer_that_does_not_read_its_replies_is_dropped_at_the_body_deadline(t
     assert "Cancel" not in log                                            # no task left hanging on the peer
 
 
+def _never_reading_stream(port: int, token: str) -> tuple[socket.socket, WSConnection]:
+    """A stream whose peer reads its handshake and then nothing (a 4 KiB receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(ws.send(Request(host="x", target="/v1/stream", subprotocols=[SUBPROTOCOL],
+                                 extra_headers=[(b"authorization", f"Bearer {token}".encode())])))
+    while not any(isinstance(e, AcceptConnection) for e in ws.events()):
+        ws.receive_data(sock.recv(4096))
+    return sock, ws
+
+
+def _flood(sock: socket.socket, ws: WSConnection, until: Callable[[], bool]) -> None:
+    """Send large measurements without reading a reply until ``until()`` (or the attack's time is up)."""
+    big = encode_request("/v1/measure", encode_frame({"layer": 0, "weight_shape": [4, 6]},
+                                                     {"settings": np.zeros((4, 6)), "x": np.ones((256, 6))}))
+    sock.settimeout(0.2)
+    start = time.monotonic()
+    while time.monotonic() - start < ATTACK_S and not until():
+        try:
+            sock.sendall(ws.send(Message(data=big)))
+        except socket.timeout:
+            pass
+        except OSError:
+            return
+
+
+def test_streams_whose_peers_do_not_read_are_dropped_first_to_make_room(tmp_path, tiny_fleet_dir):
+    with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path, "--max-client-connections", "2", "--body-timeout", "60",
+                    idle=30) as server:
+        stuck = [_never_reading_stream(server.port, _token(server)) for _ in range(2)]
+        try:
+            for sock, ws in stuck:                                         # both stuck writing their replies
+                until = time.monotonic() + 2.5
+                _flood(sock, ws, lambda: time.monotonic() > until)
+            newcomer = RawStream(server.port, _token(server))              # the third from this address
+            assert isinstance(newcomer.handshake, AcceptConnection)
+            assert newcomer.ask(encode_request("/v1/measure", _measure_body()))[0] == 200
+            newcomer.close()
+        finally:
+            for sock, _ in stuck:
+                sock.close()
+        assert "waited longest" in _no_traceback(server, "not reading its reply")
+
+
 def test_a_stream_whose_measurement_takes_long_is_not_dropped_while_it_is_answered(tmp_path, tiny_fleet_dir):
     with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path, "--latency-ms", "2500", "--header-timeout", "1",
                     "--body-timeout", "0.5", idle=30) as server:
@@ -459,12 +506,14 @@ def test_a_ping_is_answered_while_the_reply_waits():
         evil.close()
 
 
-@pytest.mark.parametrize("after", ["extra-reply", "close"])
+@pytest.mark.parametrize("after", ["extra-reply", "close", "ping-flood"])
 def test_what_comes_with_a_reply_closes_the_stream_so_it_is_never_out_of_step(after):
-    """A station that sends more than the reply in the same packet (another reply, or a close frame): the
-    client takes the reply it asked for and opens a new stream for the next exchange, without a retry."""
+    """A station that sends more than the reply in the same packet (another reply, a close frame, a flood of
+    pings): the client takes the reply it asked for and opens a new stream for the next exchange, without a
+    retry."""
     def more(conn: socket.socket, ws: WSConnection) -> None:
-        tail = _reply_of(99.0) if after == "extra-reply" else _frame(struct.pack(">H", 1000), opcode=0x8)
+        tail = {"extra-reply": _reply_of(99.0), "close": _frame(struct.pack(">H", 1000), opcode=0x8),
+                "ping-flood": _frame(b"p", opcode=0x9) * 50}[after]
         conn.sendall(_reply_of(float(calls[0])) + tail)
         calls[0] += 1
 
@@ -511,9 +560,11 @@ def test_a_station_without_the_stream_is_reached_over_http_and_wire_stream_says_
         evil.close()
 
 
-def test_behind_a_proxy_that_refuses_websockets_auto_goes_over_http_and_stream_says_why():
+@pytest.mark.parametrize("status, reason", [(404, "Not Found"), (401, "Unauthorized"), (500, "Oops")])
+def test_behind_a_proxy_that_refuses_websockets_auto_goes_over_http_and_stream_says_why(status, reason):
     """/v1/info offers the stream, but the upgrade comes back as a plain 404 (a reverse proxy that does not pass
-    WebSockets on): wire=auto measures over HTTP from then on; wire=stream is one line naming the refusal."""
+    WebSockets on): wire=auto measures over HTTP from then on; wire=stream is one line naming the refusal.  A 401
+    (the token) or a 500 (the station failed) is an error with either: nothing to fall back from."""
     frame = encode_frame({"version": "v-1", "programmed": True}, {"y": np.full((1, 4), 5.0)})
 
     def proxy(conn: socket.socket) -> None:
@@ -522,9 +573,9 @@ def test_behind_a_proxy_that_refuses_websockets_auto_goes_over_http_and_stream_s
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(INFO) + INFO)
         elif head.startswith(b"GET /v1/stream"):
-            refusal = b'{"detail": "Not Found"}'
-            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(refusal) + refusal)
+            refusal = json.dumps({"detail": reason}).encode()
+            conn.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (status, reason.encode(), len(refusal)) + refusal)
         else:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + BINARY_TYPE.encode() + b"\r\nConnection: close\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(frame) + frame)
@@ -534,10 +585,15 @@ def test_behind_a_proxy_that_refuses_websockets_auto_goes_over_http_and_stream_s
         auto = HttpBackend(evil.url, {"wire": "auto", "retries": 0}, timeout=2.0)
         auto.open()
         assert auto.streamed
+        if status != 404:
+            with pytest.raises(BackendError, match="refused the token" if status == 401 else "HTTP 500: Oops"):
+                auto.measure_layer(LayerProgram(0, (4, 16), np.zeros((4, 16))), np.ones((1, 16)))
+            assert auto.streamed and auto.stream_refused is None
+            return
         for _ in range(2):
             y, _ = auto.measure_layer(LayerProgram(0, (4, 16), np.zeros((4, 16))), np.ones((1, 16)))
             assert (y == 5.0).all()
-        assert not auto.streamed
+        assert not auto.streamed and auto.stream_refused == 404
         assert [r.split(b" ")[1] for r in evil.requests] == [b"/v1/info", b"/v1/stream", b"/v1/measure",
                                                                b"/v1/measure"]    # the stream tried once
         auto.close()

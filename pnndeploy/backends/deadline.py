@@ -101,8 +101,10 @@ class _Stream(httpcore.NetworkStream):
             return self._sock.getpeername()
         if info == "socket":
             return self._sock
-        if info == "is_readable":              # an idle kept-alive connection the server has closed
-            return self._sock.fileno() < 0 or bool(select.select([self._sock], [], [], 0)[0])
+        if info == "is_readable":              # an idle kept-alive connection the server has closed (or wrote to)
+            if self._sock.fileno() < 0 or (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0):
+                return True                    # (bytes the TLS layer decrypted and holds: select cannot see them)
+            return bool(select.select([self._sock], [], [], 0)[0])
         return None
 
 

@@ -17,7 +17,8 @@ protocol, which reads the peer's state from h11's own state machine.
 * limits: at most ``max_connections`` open connections and ``max_client_connections``
   per client address; a new connection beyond either limit drops the one of that
   scope that has waited longest without sending a complete request (connections that
-  never sent one go first), so a connection that sends its request at once is served.
+  never sent one go first; one whose peer does not read its reply goes before either),
+  so a connection that sends its request at once is served.
   When none is waiting, the new one is refused (closed).
 
 The same holds for a connection upgraded to the stream (a WebSocket,
@@ -112,12 +113,15 @@ class ConnectionGuard:
 
     # ------------------------------------------------------------------ helpers
     def _drop_longest_waiting(self, scope: list[Any], why: str) -> bool:
-        waiting = [c for c in scope if c.guard["phase"] == "wait"]
+        """Make room: drop a connection whose peer does not read its reply (the longest stuck first), else the one
+        that waited longest without a complete request (those never served first)."""
+        waiting = [c for c in scope if c.guard["phase"] in ("wait", "write")]
         if not waiting:
             return False
-        victim = min(waiting, key=lambda c: (c.guard["served"] > 0, c.guard["since"]))
+        victim = min(waiting, key=lambda c: (c.guard["phase"] != "write", c.guard["served"] > 0, c.guard["since"]))
         idle = time.monotonic() - victim.guard["since"]
-        self.log(f"{_peer(victim)} dropped: {why}; it waited longest ({idle:.1f} s) without a complete request")
+        what = "not reading its reply" if victim.guard["phase"] == "write" else "without a complete request"
+        self.log(f"{_peer(victim)} dropped: {why}; it waited longest ({idle:.1f} s) {what}")
         self._forget(victim)
         victim.transport.abort()
         return True

@@ -67,6 +67,7 @@ class HttpBackend(ChipBackend):
         self._info: ChipInfo | None = None
         self.binary = self.streamed = False
         self.stream_paths: frozenset[str] = frozenset()     # the paths the server serves on its stream
+        self.stream_refused: int | None = None              # the status of an upgrade refused on the way (auto)
         #: Per slot, the program version the server named and the settings it holds under it.
         self._held: dict[int, tuple[str, np.ndarray]] = {}
         #: The station's own time reported in Server-Timing (readout latency, chip), s; request bodies sent
@@ -348,9 +349,10 @@ class HttpBackend(ChipBackend):
                          where: str, meanwhile: Callable[[], None] | None = None) -> tuple[int, str, bytes]:
         """One try on the stream (a POST's body as a message), checked as the other exchanges' replies are.
 
-        A refused handshake is that HTTP reply (a wrong token: 401), except that with ``wire=auto`` a refusal
-        that is not about the token means something on the way does not pass WebSockets on (a proxy): this and
-        every later exchange go over HTTP (:meth:`_lean_exchange`), as to a station without the stream."""
+        A refused handshake is that HTTP reply (a wrong token: 401; a server's failure: 5xx), except that with
+        ``wire=auto`` a refusal that says something on the way does not pass WebSockets on (:func:`_proxy_refusal`)
+        sends this and every later exchange over HTTP (:meth:`_lean_exchange`), as to a station without the stream,
+        and is kept in ``stream_refused``."""
         from pnndeploy.backends.stream import Misbehaving, Refused
 
         if not self.streamed:                 # given up on a try before this one: the stream is not passed on
@@ -360,8 +362,8 @@ class HttpBackend(ChipBackend):
         except Misbehaving as exc:
             raise BackendError(f"{where}: {exc}; the server is misbehaving") from None
         except Refused as exc:
-            if self.wire == "auto" and exc.status not in (401, 403) and exc.status not in _TRANSIENT_STATUS:
-                self.streamed = False
+            if self.wire == "auto" and _proxy_refusal(exc.status):
+                self.streamed, self.stream_refused = False, exc.status
                 return self._lean_exchange(method, path, content, headers, where, meanwhile)
             return exc.status, "application/json", exc.body[:MAX_BODY_BYTES]
         if status in _TRANSIENT_STATUS:
@@ -449,6 +451,12 @@ class HttpBackend(ChipBackend):
         if doc is None:
             raise BackendError(f"{where}: malformed reply ({problem}); is this a pnndeploy chip server?")
         return doc, {}
+
+
+def _proxy_refusal(status: int) -> bool:
+    """Whether a refused upgrade says the WebSocket did not get through (a proxy's 400, 404, 405, 426, 501...) rather
+    than that the station refused us (401, 403) or failed (500, 502-504: an error, or retried)."""
+    return (400 <= status < 500 and status not in (401, 403)) or status == 501
 
 
 def _once(work: Callable[[], None] | None) -> Callable[[], None] | None:

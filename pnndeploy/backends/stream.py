@@ -49,6 +49,8 @@ def envelope_bytes() -> int:
 
 #: Largest message the client accepts, bytes: a body and its envelope.
 MAX_MESSAGE_BYTES = MAX_BODY_BYTES + 4 + MAX_TIMING_BYTES
+#: Pings answered after a reply before the stream is given up on as flooded.
+MAX_DRAINED_PINGS = 8
 #: Close codes (RFC 6455) that mean a broken protocol, not a server that went away: never retried.
 BROKEN_CODES = frozenset({1002, 1003, 1007, 1009})
 _PATH = re.compile(r"/[a-z0-9_/]*")
@@ -202,16 +204,22 @@ class Stream:
         raise Refused(status, body)
 
     def _drain(self) -> None:
-        """After a reply: answer the pings already read; anything else already read (a close, a message nobody
-        asked for) closes the stream, which would otherwise be out of step with its requests.  (An incomplete
-        frame left in wsproto's buffer is not visible here; an honest station sends none, and a dishonest one can
-        lie in its replies anyway.)"""
+        """After a reply: answer the pings already read (a few); anything else already read (a close, a message
+        nobody asked for, a flood of pings, a pong that cannot be sent) closes the stream, which would otherwise be
+        out of step with its requests, and never costs the reply in hand.  (An incomplete frame left in wsproto's
+        buffer is not visible here, nor, over TLS, a record the SSL object holds: :func:`stale` sees the socket
+        readable before the next exchange.  An honest station sends neither; a dishonest one can lie in its
+        replies anyway.)"""
         from wsproto.events import Ping, Pong
 
-        for event in self._ws.events():
-            if isinstance(event, Ping):
-                self._socket.write(self._ws.send(event.response()), self.timeout)
-            elif not isinstance(event, Pong):
+        for answered, event in enumerate(self._ws.events()):
+            try:
+                if isinstance(event, Ping) and answered < MAX_DRAINED_PINGS:
+                    self._socket.write(self._ws.send(event.response()), self.timeout)
+                    continue
+            except (httpcore.WriteError, httpcore.WriteTimeout):
+                pass                              # the reply in hand stands; the stream does not
+            if not isinstance(event, Pong) or answered >= MAX_DRAINED_PINGS:
                 self.close()
                 return
 
