@@ -166,13 +166,15 @@ def _check_exposure(host: str, tls: tuple[str, str] | None, insecure: bool) -> N
 @click.option("--idle-timeout", type=click.FloatRange(0.1, None), default=None, metavar="S",
               help="Stop after S seconds without a request.")
 @click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
-              help="Drop a connection whose request (line and headers) is not complete S seconds after it opened "
-                   "or after its previous reply.")
+              help="Drop a connection whose request (line and headers; on the stream, its next message) has not "
+                   "come S seconds after it opened or after its previous reply.")
 @click.option("--body-timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, metavar="S",
-              help="Answer 408 (and close) when a request's body is not complete S seconds after its headers.")
+              help="Answer 408 (and close) when a request's body is not complete S seconds after its headers; drop "
+                   "a stream whose begun message, or a connection whose unread reply, is still pending S (+1) "
+                   "seconds on.")
 @click.option("--max-connections", type=click.IntRange(1, 10000), default=64, show_default=True,
-              help="Open connections at most; a new one beyond drops the one that has waited longest without "
-                   "a request.")
+              help="Open connections at most; a new one beyond drops one whose peer does not read its reply, else "
+                   "the one that has waited longest without a request.")
 @click.option("--max-client-connections", type=click.IntRange(1, 10000), default=16, show_default=True,
               help="The same limit per client address.")
 @click.option("--fault", type=click.Choice(["malformed", "oversized", "stall", "nan"]), default=None, hidden=True,
@@ -185,7 +187,9 @@ def serve(profile: str, profiles: str | None, host: str, port: int, token_file: 
 
     Only this process knows the chip's fabrication truth; clients see what a station
     measures (protocol v1: README, "Connecting a lab's station"; the running server
-    lists it at /docs).  Every request needs the token; each is logged to stderr.
+    lists it at /docs; measurements also travel as messages on one WebSocket,
+    /v1/stream).  Every request and every message needs the token; each is logged to
+    stderr.
     """
     from pnndeploy.atomic import atomic_path
     from pnndeploy.backends.server import ServerSettings, bind, serve as run_server
