@@ -79,6 +79,7 @@ def test_chip_info_and_profile_show_name_the_station(cli, remote):
     assert info.exit_code == 0, info.output
     doc = json.loads(info.stdout)
     assert doc["device_id"] == "chipB" and doc["array"] == [16, 16] and "temperature" in doc["supports"]
+    assert doc["wire"] == "stream"                                       # what the station offers, auto takes
     shown = cli("profile", "show", "chipB-remote", "--profiles", folder)
     assert shown.exit_code == 0 and f"http {server.url} (station chip chipB)" in shown.output
 

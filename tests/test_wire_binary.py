@@ -8,6 +8,7 @@ nothing allocated beyond the limits); the server and the client against real `ch
 
 from __future__ import annotations
 
+import json
 import struct
 import tracemalloc
 from pathlib import Path
@@ -297,6 +298,9 @@ def test_chip_connect_wire_json_trains_in_situ_over_json_and_a_bad_wire_is_one_l
     backend = open_chip(read_profile(folder / "chipA-json.h5"))
     assert backend.wire == "json" and not backend.binary
     backend.close()
+    for name, wire in (("chipA-json", "json"), ("chipA-bin", "stream")):     # chip info says which it takes
+        shown = cli("chip", "info", name, "--profiles", folder, "--json")
+        assert shown.exit_code == 0 and json.loads(shown.stdout)["wire"] == wire, shown.output
     before = station.requests_logged("/v1/measure")
     result = cli("train", "--method", "standard", "--epochs", "1", "--hidden", "8", "--in-situ", "chipA-json",
                  "--in-situ-profiles", folder, "--out", tmp_path / "pat.onnx", "--json", "--seed", "0")

@@ -166,6 +166,13 @@ class HttpBackend(ChipBackend):
                 exchange.close()
         self._lean = self._stream = None
 
+    @property
+    def wire_in_use(self) -> str:
+        """How measurements travel to this station now: ``stream``, ``binary`` (a frame per HTTP request) or
+        ``json`` (what /v1/info offered and the backend option ``wire`` allowed; ``binary`` once a proxy refused
+        the stream, see ``stream_refused``)."""
+        return "stream" if self.streamed else "binary" if self.binary else "json"
+
     def info(self) -> ChipInfo:
         if self._info is None:
             raise BackendError(f"chip server {self.address}: not open")

@@ -318,13 +318,17 @@ def connect(device: str, profiles: str | None, address: str, kind: str, token_fi
 @insecure_option
 @click.option("--json", "as_json", is_flag=True, help="Print what the chip reports as JSON.")
 def info(device: str, profiles: str | None, timeout: float, insecure: bool, as_json: bool) -> None:
-    """Ask DEVICE's station what it holds: chip id, platform, array, firmware, what it supports."""
+    """Ask DEVICE's station what it holds: chip id, platform, array, firmware, what it supports (and, for a
+    station over the network, the wire measurements take: stream, binary or json)."""
     from pnndeploy.deploy.hardware import open_chip
     from pnndeploy.formats.profiles import read_profile
 
     backend = open_chip(read_profile(_profile_path(device, profiles)), timeout, insecure)
     try:
         doc = backend.info().to_dict()
+        wire = getattr(backend, "wire_in_use", None)
+        if isinstance(wire, str):
+            doc["wire"] = wire
     finally:
         backend.close()
     if as_json:
