@@ -27,8 +27,8 @@ from pnndeploy.backends.base import BackendError, LayerProgram
 from pnndeploy.backends.deadline import Deadline
 from pnndeploy.backends.frame import BINARY_TYPE, decode_frame, encode_frame
 from pnndeploy.backends.http import HttpBackend
-from pnndeploy.backends.stream import (MAX_MESSAGE_BYTES, SUBPROTOCOL, Refused, Stream, decode_reply,
-                                       decode_request, encode_reply, encode_request)
+from pnndeploy.backends.stream import (MAX_MESSAGE_BYTES, SUBPROTOCOL, HandshakeRefused, Stream,
+                                       decode_reply, decode_request, encode_reply, encode_request)
 from pnndeploy.backends.wire import MAX_BODY_BYTES, WireError
 from test_security_network import ATTACK_S, EvilStation, _closed, _no_traceback, _token
 
@@ -610,7 +610,7 @@ def test_a_refused_handshake_reads_as_the_http_refusal(tmp_path, tiny_fleet_dir)
     with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path, idle=30) as server:
         url = f"{server.url}/v1"
         wrong = Stream(url, {"Authorization": "Bearer not-the-token-at-all"}, None, Deadline(), 2.0)
-        with pytest.raises(Refused) as refused:
+        with pytest.raises(HandshakeRefused) as refused:
             wrong.exchange("/v1/measure", _measure_body())
         assert refused.value.status == 401 and "missing or wrong token" in json.loads(refused.value.body)["error"]
         assert wrong._socket is None

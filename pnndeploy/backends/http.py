@@ -360,7 +360,7 @@ class HttpBackend(ChipBackend):
         ``wire=auto`` a refusal that says something on the way does not pass WebSockets on (:func:`_proxy_refusal`)
         sends this and every later exchange over HTTP (:meth:`_lean_exchange`), as to a station without the stream,
         and is kept in ``stream_refused``."""
-        from pnndeploy.backends.stream import Misbehaving, Refused
+        from pnndeploy.backends.stream import HandshakeRefused, Misbehaving
 
         if not self.streamed:                 # given up on a try before this one: the stream is not passed on
             return self._lean_exchange(method, path, content, headers, where, meanwhile)
@@ -368,7 +368,7 @@ class HttpBackend(ChipBackend):
             status, timing, raw = self._stream.exchange(f"/{PROTOCOL}{path}", content or b"", meanwhile)
         except Misbehaving as exc:
             raise BackendError(f"{where}: {exc}; the server is misbehaving") from None
-        except Refused as exc:
+        except HandshakeRefused as exc:
             if self.wire == "auto" and _proxy_refusal(exc.status):
                 self.streamed, self.stream_refused = False, exc.status
                 return self._lean_exchange(method, path, content, headers, where, meanwhile)

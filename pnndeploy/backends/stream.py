@@ -57,7 +57,7 @@ _PATH = re.compile(r"/[a-z0-9_/]*")
 _STATUS = struct.Struct("<HH")
 
 
-class Refused(Exception):
+class HandshakeRefused(Exception):
     """The server answered the stream's handshake with an HTTP reply instead of accepting it (``status``, its
     ``body`` up to the limit): a wrong token, or something between client and station that does not pass
     WebSockets on (a proxy: 400, 404, 426...)."""
@@ -139,8 +139,8 @@ class Stream:
     def exchange(self, path: str, body: bytes,
                  meanwhile: Callable[[], None] | None = None) -> tuple[int, str, bytes]:
         """Send ``body`` for ``path`` and read the reply: (status, Server-Timing text, body).  A refused
-        handshake raises :class:`Refused` (nothing was sent).  ``meanwhile`` runs once the request is sent, before
-        the reply is read."""
+        handshake raises :class:`HandshakeRefused` (nothing was sent).  ``meanwhile`` runs once the request is
+        sent, before the reply is read."""
         from wsproto.events import BytesMessage
 
         try:
@@ -162,8 +162,8 @@ class Stream:
 
     # ------------------------------------------------------------------ helpers
     def _connect(self) -> None:
-        """Keep the open stream unless :func:`~pnndeploy.backends.exchange.stale`, else open one (:class:`Refused`
-        when the server will not)."""
+        """Keep the open stream unless :func:`~pnndeploy.backends.exchange.stale`, else open one
+        (:class:`HandshakeRefused` when the server will not)."""
         from wsproto import ConnectionType, WSConnection
         from wsproto.events import Request
 
@@ -180,7 +180,7 @@ class Stream:
         self._handshake()
 
     def _handshake(self) -> None:
-        """Return when the server accepted the stream with our subprotocol; :class:`Refused` with its reply."""
+        """Return when the server accepted the stream with our subprotocol; :class:`HandshakeRefused` with its reply."""
         from wsproto.events import AcceptConnection, RejectConnection, RejectData
 
         event = self._event()
@@ -201,7 +201,7 @@ class Stream:
             if len(body) > MAX_BODY_BYTES:
                 raise httpcore.RemoteProtocolError("the server's refusal of the stream is larger than the limit")
             more = not data.body_finished
-        raise Refused(status, body)
+        raise HandshakeRefused(status, body)
 
     def _drain(self) -> None:
         """After a reply: answer the pings already read (a few); anything else already read (a close, a message
