@@ -59,15 +59,15 @@ def _evil_backend(evil_station: EvilStation, timeout: float = 2.0, retries: int 
     return backend
 
 
-def _info_then(behave: Callable[[socket.socket], None]) -> Callable[[socket.socket], None]:
-    """A station that answers /info (its first connection), then ``behave``s on every later one."""
+def _info_then(behave: Callable[[socket.socket], None], info: bytes = INFO) -> Callable[[socket.socket], None]:
+    """A station that answers /info with ``info`` (its first connection), then ``behave``s on every later one."""
     calls = [0]
 
     def answer(conn: socket.socket) -> None:
         calls[0] += 1
         if calls[0] == 1:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(INFO) + INFO)
+                         b"Content-Length: %d\r\n\r\n" % len(info) + info)
         else:
             behave(conn)
 

@@ -30,6 +30,7 @@ from pnndeploy.backends.http import HttpBackend
 from pnndeploy.backends.stream import (MAX_MESSAGE_BYTES, SUBPROTOCOL, HandshakeRefused, Stream,
                                        decode_reply, decode_request, encode_reply, encode_request)
 from pnndeploy.backends.wire import MAX_BODY_BYTES, WireError
+from test_lean_exchange import _info_then
 from test_security_network import ATTACK_S, EvilStation, _closed, _no_traceback, _token
 
 # ------------------------------------------------------------------------------------------------ envelopes
@@ -260,47 +261,6 @@ def test_waiting_streams_count_toward_the_connection_limits(station):
     _no_traceback(station, "(--max-client-connections)")
 
 
-def test_a_peer_that_does_not_read_its_replies_is_dropped_at_the_body_deadline(tmp_path, tiny_fleet_dir):
-    """Requests sent, replies never read: the server's writes back up; the guard aborts the stream once writing has
-    been paused for --body-timeout (+1 s), serves others meanwhile, and nothing is left waiting on the peer: the
-    server stops at once (a stream only closed, not aborted, would hold its task until the shutdown's timeout)."""
-    with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path, "--header-timeout", "3", "--body-timeout", "1",
-                    idle=30) as server:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(5)
-        sock.connect(("127.0.0.1", server.port))
-        ws = WSConnection(ConnectionType.CLIENT)
-        sock.sendall(ws.send(Request(host="x", target="/v1/stream", subprotocols=[SUBPROTOCOL],
-                                     extra_headers=[(b"authorization", f"Bearer {_token(server)}".encode())])))
-        while not any(isinstance(e, AcceptConnection) for e in ws.events()):
-            ws.receive_data(sock.recv(4096))
-        big = encode_request("/v1/measure", encode_frame({"layer": 0, "weight_shape": [4, 6]},
-                                                         {"settings": np.zeros((4, 6)), "x": np.ones((256, 6))}))
-        start, dropped = time.monotonic(), False
-        try:
-            sock.settimeout(0.2)
-            while time.monotonic() - start < ATTACK_S and not dropped:
-                try:
-                    sock.sendall(ws.send(Message(data=big)))
-                except socket.timeout:
-                    pass
-                except OSError:
-                    break
-                dropped = "reply not read within 1 s (--body-timeout)" in server.log.read_text()
-            assert time.monotonic() - start < 8.0
-            other = RawStream(server.port, _token(server))                # the server still serves
-            assert other.ask(encode_request("/v1/measure", _measure_body()))[0] == 200
-            other.close()
-            stopping = time.monotonic()
-            server.stop()
-            assert time.monotonic() - stopping < 1.5
-        finally:
-            sock.close()
-    log = _no_traceback(server, "reply not read within 1 s (--body-timeout)")
-    assert "Cancel" not in log                                            # no task left hanging on the peer
-
-
 def _never_reading_stream(port: int, token: str) -> tuple[socket.socket, WSConnection]:
     """A stream whose peer reads its handshake and then nothing (a 4 KiB receive buffer)."""
     sock = socket.socket()
@@ -328,6 +288,29 @@ def _flood(sock: socket.socket, ws: WSConnection, until: Callable[[], bool]) -> 
             pass
         except OSError:
             return
+
+
+def test_a_peer_that_does_not_read_its_replies_is_dropped_at_the_body_deadline(tmp_path, tiny_fleet_dir):
+    """Requests sent, replies never read: the server's writes back up; the guard aborts the stream once writing has
+    been paused for --body-timeout (+1 s), serves others meanwhile, and nothing is left waiting on the peer: the
+    server stops at once (a stream only closed, not aborted, would hold its task until the shutdown's timeout)."""
+    with ChipServer(tiny_fleet_dir / "chipB.h5", tmp_path, "--header-timeout", "3", "--body-timeout", "1",
+                    idle=30) as server:
+        sock, ws = _never_reading_stream(server.port, _token(server))
+        start = time.monotonic()
+        try:
+            _flood(sock, ws, lambda: "reply not read within 1 s (--body-timeout)" in server.log.read_text())
+            assert time.monotonic() - start < 8.0
+            other = RawStream(server.port, _token(server))                # the server still serves
+            assert other.ask(encode_request("/v1/measure", _measure_body()))[0] == 200
+            other.close()
+            stopping = time.monotonic()
+            server.stop()
+            assert time.monotonic() - stopping < 1.5
+        finally:
+            sock.close()
+    log = _no_traceback(server, "reply not read within 1 s (--body-timeout)")
+    assert "Cancel" not in log                                            # no task left hanging on the peer
 
 
 def test_streams_whose_peers_do_not_read_are_dropped_first_to_make_room(tmp_path, tiny_fleet_dir):
@@ -390,14 +373,8 @@ def _evil_stream(misbehave: Callable[[socket.socket, WSConnection], None],
     """A station that answers /info (its first connection), accepts the stream on later ones, reads the client's
     message, then ``misbehave``s."""
     evil = EvilStation(lambda conn: None)
-    calls = [0]
 
-    def behave(conn: socket.socket) -> None:
-        calls[0] += 1
-        if calls[0] == 1:
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(INFO) + INFO)
-            return
+    def stream(conn: socket.socket) -> None:
         ws = WSConnection(ConnectionType.SERVER)
         ws.receive_data(evil.requests[-1])
         assert isinstance(next(ws.events()), Request)
@@ -413,7 +390,7 @@ def _evil_stream(misbehave: Callable[[socket.socket, WSConnection], None],
             ws.receive_data(data)
         misbehave(conn, ws)
 
-    evil.behave = behave
+    evil.behave = _info_then(stream, INFO)
     return evil
 
 
