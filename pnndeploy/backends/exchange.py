@@ -58,7 +58,6 @@ class Exchange:
     def __init__(self, base_url: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None,
                  deadline: Deadline, timeout: float) -> None:
         self.endpoint = Endpoint(base_url, ssl_context, deadline)
-        self.prefix = self.endpoint.prefix
         self.headers = [("Host", self.endpoint.host_header), *headers.items()]
         self.timeout = timeout
         self._stream: httpcore.NetworkStream | None = None
@@ -91,7 +90,7 @@ class Exchange:
         runs (an in-situ step maps its next layer there).  What it raises closes the connection and propagates."""
         stream, conn = self._connection()
         try:
-            head = h11.Request(method=method, target=self.prefix + path,
+            head = h11.Request(method=method, target=self.endpoint.prefix + path,
                                headers=[*self.headers, *headers.items(), ("Content-Length", str(len(content)))])
             stream.write(conn.send(head) + conn.send(h11.Data(data=content)) + conn.send(h11.EndOfMessage()),
                          self.timeout)

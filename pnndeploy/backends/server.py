@@ -38,7 +38,7 @@ from pnndeploy.backends.frame import BINARY_TYPE, VERSION as FRAME_VERSION, deco
 from pnndeploy.backends.guard import ConnectionGuard, guarded_protocol, guarded_ws_protocol, printable
 from pnndeploy.backends.simulated import SimulatedChip
 from pnndeploy.backends.slots import Slots, Stale
-from pnndeploy.backends.stream import SUBPROTOCOL, envelope_bytes, server_timing
+from pnndeploy.backends.stream import ENVELOPE_BYTES, SUBPROTOCOL, server_timing
 from pnndeploy.backends.stream_server import Handler, StreamEndpoint
 from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, field_array, loads_object
 
@@ -499,7 +499,7 @@ def serve(chip: SimulatedChip, settings: ServerSettings, sock: socket.socket) ->
     # compressed (an inflated message could exceed any limit), no pings of the server's own (the guard's
     # deadlines bound an idle stream)
     config = uvicorn.Config(create_app(chip, settings, on_request), http=guarded_protocol(guard),
-                            ws=guarded_ws_protocol(guard), ws_max_size=settings.max_body_bytes + envelope_bytes(),
+                            ws=guarded_ws_protocol(guard), ws_max_size=settings.max_body_bytes + ENVELOPE_BYTES,
                             ws_per_message_deflate=False, ws_ping_interval=None, ws_ping_timeout=None,
                             log_config=None, access_log=False, lifespan="off", timeout_keep_alive=5,
                             timeout_graceful_shutdown=2, h11_max_incomplete_event_size=MAX_HEADER_BYTES,

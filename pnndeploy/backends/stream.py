@@ -40,21 +40,16 @@ from pnndeploy.backends.wire import MAX_BODY_BYTES, WireError
 SUBPROTOCOL = "pnndeploy.stream.v1"
 #: Longest path and Server-Timing text a message carries, bytes.
 MAX_PATH_BYTES, MAX_TIMING_BYTES = 64, 512
-
-
-def envelope_bytes() -> int:
-    """The most bytes a message's envelope (path or status and timing) adds to its body."""
-    return max(1 + MAX_PATH_BYTES, _STATUS.size + MAX_TIMING_BYTES)
-
-
-#: Largest message the client accepts, bytes: a body and its envelope.
-MAX_MESSAGE_BYTES = MAX_BODY_BYTES + 4 + MAX_TIMING_BYTES
+_PATH = re.compile(r"/[a-z0-9_/]*")
+_STATUS = struct.Struct("<HH")
+#: The most bytes a message's envelope (a request's path, a reply's status and timing) adds to its body.
+ENVELOPE_BYTES = max(1 + MAX_PATH_BYTES, _STATUS.size + MAX_TIMING_BYTES)
+#: Largest message either side accepts, bytes: a body and its envelope.
+MAX_MESSAGE_BYTES = MAX_BODY_BYTES + ENVELOPE_BYTES
 #: Pings answered after a reply before the stream is given up on as flooded.
 MAX_DRAINED_PINGS = 8
 #: Close codes (RFC 6455) that mean a broken protocol, not a server that went away: never retried.
 BROKEN_CODES = frozenset({1002, 1003, 1007, 1009})
-_PATH = re.compile(r"/[a-z0-9_/]*")
-_STATUS = struct.Struct("<HH")
 
 
 class HandshakeRefused(Exception):
