@@ -175,8 +175,13 @@ def quantise(settings: np.ndarray, heater_range: tuple[float, float], bits: int)
     lo, hi = heater_range
     step = (hi - lo) / (2 ** bits - 1)
     inside = (settings >= lo) & (settings <= hi)
-    codes = np.round((np.clip(settings, lo, hi) - lo) / step)
-    return lo + codes * step, inside
+    codes = np.minimum(np.maximum(settings, lo), hi)       # np.clip's bits, without its dispatch (per layer, step)
+    codes -= lo
+    codes /= step
+    np.rint(codes, out=codes)                               # np.round's half-to-even at 0 decimals
+    codes *= step
+    codes += lo
+    return codes, inside
 
 
 def solve_crosstalk(goal: np.ndarray, crosstalk: float, spill: Callable[[np.ndarray], np.ndarray],
@@ -194,16 +199,19 @@ def solve_crosstalk(goal: np.ndarray, crosstalk: float, spill: Callable[[np.ndar
     heat, so they spill nothing; the calibration folds a stuck drive into their offset).  Zero crosstalk returns
     ``goal`` (clipped, held at 0) unchanged.
     """
-    def clip(h: np.ndarray) -> np.ndarray:
-        h = h if bounds is None else np.clip(h, bounds[0], bounds[1])
+    def clip(h: np.ndarray) -> np.ndarray:          # in place: ``h`` is always an array made here
+        if bounds is not None:                      # np.clip's bits, without its dispatch (a dozen sweeps a layer)
+            np.maximum(h, bounds[0], out=h)
+            np.minimum(h, bounds[1], out=h)
         return h if held is None else np.where(held, 0.0, h)
 
     if not crosstalk:
-        return clip(goal).copy()
-    h = clip(goal if start is None else start)
+        return clip(np.array(goal, np.float64))
+    h = clip(np.array(goal if start is None else start, np.float64))
     sweeps = int(np.ceil(np.log(1e-13) / np.log(2.0 * crosstalk))) + 1       # (2c)^sweeps below 1e-13
     for _ in range(sweeps):
-        h = clip(goal - crosstalk * spill(h))
+        step = np.multiply(spill(h), crosstalk)
+        h = clip(np.subtract(goal, step, out=step))
     return h
 
 

@@ -210,7 +210,7 @@ class FreeSpacePlatform(LinearPlatform):
         static = np.stack([np.asarray(h, np.float64) + p.fabrication[self.offset_name][:, ri, ci]
                            for h, p in zip(settings, profiles)])
         return {
-            "ri": torch.from_numpy(ri).to(device), "ci": torch.from_numpy(ci).to(device),
+            "ri": torch.tensor(ri, device=device), "ci": torch.tensor(ci, device=device),    # read-only: copies
             "static": torch.from_numpy(static).to(device=device, dtype=dtype),
             "gain": stacked([p.fabrication["pixel_gain"][:, ri, ci] for p in profiles], device, dtype),
             "drift": stacked([p.environment.drift_coefficient[:, ri, ci] for p in profiles], device, dtype),

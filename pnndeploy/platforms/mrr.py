@@ -79,12 +79,13 @@ class MRRPlatform(LinearPlatform):
         w_min = 1.0 - 2.0 * a                      # on resonance
         w_max = self.transfer(x_max, gamma, a) if np.isfinite(x_max) else np.float64(1.0)
         reachable = (weight >= w_min - 1e-12) & (weight <= w_max + 1e-12)
-        w = np.clip(weight, w_min, w_max)
+        w = np.minimum(np.maximum(weight, w_min), w_max)          # np.clip's bits, without its dispatch
         # 1 + u^2 = 2a / (1 - W)  ->  u = sqrt(2a/(1-W) - 1)
         u2 = np.maximum(2.0 * a / np.maximum(1.0 - w, 1e-300) - 1.0, 0.0)
-        x = gamma * np.sqrt(u2)
-        s = np.where(np.asarray(sign) < 0, -1.0, 1.0)
-        return np.clip(s * x, lo, hi), np.broadcast_to(reachable, x.shape).copy()
+        x = gamma * np.sqrt(u2) * np.where(np.asarray(sign) < 0, -1.0, 1.0)
+        x = np.minimum(np.maximum(x, lo), hi)
+        fresh = isinstance(reachable, np.ndarray) and reachable.shape == np.shape(x)
+        return x, reachable if fresh else np.broadcast_to(reachable, np.shape(x)).copy()
 
     # ---------------------------------------------------------------------------------------- a layer
     def control_shape(self, weight_shape: tuple[int, int], params: Mapping[str, Any] | None = None) -> tuple[int, ...]:
@@ -185,7 +186,6 @@ class MRRPlatform(LinearPlatform):
         (:func:`pnndeploy.deploy.fault_compensation.compensate_held`)."""
         ri, ci = ring_index(weight.shape, layout)
         cal = {k: calibration[k][ri, ci] for k in self.param_units}
-        sign = np.where(controls < 0, -1.0, 1.0)
         faulty = faulty_mask(calibration)
         held = None if faulty is None else faulty[ri, ci]
         weight = weight.astype(np.float64)
@@ -194,7 +194,7 @@ class MRRPlatform(LinearPlatform):
             weight = np.where(unused[:, None], 1.0, weight)       # a finite stand-in: the row is held at 0
             held = unused[:, None] | (False if held is None else held)
         # the heater range, not the training range, limits what the chip can reach
-        target, reachable = self.inverse(weight, sign, np.inf, **cal)
+        target, reachable = self.inverse(weight, controls, np.inf, **cal)     # the trained branch: controls' sign
         offset = calibration[self.offset_name][ri, ci]
         wanted, inside = self.heater_settings(target - offset, float(environment.crosstalk), ci, layout,
                                               environment.heater_range, held)
@@ -202,10 +202,13 @@ class MRRPlatform(LinearPlatform):
         applied = settings if held is None else np.where(held, 0.0, settings)   # a faulty ring ignores its setting
         realised = self.transfer(applied + offset + environment.crosstalk * _neighbour_sum(ci, layout)(applied),
                                  **cal)
-        used = ~unused
-        clipping = Clipping.of(int(used.sum()) * weight.shape[1], reachable[used], inside[used],
-                               None if held is None else held[used])
-        return LayerMapping(settings, clipping, float(np.linalg.norm((realised - weight)[used])))
+        error = realised - weight
+        if unused.any():
+            used = ~unused
+            reachable, inside, error = reachable[used], inside[used], error[used]
+            held = None if held is None else held[used]
+        clipping = Clipping.of(reachable.size, reachable, inside, held)
+        return LayerMapping(settings, clipping, float(np.linalg.norm(error)))
 
     def row_period(self, layout: tuple[int, int]) -> int | None:
         """A layer's rows are tiled over the bank's R rows: its outputs may move to rows without faulty rings."""
@@ -260,7 +263,7 @@ class MRRPlatform(LinearPlatform):
 
         dtype = dtype or torch.float32
         ri, ci = ring_index(weight_shape, layout)
-        index = (torch.from_numpy(ri).to(device), torch.from_numpy(ci).to(device))
+        index = (torch.tensor(ri, device=device), torch.tensor(ci, device=device))   # copies: ri, ci are read-only
 
         def gathered(arrays: list[np.ndarray]) -> Any:      # (chips, R, C) per ring -> (chips, out, in) per weight
             return stacked(arrays, device, dtype)[:, index[0], index[1]]

@@ -7,12 +7,20 @@ error touches every tile.  Mapping and the chip simulator must agree on this.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
 def ring_index(shape: tuple[int, int], array: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of the ring that holds each weight of a (out, in) layer."""
-    out_f, in_f = shape
-    rows, cols = array
-    return np.arange(out_f)[:, None] % rows + np.zeros((1, in_f), dtype=np.int64), \
-        np.zeros((out_f, 1), dtype=np.int64) + np.arange(in_f)[None, :] % cols
+    """Row and column of the ring that holds each weight of a (out, in) layer (read-only arrays, made once per
+    shape and array: in-situ training maps every layer at every step)."""
+    return _ring_index(int(shape[0]), int(shape[1]), int(array[0]), int(array[1]))
+
+
+@functools.lru_cache(maxsize=64)
+def _ring_index(out_f: int, in_f: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    ri = np.arange(out_f)[:, None] % rows + np.zeros((1, in_f), dtype=np.int64)
+    ci = np.zeros((out_f, 1), dtype=np.int64) + np.arange(in_f)[None, :] % cols
+    ri.flags.writeable = ci.flags.writeable = False
+    return ri, ci
