@@ -94,6 +94,28 @@ def test_the_simulated_chip_measures_what_the_fleet_simulator_computes(tiny_flee
         chip.infer(1, x)
 
 
+def test_the_simulated_chip_keeps_the_truth_of_the_shapes_its_slots_hold_only(tiny_fleet_dir):
+    chip = SimulatedChip(profile=read_profile(tiny_fleet_dir / "chipB.h5"), measurement_noise=0.0)
+
+    def program(index, shape):
+        chip.program([LayerProgram(index, shape, np.zeros(shape))])
+        return set(chip._truth)
+
+    assert program(0, (3, 5)) == {(3, 5)}
+    assert program(1, (2, 3)) == {(3, 5), (2, 3)}
+    assert program(0, (3, 5)) == {(3, 5), (2, 3)}        # re-programmed in its shape: the truth kept
+    assert program(1, (3, 5)) == {(3, 5)}                 # no slot holds 2x3 any more
+    assert program(0, (4, 4)) == {(3, 5), (4, 4)}
+    x = np.random.default_rng(0).random((2, 4))
+    np.testing.assert_array_equal(chip.infer(0, x), _programmed(chip.profile, (4, 4)).infer(0, x))   # as if new
+
+
+def _programmed(profile, shape):
+    fresh = SimulatedChip(profile=profile, measurement_noise=0.0)
+    fresh.program([LayerProgram(0, shape, np.zeros(shape))])
+    return fresh
+
+
 def test_mrr_fit_recovers_the_transfer_function_exactly_without_noise():
     platform = get_platform("mrr")
     rng = np.random.default_rng(3)

@@ -123,15 +123,21 @@ class SimulatedChip(ChipBackend):
             if settings.shape != tuple(expected):
                 raise BackendError(f"layer {layer.index}: settings of shape {settings.shape}, but a {out_f}x{in_f} "
                                    f"{self.platform.name} layer takes {tuple(expected)}")
-            if not np.all(np.isfinite(settings)):
+            if not np.isfinite(settings).all():
                 raise BackendError(f"layer {layer.index}: settings hold NaN or inf")
             lo, hi = self.profile.environment.heater_range
-            settings = np.clip(settings, lo, hi)      # the DAC cannot drive beyond its range
+            settings = np.minimum(np.maximum(settings, lo), hi)    # the DAC cannot drive beyond its range (clip's bits)
             settings = realised_settings(self.platform, settings, self.profile.fabrication, self.profile.shape)
+            before = self.slots.get(layer.index)
             self.slots[layer.index] = ((out_f, in_f), self._layer_state((out_f, in_f), settings))
             self._noise.pop(layer.index, None)
+            if before is not None and before[0] != (out_f, in_f):
+                self._forget_unheld_truth()
+
+    def _forget_unheld_truth(self) -> None:
+        """Drop the truth kept for shapes no slot holds any more (the slots bound what is kept)."""
         held = {shape for shape, _ in self.slots.values()}
-        self._truth = {shape: truth for shape, truth in self._truth.items() if shape in held}   # slots bound it
+        self._truth = {shape: truth for shape, truth in self._truth.items() if shape in held}
 
     def _layer_state(self, shape: tuple[int, int], settings: np.ndarray) -> dict[str, Any]:
         """The platform's simulation state of a layer at ``settings``: the truth gathered for the layer's shape

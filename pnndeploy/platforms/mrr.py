@@ -452,7 +452,10 @@ def _neighbour_sum_of(ci_bytes: bytes, shape: tuple[int, ...], layout: tuple[int
         if _sparse_ready(h, ci.shape):           # a chip server's program, a fleet's layers: one product too
             import torch
 
-            return torch.from_numpy((ones @ h.detach().reshape(-1, ci.size).numpy().T).T).reshape(h.shape)
+            flat = h.detach().reshape(-1, ci.size).numpy()
+            if len(flat) == 1:                   # one chip (a served chip's program): the vector product, same bits
+                return torch.from_numpy(ones @ flat[0]).reshape(h.shape)
+            return torch.from_numpy((ones @ flat.T).T).reshape(h.shape)
         if isinstance(h, np.ndarray):
             where, zero, total, left, right = np.where, 0.0, np.zeros_like(h), has_left, has_right
         else:
