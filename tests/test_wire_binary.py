@@ -291,13 +291,14 @@ def test_chip_connect_wire_json_trains_in_situ_over_json_and_a_bad_wire_is_one_l
 
     folder = tmp_path / "profiles"
     shutil.copytree(tiny_fleet_dir, folder)
-    for name, wire in (("chipA-json", "json"), ("chipA-bin", "auto")):
+    for name, wire, poll in (("chipA-json", "json", []), ("chipA-bin", "auto", ["--busy-poll-ms", "0.5"])):
         result = cli("chip", "connect", "chipA", "--profiles", folder, "--address", station.url, "--token-file",
-                     station.token_file, "--name", name, "--wire", wire)
+                     station.token_file, "--name", name, "--wire", wire, *poll)
         assert result.exit_code == 0, result.output
     backend = open_chip(read_profile(folder / "chipA-json.h5"))
-    assert backend.wire == "json" and not backend.binary
+    assert backend.wire == "json" and not backend.binary and backend.busy_poll_ms == 2.0      # the default
     backend.close()
+    assert open_chip(read_profile(folder / "chipA-bin.h5")).busy_poll_ms == 0.5
     for name, wire in (("chipA-json", "json"), ("chipA-bin", "stream")):     # chip info says which it takes
         shown = cli("chip", "info", name, "--profiles", folder, "--json")
         assert shown.exit_code == 0 and json.loads(shown.stdout)["wire"] == wire, shown.output
@@ -308,6 +309,8 @@ def test_chip_connect_wire_json_trains_in_situ_over_json_and_a_bad_wire_is_one_l
     assert station.requests_logged("/v1/measure") - before == 2 * -(-1437 // 32)
     bad = cli("chip", "connect", "chipA", "--profiles", folder, "--address", station.url, "--wire", "pickle")
     assert bad.exit_code == 2 and "pickle" in bad.output
+    bad = cli("chip", "connect", "chipA", "--profiles", folder, "--address", station.url, "--busy-poll-ms", "99")
+    assert bad.exit_code == 2 and "--busy-poll-ms" in bad.output
     with pytest.raises(BackendError, match="wire='pickle': use one of auto, stream, binary, json"):
         HttpBackend(station.url, {"wire": "pickle"})
 

@@ -7,6 +7,10 @@ one here gives every connect, read, write and handshake at most what is left of
 the current :class:`Deadline`, and fails (as a timeout httpx knows) once none is
 left.  CPython's TLS operations keep one deadline over their whole call, so a
 slow handshake is bounded too.
+
+A read may busy-poll (:class:`BusyPoll`) before it sleeps: in-situ training waits on
+the station about a millisecond per layer and pass, and on a virtual machine whose idle
+core halts, the sleep and the wake cost as much as the wait (issue 26).
 """
 
 from __future__ import annotations
@@ -41,6 +45,36 @@ class Deadline:
         return wait if wait != float("inf") else None  # type: ignore[return-value]
 
 
+class BusyPoll:
+    """How long a read polls its socket without sleeping before it blocks, and when it stops trying.
+
+    A reply that comes within ``seconds`` is read without the thread sleeping and waking (on a virtual machine
+    whose idle core halts, a sleep and wake cost about as much as the wait itself).  The cost is a core kept busy
+    while it polls, so it gives up on a station slower than that: after :data:`MISSES` polls in a row that found
+    nothing it polls only every :data:`PROBE_EVERY`-th read, until one finds its reply again.  ``seconds`` 0:
+    never poll."""
+
+    MISSES = 3
+    PROBE_EVERY = 16
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = float(seconds)
+        self.misses = 0
+        self.reads = 0
+        #: Reads that polled, and of them those that found their bytes (reported, tested).
+        self.polls = self.hits = 0
+
+    def due(self) -> bool:
+        """Whether this read polls."""
+        self.reads += 1
+        return self.seconds > 0 and (self.misses < self.MISSES or self.reads % self.PROBE_EVERY == 0)
+
+    def outcome(self, hit: bool) -> None:
+        self.polls += 1
+        self.hits += hit
+        self.misses = 0 if hit else self.misses + 1
+
+
 class TlsFailure(Exception):
     """The TLS handshake failed (an unverifiable certificate, no TLS on the other side): never retried."""
 
@@ -58,13 +92,31 @@ def _mapped(timeout_error: type[Exception], other_error: type[Exception]) -> Ite
 class _Stream(httpcore.NetworkStream):
     """A socket whose every operation waits at most until the deadline."""
 
-    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
-        self._sock, self._deadline = sock, deadline
+    def __init__(self, sock: socket.socket, deadline: Deadline, busy_poll: BusyPoll | None = None) -> None:
+        self._sock, self._deadline, self.busy_poll = sock, deadline, busy_poll or BusyPoll()
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         with _mapped(httpcore.ReadTimeout, httpcore.ReadError):
+            if self.busy_poll.due():
+                left = self._deadline.left(timeout)
+                data = self._poll(max_bytes, self.busy_poll.seconds if left is None else min(self.busy_poll.seconds,
+                                                                                             left))
+                self.busy_poll.outcome(data is not None)
+                if data is not None:
+                    return data
             self._sock.settimeout(self._deadline.left(timeout))
             return self._sock.recv(max_bytes)
+
+    def _poll(self, max_bytes: int, seconds: float) -> bytes | None:
+        """What a non-blocking read gets within ``seconds`` of trying again at once; None when nothing came."""
+        self._sock.settimeout(0.0)
+        end = time.perf_counter() + seconds
+        while True:
+            try:
+                return self._sock.recv(max_bytes)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                if time.perf_counter() >= end:
+                    return None
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         view = memoryview(buffer)
@@ -90,7 +142,7 @@ class _Stream(httpcore.NetworkStream):
         except BaseException:
             self._sock.close()
             raise
-        return _Stream(sock, self._deadline)
+        return _Stream(sock, self._deadline, self.busy_poll)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "ssl_object":
@@ -111,8 +163,8 @@ class _Stream(httpcore.NetworkStream):
 class DeadlineBackend(httpcore.NetworkBackend):
     """httpcore's network backend with :class:`Deadline` bounded sockets (TCP only)."""
 
-    def __init__(self, deadline: Deadline) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: Deadline, busy_poll: BusyPoll | None = None) -> None:
+        self.deadline, self.busy_poll = deadline, busy_poll or BusyPoll()
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
@@ -122,7 +174,7 @@ class DeadlineBackend(httpcore.NetworkBackend):
             for option in socket_options or ():
                 sock.setsockopt(*option)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Stream(sock, self.deadline)
+        return _Stream(sock, self.deadline, self.busy_poll)
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)

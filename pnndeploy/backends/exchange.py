@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import h11
 import httpcore
 
-from pnndeploy.backends.deadline import KEEPALIVE_S, Deadline, DeadlineBackend
+from pnndeploy.backends.deadline import KEEPALIVE_S, BusyPoll, Deadline, DeadlineBackend
 
 #: Largest reply head (status line and headers) read, bytes: as h11's default.
 MAX_HEAD_BYTES = 16 * 1024
@@ -33,16 +33,18 @@ READ_BYTES = 65536
 
 class Endpoint:
     """Where a server is (``base_url``: scheme, host, port, path prefix) and how to reach it: a TCP connection
-    within a deadline, TLS (verified by ``ssl_context``) for https."""
+    within a deadline, TLS (verified by ``ssl_context``) for https, reads that poll as ``busy_poll`` says before
+    they sleep (none without it)."""
 
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext | None, deadline: Deadline) -> None:
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext | None, deadline: Deadline,
+                 busy_poll: BusyPoll | None = None) -> None:
         parts = urlsplit(base_url)
         self.host, self.tls = parts.hostname or "", ssl_context if parts.scheme == "https" else None
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.prefix = parts.path.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if self.port == (443 if parts.scheme == "https" else 80) else f"{host}:{self.port}"
-        self.network = DeadlineBackend(deadline)
+        self.network = DeadlineBackend(deadline, busy_poll)
 
     def connect(self, timeout: float) -> httpcore.NetworkStream:
         """A new connection (TLS handshake done), every step within the deadline."""
@@ -56,8 +58,8 @@ class Exchange:
     """HTTP/1.1 requests to one server (``base_url``: scheme, host, port, path prefix) on one connection."""
 
     def __init__(self, base_url: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None,
-                 deadline: Deadline, timeout: float) -> None:
-        self.endpoint = Endpoint(base_url, ssl_context, deadline)
+                 deadline: Deadline, timeout: float, busy_poll: BusyPoll | None = None) -> None:
+        self.endpoint = Endpoint(base_url, ssl_context, deadline, busy_poll)
         self.headers = [("Host", self.endpoint.host_header), *headers.items()]
         self.timeout = timeout
         self._stream: httpcore.NetworkStream | None = None

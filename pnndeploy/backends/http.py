@@ -36,6 +36,10 @@ from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, encode_
 
 #: Retries after the first try of a request that failed transiently, and the first backoff (doubles each time).
 RETRIES, BACKOFF_S = 3, 0.2
+#: How long a measurement's read polls for the reply before it sleeps, ms (backend option ``busy_poll_ms``; 0: never;
+#: :class:`~pnndeploy.backends.deadline.BusyPoll`): a station on loopback or a LAN answers a layer within about a
+#: millisecond, and on a virtual machine sleeping through that wait costs as much as the wait.
+BUSY_POLL_MS, MAX_BUSY_POLL_MS = 2.0, 50.0
 _TRANSIENT_STATUS = {502, 503, 504}
 #: The wires a client may ask for (backend option ``wire``): auto (the stream, else binary, as the server offers),
 #: stream (binary frames on a WebSocket), binary (a binary frame per HTTP request), json.
@@ -60,6 +64,8 @@ class HttpBackend(ChipBackend):
         self.wire = str(self.options.get("wire", "auto"))
         if self.wire not in WIRES:
             raise BackendError(f"backend option wire={self.wire!r}: use one of {', '.join(WIRES)}")
+        self.busy_poll_ms = _busy_poll_ms(self.options.get("busy_poll_ms", BUSY_POLL_MS))
+        self.busy_poll: Any = None      # the measurements' BusyPoll (polls and hits), made by open()
         self._client: Any = None
         self._lean: Any = None          # binary-wire exchanges (:mod:`pnndeploy.backends.exchange`)
         self._stream: Any = None        # the same on the stream (:mod:`pnndeploy.backends.stream`)
@@ -79,7 +85,7 @@ class HttpBackend(ChipBackend):
     def open(self) -> ChipInfo:
         import httpx
 
-        from pnndeploy.backends.deadline import Deadline, deadline_transport
+        from pnndeploy.backends.deadline import BusyPoll, Deadline, deadline_transport
         from pnndeploy.backends.exchange import Exchange
         from pnndeploy.backends.stream import Stream
 
@@ -95,10 +101,11 @@ class HttpBackend(ChipBackend):
         self._client = httpx.Client(base_url=f"{self.address}/{PROTOCOL}", timeout=httpx.Timeout(self.timeout),
                                     transport=deadline_transport(context, self._deadline), trust_env=False,
                                     headers=common, follow_redirects=False)
+        self.busy_poll = BusyPoll(self.busy_poll_ms / 1000)
         self._lean = Exchange(f"{self.address}/{PROTOCOL}", common, context or ssl.create_default_context(),
-                              self._deadline, self.timeout)
+                              self._deadline, self.timeout, self.busy_poll)
         self._stream = Stream(f"{self.address}/{PROTOCOL}", common, context or ssl.create_default_context(),
-                              self._deadline, self.timeout)
+                              self._deadline, self.timeout, self.busy_poll)
         try:
             reply, _ = self._request("GET", "/info")
             self._info = self._parse_info(reply)
@@ -458,6 +465,18 @@ class HttpBackend(ChipBackend):
         if doc is None:
             raise BackendError(f"{where}: malformed reply ({problem}); is this a pnndeploy chip server?")
         return doc, {}
+
+
+def _busy_poll_ms(value: Any) -> float:
+    """The backend option ``busy_poll_ms`` as a number of milliseconds in 0..:data:`MAX_BUSY_POLL_MS`."""
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        ms = math.nan
+    if isinstance(value, bool) or not 0.0 <= ms <= MAX_BUSY_POLL_MS:
+        raise BackendError(f"backend option busy_poll_ms={str(value)[:40]!r}: use a number of milliseconds in "
+                           f"0..{MAX_BUSY_POLL_MS:g} (0: never poll)")
+    return ms
 
 
 def _proxy_refusal(status: int) -> bool:

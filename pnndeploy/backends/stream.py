@@ -32,7 +32,7 @@ from typing import Callable
 
 import httpcore
 
-from pnndeploy.backends.deadline import Deadline
+from pnndeploy.backends.deadline import BusyPoll, Deadline
 from pnndeploy.backends.exchange import Endpoint, stale
 from pnndeploy.backends.wire import MAX_BODY_BYTES, WireError
 
@@ -119,8 +119,9 @@ class Stream:
     cannot help)."""
 
     def __init__(self, base_url: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None,
-                 deadline: Deadline, timeout: float) -> None:
-        self.endpoint, self.headers, self.timeout = Endpoint(base_url, ssl_context, deadline), headers, timeout
+                 deadline: Deadline, timeout: float, busy_poll: BusyPoll | None = None) -> None:
+        self.endpoint = Endpoint(base_url, ssl_context, deadline, busy_poll)
+        self.headers, self.timeout = headers, timeout
         self._socket: httpcore.NetworkStream | None = None
         self._ws = None
         self._idle_since = 0.0
