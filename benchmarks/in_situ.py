@@ -4,8 +4,9 @@ Trains standard and SAT in silico, and PAT (standard in situ) and SAT + PAT (sat
 reached through `pnndeploy chip serve` on loopback, for a few seeds; maps each model onto the
 default fleet and reports its accuracy on chipA and on the seven other chips.  It also times a
 training step in silico, in situ with the chip in this process (no network) and in situ over
-HTTP with the JSON wire, the binary wire and the stream (binary frames on a WebSocket), so the network's share of the in-situ cost is
-measured; the station's configured readout latency (its Server-Timing) is reported apart.
+HTTP with the JSON wire, the binary wire and the stream (binary frames on a WebSocket; with the client's
+busy poll, its default, and without), so the network's share of the in-situ cost is measured; the station's
+configured readout latency (its Server-Timing) is reported apart.
 
     python benchmarks/in_situ.py                 # 3 seeds, 30 epochs (about 6 min on two cores)
     python benchmarks/in_situ.py --seeds 1 --epochs 5
@@ -63,10 +64,13 @@ def connect(folder: Path, url: str, token: Path) -> None:
                     "--address", url, "--token-file", str(token)], check=True, capture_output=True)
 
 
-def open_wire(profile: Any, wire: str) -> InSituChip:
-    """The remote chip reached over ``wire`` (json, binary or stream), for in-situ training."""
+def open_wire(profile: Any, wire: str, busy_poll_ms: float | None = None) -> InSituChip:
+    """The remote chip reached over ``wire`` (json, binary or stream), for in-situ training; ``busy_poll_ms``:
+    the backend's option (None: its default)."""
     backend = open_chip(profile, 10.0)
     backend.wire = wire
+    if busy_poll_ms is not None:
+        backend.busy_poll_ms = busy_poll_ms
     backend.open()
     return InSituChip(backend, profile)
 
@@ -93,7 +97,8 @@ def step_costs(epochs: int, local: Any, remote: Any, tmp: Path, rounds: int = 1,
                             ("chip in process", lambda: InSituChip(SimulatedChip(profile=local), local)),
                             ("HTTP, JSON wire", lambda: open_wire(remote, "json")),
                             ("HTTP, binary wire", lambda: open_wire(remote, "binary")),
-                            ("HTTP, stream", lambda: open_wire(remote, "stream"))):
+                            ("HTTP, stream", lambda: open_wire(remote, "stream")),
+                            ("HTTP, stream, no busy poll", lambda: open_wire(remote, "stream", 0.0))):
             for method in ("standard", "sat"):
                 cost = one_cost(data, steps, epochs, method, label, make(), tmp, server_pid)
                 samples.setdefault(f"{method}, {label}", []).append(cost)
@@ -126,6 +131,8 @@ def one_cost(data: Any, steps: int, epochs: int, method: str, label: str, chip: 
             "server_chip_ms_per_step": 1000 * station["chip"] / steps,
             "map_ms_per_step": 1000 * chip.map_seconds / steps if chip else 0.0,
             "exchanges_per_step": getattr(backend, "exchanges", 0) / steps,
+            "reads_polled": getattr(getattr(backend, "busy_poll", None), "polls", 0),
+            "polls_answered": getattr(getattr(backend, "busy_poll", None), "hits", 0),
             "kbytes_per_step": (getattr(backend, "bytes_sent", 0) + getattr(backend, "bytes_received", 0))
             / 1000 / steps}
     if backend is not None:
@@ -135,13 +142,14 @@ def one_cost(data: Any, steps: int, epochs: int, method: str, label: str, chip: 
 
 def print_costs(costs: dict[str, dict]) -> None:
     print("\n| step | ms per step | × in silico | × without readout | CPU ms (client + server) | × in silico, CPU "
-          "| in the backend | of it readout latency | of it server's chip | mapping | exchanges | kB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| in the backend | of it readout latency | of it server's chip | mapping | exchanges | kB | reads polled "
+          "(answered) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, c in costs.items():
         print(f"| {label} | {c['ms_per_step']:.2f} | {c['x_in_silico']:.1f} | {c['x_in_silico_without_readout']:.1f} "
               f"| {c['cpu_ms_per_step']:.2f} | {c['cpu_x_in_silico']:.1f} "
               f"| {c['backend_ms_per_step']:.2f} | {c['readout_ms_per_step']:.2f} | {c['server_chip_ms_per_step']:.2f}"
-              f" | {c['map_ms_per_step']:.2f} | {c['exchanges_per_step']:.1f} | {c['kbytes_per_step']:.1f} |")
+              f" | {c['map_ms_per_step']:.2f} | {c['exchanges_per_step']:.1f} | {c['kbytes_per_step']:.1f} "
+              f"| {c['reads_polled']:.0f} ({c['polls_answered']:.0f}) |")
 
 
 def main() -> None:
