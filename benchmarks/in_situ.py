@@ -87,7 +87,8 @@ def step_costs(epochs: int, local: Any, remote: Any, tmp: Path, rounds: int = 1,
                server_pid: int | None = None) -> dict[str, dict]:
     """ms per training step (batch 32) in silico, with the chip in this process, and over loopback HTTP on each
     wire, for standard (PAT) and sat (SAT + PAT); the station's readout latency and chip time apart; each
-    figure the median over ``rounds`` rounds of every configuration."""
+    figure the median over ``rounds`` rounds of every configuration, and each ratio to in silico also as the
+    median of the rounds' own ratios."""
     data = load_dataset("digits", seed=0)
     steps = epochs * -(-len(data.y_train) // 32)
     train_and_export(data, TrainConfig(method="sat", epochs=1, seed=0), tmp / "warm.onnx")    # imports, caches
@@ -105,9 +106,14 @@ def step_costs(epochs: int, local: Any, remote: Any, tmp: Path, rounds: int = 1,
                 print(f"{method}, {label}: {cost}", flush=True)
     costs = {key: {name: (statistics.median(r[name] for r in runs) if isinstance(value, float) else value)
                    for name, value in runs[0].items()} for key, runs in samples.items()}
-    for cost in costs.values():
+    for key, cost in costs.items():
         silico = costs[f"{cost['method']}, in silico"]
         cost["x_in_silico"] = cost["ms_per_step"] / silico["ms_per_step"]
+        # each round's step over the same round's in-silico step (seconds apart, not the whole run apart): the
+        # machine's speed drifts over a run on shared cores, and this ratio drifts less with it
+        cost["x_in_silico_paired"] = statistics.median(
+            run["ms_per_step"] / base["ms_per_step"]
+            for run, base in zip(samples[key], samples[f"{cost['method']}, in silico"]))
         cost["x_in_silico_without_readout"] = (cost["ms_per_step"] - cost["readout_ms_per_step"]) / silico["ms_per_step"]
         cost["cpu_x_in_silico"] = cost["cpu_ms_per_step"] / silico["cpu_ms_per_step"]
     return costs
@@ -141,11 +147,13 @@ def one_cost(data: Any, steps: int, epochs: int, method: str, label: str, chip: 
 
 
 def print_costs(costs: dict[str, dict]) -> None:
-    print("\n| step | ms per step | × in silico | × without readout | CPU ms (client + server) | × in silico, CPU "
+    print("\n| step | ms per step | × in silico | × in silico, paired by round | × without readout "
+          "| CPU ms (client + server) | × in silico, CPU "
           "| in the backend | of it readout latency | of it server's chip | mapping | exchanges | kB | reads polled "
-          "(answered) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "(answered) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, c in costs.items():
-        print(f"| {label} | {c['ms_per_step']:.2f} | {c['x_in_silico']:.1f} | {c['x_in_silico_without_readout']:.1f} "
+        print(f"| {label} | {c['ms_per_step']:.2f} | {c['x_in_silico']:.1f} | {c['x_in_silico_paired']:.1f} "
+              f"| {c['x_in_silico_without_readout']:.1f} "
               f"| {c['cpu_ms_per_step']:.2f} | {c['cpu_x_in_silico']:.1f} "
               f"| {c['backend_ms_per_step']:.2f} | {c['readout_ms_per_step']:.2f} | {c['server_chip_ms_per_step']:.2f}"
               f" | {c['map_ms_per_step']:.2f} | {c['exchanges_per_step']:.1f} | {c['kbytes_per_step']:.1f} "
