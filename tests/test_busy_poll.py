@@ -14,7 +14,8 @@ import pytest
 
 from chip_server import ChipServer
 from pnndeploy.backends.base import BackendError, LayerProgram
-from pnndeploy.backends.deadline import BusyPoll, Deadline, _Stream
+from pnndeploy.backends.busy_poll import BusyPoll
+from pnndeploy.backends.deadline import Deadline, _Stream
 from pnndeploy.backends.http import HttpBackend
 
 
@@ -108,3 +109,41 @@ def test_measurements_poll_for_a_loopback_station_and_are_the_same_without(tmp_p
                 backend.close()
     for a, b in zip(measured[2.0], measured[0.0]):
         assert a.tobytes() == b.tobytes()
+
+
+# ----------------------------------------------------------------------------------------- the server's side
+
+def test_the_polling_selector_takes_what_comes_within_its_budget_and_respects_the_loops_timeout():
+    import selectors
+
+    from pnndeploy.backends.busy_poll import PollingSelector
+
+    ours, theirs = socket.socketpair()
+    selector = PollingSelector(BusyPoll(5.0))
+    selector.register(ours, selectors.EVENT_READ)
+    thread = _answer_after(theirs, 0.02)
+    assert [key.fileobj for key, _ in selector.select(10.0)] == [ours]        # found by polling
+    thread.join()
+    assert (selector.busy_poll.polls, selector.busy_poll.hits) == (1, 1)
+    ours.recv(100)
+    assert selector.select(0) == [] and selector.busy_poll.polls == 1          # may not wait: never polls
+    start = time.monotonic()
+    assert selector.select(0.05) == []                                         # the loop's next timer bounds it
+    assert time.monotonic() - start < 1.0 and selector.busy_poll.misses == 1
+    selector.close()
+
+
+def test_an_idle_chip_server_soon_stops_polling(tmp_path, tiny_fleet_dir):
+    """With the largest budget (50 ms) a server whose loop wakes a dozen times a second for its timers would spin
+    most of every second if it polled each time; after three empty polls it probes only every 16th wait."""
+    from pathlib import Path
+
+    with ChipServer(tiny_fleet_dir / "chipA.h5", tmp_path, "--busy-poll-ms", "50", idle=60) as server:
+        cpu = Path(f"/proc/{server.process.pid}/schedstat")
+        if not cpu.exists():
+            pytest.skip("needs Linux's /proc/PID/schedstat")
+        time.sleep(1.0)                                                        # started, imports done
+        before, start = int(cpu.read_text().split()[0]), time.monotonic()
+        time.sleep(3.0)
+        busy = (int(cpu.read_text().split()[0]) - before) / 1e9 / (time.monotonic() - start)
+    assert busy < 0.25, f"an idle server ran {100 * busy:.0f} % of a core"

@@ -8,9 +8,7 @@ the current :class:`Deadline`, and fails (as a timeout httpx knows) once none is
 left.  CPython's TLS operations keep one deadline over their whole call, so a
 slow handshake is bounded too.
 
-A read may busy-poll (:class:`BusyPoll`) before it sleeps: in-situ training waits on
-the station about a millisecond per layer and pass, and on a virtual machine whose idle
-core halts, the sleep and the wake cost as much as the wait (issue 26).
+A read may busy-poll (:class:`~pnndeploy.backends.busy_poll.BusyPoll`) before it sleeps.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from typing import Any, Iterable, Iterator
 import httpcore
 
 from pnndeploy.backends.base import BackendError
+from pnndeploy.backends.busy_poll import BusyPoll
 
 #: The client's keep-alive, s: below the chip server's 5 s, so the client never reuses a connection being closed.
 KEEPALIVE_S = 4.0
@@ -43,36 +42,6 @@ class Deadline:
             raise socket.timeout("the exchange's deadline has passed")
         wait = min(left, timeout if timeout is not None else float("inf"))
         return wait if wait != float("inf") else None  # type: ignore[return-value]
-
-
-class BusyPoll:
-    """How long a read polls its socket without sleeping before it blocks, and when it stops trying.
-
-    A reply that comes within ``seconds`` is read without the thread sleeping and waking (on a virtual machine
-    whose idle core halts, a sleep and wake cost about as much as the wait itself).  The cost is a core kept busy
-    while it polls, so it gives up on a station slower than that: after :data:`MISSES` polls in a row that found
-    nothing it polls only every :data:`PROBE_EVERY`-th read, until one finds its reply again.  ``seconds`` 0:
-    never poll."""
-
-    MISSES = 3
-    PROBE_EVERY = 16
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.seconds = float(seconds)
-        self.misses = 0
-        self.reads = 0
-        #: Reads that polled, and of them those that found their bytes (reported, tested).
-        self.polls = self.hits = 0
-
-    def due(self) -> bool:
-        """Whether this read polls."""
-        self.reads += 1
-        return self.seconds > 0 and (self.misses < self.MISSES or self.reads % self.PROBE_EVERY == 0)
-
-    def outcome(self, hit: bool) -> None:
-        self.polls += 1
-        self.hits += hit
-        self.misses = 0 if hit else self.misses + 1
 
 
 class TlsFailure(Exception):

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import h11
 import httpcore
 
-from pnndeploy.backends.deadline import KEEPALIVE_S, BusyPoll, Deadline, DeadlineBackend
+from pnndeploy.backends.busy_poll import BusyPoll
+from pnndeploy.backends.deadline import KEEPALIVE_S, Deadline, DeadlineBackend
 
 #: Largest reply head (status line and headers) read, bytes: as h11's default.
 MAX_HEAD_BYTES = 16 * 1024

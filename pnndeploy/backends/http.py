@@ -37,7 +37,7 @@ from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, encode_
 #: Retries after the first try of a request that failed transiently, and the first backoff (doubles each time).
 RETRIES, BACKOFF_S = 3, 0.2
 #: How long a measurement's read polls for the reply before it sleeps, ms (backend option ``busy_poll_ms``; 0: never;
-#: :class:`~pnndeploy.backends.deadline.BusyPoll`): a station on loopback or a LAN answers a layer within about a
+#: :class:`~pnndeploy.backends.busy_poll.BusyPoll`): a station on loopback or a LAN answers a layer within about a
 #: millisecond, and on a virtual machine sleeping through that wait costs as much as the wait.
 BUSY_POLL_MS, MAX_BUSY_POLL_MS = 2.0, 50.0
 _TRANSIENT_STATUS = {502, 503, 504}
@@ -85,7 +85,8 @@ class HttpBackend(ChipBackend):
     def open(self) -> ChipInfo:
         import httpx
 
-        from pnndeploy.backends.deadline import BusyPoll, Deadline, deadline_transport
+        from pnndeploy.backends.busy_poll import BusyPoll
+        from pnndeploy.backends.deadline import Deadline, deadline_transport
         from pnndeploy.backends.exchange import Exchange
         from pnndeploy.backends.stream import Stream
 

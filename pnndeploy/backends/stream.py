@@ -32,7 +32,8 @@ from typing import Callable
 
 import httpcore
 
-from pnndeploy.backends.deadline import BusyPoll, Deadline
+from pnndeploy.backends.busy_poll import BusyPoll
+from pnndeploy.backends.deadline import Deadline
 from pnndeploy.backends.exchange import Endpoint, stale
 from pnndeploy.backends.wire import MAX_BODY_BYTES, WireError
 
