@@ -4,16 +4,12 @@ Why: in-situ training waits on the station about a millisecond per layer and pas
 on a virtual machine whose idle core halts (the VM exits to its host), the sleep and the wake, and the
 cold caches after it, cost about as much as the wait itself (issue 26: work after a blocking wait ran
 twice as slow as the same work in a loop).  The client polls for a reply (:class:`BusyPoll`, used by
-:mod:`pnndeploy.backends.deadline`'s sockets) and the chip server's event loop for the next request
-(:class:`PollingSelector`).  Both give up on a peer slower than their budget, so an idle server or a
+:mod:`pnndeploy.backends.deadline`'s sockets), and gives up on a station slower than its budget, so a
 slow station costs a few polls, not a core.
 """
 
 from __future__ import annotations
 
-import selectors
-import time
-from typing import Any
 
 
 class BusyPoll:
@@ -43,26 +39,3 @@ class BusyPoll:
         self.polls += 1
         self.hits += hit
         self.misses = 0 if hit else self.misses + 1
-
-
-class PollingSelector(selectors.DefaultSelector):          # type: ignore[misc, valid-type]
-    """The platform's selector, made to poll (``select(0)`` again and again) up to ``busy_poll.seconds`` before
-    it blocks, as :class:`BusyPoll` says when; a select that may not wait (timeout 0) never polls, and no poll
-    outlasts the timeout the event loop asked for (its next timer)."""
-
-    def __init__(self, busy_poll: BusyPoll) -> None:
-        super().__init__()
-        self.busy_poll = busy_poll
-
-    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        if (timeout is None or timeout > 0) and self.busy_poll.due():
-            end = time.perf_counter() + (self.busy_poll.seconds if timeout is None
-                                         else min(self.busy_poll.seconds, timeout))
-            while True:
-                ready = super().select(0)
-                if ready or time.perf_counter() >= end:
-                    self.busy_poll.outcome(bool(ready))
-                    if ready:
-                        return ready
-                    break
-        return super().select(timeout)

@@ -33,7 +33,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from pnndeploy.backends.base import BackendError, LayerProgram
-from pnndeploy.backends.busy_poll import BusyPoll, PollingSelector
 from pnndeploy.backends.frame import BINARY_TYPE, VERSION as FRAME_VERSION, decode_frame, encode_frame, is_binary, \
     json_message
 from pnndeploy.backends.guard import ConnectionGuard, guarded_protocol, guarded_ws_protocol, printable
@@ -69,7 +68,6 @@ class ServerSettings:
     max_client_connections: int = 16       # the same, per client address
     tls_cert: str | None = None            # PEM certificate chain and key: serve https
     tls_key: str | None = None
-    busy_poll_s: float = 0.002             # the event loop polls this long for the next request before it sleeps
 
 
 class Refused(Exception):
@@ -522,9 +520,7 @@ def serve(chip: SimulatedChip, settings: ServerSettings, sock: socket.socket) ->
         finally:
             watcher.cancel()
 
-    selector = PollingSelector(BusyPoll(settings.busy_poll_s))
-    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
-        runner.run(main())
+    asyncio.run(main())
 
 
 class _OneLine(logging.Formatter):

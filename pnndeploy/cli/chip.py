@@ -177,17 +177,12 @@ def _check_exposure(host: str, tls: tuple[str, str] | None, insecure: bool) -> N
                    "the one that has waited longest without a request.")
 @click.option("--max-client-connections", type=click.IntRange(1, 10000), default=16, show_default=True,
               help="The same limit per client address.")
-@click.option("--busy-poll-ms", type=click.FloatRange(0, 50), default=2.0, show_default=True, metavar="MS",
-              help="How long the server polls for the next request before it sleeps (0: never). In-situ training "
-                   "sends one every millisecond or so; polling saves the sleep and wake that cost about as much on a "
-                   "virtual machine, and stops by itself while no requests come.")
 @click.option("--fault", type=click.Choice(["malformed", "oversized", "stall", "nan"]), default=None, hidden=True,
               help="Misbehave on /infer (tests of clients' fault handling).")
 def serve(profile: str, profiles: str | None, host: str, port: int, token_file: str | None, tls_cert: str | None,
           tls_key: str | None, insecure: bool, port_file: str | None, latency_ms: float, measurement_noise: float,
           seed: int, max_requests: int | None, idle_timeout: float | None, header_timeout: float,
-          body_timeout: float, max_connections: int, max_client_connections: int, busy_poll_ms: float,
-          fault: str | None) -> None:
+          body_timeout: float, max_connections: int, max_client_connections: int, fault: str | None) -> None:
     """Play one chip from a simulated PROFILE (a device name or .h5 path) behind an HTTP server.
 
     Only this process knows the chip's fabrication truth; clients see what a station
@@ -220,8 +215,7 @@ def serve(profile: str, profiles: str | None, host: str, port: int, token_file: 
                                      max_requests=max_requests, idle_timeout=idle_timeout, fault=fault,
                                      header_timeout=header_timeout, body_timeout=body_timeout,
                                      max_connections=max_connections, max_client_connections=max_client_connections,
-                                     tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None,
-                                     busy_poll_s=busy_poll_ms / 1000.0), sock)
+                                     tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None), sock)
 
 
 def _install_credential(source: str, folder: Any, name: str, flag: str, secret: bool) -> str:
