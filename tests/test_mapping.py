@@ -340,3 +340,24 @@ def test_deployment_file_keeps_the_clip_causes(tmp_path: Path, model, chip) -> N
     old = tmp_path / "old.h5"                  # a file written before the causes were recorded
     write_deployment(replace(deployment, layers=[replace(layer, clipping=None) for layer in deployment.layers]), old)
     assert read_deployment(old).clipping is None and read_deployment(old).clipped == deployment.clipped
+
+
+def test_ring_indices_are_read_only_and_kept_for_small_layers_only():
+    from pnndeploy.platforms.tiling import CACHED_WEIGHTS
+
+    small, again = ring_index((7, 10), (3, 4)), ring_index((7, 10), (3, 4))
+    assert small[0] is again[0] and not small[0].flags.writeable and not small[1].flags.writeable
+    side = int(CACHED_WEIGHTS ** 0.5) + 1                          # above the limit: made anew, never kept
+    big, again = ring_index((side, side), (16, 16)), ring_index((side, side), (16, 16))
+    assert big[0] is not again[0] and np.array_equal(big[1], again[1]) and not big[1].flags.writeable
+
+
+def test_quantise_takes_scalars_and_integers_as_it_takes_arrays():
+    from pnndeploy.platforms.base import quantise
+
+    values = np.array([-3.5, -0.0, 0.0, 0.3, 2.9999, 3.0, 7.0])
+    codes, inside = quantise(values, (-3.0, 3.0), 12)
+    for k, v in enumerate(values):
+        one, ok = quantise(float(v), (-3.0, 3.0), 12)
+        assert float(one) == codes[k] and bool(ok) == inside[k]
+    assert float(quantise(1, (0, 3), 2)[0]) == 1.0

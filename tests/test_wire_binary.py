@@ -309,8 +309,9 @@ def test_chip_connect_wire_json_trains_in_situ_over_json_and_a_bad_wire_is_one_l
     assert station.requests_logged("/v1/measure") - before == 2 * -(-1437 // 32)
     bad = cli("chip", "connect", "chipA", "--profiles", folder, "--address", station.url, "--wire", "pickle")
     assert bad.exit_code == 2 and "pickle" in bad.output
-    bad = cli("chip", "connect", "chipA", "--profiles", folder, "--address", station.url, "--busy-poll-ms", "99")
-    assert bad.exit_code == 2 and "--busy-poll-ms" in bad.output
+    for value in ("99", "nan"):
+        bad = cli("chip", "connect", "chipA", "--profiles", folder, "--address", station.url, "--busy-poll-ms", value)
+        assert bad.exit_code == 2 and "--busy-poll-ms" in bad.output and "Traceback" not in bad.output
     with pytest.raises(BackendError, match="wire='pickle': use one of auto, stream, binary, json"):
         HttpBackend(station.url, {"wire": "pickle"})
 

@@ -11,14 +11,14 @@ slow station costs a few polls, not a core.
 from __future__ import annotations
 
 
-
 class BusyPoll:
-    """How long a wait (a socket's read, an event loop's select) polls before it sleeps, and when it stops trying.
+    """How long a wait for a reply polls before it sleeps, and when it stops trying.
 
-    Bytes that come within ``seconds`` are taken without the thread sleeping and waking.  The cost is a core kept
-    busy while it polls, so it gives up on a peer slower than that: after :attr:`MISSES` polls in a row that found
-    nothing it polls only every :attr:`PROBE_EVERY`-th wait, until one finds its bytes again.  ``seconds`` 0:
-    never poll."""
+    A reply whose first bytes come within ``seconds`` is taken without the thread sleeping and waking.  The cost is
+    a core kept busy while it polls, so it gives up on a station slower than that: after :attr:`MISSES` polls in a
+    row that found nothing it polls only every :attr:`PROBE_EVERY`-th wait, until one finds its reply again.
+    ``seconds`` 0: never poll.  A wait is the first read after a request (:mod:`pnndeploy.backends.deadline`):
+    the rest of a reply that takes several reads neither polls nor counts."""
 
     MISSES = 3
     PROBE_EVERY = 16
@@ -27,7 +27,7 @@ class BusyPoll:
         self.seconds = float(seconds)
         self.misses = 0
         self.reads = 0
-        #: Waits that polled, and of them those that found their bytes (reported, tested).
+        #: Waits that polled, and of them those that found their reply (reported, tested).
         self.polls = self.hits = 0
 
     def due(self) -> bool:

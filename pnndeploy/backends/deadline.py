@@ -63,10 +63,14 @@ class _Stream(httpcore.NetworkStream):
 
     def __init__(self, sock: socket.socket, deadline: Deadline, busy_poll: BusyPoll | None = None) -> None:
         self._sock, self._deadline, self.busy_poll = sock, deadline, busy_poll or BusyPoll()
+        #: Whether the next read waits for the answer to what was written (the reads after it take the rest of a
+        #: reply that is on its way: they never poll, and are not counted as the station's speed).
+        self._awaiting = False
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         with _mapped(httpcore.ReadTimeout, httpcore.ReadError):
-            if self.busy_poll.due():
+            awaiting, self._awaiting = self._awaiting, False
+            if awaiting and self.busy_poll.due():
                 left = self._deadline.left(timeout)
                 data = self._poll(max_bytes, self.busy_poll.seconds if left is None else min(self.busy_poll.seconds,
                                                                                              left))
@@ -93,6 +97,7 @@ class _Stream(httpcore.NetworkStream):
             while view:
                 self._sock.settimeout(self._deadline.left(timeout))
                 view = view[self._sock.send(view[:65536]):]
+        self._awaiting = True
 
     def close(self) -> None:
         self._sock.close()

@@ -36,9 +36,9 @@ from pnndeploy.backends.wire import MAX_BODY_BYTES, PROTOCOL, WireError, encode_
 
 #: Retries after the first try of a request that failed transiently, and the first backoff (doubles each time).
 RETRIES, BACKOFF_S = 3, 0.2
-#: How long a measurement's read polls for the reply before it sleeps, ms (backend option ``busy_poll_ms``; 0: never;
-#: :class:`~pnndeploy.backends.busy_poll.BusyPoll`): a station on loopback or a LAN answers a layer within about a
-#: millisecond, and on a virtual machine sleeping through that wait costs as much as the wait.
+#: How long a wait for a reply polls before it sleeps on the binary wire and the stream, ms (backend option
+#: ``busy_poll_ms``; 0: never; :class:`~pnndeploy.backends.busy_poll.BusyPoll`): a station on loopback or a LAN
+#: answers a layer within about a millisecond, and on a virtual machine sleeping through that wait costs as much.
 BUSY_POLL_MS, MAX_BUSY_POLL_MS = 2.0, 50.0
 _TRANSIENT_STATUS = {502, 503, 504}
 #: The wires a client may ask for (backend option ``wire``): auto (the stream, else binary, as the server offers),
@@ -472,9 +472,9 @@ def _busy_poll_ms(value: Any) -> float:
     """The backend option ``busy_poll_ms`` as a number of milliseconds in 0..:data:`MAX_BUSY_POLL_MS`."""
     try:
         ms = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ms = math.nan
-    if isinstance(value, bool) or not 0.0 <= ms <= MAX_BUSY_POLL_MS:
+    if isinstance(value, (bool, np.bool_)) or not 0.0 <= ms <= MAX_BUSY_POLL_MS:
         raise BackendError(f"backend option busy_poll_ms={str(value)[:40]!r}: use a number of milliseconds in "
                            f"0..{MAX_BUSY_POLL_MS:g} (0: never poll)")
     return ms

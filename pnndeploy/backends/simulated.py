@@ -126,7 +126,7 @@ class SimulatedChip(ChipBackend):
             if not np.isfinite(settings).all():
                 raise BackendError(f"layer {layer.index}: settings hold NaN or inf")
             lo, hi = self.profile.environment.heater_range
-            settings = np.minimum(np.maximum(settings, lo), hi)    # the DAC cannot drive beyond its range (clip's bits)
+            settings = np.minimum(np.maximum(settings, lo), hi)    # the DAC cannot drive beyond its range
             settings = realised_settings(self.platform, settings, self.profile.fabrication, self.profile.shape)
             before = self.slots.get(layer.index)
             self.slots[layer.index] = ((out_f, in_f), self._layer_state((out_f, in_f), settings))

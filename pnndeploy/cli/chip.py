@@ -268,9 +268,10 @@ def _install_credential(source: str, folder: Any, name: str, flag: str, secret: 
                    "one binary frame per HTTP request, else JSON), on the stream only, as a binary frame per request "
                    "only, or JSON with base64 arrays (a station that speaks only JSON).")
 @click.option("--busy-poll-ms", type=click.FloatRange(0.0, 50.0), default=None, metavar="MS",
-              help="http: how long a measurement polls for the station's reply before it sleeps (default 2 ms; 0: "
-                   "never). Polling keeps a core busy while it waits, and saves the sleep and wake that cost about "
-                   "as much as a fast station's answer on a virtual machine; it stops by itself for a slower station.")
+              help="http: how long a wait for the station's reply polls before it sleeps, on the stream and the "
+                   "binary wire (default 2 ms; 0: never; the JSON wire never polls). Polling keeps a core busy while "
+                   "it waits, and saves the sleep and wake that cost about as much as a fast station's answer on a "
+                   "virtual machine; after three polls that found nothing it polls only every 16th wait.")
 def connect(device: str, profiles: str | None, address: str, kind: str, token_file: str | None,
             ca_file: str | None, insecure: bool, name: str | None, wire: str, busy_poll_ms: float | None) -> None:
     """Write a profile of DEVICE that reaches the chip through a station instead of simulating it.
@@ -309,6 +310,8 @@ def connect(device: str, profiles: str | None, address: str, kind: str, token_fi
     if wire != "auto":
         options["wire"] = wire
     if busy_poll_ms is not None:
+        if busy_poll_ms != busy_poll_ms:                    # NaN passes click's range
+            raise PnnError("--busy-poll-ms nan is not a number of milliseconds; give 0..50 (0: never poll)")
         options["busy_poll_ms"] = busy_poll_ms
     if ca_file:
         options["ca_file"] = _install_credential(ca_file, folder, f"{new_name}.ca.pem", "--ca-file", False)

@@ -175,13 +175,10 @@ def quantise(settings: np.ndarray, heater_range: tuple[float, float], bits: int)
     lo, hi = heater_range
     step = (hi - lo) / (2 ** bits - 1)
     inside = (settings >= lo) & (settings <= hi)
-    codes = np.minimum(np.maximum(settings, lo), hi)       # np.clip's bits, without its dispatch (per layer, step)
-    codes -= lo
-    codes /= step
-    np.rint(codes, out=codes)                               # np.round's half-to-even at 0 decimals
-    codes *= step
-    codes += lo
-    return codes, inside
+    # np.clip's values without its dispatch (a -0.0 at a bound of 0.0 may come out +0.0: the same code), and
+    # np.round's half-to-even at 0 decimals (rint)
+    codes = np.rint((np.minimum(np.maximum(settings, lo), hi) - lo) / step)
+    return lo + codes * step, inside
 
 
 def solve_crosstalk(goal: np.ndarray, crosstalk: float, spill: Callable[[np.ndarray], np.ndarray],
@@ -200,14 +197,15 @@ def solve_crosstalk(goal: np.ndarray, crosstalk: float, spill: Callable[[np.ndar
     ``goal`` (clipped, held at 0) unchanged.
     """
     def clip(h: np.ndarray) -> np.ndarray:          # in place: ``h`` is always an array made here
-        if bounds is not None:                      # np.clip's bits, without its dispatch (a dozen sweeps a layer)
-            np.maximum(h, bounds[0], out=h)
+        if bounds is not None:                      # np.clip's values without its dispatch (a dozen sweeps a layer;
+            np.maximum(h, bounds[0], out=h)         # a -0.0 at a bound of 0.0 may come out +0.0)
             np.minimum(h, bounds[1], out=h)
         return h if held is None else np.where(held, 0.0, h)
 
+    dtype = np.result_type(goal, 0.0)               # float32 stays float32, as np.clip kept it
     if not crosstalk:
-        return clip(np.array(goal, np.float64))
-    h = clip(np.array(goal if start is None else start, np.float64))
+        return clip(np.array(goal, dtype))
+    h = clip(np.array(goal if start is None else start, dtype))
     sweeps = int(np.ceil(np.log(1e-13) / np.log(2.0 * crosstalk))) + 1       # (2c)^sweeps below 1e-13
     for _ in range(sweeps):
         step = np.multiply(spill(h), crosstalk)

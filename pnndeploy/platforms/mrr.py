@@ -79,7 +79,7 @@ class MRRPlatform(LinearPlatform):
         w_min = 1.0 - 2.0 * a                      # on resonance
         w_max = self.transfer(x_max, gamma, a) if np.isfinite(x_max) else np.float64(1.0)
         reachable = (weight >= w_min - 1e-12) & (weight <= w_max + 1e-12)
-        w = np.minimum(np.maximum(weight, w_min), w_max)          # np.clip's bits, without its dispatch
+        w = np.minimum(np.maximum(weight, w_min), w_max)          # np.clip's values, without its dispatch
         # 1 + u^2 = 2a / (1 - W)  ->  u = sqrt(2a/(1-W) - 1)
         u2 = np.maximum(2.0 * a / np.maximum(1.0 - w, 1e-300) - 1.0, 0.0)
         x = gamma * np.sqrt(u2) * np.where(np.asarray(sign) < 0, -1.0, 1.0)
