@@ -355,3 +355,14 @@ def test_in_situ_programming_needs_in_situ(cli, one_line_error, tmp_path):
     one_line_error(cli("train", "--in-situ-programming", "as-trained", "--epochs", "1", "--out", tmp_path / "m.onnx"),
                    "--in-situ-programming", "--in-situ DEVICE")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("args", [["chip", "serve", "chipB", "--latency-ms", "nan"],
+                                  ["chip", "serve", "chipB", "--idle-timeout", "nan"],
+                                  ["chip", "connect", "chipB", "--address", "http://127.0.0.1:9", "--busy-poll-ms", "nan"],
+                                  ["calibrate", "chipB", "--max-residual", "nan"]])
+def test_nan_is_no_number_for_any_range_option(cli, tiny_fleet_dir, one_line_error, args):
+    """click's ranges let NaN through (it compares false with both bounds): every range option refuses it, before
+    anything is served or written."""
+    one_line_error(cli(*args, "--profiles", tiny_fleet_dir), "nan", "is not a number")
+    assert not (tiny_fleet_dir / "chipB-remote.h5").exists()

@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-from pnndeploy.cli.common import (check_output_file, compute_options, max_faulty_option, print_json, profiles_option,
-                                  progress_bar, resolve_compute_options)
+from pnndeploy.cli.common import (FloatRange, check_output_file, compute_options, max_faulty_option, print_json,
+                                  profiles_option, progress_bar, resolve_compute_options)
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
 timeout_option = click.option(
-    "--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
+    "--timeout", type=FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
     help="Seconds one exchange with a chip's station may take, connect to last byte, before it is retried "
          "(3 retries with backoff).")
 insecure_option = click.option(
@@ -155,20 +155,20 @@ def _check_exposure(host: str, tls: tuple[str, str] | None, insecure: bool) -> N
 @click.option("--insecure", is_flag=True,
               help="Serve plain HTTP on a --host that is not loopback (a trusted lab network only; README, Security).")
 @click.option("--port-file", default=None, metavar="F", help="Write the port listened on to this file.")
-@click.option("--latency-ms", type=click.FloatRange(0, 10000), default=2.0, show_default=True,
+@click.option("--latency-ms", type=FloatRange(0, 10000), default=2.0, show_default=True,
               help="Added to every measurement, as a station's readout takes.")
-@click.option("--measurement-noise", type=click.FloatRange(0, 1), default=0.002, show_default=True,
+@click.option("--measurement-noise", type=FloatRange(0, 1), default=0.002, show_default=True,
               help="Std of the noise on every measured output (weight units), on top of the profile's "
                    "detector noise on the weights.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the chip's noise.")
 @click.option("--max-requests", type=click.IntRange(1, None), default=None,
               help="Stop after answering this many requests (refused ones included).")
-@click.option("--idle-timeout", type=click.FloatRange(0.1, None), default=None, metavar="S",
+@click.option("--idle-timeout", type=FloatRange(0.1, None), default=None, metavar="S",
               help="Stop after S seconds without a request.")
-@click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
+@click.option("--header-timeout", type=FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
               help="Drop a connection whose request (line and headers; on the stream, its next message) has not "
                    "come S seconds after it opened or after its previous reply.")
-@click.option("--body-timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, metavar="S",
+@click.option("--body-timeout", type=FloatRange(0.1, 3600), default=30.0, show_default=True, metavar="S",
               help="Answer 408 (and close) when a request's body is not complete S seconds after its headers; drop "
                    "a stream whose begun message, or a connection whose unread reply, is still pending S (+1) "
                    "seconds on.")
@@ -267,7 +267,7 @@ def _install_credential(source: str, folder: Any, name: str, flag: str, secret: 
               help="http: how arrays travel: as the station offers (auto: binary frames on its WebSocket stream, else "
                    "one binary frame per HTTP request, else JSON), on the stream only, as a binary frame per request "
                    "only, or JSON with base64 arrays (a station that speaks only JSON).")
-@click.option("--busy-poll-ms", type=click.FloatRange(0.0, 50.0), default=None, metavar="MS",
+@click.option("--busy-poll-ms", type=FloatRange(0.0, 50.0), default=None, metavar="MS",
               help="http: how long a wait for the station's reply polls before it sleeps, on the stream and the "
                    "binary wire (default 2 ms; 0: never; the JSON wire never polls). Polling keeps a core busy while "
                    "it waits, and saves the sleep and wake that cost about as much as a fast station's answer on a "
@@ -310,8 +310,6 @@ def connect(device: str, profiles: str | None, address: str, kind: str, token_fi
     if wire != "auto":
         options["wire"] = wire
     if busy_poll_ms is not None:
-        if busy_poll_ms != busy_poll_ms:                    # NaN passes click's range
-            raise PnnError("--busy-poll-ms nan is not a number of milliseconds; give 0..50 (0: never poll)")
         options["busy_poll_ms"] = busy_poll_ms
     if ca_file:
         options["ca_file"] = _install_credential(ca_file, folder, f"{new_name}.ca.pem", "--ca-file", False)
@@ -354,7 +352,7 @@ def info(device: str, profiles: str | None, timeout: float, insecure: bool, as_j
               help="Sweep points per device (on the DAC grid, over the heater range).")
 @click.option("--temperature", type=float, default=None, metavar="C",
               help="Set the station's temperature (degrees Celsius) before sweeping (needs a TEC).")
-@click.option("--max-residual", type=click.FloatRange(0, None, min_open=True), default=0.02, show_default=True,
+@click.option("--max-residual", type=FloatRange(0, None, min_open=True), default=0.02, show_default=True,
               help="Refuse the calibration when any device's rms fit residual exceeds this (weight units).")
 @max_faulty_option
 @click.option("--out", default=None, type=click.Path(dir_okay=False),

@@ -37,10 +37,21 @@ def _default_fleets() -> str:
     return ", ".join(f"{Path('device_profiles') / PLATFORMS[name].profiles_subdir} ({name})" for name in sorted(PLATFORMS))
 
 
+class FloatRange(click.FloatRange):
+    """click's FloatRange, which also refuses NaN (its bounds compare false with NaN, so it let ``nan`` through:
+    a server slept NaN seconds, a profile was written that no backend could open)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
 #: `calibrate` and `profile import`: how many devices may not respond before the measurement, not the chip, is
 #: blamed (the default is DEFAULT_MAX_FAULTY of pnndeploy.deploy.calibration, which a test keeps equal).
 max_faulty_option = click.option(
-    "--max-faulty", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+    "--max-faulty", type=FloatRange(0, 1), default=0.1, show_default=True,
     help="Refuse the calibration when more than this fraction of devices do not respond to their setting (a "
          "laser off, a station wired to another chip); up to it they are recorded as faulty and mapped around.")
 

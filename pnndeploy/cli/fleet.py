@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from pnndeploy.cli.common import (check_output_dir, max_faulty_option, platform_option, print_json, profiles_option,
-                                  progress_bar)
+from pnndeploy.cli.common import (FloatRange, check_output_dir, max_faulty_option, platform_option, print_json,
+                                  profiles_option, progress_bar)
 from pnndeploy.cli.group import main
 from pnndeploy.errors import PnnError
 
@@ -176,7 +176,7 @@ def profile_validate(path: str, as_json: bool) -> None:
 @click.argument("device")
 @click.argument("file", type=click.Path(dir_okay=False))
 @profiles_option
-@click.option("--max-residual", type=click.FloatRange(0, None, min_open=True), default=0.02, show_default=True,
+@click.option("--max-residual", type=FloatRange(0, None, min_open=True), default=0.02, show_default=True,
               help="Sweeps: refuse the calibration when any device's rms fit residual exceeds this (weight units).")
 @max_faulty_option
 @click.option("--temperature", type=float, default=None, metavar="C",

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from pnndeploy.cli.common import (check_output_file, compute_options, platform_option, print_json, progress_bar,
-                                  resolve_compute_options)
+from pnndeploy.cli.common import (FloatRange, check_output_file, compute_options, platform_option, print_json,
+                                  progress_bar, resolve_compute_options)
 from pnndeploy.cli.group import main
 from pnndeploy.errors import ConfigError, PnnError
 
@@ -87,7 +87,7 @@ def _plain_type(hint: Any) -> Any:
               default=None, help="--in-situ: program each step's controls through the chip's calibration "
                                  "(calibrated, the default) or as trained, through the nominal device (as-trained: "
                                  "the paper's protocol; on a mesh it skips a fit of every phase at every step).")
-@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
+@click.option("--timeout", type=FloatRange(0.1, 3600), default=10.0, show_default=True, metavar="S",
               help="--in-situ: seconds one exchange with the chip's station may take.")
 @click.option("--insecure", is_flag=True,
               help="--in-situ: allow plain http:// to a station off this machine (README, Security).")
