@@ -75,7 +75,7 @@ class ConnectionGuard:
             return
         state = conn.guard
         state["served"] += served
-        phase = "write" if getattr(conn, "write_blocked", False) else conn.guard_phase()
+        phase = "write" if conn.write_blocked else conn.guard_phase()
         if phase == state["phase"]:
             return
         state["phase"], state["since"] = phase, time.monotonic()

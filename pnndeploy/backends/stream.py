@@ -34,7 +34,7 @@ import httpcore
 
 from pnndeploy.backends.busy_poll import BusyPoll
 from pnndeploy.backends.deadline import Deadline
-from pnndeploy.backends.exchange import Endpoint, stale
+from pnndeploy.backends.exchange import READ_BYTES, Endpoint, stale
 from pnndeploy.backends.wire import MAX_BODY_BYTES, WireError
 
 #: The WebSocket subprotocol both sides name: the stream's version.
@@ -255,7 +255,7 @@ class Stream:
                         raise httpcore.RemoteProtocolError(f"the server closed the stream {why}")
                     elif not isinstance(event, Pong):
                         return event
-                data = self._socket.read(65536, self.timeout)
+                data = self._socket.read(READ_BYTES, self.timeout)
                 if not data:
                     raise httpcore.RemoteProtocolError("the server closed the connection without a complete reply")
                 self._ws.receive_data(data)
