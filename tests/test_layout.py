@@ -128,7 +128,7 @@ def test_public_api_names_resolve_with_docstrings() -> None:
 
 def test_import_and_help_load_no_heavy_module() -> None:
     code = ("import sys, pnndeploy, pnndeploy.cli; "
-            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'h5py', 'sklearn', 'matplotlib') "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'h5py', 'sklearn', 'matplotlib', 'numba') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

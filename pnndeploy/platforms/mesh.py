@@ -95,7 +95,7 @@ def _mzi_entries(xp: Any, theta: Any, phi: Any, r1: Any, r2: Any) -> tuple[Any, 
     return tuple(make(*part) for part in (t00, t01, t10, t11))
 
 
-def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False) -> Any:
+def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False, kernel: bool = True) -> Any:
     """U of meshes (torch), (..., n, n), from phases (..., n^2) and splitting ratios (..., M, 2) (None: ideal 0.5).
 
     Leading axes broadcast (chips x blocks of phases with chips x 1 x 1 x M x 2 ratios); the complex dtype
@@ -106,9 +106,17 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False)
     path depends on where a vector loop (or a thread's share of it) ends.  So each mesh's per-MZI and per-mode
     vectors are padded to whole vector blocks (:data:`ALIGN` elements), and the caller runs this on one thread
     (:func:`pnndeploy.threads.one_thread`) so no thread boundary falls inside a mesh; the column products go row by row.
+    Aligned meshes without a gradient are realised by the compiled kernel once it has taken over
+    (:mod:`mesh_kernel`: the same bits, 5x faster); ``kernel=False`` keeps them in torch.
     """
     import torch
 
+    wants_grad = torch.is_grad_enabled() and (phases.requires_grad or (ratios is not None and ratios.requires_grad))
+    if aligned and kernel and not wants_grad:
+        from pnndeploy.platforms import mesh_kernel
+
+        if mesh_kernel.takes(phases, ratios, n):
+            return mesh_kernel.unitaries(phases, n, ratios)
     m = mzi_count(n)
     theta, phi, psi = phases[..., :m], phases[..., m:2 * m], phases[..., 2 * m:]
     if ratios is None:
@@ -116,20 +124,37 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False)
     else:
         r1, r2 = ratios[..., 0], ratios[..., 1]
     if aligned:
-        theta, phi, r1, r2 = (_padded(v, 0.5 if k > 1 else 0.0) for k, v in enumerate((theta, phi, r1, r2)))
+        theta, phi, r1, r2 = (padded(v, 0.5 if k > 1 else 0.0) for k, v in enumerate((theta, phi, r1, r2)))
     t00, t01, t10, t11 = (t[..., :m] for t in _mzi_entries(torch, theta, phi, r1, r2))
     # numpy's broadcast: torch's imports sympy on its first call (0.3 s) and costs 0.2 ms a call after
     batch = np.broadcast_shapes(tuple(t00.shape[:-1]), tuple(psi.shape[:-1]))
     d0, d1, perm = column_diagonals((t00, t01, t10, t11), n)
-    if torch.is_grad_enabled() and (phases.requires_grad or (ratios is not None and ratios.requires_grad)):
+    if wants_grad:
         U = torch.eye(n, dtype=t00.dtype, device=phases.device).expand(*batch, n, n)
         for c in range(n):      # row-wise products (one factor per row): every lane of a row rounds alike
             U = d0[..., c, :, None] * U + d1[..., c, :, None] * U[..., perm[c], :]
     else:
         U = _columns_in_place(d0, d1, perm, batch, n)
-    psi_ = _padded(psi, 0.0) if aligned else psi
+    psi_ = padded(psi, 0.0) if aligned else psi
     screen = torch.complex(torch.cos(psi_), torch.sin(psi_))[..., :n]
     return screen[..., :, None] * U
+
+
+@lru_cache(maxsize=None)
+def column_layout(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each column's MZIs and lone modes, for loops over columns: (``starts`` (n + 1,): column c's MZIs are
+    ``starts[c]:starts[c + 1]`` in control order; their top modes ``tops`` (M,); ``lone`` (n, 2): the modes of
+    column c with no MZI, -1 where fewer than two).  Read-only."""
+    col_of, top = mesh_layout(n)
+    starts = np.searchsorted(col_of, np.arange(n + 1)).astype(np.int64)
+    lone = np.full((n, 2), -1, dtype=np.int64)
+    for c in range(n):
+        tops = top[starts[c]:starts[c + 1]]
+        free = np.setdiff1d(np.arange(n), np.concatenate([tops, tops + 1]))
+        lone[c, :len(free)] = free
+    for a in (starts, lone):
+        a.flags.writeable = False
+    return starts, top, lone
 
 
 def column_diagonals(entries: tuple[Any, Any, Any, Any], n: int) -> tuple[Any, Any, Any]:
@@ -167,9 +192,17 @@ def _columns_in_place(d0: Any, d1: Any, perm: Any, batch: Any, n: int) -> Any:
 PASS_BYTES = 512 * 1024
 
 
+#: Bytes of unitaries a pass holds where the compiled kernel realises them (:mod:`mesh_kernel`): it keeps one mesh
+#: in L1 whatever the pass, so a pass is as large as this bound on its output allows (fewer calls, fewer copies).
+KERNEL_PASS_BYTES = 64 * 2 ** 20
+
+
 def meshes_per_pass(n: int) -> int:
-    """How many ``n``-mode meshes a pass of :data:`PASS_BYTES` holds (one at least): 256 of 16 modes, 16 of 64."""
-    return max(1, PASS_BYTES // (8 * n * n))
+    """How many ``n``-mode meshes a pass of :data:`PASS_BYTES` holds (one at least): 256 of 16 modes, 16 of 64;
+    of :data:`KERNEL_PASS_BYTES` once the compiled kernel realises meshes (the same bits either way)."""
+    from pnndeploy.platforms import mesh_kernel
+
+    return max(1, (KERNEL_PASS_BYTES if mesh_kernel.compiled() else PASS_BYTES) // (8 * n * n))
 
 
 #: Elements (float32) a padded per-mesh vector is rounded up to: two AVX-512 vectors, what torch's vectorised loop
@@ -177,7 +210,7 @@ def meshes_per_pass(n: int) -> int:
 ALIGN = 32
 
 
-def _padded(values: Any, fill: float) -> Any:
+def padded(values: Any, fill: float) -> Any:
     """``values`` (..., k) padded along the last axis with ``fill`` to a multiple of :data:`ALIGN`, contiguous."""
     import torch
 

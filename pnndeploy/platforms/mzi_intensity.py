@@ -29,6 +29,7 @@ import numpy as np
 
 from pnndeploy.errors import ConfigError, ModelFileError
 from pnndeploy.platforms.base import ChipState, Clipping, LayerMapping, Platform, quantise, stacked
+import pnndeploy.platforms.mesh_kernel as mesh_kernel
 from pnndeploy.platforms.mesh import mesh_unitary, meshes_per_pass, phase_count
 from pnndeploy.platforms.mesh_jacobian import complex_loss_and_gradient
 from pnndeploy.platforms.mzi import MeshDevices, _precompensate, _spill
@@ -124,6 +125,7 @@ class MZIIntensityPlatform(MeshDevices, Platform):
         if conditions.control_shift is not None:
             phases = phases + conditions.control_shift
         ratios, step = state["ratios"][chips], meshes_per_pass(self.modes)     # passes that stay in cache
+        mesh_kernel.realised(len(phases), self.modes)
         with one_thread():          # a chip's mesh the same bits in any batch (see mesh_unitary)
             parts = [self._fields(phases[c:c + step], in_f, ratios[c:c + step], aligned=True)
                      for c in range(0, len(phases), step)]
