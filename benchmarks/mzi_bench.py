@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import make_chips, mzi_benchmark_model, mzi_fleet_rows  # noqa: E402
+from run import (add_mesh_kernel_option, make_chips, mzi_benchmark_model, mzi_fleet_rows,  # noqa: E402
+                 use_mesh_kernel)
 
 from pnndeploy.deploy.executors import lot_accuracy, ray_session, run_tasks  # noqa: E402
 from pnndeploy.deploy.mapping import map_models  # noqa: E402
@@ -138,16 +139,6 @@ def ray_lot(model: Any, data: Any, chips: int, per_task: int) -> dict:
             "residual_mean": result["residual"].mean(0).tolist()}
 
 
-def use_mesh_kernel(choice: str) -> None:
-    """Realise meshes in the compiled kernel from the first (``compiled``), never (``torch``) or by default."""
-    from pnndeploy.platforms import mesh_kernel
-
-    if choice == "compiled" and not mesh_kernel.available():
-        raise SystemExit("--mesh-kernel compiled needs numba: pip install -e '.[fast]'")
-    if choice != "auto":
-        mesh_kernel.COMPILE_AFTER_MESHES = 0 if choice == "compiled" else 2 ** 62
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 512])
@@ -156,9 +147,7 @@ def main() -> None:
     parser.add_argument("--chips-per-task", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["mapping", "fleet"])
-    parser.add_argument("--mesh-kernel", choices=["auto", "compiled", "torch"], default="compiled",
-                        help="how meshes are realised: compiled (numba, the fast extra), torch, or as a process "
-                             "does by default (torch until it has realised COMPILE_AFTER_MESHES)")
+    add_mesh_kernel_option(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     use_mesh_kernel(args.mesh_kernel)

@@ -171,8 +171,11 @@ def mzi_fleet_rows(model, data, process, sizes: list[int], repeats: int, mapped:
     ``vectorized_s`` / ``roofline_fraction``: every timed evaluation at a new temperature (each chip's meshes
     realised again: an audit's sweep); ``same_drift_s`` / ``same_drift_roofline_fraction``: evaluations at one
     temperature and noise draw (more samples through the same chips: the meshes realised once and reused).
-    ``mesh_s`` is the part spent realising the weights (building every chip's mesh unitaries).
+    ``mesh_s`` is the part spent realising the weights (building every chip's mesh unitaries); ``meshes_by``:
+    the compiled kernel or torch (:func:`use_mesh_kernel`).
     """
+    from pnndeploy.platforms import mesh_kernel
+
     rows = []
     deployments = map_models(model, make_chips(mapped, process))    # the same first chips at every size
     for n in sizes:
@@ -192,7 +195,9 @@ def mzi_fleet_rows(model, data, process, sizes: list[int], repeats: int, mapped:
         mesh = best_of(realise_all, repeats)
         mm = matmul_seconds(model, n, data.X.shape[0], repeats)
         macs = fleet_macs(model, n, data.X.shape[0])
+        modes = int(model.platform_params["modes"])
         rows.append({"chips": n, "vectorized_s": vec, "mesh_s": mesh, "matmul_s": mm,
+                     "meshes_by": "kernel" if mesh_kernel.compiled() and mesh_kernel.agrees(modes) else "torch",
                      "gmacs_per_s": macs / vec / 1e9, "roofline_fraction": mm / vec, "same_drift_s": warm,
                      "same_drift_roofline_fraction": mm / warm,
                      "mapped_chips": min(mapped, n), "modes": int(model.platform_params["modes"])})
@@ -249,15 +254,37 @@ def fleet_accuracy_comparison(process_chips_path: Path, tmp: Path, epochs: int, 
     return out
 
 
+def add_mesh_kernel_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mesh-kernel", choices=["compiled", "torch", "auto"], default=None,
+                        help="how MZI meshes are realised: compiled (numba, the fast extra: the default where it "
+                             "is installed), torch, or auto (as a process does: torch until it has realised "
+                             "mesh_kernel.COMPILE_AFTER_MESHES); the same bits every way")
+
+
+def use_mesh_kernel(choice: str | None) -> str:
+    """Realise meshes in the compiled kernel from the first (``compiled``), never (``torch``) or as a process does
+    (``auto``); None: compiled where numba is installed, else torch.  Returns the choice made."""
+    from pnndeploy.platforms import mesh_kernel
+
+    if choice is None:
+        choice = "compiled" if mesh_kernel.available() else "torch"
+    if choice == "compiled" and not mesh_kernel.available():
+        raise SystemExit("--mesh-kernel compiled needs numba: pip install -e '.[fast]'")
+    if choice != "auto":
+        mesh_kernel.COMPILE_AFTER_MESHES = 0 if choice == "compiled" else float("inf")
+    return choice
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs, chips, seeds and repeats (under a minute)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_mesh_kernel_option(parser)
     args = parser.parse_args()
     quick = args.quick
     dataset = load_dataset("digits", seed=0)
     process = load_process(ROOT / "device_profiles" / "process.yaml")
-    doc: dict = {"quick": quick}
+    doc: dict = {"quick": quick, "mesh_kernel": use_mesh_kernel(args.mesh_kernel)}
     t_start = time.perf_counter()
     rounds = 2 if quick else 5
     doc["training"] = [training_costs(dataset, rounds, epochs=3, hidden=32, batch=32)]

@@ -35,6 +35,8 @@ def test_quick_benchmark_reports_every_figure_consistently():
         assert set(row) >= {"vectorized_s", "mesh_s", "matmul_s", "gmacs_per_s", "roofline_fraction"}
         assert min(row["vectorized_s"], row["mesh_s"], row["matmul_s"]) > 0
         assert row["mapped_chips"] == 8 and row["modes"] == 16
+        assert row["meshes_by"] == "kernel"           # numba is in the test extra: the compiled kernel was timed
+    assert doc["mesh_kernel"] == "compiled"
     assert [r["chips"] for r in doc["scaling"]["chips"]] == [8, 64]
     assert [r["hidden"] for r in doc["scaling"]["hidden"]] == [32, 128]
     acc = doc["accuracy"]
