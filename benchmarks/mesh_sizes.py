@@ -1,7 +1,7 @@
 """A fleet's mesh realisation at each mesh size: the coherent MZI mesh at 16, 32 and 64 modes and the paper's
 64-mode mesh read by intensity, each chip's meshes realised again at a new drift (what an audit's sweep does).
 
-    python benchmarks/mesh_sizes.py [--chips 128] [--repeats 3] [--json]
+    python benchmarks/mesh_sizes.py [--chips 128] [--repeats 3] [--mesh-kernel compiled|torch|auto] [--json]
 
 Every chip of a size is the same drawn chip with the same random settings (the cost does not depend on their
 values); the coherent layer is 128 x 128 (64 blocks of a 16-mode mesh, 16 of 32, 4 of 64), the intensity layer
@@ -29,7 +29,7 @@ from pnndeploy.formats.process_spec import load_process  # noqa: E402
 from pnndeploy.platforms import get_platform  # noqa: E402
 from pnndeploy.platforms.base import ChipState  # noqa: E402
 from pnndeploy.simulation.fabrication import generate_chip  # noqa: E402
-from run import best_of  # noqa: E402
+from run import add_mesh_kernel_option, best_of, use_mesh_kernel  # noqa: E402
 
 COHERENT_SHAPE = (128, 128)
 INTENSITY_SHAPE = (10, 64)
@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--chips", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    add_mesh_kernel_option(parser)
     args = parser.parse_args()
+    use_mesh_kernel(args.mesh_kernel)
     rows = [coherent_row(n, args.chips, args.repeats) for n in (16, 32, 64)] + [intensity_row(args.chips,
                                                                                              args.repeats)]
     if args.json:
