@@ -166,7 +166,7 @@ def test_a_fleets_read_out_is_the_same_bits_whatever_its_passes(monkeypatch) -> 
     conditions = ChipState(torch.tensor(0.4))
     outputs = []
     for per_pass in (10 ** 6, 2, 1):
-        monkeypatch.setattr(module, "meshes_per_pass", lambda n, per_pass=per_pass: per_pass)
+        monkeypatch.setattr(module, "meshes_per_pass", lambda n, kernel=False, per_pass=per_pass: per_pass)
         outputs.append(platform.fleet_forward(state, slice(0, 5), x, conditions))
     assert all(torch.equal(outputs[0], other) for other in outputs[1:]) and outputs[0].shape == (5, 3, 7)
     assert platform.fleet_forward(state, slice(2, 2), x, conditions).shape == (0, 3, 7)       # no chips: none

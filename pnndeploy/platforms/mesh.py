@@ -107,7 +107,7 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False,
     vectors are padded to whole vector blocks (:data:`ALIGN` elements), and the caller runs this on one thread
     (:func:`pnndeploy.threads.one_thread`) so no thread boundary falls inside a mesh; the column products go row by row.
     Aligned meshes without a gradient are realised by the compiled kernel once it has taken over
-    (:mod:`mesh_kernel`: the same bits, 5x faster); ``kernel=False`` keeps them in torch.
+    (:mod:`mesh_kernel`: the same bits, 3-4x faster); ``kernel=False`` keeps them in torch.
     """
     import torch
 
@@ -115,7 +115,7 @@ def mesh_unitary(phases: Any, n: int, ratios: Any = None, aligned: bool = False,
     if aligned and kernel and not wants_grad:
         from pnndeploy.platforms import mesh_kernel
 
-        if mesh_kernel.takes(phases, ratios, n):
+        if mesh_kernel.takes(n, phases, ratios):
             return mesh_kernel.unitaries(phases, n, ratios)
     m = mzi_count(n)
     theta, phi, psi = phases[..., :m], phases[..., m:2 * m], phases[..., 2 * m:]
@@ -197,12 +197,10 @@ PASS_BYTES = 512 * 1024
 KERNEL_PASS_BYTES = 64 * 2 ** 20
 
 
-def meshes_per_pass(n: int) -> int:
+def meshes_per_pass(n: int, kernel: bool = False) -> int:
     """How many ``n``-mode meshes a pass of :data:`PASS_BYTES` holds (one at least): 256 of 16 modes, 16 of 64;
-    of :data:`KERNEL_PASS_BYTES` once the compiled kernel realises meshes (the same bits either way)."""
-    from pnndeploy.platforms import mesh_kernel
-
-    return max(1, (KERNEL_PASS_BYTES if mesh_kernel.compiled() else PASS_BYTES) // (8 * n * n))
+    of :data:`KERNEL_PASS_BYTES` where the compiled kernel realises them (``kernel``: the same bits either way)."""
+    return max(1, (KERNEL_PASS_BYTES if kernel else PASS_BYTES) // (8 * n * n))
 
 
 #: Elements (float32) a padded per-mesh vector is rounded up to: two AVX-512 vectors, what torch's vectorised loop

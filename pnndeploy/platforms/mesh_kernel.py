@@ -7,18 +7,20 @@ a unitary held in L1, and write a coherent layer's weights straight into their b
 
 **The same bits.**  Only torch's cos and sin (of the phases padded to whole vector blocks, as
 ``mesh_unitary(aligned=True)`` takes them) stay in torch; every other step is the same IEEE operation on the same
-operands in the same order (:mod:`mesh_loops`).  Checked bit for bit against torch at even mode counts.  At an
-odd count torch's own column product rounds some lanes otherwise (its vector loop's remainder), so the kernel
-is not used there: it proves itself against torch for each mode count before it takes meshes of that size
-(:func:`agrees`), so a mesh's bits never depend on which path realised it.
+operands in the same order (:mod:`mesh_loops`; torch's add multiplies the addend by 1 + 0i, and its vectorised
+sqrt is not numpy's, so the couplers' square roots are taken in torch).  Checked bit for bit against torch
+(tests).  Where torch's own column product rounds some lanes otherwise (its vector loop's remainder: on this
+machine the mode counts n with n mod 8 in 5..7) the kernel is not used: it proves itself against torch for each
+mode count before it takes meshes of that size (:func:`agrees`), so a mesh's bits never depend on which path
+realised it.
 
-**Worth its compile.**  numba compiles a loop at its first call (about 1.5 s with numba's import): more than one
-evaluation of a few hundred chips saves.  So a process realises meshes in torch until it has realised
+**Worth its compile.**  numba compiles the loops at their first calls (about 2.2 s with numba's import): more
+than one evaluation of a few hundred chips saves.  So a process realises meshes in torch until it has realised
 :data:`COMPILE_AFTER_MESHES` (a sweep, an audit, a large lot), and in the kernel from then on; the switch changes
 no bit.  numba's on-disk cache is not used: it is pickled.
 
 One thread: right after torch's multi-threaded ops (a fleet's matmuls) its OpenMP workers spin on the other cores
-for milliseconds, and a loop run beside them gained nothing (measured).  numba is optional
+for milliseconds, and a loop run beside them gained nothing (measured; alone, two threads gave 1.6x).  numba is optional
 (``pip install 'pnndeploy[fast]'``); without it torch realises every mesh.
 """
 
@@ -37,7 +39,7 @@ from pnndeploy.threads import one_thread
 
 #: Work (in 16-mode meshes: a mesh of n modes counts (n / 16)^3) a process realises in torch before the kernel is
 #: compiled and takes over.  The first use costs about 2.2 s (numba's import, two loops compiled); torch realises
-#: about 60,000 16-mode meshes a second on one core here, the kernel 5x as many.  Switching once torch has spent
+#: about 60,000 16-mode meshes a second on one core here, the kernel 3-4x as many.  Switching once torch has spent
 #: about what compiling costs never costs more than twice the better choice made in hindsight (a 512-chip fleet of
 #: 10 blocks a chip is 5,120 meshes an evaluation: an audit's sweep of 30 temperatures).
 COMPILE_AFTER_MESHES = 150_000
@@ -47,8 +49,9 @@ _lock = threading.Lock()
 _seen = 0
 
 
+@lru_cache(maxsize=1)
 def available() -> bool:
-    """numba can be imported (the ``fast`` extra is installed)."""
+    """numba can be imported (the ``fast`` extra is installed); asked once a process."""
     try:
         import numba  # noqa: F401
     except ImportError:
@@ -64,16 +67,18 @@ def realised(meshes: int, n: int) -> None:
         _seen += meshes * (n / 16) ** 3
 
 
-def takes(phases: Any, ratios: Any, n: int) -> bool:
-    """Whether meshes of ``phases`` (torch) are realised by the kernel: float32 on the CPU without a gradient,
-    numba installed, the process has realised :data:`COMPILE_AFTER_MESHES` (:func:`realised`) or compiled the
-    kernel already, and the kernel gives torch's bits for ``n`` modes on this machine (:func:`agrees`)."""
+def takes(n: int, *tensors: Any) -> bool:
+    """Whether meshes of ``n`` modes made from ``tensors`` (torch; None skipped: phases, ratios, and whatever else
+    enters the phases, a drift, a shift) are realised by the kernel: all float32 on the CPU without a gradient (in
+    float64 torch would realise them in float64), numba installed, the process has realised
+    :data:`COMPILE_AFTER_MESHES` (:func:`realised`) or compiled the kernel already, and the kernel gives torch's bits
+    for ``n`` modes on this machine (:func:`agrees`)."""
     import torch
 
-    for t in (phases, ratios):
+    for t in tensors:
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or t.requires_grad):
             return False
-    return (_seen >= COMPILE_AFTER_MESHES or compiled()) and available() and agrees(n)
+    return n >= 2 and (_seen >= COMPILE_AFTER_MESHES or compiled()) and available() and agrees(n)
 
 
 def compiled() -> bool:
@@ -89,8 +94,8 @@ def agrees(n: int) -> bool:
 
     The bits of torch's column product depend on how its vector loop covers a row of n complex numbers (a
     remainder may round otherwise), which depends on n and the machine: so the kernel proves itself for each n
-    before it takes any mesh of that size, and torch keeps the sizes where it does not (on this machine 6 and 7
-    of 2-12, 16, 20, 24, 32 and 64)."""
+    before it takes any mesh of that size, and torch keeps the sizes where it does not (on this machine n mod 8 in
+    5..7: 5, 6, 7, 13, 14, 15, 22, ... ; 16, 32 and 64 agree)."""
     import torch
 
     from pnndeploy.platforms.mesh import mesh_unitary
@@ -118,24 +123,39 @@ def unitaries(phases: Any, n: int, ratios: Any = None) -> Any:
     if ratios is None:
         ratios = torch.full((m, 2), 0.5, dtype=phases.dtype)
     batch = tuple(np.broadcast_shapes(tuple(phases.shape[:-1]), tuple(ratios.shape[:-2])))
+    meshes = int(np.prod(batch, dtype=np.int64))
+    if not meshes:              # numpy gives an empty array zero strides, which torch cannot view as complex
+        return torch.empty((*batch, n, n), dtype=torch.complex64)
     cos, sin = _cos_sin(aligned(phases.reshape(-1, n * n), n))
-    out = np.empty((int(np.prod(batch, dtype=np.int64)), n, n, 2), dtype=np.float32)
+    out = np.empty((meshes, n, n, 2), dtype=np.float32)
     mesh_loops.unitaries(cos, sin, _padded_mzis(m), coupler_terms(ratios, n), _rows(phases.shape[:-1], batch),
                          _rows(ratios.shape[:-2], batch), *column_layout(n), out)
     return torch.view_as_complex(torch.from_numpy(out)).reshape(*batch, n, n)
 
 
-def real_blocks(angles: Any, terms: np.ndarray, n: int, weight_shape: tuple[int, int]) -> Any:
+def real_blocks(angles: Any, terms: np.ndarray, n: int, weight_shape: tuple[int, int],
+                out: np.ndarray | None = None) -> Any:
     """A coherent layer's weights (chips, out, in) float32: Re U of each chip's (to, ti) blocks of meshes, from
     their :func:`aligned` phases (chips, to, ti, A) and each chip's :func:`coupler_terms` (chips, K, 4), blocks
-    cropped to ``weight_shape``: the bits of ``mesh_unitary(phases, n, ratios, aligned=True).real`` put in place."""
+    cropped to ``weight_shape``: the bits of ``mesh_unitary(phases, n, ratios, aligned=True).real`` put in place.
+    ``out``: a C-ordered float32 array of that shape to write into (returned as a tensor either way)."""
     import torch
 
     from pnndeploy.platforms import mesh_loops
 
-    cos, sin = _cos_sin(angles.reshape(-1, angles.shape[-1]))
-    W = np.empty((angles.shape[0], *weight_shape), dtype=np.float32)
-    mesh_loops.real_blocks(cos, sin, _padded_mzis(mzi_count(n)), terms, *column_layout(n), W)
+    chips = angles.shape[0]
+    blocks = (-(-weight_shape[0] // n), -(-weight_shape[1] // n))
+    W = np.empty((chips, *weight_shape), dtype=np.float32) if out is None else out
+    # the loop indexes without bounds checks: what it is given must be what it assumes
+    if (tuple(angles.shape) != (chips, *blocks, aligned_width(n)) or terms.shape != (chips, _padded_mzis(
+            mzi_count(n)), 4) or W.shape != (chips, *weight_shape) or W.dtype != np.float32
+            or not W.flags.c_contiguous):
+        raise ValueError(f"real_blocks: angles {tuple(angles.shape)}, couplers {terms.shape} and weights "
+                         f"{W.shape} are not one {blocks} set of blocks and of couplers per chip of a "
+                         f"{weight_shape} layer")
+    if chips:
+        cos, sin = _cos_sin(angles.reshape(-1, angles.shape[-1]))
+        mesh_loops.real_blocks(cos, sin, _padded_mzis(mzi_count(n)), terms, *column_layout(n), W)
     return torch.from_numpy(W)
 
 
@@ -146,8 +166,8 @@ def aligned(phases: Any, n: int) -> Any:
     import torch
 
     m = mzi_count(n)
-    k, ell = _padded_mzis(m), -(-n // ALIGN) * ALIGN
-    out = torch.zeros((*phases.shape[:-1], 2 * k + ell), dtype=phases.dtype, device=phases.device)
+    k = _padded_mzis(m)
+    out = torch.zeros((*phases.shape[:-1], aligned_width(n)), dtype=phases.dtype, device=phases.device)
     out[..., :m] = phases[..., :m]
     out[..., k:k + m] = phases[..., m:2 * m]
     out[..., 2 * k:2 * k + n] = phases[..., 2 * m:]
@@ -173,6 +193,11 @@ def _cos_sin(angles: Any) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     return torch.cos(angles).numpy(), torch.sin(angles).numpy()
+
+
+def aligned_width(n: int) -> int:
+    """Elements of a mesh's :func:`aligned` phases: 2 K + L."""
+    return 2 * _padded_mzis(mzi_count(n)) + -(-n // ALIGN) * ALIGN
 
 
 def _padded_mzis(m: int) -> int:

@@ -50,7 +50,7 @@ import pnndeploy.platforms.mesh_kernel as mesh_kernel
 from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient
 from pnndeploy.platforms.options import PlatformOption
-from pnndeploy.platforms.mesh import TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, \
+from pnndeploy.platforms.mesh import KERNEL_PASS_BYTES, TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, \
     meshes_per_pass, mzi_count, phase_count, unitary_with_real_part
 from pnndeploy.threads import each_on_one_thread, one_thread, threads_within_memory
 
@@ -380,7 +380,8 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         # realising alone, without matmuls between, no faster either: 512 chips 69.6 -> 73.2 ms; the compiled
         # kernel on two threads gained nothing either)
         with one_thread():
-            if mesh_kernel.takes(state["static"], state["ratios"], n):      # the same bits, 3x faster
+            if mesh_kernel.takes(n, state["static"], state["drift"], state["ratios"], conditions.delta_T,
+                                 conditions.control_shift):         # the same bits, 3-4x faster
                 return self._realise_compiled(state, chips, conditions)
             phases = state["static"][chips] + state["drift"][chips] * conditions.temperature(3)
             if conditions.control_shift is not None:
@@ -396,17 +397,36 @@ class MZIPlatform(MeshDevices, LinearPlatform):
 
     @staticmethod
     def _realise_compiled(state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:
-        """:meth:`_realise` by :mod:`mesh_kernel`: the static and drift phases and the couplers' products kept in
-        the kernel's form for the fleet (they do not change with the drift), each chip's weights written in place."""
+        """:meth:`_realise` by :mod:`mesh_kernel`, in passes of chips whose angles, cos and sin take at most
+        :data:`mesh.KERNEL_PASS_BYTES`.  The couplers' products, and where the kernel's padded form costs at most
+        half as much again (8 modes and more) the static and drift phases in that form, are kept for the fleet:
+        they do not change with the drift."""
+        import torch
+
         out_f, in_f, n = state["shape"]
-        if "aligned" not in state:
-            state["aligned"] = (mesh_kernel.aligned(state["static"], n), mesh_kernel.aligned(state["drift"], n),
-                                mesh_kernel.coupler_terms(state["ratios"], n))
-        static, drift, terms = state["aligned"]
-        angles = static[chips] + drift[chips] * conditions.temperature(3)
-        if conditions.control_shift is not None:
-            angles += mesh_kernel.aligned(conditions.control_shift, n)[:, None, None, :]
-        return mesh_kernel.real_blocks(angles, terms[chips], n, (out_f, in_f))
+        if "kernel_form" not in state:
+            keep = mesh_kernel.aligned_width(n) <= 1.5 * n * n
+            state["kernel_form"] = (mesh_kernel.coupler_terms(state["ratios"], n),
+                                    (mesh_kernel.aligned(state["static"], n), mesh_kernel.aligned(state["drift"], n))
+                                    if keep else None)
+        terms, kept = state["kernel_form"]
+        index = range(state["static"].shape[0])[chips]
+        to, ti = state["static"].shape[1:3]
+        step = max(1, KERNEL_PASS_BYTES // (12 * to * ti * mesh_kernel.aligned_width(n)))
+        W = np.empty((len(index), out_f, in_f), dtype=np.float32)
+        T = conditions.temperature(3)
+        for start in range(0, len(index), step):
+            part = index[start:start + step]
+            rows, here = slice(part.start, part.stop, part.step), slice(start, start + len(part))
+            dT = T[here] if T.ndim else T
+            if kept is not None:
+                angles = kept[0][rows] + kept[1][rows] * dT
+            else:
+                angles = mesh_kernel.aligned(state["static"][rows] + state["drift"][rows] * dT, n)
+            if conditions.control_shift is not None:
+                angles += mesh_kernel.aligned(conditions.control_shift[here], n)[:, None, None, :]
+            mesh_kernel.real_blocks(angles, terms[rows], n, (out_f, in_f), out=W[here])
+        return torch.from_numpy(W)
 
 
 def _passes(chips: int, to: int, ti: int, per_pass: int) -> list[tuple[slice, slice]]:

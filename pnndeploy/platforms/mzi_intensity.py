@@ -124,8 +124,10 @@ class MZIIntensityPlatform(MeshDevices, Platform):
         phases = state["static"][chips] + state["drift"][chips] * conditions.temperature(1)
         if conditions.control_shift is not None:
             phases = phases + conditions.control_shift
-        ratios, step = state["ratios"][chips], meshes_per_pass(self.modes)     # passes that stay in cache
+        ratios = state["ratios"][chips]
         mesh_kernel.realised(len(phases), self.modes)
+        # passes that stay in cache; as large as a bound allows where the compiled kernel realises them
+        step = meshes_per_pass(self.modes, mesh_kernel.takes(self.modes, phases, ratios))
         with one_thread():          # a chip's mesh the same bits in any batch (see mesh_unitary)
             parts = [self._fields(phases[c:c + step], in_f, ratios[c:c + step], aligned=True)
                      for c in range(0, len(phases), step)]
