@@ -78,9 +78,15 @@ class Compute:
 
     @contextlib.contextmanager
     def running(self, work: float | None = None) -> Iterator["Compute"]:
-        """Set torch's intra-op threads for this work (see :meth:`cpu_threads`), restore them afterwards."""
+        """Set torch's intra-op threads for this work (see :meth:`cpu_threads`), restore them afterwards; inside a
+        piece of :func:`pnndeploy.threads.each_on_one_thread` they stay one (the pieces are the parallelism)."""
         import torch
 
+        from pnndeploy.threads import in_piece
+
+        if in_piece():
+            yield self
+            return
         previous = torch.get_num_threads()
         torch.set_num_threads(self.cpu_threads(work))
         try:

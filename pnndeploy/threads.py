@@ -46,6 +46,11 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def in_piece() -> bool:
+    """This thread runs a piece of :func:`each_on_one_thread` (its torch work must stay on one intra-op thread)."""
+    return bool(getattr(_inside, "active", False))
+
+
 def threads_within_memory(threads: int, piece_bytes: int) -> int:
     """How many of ``threads`` may run pieces of ``piece_bytes`` side by side within :data:`PIECES_BYTES` (one at
     least)."""
@@ -63,7 +68,7 @@ def each_on_one_thread(work: Callable[[T], Any], pieces: Sequence[T], threads: i
     in this thread, in order.
     """
     with one_thread():
-        if threads <= 1 or len(pieces) <= 1 or getattr(_inside, "active", False):
+        if threads <= 1 or len(pieces) <= 1 or in_piece():
             return [work(piece) for piece in pieces]
         import torch
 

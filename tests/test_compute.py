@@ -57,6 +57,44 @@ def test_a_fleet_gives_the_same_bits_on_one_thread_or_all(tiny_export, shipped_p
     np.testing.assert_array_equal(one, every)
 
 
+@pytest.mark.parametrize("platform", ["mrr", "mzi"])
+def test_chunks_evaluated_side_by_side_are_the_chunks_one_after_another(platform, tiny_export, shipped_process,
+                                                                        tmp_path) -> None:
+    """With two threads a fleet's chunks of chips run side by side, each on one intra-op thread (torch's own
+    threads stay at one inside them): every chip's accuracy is the serial run's, at a new drift and again at the
+    same one (the MZI fleet's cache of realised weights, shared by the chunks, hit), and progress sees every chip
+    once, one call at a time."""
+    import threading
+
+    from pnndeploy.formats.process_spec import load_process
+    from pnndeploy.training.pipeline import train_and_export
+
+    if platform == "mzi":
+        path = tmp_path / "mzi.onnx"
+        train_and_export("digits", TrainConfig(platform="mzi", epochs=1, hidden=[16], seed=0), path)
+        model = load_model(path)
+        process = load_process(__import__("pathlib").Path(__file__).parents[1] / "device_profiles" / "mzi" /
+                               "process.yaml")
+    else:
+        model, process = load_model(tiny_export.path), shipped_process
+    data = load_evaluation_data(model)
+    chips = [generate_chip(process, f"side{k}", seed=7) for k in range(7)]
+    deployments = [map_model(model, c) for c in chips]
+    serial = SimulatedFleet(model, chips, deployments, Compute("cpu", 1))
+    side = SimulatedFleet(model, chips, deployments, Compute("cpu", 2))
+    seen, inside = [], set()
+
+    def progress(n: int) -> None:
+        seen.append(n)
+        inside.add((threading.current_thread() is threading.main_thread(), torch.get_num_threads()))
+
+    for dT in (np.linspace(-0.5, 0.5, 7), np.linspace(-0.5, 0.5, 7), 0.8):
+        want = serial.accuracy(data.X, data.y, Conditions(delta_T=dT, eval_seed=2), chunk=2)
+        got = side.accuracy(data.X, data.y, Conditions(delta_T=dT, eval_seed=2), chunk=2, progress=progress)
+        np.testing.assert_array_equal(got, want)
+    assert sorted(seen) == sorted([2, 2, 2, 1] * 3) and inside == {(False, 1)}
+
+
 def test_a_lot_streamed_in_chunks_is_the_fleet_at_once(tiny_export, shipped_process) -> None:
     """stream_accuracy holds one chunk of chips at a time; a chip's accuracy does not depend on its chunk."""
     model = load_model(tiny_export.path)

@@ -37,6 +37,7 @@ noise and the phase DAC.  Calibration holds the measured offsets and ratios.
 from __future__ import annotations
 
 import math
+import threading
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
@@ -78,6 +79,9 @@ GN_DAMPING = 1e-2
 #: identity, for ``PLAIN_FIT_ITERATIONS``.
 METRIC_MAX_PHASES = 32 * 32
 PLAIN_FIT_ITERATIONS = 80
+#: Guards the fleets' caches of realised weights: a fleet's chunks of chips may be evaluated on several threads.
+_CACHE_LOCK = threading.Lock()
+
 #: Bytes of realised weights a fleet keeps per layer for reuse under the same drift (a model of L layers: L times).
 MAX_CACHED_BYTES = 256 * 2 ** 20
 #: Memory a batch of chips fitted together may hold (:func:`_map_batches` estimates a block's): 512 blocks of a
@@ -354,19 +358,23 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         Realising the meshes is most of an evaluation's cost, so the weights of each batch of chips are kept for
         the last drift (temperature and shift) they were realised at: another noise draw or another set of
         samples under the same drift reuses them (a copy, the same bits)."""
-        cache = state.setdefault("realised", {})
         key = (chips.start, chips.stop)
-        hit = cache.get(key)
+        with _CACHE_LOCK:                               # a fleet's chunks may be evaluated on several threads
+            cache = state.setdefault("realised", {})
+            hit = cache.get(key)
         if hit is not None and _same(hit[0], conditions.delta_T) and _same(hit[1], conditions.control_shift):
             return hit[2].clone()
         W = self._realise(state, chips, conditions)
         size = W.numel() * W.element_size()
         if size <= MAX_CACHED_BYTES:
-            cache.pop(key, None)
-            while cache and sum(v[2].numel() * v[2].element_size() for v in cache.values()) + size > MAX_CACHED_BYTES:
-                cache.pop(next(iter(cache)))           # the oldest batch goes first (another chunking, say)
             shift = conditions.control_shift
-            cache[key] = (conditions.delta_T.clone(), None if shift is None else shift.clone(), W.clone())
+            entry = (conditions.delta_T.clone(), None if shift is None else shift.clone(), W.clone())
+            with _CACHE_LOCK:
+                cache.pop(key, None)
+                while cache and sum(v[2].numel() * v[2].element_size() for v in cache.values()) + size > \
+                        MAX_CACHED_BYTES:
+                    cache.pop(next(iter(cache)))           # the oldest batch goes first (another chunking, say)
+                cache[key] = entry
         return W
 
     def _realise(self, state: dict[str, Any], chips: slice, conditions: ChipState) -> Any:

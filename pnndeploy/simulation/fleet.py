@@ -16,6 +16,7 @@ too large to hold at once is streamed through :func:`stream_accuracy`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -234,19 +235,37 @@ class SimulatedFleet:
 
     def accuracy(self, X_scaled: np.ndarray, y: np.ndarray, conditions: Conditions | None = None,
                  chunk: int = CHIPS_PER_BATCH, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Accuracy of every chip, (chips,) float64; ``progress(n)`` after each chunk of n chips."""
+        """Accuracy of every chip, (chips,) float64; ``progress(n)`` after each chunk of n chips.
+
+        On the CPU with several threads the chunks are evaluated side by side, each on one intra-op thread
+        (:func:`pnndeploy.threads.each_on_one_thread`): a chip's outputs are the same bits on one thread or all,
+        and torch's own threads, between small ops, mostly spun (its OpenMP workers wait busily for milliseconds
+        after every parallel op).  ``progress`` is then called from those threads, one call at a time."""
         import torch
+
+        from pnndeploy.threads import each_on_one_thread
 
         conditions = conditions or Conditions()
         out = np.empty(len(self), dtype=np.float64)
-        labels, classes = self._labels(y)
+        pieces = [slice(start, min(start + chunk, len(self))) for start in range(0, len(self), chunk)]
+        lock = threading.Lock()
         with torch.inference_mode(), self.compute.running():
-            for start in range(0, len(self), chunk):
-                chips = slice(start, min(start + chunk, len(self)))
+            labels, classes = self._labels(y)
+            self._features(X_scaled), self._noise(conditions.eval_seed)     # shared: made before the pieces run
+
+            def evaluate(chips: slice) -> None:
                 scores = self.scores_tensor(X_scaled, conditions, chips)
                 out[chips] = correct_fraction(scores, labels, classes).cpu().numpy()
                 if progress is not None:
-                    progress(chips.stop - chips.start)
+                    with lock:
+                        progress(chips.stop - chips.start)
+
+            threads = 1 if self.compute.is_cuda else torch.get_num_threads()
+            if threads > 1 and len(pieces) > 1:
+                each_on_one_thread(evaluate, pieces, threads)
+            else:
+                for chips in pieces:
+                    evaluate(chips)
         return out
 
 
