@@ -51,8 +51,8 @@ import pnndeploy.platforms.mesh_kernel as mesh_kernel
 from pnndeploy.platforms.lbfgs import batched_lbfgs
 from pnndeploy.platforms.mesh_jacobian import gauss_newton_metric, loss_and_gradient
 from pnndeploy.platforms.options import PlatformOption
-from pnndeploy.platforms.mesh import KERNEL_PASS_BYTES, TWO_PI, corrected_phases, decompose, mesh_layout, mesh_unitary, \
-    meshes_per_pass, mzi_count, phase_count, unitary_with_real_part
+from pnndeploy.platforms.mesh import KERNEL_PASS_BYTES, TWO_PI, corrected_phases, decompose, mesh_layout, \
+    mesh_unitary, meshes_per_pass, mzi_count, phase_count, unitary_with_real_part
 from pnndeploy.threads import each_on_one_thread, one_thread, threads_within_memory
 
 #: Iterations of the fit of a layer's phases through a chip's calibrated mesh model (each block its own problem):
