@@ -57,13 +57,15 @@ def test_a_fleet_gives_the_same_bits_on_one_thread_or_all(tiny_export, shipped_p
     np.testing.assert_array_equal(one, every)
 
 
-@pytest.mark.parametrize("platform", ["mrr", "mzi"])
-def test_chunks_evaluated_side_by_side_are_the_chunks_one_after_another(platform, tiny_export, shipped_process,
-                                                                        tmp_path) -> None:
-    """With two threads a fleet's chunks of chips run side by side, each on one intra-op thread (torch's own
-    threads stay at one inside them): every chip's accuracy is the serial run's, at a new drift and again at the
-    same one (the MZI fleet's cache of realised weights, shared by the chunks, hit), and progress sees every chip
-    once, one call at a time."""
+@pytest.mark.parametrize("platform, side_by_side", [("mrr", False), ("mrr", True), ("mzi", True)])
+def test_chunks_evaluated_side_by_side_are_the_chunks_one_after_another(platform, side_by_side, tiny_export,
+                                                                        shipped_process, tmp_path,
+                                                                        monkeypatch) -> None:
+    """Where the platform asks for it (the mesh: ``chunks_side_by_side``; the ring bank made to), with two threads
+    a fleet's chunks of chips run side by side, each on one intra-op thread (torch's own threads stay at one inside
+    them): every chip's accuracy is the serial run's, at a new drift and again at the same one (the MZI fleet's
+    cache of realised weights, shared by the chunks, hit), and progress sees every chip once, one call at a time.
+    The ring bank by default keeps its chunks one after another on torch's threads."""
     import threading
 
     from pnndeploy.formats.process_spec import load_process
@@ -82,6 +84,7 @@ def test_chunks_evaluated_side_by_side_are_the_chunks_one_after_another(platform
     deployments = [map_model(model, c) for c in chips]
     serial = SimulatedFleet(model, chips, deployments, Compute("cpu", 1))
     side = SimulatedFleet(model, chips, deployments, Compute("cpu", 2))
+    monkeypatch.setattr(type(side.platform), "chunks_side_by_side", side_by_side)
     seen, inside = [], set()
 
     def progress(n: int) -> None:
@@ -92,7 +95,8 @@ def test_chunks_evaluated_side_by_side_are_the_chunks_one_after_another(platform
         want = serial.accuracy(data.X, data.y, Conditions(delta_T=dT, eval_seed=2), chunk=2)
         got = side.accuracy(data.X, data.y, Conditions(delta_T=dT, eval_seed=2), chunk=2, progress=progress)
         np.testing.assert_array_equal(got, want)
-    assert sorted(seen) == sorted([2, 2, 2, 1] * 3) and inside == {(False, 1)}
+    assert sorted(seen) == sorted([2, 2, 2, 1] * 3)
+    assert inside == ({(False, 1)} if side_by_side else {(True, 2)})
 
 
 def test_a_lot_streamed_in_chunks_is_the_fleet_at_once(tiny_export, shipped_process) -> None:

@@ -227,6 +227,12 @@ class Platform(ABC):
     #: weights, exported as a Gemm, and the paper's baseline may train W itself.
     linear: bool = False
 
+    #: True when a fleet's chunks of chips run faster side by side on the CPU's threads, each on one intra-op
+    #: thread (:meth:`SimulatedFleet.accuracy`), than one after another on torch's threads: where a chunk's time
+    #: is mostly long work that holds no interpreter lock (a mesh's compiled loop).  The same bits either way;
+    #: measured per platform (the ring bank's small ops ran slower side by side).
+    chunks_side_by_side: bool = False
+
     name: str
     #: What the chip is, for reports ("a microring weight bank").
     description: str

@@ -112,6 +112,9 @@ class MeshDevices(PhaseControls):
     control_units = "rad"
     control_noun = "phase"
     device_noun = "phase_shifters"
+    #: realising the meshes (torch's passes on one thread, or the compiled loop) is most of an evaluation: a
+    #: 512-chip fleet at a new drift 31-45 -> 20-22 ms with the loop (benchmarks/mzi_bench.py, three pairs)
+    chunks_side_by_side = True
     device_section = "mzi"
     profiles_subdir = "mzi"
     offset_name = "phase_offset"

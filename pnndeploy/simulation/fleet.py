@@ -52,6 +52,10 @@ NOISE_STREAM = 0x6E6F6973
 #: activations stay in cache (at 512 chips, one batch of all was slower than batches of 128).
 CHIPS_PER_BATCH = 128
 
+#: Fewest chips a chunk is cut to so that a small fleet's chunks run side by side on the CPU's threads
+#: (:meth:`SimulatedFleet.accuracy`).
+MIN_SIDE_BY_SIDE = 16
+
 
 def device_stream(device_id: str, eval_seed: int, layer: int) -> np.random.Generator:
     """The noise stream of one device, evaluation and layer (independent of the fleet around it)."""
@@ -237,16 +241,22 @@ class SimulatedFleet:
                  chunk: int = CHIPS_PER_BATCH, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Accuracy of every chip, (chips,) float64; ``progress(n)`` after each chunk of n chips.
 
-        On the CPU with several threads the chunks are evaluated side by side, each on one intra-op thread
-        (:func:`pnndeploy.threads.each_on_one_thread`): a chip's outputs are the same bits on one thread or all,
-        and torch's own threads, between small ops, mostly spun (its OpenMP workers wait busily for milliseconds
-        after every parallel op).  ``progress`` is then called from those threads, one call at a time."""
+        Where the platform says so (``chunks_side_by_side``: a mesh's compiled loop holds no interpreter lock), on
+        the CPU with several threads, the chunks are evaluated side by side, each on one intra-op thread
+        (:func:`pnndeploy.threads.each_on_one_thread`), a small fleet cut into one chunk a thread: a chip's outputs
+        are the same bits on one thread or all, and torch's own threads mostly spun beside the loop (its OpenMP
+        workers wait busily for milliseconds after every parallel op).  ``progress`` is then called from those
+        threads, one call at a time."""
         import torch
 
         from pnndeploy.threads import each_on_one_thread
 
         conditions = conditions or Conditions()
         out = np.empty(len(self), dtype=np.float64)
+        side_by_side = self.platform.chunks_side_by_side and not self.compute.is_cuda
+        threads = self.compute.cpu_threads() if side_by_side else 1
+        if threads > 1:                 # a fleet of fewer chunks than threads: chunks of one thread's share
+            chunk = min(chunk, max(MIN_SIDE_BY_SIDE, -(-len(self) // threads)))
         pieces = [slice(start, min(start + chunk, len(self))) for start in range(0, len(self), chunk)]
         lock = threading.Lock()
         with torch.inference_mode(), self.compute.running():
@@ -260,7 +270,6 @@ class SimulatedFleet:
                     with lock:
                         progress(chips.stop - chips.start)
 
-            threads = 1 if self.compute.is_cuda else torch.get_num_threads()
             if threads > 1 and len(pieces) > 1:
                 each_on_one_thread(evaluate, pieces, threads)
             else:
