@@ -227,17 +227,21 @@ def test_a_mesh_that_needs_its_gradient_is_built_by_torch(hot) -> None:
     assert phases.grad is not None and torch.isfinite(phases.grad).all()
 
 
+#: A fresh process's two-chip coherent 16-mode fleet layer realised once (``W``), for the subprocess tests below.
+_COHERENT_FLEET = ("import sys, torch; from pnndeploy.platforms import get_platform, mesh_kernel; "
+                   "from pnndeploy.platforms.base import ChipState; {before}"
+                   "p = get_platform('mzi').configure({{'modes': 16}}); "
+                   "s = {{'static': torch.rand(2, 1, 1, 256), 'drift': torch.rand(2, 1, 1, 256), "
+                   "'ratios': torch.full((2, 1, 1, 120, 2), 0.5), 'shape': (16, 16, 16)}}; "
+                   "W = p._realise(s, slice(0, 2), ChipState(torch.tensor(0.1))); ")
+
+
 def test_without_numba_a_fleet_is_realised_by_torch() -> None:
     """numba not installed (the fast extra left out): past the threshold, a coherent and an intensity fleet still
     evaluate, through torch."""
-    code = ("import sys; sys.modules['numba'] = None; import torch; "
-            "from pnndeploy.platforms import get_platform, mesh_kernel; "
-            "from pnndeploy.platforms.base import ChipState; mesh_kernel.COMPILE_AFTER_MESHES = 0; "
-            "p = get_platform('mzi').configure({'modes': 16}); "
-            "s = {'static': torch.rand(2, 1, 1, 256), 'drift': torch.rand(2, 1, 1, 256), "
-            "'ratios': torch.full((2, 1, 1, 120, 2), 0.5), 'shape': (16, 16, 16)}; "
-            "W = p._realise(s, slice(0, 2), ChipState(torch.tensor(0.1))); "
-            "q = get_platform('mzi').configure({'modes': 8, 'detection': 'intensity'}); "
+    code = ("import sys; sys.modules['numba'] = None; "
+            + _COHERENT_FLEET.format(before="mesh_kernel.COMPILE_AFTER_MESHES = 0; ")
+            + "q = get_platform('mzi').configure({'modes': 8, 'detection': 'intensity'}); "
             "t = {'static': torch.rand(2, 64), 'drift': torch.rand(2, 64), 'ratios': torch.full((2, 28, 2), 0.5), "
             "'shape': (4, 5)}; y = q.fleet_forward(t, slice(0, 2), torch.rand(5, 3), ChipState(torch.tensor(0.1))); "
             "print(tuple(W.shape), tuple(y.shape), mesh_kernel.available(), 'pnndeploy.platforms.mesh_loops' in "
@@ -249,12 +253,7 @@ def test_without_numba_a_fleet_is_realised_by_torch() -> None:
 def test_the_kernel_is_not_imported_until_it_takes_over() -> None:
     """An MZI fleet evaluated below the threshold imports neither numba nor the loops (numba costs 0.3 s to import
     and its compile 2 s)."""
-    code = ("import sys, numpy as np, torch; from pnndeploy.platforms import get_platform; "
-            "from pnndeploy.platforms.base import ChipState; "
-            "p = get_platform('mzi').configure({'modes': 16}); "
-            "s = {'static': torch.rand(2, 1, 1, 256), 'drift': torch.rand(2, 1, 1, 256), "
-            "'ratios': torch.full((2, 1, 1, 120, 2), 0.5), 'shape': (16, 16, 16)}; "
-            "p._realise(s, slice(0, 2), ChipState(torch.tensor(0.1))); "
-            "print(sorted(m for m in ('numba', 'pnndeploy.platforms.mesh_loops') if m in sys.modules))")
+    code = (_COHERENT_FLEET.format(before="")
+            + "print(sorted(m for m in ('numba', 'pnndeploy.platforms.mesh_loops') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
