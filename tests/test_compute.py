@@ -99,6 +99,29 @@ def test_chunks_evaluated_side_by_side_are_the_chunks_one_after_another(platform
     assert inside == ({(False, 1)} if side_by_side else {(True, 2)})
 
 
+def test_chunks_side_by_side_stay_within_memory_and_split_a_small_fleet_evenly(tiny_export, shipped_process,
+                                                                               monkeypatch) -> None:
+    """As many chunks run at once as :data:`threads.PIECES_BYTES` holds (one at least), a fleet of fewer chunks
+    than threads is cut into even chunks of 16 chips at least, and the intensity read-out stays serial."""
+    import pnndeploy.threads as threads
+    from pnndeploy.platforms import get_platform
+
+    model = load_model(tiny_export.path)
+    chips = [generate_chip(shipped_process, f"mem{k}", seed=8) for k in range(40)]
+    fleet = SimulatedFleet(model, chips, [map_model(model, c) for c in chips], Compute("cpu", 2))
+    monkeypatch.setattr(type(fleet.platform), "chunks_side_by_side", True)
+    assert fleet._side_by_side(128, 360) == 2
+    per_chip = sum(fleet.platform.fleet_chip_bytes(s, 360, model.platform_params) for s in fleet.shapes)
+    monkeypatch.setattr(threads, "PIECES_BYTES", 128 * per_chip * 2 - 1)
+    assert fleet._side_by_side(128, 360) == 1
+    monkeypatch.setattr(threads, "PIECES_BYTES", 2 * 2 ** 30)
+    seen = []
+    fleet.accuracy(load_evaluation_data(model).X, load_evaluation_data(model).y, progress=seen.append)
+    assert sorted(seen) == [20, 20]
+    intensity = get_platform("mzi").configure({"modes": 8, "detection": "intensity"})
+    assert not intensity.chunks_side_by_side and intensity.fleet_chip_bytes((4, 6), 100) == 16 * 100 * 8 + 16 * 64
+
+
 def test_a_lot_streamed_in_chunks_is_the_fleet_at_once(tiny_export, shipped_process) -> None:
     """stream_accuracy holds one chunk of chips at a time; a chip's accuracy does not depend on its chunk."""
     model = load_model(tiny_export.path)

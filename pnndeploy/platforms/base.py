@@ -233,6 +233,13 @@ class Platform(ABC):
     #: measured per platform (the ring bank's small ops ran slower side by side).
     chunks_side_by_side: bool = False
 
+    def fleet_chip_bytes(self, weight_shape: tuple[int, int], samples: int,
+                         params: Mapping[str, Any] | None = None) -> int:
+        """Memory one chip's layer holds while a fleet evaluates ``samples`` inputs (its outputs and their
+        temporaries, its realised weights), bytes: what bounds the chunks evaluated side by side."""
+        out_f, in_f = weight_shape
+        return 16 * samples * max(out_f, in_f) + 8 * out_f * in_f
+
     name: str
     #: What the chip is, for reports ("a microring weight bank").
     description: str

@@ -83,8 +83,9 @@ def takes(n: int, *tensors: Any) -> bool:
 
 def compiled() -> bool:
     """The kernel's loops have been compiled in this process (it then realises every mesh it can)."""
-    loops = sys.modules.get(_LOOPS)
-    return loops is not None and bool(loops.unitaries.signatures)
+    loops = sys.modules.get(_LOOPS)         # (another thread may be importing it: its names come last)
+    unitaries_ = getattr(loops, "unitaries", None)
+    return unitaries_ is not None and bool(unitaries_.signatures)
 
 
 @lru_cache(maxsize=None)

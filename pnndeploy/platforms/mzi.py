@@ -386,10 +386,10 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         chips_n, to, ti = state["static"][chips].shape[:3]
         mesh_kernel.realised(chips_n * to * ti, n)
         # one intra-op thread: a chip's mesh the same bits in any batch (see mesh_unitary).  Not spread over the
-        # compute's threads (threads.each_on_one_thread): right after the fleet's matmuls torch's OpenMP workers
-        # spin on the other cores, and passes run beside them were slower on two cores (64 chips 10.7 -> 13.9 ms;
-        # realising alone, without matmuls between, no faster either: 512 chips 69.6 -> 73.2 ms; the compiled
-        # kernel on two threads gained nothing either)
+        # compute's threads here: right after the fleet's matmuls torch's OpenMP workers spin on the other cores,
+        # and passes run beside them were slower on two cores (64 chips 10.7 -> 13.9 ms; the compiled kernel on
+        # two threads gained nothing either).  The threads are used a level up: a fleet's chunks of chips run side
+        # by side (SimulatedFleet.accuracy, chunks_side_by_side), each realising its own meshes.
         with one_thread():
             if mesh_kernel.takes(n, state["static"], state["drift"], state["ratios"], conditions.delta_T,
                                  conditions.control_shift):         # the same bits, 3-4x faster
@@ -415,12 +415,13 @@ class MZIPlatform(MeshDevices, LinearPlatform):
         import torch
 
         out_f, in_f, n = state["shape"]
-        if "kernel_form" not in state:
-            keep = mesh_kernel.aligned_width(n) <= 1.5 * n * n
-            state["kernel_form"] = (mesh_kernel.coupler_terms(state["ratios"], n),
-                                    (mesh_kernel.aligned(state["static"], n), mesh_kernel.aligned(state["drift"], n))
-                                    if keep else None)
-        terms, kept = state["kernel_form"]
+        with _CACHE_LOCK:                   # made once, by the first of the fleet's chunks to need it
+            if "kernel_form" not in state:
+                keep = mesh_kernel.aligned_width(n) <= 1.5 * n * n
+                state["kernel_form"] = (mesh_kernel.coupler_terms(state["ratios"], n),
+                                        (mesh_kernel.aligned(state["static"], n),
+                                         mesh_kernel.aligned(state["drift"], n)) if keep else None)
+            terms, kept = state["kernel_form"]
         index = range(state["static"].shape[0])[chips]
         to, ti = state["static"].shape[1:3]
         step = max(1, KERNEL_PASS_BYTES // (12 * to * ti * mesh_kernel.aligned_width(n)))

@@ -246,17 +246,18 @@ class SimulatedFleet:
         (:func:`pnndeploy.threads.each_on_one_thread`), a small fleet cut into one chunk a thread: a chip's outputs
         are the same bits on one thread or all, and torch's own threads mostly spun beside the loop (its OpenMP
         workers wait busily for milliseconds after every parallel op).  ``progress`` is then called from those
-        threads, one call at a time."""
+        threads, one call at a time, in the order the chunks finish, and a fleet of fewer chunks than threads is
+        cut into one even chunk a thread (``progress`` then sees those)."""
         import torch
 
         from pnndeploy.threads import each_on_one_thread
 
         conditions = conditions or Conditions()
         out = np.empty(len(self), dtype=np.float64)
-        side_by_side = self.platform.chunks_side_by_side and not self.compute.is_cuda
-        threads = self.compute.cpu_threads() if side_by_side else 1
-        if threads > 1:                 # a fleet of fewer chunks than threads: chunks of one thread's share
-            chunk = min(chunk, max(MIN_SIDE_BY_SIDE, -(-len(self) // threads)))
+        threads = self._side_by_side(chunk, X_scaled.shape[0])
+        if threads > 1 and len(self) < threads * chunk:      # fewer chunks than threads: one even chunk a thread
+            parts = max(1, min(threads, len(self) // MIN_SIDE_BY_SIDE))
+            chunk = -(-len(self) // parts)
         pieces = [slice(start, min(start + chunk, len(self))) for start in range(0, len(self), chunk)]
         lock = threading.Lock()
         with torch.inference_mode(), self.compute.running():
@@ -276,6 +277,18 @@ class SimulatedFleet:
                 for chips in pieces:
                     evaluate(chips)
         return out
+
+    def _side_by_side(self, chunk: int, samples: int) -> int:
+        """Threads whose chunks :meth:`accuracy` runs side by side: the compute's CPU threads where the platform
+        gains by it, as many as :data:`pnndeploy.threads.PIECES_BYTES` holds chunks of ``chunk`` chips (each
+        holds its activations; :meth:`Platform.fleet_chip_bytes`), else 1."""
+        from pnndeploy.threads import threads_within_memory
+
+        if not self.platform.chunks_side_by_side or self.compute.is_cuda:
+            return 1
+        params = self.model.platform_params
+        per_chip = sum(self.platform.fleet_chip_bytes(shape, samples, params) for shape in self.shapes)
+        return threads_within_memory(self.compute.cpu_threads(), chunk * per_chip)
 
 
 def _responds(platform: Any, profiles: Sequence[DeviceProfile]) -> np.ndarray | None:
