@@ -50,7 +50,7 @@ class MZIIntensityPlatform(MeshDevices, Platform):
     description = "a Mach-Zehnder (Clements) mesh read by intensity detection"
     linear = False
     detection = "intensity"
-    #: measured slower side by side at 30 samples (3.2-4.6 against 1.8 ms, 40 chips) and even at 3,000: serial
+    #: measured slower side by side at 30 samples (3.2-4.6 against 1.8 ms, 40 chips), no faster at 3,000: serial
     chunks_side_by_side = False
 
     def fleet_chip_bytes(self, weight_shape: tuple[int, int], samples: int,
