@@ -167,12 +167,8 @@ def aligned(phases: Any, n: int) -> Any:
     import torch
 
     m = mzi_count(n)
-    k = _padded_mzis(m)
-    out = torch.zeros((*phases.shape[:-1], aligned_width(n)), dtype=phases.dtype, device=phases.device)
-    out[..., :m] = phases[..., :m]
-    out[..., k:k + m] = phases[..., m:2 * m]
-    out[..., 2 * k:2 * k + n] = phases[..., 2 * m:]
-    return out
+    return torch.cat([padded(phases[..., :m], 0.0), padded(phases[..., m:2 * m], 0.0),
+                      padded(phases[..., 2 * m:], 0.0)], dim=-1)
 
 
 def coupler_terms(ratios: Any, n: int) -> np.ndarray:

@@ -262,7 +262,8 @@ class SimulatedFleet:
         lock = threading.Lock()
         with torch.inference_mode(), self.compute.running():
             labels, classes = self._labels(y)
-            self._features(X_scaled), self._noise(conditions.eval_seed)     # shared: made before the pieces run
+            self._features(X_scaled)                   # shared by the pieces: made before they run
+            self._noise(conditions.eval_seed)
 
             def evaluate(chips: slice) -> None:
                 scores = self.scores_tensor(X_scaled, conditions, chips)
