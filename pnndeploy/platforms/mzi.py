@@ -113,7 +113,8 @@ class MeshDevices(PhaseControls):
     control_noun = "phase"
     device_noun = "phase_shifters"
     #: realising the meshes (torch's passes on one thread, or the compiled loop) is most of an evaluation: a
-    #: 512-chip fleet at a new drift 31-45 -> 20-22 ms with the loop (benchmarks/mzi_bench.py, three pairs)
+    #: 512-chip fleet at a new drift 31-45 -> 20-29 ms with the loop (benchmarks/mzi_bench.py, six pairs); the
+    #: intensity read-out measured otherwise and sets it back
     chunks_side_by_side = True
     device_section = "mzi"
     profiles_subdir = "mzi"
