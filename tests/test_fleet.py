@@ -294,6 +294,30 @@ def test_correct_fraction_follows_argmax_on_ties_and_nan(poison, chips):
     assert expected[0] == 0.5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("poison", ["one tie", "one nan", "a nan and a tie", "a tie of -0.0 and 0.0", "infinities"])
+def test_correct_fraction_follows_argmax_when_one_sample_of_many_is_not_plain(poison, dtype):
+    """The count of maxima must see a single tie, or a NaN, among thousands of plain samples (a NaN sample has no
+    maximum and a tied one two: together they would add up to one each), and fall back to argmax's first maximum."""
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal((40, 10, 300)).astype(dtype)
+    scores[0, 4, 7] = 9.0
+    y = scores[0].argmax(axis=0)                       # chip 0 gets every sample right (class 4 at sample 7)
+    if poison in ("one tie", "a nan and a tie"):
+        scores[3, :, 7] = 0.0
+        scores[3, [2, 4], 7] = 5.0                     # class 2 ties with the label: argmax says 2, a miss
+    if poison in ("one nan", "a nan and a tie"):
+        scores[11, 6, 9] = np.nan                      # the NaN wins (numpy's argmax)
+    if poison == "a tie of -0.0 and 0.0":
+        scores[3, :, 7] = -1.0
+        scores[3, 2, 7], scores[3, 4, 7] = -0.0, 0.0   # equal: the first wins
+    if poison == "infinities":
+        scores[3, 4, 7] = scores[5, 1, 2] = np.inf
+        scores[3, 2, 7] = np.inf
+    np.testing.assert_array_equal(_on_torch(scores, y), _argmax_accuracy(scores, y))
+    assert _on_torch(scores, y)[0] == 1.0
+
+
 @pytest.mark.parametrize("labels", [[0, 1, 2, 7], [-1, 0, 1, 2], [0.0, 1.0, 2.0, 0.0], [True, False, True, False]],
                          ids=["beyond", "negative", "float", "bool"])
 def test_correct_fraction_follows_the_definition_for_labels_that_are_not_class_indices(labels):

@@ -306,10 +306,10 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
 
     ``scores`` is (chips, classes, samples) and ``y`` (samples,): numpy arrays (numpy's definition) or torch
     tensors on the compute device.  torch's argmax over the short, strided class axis cost more than every
-    product of the evaluation; ``max(dim=1)`` gives the same first-maximum index (ties and NaN alike) faster
-    for a few chips, and for many the label's score against the maximum over classes is a few vector passes,
-    with ties and NaN (where "the first maximum" matters: the count of maxima is then not 1) and labels that
-    are not class indices left to ``max``.  Labels that are not one per sample are refused.
+    product of the evaluation; where every sample has one maximum (no tie, no NaN: "the first maximum" is then
+    the maximum) a sample is right when its label's score is that maximum, a few vector passes
+    (:func:`_label_scores_the_maximum`); ties, NaN and labels that are not class indices are left to torch's
+    ``max(dim=1)``, which gives argmax's first-maximum index.  Labels that are not one per sample are refused.
     ``labels_are_classes``: whether ``y`` holds integer class indices (checked here when None).
     """
     if isinstance(scores, np.ndarray):
@@ -322,7 +322,11 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
     if labels_are_classes is None:
         labels_are_classes = are_class_indices(y, classes)
     hit = None
-    if labels_are_classes and chips > FEW_CHIPS:
+    if labels_are_classes and classes and scores.device.type == "cpu" and scores.dtype in (torch.float32,
+                                                                                          torch.float64):
+        found = _label_scores_the_maximum(scores.detach().numpy(), y.detach().cpu().numpy())
+        hit = None if found is None else torch.from_numpy(found)
+    elif labels_are_classes and classes:
         top = scores.amax(dim=1)
         if not bool(((scores == top[:, None]).sum(dim=1) != 1).any()):
             hit = scores.gather(1, y.long().expand(chips, 1, samples))[:, 0] == top
@@ -331,8 +335,17 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
     return hit.sum(dim=1).double() / samples if samples else hit.new_full((chips,), float("nan"), dtype=torch.float64)
 
 
-#: Up to this many chips :func:`correct_fraction` takes torch's max over classes directly (measured faster there).
-FEW_CHIPS = 32
+def _label_scores_the_maximum(scores: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """(chips, samples): whether each sample's label (a class index) scores the maximum over classes, where every
+    sample has exactly one maximum (then the same as argmax == y); None where one has a tie or a NaN.
+
+    Why numpy on the CPU: torch's reductions over the short, strided class axis, and its comparisons, ran at a
+    few hundred MB/s there (a 128-chip chunk's count took 1.1-1.5 ms, as much as a tenth of its evaluation);
+    numpy's take a fifth of that."""
+    top = scores.max(axis=1)                        # NaN wherever a sample has one
+    if np.isnan(top).any() or np.count_nonzero(scores == top[:, None, :]) != top.size:
+        return None                                 # (no NaN: every sample has a maximum; the count says one each)
+    return scores[:, y.astype(np.intp), np.arange(scores.shape[2])] == top
 
 
 def are_class_indices(y: Any, classes: int) -> bool:
