@@ -280,18 +280,43 @@ def test_correct_fraction_equals_argmax_on_random_scores(chips):
     assert got[0] >= 0.2
 
 
-@pytest.mark.parametrize("chips", [2, 40], ids=["few chips: max", "many: the label against the maximum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["numpy's count", "torch's count", "torch's count, bfloat16"])
+@pytest.mark.parametrize("chips", [2, 40], ids=["few chips", "many chips"])
 @pytest.mark.parametrize("poison", ["tie", "nan"])
-def test_correct_fraction_follows_argmax_on_ties_and_nan(poison, chips):
-    """Ties go to the first class, NaN wins: the fleet's torch path is exactly numpy's argmax, both ways."""
+def test_correct_fraction_follows_argmax_on_ties_and_nan(poison, chips, dtype):
+    """Ties go to the first class, NaN wins: every path of the fleet's count is exactly numpy's argmax (float32 on
+    the CPU counts in numpy; half precision, as another device would, in torch: by max for a few chips)."""
     scores = np.zeros((chips, 3, 4), dtype=np.float32)
     scores[:, 2, :] = -1.0
     if poison == "nan":
         scores[1, 1, 0] = np.nan
     y = np.array([1, 0, 1, 0])          # class 1 ties with class 0 everywhere: argmax says 0
     expected = _argmax_accuracy(scores, y)
-    np.testing.assert_array_equal(_on_torch(scores, y), expected)
+    got = correct_fraction(torch.from_numpy(scores).to(dtype), torch.from_numpy(y))
+    np.testing.assert_array_equal(got.numpy(), expected)
     assert expected[0] == 0.5
+
+
+def test_the_label_against_the_maximum_answers_only_where_it_is_argmax():
+    """The numpy count answers for plain samples and declines (None) for a tie, a NaN or a label that is not a
+    class index, whatever the caller claimed (numpy would wrap a -1 to the last class)."""
+    from pnndeploy.simulation.fleet import _label_scores_the_maximum
+
+    scores = np.random.default_rng(1).standard_normal((3, 4, 6))
+    y = scores[0].argmax(axis=0)
+    np.testing.assert_array_equal(_label_scores_the_maximum(scores, y), scores.argmax(axis=1) == y)
+    for poisoned, labels in (("tie", y), ("nan", y), ("label", np.where(np.arange(6) == 2, -1, y)),
+                             ("label", np.where(np.arange(6) == 2, 4, y))):
+        bad = scores.copy()
+        if poisoned == "tie":
+            bad[1, :, 3] = 0.0
+        if poisoned == "nan":
+            bad[2, 0, 5] = np.nan
+        assert _label_scores_the_maximum(bad, labels) is None
+    y_bad = torch.from_numpy(np.where(np.arange(6) == 2, -1, y))
+    np.testing.assert_array_equal(correct_fraction(torch.from_numpy(scores), y_bad, True).numpy(),
+                                  _argmax_accuracy(scores, y_bad.numpy()))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -307,7 +332,9 @@ def test_correct_fraction_follows_argmax_when_one_sample_of_many_is_not_plain(po
         scores[3, :, 7] = 0.0
         scores[3, [2, 4], 7] = 5.0                     # class 2 ties with the label: argmax says 2, a miss
     if poison in ("one nan", "a nan and a tie"):
-        scores[11, 6, 9] = np.nan                      # the NaN wins (numpy's argmax)
+        scores[11, :, 9] = 0.0
+        scores[11, y[9], 9], scores[11, 6 if y[9] != 6 else 5, 9] = 1.0, np.nan   # the NaN wins (numpy's argmax):
+        #                                                     a miss, though the label leads the other classes
     if poison == "a tie of -0.0 and 0.0":
         scores[3, :, 7] = -1.0
         scores[3, 2, 7], scores[3, 4, 7] = -0.0, 0.0   # equal: the first wins

@@ -307,10 +307,11 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
     ``scores`` is (chips, classes, samples) and ``y`` (samples,): numpy arrays (numpy's definition) or torch
     tensors on the compute device.  torch's argmax over the short, strided class axis cost more than every
     product of the evaluation; where every sample has one maximum (no tie, no NaN: "the first maximum" is then
-    the maximum) a sample is right when its label's score is that maximum, a few vector passes
-    (:func:`_label_scores_the_maximum`); ties, NaN and labels that are not class indices are left to torch's
-    ``max(dim=1)``, which gives argmax's first-maximum index.  Labels that are not one per sample are refused.
-    ``labels_are_classes``: whether ``y`` holds integer class indices (checked here when None).
+    the maximum) a sample is right when its label's score is that maximum, a few vector passes: in numpy for
+    float32 and float64 scores on the CPU (:func:`_label_scores_the_maximum`), else in torch for more than
+    :data:`FEW_CHIPS` chips.  Ties, NaN, labels that are not class indices and a few chips on another device are
+    left to torch's ``max(dim=1)``, which gives argmax's first-maximum index.  Labels that are not one per sample
+    are refused.  ``labels_are_classes``: whether ``y`` holds integer class indices (checked here when None).
     """
     if isinstance(scores, np.ndarray):
         return (scores.argmax(axis=1) == np.asarray(y)).mean(axis=1)
@@ -326,7 +327,7 @@ def correct_fraction(scores: Any, y: Any, labels_are_classes: bool | None = None
                                                                                           torch.float64):
         found = _label_scores_the_maximum(scores.detach().numpy(), y.detach().cpu().numpy())
         hit = None if found is None else torch.from_numpy(found)
-    elif labels_are_classes and classes:
+    elif labels_are_classes and chips > FEW_CHIPS:
         top = scores.amax(dim=1)
         if not bool(((scores == top[:, None]).sum(dim=1) != 1).any()):
             hit = scores.gather(1, y.long().expand(chips, 1, samples))[:, 0] == top
@@ -342,10 +343,17 @@ def _label_scores_the_maximum(scores: np.ndarray, y: np.ndarray) -> np.ndarray |
     Why numpy on the CPU: torch's reductions over the short, strided class axis, and its comparisons, ran at a
     few hundred MB/s there (a 128-chip chunk's count took 1.1-1.5 ms, as much as a tenth of its evaluation);
     numpy's take a fifth of that."""
+    if y.size and (y.min() < 0 or y.max() >= scores.shape[1]):
+        return None                                 # not class indices, whatever the caller said (numpy would wrap -1)
     top = scores.max(axis=1)                        # NaN wherever a sample has one
     if np.isnan(top).any() or np.count_nonzero(scores == top[:, None, :]) != top.size:
         return None                                 # (no NaN: every sample has a maximum; the count says one each)
     return scores[:, y.astype(np.intp), np.arange(scores.shape[2])] == top
+
+
+#: Up to this many chips on a device other than the CPU :func:`correct_fraction` takes torch's max over classes
+#: directly (measured faster there on the CPU, before the CPU's count moved to numpy).
+FEW_CHIPS = 32
 
 
 def are_class_indices(y: Any, classes: int) -> bool:
