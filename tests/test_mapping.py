@@ -181,6 +181,52 @@ def test_platform_mismatch_is_refused(model, chip) -> None:
 # ------------------------------------------------------------------------------------------ files
 
 
+def _bits(a) -> bytes:
+    return np.ascontiguousarray(a).tobytes()
+
+
+def test_a_lot_of_ring_chips_maps_as_stacks_with_each_chips_own_bits(shipped_process, monkeypatch) -> None:
+    """map_fleet_layer maps chips of one environment as a stack: each chip's settings, clipping counts and
+    residual are map_layer's bit for bit, whatever it is stacked with: faulty rings, offsets of exactly 0, a
+    heater range from 0, no crosstalk (another group), unprogrammed rows, stacks cut short."""
+    monkeypatch.setattr("pnndeploy.platforms.mrr.MAP_STACK", 3)
+    rng = np.random.default_rng(7)
+    chips = [generate_chip(shipped_process, f"c{k}", k) for k in range(8)]
+    calibrations = [dict(c.calibration) for c in chips]
+    environments = [c.environment for c in chips]
+    calibrations[1]["faulty"] = (rng.random(chips[1].shape) < 0.08).astype(np.uint8)
+    calibrations[2]["resonance_offset"] = np.zeros(chips[2].shape)
+    environments[3] = replace(environments[3], heater_range=(0.0, 3.0))
+    environments[4] = environments[6] = replace(environments[4], crosstalk=0.0)
+    for shape, unprogrammed in (((30, 20), None), ((10, 30), 4), ((16, 16), 0)):
+        weight = rng.uniform(-1.1, 1.05, shape)                 # some beyond reach
+        if unprogrammed is not None:
+            weight[unprogrammed] = np.nan
+        controls = rng.uniform(-2.5, 2.5, shape).astype(np.float32)
+        controls[0, :3] = [-0.0, 0.0, -0.0]
+        fleet = MRR.map_fleet_layer(weight, controls, calibrations, environments, chips[0].shape, None, shape)
+        for k, chip in enumerate(chips):
+            alone = MRR.map_layer(weight, controls, calibrations[k], environments[k], chip.shape, None, shape)
+            assert _bits(fleet[k].settings) == _bits(alone.settings), (shape, k)
+            assert fleet[k].clipping == alone.clipping and fleet[k].clipping.total > 0
+            assert _bits(np.float64(fleet[k].residual)) == _bits(np.float64(alone.residual))
+        assert fleet[1].clipping.faulty > 0
+        # each chip's settings hold no other chip's (a stack kept alive by one chip's deployment, or aliased)
+        assert all(m.settings.base is None or m.settings.base.size == m.settings.size for m in fleet)
+
+
+def test_clipping_of_each_counts_every_chip_of_a_stack_as_of_counts_one() -> None:
+    from pnndeploy.platforms.base import Clipping
+
+    rng = np.random.default_rng(3)
+    reachable, inside = rng.random((5, 4, 6)) < 0.8, rng.random((5, 4, 6)) < 0.7
+    faulty = rng.random((5, 4, 1)) < 0.3                        # broadcast over a row, as unprogrammed rows are
+    for masks in ((reachable, inside, faulty), (reachable, None, None), (reachable, inside, None)):
+        expected = [Clipping.of(24, *(None if m is None else m[k] for m in masks)) for k in range(5)]
+        assert Clipping.of_each(24, *masks) == expected
+        assert Clipping.of_each(24, *(None if m is None else m[:1] for m in masks)) == expected[:1]
+
+
 def test_deployment_round_trip(tmp_path: Path, model_file: Path, chip) -> None:
     model = load_model(model_file)
     deployment = map_model(model, chip)

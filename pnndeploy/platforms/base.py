@@ -109,17 +109,21 @@ class Clipping:
            faulty: np.ndarray | None = None) -> "Clipping":
         """Counts from per-device masks (``reachable``, ``inside``: True = fine; ``faulty``: True = broken); a
         faulty device is counted as faulty only, one out of reach is not counted again as out of range."""
-        given = [np.asarray(m, dtype=bool) for m in (reachable, inside, faulty) if m is not None]
-        shape = np.broadcast_shapes(*(m.shape for m in given)) if given else ()
-
-        def mask(m: np.ndarray | None, default: bool) -> np.ndarray:
-            return np.full(shape, default) if m is None else np.broadcast_to(np.asarray(m, dtype=bool), shape)
-
-        broken = mask(faulty, False)
-        out_of_reach = ~broken & ~mask(reachable, True)
-        out_of_range = ~broken & ~out_of_reach & ~mask(inside, True)
+        out_of_reach, out_of_range, broken = _causes(reachable, inside, faulty)
         return cls(int(devices), int(np.count_nonzero(out_of_reach)), int(np.count_nonzero(out_of_range)),
                    int(np.count_nonzero(broken)))
+
+    @classmethod
+    def of_each(cls, devices: int, reachable: np.ndarray, inside: np.ndarray | None = None,
+                faulty: np.ndarray | None = None) -> list["Clipping"]:
+        """:meth:`of` for each chip of a stack: ``reachable`` (chips, ...) and the other masks broadcasting to it;
+        ``devices`` per chip.  (A lot's mapping counted chip by chip spent a quarter of its time here.)"""
+        causes = _causes(reachable, inside, faulty)
+        if len(causes[0]) == 1:                 # one chip: numpy's whole-array count is several times faster
+            counts = [[np.count_nonzero(cause)] for cause in causes]
+        else:
+            counts = [np.count_nonzero(cause, axis=tuple(range(1, cause.ndim))) for cause in causes]
+        return [cls(int(devices), int(r), int(g), int(f)) for r, g, f in zip(*counts, strict=True)]
 
     @property
     def total(self) -> int:
@@ -135,6 +139,21 @@ class Clipping:
         share = {cause: (n / self.devices if self.devices else 0.0) for cause, n in counts.items()}
         return {"devices": self.devices, "total": self.total, **counts,
                 "fraction": {**share, "total": self.total / self.devices if self.devices else 0.0}}
+
+
+def _causes(reachable: np.ndarray | None, inside: np.ndarray | None,
+            faulty: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:class:`Clipping`'s disjoint causes per device (out of reach, out of range, faulty) from its masks (True =
+    fine for ``reachable`` and ``inside``, True = broken for ``faulty``; None: none of that cause), broadcast."""
+    given = [np.asarray(m, dtype=bool) for m in (reachable, inside, faulty) if m is not None]
+    shape = np.broadcast_shapes(*(m.shape for m in given)) if given else ()
+
+    def mask(m: np.ndarray | None, default: bool) -> np.ndarray:
+        return np.full(shape, default) if m is None else np.broadcast_to(np.asarray(m, dtype=bool), shape)
+
+    broken = mask(faulty, False)
+    out_of_reach = ~broken & ~mask(reachable, True)
+    return out_of_reach, ~broken & ~out_of_reach & ~mask(inside, True), broken
 
 
 @dataclass
