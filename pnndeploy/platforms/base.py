@@ -116,9 +116,11 @@ class Clipping:
     @classmethod
     def of_each(cls, devices: int, reachable: np.ndarray, inside: np.ndarray | None = None,
                 faulty: np.ndarray | None = None) -> list["Clipping"]:
-        """:meth:`of` for each chip of a stack: ``reachable`` (chips, ...) and the other masks broadcasting to it;
-        ``devices`` per chip.  (A lot's mapping counted chip by chip spent a quarter of its time here.)"""
+        """:meth:`of` for each chip of a stack: the masks broadcast together to (chips, ...); ``devices`` per chip.
+        (A lot's mapping counted chip by chip spent a quarter of its time here.)"""
         causes = _causes(reachable, inside, faulty)
+        if causes[0].ndim == 0:
+            raise ValueError("Clipping.of_each needs masks with a leading chip axis")
         if len(causes[0]) == 1:                 # one chip: numpy's whole-array count is several times faster
             counts = [[np.count_nonzero(cause)] for cause in causes]
         else:

@@ -193,18 +193,18 @@ class MRRPlatform(LinearPlatform):
                         calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
                         layout: tuple[int, int], params: Mapping[str, Any] | None = None,
                         weight_shape: tuple[int, int] | None = None) -> list[LayerMapping]:
-        """:meth:`map_layer` for many chips: those with the same heater range, DAC and crosstalk as one stack of
-        up to :data:`MAP_STACK` chips, every step elementwise over the stack and each chip's clipping and residual
-        its own, so each chip gets :meth:`map_layer`'s bits (tested) for a few numpy calls per stack instead of
-        per chip (a lot's mapping was that overhead: 0.7 ms a 30 x 64 + 10 x 30 chip, most of it the crosstalk
-        solve's dozen sweeps)."""
+        """:meth:`map_layer` for many chips: those whose heater range, DAC, crosstalk and calibration arrays are
+        alike (the same values and types: the same arithmetic) as one stack of up to :data:`MAP_STACK` chips.  Every
+        step is elementwise over the stack (the neighbour sums each chip's own columns of one sparse product) and
+        each chip's clipping and residual are its own, so each chip gets :meth:`map_layer`'s bits (tested; NaN
+        payloads aside: where two NaNs meet, which one's sign is kept may differ) for a few numpy calls per stack
+        instead of per chip (a lot's mapping was that overhead: 0.5-0.6 ms a 30 x 64 + 10 x 30 chip, most of it
+        the crosstalk solve's dozen sweeps)."""
         if len(calibrations) != len(environments):
             raise ValueError(f"{len(calibrations)} calibrations for {len(environments)} environments")
-        groups: dict[tuple[float, tuple[float, float], int], list[int]] = {}
-        for k, environment in enumerate(environments):
-            key = (float(environment.crosstalk), tuple(float(v) for v in environment.heater_range),
-                   int(environment.dac_bits))
-            groups.setdefault(key, []).append(k)
+        groups: dict[tuple, list[int]] = {}
+        for k, (calibration, environment) in enumerate(zip(calibrations, environments)):
+            groups.setdefault(self._stack_key(calibration, environment), []).append(k)
         mapped: list[LayerMapping | None] = [None] * len(calibrations)
         for members in groups.values():
             for start in range(0, len(members), MAP_STACK):
@@ -213,6 +213,15 @@ class MRRPlatform(LinearPlatform):
                                                       environments[part[0]], layout)):
                     mapped[k] = m
         return mapped  # type: ignore[return-value]
+
+    def _stack_key(self, calibration: Mapping[str, np.ndarray], environment: Any) -> tuple:
+        """What chips mapped as one stack must share: each environment setting's type and value, each calibration
+        array's shape and dtype (a stack computes with the first chip's settings, and numpy would promote a
+        float32 calibration stacked with float64 ones)."""
+        settings = (environment.crosstalk, *environment.heater_range, environment.dac_bits)
+        arrays = [np.asarray(calibration[k]) for k in (*self.param_units, self.offset_name)]
+        return (tuple((type(v).__name__, np.asarray(v).dtype.str, float(v)) for v in settings),
+                tuple((a.shape, a.dtype.str) for a in arrays))
 
     def _map_stack(self, weight: np.ndarray, controls: np.ndarray, calibrations: Sequence[Mapping[str, np.ndarray]],
                    environment: Any, layout: tuple[int, int]) -> list[LayerMapping]:
@@ -500,7 +509,8 @@ def _neighbour_sum_of(ci_bytes: bytes, shape: tuple[int, ...], layout: tuple[int
             return (ones @ h.reshape(-1)).reshape(h.shape)
         if isinstance(h, np.ndarray) and h.dtype == np.float64 and h.shape[-2:] == ci.shape:
             # a stack of chips' layers (a lot's mapping): each column of the product the vector product's bits
-            return (ones @ h.reshape(-1, ci.size).T).T.reshape(h.shape)
+            # (NaN payloads aside: where two NaNs meet, which one's sign is kept may differ)
+            return (ones @ h.reshape(math.prod(h.shape[:-2]), ci.size).T).T.reshape(h.shape)
         if _sparse_ready(h, ci.shape):           # a chip server's program, a fleet's layers: one product too
             import torch
 
