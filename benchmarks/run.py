@@ -149,6 +149,13 @@ def fleet_throughput(model, data, process, sizes, repeats: int, loop_limit: int)
     return rows
 
 
+def ring_mapping(model, process, chips: int, repeats: int) -> dict:
+    """Mapping the fleet's model onto ``chips`` ring chips of the default process (``map_models``: transfer, audit
+    and sweeps map a lot so), ms a chip, best of ``repeats``."""
+    profiles = make_chips(chips, process)
+    return {"chips": chips, "ms_per_chip": 1000 * best_of(lambda: map_models(model, profiles), repeats) / chips}
+
+
 def mzi_benchmark_model(path: Path, epochs: int = 3) -> Any:
     """The MZI benchmarks' model (SAT, digits, 64 -> 32 -> 10 on 16-mode meshes), trained, written to ``path``
     and loaded."""
@@ -303,6 +310,7 @@ def main() -> None:
         sizes = [8, 64] if quick else [8, 64, 512]
         repeats = 3 if quick else 7
         doc["fleet"] = fleet_throughput(model, data, process, sizes, repeats, loop_limit=64)
+        doc["ring_mapping"] = ring_mapping(model, process, 64 if quick else 512, 3)
         doc["scaling"] = {
             "chips": [{"chips": r["chips"], "seconds": r["vectorized_s"]} for r in doc["fleet"]],
             "hidden": width_scaling(data, process, [32, 128] if quick else [32, 64, 128, 256, 512],
@@ -341,6 +349,8 @@ def render(doc: dict) -> None:
                   f"{r['speedup_bound']:.1f}×", f"{r['gmacs_per_s']:.2f}", f"{r['matmul_gmacs_per_s']:.2f}",
                   f"{100 * r['roofline_fraction']:.0f} %")
     console.print(f)
+    mapping = doc["ring_mapping"]
+    console.print(f"mapping onto {mapping['chips']} ring chips: {mapping['ms_per_chip']:.3f} ms a chip (best of 3)")
     z = Table(title=f"MZI fleet evaluation ({doc['mzi_fleet'][0]['modes']}-mode meshes, 360 samples, ΔT = 0.5 K)")
     for c in ("chips", "seconds", "of which meshes", "matmul s", "GMAC/s", "roofline", "same drift s",
               "roofline, same drift"):
