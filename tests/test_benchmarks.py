@@ -30,6 +30,7 @@ def test_quick_benchmark_reports_every_figure_consistently():
         assert row["roofline_fraction"] == pytest.approx(row["matmul_s"] / row["vectorized_s"])
         assert row["speedup_bound"] == pytest.approx(row["loop_s"] / row["matmul_s"])
         assert row["loop_chips_timed"] == row["chips"]
+    assert doc["ring_mapping"]["chips"] == 64 and doc["ring_mapping"]["ms_per_chip"] > 0
     assert [row["chips"] for row in doc["mzi_fleet"]] == [8, 64]
     for row in doc["mzi_fleet"]:
         assert set(row) >= {"vectorized_s", "mesh_s", "matmul_s", "gmacs_per_s", "roofline_fraction"}
