@@ -208,12 +208,17 @@ def meshes_per_pass(n: int, kernel: bool = False) -> int:
 ALIGN = 32
 
 
+def aligned_length(k: int) -> int:
+    """``k`` rounded up to a whole number of :data:`ALIGN` blocks: the length :func:`padded` gives."""
+    return -(-k // ALIGN) * ALIGN
+
+
 def padded(values: Any, fill: float) -> Any:
     """``values`` (..., k) padded along the last axis with ``fill`` to a multiple of :data:`ALIGN`, contiguous."""
     import torch
 
     k = values.shape[-1]
-    extra = -k % ALIGN
+    extra = aligned_length(k) - k
     if not extra:
         return values.contiguous()
     pad = torch.full((*values.shape[:-1], extra), fill, dtype=values.dtype, device=values.device)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pnndeploy.platforms.mesh import ALIGN, column_layout, mzi_count, padded
+from pnndeploy.platforms.mesh import aligned_length, column_layout, mzi_count, padded
 from pnndeploy.threads import one_thread
 
 #: Work (in 16-mode meshes: a mesh of n modes counts (n / 16)^3) a process realises in torch before the kernel is
@@ -129,7 +129,7 @@ def unitaries(phases: Any, n: int, ratios: Any = None) -> Any:
         return torch.empty((*batch, n, n), dtype=torch.complex64)
     cos, sin = _cos_sin(aligned(phases.reshape(-1, n * n), n))
     out = np.empty((meshes, n, n, 2), dtype=np.float32)
-    mesh_loops.unitaries(cos, sin, _padded_mzis(m), coupler_terms(ratios, n), _rows(phases.shape[:-1], batch),
+    mesh_loops.unitaries(cos, sin, aligned_length(m), coupler_terms(ratios, n), _rows(phases.shape[:-1], batch),
                          _rows(ratios.shape[:-2], batch), *column_layout(n), out)
     return torch.view_as_complex(torch.from_numpy(out)).reshape(*batch, n, n)
 
@@ -148,7 +148,7 @@ def real_blocks(angles: Any, terms: np.ndarray, n: int, weight_shape: tuple[int,
     blocks = (-(-weight_shape[0] // n), -(-weight_shape[1] // n))
     W = np.empty((chips, *weight_shape), dtype=np.float32) if out is None else out
     # the loop indexes without bounds checks: what it is given must be what it assumes
-    if (tuple(angles.shape) != (chips, *blocks, aligned_width(n)) or terms.shape != (chips, _padded_mzis(
+    if (tuple(angles.shape) != (chips, *blocks, aligned_width(n)) or terms.shape != (chips, aligned_length(
             mzi_count(n)), 4) or W.shape != (chips, *weight_shape) or W.dtype != np.float32
             or not W.flags.c_contiguous):
         raise ValueError(f"real_blocks: angles {tuple(angles.shape)}, couplers {terms.shape} and weights "
@@ -156,14 +156,14 @@ def real_blocks(angles: Any, terms: np.ndarray, n: int, weight_shape: tuple[int,
                          f"{weight_shape} layer")
     if chips:
         cos, sin = _cos_sin(angles.reshape(-1, angles.shape[-1]))
-        mesh_loops.real_blocks(cos, sin, _padded_mzis(mzi_count(n)), terms, *column_layout(n), W)
+        mesh_loops.real_blocks(cos, sin, aligned_length(mzi_count(n)), terms, *column_layout(n), W)
     return torch.from_numpy(W)
 
 
 def aligned(phases: Any, n: int) -> Any:
     """Phases (..., n^2) as the kernel takes them, (..., 2 K + L): theta, phi and psi each padded with zeros to
     whole :data:`mesh.ALIGN` blocks as ``mesh_unitary(aligned=True)`` pads them (so torch's vector loops give their
-    cos and sin the same bits); phi from column K (:func:`_padded_mzis`), psi from 2 K."""
+    cos and sin the same bits); phi from column K (:func:`mesh.aligned_length` of M), psi from 2 K."""
     import torch
 
     m = mzi_count(n)
@@ -194,12 +194,7 @@ def _cos_sin(angles: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def aligned_width(n: int) -> int:
     """Elements of a mesh's :func:`aligned` phases: 2 K + L."""
-    return 2 * _padded_mzis(mzi_count(n)) + -(-n // ALIGN) * ALIGN
-
-
-def _padded_mzis(m: int) -> int:
-    """Elements a mesh's per-MZI angles take once padded to whole :data:`mesh.ALIGN` blocks."""
-    return -(-m // ALIGN) * ALIGN
+    return 2 * aligned_length(mzi_count(n)) + aligned_length(n)
 
 
 def _rows(shape: tuple[int, ...], batch: tuple[int, ...]) -> np.ndarray:
