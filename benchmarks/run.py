@@ -207,7 +207,7 @@ def mzi_fleet_rows(model, data, process, sizes: list[int], repeats: int, mapped:
                      "meshes_by": "kernel" if mesh_kernel.compiled() and mesh_kernel.agrees(modes) else "torch",
                      "gmacs_per_s": macs / vec / 1e9, "roofline_fraction": mm / vec, "same_drift_s": warm,
                      "same_drift_roofline_fraction": mm / warm,
-                     "mapped_chips": min(mapped, n), "modes": int(model.platform_params["modes"])})
+                     "mapped_chips": min(mapped, n), "modes": modes})
     return rows
 
 
