@@ -247,14 +247,15 @@ class MRRPlatform(LinearPlatform):
         realised = self.transfer(applied + offset + environment.crosstalk * _neighbour_sum(ci, layout)(applied),
                                  **cal)
         error = realised - weight
-        if settings.ndim == 2:                          # one chip: a stack of one
+        one = len(calibrations) == 1                    # the arrays are the chip's own, (out, in) (_per_weight)
+        if one:                                         # counted as a stack of one
             reachable, inside, error, settings = reachable[None], inside[None], error[None], settings[None]
         if unused.any():
             used = ~unused
             reachable, inside, error = reachable[:, used], inside[:, used], error[:, used]
             held = None if held is None else np.broadcast_to(held, settings.shape)[:, used]
         clipping = Clipping.of_each(reachable[0].size, reachable, inside, held)
-        if len(calibrations) == 1:                      # the arrays are the chip's own
+        if one:
             return [LayerMapping(settings[0], clipping[0], float(np.linalg.norm(error[0])))]
         # each chip's own settings, and its error in an array of its own (the norm's sum as for one chip alone)
         return [LayerMapping(settings[k].copy(), clipping[k], float(np.linalg.norm(error[k].copy())))
