@@ -94,18 +94,19 @@ def test_a_mapping_changed_after_the_look_ahead_is_mapped_again(tiny_fleet_dir):
 
 
 def _failing_second_layer(monkeypatch, calls: list) -> None:
-    """The ring platform's mapping fails for the second layer (8 inputs), as a bad calibration might."""
+    """The ring platform's mapping (of settings alone: what in-situ training programs) fails for the second layer
+    (8 inputs), as a bad calibration might."""
     from pnndeploy.platforms.mrr import MRRPlatform
 
-    original = MRRPlatform.map_layer
+    original = MRRPlatform.layer_settings
 
-    def map_layer(self, weight, controls, *args, **kwargs):
+    def layer_settings(self, weight, controls, *args, **kwargs):
         calls.append(controls.shape)
         if controls.shape[1] == 8:
             raise PnnError("the calibration cannot place layer 2 (a test's fault)")
         return original(self, weight, controls, *args, **kwargs)
 
-    monkeypatch.setattr(MRRPlatform, "map_layer", map_layer)
+    monkeypatch.setattr(MRRPlatform, "layer_settings", layer_settings)
 
 
 @pytest.mark.parametrize("ahead", [False, True])

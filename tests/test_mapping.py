@@ -188,9 +188,10 @@ def _bits(a) -> bytes:
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")      # the float32 chip's 2a, on purpose
 def test_a_lot_of_ring_chips_maps_as_stacks_with_each_chips_own_bits(shipped_process, monkeypatch) -> None:
     """map_fleet_layer maps chips of one environment as a stack: each chip's settings, clipping counts and
-    residual are map_layer's bit for bit, whatever it is stacked with: faulty rings, offsets of exactly 0, a
-    heater range from 0, no crosstalk or less of it, another DAC, a float32 calibration (other stacks: the same
-    arithmetic), unprogrammed rows, stacks cut short, an empty layer."""
+    residual are map_layer's bit for bit (and layer_settings gives its settings alone), whatever it is stacked
+    with: faulty rings, offsets of exactly 0, a heater range from 0, no crosstalk or less of it, another DAC, a
+    float32 calibration (other stacks: the same arithmetic), unprogrammed rows, stacks cut short, an empty
+    layer."""
     monkeypatch.setattr("pnndeploy.platforms.mrr.MAP_STACK", 3)
     rng = np.random.default_rng(7)
     chips = [generate_chip(shipped_process, f"c{k}", k) for k in range(11)]
@@ -214,6 +215,9 @@ def test_a_lot_of_ring_chips_maps_as_stacks_with_each_chips_own_bits(shipped_pro
         for k, chip in enumerate(chips):
             alone = MRR.map_layer(weight, controls, calibrations[k], environments[k], chip.shape, None, shape)
             assert _bits(fleet[k].settings) == _bits(alone.settings), (shape, k)
+            # in-situ training's settings without the report: the same bits
+            settings = MRR.layer_settings(weight, controls, calibrations[k], environments[k], chip.shape, None, shape)
+            assert _bits(settings) == _bits(alone.settings) and settings.shape == alone.settings.shape, (shape, k)
             assert fleet[k].clipping == alone.clipping and (fleet[k].clipping.total > 0 or not shape[0])
             assert _bits(np.float64(fleet[k].residual)) == _bits(np.float64(alone.residual))
         assert fleet[1].clipping.faulty > 0 or not shape[0]

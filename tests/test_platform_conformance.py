@@ -6,6 +6,7 @@ the optical-layer interface only:
 * the nominal layer is differentiable, and its gradient is the finite-difference one (controls and inputs);
 * a chip gives the same outputs, bit for bit, alone or in a fleet (on the CPU), under drift and detector noise;
 * a chip whose calibration is its truth realises what the mapping aimed at (the nominal model's outputs);
+* the settings alone (in-situ training's) are the mapping's, bit for bit;
 * the exported ONNX file runs in onnxruntime to pnndeploy's own nominal outputs and to the trained model's;
 * a profile survives write, read and validate; a damaged one is refused with one line and exit 2;
 * the process spec dry-runs, and a spec missing a key of the device section is refused naming it;
@@ -252,6 +253,20 @@ def test_a_chip_calibrated_to_its_truth_realises_the_nominal_model(case: Case, t
             W = fleet.realised_weights(k, slice(0, 1), Conditions())[0].astype(np.float64)
             assert np.linalg.norm(W - layer.weight) == pytest.approx(deployment.layers[k].residual, rel=1e-3,
                                                                       abs=1e-4)
+
+
+def test_layer_settings_are_the_mappings_settings(trained, process) -> None:
+    """What in-situ training programs at every step (the settings alone, without the mapping's report) is the
+    mapping's settings, bit for bit, on a chip of the platform's process."""
+    model, _ = trained
+    chip = _chips(process, 1)[0]
+    platform = platform_for(model.platform, model.platform_params)
+    for layer in model.layers:
+        args = (layer.weight, layer.controls, chip.calibration, chip.environment, chip.shape, model.platform_params,
+                layer.shape)
+        settings, mapped = platform.layer_settings(*args), platform.map_layer(*args)
+        assert settings.shape == mapped.settings.shape and settings.dtype == mapped.settings.dtype
+        assert np.ascontiguousarray(settings).tobytes() == np.ascontiguousarray(mapped.settings).tobytes()
 
 
 def test_drift_moves_a_chip_and_the_platform_says_by_how_much(trained, process) -> None:

@@ -475,6 +475,13 @@ class Platform(ABC):
         Only the chip's ``calibration`` and ``environment`` (heater range, DAC) are used.
         """
 
+    def layer_settings(self, weight: np.ndarray | None, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
+                       environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                       weight_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """:meth:`map_layer`'s settings alone, the same bits, for a caller that programs them and reads no report
+        (in-situ training maps every layer at every pass); a platform whose report costs much overrides it."""
+        return self.map_layer(weight, controls, calibration, environment, layout, params, weight_shape).settings
+
     def map_fleet_layer(self, weight: np.ndarray | None, controls: np.ndarray,
                         calibrations: Sequence[Mapping[str, np.ndarray]], environments: Sequence[Any],
                         layout: tuple[int, int], params: Mapping[str, Any] | None = None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -31,6 +31,22 @@ MIN_EXTINCTION = 0.05
 #: Chips :meth:`MRRPlatform.map_fleet_layer` maps as one stack (a 30 x 64 layer's arrays then take 0.5 MB each; 16 and
 #: 64 were slower).
 MAP_STACK = 32
+
+
+class _Stack(NamedTuple):
+    """One layer's quantised settings on a stack of chips (:meth:`MRRPlatform._stack_settings`), with what the
+    mapping's report is computed from: the weights aimed at (float64, padding rows stood in), the calibration and
+    offsets per weight, the rings' columns, held rings, unused rows, and the reach and range masks."""
+
+    settings: np.ndarray
+    weight: np.ndarray
+    cal: dict[str, np.ndarray]
+    offset: np.ndarray
+    ci: np.ndarray
+    held: np.ndarray | None
+    unused: np.ndarray
+    reachable: np.ndarray
+    inside: np.ndarray
 
 
 class MRRPlatform(LinearPlatform):
@@ -223,10 +239,43 @@ class MRRPlatform(LinearPlatform):
         return (tuple((type(v).__name__, np.asarray(v).dtype.str, float(v)) for v in settings),
                 tuple((a.shape, a.dtype.str) for a in arrays))
 
+    def layer_settings(self, weight: np.ndarray, controls: np.ndarray, calibration: Mapping[str, np.ndarray],
+                       environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
+                       weight_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """:meth:`map_layer`'s settings, the same bits, without its report: the residual's forward model and the
+        clipping counts were a sixth of a 30 x 64 layer's mapping, which in-situ training repeats for every layer
+        and pass and never reads."""
+        return self._stack_settings(weight, controls, [calibration], environment, layout).settings
+
     def _map_stack(self, weight: np.ndarray, controls: np.ndarray, calibrations: Sequence[Mapping[str, np.ndarray]],
                    environment: Any, layout: tuple[int, int]) -> list[LayerMapping]:
         """:meth:`map_layer` of one layer on a stack of chips that share ``environment``'s heater range, DAC and
         crosstalk: arrays (chips, out, in), each element computed as for one chip alone."""
+        stack = self._stack_settings(weight, controls, calibrations, environment, layout)
+        settings, held, unused = stack.settings, stack.held, stack.unused
+        applied = settings if held is None else np.where(held, 0.0, settings)   # a faulty ring ignores its setting
+        realised = self.transfer(applied + stack.offset
+                                 + environment.crosstalk * _neighbour_sum(stack.ci, layout)(applied), **stack.cal)
+        error = realised - stack.weight
+        reachable, inside = stack.reachable, stack.inside
+        one = len(calibrations) == 1                    # the arrays are the chip's own, (out, in) (_per_weight)
+        if one:                                         # counted as a stack of one
+            reachable, inside, error, settings = reachable[None], inside[None], error[None], settings[None]
+        if unused.any():
+            used = ~unused
+            reachable, inside, error = reachable[:, used], inside[:, used], error[:, used]
+            held = None if held is None else np.broadcast_to(held, settings.shape)[:, used]
+        clipping = Clipping.of_each(reachable[0].size, reachable, inside, held)
+        if one:
+            return [LayerMapping(settings[0], clipping[0], float(np.linalg.norm(error[0])))]
+        # each chip's own settings, and its error in an array of its own (the norm's sum as for one chip alone)
+        return [LayerMapping(settings[k].copy(), clipping[k], float(np.linalg.norm(error[k].copy())))
+                for k in range(len(calibrations))]
+
+    def _stack_settings(self, weight: np.ndarray, controls: np.ndarray,
+                        calibrations: Sequence[Mapping[str, np.ndarray]], environment: Any,
+                        layout: tuple[int, int]) -> "_Stack":
+        """The quantised settings of :meth:`_map_stack`, and what its report needs of how they were reached."""
         ri, ci = ring_index(weight.shape, layout)
         cal = {k: _per_weight([c[k] for c in calibrations], ri, ci) for k in self.param_units}
         faulty = [faulty_mask(c) for c in calibrations]
@@ -243,23 +292,7 @@ class MRRPlatform(LinearPlatform):
         wanted, inside = self.heater_settings(target - offset, float(environment.crosstalk), ci, layout,
                                               environment.heater_range, held)
         settings, _ = quantise(wanted, environment.heater_range, environment.dac_bits)
-        applied = settings if held is None else np.where(held, 0.0, settings)   # a faulty ring ignores its setting
-        realised = self.transfer(applied + offset + environment.crosstalk * _neighbour_sum(ci, layout)(applied),
-                                 **cal)
-        error = realised - weight
-        one = len(calibrations) == 1                    # the arrays are the chip's own, (out, in) (_per_weight)
-        if one:                                         # counted as a stack of one
-            reachable, inside, error, settings = reachable[None], inside[None], error[None], settings[None]
-        if unused.any():
-            used = ~unused
-            reachable, inside, error = reachable[:, used], inside[:, used], error[:, used]
-            held = None if held is None else np.broadcast_to(held, settings.shape)[:, used]
-        clipping = Clipping.of_each(reachable[0].size, reachable, inside, held)
-        if one:
-            return [LayerMapping(settings[0], clipping[0], float(np.linalg.norm(error[0])))]
-        # each chip's own settings, and its error in an array of its own (the norm's sum as for one chip alone)
-        return [LayerMapping(settings[k].copy(), clipping[k], float(np.linalg.norm(error[k].copy())))
-                for k in range(len(calibrations))]
+        return _Stack(settings, weight, cal, offset, ci, held, unused, reachable, inside)
 
     def row_period(self, layout: tuple[int, int]) -> int | None:
         """A layer's rows are tiled over the bank's R rows: its outputs may move to rows without faulty rings."""

@@ -92,9 +92,9 @@ class InSituChip:
     def _mapping(self, layer: Any) -> tuple[np.ndarray, np.ndarray]:
         """(settings that realise ``layer`` now through the chip's calibration, output scale)."""
         target, guide, scale = self._target(layer)
-        mapped = self.platform.map_layer(target, guide, self.profile.calibration, self.profile.environment,
-                                         self.profile.shape, self.platform.metadata(), tuple(layer.shape))
-        return mapped.settings, scale
+        settings = self.platform.layer_settings(target, guide, self.profile.calibration, self.profile.environment,
+                                                self.profile.shape, self.platform.metadata(), tuple(layer.shape))
+        return settings, scale
 
     def _mapped(self, index: int, layer: Any) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_mapping` of layer ``index``: the one made ahead if its parameters have not changed since."""
