@@ -217,7 +217,8 @@ def test_a_lot_of_ring_chips_maps_as_stacks_with_each_chips_own_bits(shipped_pro
             assert _bits(fleet[k].settings) == _bits(alone.settings), (shape, k)
             # in-situ training's settings without the report: the same bits
             settings = MRR.layer_settings(weight, controls, calibrations[k], environments[k], chip.shape, None, shape)
-            assert _bits(settings) == _bits(alone.settings) and settings.shape == alone.settings.shape, (shape, k)
+            assert _bits(settings) == _bits(alone.settings) and settings.shape == alone.settings.shape \
+                and settings.dtype == alone.settings.dtype, (shape, k)
             assert fleet[k].clipping == alone.clipping and (fleet[k].clipping.total > 0 or not shape[0])
             assert _bits(np.float64(fleet[k].residual)) == _bits(np.float64(alone.residual))
         assert fleet[1].clipping.faulty > 0 or not shape[0]

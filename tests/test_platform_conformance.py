@@ -257,7 +257,8 @@ def test_a_chip_calibrated_to_its_truth_realises_the_nominal_model(case: Case, t
 
 def test_layer_settings_are_the_mappings_settings(trained, process) -> None:
     """What in-situ training programs at every step (the settings alone, without the mapping's report) is the
-    mapping's settings, bit for bit, on a chip of the platform's process."""
+    mapping's settings, bit for bit, on a chip of the platform's process (faulty rings, padding rows and the other
+    odd chips of a ring lot: tests/test_mapping.py)."""
     model, _ = trained
     chip = _chips(process, 1)[0]
     platform = platform_for(model.platform, model.platform_params)

@@ -36,7 +36,8 @@ MAP_STACK = 32
 class _Stack(NamedTuple):
     """One layer's quantised settings on a stack of chips (:meth:`MRRPlatform._stack_settings`), with what the
     mapping's report is computed from: the weights aimed at (float64, padding rows stood in), the calibration and
-    offsets per weight, the rings' columns, held rings, unused rows, and the reach and range masks."""
+    offsets per weight, the rings' columns, the held weights (faulty rings and unused rows; may broadcast over
+    the inputs), the unused rows, and the reach and range masks."""
 
     settings: np.ndarray
     weight: np.ndarray
@@ -243,7 +244,7 @@ class MRRPlatform(LinearPlatform):
                        environment: Any, layout: tuple[int, int], params: Mapping[str, Any] | None = None,
                        weight_shape: tuple[int, int] | None = None) -> np.ndarray:
         """:meth:`map_layer`'s settings, the same bits, without its report: the residual's forward model and the
-        clipping counts were a sixth of a 30 x 64 layer's mapping, which in-situ training repeats for every layer
+        clipping counts were a fifth of a 30 x 64 layer's mapping, which in-situ training repeats for every layer
         and pass and never reads."""
         return self._stack_settings(weight, controls, [calibration], environment, layout).settings
 
@@ -274,7 +275,7 @@ class MRRPlatform(LinearPlatform):
 
     def _stack_settings(self, weight: np.ndarray, controls: np.ndarray,
                         calibrations: Sequence[Mapping[str, np.ndarray]], environment: Any,
-                        layout: tuple[int, int]) -> "_Stack":
+                        layout: tuple[int, int]) -> _Stack:
         """The quantised settings of :meth:`_map_stack`, and what its report needs of how they were reached."""
         ri, ci = ring_index(weight.shape, layout)
         cal = {k: _per_weight([c[k] for c in calibrations], ri, ci) for k in self.param_units}
