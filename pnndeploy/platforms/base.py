@@ -114,7 +114,7 @@ class Clipping:
                    int(np.count_nonzero(broken)))
 
     @classmethod
-    def of_each(cls, devices: int, reachable: np.ndarray, inside: np.ndarray | None = None,
+    def of_each(cls, devices: int, reachable: np.ndarray | None, inside: np.ndarray | None = None,
                 faulty: np.ndarray | None = None) -> list["Clipping"]:
         """:meth:`of` for each chip of a stack: the masks broadcast together to (chips, ...); ``devices`` per chip.
         (A lot's mapping counted chip by chip spent a quarter of its time here.)"""

@@ -335,8 +335,7 @@ class MZIPlatform(MeshDevices, LinearPlatform):
             quantised, reachable = quantise(wanted, (lo, hi), bits)
             settings[ks] = np.where(broken[ks], 0.0, quantised)
             inside[ks] = ~unmet & reachable
-        return settings, [Clipping.of(settings[k].size, inside=inside[k], faulty=broken[k])
-                          for k in range(len(environments))]
+        return settings, Clipping.of_each(math.prod(settings.shape[1:]), None, inside, broken)
 
     # ------------------------------------------------------------------------------------- simulation
     def fleet_layer(self, weight_shape: tuple[int, int], settings: Sequence[np.ndarray], profiles: Sequence[Any],
